@@ -1,0 +1,394 @@
+//! EIP-3076 slashing rules as pure functions over a small [`History`] view.
+//!
+//! A check answers [`Safe`] (sign; `SameData` means the identical message was signed before and
+//! may be answered again) or [`NotSafe`], which carries the earlier record it conflicts with so a
+//! refusal can say *why*. The rules (design.md §5):
+//! - no second block at a slot with a different (or unknown) signing root;
+//! - no double vote (same target epoch, different or unknown signing root);
+//! - no surround vote in either direction;
+//! - no attestation whose source epoch exceeds its target epoch;
+//! - nothing at or below the key's low watermark (raised only by interchange import or a
+//!   configured minimum; never by our own signing history).
+//!
+//! This module does no I/O: the store implements [`History`] over SQLite inside the same
+//! exclusive transaction that then records the signature.
+#![forbid(unsafe_code)]
+
+use serde::Serialize;
+
+use crate::types::{Epoch, Root, Slot};
+
+/// A block proposal already in the history. `signing_root` is `None` for entries imported from
+/// an interchange file without a root: those conflict with everything at their slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SignedBlock {
+    pub slot: Slot,
+    pub signing_root: Option<Root>,
+}
+
+/// An attestation already in the history (see [`SignedBlock`] about a missing root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SignedAttestation {
+    pub source: Epoch,
+    pub target: Epoch,
+    pub signing_root: Option<Root>,
+}
+
+/// The per-key lower bounds below which nothing is signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Watermark {
+    /// No block at or below this slot.
+    pub block_slot: Option<Slot>,
+    /// No attestation with a source below this epoch.
+    pub attestation_source: Option<Epoch>,
+    /// No attestation with a target at or below this epoch.
+    pub attestation_target: Option<Epoch>,
+}
+
+impl Watermark {
+    /// The higher of two watermarks, component by component (an import never lowers one).
+    pub fn max(self, other: Watermark) -> Watermark {
+        Watermark {
+            block_slot: self.block_slot.max(other.block_slot),
+            attestation_source: self.attestation_source.max(other.attestation_source),
+            attestation_target: self.attestation_target.max(other.attestation_target),
+        }
+    }
+}
+
+/// What the rules need to know about one key's history. Implemented by the store (inside its
+/// transaction) and by in-memory models in tests.
+pub trait History {
+    type Error;
+    /// Every block recorded at `slot` (an import may have left several).
+    fn blocks_at(&self, slot: Slot) -> Result<Vec<SignedBlock>, Self::Error>;
+    /// Every attestation recorded with this target epoch.
+    fn attestations_with_target(
+        &self,
+        target: Epoch,
+    ) -> Result<Vec<SignedAttestation>, Self::Error>;
+    /// One attestation with `prev.source < source && prev.target > target`, if any.
+    fn attestation_surrounding(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error>;
+    /// One attestation with `prev.source > source && prev.target < target`, if any.
+    fn attestation_surrounded_by(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error>;
+    fn watermark(&self) -> Result<Watermark, Self::Error>;
+}
+
+/// The request may be signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Safe {
+    /// Nothing conflicts; the signature must be recorded before it is released.
+    Valid,
+    /// The identical message (same signing root) was signed before: answer it again, record nothing.
+    SameData,
+}
+
+/// The request must be refused. Each variant carries what it conflicts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum NotSafe {
+    #[error("double block proposal: a different block was already signed at slot {}", previous.slot)]
+    DoubleBlockProposal { previous: SignedBlock },
+    #[error("block slot {slot} is at or below the low watermark {watermark}")]
+    BlockSlotAtOrBelowWatermark { slot: Slot, watermark: Slot },
+    #[error("attestation source epoch {source_epoch} exceeds target epoch {target_epoch}")]
+    SourceExceedsTarget {
+        source_epoch: Epoch,
+        target_epoch: Epoch,
+    },
+    #[error("double vote: a different attestation was already signed with target epoch {}", previous.target)]
+    DoubleVote { previous: SignedAttestation },
+    #[error("surround vote: the earlier attestation ({}→{}) surrounds this one", previous.source, previous.target)]
+    PreviousSurroundsNew { previous: SignedAttestation },
+    #[error("surround vote: this attestation surrounds the earlier one ({}→{})", previous.source, previous.target)]
+    NewSurroundsPrevious { previous: SignedAttestation },
+    #[error("attestation source epoch {source_epoch} is below the low watermark {watermark}")]
+    SourceBelowWatermark {
+        source_epoch: Epoch,
+        watermark: Epoch,
+    },
+    #[error("attestation target epoch {target} is at or below the low watermark {watermark}")]
+    TargetAtOrBelowWatermark { target: Epoch, watermark: Epoch },
+}
+
+impl NotSafe {
+    /// A short machine-readable rule name (the `rule` field of the 412 body and of metrics).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            NotSafe::DoubleBlockProposal { .. } => "double_block_proposal",
+            NotSafe::BlockSlotAtOrBelowWatermark { .. } => "block_slot_at_or_below_watermark",
+            NotSafe::SourceExceedsTarget { .. } => "source_exceeds_target",
+            NotSafe::DoubleVote { .. } => "double_vote",
+            NotSafe::PreviousSurroundsNew { .. } => "previous_surrounds_new",
+            NotSafe::NewSurroundsPrevious { .. } => "new_surrounds_previous",
+            NotSafe::SourceBelowWatermark { .. } => "source_below_watermark",
+            NotSafe::TargetAtOrBelowWatermark { .. } => "target_at_or_below_watermark",
+        }
+    }
+}
+
+/// The outcome of a check: `Ok(Ok(Safe))`, `Ok(Err(NotSafe))`, or `Err` when the history could
+/// not be read (the caller refuses with a server error and signs nothing).
+pub type Verdict<E> = Result<Result<Safe, NotSafe>, E>;
+
+/// May a block at `slot` with `signing_root` be signed?
+pub fn check_block<H: History>(history: &H, slot: Slot, signing_root: Root) -> Verdict<H::Error> {
+    // The identical proposal is answered again even at or below the watermark (EIP-3076: a
+    // re-sign of the same data is safe); anything else at that slot conflicts.
+    let existing = history.blocks_at(slot)?;
+    if let Some(conflict) = existing
+        .iter()
+        .find(|b| b.signing_root != Some(signing_root))
+    {
+        return Ok(Err(NotSafe::DoubleBlockProposal {
+            previous: *conflict,
+        }));
+    }
+    if !existing.is_empty() {
+        return Ok(Ok(Safe::SameData));
+    }
+    if let Some(watermark) = history.watermark()?.block_slot {
+        if slot <= watermark {
+            return Ok(Err(NotSafe::BlockSlotAtOrBelowWatermark {
+                slot,
+                watermark,
+            }));
+        }
+    }
+    Ok(Ok(Safe::Valid))
+}
+
+/// May an attestation `source → target` with `signing_root` be signed?
+pub fn check_attestation<H: History>(
+    history: &H,
+    source: Epoch,
+    target: Epoch,
+    signing_root: Root,
+) -> Verdict<H::Error> {
+    if source > target {
+        return Ok(Err(NotSafe::SourceExceedsTarget {
+            source_epoch: source,
+            target_epoch: target,
+        }));
+    }
+    let same_target = history.attestations_with_target(target)?;
+    if let Some(conflict) = same_target
+        .iter()
+        .find(|a| a.signing_root != Some(signing_root))
+    {
+        return Ok(Err(NotSafe::DoubleVote {
+            previous: *conflict,
+        }));
+    }
+    if !same_target.is_empty() {
+        return Ok(Ok(Safe::SameData));
+    }
+    if let Some(previous) = history.attestation_surrounding(source, target)? {
+        return Ok(Err(NotSafe::PreviousSurroundsNew { previous }));
+    }
+    if let Some(previous) = history.attestation_surrounded_by(source, target)? {
+        return Ok(Err(NotSafe::NewSurroundsPrevious { previous }));
+    }
+    let watermark = history.watermark()?;
+    if let Some(min_source) = watermark.attestation_source {
+        if source < min_source {
+            return Ok(Err(NotSafe::SourceBelowWatermark {
+                source_epoch: source,
+                watermark: min_source,
+            }));
+        }
+    }
+    if let Some(min_target) = watermark.attestation_target {
+        if target <= min_target {
+            return Ok(Err(NotSafe::TargetAtOrBelowWatermark {
+                target,
+                watermark: min_target,
+            }));
+        }
+    }
+    Ok(Ok(Safe::Valid))
+}
+
+/// An in-memory [`History`], the reference model for tests and for checking an interchange file.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHistory {
+    pub blocks: Vec<SignedBlock>,
+    pub attestations: Vec<SignedAttestation>,
+    pub watermark: Watermark,
+}
+
+impl History for MemoryHistory {
+    type Error = std::convert::Infallible;
+
+    fn blocks_at(&self, slot: Slot) -> Result<Vec<SignedBlock>, Self::Error> {
+        Ok(self
+            .blocks
+            .iter()
+            .filter(|b| b.slot == slot)
+            .copied()
+            .collect())
+    }
+
+    fn attestations_with_target(
+        &self,
+        target: Epoch,
+    ) -> Result<Vec<SignedAttestation>, Self::Error> {
+        Ok(self
+            .attestations
+            .iter()
+            .filter(|a| a.target == target)
+            .copied()
+            .collect())
+    }
+
+    fn attestation_surrounding(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error> {
+        Ok(self
+            .attestations
+            .iter()
+            .find(|a| a.source < source && a.target > target)
+            .copied())
+    }
+
+    fn attestation_surrounded_by(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error> {
+        Ok(self
+            .attestations
+            .iter()
+            .find(|a| a.source > source && a.target < target)
+            .copied())
+    }
+
+    fn watermark(&self) -> Result<Watermark, Self::Error> {
+        Ok(self.watermark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(byte: u8) -> Root {
+        Root([byte; 32])
+    }
+
+    fn att(source: u64, target: u64, byte: u8) -> SignedAttestation {
+        SignedAttestation {
+            source: Epoch(source),
+            target: Epoch(target),
+            signing_root: Some(root(byte)),
+        }
+    }
+
+    fn check_att(h: &MemoryHistory, s: u64, t: u64, byte: u8) -> Result<Safe, NotSafe> {
+        let Ok(v) = check_attestation(h, Epoch(s), Epoch(t), root(byte));
+        v
+    }
+
+    fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> Result<Safe, NotSafe> {
+        let Ok(v) = check_block(h, Slot(slot), root(byte));
+        v
+    }
+
+    #[test]
+    fn attestation_rules() {
+        let h = MemoryHistory {
+            attestations: vec![att(10, 11, 1)],
+            ..Default::default()
+        };
+        assert_eq!(check_att(&h, 10, 11, 1), Ok(Safe::SameData));
+        assert!(matches!(
+            check_att(&h, 10, 11, 2),
+            Err(NotSafe::DoubleVote { .. })
+        ));
+        assert!(matches!(
+            check_att(&h, 9, 12, 2),
+            Err(NotSafe::NewSurroundsPrevious { .. })
+        ));
+        assert_eq!(check_att(&h, 11, 12, 2), Ok(Safe::Valid));
+        // Out of order but not slashable: allowed (design.md §5).
+        assert_eq!(check_att(&h, 8, 9, 2), Ok(Safe::Valid));
+        assert!(matches!(
+            check_att(&h, 5, 4, 2),
+            Err(NotSafe::SourceExceedsTarget { .. })
+        ));
+        let wide = MemoryHistory {
+            attestations: vec![att(1, 20, 1)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_att(&wide, 2, 19, 2),
+            Err(NotSafe::PreviousSurroundsNew { .. })
+        ));
+    }
+
+    #[test]
+    fn rootless_records_conflict_with_everything_at_their_slot_or_target() {
+        let h = MemoryHistory {
+            blocks: vec![SignedBlock {
+                slot: Slot(5),
+                signing_root: None,
+            }],
+            attestations: vec![SignedAttestation {
+                source: Epoch(1),
+                target: Epoch(2),
+                signing_root: None,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_blk(&h, 5, 1),
+            Err(NotSafe::DoubleBlockProposal { .. })
+        ));
+        assert!(matches!(
+            check_att(&h, 1, 2, 1),
+            Err(NotSafe::DoubleVote { .. })
+        ));
+    }
+
+    #[test]
+    fn watermarks() {
+        let h = MemoryHistory {
+            blocks: vec![SignedBlock {
+                slot: Slot(10),
+                signing_root: Some(root(1)),
+            }],
+            watermark: Watermark {
+                block_slot: Some(Slot(10)),
+                attestation_source: Some(Epoch(5)),
+                attestation_target: Some(Epoch(6)),
+            },
+            ..Default::default()
+        };
+        assert_eq!(check_blk(&h, 10, 1), Ok(Safe::SameData));
+        assert!(matches!(
+            check_blk(&h, 9, 1),
+            Err(NotSafe::BlockSlotAtOrBelowWatermark { .. })
+        ));
+        assert_eq!(check_blk(&h, 11, 1), Ok(Safe::Valid));
+        assert!(matches!(
+            check_att(&h, 4, 7, 1),
+            Err(NotSafe::SourceBelowWatermark { .. })
+        ));
+        assert!(matches!(
+            check_att(&h, 5, 6, 1),
+            Err(NotSafe::TargetAtOrBelowWatermark { .. })
+        ));
+        assert_eq!(check_att(&h, 5, 7, 1), Ok(Safe::Valid));
+    }
+}

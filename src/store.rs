@@ -1,0 +1,939 @@
+//! The appliance's SQLite database: sealed shares (only ever the HSM-sealed blob and public
+//! metadata) and the slashing-protection history.
+//!
+//! Check-and-record runs on one dedicated writer thread that owns the writing connection.
+//! Requests that arrive while a transaction is being written wait and then go together into the
+//! next `BEGIN IMMEDIATE … COMMIT` (group commit): every request is checked against the history as
+//! left by the requests before it in the same transaction, and nobody gets an answer before the
+//! commit — with `synchronous=FULL` — is on disk. A failed commit refuses every request of the
+//! batch; nothing was released, so nothing is lost. No lock is held while signing: the slow
+//! parts (unseal, BLS) run outside, after the record is durable.
+//!
+//! Refuses: opening a file that fails `PRAGMA quick_check`, a schema newer than this build, a
+//! second network (signing requests whose genesis validators root differs from the one the
+//! database is bound to).
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::slashing::{self, History, NotSafe, Safe, SignedAttestation, SignedBlock, Watermark};
+use crate::types::{BlsPublicKey, Epoch, Root, ShareIndex, Slot, Threshold};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// At most this many requests share one transaction.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be used right now (I/O error, disk full, read-only, locked).
+    /// Requests are refused with 503; the appliance recovers when the cause is gone.
+    #[error("slashing-protection database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database {path} is corrupted ({detail}); refusing to use it — restore it from a backup or an EIP-3076 export")]
+    Corrupted { path: PathBuf, detail: String },
+    #[error("database {path} has schema version {found}, newer than this build understands ({SCHEMA_VERSION})")]
+    SchemaTooNew { path: PathBuf, found: i64 },
+    #[error("a stored value is invalid: {0}")]
+    InvalidData(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+/// Where a stored share came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareOrigin {
+    Keystore,
+    Demo,
+    Split,
+    Dkg,
+}
+
+impl ShareOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareOrigin::Keystore => "keystore",
+            ShareOrigin::Demo => "demo",
+            ShareOrigin::Split => "split",
+            ShareOrigin::Dkg => "dkg",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "keystore" => ShareOrigin::Keystore,
+            "demo" => ShareOrigin::Demo,
+            "split" => ShareOrigin::Split,
+            "dkg" => ShareOrigin::Dkg,
+            other => return Err(StoreError::InvalidData(format!("unknown origin {other}"))),
+        })
+    }
+}
+
+/// Threshold metadata of a share (absent for a whole validator key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThresholdInfo {
+    pub index: ShareIndex,
+    pub threshold: Threshold,
+    pub participants: u32,
+    pub group_public_key: BlsPublicKey,
+    /// The public keys of all `participants` shares, in index order.
+    pub share_public_keys: Vec<BlsPublicKey>,
+}
+
+/// One stored key share: the HSM-sealed blob and public metadata. Never the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareRecord {
+    pub public_key: BlsPublicKey,
+    pub sealed: Vec<u8>,
+    pub origin: ShareOrigin,
+    pub threshold: Option<ThresholdInfo>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// A share with this public key is already stored (and enabled).
+    Duplicate,
+    /// The key was stored but disabled (deleted); it is enabled again with the new blob.
+    Reenabled,
+}
+
+/// What to check and record for one signing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlashingRequest {
+    Block {
+        slot: Slot,
+        signing_root: Root,
+    },
+    Attestation {
+        source: Epoch,
+        target: Epoch,
+        signing_root: Root,
+    },
+}
+
+/// Why a check-and-record refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Slashable(#[from] NotSafe),
+    #[error("genesis validators root {received} differs from {expected}, the network this slashing database is bound to")]
+    WrongNetwork { expected: Root, received: Root },
+}
+
+pub type CheckOutcome = Result<Safe, Refusal>;
+
+struct Job {
+    public_key: BlsPublicKey,
+    genesis_validators_root: Option<Root>,
+    request: SlashingRequest,
+    record: bool,
+    reply: oneshot::Sender<Result<CheckOutcome, StoreError>>,
+}
+
+/// The database. Cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    /// Connection for administrative work (share import, listing); WAL lets it read while the
+    /// writer writes, and `busy_timeout` serialises its writes with the writer's.
+    admin: Mutex<Connection>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// SQLite stores signed 64-bit integers; flipping the top bit maps u64 onto i64 preserving
+/// order, so range queries (surround checks) stay correct up to 2^64-1.
+fn u64_to_sql(value: u64) -> i64 {
+    (value ^ (1 << 63)) as i64
+}
+
+fn sql_to_u64(value: i64) -> u64 {
+    (value as u64) ^ (1 << 63)
+}
+
+fn root_from_sql(bytes: Option<Vec<u8>>) -> Result<Option<Root>, rusqlite::Error> {
+    bytes
+        .map(|b| {
+            Root::from_slice(&b).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+            })
+        })
+        .transpose()
+}
+
+/// The pragmas every connection gets, on create and on open alike.
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsync'd at every commit, so a committed slashing record survives a crash
+    // or power loss before its signature is released.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS validators (
+                 id INTEGER PRIMARY KEY,
+                 pubkey BLOB NOT NULL UNIQUE,
+                 -- watermarks (order-preserving u64 encoding, see u64_to_sql)
+                 min_block_slot INTEGER,
+                 min_att_source INTEGER,
+                 min_att_target INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS shares (
+                 validator_id INTEGER PRIMARY KEY REFERENCES validators(id),
+                 sealed BLOB NOT NULL,
+                 origin TEXT NOT NULL,
+                 share_index INTEGER,
+                 threshold INTEGER,
+                 participants INTEGER,
+                 group_pubkey BLOB,
+                 share_pubkeys BLOB,
+                 enabled INTEGER NOT NULL DEFAULT 1,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS signed_blocks (
+                 validator_id INTEGER NOT NULL REFERENCES validators(id),
+                 slot INTEGER NOT NULL,
+                 signing_root BLOB
+             );
+             CREATE INDEX IF NOT EXISTS signed_blocks_by_slot ON signed_blocks (validator_id, slot);
+             CREATE TABLE IF NOT EXISTS signed_attestations (
+                 validator_id INTEGER NOT NULL REFERENCES validators(id),
+                 source_epoch INTEGER NOT NULL,
+                 target_epoch INTEGER NOT NULL,
+                 signing_root BLOB
+             );
+             CREATE INDEX IF NOT EXISTS signed_attestations_by_target
+                 ON signed_attestations (validator_id, target_epoch);
+             CREATE INDEX IF NOT EXISTS signed_attestations_by_source
+                 ON signed_attestations (validator_id, source_epoch);
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let result: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| StoreError::Corrupted {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if result != "ok" {
+        return Err(StoreError::Corrupted {
+            path: path.to_owned(),
+            detail: result,
+        });
+    }
+    Ok(())
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupted {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+        _ => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
+    })?;
+    configure(&conn).map_err(|e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupted {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+        _ => StoreError::Unavailable(format!("cannot configure {}: {e}", path.display())),
+    })?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Open (creating if missing) the database at `path`, check its integrity and start the
+    /// writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let admin = open_connection(path)?;
+        check_integrity(&admin, path)?;
+        migrate(&admin, path)?;
+        let writer = open_connection(path)?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("slashing-db-writer".into())
+            .spawn(move || writer_loop(writer, queue))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        Ok(Store {
+            path: path.to_owned(),
+            admin: Mutex::new(admin),
+            jobs,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn admin(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves a usable connection (SQLite rolls back an open
+        // transaction when the statement is dropped), so a poisoned lock is not fatal.
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Store a sealed share. A share whose key is already stored and enabled is a duplicate and
+    /// left untouched; a disabled (deleted) one is enabled again with the new blob — its
+    /// slashing history, which is never deleted, applies again.
+    pub fn insert_share(&self, record: &ShareRecord) -> Result<InsertOutcome, StoreError> {
+        let mut conn = self.admin();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let validator_id = ensure_validator(&tx, &record.public_key)?;
+        let existing: Option<bool> = tx
+            .query_row(
+                "SELECT enabled FROM shares WHERE validator_id = ?1",
+                [validator_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let t = record.threshold.as_ref();
+        let share_pubkeys: Option<Vec<u8>> =
+            t.map(|t| t.share_public_keys.iter().flat_map(|k| k.0).collect());
+        let outcome = match existing {
+            Some(true) => return Ok(InsertOutcome::Duplicate),
+            Some(false) => {
+                tx.execute(
+                    "UPDATE shares SET sealed = ?2, origin = ?3, share_index = ?4, threshold = ?5,
+                         participants = ?6, group_pubkey = ?7, share_pubkeys = ?8, enabled = 1
+                     WHERE validator_id = ?1",
+                    params![
+                        validator_id,
+                        record.sealed,
+                        record.origin.as_str(),
+                        t.map(|t| t.index.get()),
+                        t.map(|t| t.threshold.get()),
+                        t.map(|t| t.participants),
+                        t.map(|t| t.group_public_key.0.to_vec()),
+                        share_pubkeys,
+                    ],
+                )?;
+                InsertOutcome::Reenabled
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO shares (validator_id, sealed, origin, share_index, threshold,
+                         participants, group_pubkey, share_pubkeys, enabled, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, strftime('%s','now'))",
+                    params![
+                        validator_id,
+                        record.sealed,
+                        record.origin.as_str(),
+                        t.map(|t| t.index.get()),
+                        t.map(|t| t.threshold.get()),
+                        t.map(|t| t.participants),
+                        t.map(|t| t.group_public_key.0.to_vec()),
+                        share_pubkeys,
+                    ],
+                )?;
+                InsertOutcome::Inserted
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Stop a key from signing. Its slashing history stays. Returns false when no enabled share
+    /// with that key exists.
+    pub fn disable_share(&self, public_key: &BlsPublicKey) -> Result<bool, StoreError> {
+        let conn = self.admin();
+        let changed = conn.execute(
+            "UPDATE shares SET enabled = 0 WHERE enabled = 1 AND validator_id =
+                 (SELECT id FROM validators WHERE pubkey = ?1)",
+            [public_key.0.to_vec()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Every stored share, enabled or not, in insertion order.
+    pub fn shares(&self) -> Result<Vec<ShareRecord>, StoreError> {
+        let conn = self.admin();
+        let mut stmt = conn.prepare(
+            "SELECT v.pubkey, s.sealed, s.origin, s.share_index, s.threshold, s.participants,
+                    s.group_pubkey, s.share_pubkeys, s.enabled
+             FROM shares s JOIN validators v ON v.id = s.validator_id ORDER BY s.rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<u32>>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+                r.get::<_, Option<Vec<u8>>>(7)?,
+                r.get::<_, bool>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                pubkey,
+                sealed,
+                origin,
+                index,
+                threshold,
+                participants,
+                group,
+                share_keys,
+                enabled,
+            ) = row?;
+            let invalid = |what: &str| StoreError::InvalidData(what.to_owned());
+            let threshold_info = match (index, threshold, participants, group) {
+                (Some(index), Some(threshold), Some(participants), Some(group)) => {
+                    let share_keys = share_keys.unwrap_or_default();
+                    Some(ThresholdInfo {
+                        index: ShareIndex::new(index).map_err(|_| invalid("share index 0"))?,
+                        threshold: Threshold::new(threshold).map_err(|_| invalid("threshold 0"))?,
+                        participants,
+                        group_public_key: BlsPublicKey::from_slice(&group)
+                            .map_err(|_| invalid("group public key"))?,
+                        share_public_keys: share_keys
+                            .chunks(BlsPublicKey::LEN)
+                            .map(BlsPublicKey::from_slice)
+                            .collect::<Result<_, _>>()
+                            .map_err(|_| invalid("share public keys"))?,
+                    })
+                }
+                (None, None, None, None) => None,
+                _ => return Err(invalid("partial threshold metadata")),
+            };
+            out.push(ShareRecord {
+                public_key: BlsPublicKey::from_slice(&pubkey).map_err(|_| invalid("public key"))?,
+                sealed,
+                origin: ShareOrigin::parse(&origin)?,
+                threshold: threshold_info,
+                enabled,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The genesis validators root this database is bound to, if any.
+    pub fn genesis_validators_root(&self) -> Result<Option<Root>, StoreError> {
+        let conn = self.admin();
+        read_gvr(&conn).map_err(Into::into)
+    }
+
+    /// Check a signing request against the key's history and, when safe, record it durably.
+    /// Returns only after the record is committed to disk.
+    pub async fn check_and_record(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+    ) -> Result<CheckOutcome, StoreError> {
+        self.submit(public_key, genesis_validators_root, request, true)
+            .await
+    }
+
+    /// The same check without recording anything (dry run).
+    pub async fn check_only(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+    ) -> Result<CheckOutcome, StoreError> {
+        self.submit(public_key, genesis_validators_root, request, false)
+            .await
+    }
+
+    async fn submit(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+        record: bool,
+    ) -> Result<CheckOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                public_key,
+                genesis_validators_root,
+                request,
+                record,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Blocking variant for synchronous callers (CLI, tests).
+    pub fn check_and_record_blocking(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+    ) -> Result<CheckOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                public_key,
+                genesis_validators_root,
+                request,
+                record: true,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Whether the database answers a trivial query (for `/healthcheck`).
+    pub fn health_check(&self) -> Result<(), StoreError> {
+        let conn = self.admin();
+        conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+}
+
+fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'genesis_validators_root'",
+        [],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .and_then(root_from_sql)
+}
+
+fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64, rusqlite::Error> {
+    conn.execute(
+        "INSERT OR IGNORE INTO validators (pubkey) VALUES (?1)",
+        [public_key.0.to_vec()],
+    )?;
+    conn.query_row(
+        "SELECT id FROM validators WHERE pubkey = ?1",
+        [public_key.0.to_vec()],
+        |r| r.get(0),
+    )
+}
+
+/// One key's history, read inside the writer's transaction.
+struct SqlHistory<'a> {
+    conn: &'a Connection,
+    validator_id: i64,
+}
+
+impl History for SqlHistory<'_> {
+    type Error = rusqlite::Error;
+
+    fn blocks_at(&self, slot: Slot) -> Result<Vec<SignedBlock>, Self::Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT signing_root FROM signed_blocks WHERE validator_id = ?1 AND slot = ?2",
+        )?;
+        let rows = stmt.query_map(params![self.validator_id, u64_to_sql(slot.0)], |r| {
+            Ok(SignedBlock {
+                slot,
+                signing_root: root_from_sql(r.get(0)?)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn attestations_with_target(
+        &self,
+        target: Epoch,
+    ) -> Result<Vec<SignedAttestation>, Self::Error> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT source_epoch, signing_root FROM signed_attestations
+             WHERE validator_id = ?1 AND target_epoch = ?2",
+        )?;
+        let rows = stmt.query_map(params![self.validator_id, u64_to_sql(target.0)], |r| {
+            Ok(SignedAttestation {
+                source: Epoch(sql_to_u64(r.get(0)?)),
+                target,
+                signing_root: root_from_sql(r.get(1)?)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn attestation_surrounding(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error> {
+        self.conn
+            .prepare_cached(
+                "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+                 WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    self.validator_id,
+                    u64_to_sql(source.0),
+                    u64_to_sql(target.0)
+                ],
+                attestation_from_row,
+            )
+            .optional()
+    }
+
+    fn attestation_surrounded_by(
+        &self,
+        source: Epoch,
+        target: Epoch,
+    ) -> Result<Option<SignedAttestation>, Self::Error> {
+        self.conn
+            .prepare_cached(
+                "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+                 WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    self.validator_id,
+                    u64_to_sql(source.0),
+                    u64_to_sql(target.0)
+                ],
+                attestation_from_row,
+            )
+            .optional()
+    }
+
+    fn watermark(&self) -> Result<Watermark, Self::Error> {
+        self.conn
+            .prepare_cached(
+                "SELECT min_block_slot, min_att_source, min_att_target FROM validators WHERE id = ?1",
+            )?
+            .query_row([self.validator_id], |r| {
+                Ok(Watermark {
+                    block_slot: r.get::<_, Option<i64>>(0)?.map(|v| Slot(sql_to_u64(v))),
+                    attestation_source: r.get::<_, Option<i64>>(1)?.map(|v| Epoch(sql_to_u64(v))),
+                    attestation_target: r.get::<_, Option<i64>>(2)?.map(|v| Epoch(sql_to_u64(v))),
+                })
+            })
+    }
+}
+
+fn attestation_from_row(r: &rusqlite::Row<'_>) -> Result<SignedAttestation, rusqlite::Error> {
+    Ok(SignedAttestation {
+        source: Epoch(sql_to_u64(r.get(0)?)),
+        target: Epoch(sql_to_u64(r.get(1)?)),
+        signing_root: root_from_sql(r.get(2)?)?,
+    })
+}
+
+/// Check one request inside the open transaction and record it when safe and asked to.
+fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error> {
+    if let Some(received) = job.genesis_validators_root {
+        match read_gvr(conn)? {
+            Some(expected) if expected != received => {
+                return Ok(Err(Refusal::WrongNetwork { expected, received }));
+            }
+            Some(_) => {}
+            None if job.record => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
+                    [received.0.to_vec()],
+                )?;
+            }
+            None => {}
+        }
+    }
+    let validator_id = ensure_validator(conn, &job.public_key)?;
+    let history = SqlHistory { conn, validator_id };
+    let verdict = match job.request {
+        SlashingRequest::Block { slot, signing_root } => {
+            slashing::check_block(&history, slot, signing_root)?
+        }
+        SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        } => slashing::check_attestation(&history, source, target, signing_root)?,
+    };
+    match verdict {
+        Ok(Safe::Valid) if job.record => match job.request {
+            SlashingRequest::Block { slot, signing_root } => {
+                conn.prepare_cached(
+                    "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![validator_id, u64_to_sql(slot.0), signing_root.0.to_vec()])?;
+            }
+            SlashingRequest::Attestation {
+                source,
+                target,
+                signing_root,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO signed_attestations (validator_id, source_epoch, target_epoch, signing_root)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    validator_id,
+                    u64_to_sql(source.0),
+                    u64_to_sql(target.0),
+                    signing_root.0.to_vec()
+                ])?;
+            }
+        },
+        _ => {}
+    }
+    Ok(verdict.map_err(Refusal::Slashable))
+}
+
+/// Group commit: take every queued job, process them in one transaction, commit once (one
+/// fsync), then answer them all.
+fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(&mut conn, &batch);
+        match results {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    // The requester may have gone away (client disconnected); the record stays.
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, jobs = batch.len(), "slashing-protection transaction failed; requests refused");
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<CheckOutcome>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        outcomes.push(process(&tx, job)?);
+    }
+    // Dropping `tx` on an error above rolls everything back: no request of the batch is answered
+    // as signed, so nothing is released without its record.
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> BlsPublicKey {
+        BlsPublicKey([byte; 48])
+    }
+
+    fn att(source: u64, target: u64, byte: u8) -> SlashingRequest {
+        SlashingRequest::Attestation {
+            source: Epoch(source),
+            target: Epoch(target),
+            signing_root: Root([byte; 32]),
+        }
+    }
+
+    #[test]
+    fn u64_mapping_preserves_order() {
+        let values = [
+            0u64,
+            1,
+            1 << 62,
+            (1 << 63) - 1,
+            1 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for pair in values.windows(2) {
+            assert!(u64_to_sql(pair[0]) < u64_to_sql(pair[1]));
+            assert_eq!(sql_to_u64(u64_to_sql(pair[0])), pair[0]);
+        }
+    }
+
+    #[test]
+    fn check_and_record_persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(
+                store
+                    .check_and_record_blocking(key(1), None, att(1, 2, 1))
+                    .unwrap(),
+                Ok(Safe::Valid)
+            );
+            assert_eq!(
+                store
+                    .check_and_record_blocking(key(1), None, att(1, 2, 1))
+                    .unwrap(),
+                Ok(Safe::SameData)
+            );
+        }
+        let store = Store::open(&path).unwrap();
+        assert!(matches!(
+            store
+                .check_and_record_blocking(key(1), None, att(1, 2, 2))
+                .unwrap(),
+            Err(Refusal::Slashable(NotSafe::DoubleVote { .. }))
+        ));
+        assert!(matches!(
+            store
+                .check_and_record_blocking(key(1), None, att(0, 3, 2))
+                .unwrap(),
+            Err(Refusal::Slashable(NotSafe::NewSurroundsPrevious { .. }))
+        ));
+        // Another key is independent.
+        assert_eq!(
+            store
+                .check_and_record_blocking(key(2), None, att(1, 2, 2))
+                .unwrap(),
+            Ok(Safe::Valid)
+        );
+    }
+
+    #[test]
+    fn database_is_bound_to_one_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let gvr_a = Root([0xaa; 32]);
+        let gvr_b = Root([0xbb; 32]);
+        assert_eq!(
+            store
+                .check_and_record_blocking(key(1), Some(gvr_a), att(1, 2, 1))
+                .unwrap(),
+            Ok(Safe::Valid)
+        );
+        assert!(matches!(
+            store
+                .check_and_record_blocking(key(1), Some(gvr_b), att(2, 3, 1))
+                .unwrap(),
+            Err(Refusal::WrongNetwork { .. })
+        ));
+        assert_eq!(store.genesis_validators_root().unwrap(), Some(gvr_a));
+    }
+
+    #[test]
+    fn pragmas_applied_on_create_and_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        for _ in 0..2 {
+            let conn = open_connection(&path).unwrap();
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(sync, 2, "synchronous=FULL");
+            migrate(&conn, &path).unwrap();
+        }
+    }
+
+    #[test]
+    fn corrupted_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::Corrupted { .. })
+        ));
+    }
+
+    #[test]
+    fn shares_round_trip_and_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let record = ShareRecord {
+            public_key: key(7),
+            sealed: vec![1, 2, 3],
+            origin: ShareOrigin::Split,
+            threshold: Some(ThresholdInfo {
+                index: ShareIndex::new(2).unwrap(),
+                threshold: Threshold::new(2).unwrap(),
+                participants: 3,
+                group_public_key: key(9),
+                share_public_keys: vec![key(6), key(7), key(8)],
+            }),
+            enabled: true,
+        };
+        assert_eq!(
+            store.insert_share(&record).unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(
+            store.insert_share(&record).unwrap(),
+            InsertOutcome::Duplicate
+        );
+        assert_eq!(store.shares().unwrap(), vec![record.clone()]);
+        assert!(store.disable_share(&key(7)).unwrap());
+        assert!(!store.disable_share(&key(7)).unwrap());
+        assert!(!store.shares().unwrap()[0].enabled);
+        assert_eq!(
+            store.insert_share(&record).unwrap(),
+            InsertOutcome::Reenabled
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_conflicting_requests_sign_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.check_and_record(key(1), None, att(5, 6, i)).await
+            }));
+        }
+        let mut valid = 0;
+        for task in tasks {
+            if let Ok(Safe::Valid) = task.await.unwrap().unwrap() {
+                valid += 1;
+            }
+        }
+        assert_eq!(valid, 1);
+    }
+}
