@@ -1,1 +1,170 @@
-fn main() {}
+//! `keystake-signer`: command-line entry point. Parses arguments, sets up logging, and calls
+//! `keystake_signer::commands`. No prompts: every secret comes from a file.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use keystake_signer::commands;
+use keystake_signer::config::{self, Config};
+use keystake_signer::store::InsertOutcome;
+
+#[derive(Parser)]
+#[command(
+    name = "keystake-signer",
+    version,
+    about = "Hardware-secured remote signer for Ethereum validators"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set up a complete demo appliance in DIR (certificates, SoftHSM2 token, three sealed keys) and serve it.
+    Demo {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = config::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Prepare everything, print the instructions, and exit without serving.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Create the data directory, the SQLite store and the HSM token objects (idempotent).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Certificates for mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Manage validator keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Serve the Web3Signer REST API over mutual TLS.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override the configured listen address (port 0 picks a free port; the bound address is logged).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Generate a CA, a server certificate and client certificates (demo/test PKI).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// Client certificate to issue (repeatable; default: one named "client").
+        #[arg(long = "client")]
+        clients: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Import an EIP-2335 keystore; the key is sealed by the HSM, never written in plaintext.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        keystore: PathBuf,
+        #[arg(long)]
+        password_file: PathBuf,
+    },
+    /// List stored keys.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    let config = Config::load(path)?;
+    commands::prepare_hsm_environment(&config);
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo {
+            dir,
+            listen,
+            no_serve,
+        } => {
+            let demo = commands::prepare_demo(&dir, listen)?;
+            let config = Config::load(&demo.config_path)?;
+            print!("{}", commands::demo_instructions(&demo, &config, listen));
+            if !no_serve {
+                runtime()?.block_on(commands::serve(&config, Some(listen)))?;
+            }
+        }
+        Command::Init { config } => commands::init(&load(&config)?)?,
+        Command::Certs {
+            command: CertsCommand::Generate { out, clients },
+        } => {
+            commands::generate_certs(&out, &clients)?;
+            println!("certificates written to {}", out.display());
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Import {
+                config,
+                keystore,
+                password_file,
+            } => {
+                let (public_key, outcome) =
+                    commands::import_keystore(&load(&config)?, &keystore, &password_file)?;
+                let status = match outcome {
+                    InsertOutcome::Inserted => "imported",
+                    InsertOutcome::Duplicate => "duplicate",
+                    InsertOutcome::Reenabled => "imported (re-enabled)",
+                };
+                println!("{public_key} {status}");
+            }
+            KeysCommand::List { config } => {
+                commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
+            }
+        },
+        Command::Serve { config, listen } => {
+            let config = load(&config)?;
+            runtime()?.block_on(commands::serve(&config, listen))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    commands::disable_core_dumps();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYSTAKE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,5 @@
-//! Integration tests (one binary to keep link time low).
+//! Integration tests, one binary to keep link time low on 2 cores.
+
+mod common;
+mod e2e;
+mod vectors;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages the signer and its tests need on a fresh Debian machine
+# (idempotent; installs only what is missing). Needs root or sudo for apt-get.
+set -euo pipefail
+
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+for extra in "$@"; do
+  dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=()
+  [ "$(id -u)" = 0 ] || SUDO=(sudo)
+  echo "installing: ${need[*]}"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install the Rust toolchain (https://rustup.rs, Rust >= 1.85)" >&2
+  exit 1
+fi

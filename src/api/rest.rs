@@ -1,0 +1,160 @@
+//! The Web3Signer eth2 REST API: a thin adapter that reads the request, calls the
+//! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
+//!
+//! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
+//! `POST /api/v1/eth2/sign/{identifier}`. Refuses bodies over [`MAX_BODY_BYTES`] (413) and
+//! non-JSON content types (415).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::service::SigningService;
+
+/// Largest accepted request body. A full Electra block body is far below this.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The REST router over a shared service. A function, so tests can drive it without a socket.
+pub fn router(service: Arc<SigningService>) -> Router {
+    Router::new()
+        .route("/upcheck", get(upcheck))
+        .route("/healthcheck", get(healthcheck))
+        .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/eth2/sign/{identifier}", post(sign))
+        .fallback(not_found)
+        .with_state(service)
+}
+
+async fn upcheck() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "OK")
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("no such endpoint").into_response()
+}
+
+/// Web3Signer's healthcheck shape: overall status plus one check per dependency.
+async fn healthcheck(State(service): State<Arc<SigningService>>) -> Response {
+    let service2 = service.clone();
+    let (hsm, db) = tokio::task::spawn_blocking(move || service2.health())
+        .await
+        .unwrap_or_else(|_| {
+            (
+                Err(crate::seal::SealError::Unavailable(
+                    "health task failed".into(),
+                )),
+                Err(crate::store::StoreError::WriterGone),
+            )
+        });
+    let check = |id: &str, result: &Result<(), String>| match result {
+        Ok(()) => json!({"id": id, "status": "UP"}),
+        Err(reason) => json!({"id": id, "status": "DOWN", "data": {"error": reason}}),
+    };
+    let hsm = hsm.map_err(|e| e.to_string());
+    let db = db.map_err(|e| e.to_string());
+    let up = hsm.is_ok() && db.is_ok();
+    let body = json!({
+        "status": if up { "UP" } else { "DOWN" },
+        "checks": [check("hsm-session", &hsm), check("slashing-protection-db", &db),
+                   json!({"id": "keys-loaded", "status": "UP", "data": {"count": service.public_keys().len()}})],
+        "outcome": if up { "UP" } else { "DOWN" },
+    });
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn public_keys(State(service): State<Arc<SigningService>>) -> Json<Vec<String>> {
+    Json(
+        service
+            .public_keys()
+            .iter()
+            .map(|k| k.to_hex())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
+/// otherwise the bare hex signature as text.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|item| item.split(';').next().unwrap_or("").trim())
+        .any(|media| media.eq_ignore_ascii_case("application/json") || media == "*/*")
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(media))
+    }
+}
+
+async fn sign(
+    State(service): State<Arc<SigningService>>,
+    Path(identifier): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_content_type(&headers)?;
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let signed = service.sign(&identifier, &body).await?;
+    tracing::debug!(key = %signed.public_key, kind = signed.kind.as_str(), root = %signed.signing_root, "signed");
+    let signature = signed.signature.to_hex();
+    Ok(if wants_json(&headers) {
+        Json(json!({ "signature": signature })).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            signature,
+        )
+            .into_response()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(accept: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, accept.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn accept_rule() {
+        assert!(wants_json(&headers("application/json")));
+        assert!(wants_json(&headers("*/*")));
+        assert!(wants_json(&headers("text/plain;q=0.5, application/json")));
+        assert!(!wants_json(&headers("text/plain")));
+        assert!(!wants_json(&HeaderMap::new()));
+    }
+}

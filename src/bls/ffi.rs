@@ -1,0 +1,170 @@
+//! Arithmetic in the BLS12-381 scalar field F_r — the only raw `blst` FFI in the crate.
+//!
+//! blst's safe Rust API offers signing, verification and multi-scalar multiplication of points, but
+//! no addition, multiplication or inversion of scalars, which Shamir splitting (evaluating a secret
+//! polynomial) and Lagrange interpolation need. This module wraps the few `blst_fr_*` and
+//! `blst_scalar_*` C functions it needs behind the safe [`Scalar`] type; no pointer leaves it.
+//!
+//! Refuses: non-canonical encodings (a big-endian value `>= r`) in
+//! [`Scalar::from_be_bytes_canonical`]; inverting zero ([`Scalar::invert`] returns `None`).
+//!
+//! Every C function used here is constant-time in its inputs (blst's `blst_fr_inverse` is the
+//! constant-time inversion; the faster `blst_fr_eucl_inverse` is deliberately not used), so a
+//! [`Scalar`] may hold secret material such as polynomial coefficients and key shares.
+#![allow(unsafe_code)]
+
+use std::fmt;
+
+use blst::{blst_fr, blst_scalar};
+use zeroize::{Zeroize, Zeroizing};
+
+/// An element of the scalar field F_r of BLS12-381 (`r` = the G1/G2 subgroup order).
+///
+/// It may hold a secret (a polynomial coefficient, a key share), so it is zeroized on drop, its
+/// `Debug` is redacted and it is not `Copy`. Equality is deliberately not implemented; compare
+/// [`Scalar::to_be_bytes`] where a test needs it.
+pub struct Scalar {
+    /// Montgomery form, always fully reduced below `r` (every blst `fr` operation keeps it so).
+    value: blst_fr,
+}
+
+impl Scalar {
+    /// The additive identity.
+    pub fn zero() -> Self {
+        Self {
+            value: blst_fr::default(),
+        }
+    }
+
+    /// The multiplicative identity.
+    pub fn one() -> Self {
+        Self::from_u64(1)
+    }
+
+    /// `value mod r` (a `u64` is always below `r`).
+    pub fn from_u64(value: u64) -> Self {
+        let limbs: [u64; 4] = [value, 0, 0, 0];
+        let mut out = blst_fr::default();
+        // SAFETY: `out` is a valid, exclusively borrowed `blst_fr`; `limbs` is a live array of the
+        // four little-endian 64-bit limbs the C function reads.
+        unsafe { blst::blst_fr_from_uint64(&mut out, limbs.as_ptr()) };
+        Self { value: out }
+    }
+
+    /// Decode a 32-byte big-endian value, refusing anything `>= r` (zero is accepted).
+    pub fn from_be_bytes_canonical(bytes: &[u8; 32]) -> Option<Self> {
+        let mut raw = blst_scalar::default();
+        // SAFETY: `raw` is a valid, exclusively borrowed `blst_scalar`; `bytes` points to exactly
+        // the 32 readable bytes the C function reads.
+        unsafe { blst::blst_scalar_from_bendian(&mut raw, bytes.as_ptr()) };
+        // SAFETY: `raw` is a valid, initialised `blst_scalar`, only read.
+        let canonical = unsafe { blst::blst_scalar_fr_check(&raw) };
+        let result = if canonical {
+            let mut out = blst_fr::default();
+            // SAFETY: both pointers refer to valid, distinct, initialised values; `raw < r` was
+            // just checked, which `blst_fr_from_scalar` expects.
+            unsafe { blst::blst_fr_from_scalar(&mut out, &raw) };
+            Some(Self { value: out })
+        } else {
+            None
+        };
+        raw.zeroize();
+        result
+    }
+
+    /// The scalar of a secret key (always in `[1, r)`), without a round trip through bytes.
+    pub(super) fn from_secret_key(key: &blst::min_pk::SecretKey) -> Self {
+        // blst's safe conversion: a borrowed view of the key's canonical scalar, no copy.
+        let raw: &blst_scalar = key.into();
+        let mut out = blst_fr::default();
+        // SAFETY: `out` is a valid, exclusively borrowed `blst_fr`; `raw` is a valid scalar below
+        // `r` (blst only constructs secret keys in `[1, r)`).
+        unsafe { blst::blst_fr_from_scalar(&mut out, raw) };
+        Self { value: out }
+    }
+
+    /// 32-byte big-endian encoding (the form keys and the test vectors use).
+    pub fn to_be_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut raw = blst_scalar::default();
+        let mut out = Zeroizing::new([0u8; 32]);
+        // SAFETY: all pointers refer to valid, initialised, distinct values; `out` has the 32
+        // writable bytes `blst_bendian_from_scalar` writes.
+        unsafe {
+            blst::blst_scalar_from_fr(&mut raw, &self.value);
+            blst::blst_bendian_from_scalar(out.as_mut_ptr(), &raw);
+        }
+        raw.zeroize();
+        out
+    }
+
+    /// 32-byte little-endian encoding (the form blst's multi-scalar multiplication reads).
+    pub fn to_le_bytes(&self) -> Zeroizing<[u8; 32]> {
+        let mut raw = blst_scalar::default();
+        // SAFETY: both pointers refer to valid, initialised, distinct values.
+        unsafe { blst::blst_scalar_from_fr(&mut raw, &self.value) };
+        // `blst_scalar` stores its value as little-endian bytes.
+        let out = Zeroizing::new(raw.b);
+        raw.zeroize();
+        out
+    }
+
+    pub fn is_zero(&self) -> bool {
+        // Fully reduced Montgomery form: zero is exactly the all-zero limbs.
+        self.value.l.iter().fold(0u64, |acc, limb| acc | limb) == 0
+    }
+
+    /// `self + other mod r`.
+    pub fn add(&self, other: &Scalar) -> Scalar {
+        let mut out = blst_fr::default();
+        // SAFETY: all three pointers refer to valid, initialised `blst_fr` values; `out` is
+        // exclusively borrowed and distinct from the inputs.
+        unsafe { blst::blst_fr_add(&mut out, &self.value, &other.value) };
+        Scalar { value: out }
+    }
+
+    /// `self - other mod r`.
+    pub fn sub(&self, other: &Scalar) -> Scalar {
+        let mut out = blst_fr::default();
+        // SAFETY: as in `add`.
+        unsafe { blst::blst_fr_sub(&mut out, &self.value, &other.value) };
+        Scalar { value: out }
+    }
+
+    /// `self * other mod r`.
+    pub fn mul(&self, other: &Scalar) -> Scalar {
+        let mut out = blst_fr::default();
+        // SAFETY: as in `add`.
+        unsafe { blst::blst_fr_mul(&mut out, &self.value, &other.value) };
+        Scalar { value: out }
+    }
+
+    /// `self^-1 mod r`, or `None` for zero (which has no inverse).
+    pub fn invert(&self) -> Option<Scalar> {
+        if self.is_zero() {
+            return None;
+        }
+        let mut out = blst_fr::default();
+        // SAFETY: both pointers refer to valid, initialised, distinct `blst_fr` values.
+        unsafe { blst::blst_fr_inverse(&mut out, &self.value) };
+        Some(Scalar { value: out })
+    }
+}
+
+impl Clone for Scalar {
+    fn clone(&self) -> Self {
+        // Both copies zeroize themselves on drop.
+        Self { value: self.value }
+    }
+}
+
+impl Drop for Scalar {
+    fn drop(&mut self) {
+        self.value.l.zeroize();
+    }
+}
+
+impl fmt::Debug for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scalar(<redacted>)")
+    }
+}

@@ -1,0 +1,574 @@
+//! Networks: preset, genesis fork version, slots per epoch and fork schedule. The schedule decides
+//! which SSZ schema a full block or an aggregate at a given slot uses (as Web3Signer does); the
+//! genesis fork version signs builder registrations.
+//!
+//! Built-in: mainnet, hoodi, sepolia (values of the public `config.yaml` of each network).
+//! Custom devnets come from TOML text (`Network::from_toml_str`), which refuses unknown keys,
+//! zero slots per epoch, a fork scheduled without all of its predecessors, fork epochs that go
+//! backwards, and a fork listed twice.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+use super::quoted_u64;
+use crate::types::{Epoch, ForkVersion, Slot};
+
+/// The consensus preset (list and committee sizes) a network runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Mainnet,
+    Minimal,
+}
+
+impl Preset {
+    /// `SLOTS_PER_EPOCH` of the preset (the default of a custom network).
+    pub fn slots_per_epoch(self) -> u64 {
+        match self {
+            Preset::Mainnet => 32,
+            Preset::Minimal => 8,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Mainnet => "mainnet",
+            Preset::Minimal => "minimal",
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Consensus forks in activation order (`Ord` follows that order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ForkName {
+    Phase0,
+    Altair,
+    Bellatrix,
+    Capella,
+    Deneb,
+    Electra,
+    Fulu,
+}
+
+impl ForkName {
+    /// Every fork, in activation order.
+    pub const ALL: [ForkName; 7] = [
+        ForkName::Phase0,
+        ForkName::Altair,
+        ForkName::Bellatrix,
+        ForkName::Capella,
+        ForkName::Deneb,
+        ForkName::Electra,
+        ForkName::Fulu,
+    ];
+
+    /// The spelling of the beacon and Web3Signer APIs (`version` fields): `"PHASE0"`, `"ALTAIR"` …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForkName::Phase0 => "PHASE0",
+            ForkName::Altair => "ALTAIR",
+            ForkName::Bellatrix => "BELLATRIX",
+            ForkName::Capella => "CAPELLA",
+            ForkName::Deneb => "DENEB",
+            ForkName::Electra => "ELECTRA",
+            ForkName::Fulu => "FULU",
+        }
+    }
+
+    /// Parse an API `version` name, ignoring ASCII case.
+    pub fn from_api_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|fork| fork.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether attestations of this fork are EIP-7549 ones (`committee_bits`, Electra on).
+    pub fn has_electra_attestations(self) -> bool {
+        self >= ForkName::Electra
+    }
+}
+
+impl fmt::Display for ForkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One fork after genesis: its version and activation epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledFork {
+    pub fork: ForkName,
+    pub version: ForkVersion,
+    pub epoch: Epoch,
+}
+
+/// Why a network definition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkConfigError {
+    #[error("invalid network config: {0}")]
+    Toml(String),
+    #[error("slots_per_epoch must be at least 1")]
+    ZeroSlotsPerEpoch,
+    #[error("PHASE0 is the genesis fork; set genesis_fork_version instead of scheduling it")]
+    Phase0Scheduled,
+    #[error("fork {0} is listed more than once")]
+    DuplicateFork(ForkName),
+    #[error("fork {fork} is scheduled but the earlier fork {missing} is not")]
+    MissingEarlierFork { fork: ForkName, missing: ForkName },
+    #[error("fork {fork} at epoch {epoch} activates before {previous} at epoch {previous_epoch}")]
+    EpochsOutOfOrder {
+        fork: ForkName,
+        epoch: Epoch,
+        previous: ForkName,
+        previous_epoch: Epoch,
+    },
+}
+
+/// A beacon-chain network as the signer needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub preset: Preset,
+    pub genesis_fork_version: ForkVersion,
+    pub slots_per_epoch: u64,
+    /// Forks after genesis in activation order; only scheduled forks are listed.
+    forks: Vec<ScheduledFork>,
+}
+
+impl Network {
+    /// A validated network. `forks` may come in any order; unscheduled forks are left out.
+    pub fn new(
+        name: impl Into<String>,
+        preset: Preset,
+        genesis_fork_version: ForkVersion,
+        slots_per_epoch: u64,
+        mut forks: Vec<ScheduledFork>,
+    ) -> Result<Self, NetworkConfigError> {
+        if slots_per_epoch == 0 {
+            return Err(NetworkConfigError::ZeroSlotsPerEpoch);
+        }
+        forks.sort_by_key(|scheduled| scheduled.fork);
+        let mut previous: Option<ScheduledFork> = None;
+        for (position, scheduled) in forks.iter().enumerate() {
+            if scheduled.fork == ForkName::Phase0 {
+                return Err(NetworkConfigError::Phase0Scheduled);
+            }
+            if previous.is_some_and(|earlier| earlier.fork == scheduled.fork) {
+                return Err(NetworkConfigError::DuplicateFork(scheduled.fork));
+            }
+            // Sorted, without PHASE0 and without duplicates, the n-th entry must be the n-th fork
+            // after genesis; otherwise an earlier fork is missing.
+            let expected = ForkName::ALL
+                .get(position + 1)
+                .copied()
+                .unwrap_or(ForkName::Fulu);
+            if scheduled.fork != expected {
+                return Err(NetworkConfigError::MissingEarlierFork {
+                    fork: scheduled.fork,
+                    missing: expected,
+                });
+            }
+            if let Some(earlier) = previous {
+                if scheduled.epoch < earlier.epoch {
+                    return Err(NetworkConfigError::EpochsOutOfOrder {
+                        fork: scheduled.fork,
+                        epoch: scheduled.epoch,
+                        previous: earlier.fork,
+                        previous_epoch: earlier.epoch,
+                    });
+                }
+            }
+            previous = Some(*scheduled);
+        }
+        Ok(Self {
+            name: name.into(),
+            preset,
+            genesis_fork_version,
+            slots_per_epoch,
+            forks,
+        })
+    }
+
+    /// Ethereum mainnet.
+    pub fn mainnet() -> Self {
+        Self::builtin(
+            "mainnet",
+            [0x00, 0x00, 0x00, 0x00],
+            [
+                (ForkName::Altair, [0x01, 0x00, 0x00, 0x00], 74_240),
+                (ForkName::Bellatrix, [0x02, 0x00, 0x00, 0x00], 144_896),
+                (ForkName::Capella, [0x03, 0x00, 0x00, 0x00], 194_048),
+                (ForkName::Deneb, [0x04, 0x00, 0x00, 0x00], 269_568),
+                (ForkName::Electra, [0x05, 0x00, 0x00, 0x00], 364_032),
+                (ForkName::Fulu, [0x06, 0x00, 0x00, 0x00], 411_392),
+            ],
+        )
+    }
+
+    /// The Hoodi testnet (eth-clients/hoodi `metadata/config.yaml`).
+    pub fn hoodi() -> Self {
+        Self::builtin(
+            "hoodi",
+            [0x10, 0x00, 0x09, 0x10],
+            [
+                (ForkName::Altair, [0x20, 0x00, 0x09, 0x10], 0),
+                (ForkName::Bellatrix, [0x30, 0x00, 0x09, 0x10], 0),
+                (ForkName::Capella, [0x40, 0x00, 0x09, 0x10], 0),
+                (ForkName::Deneb, [0x50, 0x00, 0x09, 0x10], 0),
+                (ForkName::Electra, [0x60, 0x00, 0x09, 0x10], 2_048),
+                (ForkName::Fulu, [0x70, 0x00, 0x09, 0x10], 50_688),
+            ],
+        )
+    }
+
+    /// The Sepolia testnet (eth-clients/sepolia `metadata/config.yaml`).
+    pub fn sepolia() -> Self {
+        Self::builtin(
+            "sepolia",
+            [0x90, 0x00, 0x00, 0x69],
+            [
+                (ForkName::Altair, [0x90, 0x00, 0x00, 0x70], 50),
+                (ForkName::Bellatrix, [0x90, 0x00, 0x00, 0x71], 100),
+                (ForkName::Capella, [0x90, 0x00, 0x00, 0x72], 56_832),
+                (ForkName::Deneb, [0x90, 0x00, 0x00, 0x73], 132_608),
+                (ForkName::Electra, [0x90, 0x00, 0x00, 0x74], 222_464),
+                (ForkName::Fulu, [0x90, 0x00, 0x00, 0x75], 272_640),
+            ],
+        )
+    }
+
+    /// A built-in network by name (`mainnet`, `hoodi`, `sepolia`; ASCII case ignored).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "mainnet" => Some(Self::mainnet()),
+            "hoodi" => Some(Self::hoodi()),
+            "sepolia" => Some(Self::sepolia()),
+            _ => None,
+        }
+    }
+
+    /// A custom network from the text of a TOML file. Unknown keys are refused; a fork left out
+    /// is not scheduled; `slots_per_epoch` defaults to the preset's (32 mainnet, 8 minimal);
+    /// epochs are TOML integers or decimal strings (for values above 2^63-1).
+    ///
+    /// ```toml
+    /// name = "kurtosis-devnet"
+    /// preset = "minimal"                 # "mainnet" or "minimal"
+    /// genesis_fork_version = "0x10000038"
+    /// slots_per_epoch = 8                # optional
+    ///
+    /// [forks]
+    /// altair    = { version = "0x20000038", epoch = 0 }
+    /// bellatrix = { version = "0x30000038", epoch = 0 }
+    /// capella   = { version = "0x40000038", epoch = 0 }
+    /// deneb     = { version = "0x50000038", epoch = 0 }
+    /// electra   = { version = "0x60000038", epoch = 10 }
+    /// # fulu left out: not scheduled
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<Self, NetworkConfigError> {
+        let file: NetworkFile =
+            toml::from_str(text).map_err(|e| NetworkConfigError::Toml(e.to_string()))?;
+        let table = file.forks;
+        let forks = [
+            (ForkName::Altair, table.altair),
+            (ForkName::Bellatrix, table.bellatrix),
+            (ForkName::Capella, table.capella),
+            (ForkName::Deneb, table.deneb),
+            (ForkName::Electra, table.electra),
+            (ForkName::Fulu, table.fulu),
+        ]
+        .into_iter()
+        .filter_map(|(fork, entry)| {
+            entry.map(|entry| ScheduledFork {
+                fork,
+                version: entry.version,
+                epoch: Epoch(entry.epoch),
+            })
+        })
+        .collect();
+        Self::new(
+            file.name,
+            file.preset,
+            file.genesis_fork_version,
+            file.slots_per_epoch
+                .unwrap_or_else(|| file.preset.slots_per_epoch()),
+            forks,
+        )
+    }
+
+    /// Scheduled forks after genesis, in activation order.
+    pub fn forks(&self) -> &[ScheduledFork] {
+        &self.forks
+    }
+
+    /// The epoch of `slot`. (`slots_per_epoch` is public; a value of 0 set after construction is
+    /// treated as 1 rather than dividing by zero.)
+    pub fn epoch_at_slot(&self, slot: Slot) -> Epoch {
+        slot.epoch(self.slots_per_epoch.max(1))
+    }
+
+    /// The fork active at `epoch`.
+    pub fn fork_at_epoch(&self, epoch: Epoch) -> ForkName {
+        self.forks
+            .iter()
+            .rev()
+            .find(|scheduled| scheduled.epoch <= epoch)
+            .map_or(ForkName::Phase0, |scheduled| scheduled.fork)
+    }
+
+    /// The fork active at `slot`: it decides the SSZ schema of full blocks and aggregates.
+    pub fn fork_at_slot(&self, slot: Slot) -> ForkName {
+        self.fork_at_epoch(self.epoch_at_slot(slot))
+    }
+
+    /// The version of `fork` on this network, if it is scheduled.
+    pub fn fork_version(&self, fork: ForkName) -> Option<ForkVersion> {
+        if fork == ForkName::Phase0 {
+            return Some(self.genesis_fork_version);
+        }
+        self.forks
+            .iter()
+            .find(|scheduled| scheduled.fork == fork)
+            .map(|scheduled| scheduled.version)
+    }
+
+    fn builtin(name: &str, genesis: [u8; 4], forks: [(ForkName, [u8; 4], u64); 6]) -> Self {
+        Self {
+            name: name.to_owned(),
+            preset: Preset::Mainnet,
+            genesis_fork_version: ForkVersion(genesis),
+            slots_per_epoch: Preset::Mainnet.slots_per_epoch(),
+            forks: forks
+                .into_iter()
+                .map(|(fork, version, epoch)| ScheduledFork {
+                    fork,
+                    version: ForkVersion(version),
+                    epoch: Epoch(epoch),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    name: String,
+    preset: Preset,
+    genesis_fork_version: ForkVersion,
+    #[serde(default, deserialize_with = "optional_uint64")]
+    slots_per_epoch: Option<u64>,
+    #[serde(default)]
+    forks: ForkTable,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForkTable {
+    altair: Option<ForkEntry>,
+    bellatrix: Option<ForkEntry>,
+    capella: Option<ForkEntry>,
+    deneb: Option<ForkEntry>,
+    electra: Option<ForkEntry>,
+    fulu: Option<ForkEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForkEntry {
+    version: ForkVersion,
+    #[serde(with = "quoted_u64")]
+    epoch: u64,
+}
+
+fn optional_uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    quoted_u64::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEVNET: &str = r#"
+        name = "kurtosis-devnet"
+        preset = "minimal"
+        genesis_fork_version = "0x10000038"
+
+        [forks]
+        altair    = { version = "0x20000038", epoch = 0 }
+        bellatrix = { version = "0x30000038", epoch = 0 }
+        capella   = { version = "0x40000038", epoch = 0 }
+        deneb     = { version = "0x50000038", epoch = 0 }
+        electra   = { version = "0x60000038", epoch = 10 }
+        fulu      = { version = "0x70000038", epoch = "18446744073709551615" }
+    "#;
+
+    /// The example of `Network::from_toml_str`'s documentation, verbatim.
+    const DOC_EXAMPLE: &str = r#"
+name = "kurtosis-devnet"
+preset = "minimal"                 # "mainnet" or "minimal"
+genesis_fork_version = "0x10000038"
+slots_per_epoch = 8                # optional
+
+[forks]
+altair    = { version = "0x20000038", epoch = 0 }
+bellatrix = { version = "0x30000038", epoch = 0 }
+capella   = { version = "0x40000038", epoch = 0 }
+deneb     = { version = "0x50000038", epoch = 0 }
+electra   = { version = "0x60000038", epoch = 10 }
+# fulu left out: not scheduled
+"#;
+
+    #[test]
+    fn documented_example_parses() {
+        let network = Network::from_toml_str(DOC_EXAMPLE).expect("documented example");
+        assert_eq!(network.forks().len(), 5);
+        assert_eq!(network.fork_version(ForkName::Fulu), None);
+        assert_eq!(
+            network.fork_version(ForkName::Electra),
+            Some(ForkVersion([0x60, 0, 0, 0x38]))
+        );
+        assert_eq!(network.fork_at_slot(Slot(u64::MAX)), ForkName::Electra);
+    }
+
+    #[test]
+    fn mainnet_fork_boundaries() {
+        let mainnet = Network::mainnet();
+        assert_eq!(mainnet.fork_at_slot(Slot(0)), ForkName::Phase0);
+        assert_eq!(
+            mainnet.fork_at_slot(Slot(74_240 * 32 - 1)),
+            ForkName::Phase0
+        );
+        assert_eq!(mainnet.fork_at_slot(Slot(74_240 * 32)), ForkName::Altair);
+        assert_eq!(
+            mainnet.fork_at_slot(Slot(364_032 * 32 - 1)),
+            ForkName::Deneb
+        );
+        assert_eq!(mainnet.fork_at_slot(Slot(364_032 * 32)), ForkName::Electra);
+        assert_eq!(mainnet.fork_at_slot(Slot(u64::MAX)), ForkName::Fulu);
+        assert_eq!(
+            mainnet.fork_version(ForkName::Deneb),
+            Some(ForkVersion([4, 0, 0, 0]))
+        );
+    }
+
+    #[test]
+    fn builtins_are_valid_and_found_by_name() {
+        for name in ["mainnet", "Hoodi", "SEPOLIA"] {
+            let network = Network::by_name(name).expect("built-in network");
+            let rebuilt = Network::new(
+                network.name.clone(),
+                network.preset,
+                network.genesis_fork_version,
+                network.slots_per_epoch,
+                network.forks().to_vec(),
+            );
+            assert_eq!(rebuilt.as_ref(), Ok(&network), "{name}");
+            assert_eq!(network.forks().len(), 6);
+        }
+        assert!(Network::by_name("holesky-ish").is_none());
+        let hoodi = Network::hoodi();
+        assert_eq!(hoodi.fork_at_slot(Slot(0)), ForkName::Deneb);
+        assert_eq!(hoodi.fork_at_epoch(Epoch(2_047)), ForkName::Deneb);
+        assert_eq!(hoodi.fork_at_epoch(Epoch(2_048)), ForkName::Electra);
+        assert_eq!(hoodi.fork_at_epoch(Epoch(50_688)), ForkName::Fulu);
+        let sepolia = Network::sepolia();
+        assert_eq!(sepolia.fork_at_epoch(Epoch(272_639)), ForkName::Electra);
+        assert_eq!(sepolia.fork_at_epoch(Epoch(272_640)), ForkName::Fulu);
+        assert_eq!(
+            sepolia.fork_version(ForkName::Phase0),
+            Some(ForkVersion([0x90, 0, 0, 0x69]))
+        );
+        assert_eq!(
+            Network::sepolia().fork_at_slot(Slot(50 * 32)),
+            ForkName::Altair
+        );
+    }
+
+    #[test]
+    fn devnet_from_toml() {
+        let network = Network::from_toml_str(DEVNET).expect("valid devnet");
+        assert_eq!(network.name, "kurtosis-devnet");
+        assert_eq!(network.preset, Preset::Minimal);
+        assert_eq!(network.slots_per_epoch, 8);
+        assert_eq!(
+            network.genesis_fork_version,
+            ForkVersion([0x10, 0, 0, 0x38])
+        );
+        assert_eq!(network.fork_at_slot(Slot(79)), ForkName::Deneb);
+        assert_eq!(network.fork_at_slot(Slot(80)), ForkName::Electra);
+        assert_eq!(network.fork_at_slot(Slot(u64::MAX)), ForkName::Electra);
+    }
+
+    #[test]
+    fn toml_refusals() {
+        let unknown_key = DEVNET.replace("preset = ", "color = \"blue\"\npreset = ");
+        assert!(matches!(
+            Network::from_toml_str(&unknown_key),
+            Err(NetworkConfigError::Toml(_))
+        ));
+        let unknown_fork = format!("{DEVNET}\ngloas = {{ version = \"0x80000038\", epoch = 1 }}");
+        assert!(matches!(
+            Network::from_toml_str(&unknown_fork),
+            Err(NetworkConfigError::Toml(_))
+        ));
+        let gap = DEVNET.replace("capella   = { version = \"0x40000038\", epoch = 0 }", "");
+        assert_eq!(
+            Network::from_toml_str(&gap),
+            Err(NetworkConfigError::MissingEarlierFork {
+                fork: ForkName::Deneb,
+                missing: ForkName::Capella
+            })
+        );
+        let backwards = DEVNET.replace("epoch = 10", "epoch = 0").replace(
+            "deneb     = { version = \"0x50000038\", epoch = 0 }",
+            "deneb     = { version = \"0x50000038\", epoch = 5 }",
+        );
+        assert!(matches!(
+            Network::from_toml_str(&backwards),
+            Err(NetworkConfigError::EpochsOutOfOrder { .. })
+        ));
+        let zero_slots = DEVNET.replace(
+            "genesis_fork_version = \"0x10000038\"",
+            "genesis_fork_version = \"0x10000038\"\nslots_per_epoch = 0",
+        );
+        assert_eq!(
+            Network::from_toml_str(&zero_slots),
+            Err(NetworkConfigError::ZeroSlotsPerEpoch)
+        );
+        let negative = DEVNET.replace("epoch = 10", "epoch = -1");
+        assert!(Network::from_toml_str(&negative).is_err());
+        let short_version = DEVNET.replace("0x60000038", "0x600000");
+        assert!(Network::from_toml_str(&short_version).is_err());
+        let duplicate = Network::new(
+            "x",
+            Preset::Mainnet,
+            ForkVersion([0; 4]),
+            32,
+            vec![
+                ScheduledFork {
+                    fork: ForkName::Altair,
+                    version: ForkVersion([1, 0, 0, 0]),
+                    epoch: Epoch(1),
+                },
+                ScheduledFork {
+                    fork: ForkName::Altair,
+                    version: ForkVersion([1, 0, 0, 0]),
+                    epoch: Epoch(2),
+                },
+            ],
+        );
+        assert_eq!(
+            duplicate,
+            Err(NetworkConfigError::DuplicateFork(ForkName::Altair))
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Preset-dependent list and bitfield sizes as type-level numbers, so one container definition
+//! serves both the mainnet and the minimal preset (the minimal preset shrinks the sync committee
+//! and the committees per slot, which changes full-block, aggregate and contribution roots).
+//!
+//! Only the sizes of containers a validator signs are here; nothing else is refused or checked.
+#![forbid(unsafe_code)]
+
+use std::fmt::Debug;
+
+use ssz_types::typenum::{Prod, Unsigned, U128, U16, U2, U2048, U32, U4, U512, U64, U8};
+
+use super::Preset;
+
+/// A type-level size: what `ssz_types` lists and bitfields need from their length parameter.
+pub trait SszLength: Unsigned + Clone + Debug + PartialEq + Eq + Send + Sync + 'static {}
+
+impl<T: Unsigned + Clone + Debug + PartialEq + Eq + Send + Sync + 'static> SszLength for T {}
+
+/// The consensus-spec preset constants that size signed containers.
+pub trait PresetSpec: Clone + Copy + Debug + PartialEq + Eq + Send + Sync + 'static {
+    /// The runtime name of this preset.
+    const PRESET: Preset;
+    /// `MAX_VALIDATORS_PER_COMMITTEE`.
+    type MaxValidatorsPerCommittee: SszLength;
+    /// `MAX_COMMITTEES_PER_SLOT` (also the length of Electra's `committee_bits`).
+    type MaxCommitteesPerSlot: SszLength;
+    /// `MAX_VALIDATORS_PER_COMMITTEE * MAX_COMMITTEES_PER_SLOT` (Electra `aggregation_bits` limit).
+    type MaxValidatorsPerSlot: SszLength;
+    /// `MAX_PROPOSER_SLASHINGS`.
+    type MaxProposerSlashings: SszLength;
+    /// `MAX_ATTESTER_SLASHINGS`.
+    type MaxAttesterSlashings: SszLength;
+    /// `MAX_ATTESTATIONS`.
+    type MaxAttestations: SszLength;
+    /// `MAX_DEPOSITS`.
+    type MaxDeposits: SszLength;
+    /// `MAX_VOLUNTARY_EXITS`.
+    type MaxVoluntaryExits: SszLength;
+    /// `SYNC_COMMITTEE_SIZE`.
+    type SyncCommitteeSize: SszLength;
+    /// `SYNC_COMMITTEE_SIZE / SYNC_COMMITTEE_SUBNET_COUNT` (contribution `aggregation_bits`).
+    type SyncSubcommitteeSize: SszLength;
+}
+
+/// The mainnet preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MainnetSpec;
+
+impl PresetSpec for MainnetSpec {
+    const PRESET: Preset = Preset::Mainnet;
+    type MaxValidatorsPerCommittee = U2048;
+    type MaxCommitteesPerSlot = U64;
+    type MaxValidatorsPerSlot = Prod<U2048, U64>;
+    type MaxProposerSlashings = U16;
+    type MaxAttesterSlashings = U2;
+    type MaxAttestations = U128;
+    type MaxDeposits = U16;
+    type MaxVoluntaryExits = U16;
+    type SyncCommitteeSize = U512;
+    type SyncSubcommitteeSize = U128;
+}
+
+/// The minimal preset (test networks and many devnets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MinimalSpec;
+
+impl PresetSpec for MinimalSpec {
+    const PRESET: Preset = Preset::Minimal;
+    type MaxValidatorsPerCommittee = U2048;
+    type MaxCommitteesPerSlot = U4;
+    type MaxValidatorsPerSlot = Prod<U2048, U4>;
+    type MaxProposerSlashings = U16;
+    type MaxAttesterSlashings = U2;
+    type MaxAttestations = U128;
+    type MaxDeposits = U16;
+    type MaxVoluntaryExits = U16;
+    type SyncCommitteeSize = U32;
+    type SyncSubcommitteeSize = U8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_sizes_follow_the_specs() {
+        assert_eq!(
+            <MainnetSpec as PresetSpec>::MaxValidatorsPerSlot::to_usize(),
+            131_072
+        );
+        assert_eq!(
+            <MinimalSpec as PresetSpec>::MaxValidatorsPerSlot::to_usize(),
+            8_192
+        );
+        assert_eq!(
+            <MainnetSpec as PresetSpec>::SyncCommitteeSize::to_usize(),
+            512
+        );
+        assert_eq!(
+            <MinimalSpec as PresetSpec>::SyncCommitteeSize::to_usize(),
+            32
+        );
+        // SYNC_COMMITTEE_SUBNET_COUNT is 4 in both presets.
+        assert_eq!(
+            <MainnetSpec as PresetSpec>::SyncSubcommitteeSize::to_usize() * 4,
+            <MainnetSpec as PresetSpec>::SyncCommitteeSize::to_usize()
+        );
+        assert_eq!(
+            <MinimalSpec as PresetSpec>::SyncSubcommitteeSize::to_usize() * 4,
+            <MinimalSpec as PresetSpec>::SyncCommitteeSize::to_usize()
+        );
+    }
+}

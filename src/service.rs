@@ -1,0 +1,325 @@
+//! The signing path (design.md §1), composed from the pure core and the adapters:
+//! resolve the key → decode and validate the request → slashing check and durable record →
+//! unseal the share in the HSM → BLS sign → zeroize → return the (partial) signature.
+//!
+//! Refuses: unknown keys, malformed requests, `signingRoot` mismatches, anything the slashing
+//! rules forbid or that cannot be recorded durably first, and every request when the HSM or the
+//! database is unavailable. A refused request records nothing and signs nothing.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::bls;
+use crate::consensus::Network;
+use crate::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
+use crate::seal::{SealContext, SealError, SealedShare, Sealer};
+use crate::slashing::Safe;
+use crate::store::{
+    InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
+    ThresholdInfo,
+};
+use crate::types::{BlsPublicKey, BlsSignature, Root};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(
+        "invalid key identifier {identifier:?}: expected a 0x-prefixed 48-byte BLS public key"
+    )]
+    InvalidIdentifier { identifier: String },
+    #[error("no signing key for {identifier}")]
+    UnknownKey { identifier: String },
+    #[error(
+        "{identifier} is the group key of several shares held here; address one share public key"
+    )]
+    AmbiguousGroupKey { identifier: String },
+    #[error(transparent)]
+    BadRequest(#[from] RequestError),
+    #[error("refused by slashing protection: {0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HSM: {0}")]
+    Seal(#[from] SealError),
+    #[error("the sealed share for {public_key} does not belong to that key")]
+    ShareMismatch { public_key: BlsPublicKey },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A key this appliance can sign with: the sealed share and what binds it.
+struct LoadedKey {
+    public_key: BlsPublicKey,
+    sealed: SealedShare,
+    context: SealContext,
+    threshold: Option<ThresholdInfo>,
+}
+
+#[derive(Default)]
+struct KeyIndex {
+    by_public_key: HashMap<BlsPublicKey, Arc<LoadedKey>>,
+    /// Group public key → share public keys held here (threshold shares only).
+    by_group_key: HashMap<BlsPublicKey, Vec<BlsPublicKey>>,
+    /// Share public keys in the order they were imported (listing order).
+    order: Vec<BlsPublicKey>,
+}
+
+/// Public description of a loaded key, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    pub public_key: BlsPublicKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participants: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_public_key: Option<BlsPublicKey>,
+}
+
+/// The outcome of a successful signing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    pub signature: BlsSignature,
+    pub kind: SignKind,
+    pub signing_root: Root,
+    /// Which key signed (a share key when the request named a group key).
+    pub public_key: BlsPublicKey,
+}
+
+pub struct SigningService {
+    store: Arc<Store>,
+    sealer: Arc<dyn Sealer>,
+    network: Network,
+    keys: RwLock<Arc<KeyIndex>>,
+}
+
+/// The sealing context of a record: the share's identity that the HSM binds the blob to.
+pub fn seal_context(public_key: BlsPublicKey, threshold: Option<&ThresholdInfo>) -> SealContext {
+    SealContext {
+        share_public_key: public_key,
+        share_index: threshold.map(|t| t.index),
+        group_public_key: threshold.map(|t| t.group_public_key),
+    }
+}
+
+impl SigningService {
+    /// Build the service and load every enabled key from the store.
+    pub fn new(
+        store: Arc<Store>,
+        sealer: Arc<dyn Sealer>,
+        network: Network,
+    ) -> Result<Self, ServiceError> {
+        let service = SigningService {
+            store,
+            sealer,
+            network,
+            keys: RwLock::new(Arc::new(KeyIndex::default())),
+        };
+        service.reload()?;
+        Ok(service)
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn sealer(&self) -> &Arc<dyn Sealer> {
+        &self.sealer
+    }
+
+    /// Re-read the keys from the store (after an import or delete by another process). Returns
+    /// the number of keys loaded.
+    pub fn reload(&self) -> Result<usize, ServiceError> {
+        let mut index = KeyIndex::default();
+        for record in self.store.shares()? {
+            if !record.enabled {
+                continue;
+            }
+            if let Some(t) = &record.threshold {
+                index
+                    .by_group_key
+                    .entry(t.group_public_key)
+                    .or_default()
+                    .push(record.public_key);
+            }
+            index.order.push(record.public_key);
+            let context = seal_context(record.public_key, record.threshold.as_ref());
+            index.by_public_key.insert(
+                record.public_key,
+                Arc::new(LoadedKey {
+                    public_key: record.public_key,
+                    sealed: SealedShare(record.sealed),
+                    context,
+                    threshold: record.threshold,
+                }),
+            );
+        }
+        let count = index.order.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        Ok(count)
+    }
+
+    fn index(&self) -> Arc<KeyIndex> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Share (or whole-key) public keys, in import order.
+    pub fn public_keys(&self) -> Vec<BlsPublicKey> {
+        self.index().order.clone()
+    }
+
+    /// Public description of every loaded key.
+    pub fn key_infos(&self) -> Vec<KeyInfo> {
+        let index = self.index();
+        index
+            .order
+            .iter()
+            .filter_map(|pk| index.by_public_key.get(pk))
+            .map(|key| KeyInfo {
+                public_key: key.public_key,
+                share_index: key.threshold.as_ref().map(|t| t.index.get()),
+                threshold: key.threshold.as_ref().map(|t| t.threshold.get()),
+                participants: key.threshold.as_ref().map(|t| t.participants),
+                group_public_key: key.threshold.as_ref().map(|t| t.group_public_key),
+            })
+            .collect()
+    }
+
+    fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
+        let public_key: BlsPublicKey =
+            identifier
+                .parse()
+                .map_err(|_| ServiceError::InvalidIdentifier {
+                    identifier: identifier.to_owned(),
+                })?;
+        let index = self.index();
+        if let Some(key) = index.by_public_key.get(&public_key) {
+            return Ok(key.clone());
+        }
+        match index.by_group_key.get(&public_key).map(Vec::as_slice) {
+            Some([only]) => index
+                .by_public_key
+                .get(only)
+                .cloned()
+                .ok_or_else(|| ServiceError::Internal("key index out of step".into())),
+            Some(_) => Err(ServiceError::AmbiguousGroupKey {
+                identifier: public_key.to_hex(),
+            }),
+            None => Err(ServiceError::UnknownKey {
+                identifier: public_key.to_hex(),
+            }),
+        }
+    }
+
+    /// Decode and validate a request without touching any key (pure).
+    pub fn decode(&self, body: &[u8]) -> Result<SigningIntent, ServiceError> {
+        Ok(request::parse_sign_request(body, &self.network)?)
+    }
+
+    /// The whole signing path for one Web3Signer request body.
+    pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
+        let key = self.resolve(identifier)?;
+        let intent = self.decode(body)?;
+        if let Some(check) = intent.slashing {
+            let request = match check {
+                SlashingCheck::Block { slot } => SlashingRequest::Block {
+                    slot,
+                    signing_root: intent.signing_root,
+                },
+                SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+                    source,
+                    target,
+                    signing_root: intent.signing_root,
+                },
+            };
+            match self
+                .store
+                .check_and_record(key.public_key, intent.genesis_validators_root, request)
+                .await?
+            {
+                Ok(Safe::Valid) | Ok(Safe::SameData) => {}
+                Err(refusal) => return Err(ServiceError::Refused(refusal)),
+            }
+        }
+        let signature = self.sign_root(key.clone(), intent.signing_root).await?;
+        Ok(Signed {
+            signature,
+            kind: intent.kind,
+            signing_root: intent.signing_root,
+            public_key: key.public_key,
+        })
+    }
+
+    /// Unseal the share in the HSM, sign, and let the plaintext drop (zeroized). Runs on the
+    /// blocking pool: the HSM call and the pairing-curve arithmetic are CPU-bound.
+    async fn sign_root(
+        &self,
+        key: Arc<LoadedKey>,
+        signing_root: Root,
+    ) -> Result<BlsSignature, ServiceError> {
+        let sealer = self.sealer.clone();
+        tokio::task::spawn_blocking(move || {
+            let secret = sealer.unseal(&key.sealed, &key.context)?;
+            let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
+                ServiceError::ShareMismatch {
+                    public_key: key.public_key,
+                }
+            })?;
+            Ok(secret_key.sign(&signing_root.0))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))?
+    }
+
+    /// Seal a secret key in the HSM and store it. The plaintext never leaves memory; the seal is
+    /// verified by unsealing it once before the record is written.
+    pub fn import_key(
+        &self,
+        secret: &bls::SecretKey,
+        origin: ShareOrigin,
+        threshold: Option<ThresholdInfo>,
+    ) -> Result<(BlsPublicKey, InsertOutcome), ServiceError> {
+        let outcome = import_key(&self.store, self.sealer.as_ref(), secret, origin, threshold)?;
+        self.reload()?;
+        Ok(outcome)
+    }
+
+    /// Readiness of the HSM session and the database, for `/healthcheck`.
+    pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
+        (self.sealer.health_check(), self.store.health_check())
+    }
+}
+
+/// Seal and store a key without a running service (CLI `keys import`).
+pub fn import_key(
+    store: &Store,
+    sealer: &dyn Sealer,
+    secret: &bls::SecretKey,
+    origin: ShareOrigin,
+    threshold: Option<ThresholdInfo>,
+) -> Result<(BlsPublicKey, InsertOutcome), ServiceError> {
+    let public_key = secret.public_key();
+    let context = seal_context(public_key, threshold.as_ref());
+    let plaintext = secret.to_bytes();
+    let sealed = sealer.seal(&plaintext, &context)?;
+    let reopened = sealer.unseal(&sealed, &context)?;
+    if reopened.as_slice() != plaintext.as_slice() {
+        return Err(ServiceError::Internal(
+            "the HSM returned a different share when unsealing a fresh seal".into(),
+        ));
+    }
+    let outcome = store.insert_share(&ShareRecord {
+        public_key,
+        sealed: sealed.0,
+        origin,
+        threshold,
+        enabled: true,
+    })?;
+    Ok((public_key, outcome))
+}

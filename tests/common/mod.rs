@@ -1,0 +1,272 @@
+//! Shared harness for the integration tests: vector loading, appliance directories built with the
+//! real CLI (SoftHSM2 token, rcgen certificates, SQLite), the real binary spawned on
+//! 127.0.0.1:0, and a mutual-TLS client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keystake_signer::bls::SecretKey;
+use keystake_signer::client::MtlsClient;
+use keystake_signer::keystore::{self, KdfChoice};
+use keystake_signer::tls;
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keystake-signer");
+
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+}
+
+/// Every JSON file of a vector folder, sorted by name, with the file stem.
+pub fn vector_files(folder: &str) -> Vec<(String, Value)> {
+    let dir = vectors_dir().join(folder);
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    entries
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                serde_json::from_str(&text).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The three secret keys of `web3signer.keys.json`, as hex.
+pub fn vector_secret_keys() -> Vec<String> {
+    let text = std::fs::read_to_string(vectors_dir().join("web3signer.keys.json")).unwrap();
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["secret_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn secret_key_from_hex(hex_text: &str) -> SecretKey {
+    SecretKey::from_bytes(&hex::decode(hex_text.trim_start_matches("0x")).unwrap()).unwrap()
+}
+
+/// An appliance data directory prepared with the real binary.
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Appliance {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.path().join("certs")
+    }
+
+    /// `certs generate` + signer.toml + `init`.
+    pub fn create() -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(&[
+            "certs",
+            "generate",
+            "--out",
+            dir.path().join("certs").to_str().unwrap(),
+            "--client",
+            "client",
+        ]);
+        let config = dir.path().join("signer.toml");
+        std::fs::write(
+            &config,
+            keystake_signer::config::example(dir.path(), "127.0.0.1:0".parse().unwrap()),
+        )
+        .unwrap();
+        run_ok(&["init", "--config", config.to_str().unwrap()]);
+        Appliance { dir, config }
+    }
+
+    /// Write a cheap PBKDF2 keystore for `secret` and import it with `keys import`.
+    pub fn import_secret(&self, secret: &SecretKey, name: &str) -> String {
+        let password = "test password ✓";
+        let keystore = keystore::encrypt(
+            secret,
+            &SecretString::from(password.to_owned()),
+            KdfChoice::Pbkdf2 { c: 16 },
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let ks_path = self.path().join(format!("{name}.keystore.json"));
+        let pw_path = self.path().join(format!("{name}.pass"));
+        std::fs::write(&ks_path, serde_json::to_string(&keystore).unwrap()).unwrap();
+        std::fs::write(&pw_path, format!("{password}\n")).unwrap();
+        let out = run_ok(&[
+            "keys",
+            "import",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--keystore",
+            ks_path.to_str().unwrap(),
+            "--password-file",
+            pw_path.to_str().unwrap(),
+        ]);
+        // Keystores are test fixtures; remove them so the leak scan sees only the appliance.
+        std::fs::remove_file(&ks_path).unwrap();
+        std::fs::remove_file(&pw_path).unwrap();
+        out
+    }
+
+    pub fn client_config(&self, client: &str) -> Arc<rustls::ClientConfig> {
+        let certs = self.certs();
+        tls::client_config(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{client}.pem")),
+            &certs.join(format!("{client}.key")),
+        )
+        .unwrap()
+    }
+}
+
+/// Run the binary to completion; panic with its output unless it succeeds. Returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("KEYSTAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "keystake-signer {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Run the binary to completion and return (success, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("KEYSTAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A running `keystake-signer serve` on 127.0.0.1:0, killed on drop. Its log goes to a file.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(appliance: &Appliance) -> Server {
+        let log = appliance.path().join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                appliance.config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("KEYSTAKE_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Server { child, url, log }
+    }
+
+    pub fn client(&self, config: Arc<rustls::ClientConfig>) -> MtlsClient {
+        MtlsClient::new(config, &self.url).unwrap()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// POST a sign request; returns (status, body as JSON or text).
+pub async fn sign(client: &MtlsClient, identifier: &str, body: &Value) -> (u16, Value) {
+    let response = client
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/sign/{identifier}"),
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
+    (response.status, value)
+}
+
+/// Wait until `f` is true or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

@@ -1,0 +1,336 @@
+//! The real binary on real parts: SoftHSM2 token, SQLite file, rcgen certificates, mutual TLS on
+//! 127.0.0.1. One appliance per test, built with the CLI exactly as an operator would.
+
+use std::path::Path;
+
+use keystake_signer::consensus::Network;
+use keystake_signer::request::{self, SlashingCheck};
+use keystake_signer::slashing::{self, MemoryHistory, SignedAttestation, SignedBlock};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// What a correct signer must answer for `request`, from a reference model of the key's history.
+fn expected_outcome(
+    histories: &mut std::collections::HashMap<String, MemoryHistory>,
+    pubkey: &str,
+    request_body: &Value,
+) -> bool {
+    let intent = request::parse_sign_request(
+        &serde_json::to_vec(request_body).unwrap(),
+        &Network::mainnet(),
+    )
+    .unwrap();
+    let history = histories.entry(pubkey.to_owned()).or_default();
+    let Some(check) = intent.slashing else {
+        return true;
+    };
+    let verdict = match check {
+        SlashingCheck::Block { slot } => {
+            let Ok(v) = slashing::check_block(history, slot, intent.signing_root);
+            v
+        }
+        SlashingCheck::Attestation { source, target } => {
+            let Ok(v) = slashing::check_attestation(history, source, target, intent.signing_root);
+            v
+        }
+    };
+    match (verdict, check) {
+        (Ok(slashing::Safe::Valid), SlashingCheck::Block { slot }) => {
+            history.blocks.push(SignedBlock {
+                slot,
+                signing_root: Some(intent.signing_root),
+            });
+            true
+        }
+        (Ok(slashing::Safe::Valid), SlashingCheck::Attestation { source, target }) => {
+            history.attestations.push(SignedAttestation {
+                source,
+                target,
+                signing_root: Some(intent.signing_root),
+            });
+            true
+        }
+        (Ok(slashing::Safe::SameData), _) => true,
+        (Err(_), _) => false,
+    }
+}
+
+fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
+    json!({
+        "type": "ATTESTATION",
+        "fork_info": {
+            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
+            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
+        },
+        "attestation": {
+            "slot": (target * 32).to_string(),
+            "index": "0",
+            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
+            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
+            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
+        }
+    })
+}
+
+/// Every file under `dir`, recursively.
+fn all_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
+    let appliance = Appliance::create();
+    let secrets = vector_secret_keys();
+    for (i, secret) in secrets.iter().enumerate() {
+        let out = appliance.import_secret(&secret_key_from_hex(secret), &format!("key{i}"));
+        assert!(out.contains("imported"), "{out}");
+    }
+    // A second import of the same key is reported as a duplicate, not an error.
+    let out = appliance.import_secret(&secret_key_from_hex(&secrets[0]), "again");
+    assert!(out.contains("duplicate"), "{out}");
+    let listed = run_ok(&[
+        "keys",
+        "list",
+        "--config",
+        appliance.config.to_str().unwrap(),
+    ]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+
+    let mut server = Server::start(&appliance);
+    let client = server.client(appliance.client_config("client"));
+
+    let up = client
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await
+        .unwrap();
+    assert_eq!((up.status, &up.body[..]), (200, &b"OK"[..]));
+    let keys = client
+        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    assert_eq!(keys.len(), 3);
+
+    // Every ATTESTATION and BLOCK_V2 vector, in file order through one slashing database.
+    let mut histories = std::collections::HashMap::new();
+    let mut signed = 0;
+    for (name, case) in vector_files("web3signer") {
+        let kind = case["request"]["type"].as_str().unwrap();
+        if kind != "ATTESTATION" && kind != "BLOCK_V2" {
+            continue;
+        }
+        let pubkey = case["pubkey"].as_str().unwrap();
+        let allowed = expected_outcome(&mut histories, pubkey, &case["request"]);
+        let (status, body) = sign(&client, pubkey, &case["request"]).await;
+        if allowed {
+            assert_eq!(status, 200, "{name}: {body}");
+            assert_eq!(body["signature"], case["signature"], "{name}");
+            signed += 1;
+        } else {
+            assert_eq!(status, 412, "{name} should be refused as slashable: {body}");
+        }
+    }
+    assert!(signed >= 30, "only {signed} vector cases signed");
+
+    // Slashing through the server: a fresh epoch range on key 1.
+    let key1 = &keys[1];
+    let (status, first) = sign(&client, key1, &attestation(500, 501, 1)).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, body) = sign(&client, key1, &attestation(500, 501, 2)).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["rule"], "double_vote", "{body}");
+    let (status, body) = sign(&client, key1, &attestation(499, 502, 3)).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["rule"], "new_surrounds_previous", "{body}");
+    let (status, again) = sign(&client, key1, &attestation(500, 501, 1)).await;
+    assert_eq!((status, &again), (200, &first), "identical re-request");
+    let (status, body) = sign(&client, key1, &attestation(501, 502, 4)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Text answer when the client does not accept JSON (Web3Signer's Accept rule).
+    let text = client
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/sign/{key1}"),
+            &[
+                ("content-type", "application/json"),
+                ("accept", "text/plain"),
+            ],
+            Some(serde_json::to_vec(&attestation(500, 501, 1)).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&text.body),
+        first["signature"].as_str().unwrap()
+    );
+
+    // Client mistakes get their own statuses, never 500.
+    let unknown = format!("0x{}", "a5".repeat(48));
+    assert_eq!(sign(&client, &unknown, &attestation(1, 2, 1)).await.0, 404);
+    assert_eq!(sign(&client, "0x1234", &attestation(1, 2, 1)).await.0, 400);
+    let malformed = client
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/sign/{key1}"),
+            &[("content-type", "application/json")],
+            Some(b"{not json".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(malformed.status, 400);
+    let form = client
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/sign/{key1}"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(b"a=b".to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(form.status, 415);
+    let huge = client
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/sign/{key1}"),
+            &[("content-type", "application/json")],
+            Some(vec![b' '; 2 * 1024 * 1024]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(huge.status, 413);
+
+    server.kill();
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("listening"), "{log}");
+
+    // The known share bytes appear nowhere: data dir, SQLite file and WAL, token dir, logs.
+    let files = all_files(appliance.path());
+    assert!(files.iter().any(|f| f.ends_with("signer.sqlite")));
+    for secret in &secrets {
+        let raw = hex::decode(secret.trim_start_matches("0x")).unwrap();
+        let lower = secret.trim_start_matches("0x").as_bytes().to_vec();
+        let upper = secret.trim_start_matches("0x").to_uppercase().into_bytes();
+        for file in &files {
+            let bytes = std::fs::read(file).unwrap();
+            for needle in [&raw, &lower, &upper] {
+                assert!(
+                    !contains(&bytes, needle),
+                    "share bytes found in {}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
+    let appliance = Appliance::create();
+    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k");
+    let server = Server::start(&appliance);
+    let certs = appliance.certs();
+
+    // Valid certificate: accepted.
+    let good = server.client(appliance.client_config("client"));
+    assert_eq!(
+        good.request(http::Method::GET, "/upcheck", &[], None)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // No client certificate.
+    let no_cert = client_config_without_identity(&certs.join("ca.pem"));
+    assert!(server
+        .client(no_cert)
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await
+        .is_err());
+
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    run_ok(&[
+        "certs",
+        "generate",
+        "--out",
+        other.path().to_str().unwrap(),
+        "--client",
+        "intruder",
+    ]);
+    let foreign = keystake_signer::tls::client_config(
+        &certs.join("ca.pem"),
+        &other.path().join("intruder.pem"),
+        &other.path().join("intruder.key"),
+    )
+    .unwrap();
+    assert!(server
+        .client(foreign)
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await
+        .is_err());
+
+    // An expired certificate from the right CA.
+    let expired_dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    keystake_signer::certs::issue_client_with_validity(
+        &certs,
+        expired_dir.path(),
+        "expired",
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+        keystake_signer::certs::Overwrite::Refuse,
+    )
+    .unwrap();
+    let expired = keystake_signer::tls::client_config(
+        &certs.join("ca.pem"),
+        &expired_dir.path().join("expired.pem"),
+        &expired_dir.path().join("expired.key"),
+    )
+    .unwrap();
+    assert!(server
+        .client(expired)
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await
+        .is_err());
+
+    // The refusals are logged by the server.
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("TLS handshake refused"), "{log}");
+}
+
+/// A TLS 1.3 client that trusts the appliance's CA but presents no certificate.
+fn client_config_without_identity(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
