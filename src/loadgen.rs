@@ -43,6 +43,9 @@ pub struct LoadOptions {
     pub raw_threads: Option<usize>,
     /// Write one CSV line per request (`send_offset_us,latency_us,status,kind`).
     pub csv: Option<std::path::PathBuf>,
+    /// Burst mode: send exactly this many requests at once (spread over the connections, one
+    /// key after another) and report the time until the last answer; ignores duration and rate.
+    pub burst: Option<u64>,
 }
 
 /// The figures of one run.
@@ -258,9 +261,11 @@ pub async fn run(
         "load: {url}, {} keys, {} connections, {}, {:.0}% blocks, {:?}",
         keys.len(),
         options.connections,
-        options
-            .rate
-            .map_or("max throughput".to_owned(), |r| format!("fixed rate {r}/s")),
+        match (options.burst, options.rate) {
+            (Some(n), _) => format!("burst of {n}"),
+            (None, Some(r)) => format!("fixed rate {r}/s"),
+            (None, None) => "max throughput".to_owned(),
+        },
         options.block_fraction * 100.0,
         options.duration
     )?;
@@ -281,7 +286,32 @@ pub async fn run(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let mut tasks = Vec::new();
     let block_fraction = options.block_fraction;
+    let remaining = Arc::new(AtomicU64::new(options.burst.unwrap_or(u64::MAX)));
     match options.rate {
+        _ if options.burst.is_some() => {
+            for client in clients {
+                let duties = duties.clone();
+                let tx = tx.clone();
+                let remaining = remaining.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Take one request at a time from the shared budget until it is spent.
+                    while remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let sent = Instant::now();
+                        let (status, kind) = send(&client, &duties, block_fraction).await;
+                        let _ = tx.send(Sample {
+                            send_offset: sent - start,
+                            // From the burst's start: "answered within" is what counts.
+                            latency: start.elapsed(),
+                            status,
+                            kind,
+                        });
+                    }
+                }));
+            }
+        }
         None => {
             for client in clients {
                 let duties = duties.clone();

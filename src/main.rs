@@ -107,6 +107,9 @@ enum BenchCommand {
         /// Write per-request samples as CSV.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+        #[arg(long)]
+        burst: Option<u64>,
     },
 }
 
@@ -192,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
                     block_fraction,
                     raw_threads,
                     csv,
+                    burst,
                 },
         } => {
             if !(0.0..=1.0).contains(&block_fraction) {
@@ -207,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                 block_fraction,
                 raw_threads,
                 csv,
+                burst,
             };
             let report = runtime()?.block_on(keystake_signer::loadgen::run(
                 &config,
