@@ -8,8 +8,8 @@
 # also mount its PKCS#11 module and device, and set hsm.module accordingly):
 #   podman run --rm -p 9000:9000 -v /etc/keystake:/etc/keystake:ro \
 #     -v /var/lib/keystake:/var/lib/keystake keystake-signer
-ARG BASE=localhost/keystake-base:bookworm
-FROM ${BASE}
+ARG BASE_TAG=bookworm
+FROM localhost/keystake-base:${BASE_TAG}
 
 # softhsm2 for demos/tests; production images mount the vendor's PKCS#11 module instead.
 RUN apt-get update \
