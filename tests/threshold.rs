@@ -167,6 +167,14 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     );
 
     let package = |i: usize| out.join(format!("share-{i}.pkg"));
+    // The dealer's output holds no trace of the validator secret, raw or as hex.
+    let secret_bytes = master.to_bytes();
+    let secret_hex = hex::encode(secret_bytes.as_slice());
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == secret_bytes.as_slice()));
+        assert!(!String::from_utf8_lossy(&bytes).contains(&secret_hex));
+    }
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(package(1)).unwrap().permissions().mode();
