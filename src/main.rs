@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use keystake_signer::commands;
+use keystake_signer::commands::threshold as threshold_cmd;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
 
@@ -54,6 +55,20 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// This appliance's enrolment key (what share packages are encrypted to).
+    Enrolment {
+        #[command(subcommand)]
+        command: threshold_cmd::EnrolmentCommand,
+    },
+    /// Trusted dealer: split a keystore t-of-n into a cluster manifest and one sealed package per appliance.
+    Split(threshold_cmd::SplitArgs),
+    /// Combine t partial signatures into the group signature (prints 0x…; names culprits on failure).
+    Combine(threshold_cmd::CombineArgs),
+    /// Cluster manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: threshold_cmd::ManifestCommand,
     },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
@@ -124,6 +139,8 @@ enum KeysCommand {
         #[arg(long)]
         password_file: PathBuf,
     },
+    /// Import a threshold share package from `split`; it is opened by the HSM and sealed, never written in plaintext.
+    ImportShare(threshold_cmd::ImportShareArgs),
     /// List stored keys.
     List {
         #[arg(long)]
@@ -179,6 +196,26 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 println!("{public_key} {status}");
             }
+            KeysCommand::ImportShare(args) => {
+                let imported = threshold_cmd::import_share(
+                    &load(&args.config)?,
+                    &args.package,
+                    args.manifest.as_deref(),
+                )?;
+                let status = match imported.outcome {
+                    InsertOutcome::Inserted => "imported",
+                    InsertOutcome::Duplicate => "duplicate",
+                    InsertOutcome::Reenabled => "imported (re-enabled)",
+                };
+                println!(
+                    "{} {status} share {}/{} threshold {} group {}",
+                    imported.public_key,
+                    imported.index,
+                    imported.participants,
+                    imported.threshold,
+                    imported.group_public_key
+                );
+            }
             KeysCommand::List { config } => {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
             }
@@ -222,6 +259,29 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("{} requests were not answered with 200", report.errors);
             }
         }
+        Command::Enrolment {
+            command: threshold_cmd::EnrolmentCommand::Show { config },
+        } => println!("{}", threshold_cmd::enrolment_show(&load(&config)?)?),
+        Command::Split(args) => print!(
+            "{}",
+            threshold_cmd::describe_split(&threshold_cmd::split(&args)?)
+        ),
+        Command::Combine(args) => {
+            let combined = threshold_cmd::combine(&args)?;
+            if !combined.culprits.is_empty() {
+                eprintln!(
+                    "warning: partial signatures that do not verify were left out; culprits: {}",
+                    threshold_cmd::join_indices(&combined.culprits)
+                );
+            }
+            println!("{}", combined.signature);
+        }
+        Command::Manifest {
+            command: threshold_cmd::ManifestCommand::Verify { manifest },
+        } => print!(
+            "{}",
+            threshold_cmd::describe_manifest(&threshold_cmd::load_manifest(&manifest)?)
+        ),
         Command::Serve { config, listen } => {
             let config = load(&config)?;
             runtime()?.block_on(commands::serve(&config, listen))?;
