@@ -23,12 +23,16 @@ use crate::{api, bls, certs, keystore, tls};
 
 pub mod threshold;
 
-/// Make this process refuse to write core dumps: a dump taken while a share is unsealed would
-/// put it on disk.
-pub fn disable_core_dumps() {
-    if let Err(error) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
-        tracing::warn!(%error, "could not disable core dumps");
-    }
+/// Make this process refuse to write core dumps and to be inspected by other processes of the
+/// same user: a dump or a `/proc/<pid>/mem` read taken while a share is unsealed would expose
+/// it. `RLIMIT_CORE=0` alone is ignored by pipe `core_pattern` handlers, hence also
+/// `PR_SET_DUMPABLE=0` (which also refuses same-uid ptrace). Fails when either cannot be set:
+/// commands that handle secrets must not run without it.
+pub fn disable_core_dumps() -> Result<()> {
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("setting RLIMIT_CORE to 0")?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("setting PR_SET_DUMPABLE to 0")?;
+    Ok(())
 }
 
 /// Point SoftHSM2 at the configured token directory. Must run before any thread is started
@@ -81,13 +85,24 @@ fn ensure_secret_file(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
     }
     let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     let text = zeroize::Zeroizing::new(hex::encode(bytes.as_slice()));
     write_private(path, text.as_bytes())?;
     Ok(true)
+}
+
+/// Create a directory (and missing parents) accessible only by its owner. An existing directory
+/// is left as it is.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating directory {}", path.display()))
 }
 
 /// Create a file readable only by its owner (mode set at creation, not after).
@@ -107,8 +122,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 /// `init`: data directory, SQLite store, HSM token, sealing key and enrolment key pair.
 /// Idempotent.
 pub fn init(config: &Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     if let Some(conf) = &config.hsm.softhsm2_conf {
         if !conf.exists() {
             let dir = conf

@@ -41,8 +41,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("HSM: {0}")]
     Seal(#[from] SealError),
-    #[error("the sealed share for {public_key} does not belong to that key")]
-    ShareMismatch { public_key: BlsPublicKey },
+    #[error("the sealed share for {public_key} unsealed to an invalid secret key")]
+    InvalidUnsealedShare { public_key: BlsPublicKey },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -267,7 +267,7 @@ impl SigningService {
         tokio::task::spawn_blocking(move || {
             let secret = sealer.unseal(&key.sealed, &key.context)?;
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::ShareMismatch {
+                ServiceError::InvalidUnsealedShare {
                     public_key: key.public_key,
                 }
             })?;

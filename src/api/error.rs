@@ -63,9 +63,9 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Seal(_) | ServiceError::ShareMismatch { .. } | ServiceError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ServiceError::Seal(_)
+        | ServiceError::InvalidUnsealedShare { .. }
+        | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

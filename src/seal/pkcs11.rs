@@ -917,13 +917,16 @@ impl Sealer for Pkcs11Sealer {
             gcm_decrypt(session, key, iv, &aad, ciphertext)
                 .map_err(|error| self.classify_decrypt_failure(session, key, error))
         })?;
-        let share: [u8; SHARE_LEN] = plaintext.as_slice().try_into().map_err(|_| {
-            SealError::MalformedBlob(format!(
+        if plaintext.len() != SHARE_LEN {
+            return Err(SealError::MalformedBlob(format!(
                 "authenticated plaintext is {} bytes, expected {SHARE_LEN}",
                 plaintext.len()
-            ))
-        })?;
-        Ok(Zeroizing::new(share))
+            )));
+        }
+        // Copied straight into the zeroizing buffer: no unzeroized stack copy of the share.
+        let mut share = Zeroizing::new([0u8; SHARE_LEN]);
+        share.copy_from_slice(&plaintext);
+        Ok(share)
     }
 
     fn health_check(&self) -> Result<(), SealError> {
