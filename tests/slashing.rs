@@ -8,8 +8,8 @@
 // mod faults;
 #[path = "slashing_interchange.rs"]
 mod interchange;
-// #[path = "slashing_property.rs"]
-// mod property;
+#[path = "slashing_property.rs"]
+mod property;
 #[path = "slashing_server.rs"]
 mod server;
 
