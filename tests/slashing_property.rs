@@ -97,11 +97,7 @@ impl Model {
                 }
                 (true, true)
             }
-            Msg::Att {
-                source,
-                target,
-                root,
-            } => {
+            Msg::Att { source, target, .. } => {
                 if source > target {
                     return (false, false);
                 }
