@@ -4,8 +4,8 @@
 
 // #[path = "slashing_crash.rs"]
 // mod crash;
-// #[path = "slashing_faults.rs"]
-// mod faults;
+#[path = "slashing_faults.rs"]
+mod faults;
 #[path = "slashing_interchange.rs"]
 mod interchange;
 #[path = "slashing_property.rs"]
