@@ -3,4 +3,5 @@
 mod common;
 mod e2e;
 mod slashing;
+mod threshold;
 mod vectors;

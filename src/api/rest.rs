@@ -2,6 +2,7 @@
 //! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
 //!
 //! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
+//! `GET /api/v1/keystake/keys` (share index, t, n and group key per key),
 //! `POST /api/v1/eth2/sign/{identifier}`, and the slashing dry run
 //! `POST /api/v1/eth2/slashable/{identifier}` (same body as sign; answers whether it would be
 //! refused and why, records nothing). Refuses bodies over [`MAX_BODY_BYTES`] (413) and
@@ -30,6 +31,7 @@ pub fn router(service: Arc<SigningService>) -> Router {
         .route("/upcheck", get(upcheck))
         .route("/healthcheck", get(healthcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/keystake/keys", get(key_infos))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
         .route("/api/v1/eth2/slashable/{identifier}", post(slashable))
         .fallback(not_found)
@@ -86,6 +88,14 @@ async fn public_keys(State(service): State<Arc<SigningService>>) -> Json<Vec<Str
             .map(|k| k.to_hex())
             .collect::<Vec<_>>(),
     )
+}
+
+/// KeyStake's own listing: every key with its share index, threshold, number of shares and group
+/// public key (threshold shares only; whole keys list just `public_key`).
+async fn key_infos(
+    State(service): State<Arc<SigningService>>,
+) -> Json<Vec<crate::service::KeyInfo>> {
+    Json(service.key_infos())
 }
 
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
