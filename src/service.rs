@@ -7,6 +7,9 @@
 //! database is unavailable. A refused request records nothing and signs nothing.
 #![forbid(unsafe_code)]
 
+mod slashable;
+pub use slashable::SlashableAnswer;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

@@ -2,5 +2,6 @@
 
 mod common;
 mod e2e;
+mod slashing;
 mod threshold;
 mod vectors;

@@ -3,7 +3,9 @@
 //!
 //! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
 //! `GET /api/v1/keystake/keys` (share index, t, n and group key per key),
-//! `POST /api/v1/eth2/sign/{identifier}`. Refuses bodies over [`MAX_BODY_BYTES`] (413) and
+//! `POST /api/v1/eth2/sign/{identifier}`, and the slashing dry run
+//! `POST /api/v1/eth2/slashable/{identifier}` (same body as sign; answers whether it would be
+//! refused and why, records nothing). Refuses bodies over [`MAX_BODY_BYTES`] (413) and
 //! non-JSON content types (415).
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ pub fn router(service: Arc<SigningService>) -> Router {
         .route("/api/v1/eth2/publicKeys", get(public_keys))
         .route("/api/v1/keystake/keys", get(key_infos))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
+        .route("/api/v1/eth2/slashable/{identifier}", post(slashable))
         .fallback(not_found)
         .with_state(service)
 }
@@ -147,6 +150,22 @@ async fn sign(
         )
             .into_response()
     })
+}
+
+/// The slashing dry run: 200 with [`crate::service::SlashableAnswer`] whether or not the
+/// request would be refused; errors as for signing.
+async fn slashable(
+    State(service): State<Arc<SigningService>>,
+    Path(identifier): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_content_type(&headers)?;
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let answer = service.check_slashable(&identifier, &body).await?;
+    Ok(Json(answer).into_response())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::consensus::Network;
 use crate::enrolment;
 use crate::manifest::{EnrolmentPublicKey, Manifest, SharePackage, VerifiedManifest};
 use crate::service;
-use crate::store::{InsertOutcome, ShareOrigin, Store, ThresholdInfo};
+use crate::store::{InsertOutcome, ShareOrigin, ThresholdInfo};
 use crate::threshold::{self, Combined, ThresholdError};
 use crate::types::{BlsPublicKey, BlsSignature, Root, ShareIndex, Threshold};
 use crate::{keystore, request};
@@ -295,7 +295,8 @@ pub fn import_share(
         group_public_key: manifest.group_public_key(),
         share_public_keys: manifest.share_public_keys().into_values().collect(),
     };
-    let store = Store::open(&config.database_path())?;
+    // With the configured watermark for keys installed without slashing history.
+    let store = super::slashing::open_store(config)?;
     let sealer = open_sealer(config)?;
     let (public_key, outcome) = service::import_key(
         &store,
