@@ -230,6 +230,17 @@ pub async fn bind(
 )> {
     let network = network(config)?;
     let store = Arc::new(slashing::open_store(config)?);
+    if let Some(root) = network.genesis_validators_root {
+        // Bind before serving: a request carrying another network's root is then refused from
+        // the first one, instead of binding the database to whichever network asks first.
+        store.bind_genesis_validators_root(root).with_context(|| {
+            format!(
+                "the slashing database {} does not belong to network {}",
+                store.path().display(),
+                network.name
+            )
+        })?;
+    }
     let sealer = open_sealer(config)?;
     let service = Arc::new(SigningService::new(store, sealer, network)?);
     let tls = tls::server_config(&tls::TlsFiles {

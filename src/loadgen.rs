@@ -115,11 +115,14 @@ pub fn raw_blst_rate(threads: usize, duration: Duration) -> f64 {
     counts.iter().sum::<u64>() as f64
 }
 
-/// A mainnet ATTESTATION for `source → source+1`.
-pub fn attestation_body(source: u64, block_root_byte: u8) -> Vec<u8> {
+/// Mainnet's genesis validators root, used when the appliance's network has none configured.
+const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+/// An ATTESTATION for `source → source+1` on the network with genesis validators root `gvr`.
+pub fn attestation_body(gvr: &str, source: u64, block_root_byte: u8) -> Vec<u8> {
     let target = source + 1;
     format!(
-        r#"{{"type":"ATTESTATION","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"}},"attestation":{{"slot":"{slot}","index":"0","beacon_block_root":"0x{root}","source":{{"epoch":"{source}","root":"0x{sroot}"}},"target":{{"epoch":"{target}","root":"0x{troot}"}}}}}}"#,
+        r#"{{"type":"ATTESTATION","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"{gvr}"}},"attestation":{{"slot":"{slot}","index":"0","beacon_block_root":"0x{root}","source":{{"epoch":"{source}","root":"0x{sroot}"}},"target":{{"epoch":"{target}","root":"0x{troot}"}}}}}}"#,
         slot = target.saturating_mul(32),
         root = hex::encode([block_root_byte; 32]),
         sroot = hex::encode([0x11; 32]),
@@ -128,10 +131,10 @@ pub fn attestation_body(source: u64, block_root_byte: u8) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A mainnet BLOCK_V2 (Fulu) proposal header at `slot`.
-pub fn block_body(slot: u64) -> Vec<u8> {
+/// A BLOCK_V2 (Fulu) proposal header at `slot`.
+pub fn block_body(gvr: &str, slot: u64) -> Vec<u8> {
     format!(
-        r#"{{"type":"BLOCK_V2","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"}},"beacon_block":{{"version":"FULU","block_header":{{"slot":"{slot}","proposer_index":"7","parent_root":"0x{p}","state_root":"0x{s}","body_root":"0x{b}"}}}}}}"#,
+        r#"{{"type":"BLOCK_V2","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"{gvr}"}},"beacon_block":{{"version":"FULU","block_header":{{"slot":"{slot}","proposer_index":"7","parent_root":"0x{p}","state_root":"0x{s}","body_root":"0x{b}"}}}}}}"#,
         p = hex::encode([0x33; 32]),
         s = hex::encode([0x44; 32]),
         b = hex::encode([0x55; 32]),
@@ -141,6 +144,7 @@ pub fn block_body(slot: u64) -> Vec<u8> {
 
 /// Per-key counters handing out fresh, non-slashable duties.
 struct Duties {
+    gvr: String,
     keys: Vec<String>,
     base: u64,
     next: Vec<AtomicU64>,
@@ -148,13 +152,14 @@ struct Duties {
 }
 
 impl Duties {
-    fn new(keys: Vec<BlsPublicKey>) -> Self {
+    fn new(keys: Vec<BlsPublicKey>, gvr: String) -> Self {
         // Far above anything a previous run used (which also started from the clock), and far
         // below u64::MAX: seconds since 1970 × 2^16 leaves 65k duties per key per second of runs.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Duties {
+            gvr,
             next: keys.iter().map(|_| AtomicU64::new(0)).collect(),
             keys: keys.iter().map(|k| k.to_hex()).collect(),
             base: now << 16,
@@ -173,11 +178,11 @@ impl Duties {
             / (1u64 << 53) as f64)
             < block_fraction;
         if is_block {
-            (path, block_body(self.base + n), "block")
+            (path, block_body(&self.gvr, self.base + n), "block")
         } else {
             (
                 path,
-                attestation_body(self.base + 2 * n, (n % 251) as u8),
+                attestation_body(&self.gvr, self.base + 2 * n, (n % 251) as u8),
                 "attestation",
             )
         }
@@ -269,7 +274,10 @@ pub async fn run(
         options.block_fraction * 100.0,
         options.duration
     )?;
-    let duties = Arc::new(Duties::new(keys));
+    let gvr = crate::commands::network(config)?
+        .genesis_validators_root
+        .map_or(MAINNET_GVR.to_owned(), |root| root.to_hex());
+    let duties = Arc::new(Duties::new(keys, gvr));
     // One client (one keep-alive connection) per simulated connection.
     let clients: Vec<MtlsClient> = (0..options.connections.max(1))
         .map(|_| MtlsClient::new(tls.clone(), &url))
@@ -448,7 +456,7 @@ mod tests {
     #[test]
     fn generated_requests_are_valid_and_never_slashable() {
         let keys = vec![BlsPublicKey([1; 48]), BlsPublicKey([2; 48])];
-        let duties = Duties::new(keys);
+        let duties = Duties::new(keys, MAINNET_GVR.to_owned());
         let mut history =
             std::collections::HashMap::<String, crate::slashing::MemoryHistory>::new();
         for _ in 0..200 {

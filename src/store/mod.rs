@@ -890,27 +890,15 @@ fn attestation_from_row(r: &rusqlite::Row<'_>) -> Result<SignedAttestation, rusq
 
 /// Check one request inside the open transaction and record it when safe and asked to.
 fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error> {
-    if let Some(received) = job.genesis_validators_root {
-        match read_gvr(conn)? {
-            Some(expected) if expected != received => {
-                return Ok(Err(Refusal::WrongNetwork { expected, received }));
-            }
-            Some(_) => {}
-            None if job.record => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
-                    [received.0.to_vec()],
-                )?;
-            }
-            None => {}
+    let bound = read_gvr(conn)?;
+    if let (Some(expected), Some(received)) = (bound, job.genesis_validators_root) {
+        if expected != received {
+            return Ok(Err(Refusal::WrongNetwork { expected, received }));
         }
     }
-    // A dry run must leave no trace, not even a row for a key never seen before.
-    let validator_id = if job.record {
-        Some(ensure_validator(conn, &job.public_key)?)
-    } else {
-        find_validator(conn, &job.public_key)?
-    };
+    // Reading never creates rows: a refused request (or a dry run) must leave no trace, not even
+    // a network binding or a row for a key never seen before.
+    let validator_id = find_validator(conn, &job.public_key)?;
     let history = SqlHistory { conn, validator_id };
     let verdict = match job.request {
         SlashingRequest::Block { slot, signing_root } => {
@@ -922,8 +910,19 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
             signing_root,
         } => slashing::check_attestation(&history, source, target, signing_root)?,
     };
-    match (verdict, validator_id) {
-        (Ok(Safe::Valid), Some(validator_id)) if job.record => match job.request {
+    if verdict == Ok(Safe::Valid) && job.record {
+        if let (None, Some(received)) = (bound, job.genesis_validators_root) {
+            // The first recorded signature binds an unbound database to its network.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
+                [received.0.to_vec()],
+            )?;
+        }
+        let validator_id = match validator_id {
+            Some(id) => id,
+            None => ensure_validator(conn, &job.public_key)?,
+        };
+        match job.request {
             SlashingRequest::Block { slot, signing_root } => {
                 conn.prepare_cached(
                     "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
@@ -946,8 +945,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
                     signing_root.0.to_vec()
                 ])?;
             }
-        },
-        _ => {}
+        }
     }
     Ok(verdict.map_err(Refusal::Slashable))
 }
@@ -1087,6 +1085,32 @@ mod tests {
                 .check_and_record_blocking(key(2), None, att(1, 2, 2))
                 .unwrap(),
             Ok(Safe::Valid)
+        );
+    }
+
+    #[test]
+    fn a_refused_request_neither_binds_the_network_nor_creates_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let refused = store
+            .check_and_record_blocking(key(3), Some(Root([0xcc; 32])), att(5, 4, 1))
+            .unwrap();
+        assert!(matches!(
+            refused,
+            Err(Refusal::Slashable(NotSafe::SourceExceedsTarget { .. }))
+        ));
+        assert_eq!(store.genesis_validators_root().unwrap(), None);
+        assert!(store.history(&key(3)).unwrap().is_none());
+        // The network is still free to be bound by a valid signature.
+        assert_eq!(
+            store
+                .check_and_record_blocking(key(3), Some(Root([0xdd; 32])), att(4, 5, 1))
+                .unwrap(),
+            Ok(Safe::Valid)
+        );
+        assert_eq!(
+            store.genesis_validators_root().unwrap(),
+            Some(Root([0xdd; 32]))
         );
     }
 
