@@ -47,6 +47,18 @@ pub struct Config {
     /// The client identity the bundled tools (`bench load`) use to reach this appliance.
     #[serde(default)]
     pub client: Option<ClientSection>,
+    /// The Ethereum keymanager API (`/eth/v1/keystores`).
+    #[serde(default)]
+    pub keymanager: KeymanagerSection,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeymanagerSection {
+    /// File holding the hex bearer token (>= 256 bits) of the keymanager API; `init` generates
+    /// it with mode 0600. Default: `keymanager.token` in `data_dir`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -149,6 +161,17 @@ impl Config {
             fix(&mut client.cert);
             fix(&mut client.key);
         }
+        if let Some(p) = self.keymanager.token_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// The keymanager API token file (configured, or `keymanager.token` in the data directory).
+    pub fn keymanager_token_path(&self) -> PathBuf {
+        self.keymanager
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keymanager.token"))
     }
 
     /// The SQLite database file.
@@ -201,6 +224,10 @@ key_label = "keystake-sealing-key"
 user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
+
+# Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
+[keymanager]
+token_file = "data/keymanager.token"
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]

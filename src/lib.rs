@@ -15,6 +15,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod consensus;
+pub mod keymanager;
 pub mod keystore;
 pub mod request;
 pub mod seal;

@@ -1,5 +1,6 @@
 //! Integration tests, one binary to keep link time low on 2 cores.
 
 mod common;
+mod conformance;
 mod e2e;
 mod vectors;

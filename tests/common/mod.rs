@@ -270,3 +270,38 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Send `body` as-is (not re-serialised) with the given headers; returns (status, body as JSON
+/// or text).
+pub async fn request_raw(
+    client: &MtlsClient,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let response = client.request(method, path, headers, body).await.unwrap();
+    let value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
+    (response.status, value)
+}
+
+impl Appliance {
+    /// An appliance holding the three keys of `web3signer.keys.json` (imported with the CLI).
+    pub fn with_vector_keys() -> Appliance {
+        let appliance = Appliance::create();
+        for (i, secret) in vector_secret_keys().iter().enumerate() {
+            appliance.import_secret(&secret_key_from_hex(secret), &format!("vector-key{i}"));
+        }
+        appliance
+    }
+
+    /// The keymanager API bearer token `init` generated.
+    pub fn keymanager_token(&self) -> String {
+        let config = keystake_signer::config::Config::load(&self.config).unwrap();
+        std::fs::read_to_string(config.keymanager_token_path())
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
