@@ -3,4 +3,5 @@
 mod common;
 mod conformance;
 mod e2e;
+mod operator_api;
 mod vectors;
