@@ -24,8 +24,9 @@ use sha2::{Digest, Sha256};
 use crate::bls;
 use crate::keystore;
 use crate::service::{self, ServiceError, SigningService};
-use crate::store::{InsertOutcome, ShareOrigin};
-use crate::types::BlsPublicKey;
+use crate::slashing::interchange::Interchange;
+use crate::store::{InsertOutcome, ShareOrigin, StoreError};
+use crate::types::{BlsPublicKey, Root};
 
 /// Random bytes in a generated token (256 bits, the keymanager spec's minimum).
 pub const TOKEN_BYTES: usize = 32;
@@ -375,16 +376,6 @@ impl Keymanager {
         public_keys: &[BlsPublicKey],
     ) -> Result<DeleteOutcome, KeymanagerError> {
         let _one_at_a_time = self.operations.lock().await;
-        let known: HashSet<BlsPublicKey> = {
-            let service = self.service.clone();
-            tokio::task::spawn_blocking(move || service.store().shares())
-                .await
-                .map_err(|e| KeymanagerError::Internal(format!("listing task failed: {e}")))?
-                .map_err(ServiceError::from)?
-                .into_iter()
-                .map(|r| r.public_key)
-                .collect()
-        };
         let mut statuses = Vec::with_capacity(public_keys.len());
         for public_key in public_keys {
             let status = match self.service.deactivate(public_key).await {
@@ -392,8 +383,13 @@ impl Keymanager {
                     tracing::info!(key = %public_key, "key deleted: it no longer signs");
                     DeleteStatus::Deleted
                 }
-                Ok(false) if known.contains(public_key) => DeleteStatus::NotActive,
-                Ok(false) => DeleteStatus::NotFound,
+                // Not active here: `not_active` when the database knows the key (its slashing
+                // data is returned), `not_found` when it has never seen it.
+                Ok(false) => match self.known_to_database(*public_key).await {
+                    Ok(true) => DeleteStatus::NotActive,
+                    Ok(false) => DeleteStatus::NotFound,
+                    Err(error) => DeleteStatus::Error(error.to_string()),
+                },
                 Err(error) => {
                     tracing::error!(key = %public_key, %error, "key could not be deleted");
                     DeleteStatus::Error(error.to_string())
@@ -414,12 +410,84 @@ impl Keymanager {
         })
     }
 
-    async fn export_slashing(&self, keys: &[BlsPublicKey]) -> Result<String, KeymanagerError> {
-        let _ = keys;
-        Err(KeymanagerError::Internal(
-            "slashing-protection export is not available in this build".into(),
-        ))
+    async fn known_to_database(&self, public_key: BlsPublicKey) -> Result<bool, KeymanagerError> {
+        let service = self.service.clone();
+        let history = tokio::task::spawn_blocking(move || service.store().history(&public_key))
+            .await
+            .map_err(|e| KeymanagerError::Internal(format!("history task failed: {e}")))?;
+        Ok(history.map_err(ServiceError::from)?.is_some())
     }
+
+    /// The EIP-3076 interchange of `keys` (complete history, never deleted). A database not yet
+    /// bound to a network holds no history at all; the answer is then a document with the
+    /// network's genesis validators root (zero for a custom network) and an empty record per key.
+    async fn export_slashing(&self, keys: &[BlsPublicKey]) -> Result<String, KeymanagerError> {
+        let service = self.service.clone();
+        let keys = keys.to_vec();
+        tokio::task::spawn_blocking(
+            move || match service.store().export_interchange(Some(&keys)) {
+                Ok(interchange) => Ok(interchange.to_json()),
+                Err(StoreError::NotBound) => {
+                    let root = known_genesis_validators_root(&service.network().name)
+                        .unwrap_or(Root([0; 32]));
+                    Ok(empty_history(root, &keys).to_json())
+                }
+                Err(error) => Err(KeymanagerError::Service(error.into())),
+            },
+        )
+        .await
+        .map_err(|e| KeymanagerError::Internal(format!("export task failed: {e}")))?
+    }
+}
+
+/// An interchange with an empty record for each key.
+fn empty_history(root: Root, keys: &[BlsPublicKey]) -> Interchange {
+    let mut interchange = Interchange::new(root);
+    let mut seen = HashSet::new();
+    for key in keys.iter().filter(|k| seen.insert(**k)) {
+        interchange
+            .data
+            .push(crate::slashing::interchange::InterchangeRecord {
+                pubkey: *key,
+                signed_blocks: Vec::new(),
+                signed_attestations: Vec::new(),
+            });
+    }
+    interchange
+}
+
+/// Genesis validators roots of the public networks this signer knows by name.
+pub fn known_genesis_validators_root(network: &str) -> Option<Root> {
+    let hex = match network {
+        "mainnet" => "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95",
+        "sepolia" => "0xd8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
+        "hoodi" => "0x212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f",
+        _ => return None,
+    };
+    hex.parse().ok()
+}
+
+/// Parse the request's interchange and check it against the database's network before any
+/// keystore is decrypted; a document that cannot be imported refuses the whole request.
+fn parse_slashing_protection(
+    service: &SigningService,
+    text: &str,
+) -> Result<Interchange, KeymanagerError> {
+    let interchange = Interchange::from_json(text)
+        .map_err(|e| KeymanagerError::BadRequest(format!("slashing_protection: {e}")))?;
+    let file = interchange.metadata.genesis_validators_root;
+    if let Some(bound) = service
+        .store()
+        .genesis_validators_root()
+        .map_err(ServiceError::from)?
+    {
+        if bound != file {
+            return Err(KeymanagerError::BadRequest(format!(
+                "slashing_protection: genesis_validators_root {file} is not {bound}, the network this signer's slashing database is bound to; nothing was imported"
+            )));
+        }
+    }
+    Ok(interchange)
 }
 
 /// The blocking part of an import: decrypt all keystores in parallel, then seal and store the
@@ -429,6 +497,11 @@ fn import_blocking(
     request: &ImportRequest,
     workers: usize,
 ) -> Result<Vec<ImportStatus>, KeymanagerError> {
+    let interchange = request
+        .slashing_protection
+        .as_deref()
+        .map(|text| parse_slashing_protection(service, text))
+        .transpose()?;
     let total = request.keystores.len();
     let jobs: Vec<usize> = (0..total).collect();
     let finished = AtomicUsize::new(0);
@@ -439,7 +512,7 @@ fn import_blocking(
         match &result {
             Ok(_) => tracing::info!(done, total, "keystore import: decrypted {done}/{total}"),
             Err(error) => {
-                tracing::warn!(done, total, keystore = i, %error, "keystore import: keystore {i} refused")
+                tracing::warn!(done, total, keystore = i, %error, "keystore import: keystore {i} refused ({done}/{total})")
             }
         }
         result
@@ -461,6 +534,32 @@ fn import_blocking(
                     candidates.push((i, secret));
                 }
             }
+        }
+    }
+
+    // The history first, all-or-nothing and only for the keys being imported: a key must never
+    // be able to sign before its slashing data is in place.
+    if let Some(interchange) = &interchange {
+        let keys: Vec<BlsPublicKey> = candidates.iter().map(|(_, s)| s.public_key()).collect();
+        if !keys.is_empty() {
+            let summary = service
+                .store()
+                .import_interchange(interchange, Some(&keys))
+                .map_err(|error| match error {
+                    StoreError::GenesisMismatch { .. } | StoreError::InvalidInterchange(_) => {
+                        KeymanagerError::BadRequest(format!(
+                            "slashing_protection: {error}; nothing was imported"
+                        ))
+                    }
+                    other => KeymanagerError::Service(other.into()),
+                })?;
+            tracing::info!(
+                validators = summary.validators,
+                blocks = summary.blocks_imported,
+                attestations = summary.attestations_imported,
+                skipped_keys = summary.validators_skipped,
+                "keystore import: slashing protection imported for the new keys"
+            );
         }
     }
 

@@ -3,5 +3,7 @@
 mod common;
 mod conformance;
 mod e2e;
+mod keymanager_api;
 mod operator_api;
+mod slashing;
 mod vectors;

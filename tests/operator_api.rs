@@ -30,9 +30,15 @@ async fn healthcheck_reports_the_database_down_and_up_again() {
 
     let (status, body) = get(&client, "/healthcheck").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((&body["status"], &body["outcome"]), (&"UP".into(), &"UP".into()));
+    assert_eq!(
+        (&body["status"], &body["outcome"]),
+        (&"UP".into(), &"UP".into())
+    );
     assert_eq!(check(&body, "default-check")["status"], "UP");
-    assert_eq!(check(&body, "slashing-protection-db-health-check")["status"], "UP");
+    assert_eq!(
+        check(&body, "slashing-protection-db-health-check")["status"],
+        "UP"
+    );
     assert_eq!(check(&body, "hsm-session-health-check")["status"], "UP");
     let keys = check(&body, "keys-check");
     assert_eq!(keys["checks"][0]["data"]["keys-loaded"], 1, "{body}");
@@ -48,7 +54,10 @@ async fn healthcheck_reports_the_database_down_and_up_again() {
     assert_eq!(body["outcome"], "DOWN");
     let db = check(&body, "slashing-protection-db-health-check");
     assert_eq!(db["status"], "DOWN", "{body}");
-    assert!(db["data"]["error"].as_str().unwrap().contains("locked"), "{body}");
+    assert!(
+        db["data"]["error"].as_str().unwrap().contains("locked"),
+        "{body}"
+    );
     assert_eq!(check(&body, "hsm-session-health-check")["status"], "UP");
     locker.execute_batch("COMMIT").unwrap();
     drop(locker);
@@ -110,7 +119,10 @@ async fn reload_picks_up_keys_imported_while_serving() {
         last["status"] == "completed"
     });
     assert!(done, "reload did not complete: {last}");
-    assert!(last["lastOperationTime"].as_str().unwrap().ends_with('Z'), "{last}");
+    assert!(
+        last["lastOperationTime"].as_str().unwrap().ends_with('Z'),
+        "{last}"
+    );
     assert!(last.get("lastError").is_none());
 
     let (_, keys) = get(&client, "/api/v1/eth2/publicKeys").await;

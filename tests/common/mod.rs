@@ -305,3 +305,40 @@ impl Appliance {
             .to_owned()
     }
 }
+
+/// An EIP-2335 keystore for `secret` as JSON text (what the keymanager API carries).
+pub fn keystore_json(secret: &SecretKey, password: &str, kdf: KdfChoice) -> String {
+    let keystore = keystore::encrypt(
+        secret,
+        &SecretString::from(password.to_owned()),
+        kdf,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    serde_json::to_string(&keystore).unwrap()
+}
+
+/// A keymanager API call (`/eth/v1/keystores`) with an optional bearer token.
+pub async fn keymanager(
+    client: &MtlsClient,
+    method: http::Method,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    if let Some(value) = &authorization {
+        headers.push(("authorization", value.as_str()));
+    }
+    request_raw(
+        client,
+        method,
+        "/eth/v1/keystores",
+        &headers,
+        body.map(|b| serde_json::to_vec(b).unwrap()),
+    )
+    .await
+}
