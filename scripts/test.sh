@@ -11,3 +11,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== api fuzz (schemathesis over mutual TLS against the running server)"
+./scripts/api-fuzz.sh

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::bls;
@@ -170,8 +169,8 @@ impl<'de> Deserialize<'de> for Password {
 /// `POST /eth/v1/keystores` body.
 #[derive(Debug, Deserialize)]
 pub struct ImportRequest {
-    /// JSON-encoded EIP-2335 keystores (a keystore object is accepted too).
-    pub keystores: Vec<Value>,
+    /// JSON-encoded EIP-2335 keystores (strings, as the spec says; anything else is a 400).
+    pub keystores: Vec<String>,
     /// `passwords[i]` unlocks `keystores[i]`.
     pub passwords: Vec<Password>,
     /// A JSON-encoded EIP-3076 interchange.
@@ -307,13 +306,8 @@ pub fn parallel_map<T: Sync, R: Send>(
 
 /// Parse and decrypt one keystore of a request. The error text names the problem, never the
 /// password or key.
-pub fn decrypt_keystore(keystore: &Value, password: &Password) -> Result<bls::SecretKey, String> {
-    let parsed = match keystore {
-        Value::String(text) => keystore::parse(text),
-        Value::Object(_) => keystore::parse(&keystore.to_string()),
-        _ => return Err("a keystore must be a JSON-encoded EIP-2335 keystore string".into()),
-    }
-    .map_err(|e| e.to_string())?;
+pub fn decrypt_keystore(keystore: &str, password: &Password) -> Result<bls::SecretKey, String> {
+    let parsed = keystore::parse(keystore).map_err(|e| e.to_string())?;
     keystore::decrypt(&parsed, &password.0).map_err(|e| e.to_string())
 }
 
@@ -695,14 +689,15 @@ mod tests {
         let text = serde_json::to_string(&ks).unwrap();
         let good = Password(SecretString::from("right horse".to_owned()));
         let bad = Password(SecretString::from("wrong horse".to_owned()));
-        let key = decrypt_keystore(&Value::String(text.clone()), &good).unwrap();
+        let key = decrypt_keystore(&text, &good).unwrap();
         assert_eq!(key.public_key(), secret.public_key());
-        let object: Value = serde_json::from_str(&text).unwrap();
-        assert!(decrypt_keystore(&object, &good).is_ok());
-        let error = decrypt_keystore(&Value::String(text), &bad).unwrap_err();
+        let error = decrypt_keystore(&text, &bad).unwrap_err();
         assert!(error.contains("wrong password"), "{error}");
         assert!(!error.contains("wrong horse"));
-        assert!(decrypt_keystore(&Value::from(3), &good).is_err());
+        assert!(decrypt_keystore("{}", &good).is_err());
+        let request: Result<ImportRequest, _> =
+            serde_json::from_value(serde_json::json!({"keystores": [{}], "passwords": ["x"]}));
+        assert!(request.is_err(), "a keystore must be a string");
         assert!(!format!("{bad:?}").contains("horse"));
     }
 }
