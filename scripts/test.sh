@@ -9,6 +9,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== hadolint Dockerfile"
+./scripts/lint-dockerfile.sh
 echo "== cargo test"
 cargo test --locked
 echo "== api fuzz (schemathesis over mutual TLS against the running server)"

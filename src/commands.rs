@@ -21,6 +21,8 @@ use crate::store::{InsertOutcome, ShareOrigin, Store};
 use crate::types::BlsPublicKey;
 use crate::{api, bls, certs, keystore, tls};
 
+pub mod threshold;
+
 /// Make this process refuse to write core dumps: a dump taken while a share is unsealed would
 /// put it on disk.
 pub fn disable_core_dumps() {
@@ -102,7 +104,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `init`: data directory, SQLite store, HSM token and sealing key. Idempotent.
+/// `init`: data directory, SQLite store, HSM token, sealing key and enrolment key pair.
+/// Idempotent.
 pub fn init(config: &Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -130,6 +133,9 @@ pub fn init(config: &Config) -> Result<()> {
     let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
     Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
+    // The key share packages of a trusted split are encrypted to (docs/threshold.md).
+    crate::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
+        .context("creating the enrolment key pair in the HSM")?;
     let store = Store::open(&config.database_path())?;
     let token_file = config.keymanager_token_path();
     if crate::keymanager::ensure_token_file(&token_file)? {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use keystake_signer::commands;
+use keystake_signer::commands::threshold as threshold_cmd;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
 
@@ -50,6 +51,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Benchmarks against a real appliance.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// This appliance's enrolment key (what share packages are encrypted to).
+    Enrolment {
+        #[command(subcommand)]
+        command: threshold_cmd::EnrolmentCommand,
+    },
+    /// Trusted dealer: split a keystore t-of-n into a cluster manifest and one sealed package per appliance.
+    Split(threshold_cmd::SplitArgs),
+    /// Combine t partial signatures into the group signature (prints 0x…; names culprits on failure).
+    Combine(threshold_cmd::CombineArgs),
+    /// Cluster manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: threshold_cmd::ManifestCommand,
+    },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
         #[arg(long)]
@@ -73,6 +93,42 @@ enum CertsCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
+    /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
+    /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        /// Appliance URL (default: the configuration's listen address).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Use only the first K keys.
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Fixed request rate per second (default: max throughput).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Fraction of BLOCK_V2 requests in the mix.
+        #[arg(long, default_value_t = 0.0)]
+        block_fraction: f64,
+        /// Threads for the raw blst measurement (default: CPUs).
+        #[arg(long)]
+        raw_threads: Option<usize>,
+        /// Write per-request samples as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+        #[arg(long)]
+        burst: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Import an EIP-2335 keystore; the key is sealed by the HSM, never written in plaintext.
     Import {
@@ -83,6 +139,8 @@ enum KeysCommand {
         #[arg(long)]
         password_file: PathBuf,
     },
+    /// Import a threshold share package from `split`; it is opened by the HSM and sealed, never written in plaintext.
+    ImportShare(threshold_cmd::ImportShareArgs),
     /// List stored keys.
     List {
         #[arg(long)]
@@ -138,10 +196,92 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 println!("{public_key} {status}");
             }
+            KeysCommand::ImportShare(args) => {
+                let imported = threshold_cmd::import_share(
+                    &load(&args.config)?,
+                    &args.package,
+                    args.manifest.as_deref(),
+                )?;
+                let status = match imported.outcome {
+                    InsertOutcome::Inserted => "imported",
+                    InsertOutcome::Duplicate => "duplicate",
+                    InsertOutcome::Reenabled => "imported (re-enabled)",
+                };
+                println!(
+                    "{} {status} share {}/{} threshold {} group {}",
+                    imported.public_key,
+                    imported.index,
+                    imported.participants,
+                    imported.threshold,
+                    imported.group_public_key
+                );
+            }
             KeysCommand::List { config } => {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
             }
         },
+        Command::Bench {
+            command:
+                BenchCommand::Load {
+                    config,
+                    url,
+                    duration,
+                    connections,
+                    keys,
+                    rate,
+                    block_fraction,
+                    raw_threads,
+                    csv,
+                    burst,
+                },
+        } => {
+            if !(0.0..=1.0).contains(&block_fraction) {
+                anyhow::bail!("--block-fraction must be between 0 and 1");
+            }
+            let config = Config::load(&config)?;
+            let options = keystake_signer::loadgen::LoadOptions {
+                url,
+                duration: std::time::Duration::from_secs(duration),
+                connections,
+                keys,
+                rate,
+                block_fraction,
+                raw_threads,
+                csv,
+                burst,
+            };
+            let report = runtime()?.block_on(keystake_signer::loadgen::run(
+                &config,
+                &options,
+                &mut std::io::stdout().lock(),
+            ))?;
+            if report.errors > 0 {
+                anyhow::bail!("{} requests were not answered with 200", report.errors);
+            }
+        }
+        Command::Enrolment {
+            command: threshold_cmd::EnrolmentCommand::Show { config },
+        } => println!("{}", threshold_cmd::enrolment_show(&load(&config)?)?),
+        Command::Split(args) => print!(
+            "{}",
+            threshold_cmd::describe_split(&threshold_cmd::split(&args)?)
+        ),
+        Command::Combine(args) => {
+            let combined = threshold_cmd::combine(&args)?;
+            if !combined.culprits.is_empty() {
+                eprintln!(
+                    "warning: partial signatures that do not verify were left out; culprits: {}",
+                    threshold_cmd::join_indices(&combined.culprits)
+                );
+            }
+            println!("{}", combined.signature);
+        }
+        Command::Manifest {
+            command: threshold_cmd::ManifestCommand::Verify { manifest },
+        } => print!(
+            "{}",
+            threshold_cmd::describe_manifest(&threshold_cmd::load_manifest(&manifest)?)
+        ),
         Command::Serve { config, listen } => {
             let config = load(&config)?;
             runtime()?.block_on(commands::serve(&config, listen))?;

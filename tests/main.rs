@@ -6,4 +6,5 @@ mod e2e;
 mod keymanager_api;
 mod operator_api;
 mod slashing;
+mod threshold;
 mod vectors;

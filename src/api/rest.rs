@@ -1,9 +1,11 @@
 //! The Web3Signer eth2 REST API: a thin adapter that reads the request, calls the
 //! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
 //!
-//! Routes: `GET /upcheck`, `GET /api/v1/eth2/publicKeys`, `POST /api/v1/eth2/sign/{identifier}`,
-//! and the operator routes of [`super::admin`] (`/healthcheck`, `/reload`, `highWatermark`).
-//! Refuses bodies over [`MAX_BODY_BYTES`] (413) and non-JSON content types (415).
+//! Routes: `GET /upcheck`, `GET /api/v1/eth2/publicKeys`,
+//! `GET /api/v1/keystake/keys` (share index, t, n and group key per key),
+//! `POST /api/v1/eth2/sign/{identifier}`, and the operator routes of [`super::admin`]
+//! (`/healthcheck`, `/reload`, `highWatermark`). Refuses bodies over [`MAX_BODY_BYTES`] (413)
+//! and non-JSON content types (415).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ pub fn router(service: Arc<SigningService>) -> Router {
     Router::new()
         .route("/upcheck", get(upcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/keystake/keys", get(key_infos))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
         .with_state(service.clone())
         .merge(super::admin::router(service))
@@ -49,6 +52,14 @@ async fn public_keys(State(service): State<Arc<SigningService>>) -> Json<Vec<Str
             .map(|k| k.to_hex())
             .collect::<Vec<_>>(),
     )
+}
+
+/// KeyStake's own listing: every key with its share index, threshold, number of shares and group
+/// public key (threshold shares only; whole keys list just `public_key`).
+async fn key_infos(
+    State(service): State<Arc<SigningService>>,
+) -> Json<Vec<crate::service::KeyInfo>> {
+    Json(service.key_infos())
 }
 
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
