@@ -107,12 +107,15 @@ run() {
 }
 
 status=0
-run web3signer "$SPECS/web3signer-eth2/web3signer.yaml" || status=1
-run keymanager "$SPECS/keymanager/keymanager-oapi.yaml" --include-path /eth/v1/keystores || status=1
-run remote-signing "$SPECS/remote-signing-api/remote-signing-oapi.yaml" || status=1
+passed=0
+failed=0
+tally() { if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi; }
+tally run web3signer "$SPECS/web3signer-eth2/web3signer.yaml"
+tally run keymanager "$SPECS/keymanager/keymanager-oapi.yaml" --include-path /eth/v1/keystores
+tally run remote-signing "$SPECS/remote-signing-api/remote-signing-oapi.yaml"
 
 # --- requests per endpoint (from the HAR files) ---
-"$VENV/bin/python" - "$WORK" <<'PY' >"$WORK/requests-per-endpoint.txt" || status=1
+"$VENV/bin/python" - "$WORK" <<'PY' >"$WORK/requests-per-endpoint.txt" || { failed=$((failed + 1)); status=1; }
 import json, re, sys, collections, pathlib
 work = pathlib.Path(sys.argv[1])
 templates = [(re.compile(r"^/api/v1/eth2/sign/[^/]*$"), "/api/v1/eth2/sign/{identifier}")]
@@ -149,8 +152,11 @@ PY
 cat "$WORK/requests-per-endpoint.txt"
 if grep -qiE 'panicked|internal error|appliance side' "$WORK/serve.log"; then
   echo "api-fuzz: the server log shows an internal error:" >&2
-  grep -iE 'panicked|internal error' "$WORK/serve.log" | head -n 20 >&2
+  grep -iE 'panicked|internal error|appliance side' "$WORK/serve.log" | head -n 20 >&2
+  failed=$((failed + 1))
   status=1
 fi
-kill -0 "$SERVER_PID" 2>/dev/null || { echo "api-fuzz: the server died" >&2; status=1; }
+kill -0 "$SERVER_PID" 2>/dev/null || { echo "api-fuzz: the server died" >&2; failed=$((failed + 1)); status=1; }
+# One line per spec run (plus any server-side failure), in the plain form test harnesses read.
+echo "api-fuzz: $passed passed, $failed failed"
 exit "$status"
