@@ -13,3 +13,5 @@ echo "== hadolint Dockerfile"
 ./scripts/lint-dockerfile.sh
 echo "== cargo test"
 cargo test --locked
+echo "== api fuzz (schemathesis over mutual TLS against the running server)"
+./scripts/api-fuzz.sh

@@ -153,6 +153,10 @@ pub fn init(config: &Config) -> Result<()> {
     crate::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
         .context("creating the enrolment key pair in the HSM")?;
     let store = slashing::open_store(config)?;
+    let token_file = config.keymanager_token_path();
+    if crate::keymanager::ensure_token_file(&token_file)? {
+        tracing::info!(file = %token_file.display(), "generated the keymanager API token");
+    }
     tracing::info!(database = %store.path().display(), token = %config.hsm.token_label, "initialised");
     Ok(())
 }
@@ -263,7 +267,9 @@ pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
     tracing::info!(%address, keys = service.public_keys().len(), network = %service.network().name, "listening (REST, mutual TLS)");
     // A line a script can wait for, whatever the log filter.
     println!("listening on https://{address}");
-    let app = api::rest::router(service);
+    let token = crate::keymanager::BearerToken::load(&config.keymanager_token_path())?;
+    let keymanager = Arc::new(crate::keymanager::Keymanager::new(service.clone(), token));
+    let app = api::rest::router(service).merge(api::keymanager::router(keymanager));
     api::serve_mtls(listener, tls, app, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())

@@ -52,6 +52,9 @@ pub struct Config {
     /// Slashing-protection options.
     #[serde(default)]
     pub slashing: SlashingSection,
+    /// The Ethereum keymanager API (`/eth/v1/keystores`).
+    #[serde(default)]
+    pub keymanager: KeymanagerSection,
 }
 
 /// `[slashing]`: the low watermark given to a key installed with no slashing history here
@@ -66,6 +69,15 @@ pub struct SlashingSection {
     pub new_key_min_slot: Option<u64>,
     #[serde(default)]
     pub new_key_min_epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeymanagerSection {
+    /// File holding the hex bearer token (>= 256 bits) of the keymanager API; `init` generates
+    /// it with mode 0600. Default: `keymanager.token` in `data_dir`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -168,6 +180,17 @@ impl Config {
             fix(&mut client.cert);
             fix(&mut client.key);
         }
+        if let Some(p) = self.keymanager.token_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// The keymanager API token file (configured, or `keymanager.token` in the data directory).
+    pub fn keymanager_token_path(&self) -> PathBuf {
+        self.keymanager
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keymanager.token"))
     }
 
     /// The SQLite database file.
@@ -239,6 +262,9 @@ softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 # [slashing]
 # new_key_min_slot = 13600000
 # new_key_min_epoch = 425000
+# Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
+[keymanager]
+token_file = "data/keymanager.token"
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]

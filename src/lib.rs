@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod consensus;
 pub mod enrolment;
+pub mod keymanager;
 pub mod keystore;
 pub mod loadgen;
 pub mod manifest;

@@ -91,6 +91,10 @@ pub struct Signed {
     pub public_key: BlsPublicKey,
 }
 
+/// How long `deactivate` waits for in-flight requests of the key (an unseal and a BLS signature
+/// take milliseconds; a stuck HSM call is what this bounds).
+pub const DEACTIVATE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct SigningService {
     store: Arc<Store>,
     sealer: Arc<dyn Sealer>,
@@ -139,6 +143,7 @@ impl SigningService {
     /// Re-read the keys from the store (after an import or delete by another process). Returns
     /// the number of keys loaded.
     pub fn reload(&self) -> Result<usize, ServiceError> {
+        let previous = self.index();
         let mut index = KeyIndex::default();
         for record in self.store.shares()? {
             if !record.enabled {
@@ -152,6 +157,16 @@ impl SigningService {
                     .push(record.public_key);
             }
             index.order.push(record.public_key);
+            // An unchanged key keeps its `Arc`: in-flight requests hold that same `Arc`, which is
+            // how `deactivate` knows when the last of them is done.
+            if let Some(existing) = previous.by_public_key.get(&record.public_key) {
+                if existing.sealed.0 == record.sealed && existing.threshold == record.threshold {
+                    index
+                        .by_public_key
+                        .insert(record.public_key, existing.clone());
+                    continue;
+                }
+            }
             let context = seal_context(record.public_key, record.threshold.as_ref());
             index.by_public_key.insert(
                 record.public_key,
@@ -291,6 +306,29 @@ impl SigningService {
         let outcome = import_key(&self.store, self.sealer.as_ref(), secret, origin, threshold)?;
         self.reload()?;
         Ok(outcome)
+    }
+
+    /// Stop a key from signing (keymanager DELETE): disable it in the store, drop it from the
+    /// index, then wait until no request that resolved it before is still checking, recording
+    /// or signing — so slashing data exported afterwards is complete. Returns whether the key
+    /// was active. Its slashing history stays.
+    pub async fn deactivate(&self, public_key: &BlsPublicKey) -> Result<bool, ServiceError> {
+        let held = self.index().by_public_key.get(public_key).cloned();
+        let was_active = self.store.disable_share(public_key)?;
+        self.reload()?;
+        if let Some(key) = held {
+            let deadline = tokio::time::Instant::now() + DEACTIVATE_DRAIN_TIMEOUT;
+            // Ours is the only reference left once every in-flight request has finished.
+            while Arc::strong_count(&key) > 1 {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServiceError::Internal(format!(
+                        "{public_key} is disabled but requests that started before are still running"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Ok(was_active)
     }
 
     /// Readiness of the HSM session and the database, for `/healthcheck`.

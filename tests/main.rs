@@ -1,7 +1,10 @@
 //! Integration tests, one binary to keep link time low on 2 cores.
 
 mod common;
+mod conformance;
 mod e2e;
+mod keymanager_api;
+mod operator_api;
 mod slashing;
 mod threshold;
 mod vectors;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::keymanager::KeymanagerError;
 use crate::seal::SealError;
 use crate::service::ServiceError;
 use crate::store::{Refusal, StoreError};
@@ -105,6 +106,37 @@ impl From<ServiceError> for ApiError {
             _ => {}
         }
         ApiError { status, body }
+    }
+}
+
+/// The status a keymanager API error maps to (its spec: 400, 401, 403, 500).
+pub fn keymanager_status_of(error: &KeymanagerError) -> StatusCode {
+    match error {
+        KeymanagerError::MissingToken => StatusCode::UNAUTHORIZED,
+        KeymanagerError::WrongToken => StatusCode::FORBIDDEN,
+        KeymanagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        KeymanagerError::Service(service) => status_of(service),
+        KeymanagerError::TokenFile { .. } | KeymanagerError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// Keymanager errors use the keymanager spec's body, `{"message": …}`.
+impl From<KeymanagerError> for ApiError {
+    fn from(error: KeymanagerError) -> Self {
+        let status = keymanager_status_of(&error);
+        let message = if status.is_server_error() {
+            tracing::error!(%error, status = status.as_u16(), "keymanager request failed on the appliance side");
+            format!("keymanager operation failed on the appliance: {error}")
+        } else {
+            tracing::debug!(%error, status = status.as_u16(), "keymanager request refused");
+            error.to_string()
+        };
+        ApiError {
+            status,
+            body: json!({ "message": message }),
+        }
     }
 }
 

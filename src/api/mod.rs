@@ -7,7 +7,9 @@
 //! (in the handshake, before any HTTP is read).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
+pub mod keymanager;
 pub mod rest;
 
 use std::future::Future;

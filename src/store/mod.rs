@@ -207,6 +207,8 @@ pub struct Store {
     /// writer writes, and `busy_timeout` serialises its writes with the writer's.
     admin: Mutex<Connection>,
     jobs: mpsc::Sender<Job>,
+    /// (device, inode) of the file opened, to notice it being deleted or replaced underneath.
+    file_identity: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -379,6 +381,7 @@ impl Store {
             options,
             admin: Mutex::new(admin),
             jobs,
+            file_identity: file_identity(path),
         })
     }
 
@@ -623,12 +626,37 @@ impl Store {
         answer.blocking_recv().map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Whether the database answers a trivial query (for `/healthcheck`).
+    /// Whether the database can take a slashing record right now (for `/healthcheck`): the file
+    /// at the configured path is still the one opened (not deleted or replaced — records written
+    /// to an unlinked file would vanish at restart), it answers a query, and a write transaction
+    /// can start within [`HEALTH_WRITE_PROBE_TIMEOUT`] (not read-only, not locked by another
+    /// process). The probe writes nothing.
     pub fn health_check(&self) -> Result<(), StoreError> {
+        if file_identity(&self.path) != self.file_identity {
+            return Err(StoreError::Unavailable(format!(
+                "{} is no longer the database file this signer opened (deleted, moved or replaced)",
+                self.path.display()
+            )));
+        }
         let conn = self.admin();
         conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+        conn.busy_timeout(HEALTH_WRITE_PROBE_TIMEOUT)?;
+        let probe = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;");
+        conn.busy_timeout(Duration::from_secs(10))?;
+        if probe.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        probe?;
         Ok(())
     }
+}
+
+/// How long the health check waits for the write lock before calling the database unavailable.
+pub const HEALTH_WRITE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
