@@ -422,7 +422,9 @@ impl Keymanager {
             move || match service.store().export_interchange(Some(&keys)) {
                 Ok(interchange) => Ok(interchange.to_json()),
                 Err(StoreError::NotBound) => {
-                    let root = known_genesis_validators_root(&service.network().name)
+                    let root = service
+                        .network()
+                        .genesis_validators_root
                         .unwrap_or(Root([0; 32]));
                     Ok(empty_history(root, &keys).to_json())
                 }
@@ -448,17 +450,6 @@ fn empty_history(root: Root, keys: &[BlsPublicKey]) -> Interchange {
             });
     }
     interchange
-}
-
-/// Genesis validators roots of the public networks this signer knows by name.
-pub fn known_genesis_validators_root(network: &str) -> Option<Root> {
-    let hex = match network {
-        "mainnet" => "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95",
-        "sepolia" => "0xd8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
-        "hoodi" => "0x212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f",
-        _ => return None,
-    };
-    hex.parse().ok()
 }
 
 /// Parse the request's interchange and check it against the database's network before any
