@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod consensus;
 pub mod keystore;
+pub mod pkcs12;
 pub mod request;
 pub mod seal;
 pub mod service;
