@@ -15,6 +15,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod consensus;
+pub mod forwarder;
 pub mod keystore;
 pub mod pkcs12;
 pub mod request;
