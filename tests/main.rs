@@ -2,4 +2,5 @@
 
 mod common;
 mod e2e;
+mod interop;
 mod vectors;
