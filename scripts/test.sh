@@ -11,3 +11,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+# A real consensus client (Lodestar devnet, ../shared/interop/lodestar) signing every duty through
+# the forwarder and the appliance; two runs of about a minute each (plus npm ci when its cache under
+# target/tmp is cold), one at a time and after the parallel suite so slots are not starved of CPU.
+echo "== Lodestar devnet through keystake-signer connect (serial)"
+cargo test --locked --test main interop::lodestar -- --ignored --test-threads=1
