@@ -9,6 +9,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== hadolint Dockerfile"
+./scripts/lint-dockerfile.sh
 echo "== cargo test"
 cargo test --locked
 # A real consensus client (Lodestar devnet, ../shared/interop/lodestar) signing every duty through

@@ -17,6 +17,7 @@ pub mod config;
 pub mod consensus;
 pub mod forwarder;
 pub mod keystore;
+pub mod loadgen;
 pub mod pkcs12;
 pub mod request;
 pub mod seal;

@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Benchmarks against a real appliance.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
         #[arg(long)]
@@ -94,6 +99,42 @@ enum CertsCommand {
         /// Client certificate to issue (repeatable; default: one named "client").
         #[arg(long = "client")]
         clients: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
+    /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
+    /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        /// Appliance URL (default: the configuration's listen address).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Use only the first K keys.
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Fixed request rate per second (default: max throughput).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Fraction of BLOCK_V2 requests in the mix.
+        #[arg(long, default_value_t = 0.0)]
+        block_fraction: f64,
+        /// Threads for the raw blst measurement (default: CPUs).
+        #[arg(long)]
+        raw_threads: Option<usize>,
+        /// Write per-request samples as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+        #[arg(long)]
+        burst: Option<u64>,
     },
 }
 
@@ -167,6 +208,45 @@ fn run(cli: Cli) -> Result<()> {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
             }
         },
+        Command::Bench {
+            command:
+                BenchCommand::Load {
+                    config,
+                    url,
+                    duration,
+                    connections,
+                    keys,
+                    rate,
+                    block_fraction,
+                    raw_threads,
+                    csv,
+                    burst,
+                },
+        } => {
+            if !(0.0..=1.0).contains(&block_fraction) {
+                anyhow::bail!("--block-fraction must be between 0 and 1");
+            }
+            let config = Config::load(&config)?;
+            let options = keystake_signer::loadgen::LoadOptions {
+                url,
+                duration: std::time::Duration::from_secs(duration),
+                connections,
+                keys,
+                rate,
+                block_fraction,
+                raw_threads,
+                csv,
+                burst,
+            };
+            let report = runtime()?.block_on(keystake_signer::loadgen::run(
+                &config,
+                &options,
+                &mut std::io::stdout().lock(),
+            ))?;
+            if report.errors > 0 {
+                anyhow::bail!("{} requests were not answered with 200", report.errors);
+            }
+        }
         Command::Serve { config, listen } => {
             let config = load(&config)?;
             runtime()?.block_on(commands::serve(&config, listen))?;
