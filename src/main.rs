@@ -99,6 +99,10 @@ enum CertsCommand {
         /// Client certificate to issue (repeatable; default: one named "client").
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Name clients use to reach the appliance: DNS name or IP address (repeatable; default:
+        /// localhost and 127.0.0.1). The server certificate carries each as a SAN.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
     },
 }
 
@@ -184,9 +188,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Init { config } => commands::init(&load(&config)?)?,
         Command::Certs {
-            command: CertsCommand::Generate { out, clients },
+            command:
+                CertsCommand::Generate {
+                    out,
+                    clients,
+                    server_names,
+                },
         } => {
-            commands::generate_certs(&out, &clients)?;
+            commands::generate_certs_for_servers(&out, &server_names, &clients)?;
             println!("certificates written to {}", out.display());
         }
         Command::Keys { command } => match command {

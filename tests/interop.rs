@@ -608,6 +608,10 @@ fn certs_generate_writes_pkcs12_identities_that_openssl_reads() {
         "lighthouse",
         "--client",
         "teku",
+        "--server-name",
+        "signer.example",
+        "--server-name",
+        "192.0.2.7",
     ]);
     use std::os::unix::fs::PermissionsExt;
     for file in [
@@ -636,6 +640,20 @@ fn certs_generate_writes_pkcs12_identities_that_openssl_reads() {
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
+    // The server certificate names the appliance as clients will address it.
+    let (ok, sans) = openssl(&[
+        "x509",
+        "-in",
+        "server.pem",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(ok, "{sans}");
+    assert!(
+        sans.contains("DNS:signer.example") && sans.contains("IP Address:192.0.2.7"),
+        "{sans}"
+    );
     for client in ["lighthouse", "teku"] {
         let p12 = format!("{client}.p12");
         let pass = format!("file:{client}.p12.pass");
