@@ -853,6 +853,11 @@ impl LodestarRun {
             + &std::fs::read_to_string(self.log.with_extension("err")).unwrap_or_default()
     }
 
+    /// Whether the script has already ended.
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
     /// The beacon node's head slot, if it answers.
     fn head_slot(&self) -> Option<u64> {
         let output = Command::new("curl")
@@ -1083,7 +1088,7 @@ fn lodestar_devnet_finalizes_across_an_appliance_restart_without_slashable_signa
         appliance.path().join("serve-1.log"),
     );
     let (forwarder, signer) = forwarder_for(&appliance, upstream, "forwarder");
-    let run = LodestarRun::start(signer, appliance.path().join("lodestar-e2e.log"));
+    let mut run = LodestarRun::start(signer, appliance.path().join("lodestar-e2e.log"));
 
     // Mid-chain (Bellatrix, past the first epoch's duties): SIGKILL, two slots of downtime, then
     // the same binary on the same port and database.
@@ -1092,6 +1097,11 @@ fn lodestar_devnet_finalizes_across_an_appliance_restart_without_slashable_signa
         if run.head_slot().is_some_and(|slot| slot >= 12) {
             break;
         }
+        assert!(
+            !run.exited(),
+            "lodestar-e2e.sh ended before slot 12:\n{}",
+            run.output()
+        );
         assert!(
             Instant::now() < deadline,
             "chain never reached slot 12:\n{}",
