@@ -160,6 +160,8 @@ struct HandshakeError {
 #[derive(Clone)]
 pub struct MtlsClient {
     http: Client<TlsConnectorService, Full<Bytes>>,
+    /// The pool's connector, for [`MtlsClient::diagnose`]'s one-off connection.
+    connector: TlsConnectorService,
     /// `https://authority` without a trailing slash.
     origin: String,
     /// Path prefix from the base URL, without a trailing slash (often empty).
@@ -206,9 +208,10 @@ impl MtlsClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+            .build(connector.clone());
         Ok(Self {
             http,
+            connector,
             origin: format!("https://{authority}"),
             prefix: uri.path().trim_end_matches('/').to_string(),
             timeout: DEFAULT_TIMEOUT,
@@ -219,6 +222,44 @@ impl MtlsClient {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Find out what stops a fresh connection, after a request failed without a clear cause: in
+    /// TLS 1.3 the server judges the client certificate after the client considers the handshake
+    /// done, and when its refusal (an alert) reaches the pooled connection before the request is
+    /// written, hyper reports only a cancelled request. This opens one connection outside the
+    /// pool, sends `GET {prefix}/upcheck`, and reads the answer itself, so an alert is seen.
+    /// `None`: an answer came (the connection works); `Some(kind)`: what failed.
+    pub async fn diagnose(&self) -> Option<FailureKind> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: Uri = self.origin.parse().ok()?;
+        let authority = uri.authority()?.to_string();
+        let request = format!(
+            "GET {}/upcheck HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n",
+            self.prefix
+        );
+        let mut connector = self.connector.clone();
+        let attempt = async move {
+            let connection = tower::Service::call(&mut connector, uri)
+                .await
+                .map_err(|e| classify_failure(&e))?;
+            let mut stream = connection.0.into_inner();
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| classify_failure(&e))?;
+            let mut first = [0u8; 16];
+            match stream.read(&mut first).await {
+                Ok(0) => Err(FailureKind::Other),
+                Ok(_) => Ok(()),
+                Err(e) => Err(classify_failure(&e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(())) => None,
+            Ok(Err(kind)) => Some(kind),
+            Err(_elapsed) => Some(FailureKind::Other),
+        }
     }
 
     /// Send one request and read the whole response. `path` starts with `/` and may carry a query.

@@ -249,14 +249,41 @@ impl Forwarder {
         &self.upstream
     }
 
+    /// The forward error for a failed upstream request. A failure without a clear cause (the
+    /// pooled connection closed before answering) is diagnosed on a fresh connection, so a
+    /// refused certificate or a dead appliance is named as such.
+    async fn explain(&self, error: ClientError) -> ForwardError {
+        let unclear = error.failure_kind() == Some(FailureKind::Other);
+        let first_failure = error.to_string();
+        let forward_error = ForwardError::from_client(&self.upstream, error);
+        if !unclear {
+            return forward_error;
+        }
+        let detail = format!("{first_failure}; a fresh connection showed why");
+        let upstream = self.upstream.clone();
+        match self.client.diagnose().await {
+            Some(FailureKind::Connect) => ForwardError::Unreachable { upstream, detail },
+            Some(FailureKind::ClientCertificateRefused) => {
+                ForwardError::CertificateRefused { upstream, detail }
+            }
+            Some(FailureKind::ServerCertificateRejected) => {
+                ForwardError::ServerCertificateRejected { upstream, detail }
+            }
+            Some(FailureKind::Other) | None => forward_error,
+        }
+    }
+
     /// `GET /upcheck` upstream: tells at start-up whether the appliance is reachable and accepts
     /// our certificate.
     pub async fn probe(&self) -> Result<(), ForwardError> {
-        let response = self
+        let response = match self
             .client
             .request(http::Method::GET, "/upcheck", &[], None)
             .await
-            .map_err(|e| ForwardError::from_client(&self.upstream, e))?;
+        {
+            Ok(response) => response,
+            Err(error) => return Err(self.explain(error).await),
+        };
         if response.status == 200 {
             Ok(())
         } else {
@@ -297,11 +324,14 @@ impl Forwarder {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         let body = (!body.is_empty()).then(|| body.to_vec());
-        let answer = self
+        let answer = match self
             .client
             .request(parts.method.clone(), &path, &header_refs, body)
             .await
-            .map_err(|e| ForwardError::from_client(&self.upstream, e))?;
+        {
+            Ok(answer) => answer,
+            Err(error) => return Err(self.explain(error).await),
+        };
         let mut response = Response::new(Body::from(answer.body));
         *response.status_mut() =
             http::StatusCode::from_u16(answer.status).map_err(|_| ForwardError::Broken {

