@@ -3,6 +3,8 @@
 //! configuration or on the command line, never from arguments or prompts.
 #![forbid(unsafe_code)]
 
+pub mod slashing;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,16 +19,22 @@ use crate::consensus::Network;
 use crate::seal::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::seal::Sealer;
 use crate::service::{self, SigningService};
-use crate::store::{InsertOutcome, ShareOrigin, Store};
+use crate::store::{InsertOutcome, ShareOrigin};
 use crate::types::BlsPublicKey;
 use crate::{api, bls, certs, keystore, tls};
 
-/// Make this process refuse to write core dumps: a dump taken while a share is unsealed would
-/// put it on disk.
-pub fn disable_core_dumps() {
-    if let Err(error) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
-        tracing::warn!(%error, "could not disable core dumps");
-    }
+pub mod threshold;
+
+/// Make this process refuse to write core dumps and to be inspected by other processes of the
+/// same user: a dump or a `/proc/<pid>/mem` read taken while a share is unsealed would expose
+/// it. `RLIMIT_CORE=0` alone is ignored by pipe `core_pattern` handlers, hence also
+/// `PR_SET_DUMPABLE=0` (which also refuses same-uid ptrace). Fails when either cannot be set:
+/// commands that handle secrets must not run without it.
+pub fn disable_core_dumps() -> Result<()> {
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("setting RLIMIT_CORE to 0")?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("setting PR_SET_DUMPABLE to 0")?;
+    Ok(())
 }
 
 /// Point SoftHSM2 at the configured token directory. Must run before any thread is started
@@ -79,13 +87,24 @@ fn ensure_secret_file(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
     }
     let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     let text = zeroize::Zeroizing::new(hex::encode(bytes.as_slice()));
     write_private(path, text.as_bytes())?;
     Ok(true)
+}
+
+/// Create a directory (and missing parents) accessible only by its owner. An existing directory
+/// is left as it is.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating directory {}", path.display()))
 }
 
 /// Create a file readable only by its owner (mode set at creation, not after).
@@ -102,10 +121,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `init`: data directory, SQLite store, HSM token and sealing key. Idempotent.
+/// `init`: data directory, SQLite store, HSM token, sealing key and enrolment key pair.
+/// Idempotent.
 pub fn init(config: &Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     if let Some(conf) = &config.hsm.softhsm2_conf {
         if !conf.exists() {
             let dir = conf
@@ -130,7 +149,10 @@ pub fn init(config: &Config) -> Result<()> {
     let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
     Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
-    let store = Store::open(&config.database_path())?;
+    // The key share packages of a trusted split are encrypted to (docs/threshold.md).
+    crate::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
+        .context("creating the enrolment key pair in the HSM")?;
+    let store = slashing::open_store(config)?;
     tracing::info!(database = %store.path().display(), token = %config.hsm.token_label, "initialised");
     Ok(())
 }
@@ -148,7 +170,7 @@ pub fn import_keystore(
     let password = read_password_file(password_file)?;
     let secret = keystore::decrypt(&keystore, &password)
         .with_context(|| format!("decrypting keystore {}", keystore_file.display()))?;
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(config)?;
     let sealer = open_sealer(config)?;
     Ok(service::import_key(
         &store,
@@ -175,7 +197,7 @@ pub fn read_password_file(path: &Path) -> Result<SecretString> {
 
 /// `keys list`: one line per stored key (no HSM access needed).
 pub fn list_keys(config: &Config, out: &mut dyn Write) -> Result<()> {
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(config)?;
     for record in store.shares()? {
         let state = if record.enabled { "active" } else { "deleted" };
         match &record.threshold {
@@ -207,7 +229,7 @@ pub async fn bind(
     Arc<SigningService>,
 )> {
     let network = network(config)?;
-    let store = Arc::new(Store::open(&config.database_path())?);
+    let store = Arc::new(slashing::open_store(config)?);
     let sealer = open_sealer(config)?;
     let service = Arc::new(SigningService::new(store, sealer, network)?);
     let tls = tls::server_config(&tls::TlsFiles {
@@ -310,7 +332,7 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
     let config = Config::load(&config_path)?;
     prepare_hsm_environment(&config);
     init(&config)?;
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(&config)?;
     let mut public_keys: Vec<BlsPublicKey> = store
         .shares()?
         .into_iter()

@@ -23,6 +23,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("secret file {path} is empty")]
     EmptySecret { path: PathBuf },
+    #[error("secret file {path} is readable or writable by other users (mode {mode:o}); run: chmod 600 {path}")]
+    InsecureSecret { path: PathBuf, mode: u32 },
 }
 
 /// Default listen address: loopback, as the demo asks; production configs set their own.
@@ -47,6 +49,23 @@ pub struct Config {
     /// The client identity the bundled tools (`bench load`) use to reach this appliance.
     #[serde(default)]
     pub client: Option<ClientSection>,
+    /// Slashing-protection options.
+    #[serde(default)]
+    pub slashing: SlashingSection,
+}
+
+/// `[slashing]`: the low watermark given to a key installed with no slashing history here
+/// (DKG, split, keymanager import without an interchange file). Nothing at or below it is
+/// signed for such a key: no block at or below `new_key_min_slot`, no attestation with a target
+/// at or below `new_key_min_epoch` or a source below it. Set them to the current slot/epoch when
+/// installing shares whose history is unknown; keys with history are not affected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlashingSection {
+    #[serde(default)]
+    pub new_key_min_slot: Option<u64>,
+    #[serde(default)]
+    pub new_key_min_epoch: Option<u64>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -157,9 +176,22 @@ impl Config {
     }
 }
 
-/// Read a secret (PIN, password) from a file: surrounding whitespace and a final newline are
-/// removed, an empty secret is refused.
+/// Read a secret (PIN, password) from a file. Only a final line break is removed (a PIN may
+/// contain spaces); an empty secret is refused, and so is a file that group or others may read or
+/// write — a PIN that anyone on the host can read protects nothing.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::InsecureSecret {
+            path: path.to_owned(),
+            mode,
+        });
+    }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
         ConfigError::Read {
             path: path.to_owned(),
@@ -202,6 +234,12 @@ user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 
+# Slashing protection for keys installed without history (DKG, split, keymanager import
+# without an interchange file): nothing at or below these is ever signed for such a key.
+# [slashing]
+# new_key_min_slot = 13600000
+# new_key_min_epoch = 425000
+
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]
 cert = "certs/client.pem"
@@ -240,10 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn shared_secret_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "1234\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(ConfigError::InsecureSecret { mode: 0o644, .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret_file(&path).is_ok());
+    }
+
+    #[test]
     fn empty_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
         std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
             read_secret_file(&path),
             Err(ConfigError::EmptySecret { .. })

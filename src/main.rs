@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use keystake_signer::commands;
+use keystake_signer::commands::threshold as threshold_cmd;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
+use keystake_signer::types::BlsPublicKey;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +57,20 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// This appliance's enrolment key (what share packages are encrypted to).
+    Enrolment {
+        #[command(subcommand)]
+        command: threshold_cmd::EnrolmentCommand,
+    },
+    /// Trusted dealer: split a keystore t-of-n into a cluster manifest and one sealed package per appliance.
+    Split(threshold_cmd::SplitArgs),
+    /// Combine t partial signatures into the group signature (prints 0x…; names culprits on failure).
+    Combine(threshold_cmd::CombineArgs),
+    /// Cluster manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: threshold_cmd::ManifestCommand,
+    },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
         #[arg(long)]
@@ -87,6 +103,39 @@ enum Command {
         /// Upper bound on one upstream exchange, in seconds.
         #[arg(long, default_value_t = keystake_signer::forwarder::DEFAULT_UPSTREAM_TIMEOUT.as_secs())]
         timeout_secs: u64,
+    },
+    /// EIP-3076 slashing-protection interchange (format version 5).
+    Slashing {
+        #[command(subcommand)]
+        command: SlashingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlashingCommand {
+    /// Import an interchange file atomically (whole file or nothing); raises each key's watermark.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        /// Import only these keys' history (repeatable; default: every key in the file).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+    },
+    /// Export the history (complete form) of all keys or the chosen ones.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Export only these keys (repeatable; default: every key the database knows).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+        /// Output file (`-` for standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Minimal form: per key one block and one attestation at the maxima, without roots.
+        #[arg(long)]
+        minimal: bool,
     },
 }
 
@@ -153,6 +202,8 @@ enum KeysCommand {
         #[arg(long)]
         password_file: PathBuf,
     },
+    /// Import a threshold share package from `split`; it is opened by the HSM and sealed, never written in plaintext.
+    ImportShare(threshold_cmd::ImportShareArgs),
     /// List stored keys.
     List {
         #[arg(long)]
@@ -213,8 +264,57 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 println!("{public_key} {status}");
             }
+            KeysCommand::ImportShare(args) => {
+                let imported = threshold_cmd::import_share(
+                    &load(&args.config)?,
+                    &args.package,
+                    args.manifest.as_deref(),
+                )?;
+                let status = match imported.outcome {
+                    InsertOutcome::Inserted => "imported",
+                    InsertOutcome::Duplicate => "duplicate",
+                    InsertOutcome::Reenabled => "imported (re-enabled)",
+                };
+                println!(
+                    "{} {status} share {}/{} threshold {} group {}",
+                    imported.public_key,
+                    imported.index,
+                    imported.participants,
+                    imported.threshold,
+                    imported.group_public_key
+                );
+            }
             KeysCommand::List { config } => {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
+            }
+        },
+        Command::Slashing { command } => match command {
+            SlashingCommand::Import {
+                config,
+                file,
+                pubkeys,
+            } => {
+                let summary = commands::slashing::import(&Config::load(&config)?, &file, &pubkeys)?;
+                println!(
+                    "imported {} validators ({} blocks, {} attestations; {} duplicates skipped, {} validators not chosen)",
+                    summary.validators,
+                    summary.blocks_imported,
+                    summary.attestations_imported,
+                    summary.duplicates_skipped,
+                    summary.validators_skipped
+                );
+            }
+            SlashingCommand::Export {
+                config,
+                pubkeys,
+                out,
+                minimal,
+            } => {
+                let count =
+                    commands::slashing::export(&Config::load(&config)?, &pubkeys, &out, minimal)?;
+                if out != std::path::Path::new("-") {
+                    println!("exported {count} validators to {}", out.display());
+                }
             }
         },
         Command::Bench {
@@ -256,6 +356,29 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("{} requests were not answered with 200", report.errors);
             }
         }
+        Command::Enrolment {
+            command: threshold_cmd::EnrolmentCommand::Show { config },
+        } => println!("{}", threshold_cmd::enrolment_show(&load(&config)?)?),
+        Command::Split(args) => print!(
+            "{}",
+            threshold_cmd::describe_split(&threshold_cmd::split(&args)?)
+        ),
+        Command::Combine(args) => {
+            let combined = threshold_cmd::combine(&args)?;
+            if !combined.culprits.is_empty() {
+                eprintln!(
+                    "warning: partial signatures that do not verify were left out; culprits: {}",
+                    threshold_cmd::join_indices(&combined.culprits)
+                );
+            }
+            println!("{}", combined.signature);
+        }
+        Command::Manifest {
+            command: threshold_cmd::ManifestCommand::Verify { manifest },
+        } => print!(
+            "{}",
+            threshold_cmd::describe_manifest(&threshold_cmd::load_manifest(&manifest)?)
+        ),
         Command::Serve { config, listen } => {
             let config = load(&config)?;
             runtime()?.block_on(commands::serve(&config, listen))?;
@@ -288,7 +411,6 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    commands::disable_core_dumps();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYSTAKE_LOG")
@@ -297,6 +419,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(error) = commands::disable_core_dumps() {
+        eprintln!("error: cannot protect this process's memory: {error:#}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -7,6 +7,9 @@
 //! database is unavailable. A refused request records nothing and signs nothing.
 #![forbid(unsafe_code)]
 
+mod slashable;
+pub use slashable::SlashableAnswer;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -41,8 +44,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("HSM: {0}")]
     Seal(#[from] SealError),
-    #[error("the sealed share for {public_key} does not belong to that key")]
-    ShareMismatch { public_key: BlsPublicKey },
+    #[error("the sealed share for {public_key} unsealed to an invalid secret key")]
+    InvalidUnsealedShare { public_key: BlsPublicKey },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -267,7 +270,7 @@ impl SigningService {
         tokio::task::spawn_blocking(move || {
             let secret = sealer.unseal(&key.sealed, &key.context)?;
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::ShareMismatch {
+                ServiceError::InvalidUnsealedShare {
                     public_key: key.public_key,
                 }
             })?;

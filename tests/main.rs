@@ -3,4 +3,6 @@
 mod common;
 mod e2e;
 mod interop;
+mod slashing;
+mod threshold;
 mod vectors;

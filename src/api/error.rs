@@ -62,11 +62,15 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        // An interchange file that cannot be imported is the caller's mistake, not a fault.
+        ServiceError::Store(StoreError::GenesisMismatch { .. })
+        | ServiceError::Store(StoreError::InvalidInterchange(_)) => StatusCode::BAD_REQUEST,
+        ServiceError::Store(StoreError::NotBound) => StatusCode::CONFLICT,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Seal(_) | ServiceError::ShareMismatch { .. } | ServiceError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ServiceError::Seal(_)
+        | ServiceError::InvalidUnsealedShare { .. }
+        | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

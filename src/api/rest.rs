@@ -2,7 +2,10 @@
 //! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
 //!
 //! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
-//! `POST /api/v1/eth2/sign/{identifier}`. Refuses bodies over [`MAX_BODY_BYTES`] (413) and
+//! `GET /api/v1/keystake/keys` (share index, t, n and group key per key),
+//! `POST /api/v1/eth2/sign/{identifier}`, and the slashing dry run
+//! `POST /api/v1/eth2/slashable/{identifier}` (same body as sign; answers whether it would be
+//! refused and why, records nothing). Refuses bodies over [`MAX_BODY_BYTES`] (413) and
 //! non-JSON content types (415).
 #![forbid(unsafe_code)]
 
@@ -28,7 +31,9 @@ pub fn router(service: Arc<SigningService>) -> Router {
         .route("/upcheck", get(upcheck))
         .route("/healthcheck", get(healthcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/keystake/keys", get(key_infos))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
+        .route("/api/v1/eth2/slashable/{identifier}", post(slashable))
         .fallback(not_found)
         .with_state(service)
 }
@@ -85,6 +90,14 @@ async fn public_keys(State(service): State<Arc<SigningService>>) -> Json<Vec<Str
     )
 }
 
+/// KeyStake's own listing: every key with its share index, threshold, number of shares and group
+/// public key (threshold shares only; whole keys list just `public_key`).
+async fn key_infos(
+    State(service): State<Arc<SigningService>>,
+) -> Json<Vec<crate::service::KeyInfo>> {
+    Json(service.key_infos())
+}
+
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
 /// otherwise the bare hex signature as text.
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -137,6 +150,22 @@ async fn sign(
         )
             .into_response()
     })
+}
+
+/// The slashing dry run: 200 with [`crate::service::SlashableAnswer`] whether or not the
+/// request would be refused; errors as for signing.
+async fn slashable(
+    State(service): State<Arc<SigningService>>,
+    Path(identifier): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_content_type(&headers)?;
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let answer = service.check_slashable(&identifier, &body).await?;
+    Ok(Json(answer).into_response())
 }
 
 #[cfg(test)]
