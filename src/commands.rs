@@ -275,7 +275,8 @@ pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -290,8 +291,18 @@ async fn shutdown_signal() {
     }
 }
 
-/// `certs generate`.
+/// `certs generate` with the default server names (loopback).
 pub fn generate_certs(out: &Path, clients: &[String]) -> Result<()> {
+    generate_certs_for_servers(out, &[], clients)
+}
+
+/// `certs generate --server-name NAME...`: the server certificate carries each name (DNS or IP)
+/// as a SAN; none means [`certs::DEFAULT_SERVER_NAMES`].
+pub fn generate_certs_for_servers(
+    out: &Path,
+    server_names: &[String],
+    clients: &[String],
+) -> Result<()> {
     let clients = if clients.is_empty() {
         vec!["client".to_owned()]
     } else {
@@ -299,7 +310,7 @@ pub fn generate_certs(out: &Path, clients: &[String]) -> Result<()> {
     };
     certs::generate(
         out,
-        &[],
+        server_names,
         &clients,
         DEMO_CERT_VALIDITY_DAYS,
         certs::Overwrite::Refuse,

@@ -79,6 +79,31 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Run on the validator-client host: accept plain HTTP on loopback and forward each request
+    /// to the appliance over mutual TLS (for clients without client certificates, e.g. Lodestar).
+    Connect {
+        /// Loopback address to accept plain HTTP on (port 0 picks a free port; it is printed).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The appliance, e.g. https://signer.example:9000
+        #[arg(long)]
+        upstream: String,
+        /// This host's client certificate (PEM), issued by the appliance's CA.
+        #[arg(long)]
+        client_cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        client_key: PathBuf,
+        /// CA certificate (PEM) the appliance's server certificate must chain to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Allow a non-loopback listen address (exposes unauthenticated signing; loud warning).
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// Upper bound on one upstream exchange, in seconds.
+        #[arg(long, default_value_t = keystake_signer::forwarder::DEFAULT_UPSTREAM_TIMEOUT.as_secs())]
+        timeout_secs: u64,
+    },
     /// EIP-3076 slashing-protection interchange (format version 5).
     Slashing {
         #[command(subcommand)]
@@ -123,6 +148,10 @@ enum CertsCommand {
         /// Client certificate to issue (repeatable; default: one named "client").
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Name clients use to reach the appliance: DNS name or IP address (repeatable; default:
+        /// localhost and 127.0.0.1). The server certificate carries each as a SAN.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
     },
 }
 
@@ -210,9 +239,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Init { config } => commands::init(&load(&config)?)?,
         Command::Certs {
-            command: CertsCommand::Generate { out, clients },
+            command:
+                CertsCommand::Generate {
+                    out,
+                    clients,
+                    server_names,
+                },
         } => {
-            commands::generate_certs(&out, &clients)?;
+            commands::generate_certs_for_servers(&out, &server_names, &clients)?;
             println!("certificates written to {}", out.display());
         }
         Command::Keys { command } => match command {
@@ -348,6 +382,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { config, listen } => {
             let config = load(&config)?;
             runtime()?.block_on(commands::serve(&config, listen))?;
+        }
+        Command::Connect {
+            listen,
+            upstream,
+            client_cert,
+            client_key,
+            ca,
+            allow_non_loopback,
+            timeout_secs,
+        } => {
+            let options = keystake_signer::forwarder::ForwarderOptions {
+                listen,
+                upstream,
+                ca,
+                client_cert,
+                client_key,
+                allow_non_loopback,
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+            };
+            runtime()?.block_on(keystake_signer::forwarder::run(
+                &options,
+                commands::shutdown_signal(),
+            ))?;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 mod common;
 mod conformance;
 mod e2e;
+mod interop;
 mod keymanager_api;
 mod operator_api;
 mod slashing;
