@@ -334,3 +334,88 @@ fn client_config_without_identity(ca: &Path) -> std::sync::Arc<rustls::ClientCon
             .with_no_client_auth(),
     )
 }
+
+/// Core files written to `dir` (core_pattern "core" or "core.PID").
+fn core_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "core" || n.starts_with("core."))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_signing_writes_no_core_dump() {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let probe_dir = tempfile::tempdir().unwrap();
+    // Control: on this machine, does an ordinary process that crashes leave a core file here?
+    let control = std::process::Command::new("sh")
+        .args(["-c", "ulimit -c unlimited && kill -SEGV $$"])
+        .current_dir(probe_dir.path())
+        .status()
+        .unwrap();
+    assert!(!control.success());
+    if core_files(probe_dir.path()).is_empty() {
+        println!(
+            "SKIPPED: this machine writes no core files to the working directory (core_pattern {:?})",
+            pattern.trim()
+        );
+        return;
+    }
+
+    let appliance = Appliance::create();
+    let secret = &vector_secret_keys()[0];
+    appliance.import_secret(&secret_key_from_hex(secret), "k");
+    let crash_dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -c unlimited && exec {BIN} serve --config {} --listen 127.0.0.1:0",
+                appliance.config.display()
+            ),
+        ])
+        .current_dir(crash_dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let url = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        }
+    };
+    let client =
+        keystake_signer::client::MtlsClient::new(appliance.client_config("client"), &url).unwrap();
+    let keys = client
+        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    let (status, _) = sign(&client, &keys[0], &attestation(700, 701, 1)).await;
+    assert_eq!(status, 200);
+    // Abort it the way a failed assertion would (SIGABRT dumps core by default; SIGSEGV sent
+    // with kill is swallowed once by Rust's stack-overflow handler).
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-ABRT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    assert!(
+        core_files(crash_dir.path()).is_empty(),
+        "the signer left a core dump: {:?}",
+        core_files(crash_dir.path())
+    );
+}
