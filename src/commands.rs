@@ -19,7 +19,7 @@ use crate::seal::Sealer;
 use crate::service::{self, SigningService};
 use crate::store::{InsertOutcome, ShareOrigin, Store};
 use crate::types::BlsPublicKey;
-use crate::{api, bls, certs, keystore, tls};
+use crate::{bls, certs, keystore, tls};
 
 /// Make this process refuse to write core dumps: a dump taken while a share is unsealed would
 /// put it on disk.
@@ -223,32 +223,16 @@ pub async fn bind(
     Ok((listener, tls, service))
 }
 
-/// `serve`: run the REST API until SIGINT or SIGTERM.
+/// `serve`: run the REST and gRPC APIs until SIGINT or SIGTERM (see `crate::server`).
 pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
-    let (listener, tls, service) = bind(config, listen).await?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, keys = service.public_keys().len(), network = %service.network().name, "listening (REST, mutual TLS)");
-    // A line a script can wait for, whatever the log filter.
-    println!("listening on https://{address}");
-    let app = api::rest::router(service);
-    api::serve_mtls(listener, tls, app, shutdown_signal()).await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    crate::server::serve(
+        config,
+        crate::server::Listen {
+            api: listen,
+            metrics: None,
+        },
+    )
+    .await
 }
 
 /// `certs generate`.

@@ -8,7 +8,9 @@
 //! `forbid`s it.
 #![deny(unsafe_code)]
 
+pub mod admin_commands;
 pub mod api;
+pub mod authz;
 pub mod bls;
 pub mod certs;
 pub mod client;
@@ -16,8 +18,10 @@ pub mod commands;
 pub mod config;
 pub mod consensus;
 pub mod keystore;
+pub mod policy;
 pub mod request;
 pub mod seal;
+pub mod server;
 pub mod service;
 pub mod slashing;
 pub mod store;

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use keystake_signer::commands;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
+use keystake_signer::{admin_commands, commands};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Authorization policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
         #[arg(long)]
@@ -69,6 +74,31 @@ enum CertsCommand {
         /// Client certificate to issue (repeatable; default: one named "client").
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Issue only the named client certificates, from the existing CA in this directory
+        /// (ca.pem + ca.key), into --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Write a certificate revocation list (signed by the CA) revoking the given certificates.
+    Revoke {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Certificate (PEM) to revoke (repeatable; none writes an empty CRL).
+        #[arg(long = "cert")]
+        certs: Vec<PathBuf>,
+        /// Where to write the CRL (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse an authorization policy file and print what it grants.
+    Check {
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -118,11 +148,37 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Init { config } => commands::init(&load(&config)?)?,
         Command::Certs {
-            command: CertsCommand::Generate { out, clients },
+            command:
+                CertsCommand::Generate {
+                    out,
+                    clients,
+                    ca_dir: Some(ca_dir),
+                },
+        } => {
+            for issued in admin_commands::issue_clients(&ca_dir, &out, &clients)? {
+                println!("{} {}", issued.cert.display(), issued.key.display());
+            }
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Generate {
+                    out,
+                    clients,
+                    ca_dir: None,
+                },
         } => {
             commands::generate_certs(&out, &clients)?;
             println!("certificates written to {}", out.display());
         }
+        Command::Certs {
+            command: CertsCommand::Revoke { ca_dir, certs, out },
+        } => {
+            admin_commands::revoke(&ca_dir, &certs, &out)?;
+            println!("CRL written to {}", out.display());
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { policy },
+        } => admin_commands::check_policy(&policy, &mut std::io::stdout().lock())?,
         Command::Keys { command } => match command {
             KeysCommand::Import {
                 config,

@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::authz::{Authorizer, Caller};
 use crate::bls;
 use crate::consensus::Network;
+use crate::policy::{Denial, KeyRef, Operation, Target};
 use crate::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
 use crate::seal::{SealContext, SealError, SealedShare, Sealer};
 use crate::slashing::Safe;
@@ -45,6 +47,8 @@ pub enum ServiceError {
     ShareMismatch { public_key: BlsPublicKey },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("forbidden: {0}")]
+    Forbidden(#[from] Denial),
 }
 
 /// A key this appliance can sign with: the sealed share and what binds it.
@@ -53,6 +57,15 @@ struct LoadedKey {
     sealed: SealedShare,
     context: SealContext,
     threshold: Option<ThresholdInfo>,
+}
+
+impl LoadedKey {
+    fn key_ref(&self) -> KeyRef {
+        KeyRef {
+            public_key: self.public_key,
+            group_public_key: self.threshold.as_ref().map(|t| t.group_public_key),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +106,7 @@ pub struct SigningService {
     sealer: Arc<dyn Sealer>,
     network: Network,
     keys: RwLock<Arc<KeyIndex>>,
+    authorizer: Arc<Authorizer>,
 }
 
 /// The sealing context of a record: the share's identity that the HSM binds the blob to.
@@ -116,9 +130,21 @@ impl SigningService {
             sealer,
             network,
             keys: RwLock::new(Arc::new(KeyIndex::default())),
+            authorizer: Arc::new(Authorizer::open()),
         };
         service.reload()?;
         Ok(service)
+    }
+
+    /// Use `authorizer` to decide every request made through [`Self::sign_as`] and friends
+    /// (the default allows every client: no policy configured).
+    pub fn with_authorizer(mut self, authorizer: Arc<Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
     }
 
     pub fn network(&self) -> &Network {
@@ -176,11 +202,23 @@ impl SigningService {
 
     /// Public description of every loaded key.
     pub fn key_infos(&self) -> Vec<KeyInfo> {
+        self.key_infos_where(|_| true)
+    }
+
+    /// The keys `caller` holds any grant on (all keys without a policy). A client the policy
+    /// does not name is refused.
+    pub fn key_infos_for(&self, caller: &Caller) -> Result<Vec<KeyInfo>, ServiceError> {
+        self.authorizer.check_known(caller)?;
+        Ok(self.key_infos_where(|key| self.authorizer.may_use_key(caller, &key.key_ref())))
+    }
+
+    fn key_infos_where(&self, keep: impl Fn(&LoadedKey) -> bool) -> Vec<KeyInfo> {
         let index = self.index();
         index
             .order
             .iter()
             .filter_map(|pk| index.by_public_key.get(pk))
+            .filter(|key| keep(key))
             .map(|key| KeyInfo {
                 public_key: key.public_key,
                 share_index: key.threshold.as_ref().map(|t| t.index.get()),
@@ -222,22 +260,80 @@ impl SigningService {
         Ok(request::parse_sign_request(body, &self.network)?)
     }
 
-    /// The whole signing path for one Web3Signer request body.
+    /// The whole signing path for one Web3Signer request body, for trusted in-process callers
+    /// (no authorization). Network adapters call [`Self::sign_as`].
     pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
         let key = self.resolve(identifier)?;
         let intent = self.decode(body)?;
+        self.sign_resolved(key, intent).await
+    }
+
+    /// The signing path on behalf of a client: a client the policy does not name is refused
+    /// before its request is read; otherwise the key is resolved, the request decoded, and the
+    /// (key, operation) pair authorized before anything is checked, recorded or signed.
+    pub async fn sign_as(
+        &self,
+        caller: &Caller,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<Signed, ServiceError> {
+        self.authorizer.check_known(caller)?;
+        let key = self.resolve(identifier)?;
+        let intent = self.decode(body)?;
+        self.authorizer.check(
+            caller,
+            &Target::Key(key.key_ref()),
+            Operation::of_sign_kind(intent.kind),
+        )?;
+        self.sign_resolved(key, intent).await
+    }
+
+    /// Authorize an operation that is not a signature (administration, key-less calls).
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        operation: Operation,
+    ) -> Result<(), ServiceError> {
+        self.authorizer.check_known(caller)?;
+        Ok(self.authorizer.check(caller, target, operation)?)
+    }
+
+    /// The slashing-protection verdict for a request on behalf of `caller`, recording nothing
+    /// (needs the same grant as signing it). `None` for request types that are not subject to
+    /// slashing protection.
+    pub async fn check_slashing_as(
+        &self,
+        caller: &Caller,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<(SigningIntent, Option<crate::store::CheckOutcome>), ServiceError> {
+        self.authorizer.check_known(caller)?;
+        let key = self.resolve(identifier)?;
+        let intent = self.decode(body)?;
+        self.authorizer.check(
+            caller,
+            &Target::Key(key.key_ref()),
+            Operation::of_sign_kind(intent.kind),
+        )?;
+        let Some(check) = intent.slashing else {
+            return Ok((intent, None));
+        };
+        let request = slashing_request(check, intent.signing_root);
+        let outcome = self
+            .store
+            .check_only(key.public_key, intent.genesis_validators_root, request)
+            .await?;
+        Ok((intent, Some(outcome)))
+    }
+
+    async fn sign_resolved(
+        &self,
+        key: Arc<LoadedKey>,
+        intent: SigningIntent,
+    ) -> Result<Signed, ServiceError> {
         if let Some(check) = intent.slashing {
-            let request = match check {
-                SlashingCheck::Block { slot } => SlashingRequest::Block {
-                    slot,
-                    signing_root: intent.signing_root,
-                },
-                SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
-                    source,
-                    target,
-                    signing_root: intent.signing_root,
-                },
-            };
+            let request = slashing_request(check, intent.signing_root);
             match self
                 .store
                 .check_and_record(key.public_key, intent.genesis_validators_root, request)
@@ -293,6 +389,17 @@ impl SigningService {
     /// Readiness of the HSM session and the database, for `/healthcheck`.
     pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
         (self.sealer.health_check(), self.store.health_check())
+    }
+}
+
+fn slashing_request(check: SlashingCheck, signing_root: Root) -> SlashingRequest {
+    match check {
+        SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
+        SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        },
     }
 }
 

@@ -44,6 +44,15 @@ impl ApiError {
         )
     }
 
+    /// A reload of the policy or CRL failed; the administrator needs the reason.
+    pub fn reload_failed(message: impl std::fmt::Display) -> Self {
+        tracing::error!(%message, "reload failed; the previous policy and TLS configuration stay in force");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed, previous configuration kept: {message}"),
+        )
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -59,6 +68,7 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         | ServiceError::BadRequest(_)
         | ServiceError::AmbiguousGroupKey { .. } => StatusCode::BAD_REQUEST,
         ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -7,12 +7,13 @@
 //! (in the handshake, before any HTTP is read).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
 pub mod rest;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,10 +23,23 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::tls::{peer_identity, ClientIdentity};
+use crate::authz::Reloadable;
+use crate::service::SigningService;
+use crate::tls::{peer_identity, ClientIdentity, TlsFiles};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything served on the mutual-TLS port: the Web3Signer REST API, KeyStake's admin
+/// routes, and the keymanager authorization guard.
+pub fn app(service: Arc<SigningService>) -> Router {
+    rest::router(service.clone())
+        .merge(admin::router(service.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            service,
+            admin::keymanager_guard,
+        ))
+}
 
 /// Serve `app` on `listener` with mutual TLS until `shutdown` resolves.
 pub async fn serve_mtls(
@@ -34,7 +48,18 @@ pub async fn serve_mtls(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    serve_mtls_reloadable(listener, Arc::new(TlsReloader::fixed(tls)), app, shutdown).await
+}
+
+/// Like [`serve_mtls`], taking the TLS configuration from `tls` for every new connection, so a
+/// reload (new CRL) applies to the next handshake. Connections already open keep the
+/// configuration they were accepted with.
+pub async fn serve_mtls_reloadable(
+    listener: TcpListener,
+    tls: Arc<TlsReloader>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -50,9 +75,54 @@ pub async fn serve_mtls(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         tokio::spawn(async move { serve_connection(acceptor, stream, peer, app).await });
+    }
+}
+
+/// The server TLS configuration in force, rebuilt from its files on [`Reloadable::reload`]
+/// (SIGHUP, admin call). A reload that fails leaves the previous configuration in force.
+pub struct TlsReloader {
+    files: Option<TlsFiles>,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsReloader {
+    /// Build from files (refusing to start on any error).
+    pub fn from_files(files: TlsFiles) -> Result<Self, crate::tls::TlsError> {
+        let config = crate::tls::server_config(&files)?;
+        Ok(TlsReloader {
+            files: Some(files),
+            current: RwLock::new(config),
+        })
+    }
+
+    /// A configuration that never changes.
+    pub fn fixed(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsReloader {
+            files: None,
+            current: RwLock::new(config),
+        }
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Reloadable for TlsReloader {
+    fn reload(&self) -> Result<(), String> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        let config = crate::tls::server_config(files).map_err(|e| e.to_string())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        tracing::info!(crl = ?files.crl, "TLS configuration reloaded");
+        Ok(())
     }
 }
 
