@@ -49,6 +49,8 @@ pub enum ServiceError {
     Internal(String),
     #[error("forbidden: {0}")]
     Forbidden(#[from] Denial),
+    #[error("cannot combine: {0}")]
+    Combine(#[from] crate::threshold::ThresholdError),
 }
 
 /// A key this appliance can sign with: the sealed share and what binds it.

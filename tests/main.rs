@@ -1,5 +1,7 @@
 //! Integration tests, one binary to keep link time low on 2 cores.
 
+mod authz;
 mod common;
 mod e2e;
+mod grpc;
 mod vectors;

@@ -1,4 +1,5 @@
-//! The one place where errors become HTTP statuses and JSON error bodies.
+//! The one place where errors become HTTP statuses and JSON error bodies, and gRPC statuses
+//! (derived from the HTTP status, so both APIs always agree).
 //!
 //! Client mistakes get their own status and a message naming what is wrong, and are logged at
 //! debug level only. Server-side failures (HSM or database down) get 503 with a generic message
@@ -31,6 +32,21 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The JSON error body (`{"error": …}` plus detail fields).
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// The message of the body's `error` field.
+    pub fn message(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+
+    /// An invalid argument outside the signing service's own errors (gRPC field decoding).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     pub fn not_found(message: &str) -> Self {
@@ -69,6 +85,7 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         | ServiceError::AmbiguousGroupKey { .. } => StatusCode::BAD_REQUEST,
         ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Combine(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,5 +134,80 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The gRPC code for an HTTP status of this API.
+pub fn grpc_code(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        200..=299 => tonic::Code::Ok,
+        400 | 413 | 415 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        412 => tonic::Code::FailedPrecondition,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        tonic::Status::new(grpc_code(error.status), error.message().to_owned())
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(error: ServiceError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Denial;
+
+    #[test]
+    fn grpc_codes_follow_http_statuses() {
+        let cases = [
+            (
+                ServiceError::UnknownKey {
+                    identifier: "0x".into(),
+                },
+                StatusCode::NOT_FOUND,
+                tonic::Code::NotFound,
+            ),
+            (
+                ServiceError::Forbidden(Denial::NoIdentity),
+                StatusCode::FORBIDDEN,
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                ServiceError::InvalidIdentifier {
+                    identifier: "x".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                ServiceError::Store(StoreError::WriterGone),
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+            ),
+            (
+                ServiceError::Internal("bug".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+            ),
+        ];
+        for (error, http, grpc) in cases {
+            assert_eq!(status_of(&error), http);
+            assert_eq!(tonic::Status::from(error).code(), grpc);
+        }
+        assert_eq!(
+            grpc_code(StatusCode::PRECONDITION_FAILED),
+            tonic::Code::FailedPrecondition
+        );
     }
 }

@@ -9,6 +9,8 @@
 
 pub mod admin;
 pub mod error;
+pub mod grpc;
+pub mod grpc_client;
 pub mod rest;
 
 use std::future::Future;
@@ -30,15 +32,35 @@ use crate::tls::{peer_identity, ClientIdentity, TlsFiles};
 /// A client that has not finished the TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything served on the mutual-TLS port: the Web3Signer REST API, KeyStake's admin
-/// routes, and the keymanager authorization guard.
+/// Everything served on the mutual-TLS port. Requests whose content-type is
+/// `application/grpc…` go to the gRPC API ([`grpc::router`]); all others to the REST side: the
+/// Web3Signer API, KeyStake's admin routes, and the keymanager authorization guard.
 pub fn app(service: Arc<SigningService>) -> Router {
-    rest::router(service.clone())
+    let rest = rest::router(service.clone())
         .merge(admin::router(service.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            service,
+            service.clone(),
             admin::keymanager_guard,
-        ))
+        ));
+    let grpc = grpc::router(service);
+    Router::new().fallback_service(tower::service_fn(
+        move |request: http::Request<axum::body::Body>| {
+            let target = if is_grpc(request.headers()) {
+                grpc.clone()
+            } else {
+                rest.clone()
+            };
+            target.oneshot(request)
+        },
+    ))
+}
+
+/// gRPC requests announce themselves with `application/grpc`, `application/grpc+proto`, …
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Serve `app` on `listener` with mutual TLS until `shutdown` resolves.
