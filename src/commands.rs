@@ -3,6 +3,8 @@
 //! configuration or on the command line, never from arguments or prompts.
 #![forbid(unsafe_code)]
 
+pub mod slashing;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use crate::consensus::Network;
 use crate::seal::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::seal::Sealer;
 use crate::service::{self, SigningService};
-use crate::store::{InsertOutcome, ShareOrigin, Store};
+use crate::store::{InsertOutcome, ShareOrigin};
 use crate::types::BlsPublicKey;
 use crate::{bls, certs, keystore, tls};
 
@@ -130,7 +132,7 @@ pub fn init(config: &Config) -> Result<()> {
     let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
     Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(config)?;
     tracing::info!(database = %store.path().display(), token = %config.hsm.token_label, "initialised");
     Ok(())
 }
@@ -148,7 +150,7 @@ pub fn import_keystore(
     let password = read_password_file(password_file)?;
     let secret = keystore::decrypt(&keystore, &password)
         .with_context(|| format!("decrypting keystore {}", keystore_file.display()))?;
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(config)?;
     let sealer = open_sealer(config)?;
     Ok(service::import_key(
         &store,
@@ -175,7 +177,7 @@ pub fn read_password_file(path: &Path) -> Result<SecretString> {
 
 /// `keys list`: one line per stored key (no HSM access needed).
 pub fn list_keys(config: &Config, out: &mut dyn Write) -> Result<()> {
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(config)?;
     for record in store.shares()? {
         let state = if record.enabled { "active" } else { "deleted" };
         match &record.threshold {
@@ -207,7 +209,7 @@ pub async fn bind(
     Arc<SigningService>,
 )> {
     let network = network(config)?;
-    let store = Arc::new(Store::open(&config.database_path())?);
+    let store = Arc::new(slashing::open_store(config)?);
     let sealer = open_sealer(config)?;
     let service = Arc::new(SigningService::new(store, sealer, network)?);
     let tls = tls::server_config(&tls::TlsFiles {
@@ -283,7 +285,7 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
     let config = Config::load(&config_path)?;
     prepare_hsm_environment(&config);
     init(&config)?;
-    let store = Store::open(&config.database_path())?;
+    let store = slashing::open_store(&config)?;
     let mut public_keys: Vec<BlsPublicKey> = store
         .shares()?
         .into_iter()

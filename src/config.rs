@@ -54,6 +54,23 @@ pub struct Config {
     /// Plain-HTTP Prometheus listener (`/metrics`); off when absent. Keep it on loopback.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Slashing-protection options.
+    #[serde(default)]
+    pub slashing: SlashingSection,
+}
+
+/// `[slashing]`: the low watermark given to a key installed with no slashing history here
+/// (DKG, split, keymanager import without an interchange file). Nothing at or below it is
+/// signed for such a key: no block at or below `new_key_min_slot`, no attestation with a target
+/// at or below `new_key_min_epoch` or a source below it. Set them to the current slot/epoch when
+/// installing shares whose history is unknown; keys with history are not affected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlashingSection {
+    #[serde(default)]
+    pub new_key_min_slot: Option<u64>,
+    #[serde(default)]
+    pub new_key_min_epoch: Option<u64>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -215,6 +232,12 @@ key_label = "keystake-sealing-key"
 user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
+
+# Slashing protection for keys installed without history (DKG, split, keymanager import
+# without an interchange file): nothing at or below these is ever signed for such a key.
+# [slashing]
+# new_key_min_slot = 13600000
+# new_key_min_epoch = 425000
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]

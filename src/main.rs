@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
+use keystake_signer::types::BlsPublicKey;
 use keystake_signer::{admin_commands, commands};
 
 #[derive(Parser)]
@@ -62,6 +63,39 @@ enum Command {
         /// Override the configured listen address (port 0 picks a free port; the bound address is logged).
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// EIP-3076 slashing-protection interchange (format version 5).
+    Slashing {
+        #[command(subcommand)]
+        command: SlashingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlashingCommand {
+    /// Import an interchange file atomically (whole file or nothing); raises each key's watermark.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        /// Import only these keys' history (repeatable; default: every key in the file).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+    },
+    /// Export the history (complete form) of all keys or the chosen ones.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Export only these keys (repeatable; default: every key the database knows).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+        /// Output file (`-` for standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Minimal form: per key one block and one attestation at the maxima, without roots.
+        #[arg(long)]
+        minimal: bool,
     },
 }
 
@@ -196,6 +230,35 @@ fn run(cli: Cli) -> Result<()> {
             }
             KeysCommand::List { config } => {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
+            }
+        },
+        Command::Slashing { command } => match command {
+            SlashingCommand::Import {
+                config,
+                file,
+                pubkeys,
+            } => {
+                let summary = commands::slashing::import(&Config::load(&config)?, &file, &pubkeys)?;
+                println!(
+                    "imported {} validators ({} blocks, {} attestations; {} duplicates skipped, {} validators not chosen)",
+                    summary.validators,
+                    summary.blocks_imported,
+                    summary.attestations_imported,
+                    summary.duplicates_skipped,
+                    summary.validators_skipped
+                );
+            }
+            SlashingCommand::Export {
+                config,
+                pubkeys,
+                out,
+                minimal,
+            } => {
+                let count =
+                    commands::slashing::export(&Config::load(&config)?, &pubkeys, &out, minimal)?;
+                if out != std::path::Path::new("-") {
+                    println!("exported {count} validators to {}", out.display());
+                }
             }
         },
         Command::Serve { config, listen } => {

@@ -15,7 +15,6 @@ use crate::authz::Authorizer;
 use crate::commands;
 use crate::config::Config;
 use crate::service::SigningService;
-use crate::store::Store;
 use crate::tls::TlsFiles;
 
 /// Where to listen, overriding the configuration (tests use port 0).
@@ -36,7 +35,7 @@ pub struct Appliance {
 pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let network = commands::network(config)?;
     let authorizer = Arc::new(Authorizer::from_config(config.policy_file.as_deref())?);
-    let store = Arc::new(Store::open(&config.database_path())?);
+    let store = Arc::new(commands::slashing::open_store(config)?);
     let sealer = commands::open_sealer(config)?;
     let service =
         Arc::new(SigningService::new(store, sealer, network)?.with_authorizer(authorizer.clone()));

@@ -7,6 +7,10 @@
 //! database is unavailable. A refused request records nothing and signs nothing.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod slashable;
+pub use slashable::SlashableAnswer;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -279,14 +283,7 @@ impl SigningService {
         identifier: &str,
         body: &[u8],
     ) -> Result<Signed, ServiceError> {
-        self.authorizer.check_known(caller)?;
-        let key = self.resolve(identifier)?;
-        let intent = self.decode(body)?;
-        self.authorizer.check(
-            caller,
-            &Target::Key(key.key_ref()),
-            Operation::of_sign_kind(intent.kind),
-        )?;
+        let (key, intent) = self.authorize_request(caller, identifier, body)?;
         self.sign_resolved(key, intent).await
     }
 
@@ -301,15 +298,26 @@ impl SigningService {
         Ok(self.authorizer.check(caller, target, operation)?)
     }
 
-    /// The slashing-protection verdict for a request on behalf of `caller`, recording nothing
-    /// (needs the same grant as signing it). `None` for request types that are not subject to
-    /// slashing protection.
-    pub async fn check_slashing_as(
+    /// The slashing dry run on behalf of `caller`: needs the same grant as signing the
+    /// request would.
+    pub async fn check_slashable_as(
         &self,
         caller: &Caller,
         identifier: &str,
         body: &[u8],
-    ) -> Result<(SigningIntent, Option<crate::store::CheckOutcome>), ServiceError> {
+    ) -> Result<SlashableAnswer, ServiceError> {
+        self.authorize_request(caller, identifier, body)?;
+        self.check_slashable(identifier, body).await
+    }
+
+    /// Authorization of a signing request: unknown clients first, then key and body, then the
+    /// (key, operation) grant.
+    fn authorize_request(
+        &self,
+        caller: &Caller,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<(Arc<LoadedKey>, SigningIntent), ServiceError> {
         self.authorizer.check_known(caller)?;
         let key = self.resolve(identifier)?;
         let intent = self.decode(body)?;
@@ -318,15 +326,7 @@ impl SigningService {
             &Target::Key(key.key_ref()),
             Operation::of_sign_kind(intent.kind),
         )?;
-        let Some(check) = intent.slashing else {
-            return Ok((intent, None));
-        };
-        let request = slashing_request(check, intent.signing_root);
-        let outcome = self
-            .store
-            .check_only(key.public_key, intent.genesis_validators_root, request)
-            .await?;
-        Ok((intent, Some(outcome)))
+        Ok((key, intent))
     }
 
     async fn sign_resolved(

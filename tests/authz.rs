@@ -238,6 +238,48 @@ async fn authorization_matrix_over_both_apis() {
                 checked += 2;
             }
         }
+        // slashing_admin: export one key's history.
+        for (key_index, key) in &keys {
+            let expected = PolicyAppliance::granted(client_name, "slashing_admin", *key_index);
+            let body = serde_json::json!({ "public_keys": [key] }).to_string();
+            let rest_outcome = match rest
+                .request(
+                    http::Method::POST,
+                    "/keystake/v1/admin/slashing/export",
+                    &[("content-type", "application/json")],
+                    Some(body.into_bytes()),
+                )
+                .await
+            {
+                Ok(r) => Outcome::Status(r.status),
+                Err(_) => Outcome::NoConnection,
+            };
+            match (rest_outcome, client_name) {
+                (Outcome::NoConnection, "d") => {}
+                (Outcome::Status(200), _) if expected => succeeded += 1,
+                (Outcome::Status(403), _) if !expected => {}
+                (Outcome::Status(s), _) => {
+                    panic!("REST {client_name} slashing export key{key_index}: status {s}")
+                }
+                (Outcome::NoConnection, _) => panic!("REST {client_name}: no connection"),
+            }
+            if let Some(grpc) = &grpc {
+                let raw = hex::decode(key.trim_start_matches("0x")).unwrap();
+                match (grpc.export_slashing_protection(&[raw]).await, client_name) {
+                    (Err(status), "d") => {
+                        assert_ne!(status.code(), tonic::Code::PermissionDenied)
+                    }
+                    (Ok(json), _) if expected => {
+                        assert!(json.contains(key.as_str()), "{json}");
+                        succeeded += 1;
+                    }
+                    (Err(status), _)
+                        if !expected && status.code() == tonic::Code::PermissionDenied => {}
+                    (other, _) => panic!("gRPC {client_name} slashing export: {other:?}"),
+                }
+            }
+            checked += 2;
+        }
         // keymanager: the reload admin call needs a keymanager grant (B and W hold one).
         let expected = matches!(client_name, "b" | "w");
         match (rest_reload(&rest).await, client_name) {
@@ -262,11 +304,11 @@ async fn authorization_matrix_over_both_apis() {
     }
     assert_eq!(
         checked,
-        CLIENTS.len() * (SIGNING_OPERATIONS.len() * 2 * 2 + 2)
+        CLIENTS.len() * ((SIGNING_OPERATIONS.len() + 1) * 2 * 2 + 2)
     );
-    // A: 1 cell, B: 8 operations on key 2, W: 6 operations on 2 keys; both APIs; plus the
-    // reload call of B and W on both APIs.
-    assert_eq!(succeeded, (1 + 8 + 12) * 2 + 4);
+    // Signing: A 1 cell, B 8 operations on key 2, W 6 operations on 2 keys; slashing export:
+    // B on key 2, W on both keys; all on both APIs; plus the reload call of B and W on both.
+    assert_eq!(succeeded, (1 + 8 + 12) * 2 + 3 * 2 + 4);
     // Refusals are logged with the client identity.
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("authorization refused"), "{log}");

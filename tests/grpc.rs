@@ -214,29 +214,77 @@ async fn sign_batch_dry_run_and_combine() {
     let first = results[0].as_ref().unwrap();
     assert_eq!(first.signature, results[8].as_ref().unwrap().signature);
 
-    // Dry run: nothing recorded, same verdicts.
+    // Dry run: nothing recorded, same verdicts as REST's slashable endpoint.
     let fresh = body(&attestation(200, 201, 1));
     let verdict = a.check_slashing(&k1, &fresh).await.unwrap();
-    assert!(verdict.safe && !verdict.same_data && !verdict.not_slashable);
+    assert!(!verdict.refused && verdict.protected && verdict.verdict == "valid");
     let verdict = a.check_slashing(&k1, &fresh).await.unwrap();
-    assert!(
-        verdict.safe && !verdict.same_data,
-        "the dry run recorded something"
-    );
+    assert_eq!(verdict.verdict, "valid", "the dry run recorded something");
     let verdict = a
         .check_slashing(&k1, &body(&attestation(100, 101, 2)))
         .await
         .unwrap();
-    assert!(!verdict.safe);
-    assert_eq!(verdict.rule, "double_vote");
+    assert!(verdict.refused);
+    assert_eq!(verdict.verdict, "double_vote");
+    assert!(verdict.conflict_json.contains("signing_root") || !verdict.conflict_json.is_empty());
+    let rest = server.client(setup.appliance.client_config("a"));
+    let response = rest
+        .request(
+            http::Method::POST,
+            &format!("/api/v1/eth2/slashable/{k1}"),
+            &[("content-type", "application/json")],
+            Some(body(&attestation(100, 101, 2)).into_bytes()),
+        )
+        .await
+        .unwrap();
+    let rest_answer: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(rest_answer["verdict"], "double_vote");
+    assert_eq!(rest_answer["reason"].as_str().unwrap(), verdict.reason);
     let verdict = a
         .check_slashing(&k1, &body(&attestation(100, 101, 1)))
         .await
         .unwrap();
-    assert!(verdict.safe && verdict.same_data);
+    assert_eq!(verdict.verdict, "same_data");
     assert_eq!(
         a.check_slashing(&k2, &fresh).await.unwrap_err().code(),
         tonic::Code::PermissionDenied
+    );
+
+    // Slashing-protection export/import (admin): W may, A may not.
+    let w = GrpcClient::connect(&server.url, setup.appliance.client_config("w"))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.export_slashing_protection(&[]).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let exported = w.export_slashing_protection(&[]).await.unwrap();
+    let document: Value = serde_json::from_str(&exported).unwrap();
+    let records = document["data"].as_array().unwrap();
+    let k1_record = records
+        .iter()
+        .find(|r| r["pubkey"].as_str() == Some(k1.as_str()))
+        .expect("key 1 in the export");
+    let targets: Vec<&str> = k1_record["signed_attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["target_epoch"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, vec!["101", "102"], "{k1_record}");
+    assert_eq!(
+        a.import_slashing_protection(&exported)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    let summary = w.import_slashing_protection(&exported).await.unwrap();
+    assert_eq!(summary.attestations_imported, 0, "{summary:?}");
+    assert!(summary.duplicates_skipped >= 2);
+    assert_eq!(
+        w.import_slashing_protection("{}").await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
     );
 
     // Key listing is filtered by the policy.

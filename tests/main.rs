@@ -4,4 +4,5 @@ mod authz;
 mod common;
 mod e2e;
 mod grpc;
+mod slashing;
 mod vectors;

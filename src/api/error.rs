@@ -88,6 +88,10 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::Combine(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        // An interchange file that cannot be imported is the caller's mistake, not a fault.
+        ServiceError::Store(StoreError::GenesisMismatch { .. })
+        | ServiceError::Store(StoreError::InvalidInterchange(_)) => StatusCode::BAD_REQUEST,
+        ServiceError::Store(StoreError::NotBound) => StatusCode::CONFLICT,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(_) | ServiceError::ShareMismatch { .. } | ServiceError::Internal(_) => {
@@ -145,7 +149,7 @@ pub fn grpc_code(status: StatusCode) -> tonic::Code {
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
         404 => tonic::Code::NotFound,
-        412 => tonic::Code::FailedPrecondition,
+        409 | 412 => tonic::Code::FailedPrecondition,
         503 => tonic::Code::Unavailable,
         _ => tonic::Code::Internal,
     }

@@ -17,8 +17,6 @@ use super::error::ApiError;
 use crate::authz::{Api, Caller};
 use crate::policy::{Operation, Target};
 use crate::service::{KeyInfo, ServiceError, Signed, SigningService};
-use crate::slashing::Safe;
-use crate::store::Refusal;
 use crate::threshold;
 use crate::tls::ClientIdentity;
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
@@ -217,34 +215,23 @@ impl Signer for GrpcSigner {
     ) -> Result<Response<pb::CheckSlashingResponse>, Status> {
         let caller = caller(&request);
         let item = request.into_inner();
-        let (intent, outcome) = self
+        let answer = self
             .service
-            .check_slashing_as(&caller, &item.identifier, item.json_body.as_bytes())
+            .check_slashable_as(&caller, &item.identifier, item.json_body.as_bytes())
             .await?;
-        let mut response = pb::CheckSlashingResponse {
-            signing_root: intent.signing_root.0.to_vec(),
-            kind: intent.kind.as_str().to_owned(),
-            ..Default::default()
-        };
-        match outcome {
-            None => {
-                response.safe = true;
-                response.not_slashable = true;
-            }
-            Some(Ok(safe)) => {
-                response.safe = true;
-                response.same_data = safe == Safe::SameData;
-            }
-            Some(Err(Refusal::Slashable(not_safe))) => {
-                response.rule = not_safe.rule().to_owned();
-                response.reason = not_safe.to_string();
-            }
-            Some(Err(refusal @ Refusal::WrongNetwork { .. })) => {
-                response.rule = "genesis_validators_root_mismatch".to_owned();
-                response.reason = refusal.to_string();
-            }
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(pb::CheckSlashingResponse {
+            refused: answer.refused,
+            protected: answer.protected,
+            verdict: answer.verdict,
+            reason: answer.reason.unwrap_or_default(),
+            conflict_json: answer
+                .conflict
+                .map(|c| serde_json::to_string(&c).unwrap_or_default())
+                .unwrap_or_default(),
+            kind: answer.kind.to_owned(),
+            signing_root: answer.signing_root.0.to_vec(),
+            public_key: answer.public_key.0.to_vec(),
+        }))
     }
 
     async fn combine(
@@ -306,6 +293,40 @@ struct GrpcAdmin {
 
 #[tonic::async_trait]
 impl Admin for GrpcAdmin {
+    async fn export_slashing_protection(
+        &self,
+        request: Request<pb::ExportSlashingProtectionRequest>,
+    ) -> Result<Response<pb::ExportSlashingProtectionResponse>, Status> {
+        let caller = caller(&request);
+        let keys = request
+            .into_inner()
+            .public_keys
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| public_key(bytes, &format!("public_keys[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let interchange = self.service.export_interchange_as(&caller, &keys).await?;
+        Ok(Response::new(pb::ExportSlashingProtectionResponse {
+            interchange_json: interchange.to_json(),
+        }))
+    }
+
+    async fn import_slashing_protection(
+        &self,
+        request: Request<pb::ImportSlashingProtectionRequest>,
+    ) -> Result<Response<pb::ImportSlashingProtectionResponse>, Status> {
+        let caller = caller(&request);
+        let text = request.into_inner().interchange_json;
+        let summary = self.service.import_interchange_as(&caller, &text).await?;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::ImportSlashingProtectionResponse {
+            validators: count(summary.validators),
+            blocks_imported: count(summary.blocks_imported),
+            attestations_imported: count(summary.attestations_imported),
+            duplicates_skipped: count(summary.duplicates_skipped),
+        }))
+    }
+
     async fn reload_policy(
         &self,
         request: Request<pb::ReloadPolicyRequest>,

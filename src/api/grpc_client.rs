@@ -179,6 +179,35 @@ impl GrpcClient {
         Ok(self.signer().combine(request).await?.into_inner())
     }
 
+    /// Export slashing protection (EIP-3076 JSON) for `public_keys` (all keys when empty).
+    pub async fn export_slashing_protection(
+        &self,
+        public_keys: &[Vec<u8>],
+    ) -> Result<String, Status> {
+        Ok(self
+            .admin()
+            .export_slashing_protection(pb::ExportSlashingProtectionRequest {
+                public_keys: public_keys.to_vec(),
+            })
+            .await?
+            .into_inner()
+            .interchange_json)
+    }
+
+    /// Import an EIP-3076 document.
+    pub async fn import_slashing_protection(
+        &self,
+        interchange_json: &str,
+    ) -> Result<pb::ImportSlashingProtectionResponse, Status> {
+        Ok(self
+            .admin()
+            .import_slashing_protection(pb::ImportSlashingProtectionRequest {
+                interchange_json: interchange_json.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn reload_policy(&self) -> Result<pb::ReloadPolicyResponse, Status> {
         Ok(self
             .admin()

@@ -2,7 +2,9 @@
 //! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
 //!
 //! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
-//! `POST /api/v1/eth2/sign/{identifier}`. Refuses bodies over [`MAX_BODY_BYTES`] (413) and
+//! `POST /api/v1/eth2/sign/{identifier}`, and the slashing dry run
+//! `POST /api/v1/eth2/slashable/{identifier}` (same body as sign; answers whether it would be
+//! refused and why, records nothing). Refuses bodies over [`MAX_BODY_BYTES`] (413) and
 //! non-JSON content types (415).
 #![forbid(unsafe_code)]
 
@@ -38,6 +40,7 @@ pub fn router(service: Arc<SigningService>) -> Router {
         .route("/healthcheck", get(healthcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
+        .route("/api/v1/eth2/slashable/{identifier}", post(slashable))
         .fallback(not_found)
         .with_state(service)
 }
@@ -154,6 +157,26 @@ async fn sign(
         )
             .into_response()
     })
+}
+
+/// The slashing dry run: 200 with [`crate::service::SlashableAnswer`] whether or not the
+/// request would be refused; errors as for signing.
+async fn slashable(
+    State(service): State<Arc<SigningService>>,
+    Path(identifier): Path<String>,
+    identity: Option<Extension<ClientIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = rest_caller(identity);
+    check_content_type(&headers)?;
+    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let answer = service
+        .check_slashable_as(&caller, &identifier, &body)
+        .await?;
+    Ok(Json(answer).into_response())
 }
 
 #[cfg(test)]

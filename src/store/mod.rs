@@ -9,10 +9,21 @@
 //! batch; nothing was released, so nothing is lost. No lock is held while signing: the slow
 //! parts (unseal, BLS) run outside, after the record is durable.
 //!
+//! When a transaction fails (disk full, read-only file system, I/O error) the writer drops its
+//! connection and opens a fresh one for the next batch, so the appliance recovers by itself once
+//! the fault is gone. Group commit can be switched off ([`StoreOptions::group_commit`]) to measure
+//! what it buys.
+//!
+//! EIP-3076 interchange import and export live in [`interchange`].
+//!
 //! Refuses: opening a file that fails `PRAGMA quick_check`, a schema newer than this build, a
-//! second network (signing requests whose genesis validators root differs from the one the
-//! database is bound to).
+//! second network (signing requests or interchange files whose genesis validators root differs
+//! from the one the database is bound to).
 #![forbid(unsafe_code)]
+
+pub mod interchange;
+
+pub use interchange::ImportSummary;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -23,6 +34,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::slashing::interchange::InterchangeError;
 use crate::slashing::{self, History, NotSafe, Safe, SignedAttestation, SignedBlock, Watermark};
 use crate::types::{BlsPublicKey, Epoch, Root, ShareIndex, Slot, Threshold};
 
@@ -45,11 +57,52 @@ pub enum StoreError {
     InvalidData(String),
     #[error("the database writer has stopped")]
     WriterGone,
+    #[error("the interchange file is for the network with genesis validators root {file}, but this database is bound to {bound}; refusing to mix networks")]
+    GenesisMismatch { bound: Root, file: Root },
+    #[error(transparent)]
+    InvalidInterchange(#[from] InterchangeError),
+    #[error("the database is not bound to a network yet (nothing was signed or imported), so there is no genesis validators root to export")]
+    NotBound,
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Unavailable(error.to_string())
+        StoreError::Unavailable(describe_fault(&error))
+    }
+}
+
+/// A message that names the fault an operator has to fix.
+fn describe_fault(error: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    let kind = match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "disk full",
+        Some(ErrorCode::ReadOnly) => "database is read-only",
+        Some(ErrorCode::SystemIoFailure) => "I/O error",
+        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => "database corrupted",
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => "database busy",
+        Some(ErrorCode::CannotOpen) => "cannot open the database file",
+        _ => return error.to_string(),
+    };
+    format!("{kind}: {error}")
+}
+
+/// How a [`Store`] behaves beyond the file it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Share one transaction and one fsync among all check-and-record requests waiting at the
+    /// same time (default). Off: one transaction per request — only for measuring.
+    pub group_commit: bool,
+    /// The low watermark given to a key installed with no slashing history here (DKG, split,
+    /// keymanager import without slashing data): configured by `[slashing]` in `signer.toml`.
+    pub new_key_watermark: Watermark,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            group_commit: true,
+            new_key_watermark: Watermark::default(),
+        }
     }
 }
 
@@ -149,6 +202,7 @@ struct Job {
 /// The database. Cheap to share behind an `Arc`.
 pub struct Store {
     path: PathBuf,
+    options: StoreOptions,
     /// Connection for administrative work (share import, listing); WAL lets it read while the
     /// writer writes, and `busy_timeout` serialises its writes with the writer's.
     admin: Mutex<Connection>,
@@ -264,14 +318,25 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| match e.sqlite_error_code() {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
             StoreError::Corrupted {
                 path: path.to_owned(),
                 detail: e.to_string(),
             }
         }
-        _ => StoreError::Unavailable(format!("cannot open {}: {e}", path.display())),
+        _ => StoreError::Unavailable(format!(
+            "cannot open {}: {}",
+            path.display(),
+            describe_fault(&e)
+        )),
     })?;
     configure(&conn).map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
@@ -280,29 +345,45 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
                 detail: e.to_string(),
             }
         }
-        _ => StoreError::Unavailable(format!("cannot configure {}: {e}", path.display())),
+        _ => StoreError::Unavailable(format!(
+            "cannot configure {}: {}",
+            path.display(),
+            describe_fault(&e)
+        )),
     })?;
     Ok(conn)
 }
 
 impl Store {
     /// Open (creating if missing) the database at `path`, check its integrity and start the
-    /// writer thread.
+    /// writer thread, with default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let admin = open_connection(path)?;
         check_integrity(&admin, path)?;
         migrate(&admin, path)?;
         let writer = open_connection(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let writer_path = path.to_owned();
+        let max_batch = if options.group_commit { MAX_BATCH } else { 1 };
         thread::Builder::new()
             .name("slashing-db-writer".into())
-            .spawn(move || writer_loop(writer, queue))
+            .spawn(move || writer_loop(writer_path, writer, queue, max_batch))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             path: path.to_owned(),
+            options,
             admin: Mutex::new(admin),
             jobs,
         })
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        self.options
     }
 
     pub fn path(&self) -> &Path {
@@ -371,6 +452,7 @@ impl Store {
                 InsertOutcome::Inserted
             }
         };
+        apply_new_key_watermark(&tx, validator_id, self.options.new_key_watermark)?;
         tx.commit()?;
         Ok(outcome)
     }
@@ -458,6 +540,26 @@ impl Store {
         read_gvr(&conn).map_err(Into::into)
     }
 
+    /// Bind the database to a network (the first signing request or import does this too).
+    /// Binding again to the same root is a no-op; another root is refused.
+    pub fn bind_genesis_validators_root(&self, root: Root) -> Result<(), StoreError> {
+        let mut conn = self.admin();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        bind_gvr(&tx, root)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Everything recorded for one key: blocks by slot, attestations by target, the watermark.
+    /// `None` when the key has never been seen.
+    pub fn history(&self, public_key: &BlsPublicKey) -> Result<Option<KeyHistory>, StoreError> {
+        let conn = self.admin();
+        let Some(validator_id) = find_validator(&conn, public_key)? else {
+            return Ok(None);
+        };
+        Ok(Some(read_key_history(&conn, validator_id)?))
+    }
+
     /// Check a signing request against the key's history and, when safe, record it durably.
     /// Returns only after the record is committed to disk.
     pub async fn check_and_record(
@@ -539,22 +641,143 @@ fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
     .and_then(root_from_sql)
 }
 
-fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64, rusqlite::Error> {
-    conn.execute(
-        "INSERT OR IGNORE INTO validators (pubkey) VALUES (?1)",
-        [public_key.0.to_vec()],
-    )?;
-    conn.query_row(
-        "SELECT id FROM validators WHERE pubkey = ?1",
-        [public_key.0.to_vec()],
-        |r| r.get(0),
-    )
+/// Bind to `root` unless already bound; refuse another root.
+fn bind_gvr(conn: &Connection, root: Root) -> Result<(), StoreError> {
+    match read_gvr(conn)? {
+        Some(bound) if bound != root => Err(StoreError::GenesisMismatch { bound, file: root }),
+        Some(_) => Ok(()),
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
+                [root.0.to_vec()],
+            )?;
+            Ok(())
+        }
+    }
 }
 
-/// One key's history, read inside the writer's transaction.
+/// Everything recorded for one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyHistory {
+    /// Sorted by slot, then root.
+    pub blocks: Vec<SignedBlock>,
+    /// Sorted by target, then source, then root.
+    pub attestations: Vec<SignedAttestation>,
+    pub watermark: Watermark,
+}
+
+fn read_key_history(conn: &Connection, validator_id: i64) -> Result<KeyHistory, rusqlite::Error> {
+    let mut blocks = conn
+        .prepare_cached(
+            "SELECT slot, signing_root FROM signed_blocks WHERE validator_id = ?1
+             ORDER BY slot, signing_root",
+        )?
+        .query_map([validator_id], |r| {
+            Ok(SignedBlock {
+                slot: Slot(sql_to_u64(r.get(0)?)),
+                signing_root: root_from_sql(r.get(1)?)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    blocks.sort_by_key(|b| (b.slot, b.signing_root));
+    let mut attestations = conn
+        .prepare_cached(
+            "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+             WHERE validator_id = ?1",
+        )?
+        .query_map([validator_id], attestation_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    attestations.sort_by_key(|a| (a.target, a.source, a.signing_root));
+    let watermark = SqlHistory {
+        conn,
+        validator_id: Some(validator_id),
+    }
+    .watermark()?;
+    Ok(KeyHistory {
+        blocks,
+        attestations,
+        watermark,
+    })
+}
+
+fn find_validator(
+    conn: &Connection,
+    public_key: &BlsPublicKey,
+) -> Result<Option<i64>, rusqlite::Error> {
+    conn.prepare_cached("SELECT id FROM validators WHERE pubkey = ?1")?
+        .query_row([public_key.0.to_vec()], |r| r.get(0))
+        .optional()
+}
+
+fn sql_opt(value: Option<u64>) -> Option<i64> {
+    value.map(u64_to_sql)
+}
+
+/// Raise a key's watermark component by component (never lowers it).
+fn raise_watermark(
+    conn: &Connection,
+    validator_id: i64,
+    raise: Watermark,
+) -> Result<(), rusqlite::Error> {
+    let current = SqlHistory {
+        conn,
+        validator_id: Some(validator_id),
+    }
+    .watermark()?;
+    let new = current.max(raise);
+    if new != current {
+        conn.prepare_cached(
+            "UPDATE validators SET min_block_slot = ?2, min_att_source = ?3, min_att_target = ?4
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            validator_id,
+            sql_opt(new.block_slot.map(|s| s.0)),
+            sql_opt(new.attestation_source.map(|e| e.0)),
+            sql_opt(new.attestation_target.map(|e| e.0)),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Give a key with no history at all (no records, no watermark) the configured watermark for
+/// newly installed keys. A key with history keeps what it has: its own records protect it.
+fn apply_new_key_watermark(
+    conn: &Connection,
+    validator_id: i64,
+    watermark: Watermark,
+) -> Result<(), rusqlite::Error> {
+    if watermark == Watermark::default() {
+        return Ok(());
+    }
+    let has_history: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM signed_blocks WHERE validator_id = ?1)
+             OR EXISTS (SELECT 1 FROM signed_attestations WHERE validator_id = ?1)
+             OR EXISTS (SELECT 1 FROM validators WHERE id = ?1 AND (min_block_slot IS NOT NULL
+                        OR min_att_source IS NOT NULL OR min_att_target IS NOT NULL))",
+        [validator_id],
+        |r| r.get(0),
+    )?;
+    if !has_history {
+        raise_watermark(conn, validator_id, watermark)?;
+    }
+    Ok(())
+}
+
+fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64, rusqlite::Error> {
+    if let Some(id) = find_validator(conn, public_key)? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO validators (pubkey) VALUES (?1)")?
+        .execute([public_key.0.to_vec()])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// One key's history, read inside the writer's transaction. `validator_id` is `None` for a key
+/// the database has never seen (a dry run does not create it): its history is empty.
 struct SqlHistory<'a> {
     conn: &'a Connection,
-    validator_id: i64,
+    validator_id: Option<i64>,
 }
 
 impl History for SqlHistory<'_> {
@@ -564,12 +787,15 @@ impl History for SqlHistory<'_> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT signing_root FROM signed_blocks WHERE validator_id = ?1 AND slot = ?2",
         )?;
-        let rows = stmt.query_map(params![self.validator_id, u64_to_sql(slot.0)], |r| {
-            Ok(SignedBlock {
-                slot,
-                signing_root: root_from_sql(r.get(0)?)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![self.validator_id.unwrap_or(-1), u64_to_sql(slot.0)],
+            |r| {
+                Ok(SignedBlock {
+                    slot,
+                    signing_root: root_from_sql(r.get(0)?)?,
+                })
+            },
+        )?;
         rows.collect()
     }
 
@@ -581,13 +807,16 @@ impl History for SqlHistory<'_> {
             "SELECT source_epoch, signing_root FROM signed_attestations
              WHERE validator_id = ?1 AND target_epoch = ?2",
         )?;
-        let rows = stmt.query_map(params![self.validator_id, u64_to_sql(target.0)], |r| {
-            Ok(SignedAttestation {
-                source: Epoch(sql_to_u64(r.get(0)?)),
-                target,
-                signing_root: root_from_sql(r.get(1)?)?,
-            })
-        })?;
+        let rows = stmt.query_map(
+            params![self.validator_id.unwrap_or(-1), u64_to_sql(target.0)],
+            |r| {
+                Ok(SignedAttestation {
+                    source: Epoch(sql_to_u64(r.get(0)?)),
+                    target,
+                    signing_root: root_from_sql(r.get(1)?)?,
+                })
+            },
+        )?;
         rows.collect()
     }
 
@@ -603,7 +832,7 @@ impl History for SqlHistory<'_> {
             )?
             .query_row(
                 params![
-                    self.validator_id,
+                    self.validator_id.unwrap_or(-1),
                     u64_to_sql(source.0),
                     u64_to_sql(target.0)
                 ],
@@ -624,7 +853,7 @@ impl History for SqlHistory<'_> {
             )?
             .query_row(
                 params![
-                    self.validator_id,
+                    self.validator_id.unwrap_or(-1),
                     u64_to_sql(source.0),
                     u64_to_sql(target.0)
                 ],
@@ -634,11 +863,14 @@ impl History for SqlHistory<'_> {
     }
 
     fn watermark(&self) -> Result<Watermark, Self::Error> {
+        let Some(validator_id) = self.validator_id else {
+            return Ok(Watermark::default());
+        };
         self.conn
             .prepare_cached(
                 "SELECT min_block_slot, min_att_source, min_att_target FROM validators WHERE id = ?1",
             )?
-            .query_row([self.validator_id], |r| {
+            .query_row([validator_id], |r| {
                 Ok(Watermark {
                     block_slot: r.get::<_, Option<i64>>(0)?.map(|v| Slot(sql_to_u64(v))),
                     attestation_source: r.get::<_, Option<i64>>(1)?.map(|v| Epoch(sql_to_u64(v))),
@@ -673,7 +905,12 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
             None => {}
         }
     }
-    let validator_id = ensure_validator(conn, &job.public_key)?;
+    // A dry run must leave no trace, not even a row for a key never seen before.
+    let validator_id = if job.record {
+        Some(ensure_validator(conn, &job.public_key)?)
+    } else {
+        find_validator(conn, &job.public_key)?
+    };
     let history = SqlHistory { conn, validator_id };
     let verdict = match job.request {
         SlashingRequest::Block { slot, signing_root } => {
@@ -685,8 +922,8 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
             signing_root,
         } => slashing::check_attestation(&history, source, target, signing_root)?,
     };
-    match verdict {
-        Ok(Safe::Valid) if job.record => match job.request {
+    match (verdict, validator_id) {
+        (Ok(Safe::Valid), Some(validator_id)) if job.record => match job.request {
             SlashingRequest::Block { slot, signing_root } => {
                 conn.prepare_cached(
                     "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
@@ -715,19 +952,38 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
     Ok(verdict.map_err(Refusal::Slashable))
 }
 
-/// Group commit: take every queued job, process them in one transaction, commit once (one
-/// fsync), then answer them all.
-fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+/// Group commit: take every queued job (up to `max_batch`), process them in one transaction,
+/// commit once (one fsync), then answer them all. After a failed transaction the connection is
+/// dropped and a fresh one opened for the next batch, so a fault that has gone away (space
+/// freed, file system writable again) leaves nothing stuck behind.
+fn writer_loop(path: PathBuf, conn: Connection, queue: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut conn = Some(conn);
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let results = run_batch(&mut conn, &batch);
-        match results {
+        if conn.is_none() {
+            match open_connection(&path) {
+                Ok(fresh) => conn = Some(fresh),
+                Err(error) => {
+                    tracing::error!(%error, jobs = batch.len(), "slashing-protection database cannot be reopened; requests refused");
+                    for job in batch {
+                        let _ = job
+                            .reply
+                            .send(Err(StoreError::Unavailable(error.to_string())));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(connection) = conn.as_mut() else {
+            continue;
+        };
+        match run_batch(connection, &batch) {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     // The requester may have gone away (client disconnected); the record stays.
@@ -735,12 +991,14 @@ fn writer_loop(mut conn: Connection, queue: mpsc::Receiver<Job>) {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, jobs = batch.len(), "slashing-protection transaction failed; requests refused");
+                let message = describe_fault(&error);
+                tracing::error!(error = %message, jobs = batch.len(), "slashing-protection transaction failed; requests refused, nothing signed");
                 for job in batch {
                     let _ = job
                         .reply
-                        .send(Err(StoreError::Unavailable(error.to_string())));
+                        .send(Err(StoreError::Unavailable(message.clone())));
                 }
+                conn = None;
             }
         }
     }

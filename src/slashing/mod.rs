@@ -11,8 +11,11 @@
 //!   configured minimum; never by our own signing history).
 //!
 //! This module does no I/O: the store implements [`History`] over SQLite inside the same
-//! exclusive transaction that then records the signature.
+//! exclusive transaction that then records the signature. The EIP-3076 interchange model lives in
+//! [`interchange`].
 #![forbid(unsafe_code)]
+
+pub mod interchange;
 
 use serde::Serialize;
 

@@ -1,0 +1,239 @@
+//! The real binary over real mutual TLS: 64 parallel conflicting requests per key give exactly
+//! one signature, the 412 body names the rule and the earlier record, the dry-run endpoint
+//! answers without recording, and `slashing import/export` work (also while serving).
+
+use keystake_signer::slashing::interchange::Interchange;
+use serde_json::{json, Value};
+
+use super::{attestation, block, post, MAINNET_GVR};
+use crate::common::*;
+
+fn import_key(appliance: &Appliance, index: usize) -> String {
+    let secrets = vector_secret_keys();
+    let out = appliance.import_secret(&secret_key_from_hex(&secrets[index]), &format!("k{index}"));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+fn export(appliance: &Appliance, extra: &[&str]) -> Interchange {
+    let out = appliance.path().join("export.json");
+    let mut args = vec![
+        "slashing",
+        "export",
+        "--config",
+        appliance.config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+    Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
+    let appliance = Appliance::create();
+    let keys = [import_key(&appliance, 0), import_key(&appliance, 1)];
+    let server = Server::start(&appliance);
+    let client = server.client(appliance.client_config("client"));
+    let sign_path = |key: &str| format!("/api/v1/eth2/sign/{key}");
+    let dry_path = |key: &str| format!("/api/v1/eth2/slashable/{key}");
+
+    // Dry run first: would be signed, and records nothing.
+    let (status, answer) = post(&client, &dry_path(&keys[0]), &attestation(5, 6, 200)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["refused"], json!(false));
+    assert_eq!(answer["protected"], json!(true));
+    assert_eq!(answer["verdict"], json!("valid"));
+
+    // 64 conflicting attestations (same target, different roots) for each of two keys, all at
+    // once: exactly one signature per key.
+    let mut tasks = Vec::new();
+    for key in &keys {
+        for i in 0..64u8 {
+            let client = client.clone();
+            let path = sign_path(key);
+            tasks.push(tokio::spawn(async move {
+                (i, post(&client, &path, &attestation(5, 6, i)).await)
+            }));
+        }
+    }
+    let mut signed = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (i, (status, body)) = task.await.unwrap();
+        match status {
+            200 => signed.push((i, body["signature"].as_str().unwrap().to_owned())),
+            412 => {
+                assert_eq!(body["rule"], json!("double_vote"), "{body}");
+                assert_eq!(body["conflict"]["previous"]["target"], json!("6"), "{body}");
+                assert!(body["error"].as_str().unwrap().contains("double vote"));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(signed.len(), 2, "exactly one signature per key: {signed:?}");
+    assert_eq!(refused, 126);
+
+    // The dry run now names the conflict, and an identical re-request is `same_data`.
+    let winner = signed[0].0;
+    let (status, answer) = post(&client, &dry_path(&keys[0]), &attestation(5, 6, 250)).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["refused"], json!(true), "{answer}");
+    assert_eq!(answer["verdict"], json!("double_vote"));
+    assert!(answer["reason"].as_str().unwrap().contains("double vote"));
+    assert_eq!(answer["conflict"]["previous"]["source"], json!("5"));
+    let (_, answer) = post(&client, &dry_path(&keys[0]), &attestation(5, 6, winner)).await;
+    assert_eq!(answer["verdict"], json!("same_data"), "{answer}");
+    let (_, answer) = post(&client, &dry_path(&keys[0]), &attestation(4, 7, 1)).await;
+    assert_eq!(
+        answer["verdict"],
+        json!("new_surrounds_previous"),
+        "{answer}"
+    );
+    // A message type slashing protection does not cover.
+    let randao = json!({
+        "type": "RANDAO_REVEAL",
+        "fork_info": {
+            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
+            "genesis_validators_root": MAINNET_GVR
+        },
+        "randao_reveal": {"epoch": "425000"}
+    });
+    let (status, answer) = post(&client, &dry_path(&keys[0]), &randao).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["protected"], json!(false), "{answer}");
+    // Errors as for signing.
+    let unknown = format!("0x{}", "a1".repeat(48));
+    let (status, _) = post(&client, &dry_path(&unknown), &attestation(1, 2, 1)).await;
+    assert_eq!(status, 404);
+    let (status, body) = post(
+        &client,
+        &dry_path(&keys[0]),
+        &json!({"type": "ATTESTATION"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // Dry runs of a block: valid, then after signing it, a different block is refused.
+    let (_, answer) = post(&client, &dry_path(&keys[1]), &block(12_000_000, 1)).await;
+    assert_eq!(answer["verdict"], json!("valid"));
+    let (status, _) = post(&client, &sign_path(&keys[1]), &block(12_000_000, 1)).await;
+    assert_eq!(status, 200);
+    let (_, answer) = post(&client, &dry_path(&keys[1]), &block(12_000_000, 2)).await;
+    assert_eq!(
+        answer["verdict"],
+        json!("double_block_proposal"),
+        "{answer}"
+    );
+
+    // The database holds exactly what was signed: no dry run left a record.
+    let exported = export(&appliance, &[]);
+    assert_eq!(
+        exported.metadata.genesis_validators_root.to_hex(),
+        MAINNET_GVR
+    );
+    assert_eq!(exported.data.len(), 2);
+    for record in &exported.data {
+        assert_eq!(record.signed_attestations.len(), 1, "{record:?}");
+        assert_eq!(record.signed_attestations[0].target_epoch.0, 6);
+    }
+    let blocks: usize = exported.data.iter().map(|r| r.signed_blocks.len()).sum();
+    assert_eq!(blocks, 1);
+    // Export of one chosen key, minimal form.
+    let one = export(&appliance, &["--pubkey", &keys[1], "--minimal"]);
+    assert_eq!(one.data.len(), 1);
+    assert_eq!(one.data[0].pubkey.to_hex(), keys[1]);
+    assert_eq!(one.data[0].signed_blocks[0].signing_root, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_networks() {
+    let appliance = Appliance::create();
+    let key = import_key(&appliance, 2);
+    let server = Server::start(&appliance);
+    let client = server.client(appliance.client_config("client"));
+    let sign = format!("/api/v1/eth2/sign/{key}");
+    let (status, _) = post(&client, &sign, &attestation(10, 11, 1)).await;
+    assert_eq!(status, 200);
+
+    let file = appliance.path().join("history.json");
+    let interchange: Value = json!({
+        "metadata": {"interchange_format_version": "5", "genesis_validators_root": MAINNET_GVR},
+        "data": [{
+            "pubkey": key,
+            "signed_blocks": [{"slot": "12000100"}],
+            "signed_attestations": [{"source_epoch": "100", "target_epoch": "200"}, {"source_epoch": "30", "target_epoch": "40"}]
+        }]
+    });
+    std::fs::write(&file, interchange.to_string()).unwrap();
+    let config = appliance.config.to_str().unwrap();
+    let out = run_ok(&[
+        "slashing",
+        "import",
+        "--config",
+        config,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("imported 1 validators (1 blocks, 2 attestations"),
+        "{out}"
+    );
+
+    // The running server applies the new watermark at once.
+    let (status, body) = post(&client, &sign, &attestation(100, 150, 1)).await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(
+        body["rule"],
+        json!("target_at_or_below_watermark"),
+        "{body}"
+    );
+    assert_eq!(body["conflict"]["watermark"], json!("200"), "{body}");
+    let (status, body) = post(&client, &sign, &block(12_000_050, 1)).await;
+    assert_eq!(status, 412);
+    assert_eq!(
+        body["rule"],
+        json!("block_slot_at_or_below_watermark"),
+        "{body}"
+    );
+    let (status, _) = post(&client, &sign, &attestation(100, 201, 1)).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&client, &sign, &block(12_000_101, 1)).await;
+    assert_eq!(status, 200);
+
+    // A file for another network: refused, nothing imported.
+    let other = interchange.to_string().replace(
+        MAINNET_GVR,
+        "0xd8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
+    );
+    let other = other.replace("12000100", "99000000");
+    std::fs::write(&file, other).unwrap();
+    let (ok, _, stderr) = run(&[
+        "slashing",
+        "import",
+        "--config",
+        config,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("refusing to mix networks"), "{stderr}");
+    // An unsupported version: refused with the reason.
+    std::fs::write(&file, interchange.to_string().replace("\"5\"", "\"4\"")).unwrap();
+    let (ok, _, stderr) = run(&[
+        "slashing",
+        "import",
+        "--config",
+        config,
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("interchange_format_version"), "{stderr}");
+
+    let exported = export(&appliance, &[]);
+    let record = &exported.data[0];
+    let slots: Vec<u64> = record.signed_blocks.iter().map(|b| b.slot.0).collect();
+    assert_eq!(slots, vec![12_000_100, 12_000_101]);
+    assert_eq!(record.signed_attestations.len(), 4);
+}
