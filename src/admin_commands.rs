@@ -1,8 +1,10 @@
-//! CLI commands for authorization (issuing further client certificates from an existing CA,
-//! checking a policy file). The binary only parses arguments and calls these.
+//! CLI commands for authorization and audit: issuing further client certificates from an
+//! existing CA, revocation lists, checking a policy file, verifying and exporting the audit log.
+//! The binary only parses arguments and calls these.
 //!
 //! Refuses: issuing into a directory that already holds the client's files, CA directories
-//! without `ca.pem` + `ca.key`, invalid client names, and policy files that do not parse.
+//! without `ca.pem` + `ca.key`, invalid client names, policy files that do not parse, and (as a
+//! failed command naming the first entry at fault) an audit log whose chain is broken.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -10,8 +12,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::audit;
 use crate::certs::{self, IssuedCert, Overwrite};
 use crate::commands::DEMO_CERT_VALIDITY_DAYS;
+use crate::config::Config;
 use crate::policy::{KeySelector, Policy};
 
 /// `certs generate --out DIR --ca-dir CA --client NAME…`: more client certificates from an
@@ -77,4 +81,51 @@ pub fn check_policy(path: &Path, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `audit verify`: walk the whole chain; succeed only if it is intact (and, with
+/// `expect_head`, still contains that entry unchanged). Prints the head to keep elsewhere.
+pub fn verify_audit(
+    config: &Config,
+    expect_head: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<audit::Head> {
+    let store = crate::commands::slashing::open_store(config)?;
+    let entries = store.audit_entries()?;
+    let head = audit::verify(&entries).map_err(|broken| {
+        anyhow::anyhow!(
+            "audit log {} is NOT intact at entry {}: {broken}",
+            store.path().display(),
+            broken.seq()
+        )
+    })?;
+    if let Some(text) = expect_head {
+        let expected = audit::parse_head(text)
+            .with_context(|| format!("--expect-head {text:?}: expected SEQ:SHA256HEX"))?;
+        audit::verify_head(&entries, expected).map_err(|broken| {
+            anyhow::anyhow!(
+                "audit log {} is NOT intact: {broken}",
+                store.path().display()
+            )
+        })?;
+    }
+    writeln!(
+        out,
+        "audit log intact: {} entries, head {head}",
+        entries.len()
+    )?;
+    Ok(head)
+}
+
+/// `audit export`: every entry as one JSON object per line, in sequence order (verification is
+/// separate: an export of a broken chain is still useful evidence).
+pub fn export_audit(config: &Config, out: &mut dyn Write) -> Result<usize> {
+    let store = crate::commands::slashing::open_store(config)?;
+    let entries = store.audit_entries()?;
+    for entry in &entries {
+        serde_json::to_writer(&mut *out, entry)?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(entries.len())
 }

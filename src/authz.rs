@@ -236,6 +236,19 @@ impl Authorizer {
         result
     }
 
+    /// The same decision as [`Self::check`], without logging (for "may it do X for all keys,
+    /// else check each key" choices).
+    pub fn allows(&self, caller: &Caller, target: &Target, operation: Operation) -> bool {
+        match self.policy() {
+            None => true,
+            Some(policy) => caller.subject().is_some_and(|s| {
+                policy
+                    .authorize(&s, &caller.name(), target, operation)
+                    .is_ok()
+            }),
+        }
+    }
+
     /// Refuse a client the policy does not name at all, before looking at its request.
     pub fn check_known(&self, caller: &Caller) -> Result<(), Denial> {
         let Some(policy) = self.policy() else {

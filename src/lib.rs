@@ -10,6 +10,7 @@
 
 pub mod admin_commands;
 pub mod api;
+pub mod audit;
 pub mod authz;
 pub mod bls;
 pub mod certs;

@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Authorization policy tools.
     Policy {
         #[command(subcommand)]
@@ -124,6 +129,25 @@ enum CertsCommand {
         /// Where to write the CRL (replaced if it exists).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log; exits non-zero and names the first bad entry.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// A head printed by an earlier verify (SEQ:HASH): that entry must still be there.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
+    /// Write every audit entry as JSON lines (to stdout, or --out FILE).
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -209,6 +233,34 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             admin_commands::revoke(&ca_dir, &certs, &out)?;
             println!("CRL written to {}", out.display());
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    expect_head,
+                },
+        } => {
+            admin_commands::verify_audit(
+                &load(&config)?,
+                expect_head.as_deref(),
+                &mut std::io::stdout().lock(),
+            )?;
+        }
+        Command::Audit {
+            command: AuditCommand::Export { config, out },
+        } => {
+            let config = load(&config)?;
+            match out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    let n = admin_commands::export_audit(&config, &mut file)?;
+                    eprintln!("{n} audit entries written to {}", path.display());
+                }
+                None => {
+                    admin_commands::export_audit(&config, &mut std::io::stdout().lock())?;
+                }
+            }
         }
         Command::Policy {
             command: PolicyCommand::Check { policy },

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audited;
 mod slashable;
 pub use slashable::SlashableAnswer;
 
@@ -17,10 +18,9 @@ use std::sync::{Arc, RwLock};
 use crate::authz::{Authorizer, Caller};
 use crate::bls;
 use crate::consensus::Network;
-use crate::policy::{Denial, KeyRef, Operation, Target};
+use crate::policy::{Denial, KeyRef};
 use crate::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
 use crate::seal::{SealContext, SealError, SealedShare, Sealer};
-use crate::slashing::Safe;
 use crate::store::{
     InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
     ThresholdInfo,
@@ -58,7 +58,7 @@ pub enum ServiceError {
 }
 
 /// A key this appliance can sign with: the sealed share and what binds it.
-struct LoadedKey {
+pub(crate) struct LoadedKey {
     public_key: BlsPublicKey,
     sealed: SealedShare,
     context: SealContext,
@@ -66,7 +66,7 @@ struct LoadedKey {
 }
 
 impl LoadedKey {
-    fn key_ref(&self) -> KeyRef {
+    pub(crate) fn key_ref(&self) -> KeyRef {
         KeyRef {
             public_key: self.public_key,
             group_public_key: self.threshold.as_ref().map(|t| t.group_public_key),
@@ -211,14 +211,7 @@ impl SigningService {
         self.key_infos_where(|_| true)
     }
 
-    /// The keys `caller` holds any grant on (all keys without a policy). A client the policy
-    /// does not name is refused.
-    pub fn key_infos_for(&self, caller: &Caller) -> Result<Vec<KeyInfo>, ServiceError> {
-        self.authorizer.check_known(caller)?;
-        Ok(self.key_infos_where(|key| self.authorizer.may_use_key(caller, &key.key_ref())))
-    }
-
-    fn key_infos_where(&self, keep: impl Fn(&LoadedKey) -> bool) -> Vec<KeyInfo> {
+    pub(crate) fn key_infos_where(&self, keep: impl Fn(&LoadedKey) -> bool) -> Vec<KeyInfo> {
         let index = self.index();
         index
             .order
@@ -235,7 +228,7 @@ impl SigningService {
             .collect()
     }
 
-    fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
+    pub(crate) fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
         let public_key: BlsPublicKey =
             identifier
                 .parse()
@@ -267,96 +260,20 @@ impl SigningService {
     }
 
     /// The whole signing path for one Web3Signer request body, for trusted in-process callers
-    /// (no authorization). Network adapters call [`Self::sign_as`].
+    /// (no authorization; audited as API `local`). Network adapters call [`Self::sign_as`].
     pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
-        let key = self.resolve(identifier)?;
-        let intent = self.decode(body)?;
-        self.sign_resolved(key, intent).await
-    }
-
-    /// The signing path on behalf of a client: a client the policy does not name is refused
-    /// before its request is read; otherwise the key is resolved, the request decoded, and the
-    /// (key, operation) pair authorized before anything is checked, recorded or signed.
-    pub async fn sign_as(
-        &self,
-        caller: &Caller,
-        identifier: &str,
-        body: &[u8],
-    ) -> Result<Signed, ServiceError> {
-        let (key, intent) = self.authorize_request(caller, identifier, body)?;
-        self.sign_resolved(key, intent).await
-    }
-
-    /// Authorize an operation that is not a signature (administration, key-less calls).
-    pub fn authorize(
-        &self,
-        caller: &Caller,
-        target: &Target,
-        operation: Operation,
-    ) -> Result<(), ServiceError> {
-        self.authorizer.check_known(caller)?;
-        Ok(self.authorizer.check(caller, target, operation)?)
-    }
-
-    /// The slashing dry run on behalf of `caller`: needs the same grant as signing the
-    /// request would.
-    pub async fn check_slashable_as(
-        &self,
-        caller: &Caller,
-        identifier: &str,
-        body: &[u8],
-    ) -> Result<SlashableAnswer, ServiceError> {
-        self.authorize_request(caller, identifier, body)?;
-        self.check_slashable(identifier, body).await
-    }
-
-    /// Authorization of a signing request: unknown clients first, then key and body, then the
-    /// (key, operation) grant.
-    fn authorize_request(
-        &self,
-        caller: &Caller,
-        identifier: &str,
-        body: &[u8],
-    ) -> Result<(Arc<LoadedKey>, SigningIntent), ServiceError> {
-        self.authorizer.check_known(caller)?;
-        let key = self.resolve(identifier)?;
-        let intent = self.decode(body)?;
-        self.authorizer.check(
-            caller,
-            &Target::Key(key.key_ref()),
-            Operation::of_sign_kind(intent.kind),
-        )?;
-        Ok((key, intent))
-    }
-
-    async fn sign_resolved(
-        &self,
-        key: Arc<LoadedKey>,
-        intent: SigningIntent,
-    ) -> Result<Signed, ServiceError> {
-        if let Some(check) = intent.slashing {
-            let request = slashing_request(check, intent.signing_root);
-            match self
-                .store
-                .check_and_record(key.public_key, intent.genesis_validators_root, request)
-                .await?
-            {
-                Ok(Safe::Valid) | Ok(Safe::SameData) => {}
-                Err(refusal) => return Err(ServiceError::Refused(refusal)),
-            }
-        }
-        let signature = self.sign_root(key.clone(), intent.signing_root).await?;
-        Ok(Signed {
-            signature,
-            kind: intent.kind,
-            signing_root: intent.signing_root,
-            public_key: key.public_key,
-        })
+        self.sign_flow(
+            &Caller::new(None, crate::authz::Api::Local),
+            false,
+            identifier,
+            body,
+        )
+        .await
     }
 
     /// Unseal the share in the HSM, sign, and let the plaintext drop (zeroized). Runs on the
     /// blocking pool: the HSM call and the pairing-curve arithmetic are CPU-bound.
-    async fn sign_root(
+    pub(crate) async fn sign_root(
         &self,
         key: Arc<LoadedKey>,
         signing_root: Root,

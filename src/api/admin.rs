@@ -45,7 +45,9 @@ async fn reload(
     identity: Option<Extension<ClientIdentity>>,
 ) -> Result<Response, ApiError> {
     let caller = Caller::new(identity.map(|Extension(i)| i), Api::Rest);
-    service.authorize(&caller, &Target::None, Operation::Keymanager)?;
+    service
+        .authorize(&caller, &Target::None, Operation::Keymanager)
+        .await?;
     let summary = service
         .authorizer()
         .reload()
@@ -112,7 +114,10 @@ pub async fn keymanager_guard(
             request.extensions().get::<ClientIdentity>().cloned(),
             Api::Rest,
         );
-        if let Err(error) = service.authorize(&caller, &Target::None, Operation::Keymanager) {
+        if let Err(error) = service
+            .authorize(&caller, &Target::None, Operation::Keymanager)
+            .await
+        {
             return ApiError::from(error).into_response();
         }
     }

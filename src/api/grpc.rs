@@ -177,7 +177,7 @@ impl Signer for GrpcSigner {
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let caller = caller(&request);
-        let keys = self.service.key_infos_for(&caller)?;
+        let keys = self.service.key_infos_for(&caller).await?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(key_info_to_pb).collect(),
         }))
@@ -240,10 +240,7 @@ impl Signer for GrpcSigner {
     ) -> Result<Response<pb::CombineResponse>, Status> {
         let caller = caller(&request);
         // Pure computation on public values; any client the policy names may use it.
-        self.service
-            .authorizer()
-            .check_known(&caller)
-            .map_err(ServiceError::from)?;
+        self.service.check_known(&caller, "combine").await?;
         let request = request.into_inner();
         let t = Threshold::new(request.threshold)
             .map_err(|e| bad_argument(format!("threshold: {e}")))?;
@@ -333,7 +330,8 @@ impl Admin for GrpcAdmin {
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let caller = caller(&request);
         self.service
-            .authorize(&caller, &Target::None, Operation::Keymanager)?;
+            .authorize(&caller, &Target::None, Operation::Keymanager)
+            .await?;
         let summary = self
             .service
             .authorizer()

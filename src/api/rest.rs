@@ -96,7 +96,8 @@ async fn public_keys(
     let caller = rest_caller(identity);
     Ok(Json(
         service
-            .key_infos_for(&caller)?
+            .key_infos_for(&caller)
+            .await?
             .iter()
             .map(|k| k.public_key.to_hex())
             .collect::<Vec<_>>(),

@@ -35,10 +35,12 @@ impl SigningService {
         keys: &[BlsPublicKey],
     ) -> Result<Interchange, ServiceError> {
         if keys.is_empty() {
-            self.authorize(caller, &Target::AllKeys, Operation::SlashingAdmin)?;
+            self.authorize(caller, &Target::AllKeys, Operation::SlashingAdmin)
+                .await?;
         } else {
             for key in keys {
-                self.authorize(caller, &self.admin_target(*key), Operation::SlashingAdmin)?;
+                self.authorize(caller, &self.admin_target(*key), Operation::SlashingAdmin)
+                    .await?;
             }
         }
         let store = self.store.clone();
@@ -54,20 +56,20 @@ impl SigningService {
         caller: &Caller,
         json: &str,
     ) -> Result<ImportSummary, ServiceError> {
-        self.authorizer.check_known(caller)?;
+        self.check_known(caller, "slashing_import").await?;
         let interchange =
             Interchange::from_json(json).map_err(|e| ServiceError::Store(e.into()))?;
-        if self
+        if !self
             .authorizer
-            .check(caller, &Target::AllKeys, Operation::SlashingAdmin)
-            .is_err()
+            .allows(caller, &Target::AllKeys, Operation::SlashingAdmin)
         {
             for record in &interchange.data {
                 self.authorize(
                     caller,
                     &self.admin_target(record.pubkey),
                     Operation::SlashingAdmin,
-                )?;
+                )
+                .await?;
             }
         }
         let store = self.store.clone();
