@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod consensus;
 pub mod keystore;
+pub mod metrics;
 pub mod policy;
 pub mod request;
 pub mod seal;

@@ -68,6 +68,9 @@ enum Command {
         /// Override the configured listen address (port 0 picks a free port; the bound address is logged).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics on this address (overrides metrics_listen; port 0 allowed).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// EIP-3076 slashing-protection interchange (format version 5).
     Slashing {
@@ -313,9 +316,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            metrics_listen,
+        } => {
             let config = load(&config)?;
-            runtime()?.block_on(commands::serve(&config, listen))?;
+            runtime()?.block_on(keystake_signer::server::serve(
+                &config,
+                keystake_signer::server::Listen {
+                    api: listen,
+                    metrics: metrics_listen,
+                },
+            ))?;
         }
     }
     Ok(())

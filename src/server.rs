@@ -66,6 +66,15 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
     // A line a script can wait for, whatever the log filter.
     println!("listening on https://{address}");
     tokio::spawn(reload_on_sighup(service.clone()));
+    if let Some(metrics_address) = listen.metrics.or(config.metrics_listen) {
+        let metrics_listener = crate::metrics::bind(metrics_address)
+            .await
+            .with_context(|| format!("binding the metrics listener {metrics_address}"))?;
+        let bound = metrics_listener.local_addr()?;
+        tracing::info!(address = %bound, "metrics listening (plain HTTP)");
+        println!("metrics on http://{bound}/metrics");
+        tokio::spawn(crate::metrics::serve(metrics_listener, service.clone()));
+    }
     let app = api::app(service);
     api::serve_mtls_reloadable(appliance.listener, appliance.tls, app, shutdown_signal()).await;
     tracing::info!("stopped");

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use crate::authz::{Authorizer, Caller};
 use crate::bls;
 use crate::consensus::Network;
+use crate::metrics::{Metrics, Phase};
 use crate::policy::{Denial, KeyRef};
 use crate::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
 use crate::seal::{SealContext, SealError, SealedShare, Sealer};
@@ -113,6 +114,7 @@ pub struct SigningService {
     network: Network,
     keys: RwLock<Arc<KeyIndex>>,
     authorizer: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
 }
 
 /// The sealing context of a record: the share's identity that the HSM binds the blob to.
@@ -137,6 +139,7 @@ impl SigningService {
             network,
             keys: RwLock::new(Arc::new(KeyIndex::default())),
             authorizer: Arc::new(Authorizer::open()),
+            metrics: Arc::new(Metrics::new()),
         };
         service.reload()?;
         Ok(service)
@@ -151,6 +154,11 @@ impl SigningService {
 
     pub fn authorizer(&self) -> &Arc<Authorizer> {
         &self.authorizer
+    }
+
+    /// This service's Prometheus metrics (served by `crate::metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn network(&self) -> &Network {
@@ -194,6 +202,7 @@ impl SigningService {
         }
         let count = index.order.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.metrics.set_keys_loaded(count);
         Ok(count)
     }
 
@@ -279,14 +288,20 @@ impl SigningService {
         signing_root: Root,
     ) -> Result<BlsSignature, ServiceError> {
         let sealer = self.sealer.clone();
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let secret = sealer.unseal(&key.sealed, &key.context)?;
+            metrics.phase(Phase::Unseal, started.elapsed());
+            let started = std::time::Instant::now();
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
                 ServiceError::ShareMismatch {
                     public_key: key.public_key,
                 }
             })?;
-            Ok(secret_key.sign(&signing_root.0))
+            let signature = secret_key.sign(&signing_root.0);
+            metrics.phase(Phase::Bls, started.elapsed());
+            Ok(signature)
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))?

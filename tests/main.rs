@@ -5,5 +5,6 @@ mod authz;
 mod common;
 mod e2e;
 mod grpc;
+mod metrics;
 mod slashing;
 mod vectors;

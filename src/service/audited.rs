@@ -13,12 +13,14 @@
 //! and malformed requests, then (key, operation) pairs without a grant.
 #![forbid(unsafe_code)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{slashing_request, KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
 use crate::audit::{Outcome, Record};
 use crate::authz::Caller;
+use crate::metrics::Phase;
 use crate::policy::{Operation, Target};
+use crate::request::SignKind;
 use crate::slashing::Safe;
 
 /// Longest identifier copied into an audit entry verbatim (a client could send anything).
@@ -95,14 +97,30 @@ impl SigningService {
         identifier: &str,
         body: &[u8],
     ) -> Result<Signed, ServiceError> {
+        let started = Instant::now();
         let mut draft = Draft::new(caller, identifier, "");
         let result = self
             .sign_steps(caller, authorize, identifier, body, &mut draft)
             .await;
-        if let Err(error) = &result {
-            if !draft.recorded {
-                let record = draft.with(Outcome::Refused, error.to_string());
-                self.audit(record).await;
+        let kind = if draft.record.kind.is_empty() {
+            "unknown"
+        } else {
+            draft.record.kind.as_str()
+        };
+        self.metrics
+            .request_result(caller.api.as_str(), kind, &result);
+        match &result {
+            Ok(_) => self.metrics.phase(Phase::Total, started.elapsed()),
+            Err(error) => {
+                if let ServiceError::Forbidden(_) = error {
+                    let operation = SignKind::from_api_name(kind)
+                        .map_or("any", |k| Operation::of_sign_kind(k).as_str());
+                    self.metrics.refusal(caller.api.as_str(), operation);
+                }
+                if !draft.recorded {
+                    let record = draft.with(Outcome::Refused, error.to_string());
+                    self.audit(record).await;
+                }
             }
         }
         result
@@ -135,6 +153,7 @@ impl SigningService {
         match intent.slashing {
             Some(check) => {
                 let request = slashing_request(check, intent.signing_root);
+                let db_started = Instant::now();
                 let verdict = self
                     .store
                     .check_and_record_audited(
@@ -144,6 +163,7 @@ impl SigningService {
                         signed_entry,
                     )
                     .await?;
+                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
                 draft.recorded = true;
                 match verdict {
                     Ok(Safe::Valid) | Ok(Safe::SameData) => {}
@@ -151,7 +171,9 @@ impl SigningService {
                 }
             }
             None => {
+                let db_started = Instant::now();
                 self.store.record_audit(signed_entry).await?;
+                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
                 draft.recorded = true;
             }
         }
@@ -176,6 +198,7 @@ impl SigningService {
     /// Refuse a client the policy does not name (audited).
     pub async fn check_known(&self, caller: &Caller, what: &str) -> Result<(), ServiceError> {
         if let Err(denial) = self.authorizer.check_known(caller) {
+            self.metrics.refusal(caller.api.as_str(), what);
             let error = ServiceError::from(denial);
             let record = Draft::new(caller, "", what).with(Outcome::Refused, error.to_string());
             self.audit(record).await;
@@ -197,6 +220,8 @@ impl SigningService {
             .check_known(caller)
             .and_then(|()| self.authorizer.check(caller, target, operation));
         if let Err(denial) = decision {
+            self.metrics
+                .refusal(caller.api.as_str(), operation.as_str());
             let error = ServiceError::from(denial);
             let key = match target {
                 Target::Key(key) => key.public_key.to_hex(),
