@@ -7,10 +7,10 @@
 //! (in the handshake, before any HTTP is read).
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod error;
 pub mod grpc;
 pub mod grpc_client;
+pub mod keystake_admin;
 pub mod rest;
 
 use std::future::Future;
@@ -37,10 +37,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Web3Signer API, KeyStake's admin routes, and the keymanager authorization guard.
 pub fn app(service: Arc<SigningService>) -> Router {
     let rest = rest::router(service.clone())
-        .merge(admin::router(service.clone()))
+        .merge(keystake_admin::router(service.clone()))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
-            admin::keymanager_guard,
+            keystake_admin::keymanager_guard,
         ));
     let grpc = grpc::router(service);
     Router::new().fallback_service(tower::service_fn(
