@@ -9,6 +9,10 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)   # PKCS#12 checks (tests/interop.rs)
+command -v node >/dev/null 2>&1 || need+=(nodejs)       # Lodestar devnet (tests/interop.rs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

@@ -9,5 +9,14 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== hadolint Dockerfile"
+./scripts/lint-dockerfile.sh
 echo "== cargo test"
 cargo test --locked
+echo "== api fuzz (schemathesis over mutual TLS against the running server)"
+./scripts/api-fuzz.sh
+# A real consensus client (Lodestar devnet, ../shared/interop/lodestar) signing every duty through
+# the forwarder and the appliance; two runs of about a minute each (plus npm ci when its cache under
+# target/tmp is cold), one at a time and after the parallel suite so slots are not starved of CPU.
+echo "== Lodestar devnet through keystake-signer connect (serial)"
+cargo test --locked --test main interop::lodestar -- --ignored --test-threads=1

@@ -2,8 +2,11 @@
 //!
 //! Writes a small mutual-TLS PKI with `rcgen`: one CA (basicConstraints CA, pathLen 0, keyCertSign +
 //! cRLSign), one server certificate (serverAuth, DNS and IP SANs) and any number of client
-//! certificates (clientAuth, CN = client name), all ECDSA P-256. Further clients and CRLs can be
-//! issued later from an existing `ca.pem` + `ca.key`.
+//! certificates (clientAuth, CN = client name), all ECDSA P-256. Each client identity is also
+//! written as PKCS#12 (`<client>.p12` + password file `<client>.p12.pass`, for Lighthouse and
+//! Teku), and the CA as a PKCS#12 truststore (`ca.p12` + `ca.p12.pass`, for Teku); see
+//! `crate::pkcs12`. Further clients and CRLs can be issued later from an existing `ca.pem` +
+//! `ca.key` (PEM only).
 //!
 //! It refuses: client names that are not plain file names (empty, `.`/`..`, path separators,
 //! characters outside `[A-Za-z0-9._@-]`, a leading dot, the reserved names `ca` and `server`);
@@ -38,6 +41,7 @@ use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::x509::X509Name;
 use zeroize::Zeroizing;
 
+use crate::pkcs12;
 use crate::tls::TlsFiles;
 
 /// Server names used when the caller gives none: loopback by name and by IP address.
@@ -161,6 +165,11 @@ pub enum CertError {
     ForeignCertificate { cert: PathBuf, ca: PathBuf },
     #[error("certificate generation failed: {0}")]
     Generation(#[from] rcgen::Error),
+    #[error("cannot write PKCS#12 file {}: {source}", path.display())]
+    Pkcs12 {
+        path: PathBuf,
+        source: crate::pkcs12::Pkcs12Error,
+    },
 }
 
 /// Generate a complete PKI in `out_dir`: `ca.pem`, `ca.key`, `server.pem`, `server.key` and
@@ -210,6 +219,19 @@ pub fn generate(
         targets.push(&client.cert);
         targets.push(&client.key);
     }
+    let pkcs12_targets: Vec<PathBuf> = pki
+        .clients
+        .iter()
+        .flat_map(|client| {
+            let (file, password) = pkcs12_paths(out_dir, &client.name);
+            [file, password]
+        })
+        .chain({
+            let (file, password) = truststore_paths(out_dir);
+            [file, password]
+        })
+        .collect();
+    targets.extend(pkcs12_targets.iter());
     create_pki_dir(out_dir)?;
     refuse_existing(&targets, overwrite)?;
 
@@ -270,7 +292,25 @@ pub fn generate(
             PUBLIC_FILE_MODE,
             overwrite,
         )?;
+        let (file, password_file) = pkcs12_paths(out_dir, &paths.name);
+        let password = pkcs12::random_password();
+        let key_der = Zeroizing::new(key.serialize_der());
+        let p12 =
+            pkcs12::client_identity(&paths.name, &key_der, cert.der(), ca_cert.der(), &password)
+                .map_err(|source| CertError::Pkcs12 {
+                    path: file.clone(),
+                    source,
+                })?;
+        write_pkcs12(&file, &password_file, &p12, &password, overwrite)?;
     }
+    let (file, password_file) = truststore_paths(out_dir);
+    let password = pkcs12::random_password();
+    let p12 =
+        pkcs12::truststore("ca", ca_cert.der(), &password).map_err(|source| CertError::Pkcs12 {
+            path: file.clone(),
+            source,
+        })?;
+    write_pkcs12(&file, &password_file, &p12, &password, overwrite)?;
     Ok(pki)
 }
 
@@ -714,6 +754,48 @@ fn client_paths(dir: &Path, name: &str) -> IssuedCert {
         cert: dir.join(format!("{name}.pem")),
         key: dir.join(format!("{name}.key")),
     }
+}
+
+/// `<client>.p12` and its password file `<client>.p12.pass`.
+pub fn pkcs12_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let file = dir.join(format!("{name}.{}", pkcs12::IDENTITY_EXTENSION));
+    let password = dir.join(format!(
+        "{name}.{}{}",
+        pkcs12::IDENTITY_EXTENSION,
+        pkcs12::PASSWORD_SUFFIX
+    ));
+    (file, password)
+}
+
+/// `ca.p12` (CA-only truststore) and its password file `ca.p12.pass`.
+pub fn truststore_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        dir.join(pkcs12::TRUSTSTORE_FILE),
+        dir.join(format!(
+            "{}{}",
+            pkcs12::TRUSTSTORE_FILE,
+            pkcs12::PASSWORD_SUFFIX
+        )),
+    )
+}
+
+/// The password file first (without a line break: some readers keep it), then the PKCS#12 file;
+/// both 0600 (the identity holds an encrypted private key).
+fn write_pkcs12(
+    file: &Path,
+    password_file: &Path,
+    contents: &[u8],
+    password: &secrecy::SecretString,
+    overwrite: Overwrite,
+) -> Result<(), CertError> {
+    use secrecy::ExposeSecret;
+    write_file(
+        password_file,
+        password.expose_secret().as_bytes(),
+        KEY_FILE_MODE,
+        overwrite,
+    )?;
+    write_file(file, contents, KEY_FILE_MODE, overwrite)
 }
 
 fn create_pki_dir(dir: &Path) -> Result<(), CertError> {

@@ -59,7 +59,11 @@ pub enum ClientError {
     InvalidHeader { name: String, reason: String },
     /// `request` is "METHOD URI" throughout.
     #[error("{request} failed: {detail}")]
-    Request { request: String, detail: String },
+    Request {
+        request: String,
+        detail: String,
+        kind: FailureKind,
+    },
     #[error("reading the response to {request} failed: {detail}")]
     Body { request: String, detail: String },
     #[error("the response to {request} is larger than {limit} bytes")]
@@ -68,10 +72,96 @@ pub enum ClientError {
     Timeout { request: String, timeout: Duration },
 }
 
+/// What a failed request ran into, for callers that must tell causes apart (the loopback
+/// forwarder answers and logs each differently). Read from the typed error chain (the rustls error
+/// inside the I/O errors), not from message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No TCP connection could be made (refused, unreachable, name not resolved).
+    Connect,
+    /// We did not accept the server's certificate (unknown CA, wrong name, expired…).
+    ServerCertificateRejected,
+    /// The server sent a certificate-related TLS alert: it refused our client certificate.
+    ClientCertificateRefused,
+    /// Anything else: the connection broke mid-request, a protocol error…
+    Other,
+}
+
+impl ClientError {
+    /// The failure kind of a [`ClientError::Request`]; `None` for every other variant.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            ClientError::Request { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// Classify a hyper-util client error by walking its source chain, looking inside I/O errors for
+/// the rustls error they carry.
+pub fn classify_failure(error: &(dyn StdError + 'static)) -> FailureKind {
+    use rustls::AlertDescription as Alert;
+    let mut current = Some(error);
+    let mut connect_failed = false;
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => FailureKind::ServerCertificateRejected,
+                rustls::Error::AlertReceived(
+                    Alert::BadCertificate
+                    | Alert::UnsupportedCertificate
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::CertificateUnknown
+                    | Alert::UnknownCA
+                    | Alert::CertificateRequired
+                    | Alert::AccessDenied,
+                ) => FailureKind::ClientCertificateRefused,
+                _ => FailureKind::Other,
+            };
+        }
+        if let Some(connect) = err.downcast_ref::<ConnectError>() {
+            connect_failed = true;
+            current = Some(&connect.source);
+            continue;
+        }
+        if let Some(io_error) = err.downcast_ref::<io::Error>() {
+            if let Some(inner) = io_error.get_ref() {
+                current = Some(inner);
+                continue;
+            }
+        }
+        current = err.source();
+    }
+    if connect_failed {
+        FailureKind::Connect
+    } else {
+        FailureKind::Other
+    }
+}
+
+/// A TCP connection could not be made: kept as a type so [`classify_failure`] can tell it apart.
+#[derive(Debug, thiserror::Error)]
+#[error("connect to {address}: {source}")]
+struct ConnectError {
+    address: String,
+    source: io::Error,
+}
+
+/// The TLS handshake failed: keeps the rustls error reachable for [`classify_failure`].
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {address}: {source}")]
+struct HandshakeError {
+    address: String,
+    source: io::Error,
+}
+
 /// Pooled HTTP/1.1 client over mutual TLS for one base URL.
 #[derive(Clone)]
 pub struct MtlsClient {
     http: Client<TlsConnectorService, Full<Bytes>>,
+    /// The pool's connector, for [`MtlsClient::diagnose`]'s one-off connection.
+    connector: TlsConnectorService,
     /// `https://authority` without a trailing slash.
     origin: String,
     /// Path prefix from the base URL, without a trailing slash (often empty).
@@ -118,9 +208,10 @@ impl MtlsClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+            .build(connector.clone());
         Ok(Self {
             http,
+            connector,
             origin: format!("https://{authority}"),
             prefix: uri.path().trim_end_matches('/').to_string(),
             timeout: DEFAULT_TIMEOUT,
@@ -131,6 +222,44 @@ impl MtlsClient {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Find out what stops a fresh connection, after a request failed without a clear cause: in
+    /// TLS 1.3 the server judges the client certificate after the client considers the handshake
+    /// done, and when its refusal (an alert) reaches the pooled connection before the request is
+    /// written, hyper reports only a cancelled request. This opens one connection outside the
+    /// pool, sends `GET {prefix}/upcheck`, and reads the answer itself, so an alert is seen.
+    /// `None`: an answer came (the connection works); `Some(kind)`: what failed.
+    pub async fn diagnose(&self) -> Option<FailureKind> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: Uri = self.origin.parse().ok()?;
+        let authority = uri.authority()?.to_string();
+        let request = format!(
+            "GET {}/upcheck HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n",
+            self.prefix
+        );
+        let mut connector = self.connector.clone();
+        let attempt = async move {
+            let connection = tower::Service::call(&mut connector, uri)
+                .await
+                .map_err(|e| classify_failure(&e))?;
+            let mut stream = connection.0.into_inner();
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| classify_failure(&e))?;
+            let mut first = [0u8; 16];
+            match stream.read(&mut first).await {
+                Ok(0) => Err(FailureKind::Other),
+                Ok(_) => Ok(()),
+                Err(e) => Err(classify_failure(&e)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(())) => None,
+            Ok(Err(kind)) => Some(kind),
+            Err(_elapsed) => Some(FailureKind::Other),
+        }
     }
 
     /// Send one request and read the whole response. `path` starts with `/` and may carry a query.
@@ -187,6 +316,7 @@ impl MtlsClient {
                     .map_err(|err| ClientError::Request {
                         request: target.clone(),
                         detail: error_chain(&err),
+                        kind: classify_failure(&err),
                     })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BODY)
@@ -273,15 +403,24 @@ impl tower::Service<Uri> for TlsConnectorService {
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|err| {
-                    io::Error::new(err.kind(), format!("connect to {host}:{port}: {err}"))
+                .map_err(|source| {
+                    io::Error::new(
+                        source.kind(),
+                        ConnectError {
+                            address: format!("{host}:{port}"),
+                            source,
+                        },
+                    )
                 })?;
             // Requests are small and latency matters more than packet count.
             tcp.set_nodelay(true)?;
-            let stream = tls.connect(server_name, tcp).await.map_err(|err| {
+            let stream = tls.connect(server_name, tcp).await.map_err(|source| {
                 io::Error::new(
-                    err.kind(),
-                    format!("TLS handshake with {host}:{port}: {err}"),
+                    source.kind(),
+                    HandshakeError {
+                        address: format!("{host}:{port}"),
+                        source,
+                    },
                 )
             })?;
             Ok(TlsConnection(TokioIo::new(stream)))
@@ -432,5 +571,39 @@ mod tests {
             .expect_err("nothing listens");
         let message = err.to_string();
         assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+        assert_eq!(err.failure_kind(), Some(FailureKind::Connect), "{message}");
+    }
+
+    #[test]
+    fn failure_kinds_come_from_the_typed_chain() {
+        let wrap = |tls: rustls::Error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                HandshakeError {
+                    address: "h:1".into(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, tls),
+                },
+            )
+        };
+        let refused = wrap(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        ));
+        assert_eq!(
+            classify_failure(&refused),
+            FailureKind::ClientCertificateRefused
+        );
+        let untrusted = wrap(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            classify_failure(&untrusted),
+            FailureKind::ServerCertificateRejected
+        );
+        let other_alert = wrap(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure,
+        ));
+        assert_eq!(classify_failure(&other_alert), FailureKind::Other);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(classify_failure(&reset), FailureKind::Other);
     }
 }

@@ -23,12 +23,18 @@ use crate::store::{InsertOutcome, ShareOrigin};
 use crate::types::BlsPublicKey;
 use crate::{bls, certs, keystore, tls};
 
-/// Make this process refuse to write core dumps: a dump taken while a share is unsealed would
-/// put it on disk.
-pub fn disable_core_dumps() {
-    if let Err(error) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
-        tracing::warn!(%error, "could not disable core dumps");
-    }
+pub mod threshold;
+
+/// Make this process refuse to write core dumps and to be inspected by other processes of the
+/// same user: a dump or a `/proc/<pid>/mem` read taken while a share is unsealed would expose
+/// it. `RLIMIT_CORE=0` alone is ignored by pipe `core_pattern` handlers, hence also
+/// `PR_SET_DUMPABLE=0` (which also refuses same-uid ptrace). Fails when either cannot be set:
+/// commands that handle secrets must not run without it.
+pub fn disable_core_dumps() -> Result<()> {
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("setting RLIMIT_CORE to 0")?;
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("setting PR_SET_DUMPABLE to 0")?;
+    Ok(())
 }
 
 /// Point SoftHSM2 at the configured token directory. Must run before any thread is started
@@ -81,13 +87,24 @@ fn ensure_secret_file(path: &Path) -> Result<bool> {
         return Ok(false);
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
     }
     let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut());
     let text = zeroize::Zeroizing::new(hex::encode(bytes.as_slice()));
     write_private(path, text.as_bytes())?;
     Ok(true)
+}
+
+/// Create a directory (and missing parents) accessible only by its owner. An existing directory
+/// is left as it is.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating directory {}", path.display()))
 }
 
 /// Create a file readable only by its owner (mode set at creation, not after).
@@ -104,10 +121,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `init`: data directory, SQLite store, HSM token and sealing key. Idempotent.
+/// `init`: data directory, SQLite store, HSM token, sealing key and enrolment key pair.
+/// Idempotent.
 pub fn init(config: &Config) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     if let Some(conf) = &config.hsm.softhsm2_conf {
         if !conf.exists() {
             let dir = conf
@@ -132,7 +149,14 @@ pub fn init(config: &Config) -> Result<()> {
     let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
     Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
+    // The key share packages of a trusted split are encrypted to (docs/threshold.md).
+    crate::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
+        .context("creating the enrolment key pair in the HSM")?;
     let store = slashing::open_store(config)?;
+    let token_file = config.keymanager_token_path();
+    if crate::keymanager::ensure_token_file(&token_file)? {
+        tracing::info!(file = %token_file.display(), "generated the keymanager API token");
+    }
     tracing::info!(database = %store.path().display(), token = %config.hsm.token_label, "initialised");
     Ok(())
 }
@@ -210,6 +234,17 @@ pub async fn bind(
 )> {
     let network = network(config)?;
     let store = Arc::new(slashing::open_store(config)?);
+    if let Some(root) = network.genesis_validators_root {
+        // Bind before serving: a request carrying another network's root is then refused from
+        // the first one, instead of binding the database to whichever network asks first.
+        store.bind_genesis_validators_root(root).with_context(|| {
+            format!(
+                "the slashing database {} does not belong to network {}",
+                store.path().display(),
+                network.name
+            )
+        })?;
+    }
     let sealer = open_sealer(config)?;
     let service = Arc::new(SigningService::new(store, sealer, network)?);
     let tls = tls::server_config(&tls::TlsFiles {
@@ -237,8 +272,34 @@ pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
     .await
 }
 
-/// `certs generate`.
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// `certs generate` with the default server names (loopback).
 pub fn generate_certs(out: &Path, clients: &[String]) -> Result<()> {
+    generate_certs_for_servers(out, &[], clients)
+}
+
+/// `certs generate --server-name NAME...`: the server certificate carries each name (DNS or IP)
+/// as a SAN; none means [`certs::DEFAULT_SERVER_NAMES`].
+pub fn generate_certs_for_servers(
+    out: &Path,
+    server_names: &[String],
+    clients: &[String],
+) -> Result<()> {
     let clients = if clients.is_empty() {
         vec!["client".to_owned()]
     } else {
@@ -246,7 +307,7 @@ pub fn generate_certs(out: &Path, clients: &[String]) -> Result<()> {
     };
     certs::generate(
         out,
-        &[],
+        server_names,
         &clients,
         DEMO_CERT_VALIDITY_DAYS,
         certs::Overwrite::Refuse,

@@ -23,6 +23,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("secret file {path} is empty")]
     EmptySecret { path: PathBuf },
+    #[error("secret file {path} is readable or writable by other users (mode {mode:o}); run: chmod 600 {path}")]
+    InsecureSecret { path: PathBuf, mode: u32 },
 }
 
 /// Default listen address: loopback, as the demo asks; production configs set their own.
@@ -57,6 +59,9 @@ pub struct Config {
     /// Slashing-protection options.
     #[serde(default)]
     pub slashing: SlashingSection,
+    /// The Ethereum keymanager API (`/eth/v1/keystores`).
+    #[serde(default)]
+    pub keymanager: KeymanagerSection,
 }
 
 /// `[slashing]`: the low watermark given to a key installed with no slashing history here
@@ -71,6 +76,15 @@ pub struct SlashingSection {
     pub new_key_min_slot: Option<u64>,
     #[serde(default)]
     pub new_key_min_epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeymanagerSection {
+    /// File holding the hex bearer token (>= 256 bits) of the keymanager API; `init` generates
+    /// it with mode 0600. Default: `keymanager.token` in `data_dir`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -176,6 +190,17 @@ impl Config {
             fix(&mut client.cert);
             fix(&mut client.key);
         }
+        if let Some(p) = self.keymanager.token_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// The keymanager API token file (configured, or `keymanager.token` in the data directory).
+    pub fn keymanager_token_path(&self) -> PathBuf {
+        self.keymanager
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keymanager.token"))
     }
 
     /// The SQLite database file.
@@ -184,9 +209,22 @@ impl Config {
     }
 }
 
-/// Read a secret (PIN, password) from a file: surrounding whitespace and a final newline are
-/// removed, an empty secret is refused.
+/// Read a secret (PIN, password) from a file. Only a final line break is removed (a PIN may
+/// contain spaces); an empty secret is refused, and so is a file that group or others may read or
+/// write — a PIN that anyone on the host can read protects nothing.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::InsecureSecret {
+            path: path.to_owned(),
+            mode,
+        });
+    }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
         ConfigError::Read {
             path: path.to_owned(),
@@ -238,6 +276,9 @@ softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 # [slashing]
 # new_key_min_slot = 13600000
 # new_key_min_epoch = 425000
+# Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
+[keymanager]
+token_file = "data/keymanager.token"
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]
@@ -277,10 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn shared_secret_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "1234\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(ConfigError::InsecureSecret { mode: 0o644, .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_secret_file(&path).is_ok());
+    }
+
+    #[test]
     fn empty_secret_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
         std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
             read_secret_file(&path),
             Err(ConfigError::EmptySecret { .. })

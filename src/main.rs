@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use keystake_signer::commands::threshold as threshold_cmd;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
 use keystake_signer::types::BlsPublicKey;
@@ -61,6 +62,25 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Benchmarks against a real appliance.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// This appliance's enrolment key (what share packages are encrypted to).
+    Enrolment {
+        #[command(subcommand)]
+        command: threshold_cmd::EnrolmentCommand,
+    },
+    /// Trusted dealer: split a keystore t-of-n into a cluster manifest and one sealed package per appliance.
+    Split(threshold_cmd::SplitArgs),
+    /// Combine t partial signatures into the group signature (prints 0x…; names culprits on failure).
+    Combine(threshold_cmd::CombineArgs),
+    /// Cluster manifests.
+    Manifest {
+        #[command(subcommand)]
+        command: threshold_cmd::ManifestCommand,
+    },
     /// Serve the Web3Signer REST API over mutual TLS.
     Serve {
         #[arg(long)]
@@ -71,6 +91,31 @@ enum Command {
         /// Serve Prometheus metrics on this address (overrides metrics_listen; port 0 allowed).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+    },
+    /// Run on the validator-client host: accept plain HTTP on loopback and forward each request
+    /// to the appliance over mutual TLS (for clients without client certificates, e.g. Lodestar).
+    Connect {
+        /// Loopback address to accept plain HTTP on (port 0 picks a free port; it is printed).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The appliance, e.g. https://signer.example:9000
+        #[arg(long)]
+        upstream: String,
+        /// This host's client certificate (PEM), issued by the appliance's CA.
+        #[arg(long)]
+        client_cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        client_key: PathBuf,
+        /// CA certificate (PEM) the appliance's server certificate must chain to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Allow a non-loopback listen address (exposes unauthenticated signing; loud warning).
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// Upper bound on one upstream exchange, in seconds.
+        #[arg(long, default_value_t = keystake_signer::forwarder::DEFAULT_UPSTREAM_TIMEOUT.as_secs())]
+        timeout_secs: u64,
     },
     /// EIP-3076 slashing-protection interchange (format version 5).
     Slashing {
@@ -116,6 +161,10 @@ enum CertsCommand {
         /// Client certificate to issue (repeatable; default: one named "client").
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Name clients use to reach the appliance: DNS name or IP address (repeatable; default:
+        /// localhost and 127.0.0.1). The server certificate carries each as a SAN.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
         /// Issue only the named client certificates, from the existing CA in this directory
         /// (ca.pem + ca.key), into --out.
         #[arg(long)]
@@ -164,6 +213,42 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
+    /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
+    /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
+    Load {
+        #[arg(long)]
+        config: PathBuf,
+        /// Appliance URL (default: the configuration's listen address).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Use only the first K keys.
+        #[arg(long)]
+        keys: Option<usize>,
+        /// Fixed request rate per second (default: max throughput).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Fraction of BLOCK_V2 requests in the mix.
+        #[arg(long, default_value_t = 0.0)]
+        block_fraction: f64,
+        /// Threads for the raw blst measurement (default: CPUs).
+        #[arg(long)]
+        raw_threads: Option<usize>,
+        /// Write per-request samples as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+        #[arg(long)]
+        burst: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Import an EIP-2335 keystore; the key is sealed by the HSM, never written in plaintext.
     Import {
@@ -174,6 +259,8 @@ enum KeysCommand {
         #[arg(long)]
         password_file: PathBuf,
     },
+    /// Import a threshold share package from `split`; it is opened by the HSM and sealed, never written in plaintext.
+    ImportShare(threshold_cmd::ImportShareArgs),
     /// List stored keys.
     List {
         #[arg(long)]
@@ -213,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
                 CertsCommand::Generate {
                     out,
                     clients,
+                    server_names: _,
                     ca_dir: Some(ca_dir),
                 },
         } => {
@@ -226,9 +314,10 @@ fn run(cli: Cli) -> Result<()> {
                     out,
                     clients,
                     ca_dir: None,
+                    server_names,
                 },
         } => {
-            commands::generate_certs(&out, &clients)?;
+            commands::generate_certs_for_servers(&out, &server_names, &clients)?;
             println!("certificates written to {}", out.display());
         }
         Command::Certs {
@@ -283,6 +372,26 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 println!("{public_key} {status}");
             }
+            KeysCommand::ImportShare(args) => {
+                let imported = threshold_cmd::import_share(
+                    &load(&args.config)?,
+                    &args.package,
+                    args.manifest.as_deref(),
+                )?;
+                let status = match imported.outcome {
+                    InsertOutcome::Inserted => "imported",
+                    InsertOutcome::Duplicate => "duplicate",
+                    InsertOutcome::Reenabled => "imported (re-enabled)",
+                };
+                println!(
+                    "{} {status} share {}/{} threshold {} group {}",
+                    imported.public_key,
+                    imported.index,
+                    imported.participants,
+                    imported.threshold,
+                    imported.group_public_key
+                );
+            }
             KeysCommand::List { config } => {
                 commands::list_keys(&load(&config)?, &mut std::io::stdout().lock())?
             }
@@ -316,6 +425,68 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::Bench {
+            command:
+                BenchCommand::Load {
+                    config,
+                    url,
+                    duration,
+                    connections,
+                    keys,
+                    rate,
+                    block_fraction,
+                    raw_threads,
+                    csv,
+                    burst,
+                },
+        } => {
+            if !(0.0..=1.0).contains(&block_fraction) {
+                anyhow::bail!("--block-fraction must be between 0 and 1");
+            }
+            let config = Config::load(&config)?;
+            let options = keystake_signer::loadgen::LoadOptions {
+                url,
+                duration: std::time::Duration::from_secs(duration),
+                connections,
+                keys,
+                rate,
+                block_fraction,
+                raw_threads,
+                csv,
+                burst,
+            };
+            let report = runtime()?.block_on(keystake_signer::loadgen::run(
+                &config,
+                &options,
+                &mut std::io::stdout().lock(),
+            ))?;
+            if report.errors > 0 {
+                anyhow::bail!("{} requests were not answered with 200", report.errors);
+            }
+        }
+        Command::Enrolment {
+            command: threshold_cmd::EnrolmentCommand::Show { config },
+        } => println!("{}", threshold_cmd::enrolment_show(&load(&config)?)?),
+        Command::Split(args) => print!(
+            "{}",
+            threshold_cmd::describe_split(&threshold_cmd::split(&args)?)
+        ),
+        Command::Combine(args) => {
+            let combined = threshold_cmd::combine(&args)?;
+            if !combined.culprits.is_empty() {
+                eprintln!(
+                    "warning: partial signatures that do not verify were left out; culprits: {}",
+                    threshold_cmd::join_indices(&combined.culprits)
+                );
+            }
+            println!("{}", combined.signature);
+        }
+        Command::Manifest {
+            command: threshold_cmd::ManifestCommand::Verify { manifest },
+        } => print!(
+            "{}",
+            threshold_cmd::describe_manifest(&threshold_cmd::load_manifest(&manifest)?)
+        ),
         Command::Serve {
             config,
             listen,
@@ -330,12 +501,34 @@ fn run(cli: Cli) -> Result<()> {
                 },
             ))?;
         }
+        Command::Connect {
+            listen,
+            upstream,
+            client_cert,
+            client_key,
+            ca,
+            allow_non_loopback,
+            timeout_secs,
+        } => {
+            let options = keystake_signer::forwarder::ForwarderOptions {
+                listen,
+                upstream,
+                ca,
+                client_cert,
+                client_key,
+                allow_non_loopback,
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+            };
+            runtime()?.block_on(keystake_signer::forwarder::run(
+                &options,
+                commands::shutdown_signal(),
+            ))?;
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    commands::disable_core_dumps();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYSTAKE_LOG")
@@ -346,6 +539,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Err(error) = commands::disable_core_dumps() {
+        eprintln!("error: cannot protect this process's memory: {error:#}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

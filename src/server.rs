@@ -36,6 +36,17 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let network = commands::network(config)?;
     let authorizer = Arc::new(Authorizer::from_config(config.policy_file.as_deref())?);
     let store = Arc::new(commands::slashing::open_store(config)?);
+    if let Some(root) = network.genesis_validators_root {
+        // Bind before serving: a request carrying another network's root is then refused from
+        // the first one, instead of binding the database to whichever network asks first.
+        store.bind_genesis_validators_root(root).with_context(|| {
+            format!(
+                "the slashing database {} does not belong to network {}",
+                store.path().display(),
+                network.name
+            )
+        })?;
+    }
     let sealer = commands::open_sealer(config)?;
     let service =
         Arc::new(SigningService::new(store, sealer, network)?.with_authorizer(authorizer.clone()));
@@ -75,8 +86,16 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
         println!("metrics on http://{bound}/metrics");
         tokio::spawn(crate::metrics::serve(metrics_listener, service.clone()));
     }
-    let app = api::app(service);
-    api::serve_mtls_reloadable(appliance.listener, appliance.tls, app, shutdown_signal()).await;
+    let token = crate::keymanager::BearerToken::load(&config.keymanager_token_path())?;
+    let keymanager = Arc::new(crate::keymanager::Keymanager::new(service.clone(), token));
+    let app = api::app(service, api::keymanager::router(keymanager));
+    api::serve_mtls_reloadable(
+        appliance.listener,
+        appliance.tls,
+        app,
+        commands::shutdown_signal(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -102,20 +121,5 @@ async fn reload_on_sighup(service: Arc<SigningService>) {
                 tracing::error!(%error, "reload on SIGHUP failed; previous policy and TLS configuration kept")
             }
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

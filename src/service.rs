@@ -48,8 +48,8 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("HSM: {0}")]
     Seal(#[from] SealError),
-    #[error("the sealed share for {public_key} does not belong to that key")]
-    ShareMismatch { public_key: BlsPublicKey },
+    #[error("the sealed share for {public_key} unsealed to an invalid secret key")]
+    InvalidUnsealedShare { public_key: BlsPublicKey },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("forbidden: {0}")]
@@ -107,6 +107,10 @@ pub struct Signed {
     /// Which key signed (a share key when the request named a group key).
     pub public_key: BlsPublicKey,
 }
+
+/// How long `deactivate` waits for in-flight requests of the key (an unseal and a BLS signature
+/// take milliseconds; a stuck HSM call is what this bounds).
+pub const DEACTIVATE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct SigningService {
     store: Arc<Store>,
@@ -176,6 +180,7 @@ impl SigningService {
     /// Re-read the keys from the store (after an import or delete by another process). Returns
     /// the number of keys loaded.
     pub fn reload(&self) -> Result<usize, ServiceError> {
+        let previous = self.index();
         let mut index = KeyIndex::default();
         for record in self.store.shares()? {
             if !record.enabled {
@@ -189,6 +194,16 @@ impl SigningService {
                     .push(record.public_key);
             }
             index.order.push(record.public_key);
+            // An unchanged key keeps its `Arc`: in-flight requests hold that same `Arc`, which is
+            // how `deactivate` knows when the last of them is done.
+            if let Some(existing) = previous.by_public_key.get(&record.public_key) {
+                if existing.sealed.0 == record.sealed && existing.threshold == record.threshold {
+                    index
+                        .by_public_key
+                        .insert(record.public_key, existing.clone());
+                    continue;
+                }
+            }
             let context = seal_context(record.public_key, record.threshold.as_ref());
             index.by_public_key.insert(
                 record.public_key,
@@ -295,7 +310,7 @@ impl SigningService {
             metrics.phase(Phase::Unseal, started.elapsed());
             let started = std::time::Instant::now();
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::ShareMismatch {
+                ServiceError::InvalidUnsealedShare {
                     public_key: key.public_key,
                 }
             })?;
@@ -318,6 +333,29 @@ impl SigningService {
         let outcome = import_key(&self.store, self.sealer.as_ref(), secret, origin, threshold)?;
         self.reload()?;
         Ok(outcome)
+    }
+
+    /// Stop a key from signing (keymanager DELETE): disable it in the store, drop it from the
+    /// index, then wait until no request that resolved it before is still checking, recording
+    /// or signing — so slashing data exported afterwards is complete. Returns whether the key
+    /// was active. Its slashing history stays.
+    pub async fn deactivate(&self, public_key: &BlsPublicKey) -> Result<bool, ServiceError> {
+        let held = self.index().by_public_key.get(public_key).cloned();
+        let was_active = self.store.disable_share(public_key)?;
+        self.reload()?;
+        if let Some(key) = held {
+            let deadline = tokio::time::Instant::now() + DEACTIVATE_DRAIN_TIMEOUT;
+            // Ours is the only reference left once every in-flight request has finished.
+            while Arc::strong_count(&key) > 1 {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServiceError::Internal(format!(
+                        "{public_key} is disabled but requests that started before are still running"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Ok(was_active)
     }
 
     /// Readiness of the HSM session and the database, for `/healthcheck`.

@@ -3,8 +3,13 @@
 mod audit;
 mod authz;
 mod common;
+mod conformance;
 mod e2e;
 mod grpc;
+mod interop;
+mod keymanager_api;
 mod metrics;
+mod operator_api;
 mod slashing;
+mod threshold;
 mod vectors;

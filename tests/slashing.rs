@@ -2,10 +2,10 @@
 //! against a reference model, the real server under conflicting load, the dry-run endpoint and
 //! the CLI, disk faults, and SIGKILL crashes of the real binary.
 
-// #[path = "slashing_crash.rs"]
-// mod crash;
-// #[path = "slashing_faults.rs"]
-// mod faults;
+#[path = "slashing_crash.rs"]
+mod crash;
+#[path = "slashing_faults.rs"]
+mod faults;
 #[path = "slashing_interchange.rs"]
 mod interchange;
 #[path = "slashing_property.rs"]

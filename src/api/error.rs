@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::forwarder::ForwardError;
+use crate::keymanager::KeymanagerError;
 use crate::seal::SealError;
 use crate::service::ServiceError;
 use crate::store::{Refusal, StoreError};
@@ -94,9 +96,9 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::Store(StoreError::NotBound) => StatusCode::CONFLICT,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Seal(_) | ServiceError::ShareMismatch { .. } | ServiceError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        ServiceError::Seal(_)
+        | ServiceError::InvalidUnsealedShare { .. }
+        | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -132,6 +134,58 @@ impl From<ServiceError> for ApiError {
             _ => {}
         }
         ApiError { status, body }
+    }
+}
+
+/// The status a keymanager API error maps to (its spec: 400, 401, 403, 500).
+pub fn keymanager_status_of(error: &KeymanagerError) -> StatusCode {
+    match error {
+        KeymanagerError::MissingToken => StatusCode::UNAUTHORIZED,
+        KeymanagerError::WrongToken => StatusCode::FORBIDDEN,
+        KeymanagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        KeymanagerError::Service(service) => status_of(service),
+        KeymanagerError::TokenFile { .. } | KeymanagerError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// Keymanager errors use the keymanager spec's body, `{"message": …}`.
+impl From<KeymanagerError> for ApiError {
+    fn from(error: KeymanagerError) -> Self {
+        let status = keymanager_status_of(&error);
+        let message = if status.is_server_error() {
+            tracing::error!(%error, status = status.as_u16(), "keymanager request failed on the appliance side");
+            format!("keymanager operation failed on the appliance: {error}")
+        } else {
+            tracing::debug!(%error, status = status.as_u16(), "keymanager request refused");
+            error.to_string()
+        };
+        ApiError {
+            status,
+            body: json!({ "message": message }),
+        }
+    }
+}
+
+/// The status a forwarder failure maps to (`keystake-signer connect`): the appliance down or
+/// unreachable is temporary (503), a certificate refused either way or a broken exchange is a
+/// gateway fault (502), no answer in time is 504.
+pub fn forward_status(error: &ForwardError) -> StatusCode {
+    match error {
+        ForwardError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ForwardError::CertificateRefused { .. }
+        | ForwardError::ServerCertificateRejected { .. }
+        | ForwardError::Broken { .. } => StatusCode::BAD_GATEWAY,
+        ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<ForwardError> for ApiError {
+    fn from(error: ForwardError) -> Self {
+        ApiError::new(forward_status(&error), error.to_string())
     }
 }
 

@@ -7,9 +7,11 @@
 //! (in the handshake, before any HTTP is read).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod error;
 pub mod grpc;
 pub mod grpc_client;
+pub mod keymanager;
 pub mod keystake_admin;
 pub mod rest;
 
@@ -34,10 +36,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything served on the mutual-TLS port. Requests whose content-type is
 /// `application/grpc…` go to the gRPC API ([`grpc::router`]); all others to the REST side: the
-/// Web3Signer API, KeyStake's admin routes, and the keymanager authorization guard.
-pub fn app(service: Arc<SigningService>) -> Router {
+/// Web3Signer API, KeyStake's admin routes, `more` (the keymanager API), all behind the
+/// keymanager authorization guard.
+pub fn app(service: Arc<SigningService>, more: Router) -> Router {
     let rest = rest::router(service.clone())
         .merge(keystake_admin::router(service.clone()))
+        .merge(more)
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             keystake_admin::keymanager_guard,

@@ -1,18 +1,20 @@
 //! The Web3Signer eth2 REST API: a thin adapter that reads the request, calls the
 //! [`SigningService`] and writes the answer. Error → status mapping lives in [`super::error`].
 //!
-//! Routes: `GET /upcheck`, `GET /healthcheck`, `GET /api/v1/eth2/publicKeys`,
-//! `POST /api/v1/eth2/sign/{identifier}`, and the slashing dry run
+//! Routes: `GET /upcheck`, `GET /api/v1/eth2/publicKeys`,
+//! `GET /api/v1/keystake/keys` (share index, t, n and group key per key),
+//! `POST /api/v1/eth2/sign/{identifier}`, the slashing dry run
 //! `POST /api/v1/eth2/slashable/{identifier}` (same body as sign; answers whether it would be
-//! refused and why, records nothing). Refuses bodies over [`MAX_BODY_BYTES`] (413) and
-//! non-JSON content types (415).
+//! refused and why, records nothing), and the operator routes of [`super::admin`]
+//! (`/healthcheck`, `/reload`, `highWatermark`). Refuses bodies over [`MAX_BODY_BYTES`] (413)
+//! and non-JSON content types (415).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
@@ -37,12 +39,13 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub fn router(service: Arc<SigningService>) -> Router {
     Router::new()
         .route("/upcheck", get(upcheck))
-        .route("/healthcheck", get(healthcheck))
         .route("/api/v1/eth2/publicKeys", get(public_keys))
+        .route("/api/v1/keystake/keys", get(key_infos))
         .route("/api/v1/eth2/sign/{identifier}", post(sign))
         .route("/api/v1/eth2/slashable/{identifier}", post(slashable))
+        .with_state(service.clone())
+        .merge(super::admin::router(service))
         .fallback(not_found)
-        .with_state(service)
 }
 
 async fn upcheck() -> impl IntoResponse {
@@ -51,40 +54,6 @@ async fn upcheck() -> impl IntoResponse {
 
 async fn not_found() -> Response {
     ApiError::not_found("no such endpoint").into_response()
-}
-
-/// Web3Signer's healthcheck shape: overall status plus one check per dependency.
-async fn healthcheck(State(service): State<Arc<SigningService>>) -> Response {
-    let service2 = service.clone();
-    let (hsm, db) = tokio::task::spawn_blocking(move || service2.health())
-        .await
-        .unwrap_or_else(|_| {
-            (
-                Err(crate::seal::SealError::Unavailable(
-                    "health task failed".into(),
-                )),
-                Err(crate::store::StoreError::WriterGone),
-            )
-        });
-    let check = |id: &str, result: &Result<(), String>| match result {
-        Ok(()) => json!({"id": id, "status": "UP"}),
-        Err(reason) => json!({"id": id, "status": "DOWN", "data": {"error": reason}}),
-    };
-    let hsm = hsm.map_err(|e| e.to_string());
-    let db = db.map_err(|e| e.to_string());
-    let up = hsm.is_ok() && db.is_ok();
-    let body = json!({
-        "status": if up { "UP" } else { "DOWN" },
-        "checks": [check("hsm-session", &hsm), check("slashing-protection-db", &db),
-                   json!({"id": "keys-loaded", "status": "UP", "data": {"count": service.public_keys().len()}})],
-        "outcome": if up { "UP" } else { "DOWN" },
-    });
-    let status = if up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
 }
 
 /// The keys this client may use (every key without a policy); 403 for a client the policy
@@ -102,6 +71,15 @@ async fn public_keys(
             .map(|k| k.public_key.to_hex())
             .collect::<Vec<_>>(),
     ))
+}
+
+/// KeyStake's own listing: every key with its share index, threshold, number of shares and group
+/// public key (threshold shares only; whole keys list just `public_key`).
+async fn key_infos(
+    State(service): State<Arc<SigningService>>,
+    identity: Option<Extension<ClientIdentity>>,
+) -> Result<Json<Vec<crate::service::KeyInfo>>, ApiError> {
+    Ok(Json(service.key_infos_for(&rest_caller(identity)).await?))
 }
 
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,

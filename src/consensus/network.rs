@@ -13,7 +13,14 @@ use std::fmt;
 use serde::{Deserialize, Deserializer};
 
 use super::quoted_u64;
-use crate::types::{Epoch, ForkVersion, Slot};
+use crate::types::{Epoch, ForkVersion, Root, Slot};
+
+/// A well-known root written in this file (never input), so a typo fails the tests at once.
+fn hex_root(text: &str) -> Root {
+    let mut root = [0u8; 32];
+    hex::decode_to_slice(text, &mut root).expect("constant root is 64 hex digits");
+    Root(root)
+}
 
 /// The consensus preset (list and committee sizes) a network runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -141,6 +148,10 @@ pub struct Network {
     pub slots_per_epoch: u64,
     /// Forks after genesis in activation order; only scheduled forks are listed.
     forks: Vec<ScheduledFork>,
+    /// The network's genesis validators root when known (built-in networks, or set in a custom
+    /// network file). The appliance binds its slashing database to it at start, so a request
+    /// carrying another network's root is refused from the very first one.
+    pub genesis_validators_root: Option<Root>,
 }
 
 impl Network {
@@ -194,7 +205,13 @@ impl Network {
             genesis_fork_version,
             slots_per_epoch,
             forks,
+            genesis_validators_root: None,
         })
+    }
+
+    fn with_genesis_validators_root(mut self, root: Root) -> Self {
+        self.genesis_validators_root = Some(root);
+        self
     }
 
     /// Ethereum mainnet.
@@ -211,6 +228,9 @@ impl Network {
                 (ForkName::Fulu, [0x06, 0x00, 0x00, 0x00], 411_392),
             ],
         )
+        .with_genesis_validators_root(hex_root(
+            "4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95",
+        ))
     }
 
     /// The Hoodi testnet (eth-clients/hoodi `metadata/config.yaml`).
@@ -227,6 +247,9 @@ impl Network {
                 (ForkName::Fulu, [0x70, 0x00, 0x09, 0x10], 50_688),
             ],
         )
+        .with_genesis_validators_root(hex_root(
+            "212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f",
+        ))
     }
 
     /// The Sepolia testnet (eth-clients/sepolia `metadata/config.yaml`).
@@ -243,6 +266,9 @@ impl Network {
                 (ForkName::Fulu, [0x90, 0x00, 0x00, 0x75], 272_640),
             ],
         )
+        .with_genesis_validators_root(hex_root(
+            "d8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
+        ))
     }
 
     /// A built-in network by name (`mainnet`, `hoodi`, `sepolia`; ASCII case ignored).
@@ -264,6 +290,8 @@ impl Network {
     /// preset = "minimal"                 # "mainnet" or "minimal"
     /// genesis_fork_version = "0x10000038"
     /// slots_per_epoch = 8                # optional
+    /// # optional: bind the slashing database to this network at start
+    /// genesis_validators_root = "0x83431ec7fcf92cfc44947fc0418e831c25e1d0806590231c439830db7ad54fda"
     ///
     /// [forks]
     /// altair    = { version = "0x20000038", epoch = 0 }
@@ -294,14 +322,16 @@ impl Network {
             })
         })
         .collect();
-        Self::new(
+        let mut network = Self::new(
             file.name,
             file.preset,
             file.genesis_fork_version,
             file.slots_per_epoch
                 .unwrap_or_else(|| file.preset.slots_per_epoch()),
             forks,
-        )
+        )?;
+        network.genesis_validators_root = file.genesis_validators_root;
+        Ok(network)
     }
 
     /// Scheduled forks after genesis, in activation order.
@@ -354,6 +384,7 @@ impl Network {
                     epoch: Epoch(epoch),
                 })
                 .collect(),
+            genesis_validators_root: None,
         }
     }
 }
@@ -362,6 +393,8 @@ impl Network {
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
     name: String,
+    #[serde(default)]
+    genesis_validators_root: Option<Root>,
     preset: Preset,
     genesis_fork_version: ForkVersion,
     #[serde(default, deserialize_with = "optional_uint64")]
@@ -470,8 +503,13 @@ electra   = { version = "0x60000038", epoch = 10 }
                 network.genesis_fork_version,
                 network.slots_per_epoch,
                 network.forks().to_vec(),
-            );
+            )
+            .map(|mut rebuilt| {
+                rebuilt.genesis_validators_root = network.genesis_validators_root;
+                rebuilt
+            });
             assert_eq!(rebuilt.as_ref(), Ok(&network), "{name}");
+            assert!(network.genesis_validators_root.is_some(), "{name}");
             assert_eq!(network.forks().len(), 6);
         }
         assert!(Network::by_name("holesky-ish").is_none());

@@ -448,6 +448,24 @@ fn require_mechanism(context: &Pkcs11, slot: Slot) -> Result<(), SealError> {
     Ok(())
 }
 
+/// A logged-in read-write session on the configured token, for the other key objects this
+/// appliance keeps on the same token (the enrolment key pair of [`crate::enrolment`]). The caller
+/// owns the session; the sealer's pool is not involved.
+pub(crate) fn user_session(
+    config: &Pkcs11Config,
+    user_pin: &SecretString,
+) -> Result<Session, SealError> {
+    config.validate()?;
+    let module = loaded_module(&config.module)?;
+    let slot = require_token(&module.context, &config.token_label)?;
+    let session = module
+        .context
+        .open_rw_session(slot)
+        .map_err(|e| unavailable("opening a session", &e))?;
+    ensure_user_login(&session, user_pin)?;
+    Ok(session)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sealer and its session pool.
 
@@ -899,13 +917,16 @@ impl Sealer for Pkcs11Sealer {
             gcm_decrypt(session, key, iv, &aad, ciphertext)
                 .map_err(|error| self.classify_decrypt_failure(session, key, error))
         })?;
-        let share: [u8; SHARE_LEN] = plaintext.as_slice().try_into().map_err(|_| {
-            SealError::MalformedBlob(format!(
+        if plaintext.len() != SHARE_LEN {
+            return Err(SealError::MalformedBlob(format!(
                 "authenticated plaintext is {} bytes, expected {SHARE_LEN}",
                 plaintext.len()
-            ))
-        })?;
-        Ok(Zeroizing::new(share))
+            )));
+        }
+        // Copied straight into the zeroizing buffer: no unzeroized stack copy of the share.
+        let mut share = Zeroizing::new([0u8; SHARE_LEN]);
+        share.copy_from_slice(&plaintext);
+        Ok(share)
     }
 
     fn health_check(&self) -> Result<(), SealError> {

@@ -212,6 +212,8 @@ pub struct Store {
     /// writer writes, and `busy_timeout` serialises its writes with the writer's.
     admin: Mutex<Connection>,
     jobs: mpsc::Sender<Job>,
+    /// (device, inode) of the file opened, to notice it being deleted or replaced underneath.
+    file_identity: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -385,6 +387,7 @@ impl Store {
             options,
             admin: Mutex::new(admin),
             jobs,
+            file_identity: file_identity(path),
         })
     }
 
@@ -631,12 +634,37 @@ impl Store {
         answer.blocking_recv().map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Whether the database answers a trivial query (for `/healthcheck`).
+    /// Whether the database can take a slashing record right now (for `/healthcheck`): the file
+    /// at the configured path is still the one opened (not deleted or replaced — records written
+    /// to an unlinked file would vanish at restart), it answers a query, and a write transaction
+    /// can start within [`HEALTH_WRITE_PROBE_TIMEOUT`] (not read-only, not locked by another
+    /// process). The probe writes nothing.
     pub fn health_check(&self) -> Result<(), StoreError> {
+        if file_identity(&self.path) != self.file_identity {
+            return Err(StoreError::Unavailable(format!(
+                "{} is no longer the database file this signer opened (deleted, moved or replaced)",
+                self.path.display()
+            )));
+        }
         let conn = self.admin();
         conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+        conn.busy_timeout(HEALTH_WRITE_PROBE_TIMEOUT)?;
+        let probe = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;");
+        conn.busy_timeout(Duration::from_secs(10))?;
+        if probe.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        probe?;
         Ok(())
     }
+}
+
+/// How long the health check waits for the write lock before calling the database unavailable.
+pub const HEALTH_WRITE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
@@ -899,29 +927,17 @@ fn attestation_from_row(r: &rusqlite::Row<'_>) -> Result<SignedAttestation, rusq
 /// Check one request inside the open transaction and record it when safe and asked to.
 fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error> {
     let Some(request) = job.request else {
-        return Ok(Ok(Safe::Valid)); // audit-only job
+        return Ok(Ok(Safe::Valid)); // audit-only job (issue 6)
     };
-    if let Some(received) = job.genesis_validators_root {
-        match read_gvr(conn)? {
-            Some(expected) if expected != received => {
-                return Ok(Err(Refusal::WrongNetwork { expected, received }));
-            }
-            Some(_) => {}
-            None if job.record => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
-                    [received.0.to_vec()],
-                )?;
-            }
-            None => {}
+    let bound = read_gvr(conn)?;
+    if let (Some(expected), Some(received)) = (bound, job.genesis_validators_root) {
+        if expected != received {
+            return Ok(Err(Refusal::WrongNetwork { expected, received }));
         }
     }
-    // A dry run must leave no trace, not even a row for a key never seen before.
-    let validator_id = if job.record {
-        Some(ensure_validator(conn, &job.public_key)?)
-    } else {
-        find_validator(conn, &job.public_key)?
-    };
+    // Reading never creates rows: a refused request (or a dry run) must leave no trace, not even
+    // a network binding or a row for a key never seen before.
+    let validator_id = find_validator(conn, &job.public_key)?;
     let history = SqlHistory { conn, validator_id };
     let verdict = match request {
         SlashingRequest::Block { slot, signing_root } => {
@@ -933,8 +949,19 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
             signing_root,
         } => slashing::check_attestation(&history, source, target, signing_root)?,
     };
-    match (verdict, validator_id) {
-        (Ok(Safe::Valid), Some(validator_id)) if job.record => match request {
+    if verdict == Ok(Safe::Valid) && job.record {
+        if let (None, Some(received)) = (bound, job.genesis_validators_root) {
+            // The first recorded signature binds an unbound database to its network.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
+                [received.0.to_vec()],
+            )?;
+        }
+        let validator_id = match validator_id {
+            Some(id) => id,
+            None => ensure_validator(conn, &job.public_key)?,
+        };
+        match request {
             SlashingRequest::Block { slot, signing_root } => {
                 conn.prepare_cached(
                     "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
@@ -957,8 +984,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
                     signing_root.0.to_vec()
                 ])?;
             }
-        },
-        _ => {}
+        }
     }
     Ok(verdict.map_err(Refusal::Slashable))
 }
@@ -1103,6 +1129,32 @@ mod tests {
                 .check_and_record_blocking(key(2), None, att(1, 2, 2))
                 .unwrap(),
             Ok(Safe::Valid)
+        );
+    }
+
+    #[test]
+    fn a_refused_request_neither_binds_the_network_nor_creates_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let refused = store
+            .check_and_record_blocking(key(3), Some(Root([0xcc; 32])), att(5, 4, 1))
+            .unwrap();
+        assert!(matches!(
+            refused,
+            Err(Refusal::Slashable(NotSafe::SourceExceedsTarget { .. }))
+        ));
+        assert_eq!(store.genesis_validators_root().unwrap(), None);
+        assert!(store.history(&key(3)).unwrap().is_none());
+        // The network is still free to be bound by a valid signature.
+        assert_eq!(
+            store
+                .check_and_record_blocking(key(3), Some(Root([0xdd; 32])), att(4, 5, 1))
+                .unwrap(),
+            Ok(Safe::Valid)
+        );
+        assert_eq!(
+            store.genesis_validators_root().unwrap(),
+            Some(Root([0xdd; 32]))
         );
     }
 

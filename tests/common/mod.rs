@@ -270,3 +270,75 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Send `body` as-is (not re-serialised) with the given headers; returns (status, body as JSON
+/// or text).
+pub async fn request_raw(
+    client: &MtlsClient,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    let response = client.request(method, path, headers, body).await.unwrap();
+    let value = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
+    (response.status, value)
+}
+
+impl Appliance {
+    /// An appliance holding the three keys of `web3signer.keys.json` (imported with the CLI).
+    pub fn with_vector_keys() -> Appliance {
+        let appliance = Appliance::create();
+        for (i, secret) in vector_secret_keys().iter().enumerate() {
+            appliance.import_secret(&secret_key_from_hex(secret), &format!("vector-key{i}"));
+        }
+        appliance
+    }
+
+    /// The keymanager API bearer token `init` generated.
+    pub fn keymanager_token(&self) -> String {
+        let config = keystake_signer::config::Config::load(&self.config).unwrap();
+        std::fs::read_to_string(config.keymanager_token_path())
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// An EIP-2335 keystore for `secret` as JSON text (what the keymanager API carries).
+pub fn keystore_json(secret: &SecretKey, password: &str, kdf: KdfChoice) -> String {
+    let keystore = keystore::encrypt(
+        secret,
+        &SecretString::from(password.to_owned()),
+        kdf,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    serde_json::to_string(&keystore).unwrap()
+}
+
+/// A keymanager API call (`/eth/v1/keystores`) with an optional bearer token.
+pub async fn keymanager(
+    client: &MtlsClient,
+    method: http::Method,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    if let Some(value) = &authorization {
+        headers.push(("authorization", value.as_str()));
+    }
+    request_raw(
+        client,
+        method,
+        "/eth/v1/keystores",
+        &headers,
+        body.map(|b| serde_json::to_vec(b).unwrap()),
+    )
+    .await
+}

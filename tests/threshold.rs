@@ -1,0 +1,443 @@
+//! Threshold shares end to end on real parts (issue #5): four appliances (four data directories,
+//! four SoftHSM2 tokens, four `serve` processes on 127.0.0.1:0 with mutual TLS), a trusted split
+//! made with the real `split` command, packages imported with `keys import-share`, partial
+//! signatures over REST, and `combine` run as the real binary.
+
+use std::path::{Path, PathBuf};
+
+use keystake_signer::bls::SecretKey;
+use keystake_signer::consensus::Network;
+use keystake_signer::keystore::{self, KdfChoice};
+use keystake_signer::request;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const T: usize = 3;
+const N: usize = 4;
+
+fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
+    json!({
+        "type": "ATTESTATION",
+        "fork_info": {
+            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
+            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
+        },
+        "attestation": {
+            "slot": (target * 32).to_string(),
+            "index": "0",
+            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
+            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
+            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
+        }
+    })
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Write the dealer's keystore (cheap PBKDF2) and password file for `secret`.
+fn dealer_keystore(dir: &Path, secret: &SecretKey) -> (PathBuf, PathBuf) {
+    let password = "dealer password ✓";
+    let keystore = keystore::encrypt(
+        secret,
+        &SecretString::from(password.to_owned()),
+        KdfChoice::Pbkdf2 { c: 16 },
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap();
+    let keystore_path = dir.join("validator.keystore.json");
+    let password_path = dir.join("validator.pass");
+    std::fs::write(&keystore_path, serde_json::to_string(&keystore).unwrap()).unwrap();
+    std::fs::write(&password_path, format!("{password}\n")).unwrap();
+    (keystore_path, password_path)
+}
+
+/// `combine` with the given arguments: (success, stdout, stderr).
+fn combine(args: &[String]) -> (bool, String, String) {
+    let mut all = vec!["combine"];
+    all.extend(args.iter().map(String::as_str));
+    run(&all)
+}
+
+fn partial_args(partials: &[(usize, &str)]) -> Vec<String> {
+    partials
+        .iter()
+        .flat_map(|(i, sig)| ["--partial".to_owned(), format!("{i}:{sig}")])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing() {
+    let appliances: Vec<Appliance> = (0..N).map(|_| Appliance::create()).collect();
+    let dealer = tempfile::tempdir().unwrap();
+
+    // Each appliance's enrolment public key, as an operator hands it to the dealer.
+    let mut enrolment_files = Vec::new();
+    let mut enrolment_lines = Vec::new();
+    for (i, appliance) in appliances.iter().enumerate() {
+        let line = run_ok(&["enrolment", "show", "--config", s(&appliance.config)]);
+        assert!(
+            line.starts_with("keystake-enrolment-v1 p256 0x04") && line.lines().count() == 1,
+            "{line}"
+        );
+        // `init` again is idempotent and keeps the same enrolment key.
+        run_ok(&["init", "--config", s(&appliance.config)]);
+        assert_eq!(
+            run_ok(&["enrolment", "show", "--config", s(&appliance.config)]),
+            line
+        );
+        let file = dealer.path().join(format!("appliance-{}.pub", i + 1));
+        std::fs::write(&file, &line).unwrap();
+        enrolment_files.push(file);
+        enrolment_lines.push(line);
+    }
+    let distinct: std::collections::BTreeSet<_> = enrolment_lines.iter().collect();
+    assert_eq!(distinct.len(), N, "every token has its own enrolment key");
+
+    // The trusted dealer splits a validator key 3-of-4.
+    let master = SecretKey::random(&mut rand::rngs::OsRng);
+    let group_key = master.public_key().to_hex();
+    let (keystore_path, password_path) = dealer_keystore(dealer.path(), &master);
+    let out = dealer.path().join("cluster");
+    let mut split_args = vec![
+        "split".to_owned(),
+        "--keystore".into(),
+        s(&keystore_path).into(),
+        "--password-file".into(),
+        s(&password_path).into(),
+        "--threshold".into(),
+        T.to_string(),
+        "--out".into(),
+        s(&out).into(),
+    ];
+    for file in &enrolment_files {
+        split_args.push("--enrolment-key".into());
+        split_args.push(s(file).into());
+    }
+    let split_refs: Vec<&str> = split_args.iter().map(String::as_str).collect();
+    let printed = run_ok(&split_refs);
+    assert!(printed.contains(&group_key), "{printed}");
+    assert!(printed.contains("3-of-4"), "{printed}");
+    // A second split into the same directory is refused rather than overwriting.
+    let (ok, _, err) = run(&split_refs);
+    assert!(!ok && err.contains("refusing to overwrite"), "{err}");
+    // t above n, and t = 0, are refused.
+    for bad_t in ["5", "0"] {
+        let mut args = split_args.clone();
+        args[6] = bad_t.into();
+        args[8] = s(&dealer.path().join(format!("bad-{bad_t}"))).into();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, err) = run(&refs);
+        assert!(!ok, "threshold {bad_t} accepted");
+        assert!(err.contains("--threshold"), "{err}");
+    }
+
+    let manifest_path = out.join("manifest.json");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["group_public_key"], group_key);
+    assert_eq!(manifest["threshold"], T);
+    assert_eq!(manifest["participants"], N);
+    assert_eq!(manifest["feldman_commitments"].as_array().unwrap().len(), T);
+    let share_keys: Vec<String> = (0..N)
+        .map(|i| {
+            manifest["shares"][i]["public_key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let verified = run_ok(&["manifest", "verify", "--manifest", s(&manifest_path)]);
+    assert!(
+        verified.starts_with(&format!("manifest OK: 3-of-4 group {group_key}")),
+        "{verified}"
+    );
+    // A manifest with one share key swapped does not verify.
+    let mut forged = manifest.clone();
+    forged["shares"][1]["public_key"] = json!(share_keys[2]);
+    let forged_path = dealer.path().join("forged.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let (ok, _, err) = run(&["manifest", "verify", "--manifest", s(&forged_path)]);
+    assert!(
+        !ok && err.contains("do not match the Feldman commitments"),
+        "{err}"
+    );
+
+    let package = |i: usize| out.join(format!("share-{i}.pkg"));
+    // The dealer's output holds no trace of the validator secret, raw or as hex.
+    let secret_bytes = master.to_bytes();
+    let secret_hex = hex::encode(secret_bytes.as_slice());
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(32).any(|w| w == secret_bytes.as_slice()));
+        assert!(!String::from_utf8_lossy(&bytes).contains(&secret_hex));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(package(1)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // A package given to the wrong appliance does not open.
+    let (ok, _, err) = run(&[
+        "keys",
+        "import-share",
+        "--config",
+        s(&appliances[1].config),
+        "--package",
+        s(&package(1)),
+    ]);
+    assert!(!ok && err.contains("not for this appliance"), "{err}");
+    // Re-addressed to appliance 2 by editing the header: the manifest still names appliance 1.
+    let mut readdressed: Value =
+        serde_json::from_str(&std::fs::read_to_string(package(1)).unwrap()).unwrap();
+    readdressed["recipient"] = manifest["shares"][1]["operator"]["fingerprint"].clone();
+    let readdressed_path = dealer.path().join("readdressed.pkg");
+    std::fs::write(&readdressed_path, readdressed.to_string()).unwrap();
+    let (ok, _, err) = run(&[
+        "keys",
+        "import-share",
+        "--config",
+        s(&appliances[1].config),
+        "--package",
+        s(&readdressed_path),
+    ]);
+    assert!(!ok && err.contains("the manifest gives share 1"), "{err}");
+    // A tampered ciphertext on the right appliance fails authentication in the HSM.
+    let mut tampered: Value =
+        serde_json::from_str(&std::fs::read_to_string(package(1)).unwrap()).unwrap();
+    let ciphertext = tampered["ciphertext"].as_str().unwrap().to_owned();
+    let flipped = format!(
+        "{}{}",
+        &ciphertext[..ciphertext.len() - 1],
+        if ciphertext.ends_with('0') { '1' } else { '0' }
+    );
+    tampered["ciphertext"] = json!(flipped);
+    let tampered_path = dealer.path().join("tampered.pkg");
+    std::fs::write(&tampered_path, tampered.to_string()).unwrap();
+    let (ok, _, err) = run(&[
+        "keys",
+        "import-share",
+        "--config",
+        s(&appliances[0].config),
+        "--package",
+        s(&tampered_path),
+    ]);
+    assert!(!ok && err.contains("does not open"), "{err}");
+    // Nothing was stored by the refused imports.
+    for appliance in &appliances {
+        let listed = run_ok(&["keys", "list", "--config", s(&appliance.config)]);
+        assert!(listed.is_empty(), "{listed}");
+    }
+
+    // Each appliance imports its own package.
+    for (i, appliance) in appliances.iter().enumerate() {
+        let index = i + 1;
+        let printed = run_ok(&[
+            "keys",
+            "import-share",
+            "--config",
+            s(&appliance.config),
+            "--package",
+            s(&package(index)),
+            "--manifest",
+            s(&manifest_path),
+        ]);
+        assert_eq!(
+            printed.trim(),
+            format!(
+                "{} imported share {index}/4 threshold 3 group {group_key}",
+                share_keys[i]
+            )
+        );
+        let listed = run_ok(&["keys", "list", "--config", s(&appliance.config)]);
+        assert_eq!(
+            listed.trim(),
+            format!(
+                "{} active share {index}/4 threshold 3 group {group_key}",
+                share_keys[i]
+            )
+        );
+    }
+
+    // Four servers; each lists its share key (Web3Signer shape) and the threshold metadata.
+    let servers: Vec<Server> = appliances.iter().map(Server::start).collect();
+    let clients: Vec<_> = servers
+        .iter()
+        .zip(&appliances)
+        .map(|(server, appliance)| server.client(appliance.client_config("client")))
+        .collect();
+    for (i, client) in clients.iter().enumerate() {
+        let keys = client
+            .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
+            .await
+            .unwrap();
+        let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+        assert_eq!(keys, vec![share_keys[i].clone()]);
+        let infos = client
+            .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(infos.status, 200);
+        let infos: Value = serde_json::from_slice(&infos.body).unwrap();
+        assert_eq!(
+            infos,
+            json!([{
+                "public_key": share_keys[i],
+                "share_index": i + 1,
+                "threshold": T,
+                "participants": N,
+                "group_public_key": group_key,
+            }])
+        );
+    }
+
+    // The same attestation on every appliance: odd ones addressed by share key, even ones by
+    // the group key.
+    let duty = attestation(1000, 1001, 7);
+    let signing_root =
+        request::parse_sign_request(&serde_json::to_vec(&duty).unwrap(), &Network::mainnet())
+            .unwrap()
+            .signing_root;
+    let expected = master.sign(signing_root.as_bytes()).to_hex();
+    let mut partials = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let identifier = if i % 2 == 0 {
+            &share_keys[i]
+        } else {
+            &group_key
+        };
+        let (status, body) = sign(client, identifier, &duty).await;
+        assert_eq!(status, 200, "appliance {}: {body}", i + 1);
+        let partial = body["signature"].as_str().unwrap().to_owned();
+        assert_ne!(partial, expected, "a share must not sign as the whole key");
+        partials.push(partial);
+    }
+    let p = |i: usize| (i, partials[i - 1].as_str());
+    let root_args = vec!["--signing-root".to_owned(), signing_root.to_hex()];
+    let manifest_args = vec!["--manifest".to_owned(), s(&manifest_path).to_owned()];
+
+    // Any three combine to the original key's signature, byte for byte.
+    for subset in [[1, 2, 3], [1, 2, 4], [1, 3, 4], [2, 3, 4]] {
+        let mut args = manifest_args.clone();
+        args.extend(partial_args(&subset.map(p)));
+        args.extend(root_args.clone());
+        let (ok, stdout, stderr) = combine(&args);
+        assert!(ok, "{subset:?}: {stderr}");
+        assert_eq!(stdout.trim(), expected, "{subset:?}");
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+    // The request body instead of the signing root.
+    let request_path = dealer.path().join("attestation.json");
+    std::fs::write(&request_path, duty.to_string()).unwrap();
+    let mut args = manifest_args.clone();
+    args.extend(partial_args(&[p(3), p(1), p(2)]));
+    args.extend(["--request".to_owned(), s(&request_path).to_owned()]);
+    let (ok, stdout, stderr) = combine(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), expected);
+    // Explicit share public keys instead of a manifest.
+    let mut explicit: Vec<String> = Vec::new();
+    for (i, key) in share_keys.iter().enumerate() {
+        explicit.extend(["--share-pubkey".to_owned(), format!("{}:{key}", i + 1)]);
+    }
+    explicit.extend([
+        "--group-pubkey".to_owned(),
+        group_key.clone(),
+        "--threshold".to_owned(),
+        T.to_string(),
+    ]);
+    let mut args = explicit.clone();
+    args.extend(partial_args(&[p(2), p(3), p(4)]));
+    args.extend(root_args.clone());
+    let (ok, stdout, stderr) = combine(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), expected);
+    // Explicit keys that belong to another group key are refused.
+    let mut wrong_group = explicit.clone();
+    let position = wrong_group.iter().position(|a| a == &group_key).unwrap();
+    wrong_group[position] = share_keys[0].clone();
+    wrong_group.extend(partial_args(&[p(1), p(2), p(3)]));
+    wrong_group.extend(root_args.clone());
+    let (ok, _, stderr) = combine(&wrong_group);
+    assert!(
+        !ok && stderr.contains("do not belong to the group key"),
+        "{stderr}"
+    );
+
+    // Two partials are not enough, and one partial twice does not count twice.
+    let mut args = manifest_args.clone();
+    args.extend(partial_args(&[p(1), p(2)]));
+    args.extend(root_args.clone());
+    let (ok, stdout, stderr) = combine(&args);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("2 distinct partial signatures given, 3 needed"),
+        "{stderr}"
+    );
+    let mut args = manifest_args.clone();
+    args.extend(partial_args(&[p(1), p(2), p(2)]));
+    args.extend(root_args.clone());
+    let (ok, _, stderr) = combine(&args);
+    assert!(
+        !ok && stderr.contains("share index 2 appears more than once"),
+        "{stderr}"
+    );
+
+    // One tampered partial among four (share 3's signature under index 2): the honest three
+    // combine and the culprit is named, verifying first or optimistically.
+    for optimistic in [false, true] {
+        let mut args = manifest_args.clone();
+        args.extend(partial_args(&[p(1), (2, partials[2].as_str()), p(3), p(4)]));
+        args.extend(root_args.clone());
+        if optimistic {
+            args.push("--optimistic".into());
+        }
+        let (ok, stdout, stderr) = combine(&args);
+        assert!(ok, "optimistic={optimistic}: {stderr}");
+        assert_eq!(stdout.trim(), expected);
+        assert!(stderr.contains("culprits: 2"), "{stderr}");
+    }
+    // Two bad partials among four: refused, both culprits named.
+    let wrong_message = master.sign(b"another message").to_hex();
+    let mut args = manifest_args.clone();
+    args.extend(partial_args(&[
+        p(1),
+        (2, wrong_message.as_str()),
+        p(3),
+        (4, partials[0].as_str()),
+    ]));
+    args.extend(root_args.clone());
+    let (ok, stdout, stderr) = combine(&args);
+    assert!(!ok && stdout.is_empty());
+    assert!(stderr.contains("culprits: 2, 4"), "{stderr}");
+    // A partial from an index the manifest does not have is a culprit too.
+    let mut args = manifest_args.clone();
+    args.extend(partial_args(&[p(1), p(2), (9, partials[2].as_str())]));
+    args.extend(root_args.clone());
+    let (ok, _, stderr) = combine(&args);
+    assert!(!ok && stderr.contains("culprits: 9"), "{stderr}");
+
+    // A slashable second attestation (same target, another block root) is refused by each
+    // appliance, whether addressed by share key or group key; the first is answered again.
+    let slashable = attestation(1000, 1001, 8);
+    for (i, client) in clients.iter().enumerate() {
+        for identifier in [&share_keys[i], &group_key] {
+            let (status, body) = sign(client, identifier, &slashable).await;
+            assert_eq!(status, 412, "appliance {}: {body}", i + 1);
+            assert_eq!(body["rule"], "double_vote", "{body}");
+        }
+        let (status, body) = sign(client, &share_keys[i], &duty).await;
+        assert_eq!(
+            (status, body["signature"].as_str()),
+            (200, Some(partials[i].as_str()))
+        );
+    }
+    // A share key of another appliance is unknown here.
+    let (status, _) = sign(&clients[0], &share_keys[1], &duty).await;
+    assert_eq!(status, 404);
+    drop(servers);
+}
