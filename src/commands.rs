@@ -21,7 +21,7 @@ use crate::seal::Sealer;
 use crate::service::{self, SigningService};
 use crate::store::{InsertOutcome, ShareOrigin};
 use crate::types::BlsPublicKey;
-use crate::{api, bls, certs, keystore, tls};
+use crate::{bls, certs, keystore, tls};
 
 pub mod threshold;
 
@@ -260,19 +260,16 @@ pub async fn bind(
     Ok((listener, tls, service))
 }
 
-/// `serve`: run the REST API until SIGINT or SIGTERM.
+/// `serve`: run the REST and gRPC APIs until SIGINT or SIGTERM (see `crate::server`).
 pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
-    let (listener, tls, service) = bind(config, listen).await?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, keys = service.public_keys().len(), network = %service.network().name, "listening (REST, mutual TLS)");
-    // A line a script can wait for, whatever the log filter.
-    println!("listening on https://{address}");
-    let token = crate::keymanager::BearerToken::load(&config.keymanager_token_path())?;
-    let keymanager = Arc::new(crate::keymanager::Keymanager::new(service.clone(), token));
-    let app = api::rest::router(service).merge(api::keymanager::router(keymanager));
-    api::serve_mtls(listener, tls, app, shutdown_signal()).await;
-    tracing::info!("stopped");
-    Ok(())
+    crate::server::serve(
+        config,
+        crate::server::Listen {
+            api: listen,
+            metrics: None,
+        },
+    )
+    .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

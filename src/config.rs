@@ -49,6 +49,13 @@ pub struct Config {
     /// The client identity the bundled tools (`bench load`) use to reach this appliance.
     #[serde(default)]
     pub client: Option<ClientSection>,
+    /// Authorization policy (TOML, see docs/authorization.md). Without one, every client whose
+    /// certificate chains to the CA may do everything (a warning is logged at start-up).
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
+    /// Plain-HTTP Prometheus listener (`/metrics`); off when absent. Keep it on loopback.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Slashing-protection options.
     #[serde(default)]
     pub slashing: SlashingSection,
@@ -176,6 +183,9 @@ impl Config {
         if let Some(p) = self.hsm.softhsm2_conf.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.policy_file.as_mut() {
+            fix(p);
+        }
         if let Some(client) = self.client.as_mut() {
             fix(&mut client.cert);
             fix(&mut client.key);
@@ -242,6 +252,10 @@ data_dir = "data"
 listen = "{listen}"
 # mainnet | hoodi | sepolia, or set network_config_file = "devnet.toml"
 network = "mainnet"
+# Who may do what (docs/authorization.md). Without it any client certificate from the CA may sign.
+# policy_file = "policy.toml"
+# Prometheus metrics over plain HTTP (docs/metrics.md); keep it on loopback.
+# metrics_listen = "127.0.0.1:9464"
 
 [tls]
 ca_cert = "certs/ca.pem"          # client certificates must chain to this CA

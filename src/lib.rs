@@ -8,7 +8,10 @@
 //! `forbid`s it.
 #![deny(unsafe_code)]
 
+pub mod admin_commands;
 pub mod api;
+pub mod audit;
+pub mod authz;
 pub mod bls;
 pub mod certs;
 pub mod client;
@@ -21,9 +24,12 @@ pub mod keymanager;
 pub mod keystore;
 pub mod loadgen;
 pub mod manifest;
+pub mod metrics;
 pub mod pkcs12;
+pub mod policy;
 pub mod request;
 pub mod seal;
+pub mod server;
 pub mod service;
 pub mod slashing;
 pub mod store;

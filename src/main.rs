@@ -8,11 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use keystake_signer::commands;
 use keystake_signer::commands::threshold as threshold_cmd;
 use keystake_signer::config::{self, Config};
 use keystake_signer::store::InsertOutcome;
 use keystake_signer::types::BlsPublicKey;
+use keystake_signer::{admin_commands, commands};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +52,16 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Authorization policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Benchmarks against a real appliance.
     Bench {
         #[command(subcommand)]
@@ -78,6 +88,9 @@ enum Command {
         /// Override the configured listen address (port 0 picks a free port; the bound address is logged).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics on this address (overrides metrics_listen; port 0 allowed).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Run on the validator-client host: accept plain HTTP on loopback and forward each request
     /// to the appliance over mutual TLS (for clients without client certificates, e.g. Lodestar).
@@ -152,6 +165,50 @@ enum CertsCommand {
         /// localhost and 127.0.0.1). The server certificate carries each as a SAN.
         #[arg(long = "server-name")]
         server_names: Vec<String>,
+        /// Issue only the named client certificates, from the existing CA in this directory
+        /// (ca.pem + ca.key), into --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Write a certificate revocation list (signed by the CA) revoking the given certificates.
+    Revoke {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Certificate (PEM) to revoke (repeatable; none writes an empty CRL).
+        #[arg(long = "cert")]
+        certs: Vec<PathBuf>,
+        /// Where to write the CRL (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log; exits non-zero and names the first bad entry.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// A head printed by an earlier verify (SEQ:HASH): that entry must still be there.
+        #[arg(long)]
+        expect_head: Option<String>,
+    },
+    /// Write every audit entry as JSON lines (to stdout, or --out FILE).
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse an authorization policy file and print what it grants.
+    Check {
+        #[arg(long)]
+        policy: PathBuf,
     },
 }
 
@@ -243,12 +300,63 @@ fn run(cli: Cli) -> Result<()> {
                 CertsCommand::Generate {
                     out,
                     clients,
+                    server_names: _,
+                    ca_dir: Some(ca_dir),
+                },
+        } => {
+            for issued in admin_commands::issue_clients(&ca_dir, &out, &clients)? {
+                println!("{} {}", issued.cert.display(), issued.key.display());
+            }
+        }
+        Command::Certs {
+            command:
+                CertsCommand::Generate {
+                    out,
+                    clients,
+                    ca_dir: None,
                     server_names,
                 },
         } => {
             commands::generate_certs_for_servers(&out, &server_names, &clients)?;
             println!("certificates written to {}", out.display());
         }
+        Command::Certs {
+            command: CertsCommand::Revoke { ca_dir, certs, out },
+        } => {
+            admin_commands::revoke(&ca_dir, &certs, &out)?;
+            println!("CRL written to {}", out.display());
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    expect_head,
+                },
+        } => {
+            admin_commands::verify_audit(
+                &load(&config)?,
+                expect_head.as_deref(),
+                &mut std::io::stdout().lock(),
+            )?;
+        }
+        Command::Audit {
+            command: AuditCommand::Export { config, out },
+        } => {
+            let config = load(&config)?;
+            match out {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                    let n = admin_commands::export_audit(&config, &mut file)?;
+                    eprintln!("{n} audit entries written to {}", path.display());
+                }
+                None => {
+                    admin_commands::export_audit(&config, &mut std::io::stdout().lock())?;
+                }
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { policy },
+        } => admin_commands::check_policy(&policy, &mut std::io::stdout().lock())?,
         Command::Keys { command } => match command {
             KeysCommand::Import {
                 config,
@@ -379,9 +487,19 @@ fn run(cli: Cli) -> Result<()> {
             "{}",
             threshold_cmd::describe_manifest(&threshold_cmd::load_manifest(&manifest)?)
         ),
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            metrics_listen,
+        } => {
             let config = load(&config)?;
-            runtime()?.block_on(commands::serve(&config, listen))?;
+            runtime()?.block_on(keystake_signer::server::serve(
+                &config,
+                keystake_signer::server::Listen {
+                    api: listen,
+                    metrics: metrics_listen,
+                },
+            ))?;
         }
         Command::Connect {
             listen,
@@ -417,6 +535,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Err(error) = commands::disable_core_dumps() {

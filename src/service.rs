@@ -7,17 +7,21 @@
 //! database is unavailable. A refused request records nothing and signs nothing.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod audited;
 mod slashable;
 pub use slashable::SlashableAnswer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::authz::{Authorizer, Caller};
 use crate::bls;
 use crate::consensus::Network;
+use crate::metrics::{Metrics, Phase};
+use crate::policy::{Denial, KeyRef};
 use crate::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
 use crate::seal::{SealContext, SealError, SealedShare, Sealer};
-use crate::slashing::Safe;
 use crate::store::{
     InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
     ThresholdInfo,
@@ -48,14 +52,27 @@ pub enum ServiceError {
     InvalidUnsealedShare { public_key: BlsPublicKey },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("forbidden: {0}")]
+    Forbidden(#[from] Denial),
+    #[error("cannot combine: {0}")]
+    Combine(#[from] crate::threshold::ThresholdError),
 }
 
 /// A key this appliance can sign with: the sealed share and what binds it.
-struct LoadedKey {
+pub(crate) struct LoadedKey {
     public_key: BlsPublicKey,
     sealed: SealedShare,
     context: SealContext,
     threshold: Option<ThresholdInfo>,
+}
+
+impl LoadedKey {
+    pub(crate) fn key_ref(&self) -> KeyRef {
+        KeyRef {
+            public_key: self.public_key,
+            group_public_key: self.threshold.as_ref().map(|t| t.group_public_key),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -100,6 +117,8 @@ pub struct SigningService {
     sealer: Arc<dyn Sealer>,
     network: Network,
     keys: RwLock<Arc<KeyIndex>>,
+    authorizer: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
 }
 
 /// The sealing context of a record: the share's identity that the HSM binds the blob to.
@@ -123,9 +142,27 @@ impl SigningService {
             sealer,
             network,
             keys: RwLock::new(Arc::new(KeyIndex::default())),
+            authorizer: Arc::new(Authorizer::open()),
+            metrics: Arc::new(Metrics::new()),
         };
         service.reload()?;
         Ok(service)
+    }
+
+    /// Use `authorizer` to decide every request made through [`Self::sign_as`] and friends
+    /// (the default allows every client: no policy configured).
+    pub fn with_authorizer(mut self, authorizer: Arc<Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// This service's Prometheus metrics (served by `crate::metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn network(&self) -> &Network {
@@ -180,6 +217,7 @@ impl SigningService {
         }
         let count = index.order.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.metrics.set_keys_loaded(count);
         Ok(count)
     }
 
@@ -194,11 +232,16 @@ impl SigningService {
 
     /// Public description of every loaded key.
     pub fn key_infos(&self) -> Vec<KeyInfo> {
+        self.key_infos_where(|_| true)
+    }
+
+    pub(crate) fn key_infos_where(&self, keep: impl Fn(&LoadedKey) -> bool) -> Vec<KeyInfo> {
         let index = self.index();
         index
             .order
             .iter()
             .filter_map(|pk| index.by_public_key.get(pk))
+            .filter(|key| keep(key))
             .map(|key| KeyInfo {
                 public_key: key.public_key,
                 share_index: key.threshold.as_ref().map(|t| t.index.get()),
@@ -209,7 +252,7 @@ impl SigningService {
             .collect()
     }
 
-    fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
+    pub(crate) fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
         let public_key: BlsPublicKey =
             identifier
                 .parse()
@@ -240,56 +283,40 @@ impl SigningService {
         Ok(request::parse_sign_request(body, &self.network)?)
     }
 
-    /// The whole signing path for one Web3Signer request body.
+    /// The whole signing path for one Web3Signer request body, for trusted in-process callers
+    /// (no authorization; audited as API `local`). Network adapters call [`Self::sign_as`].
     pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
-        let key = self.resolve(identifier)?;
-        let intent = self.decode(body)?;
-        if let Some(check) = intent.slashing {
-            let request = match check {
-                SlashingCheck::Block { slot } => SlashingRequest::Block {
-                    slot,
-                    signing_root: intent.signing_root,
-                },
-                SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
-                    source,
-                    target,
-                    signing_root: intent.signing_root,
-                },
-            };
-            match self
-                .store
-                .check_and_record(key.public_key, intent.genesis_validators_root, request)
-                .await?
-            {
-                Ok(Safe::Valid) | Ok(Safe::SameData) => {}
-                Err(refusal) => return Err(ServiceError::Refused(refusal)),
-            }
-        }
-        let signature = self.sign_root(key.clone(), intent.signing_root).await?;
-        Ok(Signed {
-            signature,
-            kind: intent.kind,
-            signing_root: intent.signing_root,
-            public_key: key.public_key,
-        })
+        self.sign_flow(
+            &Caller::new(None, crate::authz::Api::Local),
+            false,
+            identifier,
+            body,
+        )
+        .await
     }
 
     /// Unseal the share in the HSM, sign, and let the plaintext drop (zeroized). Runs on the
     /// blocking pool: the HSM call and the pairing-curve arithmetic are CPU-bound.
-    async fn sign_root(
+    pub(crate) async fn sign_root(
         &self,
         key: Arc<LoadedKey>,
         signing_root: Root,
     ) -> Result<BlsSignature, ServiceError> {
         let sealer = self.sealer.clone();
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let secret = sealer.unseal(&key.sealed, &key.context)?;
+            metrics.phase(Phase::Unseal, started.elapsed());
+            let started = std::time::Instant::now();
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
                 ServiceError::InvalidUnsealedShare {
                     public_key: key.public_key,
                 }
             })?;
-            Ok(secret_key.sign(&signing_root.0))
+            let signature = secret_key.sign(&signing_root.0);
+            metrics.phase(Phase::Bls, started.elapsed());
+            Ok(signature)
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))?
@@ -334,6 +361,17 @@ impl SigningService {
     /// Readiness of the HSM session and the database, for `/healthcheck`.
     pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
         (self.sealer.health_check(), self.store.health_check())
+    }
+}
+
+fn slashing_request(check: SlashingCheck, signing_root: Root) -> SlashingRequest {
+    match check {
+        SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
+        SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        },
     }
 }
 

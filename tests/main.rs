@@ -1,10 +1,14 @@
 //! Integration tests, one binary to keep link time low on 2 cores.
 
+mod audit;
+mod authz;
 mod common;
 mod conformance;
 mod e2e;
+mod grpc;
 mod interop;
 mod keymanager_api;
+mod metrics;
 mod operator_api;
 mod slashing;
 mod threshold;

@@ -1,4 +1,5 @@
-//! The one place where errors become HTTP statuses and JSON error bodies.
+//! The one place where errors become HTTP statuses and JSON error bodies, and gRPC statuses
+//! (derived from the HTTP status, so both APIs always agree).
 //!
 //! Client mistakes get their own status and a message naming what is wrong, and are logged at
 //! debug level only. Server-side failures (HSM or database down) get 503 with a generic message
@@ -35,6 +36,21 @@ impl ApiError {
         self.status
     }
 
+    /// The JSON error body (`{"error": …}` plus detail fields).
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// The message of the body's `error` field.
+    pub fn message(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+
+    /// An invalid argument outside the signing service's own errors (gRPC field decoding).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
     pub fn not_found(message: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
@@ -43,6 +59,15 @@ impl ApiError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content type {media:?} is not supported; send application/json"),
+        )
+    }
+
+    /// A reload of the policy or CRL failed; the administrator needs the reason.
+    pub fn reload_failed(message: impl std::fmt::Display) -> Self {
+        tracing::error!(%message, "reload failed; the previous policy and TLS configuration stay in force");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed, previous configuration kept: {message}"),
         )
     }
 
@@ -61,6 +86,8 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         | ServiceError::BadRequest(_)
         | ServiceError::AmbiguousGroupKey { .. } => StatusCode::BAD_REQUEST,
         ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Combine(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         // An interchange file that cannot be imported is the caller's mistake, not a fault.
@@ -165,5 +192,80 @@ impl From<ForwardError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The gRPC code for an HTTP status of this API.
+pub fn grpc_code(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        200..=299 => tonic::Code::Ok,
+        400 | 413 | 415 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        409 | 412 => tonic::Code::FailedPrecondition,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        tonic::Status::new(grpc_code(error.status), error.message().to_owned())
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(error: ServiceError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Denial;
+
+    #[test]
+    fn grpc_codes_follow_http_statuses() {
+        let cases = [
+            (
+                ServiceError::UnknownKey {
+                    identifier: "0x".into(),
+                },
+                StatusCode::NOT_FOUND,
+                tonic::Code::NotFound,
+            ),
+            (
+                ServiceError::Forbidden(Denial::NoIdentity),
+                StatusCode::FORBIDDEN,
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                ServiceError::InvalidIdentifier {
+                    identifier: "x".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                ServiceError::Store(StoreError::WriterGone),
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+            ),
+            (
+                ServiceError::Internal("bug".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+            ),
+        ];
+        for (error, http, grpc) in cases {
+            assert_eq!(status_of(&error), http);
+            assert_eq!(tonic::Status::from(error).code(), grpc);
+        }
+        assert_eq!(
+            grpc_code(StatusCode::PRECONDITION_FAILED),
+            tonic::Code::FailedPrecondition
+        );
     }
 }

@@ -9,12 +9,15 @@
 
 pub mod admin;
 pub mod error;
+pub mod grpc;
+pub mod grpc_client;
 pub mod keymanager;
+pub mod keystake_admin;
 pub mod rest;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,10 +27,45 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::tls::{peer_identity, ClientIdentity};
+use crate::authz::Reloadable;
+use crate::service::SigningService;
+use crate::tls::{peer_identity, ClientIdentity, TlsFiles};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything served on the mutual-TLS port. Requests whose content-type is
+/// `application/grpc…` go to the gRPC API ([`grpc::router`]); all others to the REST side: the
+/// Web3Signer API, KeyStake's admin routes, `more` (the keymanager API), all behind the
+/// keymanager authorization guard.
+pub fn app(service: Arc<SigningService>, more: Router) -> Router {
+    let rest = rest::router(service.clone())
+        .merge(keystake_admin::router(service.clone()))
+        .merge(more)
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            keystake_admin::keymanager_guard,
+        ));
+    let grpc = grpc::router(service);
+    Router::new().fallback_service(tower::service_fn(
+        move |request: http::Request<axum::body::Body>| {
+            let target = if is_grpc(request.headers()) {
+                grpc.clone()
+            } else {
+                rest.clone()
+            };
+            target.oneshot(request)
+        },
+    ))
+}
+
+/// gRPC requests announce themselves with `application/grpc`, `application/grpc+proto`, …
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
 
 /// Serve `app` on `listener` with mutual TLS until `shutdown` resolves.
 pub async fn serve_mtls(
@@ -36,7 +74,18 @@ pub async fn serve_mtls(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    serve_mtls_reloadable(listener, Arc::new(TlsReloader::fixed(tls)), app, shutdown).await
+}
+
+/// Like [`serve_mtls`], taking the TLS configuration from `tls` for every new connection, so a
+/// reload (new CRL) applies to the next handshake. Connections already open keep the
+/// configuration they were accepted with.
+pub async fn serve_mtls_reloadable(
+    listener: TcpListener,
+    tls: Arc<TlsReloader>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -52,9 +101,54 @@ pub async fn serve_mtls(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         tokio::spawn(async move { serve_connection(acceptor, stream, peer, app).await });
+    }
+}
+
+/// The server TLS configuration in force, rebuilt from its files on [`Reloadable::reload`]
+/// (SIGHUP, admin call). A reload that fails leaves the previous configuration in force.
+pub struct TlsReloader {
+    files: Option<TlsFiles>,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsReloader {
+    /// Build from files (refusing to start on any error).
+    pub fn from_files(files: TlsFiles) -> Result<Self, crate::tls::TlsError> {
+        let config = crate::tls::server_config(&files)?;
+        Ok(TlsReloader {
+            files: Some(files),
+            current: RwLock::new(config),
+        })
+    }
+
+    /// A configuration that never changes.
+    pub fn fixed(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsReloader {
+            files: None,
+            current: RwLock::new(config),
+        }
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Reloadable for TlsReloader {
+    fn reload(&self) -> Result<(), String> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        let config = crate::tls::server_config(files).map_err(|e| e.to_string())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        tracing::info!(crl = ?files.crl, "TLS configuration reloaded");
+        Ok(())
     }
 }
 

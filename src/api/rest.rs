@@ -17,11 +17,20 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
+use crate::authz::{Api, Caller};
 use crate::service::SigningService;
+use crate::tls::ClientIdentity;
+
+/// The caller of a REST request: the client identity the accept loop attached (absent only in
+/// socket-less router tests).
+fn rest_caller(identity: Option<Extension<ClientIdentity>>) -> Caller {
+    Caller::new(identity.map(|Extension(i)| i), Api::Rest)
+}
 
 /// Largest accepted request body. A full Electra block body is far below this.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -47,22 +56,30 @@ async fn not_found() -> Response {
     ApiError::not_found("no such endpoint").into_response()
 }
 
-async fn public_keys(State(service): State<Arc<SigningService>>) -> Json<Vec<String>> {
-    Json(
+/// The keys this client may use (every key without a policy); 403 for a client the policy
+/// does not name.
+async fn public_keys(
+    State(service): State<Arc<SigningService>>,
+    identity: Option<Extension<ClientIdentity>>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let caller = rest_caller(identity);
+    Ok(Json(
         service
-            .public_keys()
+            .key_infos_for(&caller)
+            .await?
             .iter()
-            .map(|k| k.to_hex())
+            .map(|k| k.public_key.to_hex())
             .collect::<Vec<_>>(),
-    )
+    ))
 }
 
 /// KeyStake's own listing: every key with its share index, threshold, number of shares and group
 /// public key (threshold shares only; whole keys list just `public_key`).
 async fn key_infos(
     State(service): State<Arc<SigningService>>,
-) -> Json<Vec<crate::service::KeyInfo>> {
-    Json(service.key_infos())
+    identity: Option<Extension<ClientIdentity>>,
+) -> Result<Json<Vec<crate::service::KeyInfo>>, ApiError> {
+    Ok(Json(service.key_infos_for(&rest_caller(identity)).await?))
 }
 
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
@@ -98,14 +115,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn sign(
     State(service): State<Arc<SigningService>>,
     Path(identifier): Path<String>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let caller = rest_caller(identity);
     check_content_type(&headers)?;
     let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
-    let signed = service.sign(&identifier, &body).await?;
+    let signed = service.sign_as(&caller, &identifier, &body).await?;
     tracing::debug!(key = %signed.public_key, kind = signed.kind.as_str(), root = %signed.signing_root, "signed");
     let signature = signed.signature.to_hex();
     Ok(if wants_json(&headers) {
@@ -124,14 +143,18 @@ async fn sign(
 async fn slashable(
     State(service): State<Arc<SigningService>>,
     Path(identifier): Path<String>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let caller = rest_caller(identity);
     check_content_type(&headers)?;
     let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
-    let answer = service.check_slashable(&identifier, &body).await?;
+    let answer = service
+        .check_slashable_as(&caller, &identifier, &body)
+        .await?;
     Ok(Json(answer).into_response())
 }
 

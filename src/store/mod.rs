@@ -22,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod interchange;
+// Audit log storage (issue 6): entries ride in the writer's batch transaction.
+pub mod audit;
 
 pub use interchange::ImportSummary;
 
@@ -194,8 +196,11 @@ pub type CheckOutcome = Result<Safe, Refusal>;
 struct Job {
     public_key: BlsPublicKey,
     genesis_validators_root: Option<Root>,
-    request: SlashingRequest,
+    /// `None`: an audit-only job (a refusal or a signature slashing protection does not cover).
+    request: Option<SlashingRequest>,
     record: bool,
+    /// The audit entry to chain in the same transaction (issue 6; see `audit.rs`).
+    audit: Option<crate::audit::Record>,
     reply: oneshot::Sender<Result<CheckOutcome, StoreError>>,
 }
 
@@ -368,6 +373,7 @@ impl Store {
         let admin = open_connection(path)?;
         check_integrity(&admin, path)?;
         migrate(&admin, path)?;
+        audit::create_table(&admin)?;
         let writer = open_connection(path)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let writer_path = path.to_owned();
@@ -598,8 +604,9 @@ impl Store {
             .send(Job {
                 public_key,
                 genesis_validators_root,
-                request,
+                request: Some(request),
                 record,
+                audit: None,
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -618,8 +625,9 @@ impl Store {
             .send(Job {
                 public_key,
                 genesis_validators_root,
-                request,
+                request: Some(request),
                 record: true,
+                audit: None,
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -918,6 +926,9 @@ fn attestation_from_row(r: &rusqlite::Row<'_>) -> Result<SignedAttestation, rusq
 
 /// Check one request inside the open transaction and record it when safe and asked to.
 fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error> {
+    let Some(request) = job.request else {
+        return Ok(Ok(Safe::Valid)); // audit-only job (issue 6)
+    };
     let bound = read_gvr(conn)?;
     if let (Some(expected), Some(received)) = (bound, job.genesis_validators_root) {
         if expected != received {
@@ -928,7 +939,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
     // a network binding or a row for a key never seen before.
     let validator_id = find_validator(conn, &job.public_key)?;
     let history = SqlHistory { conn, validator_id };
-    let verdict = match job.request {
+    let verdict = match request {
         SlashingRequest::Block { slot, signing_root } => {
             slashing::check_block(&history, slot, signing_root)?
         }
@@ -950,7 +961,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
             Some(id) => id,
             None => ensure_validator(conn, &job.public_key)?,
         };
-        match job.request {
+        match request {
             SlashingRequest::Block { slot, signing_root } => {
                 conn.prepare_cached(
                     "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
@@ -1033,8 +1044,13 @@ fn writer_loop(path: PathBuf, conn: Connection, queue: mpsc::Receiver<Job>, max_
 fn run_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<CheckOutcome>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut audit_chain = audit::Chain::default();
     for job in batch {
-        outcomes.push(process(&tx, job)?);
+        let outcome = process(&tx, job)?;
+        if let Some(record) = &job.audit {
+            audit_chain.append(&tx, audit::settle(record, &outcome))?;
+        }
+        outcomes.push(outcome);
     }
     // Dropping `tx` on an error above rolls everything back: no request of the batch is answered
     // as signed, so nothing is released without its record.
