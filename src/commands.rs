@@ -18,10 +18,10 @@ use crate::config::{self, Config};
 use crate::consensus::Network;
 use crate::seal::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::seal::Sealer;
-use crate::service::{self, SigningService};
+use crate::service;
 use crate::store::{InsertOutcome, ShareOrigin};
 use crate::types::BlsPublicKey;
-use crate::{bls, certs, keystore, tls};
+use crate::{bls, certs, keystore};
 
 pub mod threshold;
 
@@ -220,44 +220,6 @@ pub fn list_keys(config: &Config, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Build the running appliance: store, HSM, service, TLS. Returns the bound listener too, so
-/// the caller can log the real address (port 0 allowed).
-pub async fn bind(
-    config: &Config,
-    listen: Option<SocketAddr>,
-) -> Result<(
-    tokio::net::TcpListener,
-    Arc<rustls::ServerConfig>,
-    Arc<SigningService>,
-)> {
-    let network = network(config)?;
-    let store = Arc::new(slashing::open_store(config)?);
-    if let Some(root) = network.genesis_validators_root {
-        // Bind before serving: a request carrying another network's root is then refused from
-        // the first one, instead of binding the database to whichever network asks first.
-        store.bind_genesis_validators_root(root).with_context(|| {
-            format!(
-                "the slashing database {} does not belong to network {}",
-                store.path().display(),
-                network.name
-            )
-        })?;
-    }
-    let sealer = open_sealer(config)?;
-    let service = Arc::new(SigningService::new(store, sealer, network)?);
-    let tls = tls::server_config(&tls::TlsFiles {
-        ca_cert: config.tls.ca_cert.clone(),
-        server_cert: config.tls.server_cert.clone(),
-        server_key: config.tls.server_key.clone(),
-        crl: config.tls.crl.clone(),
-    })?;
-    let address = listen.unwrap_or(config.listen);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding {address}"))?;
-    Ok((listener, tls, service))
 }
 
 /// `serve`: run the REST and gRPC APIs until SIGINT or SIGTERM (see `crate::server`).
