@@ -548,24 +548,46 @@ fn import_blocking(
         }
     }
 
+    // Seal in parallel (HSM round trips), then store in request order in one transaction, so
+    // the listing order is the request order and the batch costs one fsync.
     let sealed = parallel_map(&candidates, workers, |(_, secret)| {
-        service::import_key(
-            service.store(),
+        service::seal_record(
             service.sealer().as_ref(),
             secret,
             ShareOrigin::Keystore,
             None,
         )
     });
+    let mut records = Vec::new();
+    let mut stored_for = Vec::new();
     for ((i, _), outcome) in candidates.iter().zip(sealed) {
-        statuses[*i] = match outcome {
-            Ok((_, InsertOutcome::Inserted | InsertOutcome::Reenabled)) => ImportStatus::Imported,
-            Ok((_, InsertOutcome::Duplicate)) => ImportStatus::Duplicate,
-            Err(error) => {
-                tracing::error!(keystore = i, %error, "keystore import: sealing or storing failed");
-                ImportStatus::Error(error.to_string())
+        match outcome {
+            Ok(record) => {
+                records.push(record);
+                stored_for.push(*i);
             }
-        };
+            Err(error) => {
+                tracing::error!(keystore = i, %error, "keystore import: sealing failed");
+                statuses[*i] = ImportStatus::Error(error.to_string());
+            }
+        }
+    }
+    match service.store().insert_shares(&records) {
+        Ok(outcomes) => {
+            for (i, outcome) in stored_for.into_iter().zip(outcomes) {
+                statuses[i] = match outcome {
+                    InsertOutcome::Inserted | InsertOutcome::Reenabled => ImportStatus::Imported,
+                    InsertOutcome::Duplicate => ImportStatus::Duplicate,
+                };
+            }
+        }
+        Err(error) => {
+            // All or nothing: the transaction rolled back, no key of this batch was stored.
+            tracing::error!(%error, "keystore import: storing the sealed keys failed");
+            for i in stored_for {
+                statuses[i] = ImportStatus::Error(error.to_string());
+            }
+        }
     }
     let keys = service.reload()?;
     let imported = statuses

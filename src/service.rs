@@ -383,6 +383,19 @@ pub fn import_key(
     origin: ShareOrigin,
     threshold: Option<ThresholdInfo>,
 ) -> Result<(BlsPublicKey, InsertOutcome), ServiceError> {
+    let record = seal_record(sealer, secret, origin, threshold)?;
+    let outcome = store.insert_share(&record)?;
+    Ok((record.public_key, outcome))
+}
+
+/// Seal a secret key in the HSM into a storable record (nothing is written). The seal is
+/// verified by unsealing it once, so a record that could not be opened is never stored.
+pub fn seal_record(
+    sealer: &dyn Sealer,
+    secret: &bls::SecretKey,
+    origin: ShareOrigin,
+    threshold: Option<ThresholdInfo>,
+) -> Result<ShareRecord, ServiceError> {
     let public_key = secret.public_key();
     let context = seal_context(public_key, threshold.as_ref());
     let plaintext = secret.to_bytes();
@@ -393,12 +406,11 @@ pub fn import_key(
             "the HSM returned a different share when unsealing a fresh seal".into(),
         ));
     }
-    let outcome = store.insert_share(&ShareRecord {
+    Ok(ShareRecord {
         public_key,
         sealed: sealed.0,
         origin,
         threshold,
         enabled: true,
-    })?;
-    Ok((public_key, outcome))
+    })
 }

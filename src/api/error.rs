@@ -93,7 +93,8 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         // An interchange file that cannot be imported is the caller's mistake, not a fault.
         ServiceError::Store(StoreError::GenesisMismatch { .. })
         | ServiceError::Store(StoreError::InvalidInterchange(_)) => StatusCode::BAD_REQUEST,
-        ServiceError::Store(StoreError::NotBound) => StatusCode::CONFLICT,
+        ServiceError::Store(StoreError::NotBound)
+        | ServiceError::Store(StoreError::SecondKeyOfValidator { .. }) => StatusCode::CONFLICT,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(_)

@@ -57,6 +57,12 @@ pub enum StoreError {
     SchemaTooNew { path: PathBuf, found: i64 },
     #[error("a stored value is invalid: {0}")]
     InvalidData(String),
+    #[error("{key} would be a second signing key of validator {group} on this appliance ({reason}); each key would keep its own slashing history, so together they could sign a slashable pair — one appliance holds at most one share (or the whole key) of a validator")]
+    SecondKeyOfValidator {
+        key: BlsPublicKey,
+        group: BlsPublicKey,
+        reason: &'static str,
+    },
     #[error("the database writer has stopped")]
     WriterGone,
     #[error("the interchange file is for the network with genesis validators root {file}, but this database is bound to {bound}; refusing to mix networks")]
@@ -409,61 +415,24 @@ impl Store {
     /// left untouched; a disabled (deleted) one is enabled again with the new blob — its
     /// slashing history, which is never deleted, applies again.
     pub fn insert_share(&self, record: &ShareRecord) -> Result<InsertOutcome, StoreError> {
+        let outcomes = self.insert_shares(std::slice::from_ref(record))?;
+        Ok(outcomes[0])
+    }
+
+    /// Store many sealed shares in one transaction (one fsync): all of them or none.
+    pub fn insert_shares(&self, records: &[ShareRecord]) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut conn = self.admin();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let validator_id = ensure_validator(&tx, &record.public_key)?;
-        let existing: Option<bool> = tx
-            .query_row(
-                "SELECT enabled FROM shares WHERE validator_id = ?1",
-                [validator_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let t = record.threshold.as_ref();
-        let share_pubkeys: Option<Vec<u8>> =
-            t.map(|t| t.share_public_keys.iter().flat_map(|k| k.0).collect());
-        let outcome = match existing {
-            Some(true) => return Ok(InsertOutcome::Duplicate),
-            Some(false) => {
-                tx.execute(
-                    "UPDATE shares SET sealed = ?2, origin = ?3, share_index = ?4, threshold = ?5,
-                         participants = ?6, group_pubkey = ?7, share_pubkeys = ?8, enabled = 1
-                     WHERE validator_id = ?1",
-                    params![
-                        validator_id,
-                        record.sealed,
-                        record.origin.as_str(),
-                        t.map(|t| t.index.get()),
-                        t.map(|t| t.threshold.get()),
-                        t.map(|t| t.participants),
-                        t.map(|t| t.group_public_key.0.to_vec()),
-                        share_pubkeys,
-                    ],
-                )?;
-                InsertOutcome::Reenabled
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO shares (validator_id, sealed, origin, share_index, threshold,
-                         participants, group_pubkey, share_pubkeys, enabled, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, strftime('%s','now'))",
-                    params![
-                        validator_id,
-                        record.sealed,
-                        record.origin.as_str(),
-                        t.map(|t| t.index.get()),
-                        t.map(|t| t.threshold.get()),
-                        t.map(|t| t.participants),
-                        t.map(|t| t.group_public_key.0.to_vec()),
-                        share_pubkeys,
-                    ],
-                )?;
-                InsertOutcome::Inserted
-            }
-        };
-        apply_new_key_watermark(&tx, validator_id, self.options.new_key_watermark)?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            outcomes.push(insert_share_in(
+                &tx,
+                record,
+                self.options.new_key_watermark,
+            )?);
+        }
         tx.commit()?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// Stop a key from signing. Its slashing history stays. Returns false when no enabled share
@@ -807,6 +776,117 @@ fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64,
     conn.prepare_cached("INSERT INTO validators (pubkey) VALUES (?1)")?
         .execute([public_key.0.to_vec()])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Refuse a record that would give one validator a second signing key here: a second share of
+/// the same group, a whole key next to a share of it, or the reverse.
+fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<(), StoreError> {
+    let conflict = |group: BlsPublicKey, reason| {
+        Err(StoreError::SecondKeyOfValidator {
+            key: record.public_key,
+            group,
+            reason,
+        })
+    };
+    let key = record.public_key.0.to_vec();
+    // The new key is the group key of a share stored here.
+    let group_here: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM shares WHERE enabled = 1 AND group_pubkey = ?1)",
+        [&key],
+        |r| r.get(0),
+    )?;
+    if group_here {
+        return conflict(record.public_key, "a share of this key is already stored");
+    }
+    if let Some(info) = &record.threshold {
+        let group = info.group_public_key.0.to_vec();
+        let other_share: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
+                           WHERE s.enabled = 1 AND s.group_pubkey = ?1 AND v.pubkey != ?2)",
+            [&group, &key],
+            |r| r.get(0),
+        )?;
+        if other_share {
+            return conflict(
+                info.group_public_key,
+                "another share of this validator is already stored",
+            );
+        }
+        let whole_key: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
+                           WHERE s.enabled = 1 AND v.pubkey = ?1)",
+            [&group],
+            |r| r.get(0),
+        )?;
+        if whole_key {
+            return conflict(
+                info.group_public_key,
+                "the validator's whole key is already stored",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Insert (or re-enable) one share inside an open transaction.
+fn insert_share_in(
+    tx: &Connection,
+    record: &ShareRecord,
+    new_key_watermark: Watermark,
+) -> Result<InsertOutcome, StoreError> {
+    check_one_key_per_validator(tx, record)?;
+    let validator_id = ensure_validator(tx, &record.public_key)?;
+    let existing: Option<bool> = tx
+        .query_row(
+            "SELECT enabled FROM shares WHERE validator_id = ?1",
+            [validator_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let t = record.threshold.as_ref();
+    let share_pubkeys: Option<Vec<u8>> =
+        t.map(|t| t.share_public_keys.iter().flat_map(|k| k.0).collect());
+    let outcome = match existing {
+        Some(true) => return Ok(InsertOutcome::Duplicate),
+        Some(false) => {
+            tx.execute(
+                "UPDATE shares SET sealed = ?2, origin = ?3, share_index = ?4, threshold = ?5,
+                     participants = ?6, group_pubkey = ?7, share_pubkeys = ?8, enabled = 1
+                 WHERE validator_id = ?1",
+                params![
+                    validator_id,
+                    record.sealed,
+                    record.origin.as_str(),
+                    t.map(|t| t.index.get()),
+                    t.map(|t| t.threshold.get()),
+                    t.map(|t| t.participants),
+                    t.map(|t| t.group_public_key.0.to_vec()),
+                    share_pubkeys,
+                ],
+            )?;
+            InsertOutcome::Reenabled
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO shares (validator_id, sealed, origin, share_index, threshold,
+                     participants, group_pubkey, share_pubkeys, enabled, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, strftime('%s','now'))",
+                params![
+                    validator_id,
+                    record.sealed,
+                    record.origin.as_str(),
+                    t.map(|t| t.index.get()),
+                    t.map(|t| t.threshold.get()),
+                    t.map(|t| t.participants),
+                    t.map(|t| t.group_public_key.0.to_vec()),
+                    share_pubkeys,
+                ],
+            )?;
+            InsertOutcome::Inserted
+        }
+    };
+    apply_new_key_watermark(tx, validator_id, new_key_watermark)?;
+    Ok(outcome)
 }
 
 /// One key's history, read inside the writer's transaction. `validator_id` is `None` for a key
@@ -1241,6 +1321,58 @@ mod tests {
             store.insert_share(&record).unwrap(),
             InsertOutcome::Reenabled
         );
+    }
+
+    #[test]
+    fn one_appliance_holds_one_key_per_validator() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let share = |own: u8, index: u32| ShareRecord {
+            public_key: key(own),
+            sealed: vec![own],
+            origin: ShareOrigin::Split,
+            threshold: Some(ThresholdInfo {
+                index: ShareIndex::new(index).unwrap(),
+                threshold: Threshold::new(2).unwrap(),
+                participants: 3,
+                group_public_key: key(9),
+                share_public_keys: vec![key(6), key(7), key(8)],
+            }),
+            enabled: true,
+        };
+        let whole = |own: u8| ShareRecord {
+            public_key: key(own),
+            sealed: vec![own],
+            origin: ShareOrigin::Keystore,
+            threshold: None,
+            enabled: true,
+        };
+        assert_eq!(
+            store.insert_share(&share(6, 1)).unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert_eq!(
+            store.insert_share(&share(6, 1)).unwrap(),
+            InsertOutcome::Duplicate
+        );
+        assert!(matches!(
+            store.insert_share(&share(7, 2)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        assert!(matches!(
+            store.insert_share(&whole(9)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        // The reverse: the whole key first, then a share of it.
+        let other = Store::open(&dir.path().join("db2")).unwrap();
+        other.insert_share(&whole(9)).unwrap();
+        assert!(matches!(
+            other.insert_share(&share(6, 1)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        // Nothing of the refused records was stored.
+        assert_eq!(store.shares().unwrap().len(), 1);
+        assert_eq!(other.shares().unwrap().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
