@@ -71,6 +71,20 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )
+    }
+
+    pub fn bad_body(reason: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {reason}"),
+        )
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,10 +110,13 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::Store(StoreError::NotBound)
         | ServiceError::Store(StoreError::SecondKeyOfValidator { .. }) => StatusCode::CONFLICT,
         ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Seal(SealError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Seal(_)
+        // A blob that fails authentication is tampering or a bug: 500, logged. Every other HSM
+        // failure (session lost, token gone, PIN refused on re-login) is the HSM being
+        // unavailable to us right now: 503, nothing signed, retry later.
+        ServiceError::Seal(SealError::Integrity | SealError::MalformedBlob(_))
         | ServiceError::InvalidUnsealedShare { .. }
         | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServiceError::Seal(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -33,6 +33,17 @@ use crate::tls::{peer_identity, ClientIdentity, TlsFiles};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections (handshaking or open) at once; further clients wait in the
+/// kernel's accept queue, so a flood of idle sockets cannot exhaust file descriptors.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// An HTTP/1.1 client must send a request's headers within this time (also bounds how long an
+/// idle keep-alive connection is held).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many concurrent HTTP/2 streams per connection.
+pub const MAX_H2_STREAMS: u32 = 64;
+/// On shutdown, requests in flight get this long to finish (their records are already durable;
+/// letting them answer avoids a missed duty).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything served on the mutual-TLS port. Requests whose content-type is
 /// `application/grpc…` go to the gRPC API ([`grpc::router`]); all others to the REST side: the
@@ -87,7 +98,16 @@ pub async fn serve_mtls_reloadable(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -103,7 +123,19 @@ pub async fn serve_mtls_reloadable(
         let _ = stream.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
-        tokio::spawn(async move { serve_connection(acceptor, stream, peer, app).await });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(acceptor, stream, peer, app, watcher).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("no longer accepting connections; draining requests in flight");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
     }
 }
 
@@ -157,6 +189,7 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
 ) {
     let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
@@ -179,11 +212,20 @@ async fn serve_connection(
         request.extensions_mut().insert(identity.clone());
         request
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(error) = builder
-        .serve_connection(TokioIo::new(tls_stream), TowerToHyperService::new(service))
-        .await
-    {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connection =
+        builder.serve_connection(TokioIo::new(tls_stream), TowerToHyperService::new(service));
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

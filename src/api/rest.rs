@@ -82,6 +82,36 @@ async fn key_infos(
     Ok(Json(service.key_infos_for(&rest_caller(identity)).await?))
 }
 
+/// A slow client gets this long to send its body (headers are bounded by the connection).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read a request body: 413 over [`MAX_BODY_BYTES`], 408 when it does not arrive within
+/// [`BODY_READ_TIMEOUT`], 400 when the client breaks it off.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::request_timeout()),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            let mut too_large = false;
+            while let Some(current) = cause {
+                too_large |= current.is::<http_body_util::LengthLimitError>();
+                cause = current.source();
+            }
+            if too_large {
+                Err(ApiError::payload_too_large(MAX_BODY_BYTES))
+            } else {
+                Err(ApiError::bad_body(&error.to_string()))
+            }
+        }
+    }
+}
+
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
 /// otherwise the bare hex signature as text.
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -121,9 +151,7 @@ async fn sign(
 ) -> Result<Response, ApiError> {
     let caller = rest_caller(identity);
     check_content_type(&headers)?;
-    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let body = read_body(body).await?;
     let signed = service.sign_as(&caller, &identifier, &body).await?;
     tracing::debug!(key = %signed.public_key, kind = signed.kind.as_str(), root = %signed.signing_root, "signed");
     let signature = signed.signature.to_hex();
@@ -149,9 +177,7 @@ async fn slashable(
 ) -> Result<Response, ApiError> {
     let caller = rest_caller(identity);
     check_content_type(&headers)?;
-    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::payload_too_large(MAX_BODY_BYTES))?;
+    let body = read_body(body).await?;
     let answer = service
         .check_slashable_as(&caller, &identifier, &body)
         .await?;
