@@ -12,6 +12,7 @@ pub mod admin_commands;
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod benchtools;
 pub mod bls;
 pub mod certs;
 pub mod client;

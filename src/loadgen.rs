@@ -43,6 +43,9 @@ pub struct LoadOptions {
     pub raw_threads: Option<usize>,
     /// Write one CSV line per request (`send_offset_us,latency_us,status,kind`).
     pub csv: Option<std::path::PathBuf>,
+    /// Sign with keys that did not come from `demo` (the load tool signs arbitrary messages and
+    /// fills the slashing history with far-future epochs: never against real validator keys).
+    pub allow_non_demo_keys: bool,
     /// Burst mode: send exactly this many requests at once (spread over the connections, one
     /// key after another) and report the time until the last answer; ignores duration and rate.
     pub burst: Option<u64>,
@@ -216,6 +219,39 @@ async fn send(client: &MtlsClient, duties: &Duties, block_fraction: f64) -> (u16
     (status, kind)
 }
 
+/// Refuse to load keys that are not demo keys: the tool signs arbitrary messages with them.
+async fn refuse_real_keys(probe: &MtlsClient, keys: &[BlsPublicKey]) -> Result<()> {
+    let response = probe
+        .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
+        .await?;
+    if response.status != 200 {
+        bail!(
+            "cannot check where the keys came from (GET /api/v1/keystake/keys answered {}); pass --allow-non-demo-keys only for a test appliance",
+            response.status
+        );
+    }
+    let infos: Vec<serde_json::Value> = serde_json::from_slice(&response.body)?;
+    let wanted: std::collections::HashSet<String> = keys.iter().map(|k| k.to_hex()).collect();
+    let real: Vec<&str> = infos
+        .iter()
+        .filter(|info| {
+            info["public_key"]
+                .as_str()
+                .is_some_and(|k| wanted.contains(k))
+                && info["origin"] != "demo"
+        })
+        .filter_map(|info| info["public_key"].as_str())
+        .collect();
+    if !real.is_empty() {
+        bail!(
+            "refusing to load {} key(s) that are not demo keys (e.g. {}): the load tool signs arbitrary messages and fills their slashing history; use a demo appliance, or --allow-non-demo-keys for a test appliance",
+            real.len(),
+            real[0]
+        );
+    }
+    Ok(())
+}
+
 /// Run the load test described by `options` against the appliance of `config`.
 pub async fn run(
     config: &Config,
@@ -260,6 +296,9 @@ pub async fn run(
     }
     if keys.is_empty() {
         bail!("the appliance has no keys to sign with");
+    }
+    if !options.allow_non_demo_keys {
+        refuse_real_keys(&probe, &keys).await?;
     }
     writeln!(
         out,

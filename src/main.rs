@@ -214,6 +214,18 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Add N random demo keys (HSM-sealed) to a test appliance, for start-up and burst benchmarks.
+    Populate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        keys: usize,
+    },
+    /// Start `serve` for CONFIG and report the time until it listens and its peak RSS.
+    Startup {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
     /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
     /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
@@ -245,6 +257,9 @@ enum BenchCommand {
         /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
         #[arg(long)]
         burst: Option<u64>,
+        /// Also sign with keys that are not demo keys (test appliances only).
+        #[arg(long)]
+        allow_non_demo_keys: bool,
     },
 }
 
@@ -426,6 +441,19 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Bench {
+            command: BenchCommand::Populate { config, keys },
+        } => keystake_signer::benchtools::populate(
+            &load(&config)?,
+            keys,
+            &mut std::io::stdout().lock(),
+        )?,
+        Command::Bench {
+            command: BenchCommand::Startup { config },
+        } => {
+            let binary = std::env::current_exe()?;
+            keystake_signer::benchtools::startup(&binary, &config, &mut std::io::stdout().lock())?;
+        }
+        Command::Bench {
             command:
                 BenchCommand::Load {
                     config,
@@ -438,6 +466,7 @@ fn run(cli: Cli) -> Result<()> {
                     raw_threads,
                     csv,
                     burst,
+                    allow_non_demo_keys,
                 },
         } => {
             if !(0.0..=1.0).contains(&block_fraction) {
@@ -454,6 +483,7 @@ fn run(cli: Cli) -> Result<()> {
                 raw_threads,
                 csv,
                 burst,
+                allow_non_demo_keys,
             };
             let report = runtime()?.block_on(keystake_signer::loadgen::run(
                 &config,

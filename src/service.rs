@@ -64,6 +64,7 @@ pub(crate) struct LoadedKey {
     sealed: SealedShare,
     context: SealContext,
     threshold: Option<ThresholdInfo>,
+    origin: ShareOrigin,
 }
 
 impl LoadedKey {
@@ -96,6 +97,8 @@ pub struct KeyInfo {
     pub participants: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_public_key: Option<BlsPublicKey>,
+    /// Where the key came from: `keystore`, `demo`, `split`, `dkg`.
+    pub origin: &'static str,
 }
 
 /// The outcome of a successful signing request.
@@ -212,6 +215,7 @@ impl SigningService {
                     sealed: SealedShare(record.sealed),
                     context,
                     threshold: record.threshold,
+                    origin: record.origin,
                 }),
             );
         }
@@ -248,6 +252,7 @@ impl SigningService {
                 threshold: key.threshold.as_ref().map(|t| t.threshold.get()),
                 participants: key.threshold.as_ref().map(|t| t.participants),
                 group_public_key: key.threshold.as_ref().map(|t| t.group_public_key),
+                origin: key.origin.as_str(),
             })
             .collect()
     }
