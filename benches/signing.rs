@@ -42,6 +42,37 @@ fn signing_roots(c: &mut Criterion) {
     group.finish();
 }
 
+/// The pure EIP-3076 rules over an in-memory history of 1,000 attestations and blocks (the
+/// reference model; the SQLite store is measured in benches/slashing.rs).
+fn slashing_check(c: &mut Criterion) {
+    use keystake_signer::slashing::{
+        check_attestation, check_block, MemoryHistory, SignedAttestation, SignedBlock,
+    };
+    use keystake_signer::types::{Epoch, Root, Slot};
+    let history = MemoryHistory {
+        attestations: (0..1000u64)
+            .map(|e| SignedAttestation {
+                source: Epoch(e),
+                target: Epoch(e + 1),
+                signing_root: Some(Root([1; 32])),
+            })
+            .collect(),
+        blocks: (0..1000u64)
+            .map(|s| SignedBlock {
+                slot: Slot(s * 32),
+                signing_root: Some(Root([2; 32])),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    c.bench_function("slashing_check/attestation_1000_history", |b| {
+        b.iter(|| check_attestation(&history, Epoch(1000), Epoch(1001), black_box(Root([3; 32]))))
+    });
+    c.bench_function("slashing_check/block_1000_history", |b| {
+        b.iter(|| check_block(&history, Slot(32_000), black_box(Root([3; 32]))))
+    });
+}
+
 fn bls_sign(c: &mut Criterion) {
     let key = SecretKey::random(&mut rand::rngs::OsRng);
     let root = [7u8; 32];
@@ -82,5 +113,11 @@ fn softhsm_unseal(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signing_roots, bls_sign, softhsm_unseal);
+criterion_group!(
+    benches,
+    signing_roots,
+    slashing_check,
+    bls_sign,
+    softhsm_unseal
+);
 criterion_main!(benches);

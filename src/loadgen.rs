@@ -9,8 +9,9 @@
 //! other status is counted as an error and reported.
 //!
 //! Two modes: max-throughput (each connection sends its next request when the previous answer
-//! arrives) and fixed-rate (an open-loop schedule; latency is measured from the scheduled send
-//! time, so a stalled server cannot hide its queueing delay — no coordinated omission).
+//! arrives) and fixed-rate (an open-loop schedule; latency is measured from the moment a request
+//! is due — including any wait for a free connection, so a stalled server cannot hide its
+//! queueing delay (no coordinated omission) — but not the timer's own millisecond slack).
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -388,6 +389,10 @@ pub async fn run(
                     break;
                 }
                 tokio::time::sleep_until(scheduled.into()).await;
+                // Latency counts from here: the timer's own lateness (tokio's millisecond
+                // granularity) is the tool's, but waiting below for a free connection is the
+                // server's (a slow server holds the connections), so it counts.
+                let ready = Instant::now();
                 k += 1;
                 let permit = semaphore.clone().acquire_owned().await?;
                 let client = clients.lock().await.pop();
@@ -399,10 +404,9 @@ pub async fn run(
                 let clients = clients.clone();
                 tasks.push(tokio::spawn(async move {
                     let (status, kind) = send(&client, &duties, block_fraction).await;
-                    // From the scheduled time: a late send counts against the server.
                     let _ = tx.send(Sample {
                         send_offset: scheduled - start,
-                        latency: scheduled.elapsed(),
+                        latency: ready.elapsed(),
                         status,
                         kind,
                     });

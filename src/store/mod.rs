@@ -41,7 +41,7 @@ use crate::slashing::{self, History, NotSafe, Safe, SignedAttestation, SignedBlo
 use crate::types::{BlsPublicKey, Epoch, Root, ShareIndex, Slot, Threshold};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// At most this many requests share one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -308,6 +308,16 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              CREATE INDEX IF NOT EXISTS signed_attestations_by_source
                  ON signed_attestations (validator_id, source_epoch);
              PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version < 2 {
+        // Version 2: shares are looked up by group key on every import (one key per validator
+        // per appliance); without an index that made imports quadratic in the number of keys.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE INDEX IF NOT EXISTS shares_by_group ON shares (group_pubkey);
+             PRAGMA user_version = 2;
              COMMIT;",
         )?;
     }
@@ -943,7 +953,12 @@ impl History for SqlHistory<'_> {
     ) -> Result<Option<SignedAttestation>, Self::Error> {
         self.conn
             .prepare_cached(
+                // Scan the targets above the new one: in normal operation the new attestation
+                // is the newest, so this range is empty. (Left to itself SQLite picks the
+                // source index and walks the key's whole history: measured 5x slower at 40k
+                // records.)
                 "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+                 INDEXED BY signed_attestations_by_target
                  WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1",
             )?
             .query_row(
@@ -964,7 +979,9 @@ impl History for SqlHistory<'_> {
     ) -> Result<Option<SignedAttestation>, Self::Error> {
         self.conn
             .prepare_cached(
+                // Scan the sources above the new one: empty in normal operation (see above).
                 "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+                 INDEXED BY signed_attestations_by_source
                  WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1",
             )?
             .query_row(
