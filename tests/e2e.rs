@@ -6,7 +6,7 @@ use std::path::Path;
 use keystake_signer::consensus::Network;
 use keystake_signer::request::{self, SlashingCheck};
 use keystake_signer::slashing::{self, MemoryHistory, SignedAttestation, SignedBlock};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::common::*;
 
@@ -54,23 +54,6 @@ fn expected_outcome(
         (Ok(slashing::Safe::SameData), _) => true,
         (Err(_), _) => false,
     }
-}
-
-fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
-    json!({
-        "type": "ATTESTATION",
-        "fork_info": {
-            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
-        },
-        "attestation": {
-            "slot": (target * 32).to_string(),
-            "index": "0",
-            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
-            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
-            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
-        }
-    })
 }
 
 /// Every file under `dir`, recursively.

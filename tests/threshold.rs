@@ -17,23 +17,6 @@ use crate::common::*;
 const T: usize = 3;
 const N: usize = 4;
 
-fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
-    json!({
-        "type": "ATTESTATION",
-        "fork_info": {
-            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
-        },
-        "attestation": {
-            "slot": (target * 32).to_string(),
-            "index": "0",
-            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
-            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
-            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
-        }
-    })
-}
-
 fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -291,6 +274,7 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
                 "threshold": T,
                 "participants": N,
                 "group_public_key": group_key,
+                "origin": "split",
             }])
         );
     }

@@ -14,7 +14,7 @@ use keystake_signer::client::MtlsClient;
 use keystake_signer::keystore::{self, KdfChoice};
 use keystake_signer::tls;
 use secrecy::SecretString;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keystake-signer");
 
@@ -341,4 +341,23 @@ pub async fn keymanager(
         body.map(|b| serde_json::to_vec(b).unwrap()),
     )
     .await
+}
+
+/// A mainnet ATTESTATION request for `source → target`; `block_root_byte` varies the signing
+/// root (same epochs, different byte = a double vote).
+pub fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
+    json!({
+        "type": "ATTESTATION",
+        "fork_info": {
+            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
+            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
+        },
+        "attestation": {
+            "slot": (target * 32).to_string(),
+            "index": "0",
+            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
+            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
+            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
+        }
+    })
 }
