@@ -858,43 +858,30 @@ fn insert_share_in(
         t.map(|t| t.share_public_keys.iter().flat_map(|k| k.0).collect());
     let outcome = match existing {
         Some(true) => return Ok(InsertOutcome::Duplicate),
-        Some(false) => {
-            tx.execute(
-                "UPDATE shares SET sealed = ?2, origin = ?3, share_index = ?4, threshold = ?5,
-                     participants = ?6, group_pubkey = ?7, share_pubkeys = ?8, enabled = 1
-                 WHERE validator_id = ?1",
-                params![
-                    validator_id,
-                    record.sealed,
-                    record.origin.as_str(),
-                    t.map(|t| t.index.get()),
-                    t.map(|t| t.threshold.get()),
-                    t.map(|t| t.participants),
-                    t.map(|t| t.group_public_key.0.to_vec()),
-                    share_pubkeys,
-                ],
-            )?;
-            InsertOutcome::Reenabled
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO shares (validator_id, sealed, origin, share_index, threshold,
-                     participants, group_pubkey, share_pubkeys, enabled, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, strftime('%s','now'))",
-                params![
-                    validator_id,
-                    record.sealed,
-                    record.origin.as_str(),
-                    t.map(|t| t.index.get()),
-                    t.map(|t| t.threshold.get()),
-                    t.map(|t| t.participants),
-                    t.map(|t| t.group_public_key.0.to_vec()),
-                    share_pubkeys,
-                ],
-            )?;
-            InsertOutcome::Inserted
-        }
+        // A deleted (disabled) key comes back with the new blob; its history never left.
+        Some(false) => InsertOutcome::Reenabled,
+        None => InsertOutcome::Inserted,
     };
+    tx.execute(
+        "INSERT INTO shares (validator_id, sealed, origin, share_index, threshold,
+             participants, group_pubkey, share_pubkeys, enabled, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, strftime('%s','now'))
+         ON CONFLICT (validator_id) DO UPDATE SET sealed = excluded.sealed,
+             origin = excluded.origin, share_index = excluded.share_index,
+             threshold = excluded.threshold, participants = excluded.participants,
+             group_pubkey = excluded.group_pubkey, share_pubkeys = excluded.share_pubkeys,
+             enabled = 1",
+        params![
+            validator_id,
+            record.sealed,
+            record.origin.as_str(),
+            t.map(|t| t.index.get()),
+            t.map(|t| t.threshold.get()),
+            t.map(|t| t.participants),
+            t.map(|t| t.group_public_key.0.to_vec()),
+            share_pubkeys,
+        ],
+    )?;
     apply_new_key_watermark(tx, validator_id, new_key_watermark)?;
     Ok(outcome)
 }
