@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-150}"
 OUT="${OUT:-docs/dashboard.png}"
-cargo build --bin keystake-signer --example grpc_sign
+cargo build --features tools --bin keystake-signer --example grpc_sign
 BIN=./target/debug/keystake-signer
 EXAMPLE=./target/debug/examples/grpc_sign
 WORK="$(mktemp -d)"

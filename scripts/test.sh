@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"
 cargo fmt --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+echo "== keystake-core stays pure (no I/O crate among its dependencies)"
+./scripts/check-core-purity.sh
 echo "== hadolint Dockerfile"
 ./scripts/lint-dockerfile.sh
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 echo "== api fuzz (schemathesis over mutual TLS against the running server)"
 ./scripts/api-fuzz.sh
 # A real consensus client (Lodestar devnet, ../shared/interop/lodestar) signing every duty through

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keystake_signer::api::grpc_client::GrpcClient;
+use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
 use crate::authz::{vector, PolicyAppliance};

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keystake_signer::api::grpc_client::GrpcClient;
-use keystake_signer::client::MtlsClient;
+use keystake_signer::net::client::MtlsClient;
+use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
 use crate::common::*;

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use keystake_signer::consensus::Network;
-use keystake_signer::request::{self, SlashingCheck};
-use keystake_signer::slashing::{self, MemoryHistory, SignedAttestation, SignedBlock};
+use keystake_core::consensus::Network;
+use keystake_core::request::{self, SlashingCheck};
+use keystake_core::slashing::{self, MemoryHistory, SignedAttestation, SignedBlock};
 use serde_json::Value;
 
 use crate::common::*;
@@ -260,7 +260,7 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
         "--client",
         "intruder",
     ]);
-    let foreign = keystake_signer::tls::client_config(
+    let foreign = keystake_signer::net::tls::client_config(
         &certs.join("ca.pem"),
         &other.path().join("intruder.pem"),
         &other.path().join("intruder.key"),
@@ -275,16 +275,16 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
     // An expired certificate from the right CA.
     let expired_dir = tempfile::tempdir().unwrap();
     let now = time::OffsetDateTime::now_utc();
-    keystake_signer::certs::issue_client_with_validity(
+    keystake_signer::net::pki::issue_client_with_validity(
         &certs,
         expired_dir.path(),
         "expired",
         now - time::Duration::days(30),
         now - time::Duration::days(1),
-        keystake_signer::certs::Overwrite::Refuse,
+        keystake_signer::net::pki::Overwrite::Refuse,
     )
     .unwrap();
-    let expired = keystake_signer::tls::client_config(
+    let expired = keystake_signer::net::tls::client_config(
         &certs.join("ca.pem"),
         &expired_dir.path().join("expired.pem"),
         &expired_dir.path().join("expired.key"),
@@ -379,7 +379,8 @@ async fn a_crash_while_signing_writes_no_core_dump() {
         }
     };
     let client =
-        keystake_signer::client::MtlsClient::new(appliance.client_config("client"), &url).unwrap();
+        keystake_signer::net::client::MtlsClient::new(appliance.client_config("client"), &url)
+            .unwrap();
     let keys = client
         .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
         .await

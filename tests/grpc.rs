@@ -1,8 +1,8 @@
 //! The gRPC API through real sockets: the real binary, mutual TLS on 127.0.0.1, the crate's
 //! `GrpcClient`. Compared byte for byte with the REST API on the same appliance.
 
-use keystake_signer::api::grpc::pb;
-use keystake_signer::api::grpc_client::GrpcClient;
+use keystake_signer::net::grpc::pb;
+use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
 use crate::authz::{vector, PolicyAppliance};

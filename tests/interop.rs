@@ -767,7 +767,7 @@ const LODESTAR_TIMEOUT_S: u64 = 240;
 static LODESTAR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn harness_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/interop/lodestar")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/lodestar")
 }
 
 /// A devnet appliance: network file, the 8 interop keys imported with `keys import`.

@@ -4,8 +4,8 @@
 //! still refused.
 
 use http::Method;
-use keystake_signer::keystore::KdfChoice;
-use keystake_signer::slashing::interchange::Interchange;
+use keystake_core::keystore::KdfChoice;
+use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -318,7 +318,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
     let mut with_other = interchange.clone();
     with_other
         .data
-        .push(keystake_signer::slashing::interchange::InterchangeRecord {
+        .push(keystake_core::slashing::interchange::InterchangeRecord {
             pubkey: other.public_key(),
             signed_blocks: vec![],
             signed_attestations: vec![],

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keystake_signer::api::grpc_client::GrpcClient;
-use keystake_signer::client::MtlsClient;
+use keystake_signer::net::client::MtlsClient;
+use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
 use crate::authz::{vector, PolicyAppliance};

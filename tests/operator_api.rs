@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-async fn get(client: &keystake_signer::client::MtlsClient, path: &str) -> (u16, Value) {
+async fn get(client: &keystake_signer::net::client::MtlsClient, path: &str) -> (u16, Value) {
     request_raw(client, http::Method::GET, path, &[], None).await
 }
 

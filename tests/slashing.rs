@@ -13,7 +13,7 @@ mod property;
 #[path = "slashing_server.rs"]
 mod server;
 
-use keystake_signer::client::MtlsClient;
+use keystake_signer::net::client::MtlsClient;
 use serde_json::{json, Value};
 
 /// Mainnet's genesis validators root, which every request below carries.

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keystake_signer::consensus::Network;
-use keystake_signer::request::{self, SlashingCheck};
-use keystake_signer::slashing::interchange::Interchange;
-use keystake_signer::types::Root;
+use keystake_core::consensus::Network;
+use keystake_core::request::{self, SlashingCheck};
+use keystake_core::slashing::interchange::Interchange;
+use keystake_core::types::Root;
 use rand::Rng;
 use serde_json::Value;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keystake_signer::slashing::interchange::Interchange;
+use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
 use super::{attestation, post, MAINNET_GVR};

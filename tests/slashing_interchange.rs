@@ -11,10 +11,10 @@
 
 use std::path::Path;
 
-use keystake_signer::slashing::interchange::Interchange;
-use keystake_signer::slashing::Safe;
+use keystake_core::slashing::interchange::Interchange;
+use keystake_core::slashing::Safe;
+use keystake_core::types::{BlsPublicKey, Epoch, Root, Slot};
 use keystake_signer::store::{Refusal, SlashingRequest, Store};
-use keystake_signer::types::{BlsPublicKey, Epoch, Root, Slot};
 use serde_json::Value;
 
 use crate::common::vector_files;

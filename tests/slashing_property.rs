@@ -8,12 +8,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use keystake_signer::slashing::interchange::{
+use keystake_core::slashing::interchange::{
     Interchange, InterchangeAttestation, InterchangeBlock, InterchangeRecord,
 };
-use keystake_signer::slashing::Safe;
+use keystake_core::slashing::Safe;
+use keystake_core::types::{BlsPublicKey, Epoch, Root, Slot};
 use keystake_signer::store::{CheckOutcome, SlashingRequest, Store, StoreError};
-use keystake_signer::types::{BlsPublicKey, Epoch, Root, Slot};
 use proptest::prelude::*;
 
 const KEYS: u8 = 3;

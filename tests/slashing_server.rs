@@ -2,7 +2,7 @@
 //! one signature, the 412 body names the rule and the earlier record, the dry-run endpoint
 //! answers without recording, and `slashing import/export` work (also while serving).
 
-use keystake_signer::slashing::interchange::Interchange;
+use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
 use super::{attestation, block, post, MAINNET_GVR};

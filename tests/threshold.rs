@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use keystake_signer::bls::SecretKey;
-use keystake_signer::consensus::Network;
-use keystake_signer::keystore::{self, KdfChoice};
-use keystake_signer::request;
+use keystake_core::bls::SecretKey;
+use keystake_core::consensus::Network;
+use keystake_core::keystore::{self, KdfChoice};
+use keystake_core::request;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 

@@ -1,8 +1,8 @@
 //! Independent vectors through the pure path: request JSON → signing root → BLS signature,
 //! byte-identical to `../shared/vectors/web3signer/`.
 
-use keystake_signer::consensus::Network;
-use keystake_signer::request;
+use keystake_core::consensus::Network;
+use keystake_core::request;
 
 use crate::common::*;
 

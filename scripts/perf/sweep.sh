@@ -3,7 +3,7 @@
 # connection count and writes a CSV for plot.py.   usage: sweep.sh CONFIG OUT.csv [SECONDS]
 set -euo pipefail
 CONFIG=$1; OUT=$2; SECS=${3:-10}
-BIN=${BIN:-./target/release/keystake-signer}
+BIN=${BIN:-./target/release/keystake-signer}   # build with: cargo build --release --features tools
 echo "connections,throughput,raw_blst,ratio,p50_ms,p99_ms" > "$OUT"
 for c in 1 2 4 8 16 32 64; do
   line=$("$BIN" bench load --config "$CONFIG" --duration "$SECS" --connections "$c" | tail -1)

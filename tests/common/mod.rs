@@ -9,17 +9,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keystake_signer::bls::SecretKey;
-use keystake_signer::client::MtlsClient;
-use keystake_signer::keystore::{self, KdfChoice};
-use keystake_signer::tls;
+use keystake_core::bls::SecretKey;
+use keystake_core::keystore::{self, KdfChoice};
+use keystake_signer::net::client::MtlsClient;
+use keystake_signer::net::tls;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keystake-signer");
 
 pub fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
 }
 
 /// Every JSON file of a vector folder, sorted by name, with the file stem.

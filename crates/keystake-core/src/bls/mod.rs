@@ -1,0 +1,489 @@
+//! BLS12-381 signatures as Ethereum uses them — the one module that touches `blst`.
+//!
+//! Ciphersuite: "min_pk" (public keys are 48-byte compressed G1 points, signatures 96-byte
+//! compressed G2 points) with the proof-of-possession domain separation tag
+//! [`DST`] = `BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_`, exactly as the consensus specs.
+//!
+//! What it refuses:
+//! * secret keys that are not 32 big-endian bytes in `[1, r)`;
+//! * public keys and signatures that are not canonical compressed encodings, not on the curve,
+//!   not in the prime-order subgroup, or the point at infinity ([`validate_public_key`],
+//!   [`validate_signature`]; [`verify`] applies the same checks and answers `false`).
+//!
+//! [`SecretKey`] wraps `blst::min_pk::SecretKey` (which derives a `Debug` that prints the key):
+//! the wrapper prints `<redacted>`, is zeroized on drop by blst, and hands its bytes out only
+//! through [`SecretKey::to_bytes`], inside `Zeroizing`.
+//!
+//! Beyond signing, it offers the field and group arithmetic threshold signing needs: [`Scalar`]
+//! (F_r, in the FFI submodule — the crate's only `unsafe`) and multi-scalar multiplication in G1
+//! and G2 through blst's safe `MultiPoint` API ([`g1_linear_combination`],
+//! [`g2_linear_combination`]).
+// `deny`, not `forbid`: the `ffi` child module must be able to `allow` unsafe code.
+#![deny(unsafe_code)]
+
+mod ffi;
+
+use std::fmt;
+
+use blst::min_pk;
+use blst::{MultiPoint, BLST_ERROR};
+use zeroize::Zeroizing;
+
+pub use self::ffi::Scalar;
+use crate::types::{BlsPublicKey, BlsSignature};
+
+/// Domain separation tag of Ethereum's BLS signatures (proof-of-possession scheme, G2 signatures).
+pub const DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
+
+/// Bits of a scalar below `r` (r < 2^255), the width passed to blst's multi-scalar multiplication.
+const SCALAR_BITS: usize = 255;
+
+/// Why a key, point or signature was refused. Messages never contain secret material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlsError {
+    #[error("a secret key must be 32 big-endian bytes encoding a value in [1, r)")]
+    InvalidSecretKey,
+    #[error("not a valid compressed point encoding")]
+    BadEncoding,
+    #[error("point is not on the BLS12-381 curve")]
+    NotOnCurve,
+    #[error("point is not in the prime-order subgroup")]
+    NotInSubgroup,
+    #[error("point is the point at infinity")]
+    Infinity,
+    #[error("{points} points but {scalars} scalars")]
+    LengthMismatch { points: usize, scalars: usize },
+    #[error("a linear combination needs at least one point")]
+    NoPoints,
+    #[error("blst refused the input: {0:?}")]
+    Other(BLST_ERROR),
+}
+
+impl From<BLST_ERROR> for BlsError {
+    fn from(error: BLST_ERROR) -> Self {
+        match error {
+            BLST_ERROR::BLST_BAD_ENCODING => BlsError::BadEncoding,
+            BLST_ERROR::BLST_POINT_NOT_ON_CURVE => BlsError::NotOnCurve,
+            BLST_ERROR::BLST_POINT_NOT_IN_GROUP => BlsError::NotInSubgroup,
+            BLST_ERROR::BLST_PK_IS_INFINITY => BlsError::Infinity,
+            other => BlsError::Other(other),
+        }
+    }
+}
+
+/// A BLS secret key (a scalar in `[1, r)`). Not `Clone`: a copy of a secret must be deliberate
+/// (`SecretKey::from_zeroizing(key.to_bytes())`).
+pub struct SecretKey {
+    /// blst zeroizes its `SecretKey` on drop.
+    inner: min_pk::SecretKey,
+}
+
+impl SecretKey {
+    /// From 32 big-endian bytes encoding a value in `[1, r)`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlsError> {
+        if bytes.len() != 32 {
+            return Err(BlsError::InvalidSecretKey);
+        }
+        min_pk::SecretKey::from_bytes(bytes)
+            .map(|inner| Self { inner })
+            .map_err(|_| BlsError::InvalidSecretKey)
+    }
+
+    /// Like [`SecretKey::from_bytes`], taking ownership of a buffer that is wiped when dropped.
+    pub fn from_zeroizing(bytes: Zeroizing<[u8; 32]>) -> Result<Self, BlsError> {
+        Self::from_bytes(bytes.as_slice())
+    }
+
+    /// The 32 big-endian bytes of the key: the one named way a secret key leaves this type
+    /// (for sealing by the HSM and for keystore encryption).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.inner.to_bytes())
+    }
+
+    /// A key uniformly distributed in `[1, r)`, by rejection sampling.
+    pub fn random<R: rand_core::RngCore + rand_core::CryptoRng>(rng: &mut R) -> Self {
+        let mut candidate = Zeroizing::new([0u8; 32]);
+        loop {
+            rng.fill_bytes(candidate.as_mut_slice());
+            // r is just below 2^255: clearing the top bit makes about 9 in 10 candidates valid.
+            candidate[0] &= 0x7f;
+            if let Ok(key) = Self::from_bytes(candidate.as_slice()) {
+                return key;
+            }
+        }
+    }
+
+    /// The scalar this key is, for threshold arithmetic.
+    pub fn to_scalar(&self) -> Scalar {
+        Scalar::from_secret_key(&self.inner)
+    }
+
+    /// The key whose scalar is `scalar`; refuses zero.
+    pub fn from_scalar(scalar: &Scalar) -> Result<Self, BlsError> {
+        Self::from_zeroizing(scalar.to_be_bytes())
+    }
+
+    /// `sk·G1`, compressed.
+    pub fn public_key(&self) -> BlsPublicKey {
+        BlsPublicKey(self.inner.sk_to_pk().compress())
+    }
+
+    /// Sign `message` (callers pass the 32-byte signing root) under [`DST`].
+    pub fn sign(&self, message: &[u8]) -> BlsSignature {
+        BlsSignature(self.inner.sign(message, DST, &[]).compress())
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// Decompress and fully validate a public key (on curve, in subgroup, not infinity).
+fn decode_public_key(public_key: &BlsPublicKey) -> Result<min_pk::PublicKey, BlsError> {
+    let point = min_pk::PublicKey::from_bytes(public_key.as_bytes())?;
+    point.validate()?;
+    Ok(point)
+}
+
+/// Decompress and fully validate a signature (on curve, in subgroup, not infinity).
+fn decode_signature(signature: &BlsSignature) -> Result<min_pk::Signature, BlsError> {
+    let point = min_pk::Signature::from_bytes(signature.as_bytes())?;
+    // `true`: refuse infinity; the subgroup check is always done.
+    point.validate(true)?;
+    Ok(point)
+}
+
+/// `Ok` when `public_key` is a canonical compressed G1 point in the subgroup, not infinity.
+pub fn validate_public_key(public_key: &BlsPublicKey) -> Result<(), BlsError> {
+    decode_public_key(public_key).map(|_| ())
+}
+
+/// `Ok` when `signature` is a canonical compressed G2 point in the subgroup, not infinity.
+pub fn validate_signature(signature: &BlsSignature) -> Result<(), BlsError> {
+    decode_signature(signature).map(|_| ())
+}
+
+/// Whether `signature` is a valid signature of `message` under `public_key`. Invalid encodings,
+/// points outside the subgroup and infinity (key or signature) all answer `false`.
+pub fn verify(public_key: &BlsPublicKey, message: &[u8], signature: &BlsSignature) -> bool {
+    let (Ok(public_key), Ok(signature)) =
+        (decode_public_key(public_key), decode_signature(signature))
+    else {
+        return false;
+    };
+    // Both points were validated just above, so blst need not check them again.
+    signature.verify(false, message, DST, &[], &public_key, false) == BLST_ERROR::BLST_SUCCESS
+}
+
+/// Concatenated little-endian scalars, the layout blst's `MultiPoint::mult` reads.
+fn scalar_bytes(scalars: &[Scalar]) -> Zeroizing<Vec<u8>> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(32 * scalars.len()));
+    for scalar in scalars {
+        bytes.extend_from_slice(scalar.to_le_bytes().as_slice());
+    }
+    bytes
+}
+
+fn check_lengths(points: usize, scalars: usize) -> Result<(), BlsError> {
+    if points == 0 {
+        return Err(BlsError::NoPoints);
+    }
+    if points != scalars {
+        return Err(BlsError::LengthMismatch { points, scalars });
+    }
+    Ok(())
+}
+
+/// `Σ scalars[i]·points[i]` in G1. Every point is validated first; a result at infinity is
+/// refused (it is never a usable public key). Variable-time in the scalars: pass public scalars
+/// only (Lagrange coefficients, powers of a share index).
+pub fn g1_linear_combination(
+    points: &[BlsPublicKey],
+    scalars: &[Scalar],
+) -> Result<BlsPublicKey, BlsError> {
+    check_lengths(points.len(), scalars.len())?;
+    let decoded = points
+        .iter()
+        .map(decode_public_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sum = decoded
+        .as_slice()
+        .mult(&scalar_bytes(scalars), SCALAR_BITS)
+        .to_public_key();
+    let compressed = BlsPublicKey(sum.compress());
+    validate_public_key(&compressed)?;
+    Ok(compressed)
+}
+
+/// `Σ scalars[i]·points[i]` in G2 (combining partial signatures). Same rules as
+/// [`g1_linear_combination`].
+pub fn g2_linear_combination(
+    points: &[BlsSignature],
+    scalars: &[Scalar],
+) -> Result<BlsSignature, BlsError> {
+    check_lengths(points.len(), scalars.len())?;
+    let decoded = points
+        .iter()
+        .map(decode_signature)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sum = decoded
+        .as_slice()
+        .mult(&scalar_bytes(scalars), SCALAR_BITS)
+        .to_signature();
+    let compressed = BlsSignature(sum.compress());
+    validate_signature(&compressed)?;
+    Ok(compressed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn vector_dir(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/vectors/bls")
+            .join(name)
+    }
+
+    /// Every `(file name, JSON)` of one vector folder; fails if the folder is empty or missing.
+    fn load_vectors(name: &str) -> Vec<(String, Value)> {
+        let dir = vector_dir(name);
+        let mut cases = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let file_name = path.file_name().unwrap().to_string_lossy().into_owned();
+            cases.push((file_name, serde_json::from_str(&text).unwrap()));
+        }
+        assert!(!cases.is_empty(), "no vectors in {}", dir.display());
+        cases
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        hex::decode(text.trim_start_matches("0x")).unwrap()
+    }
+
+    #[test]
+    fn sign_vectors() {
+        let cases = load_vectors("sign");
+        for (name, case) in &cases {
+            let key_bytes = unhex(case["input"]["privkey"].as_str().unwrap());
+            let message = unhex(case["input"]["message"].as_str().unwrap());
+            match case["output"].as_str() {
+                Some(expected) => {
+                    let key = SecretKey::from_bytes(&key_bytes).unwrap();
+                    let signature = key.sign(&message);
+                    assert_eq!(signature.0.to_vec(), unhex(expected), "{name}");
+                    assert!(verify(&key.public_key(), &message, &signature), "{name}");
+                }
+                None => assert_eq!(
+                    SecretKey::from_bytes(&key_bytes).unwrap_err(),
+                    BlsError::InvalidSecretKey,
+                    "{name}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn verify_vectors() {
+        let cases = load_vectors("verify");
+        let mut valid = 0;
+        for (name, case) in &cases {
+            let public_key =
+                BlsPublicKey::from_slice(&unhex(case["input"]["pubkey"].as_str().unwrap()))
+                    .unwrap();
+            let message = unhex(case["input"]["message"].as_str().unwrap());
+            let signature =
+                BlsSignature::from_slice(&unhex(case["input"]["signature"].as_str().unwrap()))
+                    .unwrap();
+            let expected = case["output"].as_bool().unwrap();
+            assert_eq!(
+                verify(&public_key, &message, &signature),
+                expected,
+                "{name}"
+            );
+            valid += usize::from(expected);
+        }
+        assert!(valid > 0 && valid < cases.len());
+    }
+
+    /// The vectors say whether *deserialization* succeeds; infinity deserializes but our
+    /// validation refuses it, so "succeeds" means `Ok` or exactly `Infinity`.
+    fn check_deserialization(
+        folder: &str,
+        field: &str,
+        validate: impl Fn(&[u8]) -> Result<(), BlsError>,
+    ) {
+        for (name, case) in load_vectors(folder) {
+            let bytes = hex::decode(case["input"][field].as_str().unwrap()).unwrap();
+            let expected = case["output"].as_bool().unwrap();
+            let result = validate(&bytes);
+            let deserialized = matches!(result, Ok(()) | Err(BlsError::Infinity));
+            assert_eq!(deserialized, expected, "{name}: {result:?}");
+            if name.starts_with("deserialization_succeeds_infinity") {
+                assert_eq!(result, Err(BlsError::Infinity), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn deserialization_g1_vectors() {
+        check_deserialization("deserialization_G1", "pubkey", |bytes| {
+            let key = BlsPublicKey::from_slice(bytes).map_err(|_| BlsError::BadEncoding)?;
+            validate_public_key(&key)
+        });
+    }
+
+    #[test]
+    fn deserialization_g2_vectors() {
+        check_deserialization("deserialization_G2", "signature", |bytes| {
+            let signature = BlsSignature::from_slice(bytes).map_err(|_| BlsError::BadEncoding)?;
+            validate_signature(&signature)
+        });
+    }
+
+    #[test]
+    fn secret_key_range() {
+        let order = unhex("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001");
+        assert!(SecretKey::from_bytes(&order).is_err());
+        assert!(SecretKey::from_bytes(&[0u8; 32]).is_err());
+        assert!(SecretKey::from_bytes(&[1u8; 31]).is_err());
+        assert!(SecretKey::from_bytes(&[1u8; 33]).is_err());
+        let mut order_minus_one = order.clone();
+        order_minus_one[31] = 0;
+        let key = SecretKey::from_bytes(&order_minus_one).unwrap();
+        assert_eq!(key.to_bytes().to_vec(), order_minus_one);
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let key = SecretKey::from_zeroizing(Zeroizing::new(one)).unwrap();
+        // 1·G1 is the generator.
+        assert_eq!(
+            key.public_key().to_hex(),
+            "0x97f1d3a73197d7942695638c4fa9ac0fc3688c4f9774b905a14e3a3f171bac586c55e83ff97a1aeffb3af00adb22c6bb"
+        );
+    }
+
+    #[test]
+    fn secret_key_debug_is_redacted() {
+        let key = SecretKey::from_bytes(&[0x11; 32]).unwrap();
+        let printed = format!("{key:?} {:?}", key.to_scalar());
+        assert!(!printed.contains("11"), "{printed}");
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn random_keys_sign_and_verify() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let first = SecretKey::random(&mut rng);
+        let second = SecretKey::random(&mut rng);
+        assert_ne!(first.to_bytes(), second.to_bytes());
+        let message = [0x42u8; 32];
+        let signature = first.sign(&message);
+        assert!(verify(&first.public_key(), &message, &signature));
+        assert!(!verify(&second.public_key(), &message, &signature));
+        assert!(!verify(&first.public_key(), &[0x43u8; 32], &signature));
+        validate_public_key(&first.public_key()).unwrap();
+        validate_signature(&signature).unwrap();
+    }
+
+    #[test]
+    fn scalar_arithmetic() {
+        let two = Scalar::from_u64(2);
+        let three = Scalar::from_u64(3);
+        assert_eq!(
+            two.add(&three).to_be_bytes(),
+            Scalar::from_u64(5).to_be_bytes()
+        );
+        assert_eq!(
+            two.mul(&three).to_be_bytes(),
+            Scalar::from_u64(6).to_be_bytes()
+        );
+        // 2 - 3 = r - 1
+        let minus_one = two.sub(&three);
+        let mut expected =
+            unhex("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000000");
+        assert_eq!(minus_one.to_be_bytes().to_vec(), expected);
+        expected.reverse();
+        assert_eq!(minus_one.to_le_bytes().to_vec(), expected);
+        let inverse = three.invert().unwrap();
+        assert_eq!(
+            inverse.mul(&three).to_be_bytes(),
+            Scalar::one().to_be_bytes()
+        );
+        assert!(Scalar::zero().invert().is_none());
+        assert!(Scalar::zero().is_zero());
+        assert!(!Scalar::one().is_zero());
+        assert!(three.sub(&three).is_zero());
+        let bytes = *minus_one.to_be_bytes();
+        let decoded = Scalar::from_be_bytes_canonical(&bytes).unwrap();
+        assert_eq!(decoded.to_be_bytes(), minus_one.to_be_bytes());
+        let order: [u8; 32] =
+            unhex("73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001")
+                .try_into()
+                .unwrap();
+        assert!(Scalar::from_be_bytes_canonical(&order).is_none());
+        assert!(Scalar::from_be_bytes_canonical(&[0u8; 32])
+            .unwrap()
+            .is_zero());
+        let key = SecretKey::from_bytes(&bytes).unwrap();
+        assert_eq!(key.to_scalar().to_be_bytes(), minus_one.to_be_bytes());
+        assert!(SecretKey::from_scalar(&Scalar::zero()).is_err());
+    }
+
+    #[test]
+    fn linear_combinations_match_scalar_arithmetic() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let keys: Vec<SecretKey> = (0..3).map(|_| SecretKey::random(&mut rng)).collect();
+        let weights: Vec<Scalar> = [5u64, 7, 11].iter().map(|w| Scalar::from_u64(*w)).collect();
+        let mut combined = Scalar::zero();
+        for (key, weight) in keys.iter().zip(&weights) {
+            combined = combined.add(&key.to_scalar().mul(weight));
+        }
+        let combined_key = SecretKey::from_scalar(&combined).unwrap();
+        let public_keys: Vec<BlsPublicKey> = keys.iter().map(SecretKey::public_key).collect();
+        assert_eq!(
+            g1_linear_combination(&public_keys, &weights).unwrap(),
+            combined_key.public_key()
+        );
+        let message = [1u8; 32];
+        let signatures: Vec<BlsSignature> = keys.iter().map(|k| k.sign(&message)).collect();
+        assert_eq!(
+            g2_linear_combination(&signatures, &weights).unwrap(),
+            combined_key.sign(&message)
+        );
+        // One point.
+        assert_eq!(
+            g1_linear_combination(&public_keys[..1], &[Scalar::one()]).unwrap(),
+            public_keys[0]
+        );
+        // P + (r-1)·P is infinity: refused.
+        let minus_one = Scalar::zero().sub(&Scalar::one());
+        assert_eq!(
+            g1_linear_combination(
+                &[public_keys[0], public_keys[0]],
+                &[Scalar::one(), minus_one]
+            ),
+            Err(BlsError::Infinity)
+        );
+        assert_eq!(g1_linear_combination(&[], &[]), Err(BlsError::NoPoints));
+        assert_eq!(
+            g2_linear_combination(&signatures, &weights[..2]),
+            Err(BlsError::LengthMismatch {
+                points: 3,
+                scalars: 2
+            })
+        );
+        let mut bad = public_keys.clone();
+        bad[1].0[5] ^= 1;
+        assert!(g1_linear_combination(&bad, &weights).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! Combining partial signatures (issue #5): combines per second for t = 3, 5, 7, with every
+//! partial verified first (the default of `combine`, which names culprits) and optimistically
+//! (interpolate t partials, verify only the result). Run with `cargo bench --bench threshold`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use keystake_core::bls::SecretKey;
+use keystake_core::threshold;
+use keystake_core::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+struct Case {
+    t: Threshold,
+    share_public_keys: BTreeMap<ShareIndex, BlsPublicKey>,
+    group_public_key: BlsPublicKey,
+    partials: Vec<(ShareIndex, BlsSignature)>,
+}
+
+/// A t-of-(2t-1) split of a random key and t partial signatures of `message`.
+fn case(t: u32, message: &[u8]) -> Case {
+    let mut rng = StdRng::seed_from_u64(u64::from(t));
+    let secret = SecretKey::random(&mut rng);
+    let threshold = Threshold::new(t).unwrap();
+    let split = threshold::split(&secret, threshold, 2 * t - 1, &mut rng).unwrap();
+    Case {
+        t: threshold,
+        share_public_keys: split
+            .shares
+            .iter()
+            .map(|share| (share.index(), share.public_key()))
+            .collect(),
+        group_public_key: secret.public_key(),
+        partials: split
+            .shares
+            .iter()
+            .take(t as usize)
+            .map(|share| (share.index(), share.sign(message)))
+            .collect(),
+    }
+}
+
+fn combine(c: &mut Criterion) {
+    let message = [0x5au8; 32];
+    let mut group = c.benchmark_group("combine");
+    group.throughput(Throughput::Elements(1));
+    for t in [3u32, 5, 7] {
+        let case = case(t, &message);
+        for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
+            group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
+                b.iter(|| {
+                    threshold::combine(
+                        case.t,
+                        &case.share_public_keys,
+                        &case.group_public_key,
+                        &message,
+                        &case.partials,
+                        verify_partials,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, combine);
+criterion_main!(benches);

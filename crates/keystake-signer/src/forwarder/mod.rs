@@ -1,0 +1,537 @@
+//! `keystake-signer connect`: a loopback forwarder for validator clients that cannot present a
+//! client certificate (Lodestar). It runs on the validator-client host, accepts plain HTTP/1.1 on a
+//! loopback address, and sends each request on to the appliance over mutual TLS with this host's
+//! client certificate, reusing pooled upstream connections ([`crate::net::client::MtlsClient`]).
+//!
+//! Why this rather than a plain listener on the appliance: the appliance keeps one door, mutual
+//! TLS, so the certificate (and its revocation) still decides who may ask for signatures, and the
+//! traffic crossing the network stays encrypted and authenticated. The plain-HTTP hop never leaves
+//! the validator-client host, where whoever can reach loopback can already read the client's own
+//! files. See `docs/security.md` ("Forwarder").
+//!
+//! It refuses: listen addresses that are not loopback (unless explicitly forced, with a loud
+//! warning); request bodies over [`MAX_FORWARD_BODY`] (413); header values that are not visible
+//! ASCII (400). Upstream failures become JSON errors, one log line each saying which: appliance
+//! unreachable (503), appliance refused our client certificate (502), appliance certificate not
+//! trusted by us (502), broken upstream exchange (502), no answer in time (504) — statuses set in
+//! `crate::net::error`. Hop-by-hop headers (`Connection` and those it names, `Keep-Alive`,
+//! `Transfer-Encoding`, …) are not forwarded either way; the client's `Connection: close` is
+//! honoured on the client side (the answer carries it and the socket is closed) while the
+//! upstream connection stays pooled.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::IntoResponse;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::net::client::{ClientError, FailureKind, MtlsClient};
+use crate::net::error::ApiError;
+use crate::net::tls::{self, TlsError};
+
+/// Largest request body forwarded (a keymanager import of many keystores fits).
+pub const MAX_FORWARD_BODY: usize = 8 * 1024 * 1024;
+/// Default bound on one upstream exchange, connection set-up included (well inside a 12 s slot).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus `Host` and
+/// `Content-Length`, which the next hop sets itself.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// What `connect` is given on the command line.
+#[derive(Clone, Debug)]
+pub struct ForwarderOptions {
+    pub listen: SocketAddr,
+    /// `https://APPLIANCE:PORT`
+    pub upstream: String,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub allow_non_loopback: bool,
+    pub timeout: Duration,
+}
+
+/// Why the forwarder cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error(
+        "refusing to listen on {0}: the forwarder accepts plain HTTP and must only be reachable \
+         from this host; use a loopback address (127.0.0.1 or ::1), or pass --allow-non-loopback \
+         if you really mean to expose unauthenticated signing to the network"
+    )]
+    NonLoopback(SocketAddr),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("invalid upstream: {0}")]
+    Upstream(ClientError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Whether a listen address is loopback, or non-loopback and explicitly allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    Loopback,
+    NonLoopbackForced,
+}
+
+/// Pure check of a listen address. IPv4-mapped IPv6 loopback (`::ffff:127.0.0.1`) counts as
+/// loopback; the unspecified addresses (`0.0.0.0`, `::`) do not.
+pub fn check_listen_address(
+    address: SocketAddr,
+    allow_non_loopback: bool,
+) -> Result<Exposure, ForwarderError> {
+    if address.ip().to_canonical().is_loopback() {
+        Ok(Exposure::Loopback)
+    } else if allow_non_loopback {
+        Ok(Exposure::NonLoopbackForced)
+    } else {
+        Err(ForwarderError::NonLoopback(address))
+    }
+}
+
+/// Why one request could not be forwarded. Statuses: `crate::net::error::forward_status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("appliance {upstream} is unreachable: {detail}; nothing was signed")]
+    Unreachable { upstream: String, detail: String },
+    #[error(
+        "appliance {upstream} refused this forwarder's client certificate ({detail}); check that \
+         --client-cert was issued by the appliance's CA, is valid and not revoked; nothing was signed"
+    )]
+    CertificateRefused { upstream: String, detail: String },
+    #[error(
+        "the certificate of appliance {upstream} is not trusted ({detail}); check --ca and the \
+         host name in --upstream; nothing was signed"
+    )]
+    ServerCertificateRejected { upstream: String, detail: String },
+    #[error("appliance {upstream} did not answer within {timeout:?}")]
+    Timeout { upstream: String, timeout: Duration },
+    #[error("exchange with appliance {upstream} failed: {detail}")]
+    Broken { upstream: String, detail: String },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("cannot forward the request: {0}")]
+    BadRequest(String),
+}
+
+impl ForwardError {
+    /// Whether the fault lies with the appliance or the link to it (logged), rather than with the
+    /// local client's request (not logged as a warning).
+    pub fn is_upstream(&self) -> bool {
+        !matches!(
+            self,
+            ForwardError::BodyTooLarge { .. } | ForwardError::BadRequest(_)
+        )
+    }
+
+    fn from_client(upstream: &str, error: ClientError) -> Self {
+        let upstream = upstream.to_owned();
+        match error {
+            ClientError::Timeout { timeout, .. } => ForwardError::Timeout { upstream, timeout },
+            ClientError::Request { detail, kind, .. } => match kind {
+                FailureKind::Connect => ForwardError::Unreachable { upstream, detail },
+                FailureKind::ClientCertificateRefused => {
+                    ForwardError::CertificateRefused { upstream, detail }
+                }
+                FailureKind::ServerCertificateRejected => {
+                    ForwardError::ServerCertificateRejected { upstream, detail }
+                }
+                FailureKind::Other => ForwardError::Broken { upstream, detail },
+            },
+            ClientError::InvalidPath { path, reason } => {
+                ForwardError::BadRequest(format!("path {path:?}: {reason}"))
+            }
+            ClientError::InvalidHeader { name, reason } => {
+                ForwardError::BadRequest(format!("header {name:?}: {reason}"))
+            }
+            other => ForwardError::Broken {
+                upstream,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// A short name of the cause for the log line.
+    fn cause(&self) -> &'static str {
+        match self {
+            ForwardError::Unreachable { .. } => "appliance unreachable",
+            ForwardError::CertificateRefused { .. } => "appliance refused the client certificate",
+            ForwardError::ServerCertificateRejected { .. } => "appliance certificate not trusted",
+            ForwardError::Timeout { .. } => "appliance timed out",
+            ForwardError::Broken { .. } => "upstream exchange failed",
+            ForwardError::BodyTooLarge { .. } => "request body too large",
+            ForwardError::BadRequest(_) => "request cannot be forwarded",
+        }
+    }
+}
+
+/// The headers of `headers` that may cross this hop, as text (values must be visible ASCII).
+pub fn end_to_end_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, ForwardError> {
+    let named_in_connection: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    let mut out = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let lower = name.as_str();
+        if HOP_BY_HOP.contains(&lower)
+            || name == header::CONTENT_LENGTH
+            || named_in_connection.iter().any(|n| n == lower)
+        {
+            continue;
+        }
+        let text = value.to_str().map_err(|_| {
+            ForwardError::BadRequest(format!("header {lower:?} is not visible ASCII"))
+        })?;
+        out.push((lower.to_owned(), text.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Forwards requests to one appliance.
+pub struct Forwarder {
+    client: MtlsClient,
+    upstream: String,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// Load the client identity and CA and prepare the pooled upstream client.
+    pub fn new(options: &ForwarderOptions) -> Result<Self, ForwarderError> {
+        let tls = tls::client_config(&options.ca, &options.client_cert, &options.client_key)?;
+        let upstream = options.upstream.trim_end_matches('/').to_owned();
+        let client = MtlsClient::new(tls, &upstream)
+            .map_err(ForwarderError::Upstream)?
+            .with_timeout(options.timeout);
+        Ok(Forwarder { client, upstream })
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// The forward error for a failed upstream request. A failure without a clear cause (the
+    /// pooled connection closed before answering) is diagnosed on a fresh connection, so a
+    /// refused certificate or a dead appliance is named as such.
+    async fn explain(&self, error: ClientError) -> ForwardError {
+        let unclear = error.failure_kind() == Some(FailureKind::Other);
+        let first_failure = error.to_string();
+        let forward_error = ForwardError::from_client(&self.upstream, error);
+        if !unclear {
+            return forward_error;
+        }
+        let detail = format!("{first_failure}; a fresh connection showed why");
+        let upstream = self.upstream.clone();
+        match self.client.diagnose().await {
+            Some(FailureKind::Connect) => ForwardError::Unreachable { upstream, detail },
+            Some(FailureKind::ClientCertificateRefused) => {
+                ForwardError::CertificateRefused { upstream, detail }
+            }
+            Some(FailureKind::ServerCertificateRejected) => {
+                ForwardError::ServerCertificateRejected { upstream, detail }
+            }
+            Some(FailureKind::Other) | None => forward_error,
+        }
+    }
+
+    /// `GET /upcheck` upstream: tells at start-up whether the appliance is reachable and accepts
+    /// our certificate.
+    pub async fn probe(&self) -> Result<(), ForwardError> {
+        let response = match self
+            .client
+            .request(http::Method::GET, "/upcheck", &[], None)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => return Err(self.explain(error).await),
+        };
+        if response.status == 200 {
+            Ok(())
+        } else {
+            Err(ForwardError::Broken {
+                upstream: self.upstream.clone(),
+                detail: format!("/upcheck answered {}", response.status),
+            })
+        }
+    }
+
+    /// Forward one request and return the appliance's answer (status, end-to-end headers, body).
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, ForwardError> {
+        let (parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        let headers = end_to_end_headers(&parts.headers)?;
+        let body = Limited::new(body, MAX_FORWARD_BODY)
+            .collect()
+            .await
+            .map_err(|err| {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    ForwardError::BodyTooLarge {
+                        limit: MAX_FORWARD_BODY,
+                    }
+                } else {
+                    ForwardError::BadRequest(format!("reading the request body: {err}"))
+                }
+            })?
+            .to_bytes();
+        let header_refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let body = (!body.is_empty()).then(|| body.to_vec());
+        let answer = match self
+            .client
+            .request(parts.method.clone(), &path, &header_refs, body)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => return Err(self.explain(error).await),
+        };
+        let mut response = Response::new(Body::from(answer.body));
+        *response.status_mut() =
+            http::StatusCode::from_u16(answer.status).map_err(|_| ForwardError::Broken {
+                upstream: self.upstream.clone(),
+                detail: format!("invalid status {}", answer.status),
+            })?;
+        copy_end_to_end(&answer.headers, response.headers_mut());
+        Ok(response)
+    }
+
+    /// [`Self::forward`], with failures turned into JSON error answers and logged once.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        match self.forward(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.is_upstream() {
+                    tracing::warn!(cause = error.cause(), %method, %path, %error, "request not forwarded");
+                } else {
+                    tracing::debug!(cause = error.cause(), %method, %path, %error, "request not forwarded");
+                }
+                ApiError::from(error).into_response()
+            }
+        }
+    }
+}
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named_in_connection: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::CONTENT_LENGTH
+            || named_in_connection.contains(name)
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Serve plain HTTP/1.1 on `listener`, one task per connection, until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    forwarder: Arc<Forwarder>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = forwarder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
+            });
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+/// `connect`: check the listen address, load the identity, bind, probe the appliance once (a
+/// failure is logged, not fatal: the appliance may start later), then forward until `shutdown`.
+/// Prints `forwarding on http://ADDR to UPSTREAM` on stdout once listening.
+pub async fn run(
+    options: &ForwarderOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ForwarderError> {
+    let exposure = check_listen_address(options.listen, options.allow_non_loopback)?;
+    let forwarder = Arc::new(Forwarder::new(options)?);
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ForwarderError::Bind {
+                address: options.listen,
+                source,
+            })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| ForwarderError::Bind {
+            address: options.listen,
+            source,
+        })?;
+    if exposure == Exposure::NonLoopbackForced {
+        let warning = format!(
+            "WARNING: the forwarder listens on {address}, which is NOT a loopback address. Anyone \
+             who can reach it can have the appliance sign with this host's client certificate, \
+             without any authentication. Restrict it with a firewall or use 127.0.0.1."
+        );
+        eprintln!("{warning}");
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(%address, upstream = forwarder.upstream(), "forwarding plain HTTP to the appliance over mutual TLS");
+    match forwarder.probe().await {
+        Ok(()) => tracing::info!(upstream = forwarder.upstream(), "appliance reachable"),
+        Err(error) => {
+            tracing::warn!(cause = error.cause(), %error, "appliance check failed; forwarding anyway")
+        }
+    }
+    println!("forwarding on http://{address} to {}", forwarder.upstream());
+    serve(listener, forwarder, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_unless_forced() {
+        for ok in [
+            "127.0.0.1:9000",
+            "127.8.9.10:1",
+            "[::1]:9000",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            let address: SocketAddr = ok.parse().unwrap();
+            assert_eq!(
+                check_listen_address(address, false).unwrap(),
+                Exposure::Loopback,
+                "{ok}"
+            );
+        }
+        for bad in [
+            "0.0.0.0:9000",
+            "[::]:9000",
+            "192.0.2.1:9000",
+            "[2001:db8::1]:1",
+        ] {
+            let address: SocketAddr = bad.parse().unwrap();
+            let error = check_listen_address(address, false).unwrap_err();
+            assert!(
+                error.to_string().contains("--allow-non-loopback"),
+                "{bad}: {error}"
+            );
+            assert_eq!(
+                check_listen_address(address, true).unwrap(),
+                Exposure::NonLoopbackForced
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "close, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("transfer-encoding", "chunked".parse().unwrap());
+        headers.insert("host", "127.0.0.1:1".parse().unwrap());
+        headers.insert("content-length", "3".parse().unwrap());
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("accept", "*/*".parse().unwrap());
+        let mut kept = end_to_end_headers(&headers).unwrap();
+        kept.sort();
+        assert_eq!(
+            kept,
+            vec![
+                ("accept".to_owned(), "*/*".to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ]
+        );
+        let mut response = HeaderMap::new();
+        copy_end_to_end(&headers, &mut response);
+        assert_eq!(response.len(), 2);
+        assert!(response.contains_key("accept") && response.contains_key("content-type"));
+    }
+
+    #[test]
+    fn non_ascii_header_values_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-name", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert!(matches!(
+            end_to_end_headers(&headers),
+            Err(ForwardError::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,786 @@
+//! The appliance's **enrolment key** and the encryption of share packages to it (design.md §3,
+//! "a share package from a trusted split (encrypted to the appliance's enrolment public key)").
+//!
+//! ## Choice: ECDH on P-256 inside the token
+//!
+//! `init` generates, inside the same PKCS#11 token as the sealing key, an EC P-256 key pair
+//! labelled [`ENROLMENT_KEY_LABEL`]. The private key is a token object, `CKA_PRIVATE`,
+//! `CKA_SENSITIVE`, not extractable, not modifiable, not copyable, and usable **only** for
+//! `CKM_ECDH1_DERIVE` (no sign, decrypt or unwrap). The public key leaves the token as
+//! [`EnrolmentPublicKey`].
+//!
+//! Why EC rather than RSA-OAEP (both work on SoftHSM2 2.6.1): the dealer side needs no new
+//! cryptography library (`ring`, already linked for TLS, does ephemeral P-256 ECDH and
+//! AES-256-GCM, and refuses points off the curve), every package has its own ephemeral key
+//! (the package key of one package says nothing about another), and the key that opens the
+//! package is **derived inside the token and never leaves it**: the appliance asks the token to
+//! derive an AES-256 session key (`CKM_ECDH1_DERIVE`) as a sensitive, non-extractable session
+//! object and to decrypt the package with it (`CKM_AES_GCM`). Only the 32-byte share comes out,
+//! into a zeroizing buffer, to be checked and sealed at once under the sealing key.
+//!
+//! ## Package construction (ECIES with the raw shared secret)
+//!
+//! ```text
+//! e, E = fresh P-256 key pair (dealer, one per package)
+//! K    = x-coordinate of e·P   (P = recipient's enrolment public key; 32 bytes)
+//! C    = AES-256-GCM(K, IV = 12 random bytes, AAD = manifest::package_aad(...), share)
+//! ```
+//!
+//! SoftHSM2 2.6.1 implements only the null KDF (`CKD_NULL`) for `CKM_ECDH1_DERIVE` (it refuses
+//! `CKD_SHA256_KDF`; a test below pins this), so the AES key is the shared x-coordinate itself
+//! rather than a hash of it. That is sound here: every key encrypts exactly one 32-byte message;
+//! under DDH on P-256 the x-coordinate is indistinguishable from that of a random point, which
+//! has at least 255 bits of min-entropy (a factor of at most 2 on any attack on AES-256-GCM);
+//! and the context a KDF would mix in (recipient fingerprint, ephemeral key, index, group key,
+//! manifest hash) is bound by the AAD instead. A later format version can add a KDF once the
+//! supported tokens implement one.
+//!
+//! What this module refuses: a token holding half a key pair, two objects with the label, a
+//! private key that is extractable, was ever readable, or may sign/decrypt/unwrap; a recipient
+//! key off the curve; a package addressed to another appliance ([`EnrolmentError::WrongRecipient`],
+//! checked before the HSM is asked) or that fails authentication ([`EnrolmentError::Integrity`]).
+#![forbid(unsafe_code)]
+
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::hsm::pkcs11::{self, Pkcs11Config};
+use crate::hsm::SealError;
+use keystake_core::bls::SecretKey;
+use keystake_core::manifest::{
+    self, CheckedPackage, EnrolmentFingerprint, EnrolmentPublicKey, ManifestError, SharePackage,
+    VerifiedManifest, P256_POINT_LEN, PACKAGE_CIPHERTEXT_LEN, PACKAGE_FORMAT, PACKAGE_IV_LEN,
+};
+use keystake_core::threshold::{self, SecretShare, ThresholdError};
+
+/// `CKA_LABEL` of both halves of the enrolment key pair.
+pub const ENROLMENT_KEY_LABEL: &str = "keystake-enrolment-key";
+
+/// DER of the OID of NIST P-256 (prime256v1, 1.2.840.10045.3.1.7): `CKA_EC_PARAMS`.
+const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// GCM tag length in bits.
+const TAG_BITS: u64 = 128;
+
+/// `CKR_AEAD_DECRYPT_FAILED` (PKCS#11 3.0), which cryptoki 0.12 has no name for.
+const CKR_AEAD_DECRYPT_FAILED: u64 = 0x0000_0035;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolmentError {
+    #[error("HSM: {0}")]
+    Seal(#[from] SealError),
+    #[error("HSM error while {doing}: {reason}")]
+    Hsm { doing: &'static str, reason: String },
+    #[error("no enrolment key pair labelled '{label}' on the token; run `keystake-signer init`")]
+    Missing { label: String },
+    #[error("the enrolment key pair '{label}' on the token is not usable: {reason}")]
+    Inconsistent { label: String, reason: String },
+    #[error("the enrolment key '{label}' is not fit for use: {reason}")]
+    Unsuitable { label: String, reason: String },
+    #[error("invalid recipient enrolment key {fingerprint}: not a point on P-256")]
+    InvalidRecipient { fingerprint: EnrolmentFingerprint },
+    #[error("this share package is for the appliance with enrolment key {package}, not for this appliance ({appliance})")]
+    WrongRecipient {
+        package: EnrolmentFingerprint,
+        appliance: EnrolmentFingerprint,
+    },
+    #[error("the share package does not open with this appliance's enrolment key (tampered, or not made for it)")]
+    Integrity,
+    #[error("the package holds share {index}, but it does not match the manifest: {source}")]
+    ShareMismatch {
+        index: keystake_core::types::ShareIndex,
+        source: ThresholdError,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("encrypting the package failed: {0}")]
+    Crypto(&'static str),
+}
+
+fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
+    move |error| EnrolmentError::Hsm {
+        doing,
+        reason: error.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dealer side: encrypt a share to an enrolment public key (software, `ring`).
+
+/// AES-256-GCM of `plaintext` to `recipient` (ECIES of the module doc); `aad` is computed from
+/// the ephemeral public key. Returns `(ephemeral public key, IV, ciphertext || tag)`.
+fn encrypt_to(
+    recipient: &EnrolmentPublicKey,
+    plaintext: &[u8],
+    aad_for: impl FnOnce(&EnrolmentPublicKey) -> Vec<u8>,
+) -> Result<(EnrolmentPublicKey, [u8; PACKAGE_IV_LEN], Vec<u8>), EnrolmentError> {
+    let rng = SystemRandom::new();
+    let ephemeral = EphemeralPrivateKey::generate(&ECDH_P256, &rng)
+        .map_err(|_| EnrolmentError::Crypto("generating the ephemeral key"))?;
+    let ephemeral_public = ephemeral
+        .compute_public_key()
+        .map_err(|_| EnrolmentError::Crypto("computing the ephemeral public key"))?;
+    let ephemeral_public = EnrolmentPublicKey::from_sec1(ephemeral_public.as_ref())?;
+    let key = agreement::agree_ephemeral(
+        ephemeral,
+        &UnparsedPublicKey::new(&ECDH_P256, recipient.as_sec1()),
+        |z| Zeroizing::new(z.to_vec()),
+    )
+    .map_err(|_| EnrolmentError::InvalidRecipient {
+        fingerprint: recipient.fingerprint(),
+    })?;
+    let mut iv = [0u8; PACKAGE_IV_LEN];
+    rng.fill(&mut iv)
+        .map_err(|_| EnrolmentError::Crypto("drawing the IV"))?;
+    let aead = LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, key.as_slice())
+            .map_err(|_| EnrolmentError::Crypto("AES-256-GCM key"))?,
+    );
+    // Room for the tag from the start: growing the vector would leave a plaintext copy behind.
+    let mut buffer = Zeroizing::new(Vec::with_capacity(plaintext.len() + 16));
+    buffer.extend_from_slice(plaintext);
+    let aad = aad_for(&ephemeral_public);
+    aead.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(iv),
+        Aad::from(aad.as_slice()),
+        &mut *buffer,
+    )
+    .map_err(|_| EnrolmentError::Crypto("AES-256-GCM"))?;
+    Ok((ephemeral_public, iv, buffer.to_vec()))
+}
+
+/// The package of `share` for the appliance `recipient`, bound to `manifest` (which must give
+/// this share to this recipient).
+pub fn seal_package(
+    share: &SecretShare,
+    manifest: &VerifiedManifest,
+    recipient: &EnrolmentPublicKey,
+) -> Result<SharePackage, EnrolmentError> {
+    let index = share.index();
+    let listed = manifest.share(index)?;
+    let fingerprint = recipient.fingerprint();
+    if listed.operator.fingerprint != fingerprint {
+        return Err(ManifestError::RecipientMismatch {
+            index,
+            package: fingerprint,
+            manifest: listed.operator.fingerprint,
+        }
+        .into());
+    }
+    let plaintext = share.secret_key().to_bytes();
+    let (ephemeral_public_key, iv, ciphertext) =
+        encrypt_to(recipient, plaintext.as_slice(), |e| {
+            manifest::package_aad(index, manifest, &fingerprint, e)
+        })?;
+    Ok(SharePackage {
+        format: PACKAGE_FORMAT.to_owned(),
+        recipient: fingerprint,
+        index,
+        manifest_sha256: manifest.hash(),
+        manifest: manifest.manifest().clone(),
+        ephemeral_public_key: ephemeral_public_key.as_sec1().to_vec(),
+        iv: iv.to_vec(),
+        ciphertext,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appliance side: the key pair in the token.
+
+/// The enrolment key pair as found on the token.
+struct KeyPair {
+    private: ObjectHandle,
+    public: EnrolmentPublicKey,
+}
+
+fn find_labelled(
+    session: &Session,
+    class: ObjectClass,
+) -> Result<Vec<ObjectHandle>, EnrolmentError> {
+    session
+        .find_objects(&[
+            Attribute::Class(class),
+            Attribute::Label(ENROLMENT_KEY_LABEL.as_bytes().to_vec()),
+        ])
+        .map_err(hsm("searching for the enrolment key"))
+}
+
+fn inconsistent(reason: impl Into<String>) -> EnrolmentError {
+    EnrolmentError::Inconsistent {
+        label: ENROLMENT_KEY_LABEL.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Find the pair; `None` when neither half exists.
+fn find_key_pair(session: &Session) -> Result<Option<KeyPair>, EnrolmentError> {
+    let all = session
+        .find_objects(&[Attribute::Label(ENROLMENT_KEY_LABEL.as_bytes().to_vec())])
+        .map_err(hsm("searching for the enrolment key"))?;
+    let private = find_labelled(session, ObjectClass::PRIVATE_KEY)?;
+    let public = find_labelled(session, ObjectClass::PUBLIC_KEY)?;
+    match (private.as_slice(), public.as_slice()) {
+        ([], []) if all.is_empty() => Ok(None),
+        ([private], [public]) if all.len() == 2 => {
+            verify_private_key(session, *private)?;
+            Ok(Some(KeyPair {
+                private: *private,
+                public: read_public_key(session, *public)?,
+            }))
+        }
+        _ => Err(inconsistent(format!(
+            "expected one private and one public key with this label, found {} private, {} public, {} objects in all",
+            private.len(),
+            public.len(),
+            all.len()
+        ))),
+    }
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING around the SEC1 point (some tokens give the bare point).
+fn read_public_key(
+    session: &Session,
+    public: ObjectHandle,
+) -> Result<EnrolmentPublicKey, EnrolmentError> {
+    let attributes = session
+        .get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(hsm("reading the enrolment public key"))?;
+    let mut params = None;
+    let mut point = None;
+    for attribute in attributes {
+        match attribute {
+            Attribute::EcParams(value) => params = Some(value),
+            Attribute::EcPoint(value) => point = Some(value),
+            _ => {}
+        }
+    }
+    if params.as_deref() != Some(&P256_EC_PARAMS[..]) {
+        return Err(inconsistent("the public key is not on P-256"));
+    }
+    let point = point.ok_or_else(|| inconsistent("the public key has no CKA_EC_POINT"))?;
+    let sec1 = match point.as_slice() {
+        [0x04, len, rest @ ..]
+            if usize::from(*len) == P256_POINT_LEN && rest.len() == P256_POINT_LEN =>
+        {
+            rest
+        }
+        bare if bare.len() == P256_POINT_LEN => bare,
+        _ => {
+            return Err(inconsistent(
+                "CKA_EC_POINT is not an uncompressed P-256 point",
+            ))
+        }
+    };
+    Ok(EnrolmentPublicKey::from_sec1(sec1)?)
+}
+
+/// Refuse a private key that could leave the token, was ever readable, or may do more than
+/// ECDH derivation.
+fn verify_private_key(session: &Session, key: ObjectHandle) -> Result<(), EnrolmentError> {
+    let attributes = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::Token,
+                AttributeType::Private,
+                AttributeType::Sensitive,
+                AttributeType::AlwaysSensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+                AttributeType::Derive,
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+            ],
+        )
+        .map_err(hsm("reading the enrolment key's attributes"))?;
+    let unsuitable = |reason: &str| EnrolmentError::Unsuitable {
+        label: ENROLMENT_KEY_LABEL.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut key_type = None;
+    let mut params = None;
+    let mut flags = std::collections::HashMap::new();
+    for attribute in &attributes {
+        match attribute {
+            Attribute::KeyType(value) => key_type = Some(*value),
+            Attribute::EcParams(value) => params = Some(value.clone()),
+            Attribute::Token(v) => _ = flags.insert(AttributeType::Token, *v),
+            Attribute::Private(v) => _ = flags.insert(AttributeType::Private, *v),
+            Attribute::Sensitive(v) => _ = flags.insert(AttributeType::Sensitive, *v),
+            Attribute::AlwaysSensitive(v) => _ = flags.insert(AttributeType::AlwaysSensitive, *v),
+            Attribute::Extractable(v) => _ = flags.insert(AttributeType::Extractable, *v),
+            Attribute::NeverExtractable(v) => _ = flags.insert(AttributeType::NeverExtractable, *v),
+            Attribute::Derive(v) => _ = flags.insert(AttributeType::Derive, *v),
+            Attribute::Sign(v) => _ = flags.insert(AttributeType::Sign, *v),
+            Attribute::Decrypt(v) => _ = flags.insert(AttributeType::Decrypt, *v),
+            Attribute::Unwrap(v) => _ = flags.insert(AttributeType::Unwrap, *v),
+            _ => {}
+        }
+    }
+    if key_type != Some(KeyType::EC) || params.as_deref() != Some(&P256_EC_PARAMS[..]) {
+        return Err(unsuitable("not a P-256 EC key"));
+    }
+    let flag = |attribute: AttributeType| flags.get(&attribute).copied();
+    // Absent security attributes prove nothing: they count as the unsafe value.
+    for (attribute, reason) in [
+        (AttributeType::Token, "is a session object"),
+        (AttributeType::Private, "is readable without logging in"),
+        (AttributeType::Sensitive, "is not sensitive"),
+        (AttributeType::AlwaysSensitive, "was not always sensitive"),
+        (AttributeType::NeverExtractable, "was extractable once"),
+        (AttributeType::Derive, "cannot derive (ECDH)"),
+    ] {
+        if flag(attribute) != Some(true) {
+            return Err(unsuitable(reason));
+        }
+    }
+    if flag(AttributeType::Extractable) != Some(false) {
+        return Err(unsuitable("is extractable"));
+    }
+    for (attribute, reason) in [
+        (AttributeType::Sign, "may sign"),
+        (AttributeType::Decrypt, "may decrypt"),
+        (AttributeType::Unwrap, "may unwrap"),
+    ] {
+        if flag(attribute) == Some(true) {
+            return Err(unsuitable(reason));
+        }
+    }
+    Ok(())
+}
+
+fn generate_key_pair(session: &Session) -> Result<(), EnrolmentError> {
+    let label = Attribute::Label(ENROLMENT_KEY_LABEL.as_bytes().to_vec());
+    let public_template = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Modifiable(false),
+        label.clone(),
+        Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+        Attribute::Verify(false),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+    ];
+    let private_template = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        label,
+        Attribute::Derive(true),
+        Attribute::Sign(false),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+    ];
+    session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &public_template,
+            &private_template,
+        )
+        .map_err(hsm("generating the enrolment key pair"))?;
+    Ok(())
+}
+
+/// Open a package's ciphertext inside the token: derive the AES key from the private key and
+/// the ephemeral public key (a sensitive, non-extractable session object), decrypt, destroy the
+/// derived key. Returns the 32 plaintext bytes.
+fn open_in_token(
+    session: &Session,
+    private: ObjectHandle,
+    ephemeral_public_key: &EnrolmentPublicKey,
+    iv: &[u8; PACKAGE_IV_LEN],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnrolmentError> {
+    let params = Ecdh1DeriveParams::new(EcKdf::null(), ephemeral_public_key.as_sec1());
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32u64.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(true),
+        Attribute::Encrypt(false),
+    ];
+    let key = session
+        .derive_key(&Mechanism::Ecdh1Derive(params), private, &template)
+        .map_err(|error| match error {
+            // A point the token refuses (off the curve) cannot be ours: the package is bad.
+            CryptokiError::Pkcs11(
+                RvError::MechanismParamInvalid | RvError::DomainParamsInvalid,
+                _,
+            ) => EnrolmentError::Integrity,
+            other => hsm("deriving the package key")(other),
+        })?;
+    let mut iv = *iv;
+    let result = GcmParams::new(&mut iv, aad, TAG_BITS.into())
+        .map_err(hsm("preparing AES-GCM"))
+        .and_then(|params| {
+            session
+                .decrypt(&Mechanism::AesGcm(params), key, ciphertext)
+                .map(Zeroizing::new)
+                .map_err(|error| match error {
+                    CryptokiError::Pkcs11(rv, _) if is_tag_failure(&rv) => {
+                        EnrolmentError::Integrity
+                    }
+                    other => hsm("decrypting the package")(other),
+                })
+        });
+    // A session object dies with the session anyway; destroy it now all the same.
+    let _ = session.destroy_object(key);
+    result
+}
+
+/// How tokens report a failed GCM tag check (SoftHSM2 2.6: `CKR_GENERAL_ERROR`).
+fn is_tag_failure(rv: &RvError) -> bool {
+    match rv {
+        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange | RvError::GeneralError => {
+            true
+        }
+        RvError::UnknownErrorCode(code) => *code == CKR_AEAD_DECRYPT_FAILED,
+        _ => false,
+    }
+}
+
+/// Seal a random value to the pair's public key in software and open it in the token: proves
+/// the two halves belong together and the token can derive and decrypt.
+fn self_test(session: &Session, pair: &KeyPair) -> Result<(), EnrolmentError> {
+    let mut probe = Zeroizing::new([0u8; 32]);
+    SystemRandom::new()
+        .fill(probe.as_mut_slice())
+        .map_err(|_| EnrolmentError::Crypto("drawing the self-test value"))?;
+    let aad = b"keystake-enrolment-self-test".to_vec();
+    let (ephemeral, iv, ciphertext) = encrypt_to(&pair.public, probe.as_slice(), |_| aad.clone())?;
+    let opened = open_in_token(session, pair.private, &ephemeral, &iv, &aad, &ciphertext)
+        .map_err(|e| inconsistent(format!("self-test failed: {e}")))?;
+    if opened.as_slice() != probe.as_slice() {
+        return Err(inconsistent(
+            "self-test: the token opened a different value",
+        ));
+    }
+    Ok(())
+}
+
+/// `init`: create the enrolment key pair unless it exists; check it either way (attributes and
+/// a sealed round trip). Idempotent. Returns the public key.
+pub fn ensure_key_pair(
+    config: &Pkcs11Config,
+    user_pin: &SecretString,
+) -> Result<EnrolmentPublicKey, EnrolmentError> {
+    let session = pkcs11::user_session(config, user_pin)?;
+    let pair = match find_key_pair(&session)? {
+        Some(pair) => pair,
+        None => {
+            generate_key_pair(&session)?;
+            find_key_pair(&session)?.ok_or_else(|| EnrolmentError::Missing {
+                label: ENROLMENT_KEY_LABEL.to_owned(),
+            })?
+        }
+    };
+    self_test(&session, &pair)?;
+    Ok(pair.public)
+}
+
+fn existing_key_pair(session: &Session) -> Result<KeyPair, EnrolmentError> {
+    find_key_pair(session)?.ok_or_else(|| EnrolmentError::Missing {
+        label: ENROLMENT_KEY_LABEL.to_owned(),
+    })
+}
+
+/// `enrolment show`: the public half of this appliance's enrolment key.
+pub fn public_key(
+    config: &Pkcs11Config,
+    user_pin: &SecretString,
+) -> Result<EnrolmentPublicKey, EnrolmentError> {
+    let session = pkcs11::user_session(config, user_pin)?;
+    Ok(existing_key_pair(&session)?.public)
+}
+
+/// Open a checked package with this appliance's enrolment key and check the share it holds
+/// against the manifest's Feldman commitments and share public key. The share exists only in
+/// memory (zeroized on drop).
+pub fn open_package(
+    config: &Pkcs11Config,
+    user_pin: &SecretString,
+    package: &CheckedPackage,
+) -> Result<SecretShare, EnrolmentError> {
+    let session = pkcs11::user_session(config, user_pin)?;
+    let pair = existing_key_pair(&session)?;
+    open_with(&session, &pair, package)
+}
+
+fn open_with(
+    session: &Session,
+    pair: &KeyPair,
+    package: &CheckedPackage,
+) -> Result<SecretShare, EnrolmentError> {
+    let appliance = pair.public.fingerprint();
+    if package.recipient != appliance {
+        return Err(EnrolmentError::WrongRecipient {
+            package: package.recipient,
+            appliance,
+        });
+    }
+    decrypt_and_check(session, pair.private, package)
+}
+
+/// The cryptographic part of opening, without the recipient pre-check (so tests can show that a
+/// foreign token cannot open a package even when the check is bypassed).
+fn decrypt_and_check(
+    session: &Session,
+    private: ObjectHandle,
+    package: &CheckedPackage,
+) -> Result<SecretShare, EnrolmentError> {
+    let aad = manifest::package_aad(
+        package.index,
+        &package.manifest,
+        &package.recipient,
+        &package.ephemeral_public_key,
+    );
+    let plaintext = open_in_token(
+        session,
+        private,
+        &package.ephemeral_public_key,
+        &package.iv,
+        &aad,
+        &package.ciphertext[..],
+    )?;
+    debug_assert_eq!(package.ciphertext.len(), PACKAGE_CIPHERTEXT_LEN);
+    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+        plaintext
+            .as_slice()
+            .try_into()
+            .map_err(|_| EnrolmentError::Integrity)?,
+    );
+    let key = SecretKey::from_zeroizing(bytes).map_err(|e| EnrolmentError::ShareMismatch {
+        index: package.index,
+        source: ThresholdError::Bls(e),
+    })?;
+    let share = SecretShare::new(package.index, key);
+    let mismatch = |source| EnrolmentError::ShareMismatch {
+        index: package.index,
+        source,
+    };
+    threshold::verify_share(package.manifest.commitments(), &share).map_err(mismatch)?;
+    let listed = package.manifest.share(package.index)?;
+    if listed.public_key != share.public_key() {
+        return Err(mismatch(ThresholdError::ShareFailsFeldmanCheck {
+            culprit: package.index,
+        }));
+    }
+    Ok(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::pkcs11::test_support::*;
+    use crate::hsm::pkcs11::Pkcs11Sealer;
+    use keystake_core::manifest::Manifest;
+    use keystake_core::types::{BlsPublicKey, Threshold};
+
+    /// A fresh token with its sealing key and enrolment key pair.
+    fn fresh_appliance(purpose: &str) -> (Pkcs11Config, EnrolmentPublicKey) {
+        let config = fresh_config(purpose);
+        Pkcs11Sealer::initialize(&config, &so_pin(), &user_pin()).unwrap();
+        let public = ensure_key_pair(&config, &user_pin()).unwrap();
+        (config, public)
+    }
+
+    fn split_for(
+        operators: &[EnrolmentPublicKey],
+        t: u32,
+    ) -> (SecretKey, Vec<SecretShare>, VerifiedManifest) {
+        let mut rng = rand::rngs::OsRng;
+        let secret = SecretKey::random(&mut rng);
+        let n = operators.len() as u32;
+        let split = threshold::split(&secret, Threshold::new(t).unwrap(), n, &mut rng).unwrap();
+        let keys: Vec<BlsPublicKey> = split.shares.iter().map(|s| s.public_key()).collect();
+        let manifest = Manifest::for_split(split.commitments, &keys, operators).unwrap();
+        (secret, split.shares, manifest)
+    }
+
+    fn round_trip_json(package: &SharePackage) -> SharePackage {
+        serde_json::from_str(&serde_json::to_string_pretty(package).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn key_pair_is_created_once_and_is_locked_down() {
+        let (config, public) = fresh_appliance("enrol-idem");
+        assert_eq!(ensure_key_pair(&config, &user_pin()).unwrap(), public);
+        assert_eq!(self::public_key(&config, &user_pin()).unwrap(), public);
+        let session = pkcs11::user_session(&config, &user_pin()).unwrap();
+        let pair = existing_key_pair(&session).unwrap();
+        // The private value cannot be read, and the key cannot be made extractable.
+        let value = session
+            .get_attributes(pair.private, &[AttributeType::Value])
+            .unwrap();
+        assert!(
+            value.is_empty(),
+            "CKA_VALUE of the enrolment key was returned"
+        );
+        assert!(session
+            .update_attributes(pair.private, &[Attribute::Extractable(true)])
+            .is_err());
+        // Exactly one pair with the label.
+        let all = session
+            .find_objects(&[Attribute::Label(ENROLMENT_KEY_LABEL.as_bytes().to_vec())])
+            .unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn a_package_opens_only_on_its_appliance() {
+        let (config_a, key_a) = fresh_appliance("enrol-a");
+        let (config_b, key_b) = fresh_appliance("enrol-b");
+        let (_, shares, manifest) = split_for(&[key_a, key_b], 2);
+
+        let package = seal_package(&shares[0], &manifest, &key_a).unwrap();
+        let text = serde_json::to_string(&package).unwrap();
+        // The share's bytes are nowhere in the package.
+        let share_hex = hex::encode(shares[0].secret_key().to_bytes().as_slice());
+        assert!(!text.contains(&share_hex));
+
+        let checked = round_trip_json(&package).check(Some(&manifest)).unwrap();
+        let opened = open_package(&config_a, &user_pin(), &checked).unwrap();
+        assert_eq!(opened.public_key(), shares[0].public_key());
+        assert_eq!(opened.index(), shares[0].index());
+
+        // On appliance B: refused by address, and also cryptographically when forced.
+        match open_package(&config_b, &user_pin(), &checked) {
+            Err(EnrolmentError::WrongRecipient { package, appliance }) => {
+                assert_eq!(package, key_a.fingerprint());
+                assert_eq!(appliance, key_b.fingerprint());
+            }
+            other => panic!("expected WrongRecipient, got {other:?}"),
+        }
+        let session_b = pkcs11::user_session(&config_b, &user_pin()).unwrap();
+        let pair_b = existing_key_pair(&session_b).unwrap();
+        assert!(matches!(
+            decrypt_and_check(&session_b, pair_b.private, &checked),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        // A package sealed to B for share 1 is refused: the manifest gives share 1 to A.
+        assert!(matches!(
+            seal_package(&shares[0], &manifest, &key_b),
+            Err(EnrolmentError::Manifest(
+                ManifestError::RecipientMismatch { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let (config, key) = fresh_appliance("enrol-tamper");
+        let (_, other_key) = fresh_appliance("enrol-tamper-2");
+        let (_, shares, manifest) = split_for(&[key, other_key], 2);
+        let package = seal_package(&shares[0], &manifest, &key).unwrap();
+
+        let mut flipped = package.clone();
+        flipped.ciphertext[5] ^= 1;
+        let checked = flipped.check(None).unwrap();
+        assert!(matches!(
+            open_package(&config, &user_pin(), &checked),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        let mut bad_iv = package.clone();
+        bad_iv.iv[0] ^= 1;
+        assert!(matches!(
+            open_package(&config, &user_pin(), &bad_iv.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        // Another index in the header: the manifest gives share 2 to the other appliance.
+        let mut other_index = package.clone();
+        other_index.index = shares[1].index();
+        assert!(matches!(
+            other_index.check(None),
+            Err(ManifestError::RecipientMismatch { .. })
+        ));
+
+        // A different (valid) manifest in the package: the hash no longer matches…
+        let (_, _, other_manifest) = split_for(&[key, other_key], 2);
+        let mut swapped = package.clone();
+        swapped.manifest = other_manifest.manifest().clone();
+        assert!(matches!(
+            swapped.clone().check(None),
+            Err(ManifestError::ManifestHashMismatch { .. })
+        ));
+        // …and with the hash rewritten too, the AAD no longer matches.
+        swapped.manifest_sha256 = other_manifest.hash();
+        assert!(matches!(
+            open_package(&config, &user_pin(), &swapped.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        // Checked against another manifest than the one it was made with.
+        assert!(matches!(
+            package.clone().check(Some(&other_manifest)),
+            Err(ManifestError::ManifestHashMismatch { .. })
+        ));
+
+        // An ephemeral key off the curve is refused by the token, not trusted.
+        let mut off_curve = package.clone();
+        off_curve.ephemeral_public_key[40] ^= 1;
+        assert!(matches!(
+            open_package(&config, &user_pin(), &off_curve.check(None).unwrap()),
+            Err(EnrolmentError::Integrity) | Err(EnrolmentError::Hsm { .. })
+        ));
+        // The untouched package still opens.
+        assert!(open_package(&config, &user_pin(), &package.check(None).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_recipient_key_off_the_curve_is_refused() {
+        let mut point = [0x11u8; P256_POINT_LEN];
+        point[0] = 0x04;
+        let bogus = EnrolmentPublicKey::from_sec1(&point).unwrap();
+        assert!(matches!(
+            encrypt_to(&bogus, &[0u8; 32], |_| Vec::new()),
+            Err(EnrolmentError::InvalidRecipient { .. })
+        ));
+    }
+
+    #[test]
+    fn the_token_refuses_hashed_kdfs_so_the_null_kdf_is_used() {
+        // Pins the reason for the construction in the module doc: if a future SoftHSM2 accepts
+        // CKD_SHA256_KDF, this fails and the package format can gain a KDF.
+        let (config, _) = fresh_appliance("enrol-kdf");
+        let session = pkcs11::user_session(&config, &user_pin()).unwrap();
+        let pair = existing_key_pair(&session).unwrap();
+        let ephemeral = EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new()).unwrap();
+        let ephemeral = ephemeral.compute_public_key().unwrap();
+        let info = b"keystake".to_vec();
+        let params = Ecdh1DeriveParams::new(EcKdf::sha256(&info), ephemeral.as_ref());
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32u64.into()),
+            Attribute::Token(false),
+        ];
+        assert!(matches!(
+            session.derive_key(&Mechanism::Ecdh1Derive(params), pair.private, &template),
+            Err(CryptokiError::Pkcs11(RvError::MechanismParamInvalid, _))
+        ));
+    }
+}

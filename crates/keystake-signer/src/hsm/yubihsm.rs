@@ -1,0 +1,699 @@
+//! YubiHSM2 sealing backend, through the `yubihsm` crate (HTTP connector or USB).
+//!
+//! The same contract as the PKCS#11 backend, with the construction the YubiHSM2 command set and the
+//! crate's `mockhsm` (our CI device) both support. The natural choice, `Wrap Data`/`Unwrap Data`
+//! under a wrap key, is not implemented by `mockhsm` 0.42 (it panics on those commands), so it could
+//! not be tested; and its format has no additional authenticated data. Instead:
+//!
+//! * The device holds one **HMAC-SHA256 sealing key**, generated on the device (origin
+//!   `generated`), with the `sign-hmac` capability only: never exportable under wrap, no other use.
+//! * Each seal draws a random 128-bit nonce and asks the device for a per-blob key
+//!   `K = HMAC_device(sealing key, "keystake-seal-v1/yubihsm2/kdf" || header || nonce || SHA-256(aad))`
+//!   where `aad` is [`SealContext::aad`]. The context is bound by this derivation: a blob opened
+//!   under another context, or by another device's key, derives another `K`.
+//! * On the host, `K` yields a keystream `HMAC(K, "…/encrypt")` (XORed with the 32-byte share) and a
+//!   tag `HMAC(K, "…/authenticate" || ciphertext)` (encrypt-then-MAC, a PRF-based SIV-like scheme).
+//!   Unseal recomputes `K`, checks the tag in constant time first, then decrypts.
+//!
+//! Blob body: `nonce (16) || ciphertext (32) || tag (32)`. One device round trip per seal/unseal.
+//! `K` and the keystream exist on the host only inside `Zeroizing` buffers, for the duration of one
+//! call, like the share itself.
+//!
+//! The `yubihsm::Client` serializes commands over one authenticated session (the device executes
+//! them one at a time anyway) and re-opens the session by itself after it was lost; an HSM failure
+//! answers [`SealError::Unavailable`] and the next call reconnects. `open` refuses a sealing key
+//! that is exportable, was imported or re-imported, has any capability besides HMAC, or a label
+//! other than the configured one.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use yubihsm::{object, Capability, Client, Connector, Credentials, Domain};
+use zeroize::Zeroizing;
+
+use super::{SealBackend, SealContext, SealError, SealedShare, Sealer, SHARE_LEN};
+
+const NONCE_LEN: usize = 16;
+const TAG_LEN: usize = 32;
+const BODY_LEN: usize = NONCE_LEN + SHARE_LEN + TAG_LEN;
+/// YubiHSM2 object labels are at most 40 bytes.
+const MAX_LABEL_LEN: usize = 40;
+
+const KDF_LABEL: &[u8] = b"keystake-seal-v1/yubihsm2/kdf";
+const ENCRYPT_LABEL: &[u8] = b"keystake-seal-v1/yubihsm2/encrypt";
+const AUTHENTICATE_LABEL: &[u8] = b"keystake-seal-v1/yubihsm2/authenticate";
+
+/// The only capabilities the sealing key may have.
+const SEALING_KEY_CAPABILITIES: Capability = Capability::SIGN_HMAC;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How to reach the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum YubiHsmConnector {
+    /// Through `yubihsm-connector` (default `127.0.0.1:12345`).
+    Http {
+        addr: String,
+        port: u16,
+        timeout_ms: u64,
+    },
+    /// Directly over USB; `serial` picks one device when several are plugged in.
+    Usb {
+        serial: Option<String>,
+        timeout_ms: u64,
+    },
+}
+
+impl YubiHsmConnector {
+    /// Build the `yubihsm` connector (no I/O yet).
+    pub fn build(&self) -> Result<Connector, SealError> {
+        match self {
+            YubiHsmConnector::Http {
+                addr,
+                port,
+                timeout_ms,
+            } => Ok(Connector::http(&yubihsm::HttpConfig {
+                addr: addr.clone(),
+                port: *port,
+                timeout_ms: *timeout_ms,
+            })),
+            YubiHsmConnector::Usb { serial, timeout_ms } => {
+                let serial = serial
+                    .as_deref()
+                    .map(str::parse::<yubihsm::device::SerialNumber>)
+                    .transpose()
+                    .map_err(|e| {
+                        SealError::InvalidConfig(format!("YubiHSM2 serial number: {e}"))
+                    })?;
+                Ok(Connector::usb(&yubihsm::UsbConfig {
+                    serial,
+                    timeout_ms: *timeout_ms,
+                }))
+            }
+        }
+    }
+}
+
+impl fmt::Display for YubiHsmConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            YubiHsmConnector::Http { addr, port, .. } => write!(f, "http://{addr}:{port}"),
+            YubiHsmConnector::Usb {
+                serial: Some(serial),
+                ..
+            } => write!(f, "usb serial {serial}"),
+            YubiHsmConnector::Usb { serial: None, .. } => f.write_str("usb"),
+        }
+    }
+}
+
+/// Where the sealing key lives on a YubiHSM2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YubiHsmConfig {
+    pub connector: YubiHsmConnector,
+    /// Authentication key the signer logs in with (its password comes separately).
+    pub auth_key_id: u16,
+    /// Object id of the HMAC sealing key.
+    pub key_id: u16,
+    /// Label of the HMAC sealing key (at most 40 bytes).
+    pub key_label: String,
+    /// Domain (1–16) the sealing key is created in; the auth key must share it.
+    pub domain: u8,
+}
+
+impl YubiHsmConfig {
+    fn validate(&self) -> Result<Domain, SealError> {
+        if self.key_label.is_empty() || self.key_label.len() > MAX_LABEL_LEN {
+            return Err(SealError::InvalidConfig(format!(
+                "YubiHSM2 key label must be 1 to {MAX_LABEL_LEN} bytes, got {}",
+                self.key_label.len()
+            )));
+        }
+        if self.key_id == 0 {
+            return Err(SealError::InvalidConfig(
+                "YubiHSM2 object id 0 is reserved".to_string(),
+            ));
+        }
+        Domain::at(usize::from(self.domain)).map_err(|_| {
+            SealError::InvalidConfig(format!(
+                "YubiHSM2 domain must be 1 to 16, got {}",
+                self.domain
+            ))
+        })
+    }
+}
+
+/// A [`Sealer`] backed by an HMAC-SHA256 key inside a YubiHSM2 (see the module doc).
+pub struct YubiHsmSealer {
+    client: Client,
+    key_id: object::Id,
+    description: String,
+}
+
+impl fmt::Debug for YubiHsmSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("YubiHsmSealer")
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl YubiHsmSealer {
+    /// Connect and create the sealing key if there is none at `config.key_id`. Idempotent: an
+    /// existing key is checked, never replaced, and no second key with the label is created.
+    pub fn initialize(config: &YubiHsmConfig, password: &SecretString) -> Result<(), SealError> {
+        Self::initialize_with(config.connector.build()?, config, password)
+    }
+
+    /// [`initialize`](Self::initialize) over a connector built by the caller (tests:
+    /// `yubihsm::Connector::mockhsm()`); `config.connector` is not used.
+    pub fn initialize_with(
+        connector: Connector,
+        config: &YubiHsmConfig,
+        password: &SecretString,
+    ) -> Result<(), SealError> {
+        let domain = config.validate()?;
+        let client = connect(connector, config, password)?;
+        match client.get_object_info(config.key_id, object::Type::HmacKey) {
+            Ok(info) => return check_sealing_key(&info, config),
+            Err(e) if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) => {}
+            Err(e) => return Err(hsm_error("looking up the sealing key", e)),
+        }
+        let same_label = client
+            .list_objects(&[
+                object::Filter::Type(object::Type::HmacKey),
+                object::Filter::Label(label(&config.key_label)),
+            ])
+            .map_err(|e| hsm_error("listing HMAC keys", e))?;
+        if !same_label.is_empty() {
+            return Err(SealError::DuplicateKey {
+                label: config.key_label.clone(),
+                count: same_label.len(),
+            });
+        }
+        client
+            .generate_hmac_key(
+                config.key_id,
+                label(&config.key_label),
+                domain,
+                SEALING_KEY_CAPABILITIES,
+                yubihsm::hmac::Algorithm::Sha256,
+            )
+            .map_err(|e| hsm_error("generating the sealing key", e))?;
+        let info = client
+            .get_object_info(config.key_id, object::Type::HmacKey)
+            .map_err(|e| hsm_error("reading the new sealing key", e))?;
+        check_sealing_key(&info, config)
+    }
+
+    /// Connect, authenticate and check the sealing key.
+    pub fn open(config: &YubiHsmConfig, password: &SecretString) -> Result<Self, SealError> {
+        let description = format!(
+            "yubihsm2 {} key {:#06x} '{}'",
+            config.connector, config.key_id, config.key_label
+        );
+        Self::open_described(config.connector.build()?, config, password, description)
+    }
+
+    /// [`open`](Self::open) over a connector built by the caller (tests:
+    /// `yubihsm::Connector::mockhsm()`); `config.connector` is not used.
+    pub fn open_with(
+        connector: Connector,
+        config: &YubiHsmConfig,
+        password: &SecretString,
+    ) -> Result<Self, SealError> {
+        let description = format!(
+            "yubihsm2 (caller-supplied connector) key {:#06x} '{}'",
+            config.key_id, config.key_label
+        );
+        Self::open_described(connector, config, password, description)
+    }
+
+    fn open_described(
+        connector: Connector,
+        config: &YubiHsmConfig,
+        password: &SecretString,
+        description: String,
+    ) -> Result<Self, SealError> {
+        config.validate()?;
+        let client = connect(connector, config, password)?;
+        let info = client
+            .get_object_info(config.key_id, object::Type::HmacKey)
+            .map_err(|e| match e.device_error() {
+                Some(yubihsm::device::ErrorKind::ObjectNotFound) => SealError::KeyNotFound {
+                    label: config.key_label.clone(),
+                },
+                _ => hsm_error("looking up the sealing key", e),
+            })?;
+        check_sealing_key(&info, config)?;
+        Ok(YubiHsmSealer {
+            client,
+            key_id: config.key_id,
+            description,
+        })
+    }
+
+    /// Ask the device for the per-blob key of `nonce` under `context`.
+    fn blob_key(
+        &self,
+        nonce: &[u8],
+        context: &SealContext,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let header = SealedShare::header_for(SealBackend::YubiHsmHmacSha256);
+        let context_hash = Sha256::digest(context.aad());
+        let mut input = Vec::with_capacity(KDF_LABEL.len() + header.len() + nonce.len() + 32);
+        input.extend_from_slice(KDF_LABEL);
+        input.extend_from_slice(&header);
+        input.extend_from_slice(nonce);
+        input.extend_from_slice(&context_hash);
+        let key = self
+            .client
+            .sign_hmac(self.key_id, input)
+            .map_err(|e| hsm_error("deriving the blob key", e))?;
+        let key = Zeroizing::new(key.into_vec());
+        if key.len() != 32 {
+            return Err(SealError::Backend(format!(
+                "the device returned a {}-byte HMAC-SHA256 output",
+                key.len()
+            )));
+        }
+        Ok(key)
+    }
+}
+
+fn label(text: &str) -> object::Label {
+    object::Label::from(text)
+}
+
+fn connect(
+    connector: Connector,
+    config: &YubiHsmConfig,
+    password: &SecretString,
+) -> Result<Client, SealError> {
+    let credentials =
+        Credentials::from_password(config.auth_key_id, password.expose_secret().as_bytes());
+    // `reconnect`: the client keeps the derived credentials to open a new session after the old
+    // one timed out or the device was unplugged.
+    Client::open(connector, credentials, true).map_err(|e| hsm_error("connecting", e))
+}
+
+fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError {
+    use yubihsm::client::ErrorKind;
+    use yubihsm::device::ErrorKind as DeviceErrorKind;
+    match error.kind() {
+        ErrorKind::AuthenticationError => SealError::WrongPin,
+        ErrorKind::DeviceError => match error.device_error() {
+            Some(DeviceErrorKind::AuthenticationFailed) => SealError::WrongPin,
+            Some(DeviceErrorKind::InsufficientPermissions) => SealError::Backend(format!(
+                "{doing}: the authentication key lacks a capability or domain it needs"
+            )),
+            _ => SealError::Unavailable(format!("{doing}: {error}")),
+        },
+        _ => SealError::Unavailable(format!("{doing}: {error}")),
+    }
+}
+
+fn check_sealing_key(info: &object::Info, config: &YubiHsmConfig) -> Result<(), SealError> {
+    let unsuitable = |reason: String| SealError::UnsuitableKey {
+        label: config.key_label.clone(),
+        reason,
+    };
+    if info.label != label(&config.key_label) {
+        return Err(unsuitable(format!(
+            "object {:#06x} is labelled '{}'",
+            config.key_id, info.label
+        )));
+    }
+    if info.algorithm != yubihsm::Algorithm::Hmac(yubihsm::hmac::Algorithm::Sha256) {
+        return Err(unsuitable(format!(
+            "algorithm is {:?}, not hmac-sha256",
+            info.algorithm
+        )));
+    }
+    if info
+        .capabilities
+        .contains(Capability::EXPORTABLE_UNDER_WRAP)
+    {
+        return Err(unsuitable("it is exportable under wrap".to_string()));
+    }
+    if !SEALING_KEY_CAPABILITIES.contains(info.capabilities) {
+        return Err(unsuitable(format!(
+            "it has capabilities beyond sign-hmac: {:?}",
+            info.capabilities
+        )));
+    }
+    if info.origin != object::Origin::Generated {
+        return Err(unsuitable(format!(
+            "origin is {:?}: its value existed outside this device",
+            info.origin
+        )));
+    }
+    Ok(())
+}
+
+/// Keystream and tag from the per-blob key.
+fn keystream(blob_key: &[u8]) -> Result<Zeroizing<[u8; SHARE_LEN]>, SealError> {
+    let mut mac = new_mac(blob_key)?;
+    mac.update(ENCRYPT_LABEL);
+    let mut stream = Zeroizing::new([0u8; SHARE_LEN]);
+    stream.copy_from_slice(&mac.finalize().into_bytes());
+    Ok(stream)
+}
+
+fn tag_mac(blob_key: &[u8], ciphertext: &[u8]) -> Result<HmacSha256, SealError> {
+    let mut mac = new_mac(blob_key)?;
+    mac.update(AUTHENTICATE_LABEL);
+    mac.update(ciphertext);
+    Ok(mac)
+}
+
+fn new_mac(key: &[u8]) -> Result<HmacSha256, SealError> {
+    HmacSha256::new_from_slice(key)
+        .map_err(|_| SealError::Backend("HMAC key of invalid length".to_string()))
+}
+
+impl Sealer for YubiHsmSealer {
+    fn seal(
+        &self,
+        secret: &Zeroizing<[u8; SHARE_LEN]>,
+        context: &SealContext,
+    ) -> Result<SealedShare, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let blob_key = self.blob_key(&nonce, context)?;
+        let stream = keystream(&blob_key)?;
+        let mut ciphertext = [0u8; SHARE_LEN];
+        for ((out, share_byte), stream_byte) in
+            ciphertext.iter_mut().zip(secret.iter()).zip(stream.iter())
+        {
+            *out = share_byte ^ stream_byte;
+        }
+        let tag = tag_mac(&blob_key, &ciphertext)?.finalize().into_bytes();
+        Ok(SealedShare::assemble(
+            SealBackend::YubiHsmHmacSha256,
+            &[&nonce, &ciphertext, &tag],
+        ))
+    }
+
+    fn unseal(
+        &self,
+        sealed: &SealedShare,
+        context: &SealContext,
+    ) -> Result<Zeroizing<[u8; SHARE_LEN]>, SealError> {
+        let body = sealed.body_for(SealBackend::YubiHsmHmacSha256, BODY_LEN)?;
+        let (nonce, rest) = body.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(SHARE_LEN);
+        let blob_key = self.blob_key(nonce, context)?;
+        // Authenticate before decrypting; constant-time comparison.
+        tag_mac(&blob_key, ciphertext)?
+            .verify_slice(tag)
+            .map_err(|_| SealError::Integrity)?;
+        let stream = keystream(&blob_key)?;
+        let mut share = Zeroizing::new([0u8; SHARE_LEN]);
+        for ((out, cipher_byte), stream_byte) in
+            share.iter_mut().zip(ciphertext.iter()).zip(stream.iter())
+        {
+            *out = cipher_byte ^ stream_byte;
+        }
+        Ok(share)
+    }
+
+    fn health_check(&self) -> Result<(), SealError> {
+        self.client
+            .get_object_info(self.key_id, object::Type::HmacKey)
+            .map(|_| ())
+            .map_err(|e| hsm_error("health check", e))
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hsm::contract_tests;
+
+    /// mockhsm's factory-default authentication key: id 1, password "password".
+    fn mock_password() -> SecretString {
+        SecretString::from("password")
+    }
+
+    fn config() -> YubiHsmConfig {
+        YubiHsmConfig {
+            connector: YubiHsmConnector::Http {
+                addr: "127.0.0.1".to_string(),
+                port: 12345,
+                timeout_ms: 5000,
+            },
+            auth_key_id: 1,
+            key_id: 0x0064,
+            key_label: "keystake-seal".to_string(),
+            domain: 1,
+        }
+    }
+
+    /// A fresh mock device with the sealing key, and a sealer on it.
+    fn fresh_sealer() -> (Connector, YubiHsmSealer) {
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let sealer =
+            YubiHsmSealer::open_with(connector.clone(), &config(), &mock_password()).unwrap();
+        (connector, sealer)
+    }
+
+    fn admin_client(connector: &Connector) -> Client {
+        Client::open(connector.clone(), Credentials::default(), true).unwrap()
+    }
+
+    #[test]
+    fn contract_round_trip() {
+        let (_, sealer) = fresh_sealer();
+        contract_tests::round_trip(&sealer);
+        contract_tests::seals_are_randomised(&sealer);
+        contract_tests::health_and_description(&sealer, "yubihsm2");
+    }
+
+    #[test]
+    fn contract_context_is_bound() {
+        let (_, sealer) = fresh_sealer();
+        contract_tests::context_is_bound(&sealer);
+    }
+
+    #[test]
+    fn contract_tampering_is_detected() {
+        let (_, sealer) = fresh_sealer();
+        contract_tests::tampering_is_detected(&sealer);
+    }
+
+    #[test]
+    fn contract_foreign_key_cannot_open() {
+        let (_, device_a) = fresh_sealer();
+        let (_, device_b) = fresh_sealer();
+        contract_tests::foreign_key_cannot_open(&device_a, &device_b);
+    }
+
+    #[test]
+    fn contract_blob_hides_plaintext() {
+        let (_, sealer) = fresh_sealer();
+        contract_tests::blob_hides_plaintext(&sealer);
+    }
+
+    #[test]
+    fn contract_parallel_unseals() {
+        let (_, sealer) = fresh_sealer();
+        contract_tests::parallel_unseals(Arc::new(sealer), 8, 200);
+    }
+
+    #[test]
+    fn blob_layout_is_nonce_ciphertext_tag() {
+        let (_, sealer) = fresh_sealer();
+        let sealed = sealer
+            .seal(&contract_tests::secret(1), &contract_tests::context(1))
+            .unwrap();
+        assert_eq!(sealed.0.len(), 2 + BODY_LEN);
+        assert_eq!(sealed.0[..2], [1, 0x02]);
+        // A PKCS#11 blob is refused by header, before any device call.
+        let mut foreign = sealed.clone();
+        foreign.0[1] = SealBackend::Pkcs11AesGcm.tag();
+        assert!(matches!(
+            sealer.unseal(&foreign, &contract_tests::context(1)),
+            Err(SealError::MalformedBlob(_))
+        ));
+    }
+
+    #[test]
+    fn initialize_is_idempotent() {
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let sealer =
+            YubiHsmSealer::open_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let ctx = contract_tests::context(2);
+        let sealed = sealer.seal(&contract_tests::secret(2), &ctx).unwrap();
+
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+
+        let keys = admin_client(&connector)
+            .list_objects(&[
+                object::Filter::Type(object::Type::HmacKey),
+                object::Filter::Label(label("keystake-seal")),
+            ])
+            .unwrap();
+        assert_eq!(keys.len(), 1);
+        // Same key: the old blob still opens.
+        assert_eq!(
+            *sealer.unseal(&sealed, &ctx).unwrap(),
+            *contract_tests::secret(2)
+        );
+
+        // Another id with the same label is refused rather than creating a second key.
+        let mut other_id = config();
+        other_id.key_id = 0x0065;
+        assert!(matches!(
+            YubiHsmSealer::initialize_with(connector, &other_id, &mock_password()),
+            Err(SealError::DuplicateKey { .. })
+        ));
+    }
+
+    #[test]
+    fn sealing_key_is_not_exportable() {
+        let (connector, _sealer) = fresh_sealer();
+        let admin = admin_client(&connector);
+        let info = admin
+            .get_object_info(config().key_id, object::Type::HmacKey)
+            .unwrap();
+        assert_eq!(info.capabilities, Capability::SIGN_HMAC);
+        assert_eq!(info.origin, object::Origin::Generated);
+        admin
+            .generate_wrap_key(
+                0x0200,
+                label("export-attempt"),
+                Domain::DOM1,
+                Capability::EXPORT_WRAPPED,
+                Capability::all(),
+                yubihsm::wrap::Algorithm::Aes256Ccm,
+            )
+            .unwrap();
+        assert!(admin
+            .export_wrapped(0x0200, object::Type::HmacKey, config().key_id)
+            .is_err());
+    }
+
+    #[test]
+    fn open_refuses_unsuitable_keys() {
+        // Exportable under wrap.
+        let connector = Connector::mockhsm();
+        admin_client(&connector)
+            .generate_hmac_key(
+                config().key_id,
+                label("keystake-seal"),
+                Domain::DOM1,
+                Capability::SIGN_HMAC | Capability::EXPORTABLE_UNDER_WRAP,
+                yubihsm::hmac::Algorithm::Sha256,
+            )
+            .unwrap();
+        assert!(matches!(
+            YubiHsmSealer::open_with(connector.clone(), &config(), &mock_password()),
+            Err(SealError::UnsuitableKey { .. })
+        ));
+        assert!(matches!(
+            YubiHsmSealer::initialize_with(connector, &config(), &mock_password()),
+            Err(SealError::UnsuitableKey { .. })
+        ));
+
+        // Imported: its value was known outside the device.
+        let connector = Connector::mockhsm();
+        admin_client(&connector)
+            .put_hmac_key(
+                config().key_id,
+                label("keystake-seal"),
+                Domain::DOM1,
+                Capability::SIGN_HMAC,
+                yubihsm::hmac::Algorithm::Sha256,
+                vec![0x42; 32],
+            )
+            .unwrap();
+        match YubiHsmSealer::open_with(connector, &config(), &mock_password()) {
+            Err(SealError::UnsuitableKey { reason, .. }) => assert!(reason.contains("Imported")),
+            other => panic!("expected UnsuitableKey, got {other:?}"),
+        }
+
+        // Right id, other label.
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let mut relabelled = config();
+        relabelled.key_label = "something-else".to_string();
+        assert!(matches!(
+            YubiHsmSealer::open_with(connector, &relabelled, &mock_password()),
+            Err(SealError::UnsuitableKey { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_password_and_missing_key_are_reported() {
+        let connector = Connector::mockhsm();
+        match YubiHsmSealer::open_with(connector.clone(), &config(), &SecretString::from("nope")) {
+            Err(SealError::WrongPin) => {}
+            other => panic!("expected WrongPin, got {other:?}"),
+        }
+        match YubiHsmSealer::open_with(connector, &config(), &mock_password()) {
+            Err(SealError::KeyNotFound { label }) => assert_eq!(label, "keystake-seal"),
+            other => panic!("expected KeyNotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let mut bad = config();
+        bad.domain = 17;
+        assert!(matches!(
+            YubiHsmSealer::open_with(Connector::mockhsm(), &bad, &mock_password()),
+            Err(SealError::InvalidConfig(_))
+        ));
+        let mut bad = config();
+        bad.key_label = "x".repeat(41);
+        assert!(matches!(
+            YubiHsmSealer::open_with(Connector::mockhsm(), &bad, &mock_password()),
+            Err(SealError::InvalidConfig(_))
+        ));
+        let bad_serial = YubiHsmConnector::Usb {
+            serial: Some("not-a-serial".to_string()),
+            timeout_ms: 1000,
+        };
+        assert!(matches!(
+            bad_serial.build(),
+            Err(SealError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn unreachable_connector_is_unavailable() {
+        let mut config = config();
+        // Port 1 on localhost: nothing listens there.
+        config.connector = YubiHsmConnector::Http {
+            addr: "127.0.0.1".to_string(),
+            port: 1,
+            timeout_ms: 500,
+        };
+        match YubiHsmSealer::open(&config, &mock_password()) {
+            Err(SealError::Unavailable(_)) => {}
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn debug_and_description_hold_no_secret() {
+        let (_, sealer) = fresh_sealer();
+        let printed = format!("{sealer:?} {}", sealer.describe());
+        assert!(!printed.contains("password"));
+        assert!(printed.contains("0x0064"));
+    }
+}

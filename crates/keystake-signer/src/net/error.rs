@@ -1,0 +1,289 @@
+//! The one place where errors become HTTP statuses and JSON error bodies, and gRPC statuses
+//! (derived from the HTTP status, so both APIs always agree).
+//!
+//! Client mistakes get their own status and a message naming what is wrong, and are logged at
+//! debug level only. Server-side failures (HSM or database down) get 503 with a generic message
+//! and are logged once, with detail, here. 500 is reserved for bugs, never for client input.
+#![forbid(unsafe_code)]
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::forwarder::ForwardError;
+use crate::hsm::SealError;
+use crate::service::keymanager::KeymanagerError;
+use crate::service::ServiceError;
+use crate::store::{Refusal, StoreError};
+
+/// An HTTP error answer: status and JSON body `{"error": …, …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON error body (`{"error": …}` plus detail fields).
+    pub fn body(&self) -> &Value {
+        &self.body
+    }
+
+    /// The message of the body's `error` field.
+    pub fn message(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+
+    /// An invalid argument outside the signing service's own errors (gRPC field decoding).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn unsupported_media_type(media: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {media:?} is not supported; send application/json"),
+        )
+    }
+
+    /// A reload of the policy or CRL failed; the administrator needs the reason.
+    pub fn reload_failed(message: impl std::fmt::Display) -> Self {
+        tracing::error!(%message, "reload failed; the previous policy and TLS configuration stay in force");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed, previous configuration kept: {message}"),
+        )
+    }
+
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )
+    }
+
+    pub fn bad_body(reason: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {reason}"),
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {limit} bytes"),
+        )
+    }
+}
+
+/// The status a service error maps to.
+pub fn status_of(error: &ServiceError) -> StatusCode {
+    match error {
+        ServiceError::InvalidIdentifier { .. }
+        | ServiceError::BadRequest(_)
+        | ServiceError::AmbiguousGroupKey { .. } => StatusCode::BAD_REQUEST,
+        ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
+        ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ServiceError::Combine(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
+        ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        // An interchange file that cannot be imported is the caller's mistake, not a fault.
+        ServiceError::Store(StoreError::GenesisMismatch { .. })
+        | ServiceError::Store(StoreError::InvalidInterchange(_)) => StatusCode::BAD_REQUEST,
+        ServiceError::Store(StoreError::NotBound)
+        | ServiceError::Store(StoreError::SecondKeyOfValidator { .. }) => StatusCode::CONFLICT,
+        ServiceError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // A blob that fails authentication is tampering or a bug: 500, logged. Every other HSM
+        // failure (session lost, token gone, PIN refused on re-login) is the HSM being
+        // unavailable to us right now: 503, nothing signed, retry later.
+        ServiceError::Seal(SealError::Integrity | SealError::MalformedBlob(_))
+        | ServiceError::InvalidUnsealedShare { .. }
+        | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServiceError::Seal(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let status = status_of(&error);
+        if status.is_server_error() {
+            tracing::error!(%error, status = status.as_u16(), "request failed on the appliance side");
+            let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+                format!("signer temporarily unavailable: {error}; nothing was signed")
+            } else {
+                "internal error; nothing was signed (see the appliance log)".to_owned()
+            };
+            return ApiError::new(status, message);
+        }
+        tracing::debug!(%error, status = status.as_u16(), "request refused");
+        let mut body = json!({ "error": error.to_string() });
+        match &error {
+            ServiceError::BadRequest(request_error) => {
+                if let Some(field) = request_error.field() {
+                    body["field"] = json!(field);
+                }
+            }
+            ServiceError::Refused(Refusal::Slashable(not_safe)) => {
+                body["rule"] = json!(not_safe.rule());
+                body["conflict"] = serde_json::to_value(not_safe).unwrap_or(Value::Null);
+            }
+            ServiceError::Refused(Refusal::WrongNetwork { expected, received }) => {
+                body["rule"] = json!("genesis_validators_root_mismatch");
+                body["expected"] = json!(expected.to_hex());
+                body["received"] = json!(received.to_hex());
+            }
+            _ => {}
+        }
+        ApiError { status, body }
+    }
+}
+
+/// The status a keymanager API error maps to (its spec: 400, 401, 403, 500).
+pub fn keymanager_status_of(error: &KeymanagerError) -> StatusCode {
+    match error {
+        KeymanagerError::MissingToken => StatusCode::UNAUTHORIZED,
+        KeymanagerError::WrongToken => StatusCode::FORBIDDEN,
+        KeymanagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        KeymanagerError::Service(service) => status_of(service),
+        KeymanagerError::TokenFile { .. } | KeymanagerError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// Keymanager errors use the keymanager spec's body, `{"message": …}`.
+impl From<KeymanagerError> for ApiError {
+    fn from(error: KeymanagerError) -> Self {
+        let status = keymanager_status_of(&error);
+        let message = if status.is_server_error() {
+            tracing::error!(%error, status = status.as_u16(), "keymanager request failed on the appliance side");
+            format!("keymanager operation failed on the appliance: {error}")
+        } else {
+            tracing::debug!(%error, status = status.as_u16(), "keymanager request refused");
+            error.to_string()
+        };
+        ApiError {
+            status,
+            body: json!({ "message": message }),
+        }
+    }
+}
+
+/// The status a forwarder failure maps to (`keystake-signer connect`): the appliance down or
+/// unreachable is temporary (503), a certificate refused either way or a broken exchange is a
+/// gateway fault (502), no answer in time is 504.
+pub fn forward_status(error: &ForwardError) -> StatusCode {
+    match error {
+        ForwardError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ForwardError::CertificateRefused { .. }
+        | ForwardError::ServerCertificateRejected { .. }
+        | ForwardError::Broken { .. } => StatusCode::BAD_GATEWAY,
+        ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl From<ForwardError> for ApiError {
+    fn from(error: ForwardError) -> Self {
+        ApiError::new(forward_status(&error), error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// The gRPC code for an HTTP status of this API.
+pub fn grpc_code(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        200..=299 => tonic::Code::Ok,
+        400 | 413 | 415 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        409 | 412 => tonic::Code::FailedPrecondition,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        tonic::Status::new(grpc_code(error.status), error.message().to_owned())
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(error: ServiceError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystake_core::policy::Denial;
+
+    #[test]
+    fn grpc_codes_follow_http_statuses() {
+        let cases = [
+            (
+                ServiceError::UnknownKey {
+                    identifier: "0x".into(),
+                },
+                StatusCode::NOT_FOUND,
+                tonic::Code::NotFound,
+            ),
+            (
+                ServiceError::Forbidden(Denial::NoIdentity),
+                StatusCode::FORBIDDEN,
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                ServiceError::InvalidIdentifier {
+                    identifier: "x".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                ServiceError::Store(StoreError::WriterGone),
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+            ),
+            (
+                ServiceError::Internal("bug".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+            ),
+        ];
+        for (error, http, grpc) in cases {
+            assert_eq!(status_of(&error), http);
+            assert_eq!(tonic::Status::from(error).code(), grpc);
+        }
+        assert_eq!(
+            grpc_code(StatusCode::PRECONDITION_FAILED),
+            tonic::Code::FailedPrecondition
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! Network adapters: the Web3Signer REST API over mutual TLS.
+//!
+//! The accept loop is `TcpListener` → `tokio_rustls::TlsAcceptor` (client certificate mandatory,
+//! see `crate::net::tls`) → hyper `serve_connection`; the peer certificate becomes a
+//! [`ClientIdentity`] request extension there. Refuses: connections that do not finish the TLS
+//! handshake within [`HANDSHAKE_TIMEOUT`], and every connection without a valid client certificate
+//! (in the handshake, before any HTTP is read).
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::net::tls::{peer_identity, ClientIdentity, TlsFiles};
+use crate::service::authz::Reloadable;
+use crate::service::SigningService;
+
+/// A client that has not finished the TLS handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections (handshaking or open) at once; further clients wait in the
+/// kernel's accept queue, so a flood of idle sockets cannot exhaust file descriptors.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// An HTTP/1.1 client must send a request's headers within this time (also bounds how long an
+/// idle keep-alive connection is held).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many concurrent HTTP/2 streams per connection.
+pub const MAX_H2_STREAMS: u32 = 64;
+/// On shutdown, requests in flight get this long to finish (their records are already durable;
+/// letting them answer avoids a missed duty).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything served on the mutual-TLS port. Requests whose content-type is
+/// `application/grpc…` go to the gRPC API ([`crate::net::grpc::router`]); all others to the REST side: the
+/// Web3Signer API, KeyStake's admin routes, `more` (the keymanager API), all behind the
+/// keymanager authorization guard.
+pub fn app(service: Arc<SigningService>, more: Router) -> Router {
+    let rest = crate::net::rest::sign::router(service.clone())
+        .merge(crate::net::rest::operator::router(service.clone()))
+        .merge(more)
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            crate::net::rest::operator::keymanager_guard,
+        ));
+    let grpc = crate::net::grpc::router(service);
+    Router::new().fallback_service(tower::service_fn(
+        move |request: http::Request<axum::body::Body>| {
+            let target = if is_grpc(request.headers()) {
+                grpc.clone()
+            } else {
+                rest.clone()
+            };
+            target.oneshot(request)
+        },
+    ))
+}
+
+/// gRPC requests announce themselves with `application/grpc`, `application/grpc+proto`, …
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Serve `app` on `listener` with mutual TLS until `shutdown` resolves.
+pub async fn serve_mtls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_mtls_reloadable(listener, Arc::new(TlsReloader::fixed(tls)), app, shutdown).await
+}
+
+/// Like [`serve_mtls`], taking the TLS configuration from `tls` for every new connection, so a
+/// reload (new CRL) applies to the next handshake. Connections already open keep the
+/// configuration they were accepted with.
+pub async fn serve_mtls_reloadable(
+    listener: TcpListener,
+    tls: Arc<TlsReloader>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(tls.current());
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(acceptor, stream, peer, app, watcher).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("no longer accepting connections; draining requests in flight");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// The server TLS configuration in force, rebuilt from its files on [`Reloadable::reload`]
+/// (SIGHUP, admin call). A reload that fails leaves the previous configuration in force.
+pub struct TlsReloader {
+    files: Option<TlsFiles>,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsReloader {
+    /// Build from files (refusing to start on any error).
+    pub fn from_files(files: TlsFiles) -> Result<Self, crate::net::tls::TlsError> {
+        let config = crate::net::tls::server_config(&files)?;
+        Ok(TlsReloader {
+            files: Some(files),
+            current: RwLock::new(config),
+        })
+    }
+
+    /// A configuration that never changes.
+    pub fn fixed(config: Arc<rustls::ServerConfig>) -> Self {
+        TlsReloader {
+            files: None,
+            current: RwLock::new(config),
+        }
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Reloadable for TlsReloader {
+    fn reload(&self) -> Result<(), String> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        let config = crate::net::tls::server_config(files).map_err(|e| e.to_string())?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        tracing::info!(crl = ?files.crl, "TLS configuration reloaded");
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(identity) = peer_identity(tls_stream.get_ref().1) else {
+        // The verifier makes a client certificate mandatory; this is defence in depth.
+        tracing::warn!(%peer, "connection without a client identity dropped");
+        return;
+    };
+    tracing::debug!(%peer, client = %identity.display_name(), "client connected");
+    let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(identity.clone());
+        request
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connection =
+        builder.serve_connection(TokioIo::new(tls_stream), TowerToHyperService::new(service));
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// The identity of the client that sent a request (set by the accept loop).
+pub type Identity = axum::Extension<ClientIdentity>;

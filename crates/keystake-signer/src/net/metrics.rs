@@ -1,0 +1,288 @@
+//! Prometheus metrics: what the appliance is doing, on a separate plain-HTTP listener
+//! (`metrics_listen`, loopback in every example; a warning is logged for any other address).
+//!
+//! Families (all prefixed `keystake_`): `requests_total{api,type,outcome}`,
+//! `signing_phase_seconds{phase}` (slashing_db, unseal, bls, total), `keys_loaded`,
+//! `hsm_session_up`, `slashing_db_up`, `authorization_refusals_total{api,operation}`,
+//! `build_info{version}`. Nothing secret is ever a label: keys and clients are not labels (the
+//! audit log has them), so cardinality stays fixed.
+//!
+//! The listener answers `GET /metrics` only (404 otherwise) and refuses nothing else: it carries
+//! no secrets and changes nothing, but it is plain HTTP, so keep it off public interfaces.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::service::SigningService;
+
+/// Latency buckets (seconds): a few hundred microseconds (BLS) to seconds (a stalled disk).
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A phase of the signing path, timed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Slashing check + durable record (and the audit entry), including the fsync.
+    SlashingDb,
+    /// HSM unseal of the share.
+    Unseal,
+    /// BLS signing.
+    Bls,
+    /// The whole request, from arrival to answer.
+    Total,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::SlashingDb => "slashing_db",
+            Phase::Unseal => "unseal",
+            Phase::Bls => "bls",
+            Phase::Total => "total",
+        }
+    }
+}
+
+/// The outcome label of a request, from its HTTP status (itself from the one mapping in
+/// `api::error`).
+pub fn outcome_label(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        400 | 413 | 415 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        412 => "slashing_refused",
+        503 => "unavailable",
+        _ => "error",
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    phases: HistogramVec,
+    keys_loaded: IntGauge,
+    hsm_up: IntGauge,
+    db_up: IntGauge,
+    refusals: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("keystake".into()), None).expect("a static prefix is valid");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Signing requests by API, request type and outcome",
+            ),
+            &["api", "type", "outcome"],
+        )
+        .expect("valid metric");
+        let phases = HistogramVec::new(
+            HistogramOpts::new(
+                "signing_phase_seconds",
+                "Time spent per phase of the signing path (slashing_db, unseal, bls, total)",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let keys_loaded = IntGauge::new("keys_loaded", "Keys (or shares) loaded for signing")
+            .expect("valid metric");
+        let hsm_up = IntGauge::new(
+            "hsm_session_up",
+            "1 when the HSM session answered its health check at the last scrape",
+        )
+        .expect("valid metric");
+        let db_up = IntGauge::new(
+            "slashing_db_up",
+            "1 when the slashing-protection database answered at the last scrape",
+        )
+        .expect("valid metric");
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "authorization_refusals_total",
+                "Requests refused by the authorization policy, by API and operation",
+            ),
+            &["api", "operation"],
+        )
+        .expect("valid metric");
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "Build of the running signer (value 1)"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(phases.clone()),
+            Box::new(keys_loaded.clone()),
+            Box::new(hsm_up.clone()),
+            Box::new(db_up.clone()),
+            Box::new(refusals.clone()),
+            Box::new(build),
+        ] {
+            registry.register(collector).expect("names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            phases,
+            keys_loaded,
+            hsm_up,
+            db_up,
+            refusals,
+        }
+    }
+
+    pub fn request(&self, api: &str, kind: &str, status: u16) {
+        self.requests
+            .with_label_values(&[api, kind, outcome_label(status)])
+            .inc();
+    }
+
+    /// Count one signing request by the status its result maps to (the one mapping in
+    /// `api::error`).
+    pub fn request_result<T>(
+        &self,
+        api: &str,
+        kind: &str,
+        result: &Result<T, crate::service::ServiceError>,
+    ) {
+        let status = match result {
+            Ok(_) => 200,
+            Err(error) => crate::net::error::status_of(error).as_u16(),
+        };
+        self.request(api, kind, status);
+    }
+
+    pub fn phase(&self, phase: Phase, elapsed: Duration) {
+        self.phases
+            .with_label_values(&[phase.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn refusal(&self, api: &str, operation: &str) {
+        self.refusals.with_label_values(&[api, operation]).inc();
+    }
+
+    pub fn set_keys_loaded(&self, count: usize) {
+        self.keys_loaded
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_health(&self, hsm_up: bool, db_up: bool) {
+        self.hsm_up.set(i64::from(hsm_up));
+        self.db_up.set(i64::from(db_up));
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(%error, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The metrics listener's router: `GET /metrics`. Health gauges are refreshed at each scrape.
+pub fn router(service: Arc<SigningService>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(service)
+}
+
+async fn scrape(State(service): State<Arc<SigningService>>) -> Response {
+    let health_service = service.clone();
+    let (hsm, db) = tokio::task::spawn_blocking(move || {
+        let (hsm, db) = health_service.health();
+        (hsm.is_ok(), db.is_ok())
+    })
+    .await
+    .unwrap_or((false, false));
+    let metrics = service.metrics();
+    metrics.set_health(hsm, db);
+    metrics.set_keys_loaded(service.public_keys().len());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// Bind the metrics listener (a non-loopback address is allowed but logged as a warning).
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    if !address.ip().is_loopback() {
+        tracing::warn!(%address, "metrics listener is not on loopback: it is plain HTTP without authentication");
+    }
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Serve the metrics router until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, service: Arc<SigningService>) {
+    if let Err(error) = axum::serve(listener, router(service)).await {
+        tracing::error!(%error, "metrics listener stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_exposed_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.request("rest", "ATTESTATION", 200);
+        metrics.request("grpc", "BLOCK_V2", 412);
+        metrics.phase(Phase::Bls, Duration::from_micros(700));
+        metrics.refusal("grpc", "deposit");
+        metrics.set_keys_loaded(3);
+        metrics.set_health(true, false);
+        let text = metrics.render();
+        for line in [
+            "keystake_requests_total{api=\"rest\",outcome=\"ok\",type=\"ATTESTATION\"} 1",
+            "keystake_requests_total{api=\"grpc\",outcome=\"slashing_refused\",type=\"BLOCK_V2\"} 1",
+            "keystake_signing_phase_seconds_bucket{phase=\"bls\",le=\"0.001\"} 1",
+            "keystake_signing_phase_seconds_bucket{phase=\"bls\",le=\"0.0005\"} 0",
+            "keystake_authorization_refusals_total{api=\"grpc\",operation=\"deposit\"} 1",
+            "keystake_keys_loaded 3",
+            "keystake_hsm_session_up 1",
+            "keystake_slashing_db_up 0",
+            "keystake_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

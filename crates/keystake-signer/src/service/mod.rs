@@ -1,0 +1,423 @@
+//! The signing path (design.md §1), composed from the pure core and the adapters:
+//! resolve the key → decode and validate the request → slashing check and durable record →
+//! unseal the share in the HSM → BLS sign → zeroize → return the (partial) signature.
+//!
+//! Refuses: unknown keys, malformed requests, `signingRoot` mismatches, anything the slashing
+//! rules forbid or that cannot be recorded durably first, and every request when the HSM or the
+//! database is unavailable. A refused request records nothing and signs nothing.
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod keymanager;
+mod sign;
+mod slashable;
+mod slashing_admin;
+pub use slashable::SlashableAnswer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::hsm::{SealContext, SealError, SealedShare, Sealer};
+use crate::net::metrics::{Metrics, Phase};
+use crate::service::authz::{Authorizer, Caller};
+use crate::store::{
+    InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
+    ThresholdInfo,
+};
+use keystake_core::bls;
+use keystake_core::consensus::Network;
+use keystake_core::policy::{Denial, KeyRef};
+use keystake_core::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
+use keystake_core::types::{BlsPublicKey, BlsSignature, Root};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(
+        "invalid key identifier {identifier:?}: expected a 0x-prefixed 48-byte BLS public key"
+    )]
+    InvalidIdentifier { identifier: String },
+    #[error("no signing key for {identifier}")]
+    UnknownKey { identifier: String },
+    #[error(
+        "{identifier} is the group key of several shares held here; address one share public key"
+    )]
+    AmbiguousGroupKey { identifier: String },
+    #[error(transparent)]
+    BadRequest(#[from] RequestError),
+    #[error("refused by slashing protection: {0}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HSM: {0}")]
+    Seal(#[from] SealError),
+    #[error("the sealed share for {public_key} unsealed to an invalid secret key")]
+    InvalidUnsealedShare { public_key: BlsPublicKey },
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("forbidden: {0}")]
+    Forbidden(#[from] Denial),
+    #[error("cannot combine: {0}")]
+    Combine(#[from] keystake_core::threshold::ThresholdError),
+}
+
+/// A key this appliance can sign with: the sealed share and what binds it.
+pub(crate) struct LoadedKey {
+    public_key: BlsPublicKey,
+    sealed: SealedShare,
+    context: SealContext,
+    threshold: Option<ThresholdInfo>,
+    origin: ShareOrigin,
+}
+
+impl LoadedKey {
+    pub(crate) fn key_ref(&self) -> KeyRef {
+        KeyRef {
+            public_key: self.public_key,
+            group_public_key: self.threshold.as_ref().map(|t| t.group_public_key),
+        }
+    }
+}
+
+#[derive(Default)]
+struct KeyIndex {
+    by_public_key: HashMap<BlsPublicKey, Arc<LoadedKey>>,
+    /// Group public key → share public keys held here (threshold shares only).
+    by_group_key: HashMap<BlsPublicKey, Vec<BlsPublicKey>>,
+    /// Share public keys in the order they were imported (listing order).
+    order: Vec<BlsPublicKey>,
+}
+
+/// Public description of a loaded key, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    pub public_key: BlsPublicKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participants: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_public_key: Option<BlsPublicKey>,
+    /// Where the key came from: `keystore`, `demo`, `split`, `dkg`.
+    pub origin: &'static str,
+}
+
+/// The outcome of a successful signing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    pub signature: BlsSignature,
+    pub kind: SignKind,
+    pub signing_root: Root,
+    /// Which key signed (a share key when the request named a group key).
+    pub public_key: BlsPublicKey,
+}
+
+/// How long `deactivate` waits for in-flight requests of the key (an unseal and a BLS signature
+/// take milliseconds; a stuck HSM call is what this bounds).
+pub const DEACTIVATE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub struct SigningService {
+    store: Arc<Store>,
+    sealer: Arc<dyn Sealer>,
+    network: Network,
+    keys: RwLock<Arc<KeyIndex>>,
+    authorizer: Arc<Authorizer>,
+    metrics: Arc<Metrics>,
+}
+
+/// The sealing context of a record: the share's identity that the HSM binds the blob to.
+pub fn seal_context(public_key: BlsPublicKey, threshold: Option<&ThresholdInfo>) -> SealContext {
+    SealContext {
+        share_public_key: public_key,
+        share_index: threshold.map(|t| t.index),
+        group_public_key: threshold.map(|t| t.group_public_key),
+    }
+}
+
+impl SigningService {
+    /// Build the service and load every enabled key from the store.
+    pub fn new(
+        store: Arc<Store>,
+        sealer: Arc<dyn Sealer>,
+        network: Network,
+    ) -> Result<Self, ServiceError> {
+        let service = SigningService {
+            store,
+            sealer,
+            network,
+            keys: RwLock::new(Arc::new(KeyIndex::default())),
+            authorizer: Arc::new(Authorizer::open()),
+            metrics: Arc::new(Metrics::new()),
+        };
+        service.reload()?;
+        Ok(service)
+    }
+
+    /// Use `authorizer` to decide every request made through [`Self::sign_as`] and friends
+    /// (the default allows every client: no policy configured).
+    pub fn with_authorizer(mut self, authorizer: Arc<Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+
+    /// This service's Prometheus metrics (served by `crate::net::metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn sealer(&self) -> &Arc<dyn Sealer> {
+        &self.sealer
+    }
+
+    /// Re-read the keys from the store (after an import or delete by another process). Returns
+    /// the number of keys loaded.
+    pub fn reload(&self) -> Result<usize, ServiceError> {
+        let previous = self.index();
+        let mut index = KeyIndex::default();
+        for record in self.store.shares()? {
+            if !record.enabled {
+                continue;
+            }
+            if let Some(t) = &record.threshold {
+                index
+                    .by_group_key
+                    .entry(t.group_public_key)
+                    .or_default()
+                    .push(record.public_key);
+            }
+            index.order.push(record.public_key);
+            // An unchanged key keeps its `Arc`: in-flight requests hold that same `Arc`, which is
+            // how `deactivate` knows when the last of them is done.
+            if let Some(existing) = previous.by_public_key.get(&record.public_key) {
+                if existing.sealed.0 == record.sealed && existing.threshold == record.threshold {
+                    index
+                        .by_public_key
+                        .insert(record.public_key, existing.clone());
+                    continue;
+                }
+            }
+            let context = seal_context(record.public_key, record.threshold.as_ref());
+            index.by_public_key.insert(
+                record.public_key,
+                Arc::new(LoadedKey {
+                    public_key: record.public_key,
+                    sealed: SealedShare(record.sealed),
+                    context,
+                    threshold: record.threshold,
+                    origin: record.origin,
+                }),
+            );
+        }
+        let count = index.order.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        self.metrics.set_keys_loaded(count);
+        Ok(count)
+    }
+
+    fn index(&self) -> Arc<KeyIndex> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Share (or whole-key) public keys, in import order.
+    pub fn public_keys(&self) -> Vec<BlsPublicKey> {
+        self.index().order.clone()
+    }
+
+    /// Public description of every loaded key.
+    pub fn key_infos(&self) -> Vec<KeyInfo> {
+        self.key_infos_where(|_| true)
+    }
+
+    pub(crate) fn key_infos_where(&self, keep: impl Fn(&LoadedKey) -> bool) -> Vec<KeyInfo> {
+        let index = self.index();
+        index
+            .order
+            .iter()
+            .filter_map(|pk| index.by_public_key.get(pk))
+            .filter(|key| keep(key))
+            .map(|key| KeyInfo {
+                public_key: key.public_key,
+                share_index: key.threshold.as_ref().map(|t| t.index.get()),
+                threshold: key.threshold.as_ref().map(|t| t.threshold.get()),
+                participants: key.threshold.as_ref().map(|t| t.participants),
+                group_public_key: key.threshold.as_ref().map(|t| t.group_public_key),
+                origin: key.origin.as_str(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn resolve(&self, identifier: &str) -> Result<Arc<LoadedKey>, ServiceError> {
+        let public_key: BlsPublicKey =
+            identifier
+                .parse()
+                .map_err(|_| ServiceError::InvalidIdentifier {
+                    identifier: identifier.to_owned(),
+                })?;
+        let index = self.index();
+        if let Some(key) = index.by_public_key.get(&public_key) {
+            return Ok(key.clone());
+        }
+        match index.by_group_key.get(&public_key).map(Vec::as_slice) {
+            Some([only]) => index
+                .by_public_key
+                .get(only)
+                .cloned()
+                .ok_or_else(|| ServiceError::Internal("key index out of step".into())),
+            Some(_) => Err(ServiceError::AmbiguousGroupKey {
+                identifier: public_key.to_hex(),
+            }),
+            None => Err(ServiceError::UnknownKey {
+                identifier: public_key.to_hex(),
+            }),
+        }
+    }
+
+    /// Decode and validate a request without touching any key (pure).
+    pub fn decode(&self, body: &[u8]) -> Result<SigningIntent, ServiceError> {
+        Ok(request::parse_sign_request(body, &self.network)?)
+    }
+
+    /// The whole signing path for one Web3Signer request body, for trusted in-process callers
+    /// (no authorization; audited as API `local`). Network adapters call [`Self::sign_as`].
+    pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
+        self.sign_flow(
+            &Caller::new(None, crate::service::authz::Api::Local),
+            false,
+            identifier,
+            body,
+        )
+        .await
+    }
+
+    /// Unseal the share in the HSM, sign, and let the plaintext drop (zeroized). Runs on the
+    /// blocking pool: the HSM call and the pairing-curve arithmetic are CPU-bound.
+    pub(crate) async fn sign_root(
+        &self,
+        key: Arc<LoadedKey>,
+        signing_root: Root,
+    ) -> Result<BlsSignature, ServiceError> {
+        let sealer = self.sealer.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let secret = sealer.unseal(&key.sealed, &key.context)?;
+            metrics.phase(Phase::Unseal, started.elapsed());
+            let started = std::time::Instant::now();
+            let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
+                ServiceError::InvalidUnsealedShare {
+                    public_key: key.public_key,
+                }
+            })?;
+            let signature = secret_key.sign(&signing_root.0);
+            metrics.phase(Phase::Bls, started.elapsed());
+            Ok(signature)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))?
+    }
+
+    /// Seal a secret key in the HSM and store it. The plaintext never leaves memory; the seal is
+    /// verified by unsealing it once before the record is written.
+    pub fn import_key(
+        &self,
+        secret: &bls::SecretKey,
+        origin: ShareOrigin,
+        threshold: Option<ThresholdInfo>,
+    ) -> Result<(BlsPublicKey, InsertOutcome), ServiceError> {
+        let outcome = import_key(&self.store, self.sealer.as_ref(), secret, origin, threshold)?;
+        self.reload()?;
+        Ok(outcome)
+    }
+
+    /// Stop a key from signing (keymanager DELETE): disable it in the store, drop it from the
+    /// index, then wait until no request that resolved it before is still checking, recording
+    /// or signing — so slashing data exported afterwards is complete. Returns whether the key
+    /// was active. Its slashing history stays.
+    pub async fn deactivate(&self, public_key: &BlsPublicKey) -> Result<bool, ServiceError> {
+        let held = self.index().by_public_key.get(public_key).cloned();
+        let was_active = self.store.disable_share(public_key)?;
+        self.reload()?;
+        if let Some(key) = held {
+            let deadline = tokio::time::Instant::now() + DEACTIVATE_DRAIN_TIMEOUT;
+            // Ours is the only reference left once every in-flight request has finished.
+            while Arc::strong_count(&key) > 1 {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServiceError::Internal(format!(
+                        "{public_key} is disabled but requests that started before are still running"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        Ok(was_active)
+    }
+
+    /// Readiness of the HSM session and the database, for `/healthcheck`.
+    pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
+        (self.sealer.health_check(), self.store.health_check())
+    }
+}
+
+fn slashing_request(check: SlashingCheck, signing_root: Root) -> SlashingRequest {
+    match check {
+        SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
+        SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        },
+    }
+}
+
+/// Seal and store a key without a running service (CLI `keys import`).
+pub fn import_key(
+    store: &Store,
+    sealer: &dyn Sealer,
+    secret: &bls::SecretKey,
+    origin: ShareOrigin,
+    threshold: Option<ThresholdInfo>,
+) -> Result<(BlsPublicKey, InsertOutcome), ServiceError> {
+    let record = seal_record(sealer, secret, origin, threshold)?;
+    let outcome = store.insert_share(&record)?;
+    Ok((record.public_key, outcome))
+}
+
+/// Seal a secret key in the HSM into a storable record (nothing is written). The seal is
+/// verified by unsealing it once, so a record that could not be opened is never stored.
+pub fn seal_record(
+    sealer: &dyn Sealer,
+    secret: &bls::SecretKey,
+    origin: ShareOrigin,
+    threshold: Option<ThresholdInfo>,
+) -> Result<ShareRecord, ServiceError> {
+    let public_key = secret.public_key();
+    let context = seal_context(public_key, threshold.as_ref());
+    let plaintext = secret.to_bytes();
+    let sealed = sealer.seal(&plaintext, &context)?;
+    let reopened = sealer.unseal(&sealed, &context)?;
+    if reopened.as_slice() != plaintext.as_slice() {
+        return Err(ServiceError::Internal(
+            "the HSM returned a different share when unsealing a fresh seal".into(),
+        ));
+    }
+    Ok(ShareRecord {
+        public_key,
+        sealed: sealed.0,
+        origin,
+        threshold,
+        enabled: true,
+    })
+}

@@ -1,0 +1,265 @@
+//! Calls made on behalf of a client: authorization (the policy) and the audit log around the
+//! signing path.
+//!
+//! Every signing request leaves exactly one audit entry before its answer leaves, plus a second
+//! one if signing fails after it was allowed: a slashable request's entry is chained in the
+//! slashing record's own transaction (signed, or refused by slashing protection); any other
+//! signature's entry is committed before the signature is computed; every other refusal
+//! (unknown client, not granted, unknown key, malformed request, database down) gets its own
+//! entry. For non-signing calls (listing, dry run, combine, administration) authorization
+//! refusals are audited.
+//!
+//! Refuses: clients the policy does not name (before their request is read), then unknown keys
+//! and malformed requests, then (key, operation) pairs without a grant.
+#![forbid(unsafe_code)]
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::{slashing_request, KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
+use crate::net::metrics::Phase;
+use crate::service::authz::Caller;
+use keystake_core::audit::{Outcome, Record};
+use keystake_core::policy::{Operation, Target};
+use keystake_core::request::SignKind;
+use keystake_core::slashing::Safe;
+
+/// Longest identifier copied into an audit entry verbatim (a client could send anything).
+const MAX_AUDITED_IDENTIFIER: usize = 120;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What is known about a request so far, for its audit entry.
+struct Draft {
+    record: Record,
+    /// The store already holds this request's entry (written with the slashing record).
+    recorded: bool,
+}
+
+impl Draft {
+    fn new(caller: &Caller, key: &str, kind: &str) -> Draft {
+        let key: String = key.chars().take(MAX_AUDITED_IDENTIFIER).collect();
+        Draft {
+            record: Record {
+                time_ms: now_ms(),
+                api: caller.api.as_str().to_owned(),
+                client: caller.name(),
+                fingerprint: caller
+                    .identity
+                    .as_ref()
+                    .map(|i| i.fingerprint_hex())
+                    .unwrap_or_default(),
+                key,
+                kind: kind.to_owned(),
+                signing_root: String::new(),
+                outcome: Outcome::Signed,
+                reason: String::new(),
+            },
+            recorded: false,
+        }
+    }
+
+    fn with(&self, outcome: Outcome, reason: String) -> Record {
+        Record {
+            outcome,
+            reason,
+            ..self.record.clone()
+        }
+    }
+}
+
+impl SigningService {
+    /// Append an entry; a database that cannot take it is logged (the request is answered with
+    /// its own error either way).
+    async fn audit(&self, record: Record) {
+        if let Err(error) = self.store.record_audit(record).await {
+            tracing::error!(%error, "audit entry could not be written");
+        }
+    }
+
+    /// The signing path on behalf of a client (see the module documentation).
+    pub async fn sign_as(
+        &self,
+        caller: &Caller,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<Signed, ServiceError> {
+        self.sign_flow(caller, true, identifier, body).await
+    }
+
+    pub(super) async fn sign_flow(
+        &self,
+        caller: &Caller,
+        authorize: bool,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<Signed, ServiceError> {
+        let started = Instant::now();
+        let mut draft = Draft::new(caller, identifier, "");
+        let result = self
+            .sign_steps(caller, authorize, identifier, body, &mut draft)
+            .await;
+        let kind = if draft.record.kind.is_empty() {
+            "unknown"
+        } else {
+            draft.record.kind.as_str()
+        };
+        self.metrics
+            .request_result(caller.api.as_str(), kind, &result);
+        match &result {
+            Ok(_) => self.metrics.phase(Phase::Total, started.elapsed()),
+            Err(error) => {
+                if let ServiceError::Forbidden(_) = error {
+                    let operation = SignKind::from_api_name(kind)
+                        .map_or("any", |k| Operation::of_sign_kind(k).as_str());
+                    self.metrics.refusal(caller.api.as_str(), operation);
+                }
+                if !draft.recorded {
+                    let record = draft.with(Outcome::Refused, error.to_string());
+                    self.audit(record).await;
+                }
+            }
+        }
+        result
+    }
+
+    async fn sign_steps(
+        &self,
+        caller: &Caller,
+        authorize: bool,
+        identifier: &str,
+        body: &[u8],
+        draft: &mut Draft,
+    ) -> Result<Signed, ServiceError> {
+        if authorize {
+            self.authorizer.check_known(caller)?;
+        }
+        let key = self.resolve(identifier)?;
+        draft.record.key = key.public_key.to_hex();
+        let intent = self.decode(body)?;
+        draft.record.kind = intent.kind.as_str().to_owned();
+        draft.record.signing_root = intent.signing_root.to_string();
+        if authorize {
+            self.authorizer.check(
+                caller,
+                &Target::Key(key.key_ref()),
+                Operation::of_sign_kind(intent.kind),
+            )?;
+        }
+        let signed_entry = draft.with(Outcome::Signed, String::new());
+        match intent.slashing {
+            Some(check) => {
+                let request = slashing_request(check, intent.signing_root);
+                let db_started = Instant::now();
+                let verdict = self
+                    .store
+                    .check_and_record_audited(
+                        key.public_key,
+                        intent.genesis_validators_root,
+                        request,
+                        signed_entry,
+                    )
+                    .await?;
+                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
+                draft.recorded = true;
+                match verdict {
+                    Ok(Safe::Valid) | Ok(Safe::SameData) => {}
+                    Err(refusal) => return Err(ServiceError::Refused(refusal)),
+                }
+            }
+            None => {
+                let db_started = Instant::now();
+                self.store.record_audit(signed_entry).await?;
+                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
+                draft.recorded = true;
+            }
+        }
+        match self.sign_root(key.clone(), intent.signing_root).await {
+            Ok(signature) => Ok(Signed {
+                signature,
+                kind: intent.kind,
+                signing_root: intent.signing_root,
+                public_key: key.public_key,
+            }),
+            Err(error) => {
+                let record = draft.with(
+                    Outcome::Failed,
+                    format!("allowed and recorded, but signing failed: {error}"),
+                );
+                self.audit(record).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Refuse a client the policy does not name (audited).
+    pub async fn check_known(&self, caller: &Caller, what: &str) -> Result<(), ServiceError> {
+        if let Err(denial) = self.authorizer.check_known(caller) {
+            self.metrics.refusal(caller.api.as_str(), what);
+            let error = ServiceError::from(denial);
+            let record = Draft::new(caller, "", what).with(Outcome::Refused, error.to_string());
+            self.audit(record).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Authorize an operation that is not a signature (administration, key-less calls);
+    /// refusals are audited.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        operation: Operation,
+    ) -> Result<(), ServiceError> {
+        let decision = self
+            .authorizer
+            .check_known(caller)
+            .and_then(|()| self.authorizer.check(caller, target, operation));
+        if let Err(denial) = decision {
+            self.metrics
+                .refusal(caller.api.as_str(), operation.as_str());
+            let error = ServiceError::from(denial);
+            let key = match target {
+                Target::Key(key) => key.public_key.to_hex(),
+                Target::AllKeys => "all".to_owned(),
+                Target::None => String::new(),
+            };
+            let record = Draft::new(caller, &key, operation.as_str())
+                .with(Outcome::Refused, error.to_string());
+            self.audit(record).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// The keys `caller` holds any grant on (all keys without a policy). A client the policy
+    /// does not name is refused.
+    pub async fn key_infos_for(&self, caller: &Caller) -> Result<Vec<KeyInfo>, ServiceError> {
+        self.check_known(caller, "list_keys").await?;
+        Ok(self.key_infos_where(|key| self.authorizer.may_use_key(caller, &key.key_ref())))
+    }
+
+    /// The slashing dry run on behalf of `caller`: needs the same grant as signing the request
+    /// would. Authorization refusals are audited; the dry run itself records nothing.
+    pub async fn check_slashable_as(
+        &self,
+        caller: &Caller,
+        identifier: &str,
+        body: &[u8],
+    ) -> Result<SlashableAnswer, ServiceError> {
+        self.check_known(caller, "slashing_dry_run").await?;
+        let key = self.resolve(identifier)?;
+        let intent = self.decode(body)?;
+        self.authorize(
+            caller,
+            &Target::Key(key.key_ref()),
+            Operation::of_sign_kind(intent.kind),
+        )
+        .await?;
+        self.check_slashable(identifier, body).await
+    }
+}

@@ -1,0 +1,287 @@
+//! Audit-log storage: the `audit_log` table and the writer-side chaining.
+//!
+//! Entries are appended only by the store's writer thread, inside its batch transaction: an
+//! entry about a slashable signature commits together with the slashing record that allows it
+//! (or not at all), and refusals and uncovered signatures are audit-only jobs in the same queue.
+//! The chain head is read inside the write transaction (`BEGIN IMMEDIATE` holds SQLite's write
+//! lock), so no other writer can interleave and the chain survives restarts and crashes: a
+//! batch that did not commit left no entry.
+//!
+//! Refuses: nothing here; verification is the pure `keystake_core::audit::verify`.
+#![forbid(unsafe_code)]
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{CheckOutcome, Job, Refusal, Store, StoreError};
+use keystake_core::audit::{Entry, Head, Outcome, Record};
+use keystake_core::slashing::Safe;
+use keystake_core::types::BlsPublicKey;
+
+pub(super) fn create_table(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS audit_log (
+             seq INTEGER PRIMARY KEY,
+             time_ms INTEGER NOT NULL,
+             api TEXT NOT NULL,
+             client TEXT NOT NULL,
+             fingerprint TEXT NOT NULL,
+             key TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             signing_root TEXT NOT NULL,
+             outcome TEXT NOT NULL,
+             reason TEXT NOT NULL,
+             prev_hash BLOB NOT NULL,
+             hash BLOB NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+/// The outcome the writer decided, folded into the record the service drafted.
+pub(super) fn settle(record: &Record, outcome: &CheckOutcome) -> Record {
+    let mut record = record.clone();
+    match outcome {
+        Ok(Safe::Valid) => {}
+        Ok(Safe::SameData) => {
+            if record.reason.is_empty() {
+                record.reason = "identical to an earlier signed message; answered again".into();
+            }
+        }
+        Err(refusal) => {
+            record.outcome = Outcome::Refused;
+            record.reason = refused_reason(refusal);
+        }
+    }
+    record
+}
+
+fn refused_reason(refusal: &Refusal) -> String {
+    format!("refused by slashing protection: {refusal}")
+}
+
+fn read_head(conn: &Connection) -> Result<Head, rusqlite::Error> {
+    let row = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => Head::EMPTY,
+        Some((seq, hash)) => Head {
+            seq: u64::try_from(seq).unwrap_or(0),
+            // A damaged head hash chains the next entry to garbage; `audit verify` reports it.
+            hash: hash.try_into().unwrap_or([0xff; 32]),
+        },
+    })
+}
+
+/// The chain inside one write transaction; the head is read on first use.
+#[derive(Default)]
+pub(super) struct Chain {
+    head: Option<Head>,
+}
+
+impl Chain {
+    pub(super) fn append(
+        &mut self,
+        conn: &Connection,
+        record: Record,
+    ) -> Result<(), rusqlite::Error> {
+        let head = match &mut self.head {
+            Some(head) => head,
+            None => self.head.insert(read_head(conn)?),
+        };
+        let entry = head.append(record);
+        insert(conn, &entry)
+    }
+}
+
+fn insert(conn: &Connection, entry: &Entry) -> Result<(), rusqlite::Error> {
+    let r = &entry.record;
+    conn.prepare_cached(
+        "INSERT INTO audit_log (seq, time_ms, api, client, fingerprint, key, kind, signing_root,
+                                outcome, reason, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        i64::try_from(entry.seq).unwrap_or(i64::MAX),
+        i64::try_from(r.time_ms).unwrap_or(i64::MAX),
+        r.api,
+        r.client,
+        r.fingerprint,
+        r.key,
+        r.kind,
+        r.signing_root,
+        r.outcome.as_str(),
+        r.reason,
+        entry.prev_hash.to_vec(),
+        entry.hash.to_vec(),
+    ])?;
+    Ok(())
+}
+
+/// Read every stored entry in sequence order. A row that cannot even be decoded is an error
+/// naming its sequence number.
+pub fn read_entries(conn: &Connection) -> Result<Vec<Entry>, StoreError> {
+    let mut statement = conn.prepare(
+        "SELECT seq, time_ms, api, client, fingerprint, key, kind, signing_root, outcome, reason,
+                prev_hash, hash
+         FROM audit_log ORDER BY seq",
+    )?;
+    let rows = statement.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            (
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ),
+            r.get::<_, Vec<u8>>(10)?,
+            r.get::<_, Vec<u8>>(11)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (seq, time_ms, text, prev_hash, hash) = row?;
+        let (api, client, fingerprint, key, kind, signing_root, outcome, reason) = text;
+        let invalid = |what: &str| {
+            StoreError::InvalidData(format!("audit entry {seq}: {what} cannot be decoded"))
+        };
+        entries.push(Entry {
+            seq: u64::try_from(seq).map_err(|_| invalid("sequence number"))?,
+            record: Record {
+                time_ms: u64::try_from(time_ms).map_err(|_| invalid("time"))?,
+                api,
+                client,
+                fingerprint,
+                key,
+                kind,
+                signing_root,
+                outcome: Outcome::parse(&outcome).ok_or_else(|| invalid("outcome"))?,
+                reason,
+            },
+            prev_hash: prev_hash.try_into().map_err(|_| invalid("prev_hash"))?,
+            hash: hash.try_into().map_err(|_| invalid("hash"))?,
+        });
+    }
+    Ok(entries)
+}
+
+impl Store {
+    /// Check and record a slashable signing request, chaining `audit` (its outcome settled by
+    /// the verdict) into the same transaction.
+    pub async fn check_and_record_audited(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<keystake_core::types::Root>,
+        request: super::SlashingRequest,
+        audit: Record,
+    ) -> Result<CheckOutcome, StoreError> {
+        self.send(Job {
+            public_key,
+            genesis_validators_root,
+            request: Some(request),
+            record: true,
+            audit: Some(audit),
+            reply: oneshot::channel().0,
+        })
+        .await
+    }
+
+    /// Append one audit entry in its own (group-committed) transaction; returns once durable.
+    pub async fn record_audit(&self, audit: Record) -> Result<(), StoreError> {
+        self.send(Job {
+            public_key: BlsPublicKey([0; 48]),
+            genesis_validators_root: None,
+            request: None,
+            record: false,
+            audit: Some(audit),
+            reply: oneshot::channel().0,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn send(&self, mut job: Job) -> Result<CheckOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        job.reply = reply;
+        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Every audit entry, in sequence order (for `audit verify` / `audit export`).
+    pub fn audit_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let conn = self.admin();
+        read_entries(&conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SlashingRequest;
+    use keystake_core::types::{Epoch, Root};
+
+    fn record(reason: &str) -> Record {
+        Record {
+            time_ms: 1,
+            api: "local".into(),
+            client: "test".into(),
+            fingerprint: String::new(),
+            key: String::new(),
+            kind: "ATTESTATION".into(),
+            signing_root: String::new(),
+            outcome: Outcome::Signed,
+            reason: reason.into(),
+        }
+    }
+
+    fn att(source: u64, target: u64, byte: u8) -> SlashingRequest {
+        SlashingRequest::Attestation {
+            source: Epoch(source),
+            target: Epoch(target),
+            signing_root: Root([byte; 32]),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_chain_across_reopen_and_follow_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.sqlite");
+        let key = BlsPublicKey([1; 48]);
+        {
+            let store = Store::open(&path).unwrap();
+            store.record_audit(record("first")).await.unwrap();
+            let outcome = store
+                .check_and_record_audited(key, None, att(1, 2, 1), record(""))
+                .await
+                .unwrap();
+            assert_eq!(outcome, Ok(Safe::Valid));
+            let outcome = store
+                .check_and_record_audited(key, None, att(1, 2, 2), record(""))
+                .await
+                .unwrap();
+            assert!(outcome.is_err());
+        }
+        let store = Store::open(&path).unwrap();
+        store.record_audit(record("after reopen")).await.unwrap();
+        let entries = store.audit_entries().unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[1].record.outcome, Outcome::Signed);
+        assert_eq!(entries[2].record.outcome, Outcome::Refused);
+        assert!(entries[2].record.reason.contains("slashing protection"));
+        assert_eq!(keystake_core::audit::verify(&entries).unwrap().seq, 4);
+        // The refused request left an audit entry but no slashing record.
+        let history = store.history(&key).unwrap().unwrap();
+        assert_eq!(history.attestations.len(), 1);
+    }
+}

@@ -1,0 +1,557 @@
+//! `keystake-signer bench load`: a load generator that speaks the real API over mutual TLS with
+//! keep-alive connections, and measures, in the same run, the raw blst signing rate of this
+//! machine with the same number of threads, so the end-to-end figure can be read as a fraction of
+//! what the hardware allows.
+//!
+//! Requests are non-slashable by construction: every run starts its epochs and slots from the wall
+//! clock (far above any earlier run's), every key gets strictly increasing `(e, e+1)` attestation
+//! pairs and strictly increasing block slots, so a correct signer answers every one with 200. Any
+//! other status is counted as an error and reported.
+//!
+//! Two modes: max-throughput (each connection sends its next request when the previous answer
+//! arrives) and fixed-rate (an open-loop schedule; latency is measured from the moment a request
+//! is due — including any wait for a free connection, so a stalled server cannot hide its
+//! queueing delay (no coordinated omission) — but not the timer's own millisecond slack).
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+
+use crate::config::Config;
+use crate::net::client::MtlsClient;
+use crate::net::tls;
+use keystake_core::bls;
+use keystake_core::types::BlsPublicKey;
+
+/// Load-test parameters.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `https://host:port`; defaults to the configuration's listen address.
+    pub url: Option<String>,
+    pub duration: Duration,
+    pub connections: usize,
+    /// Use at most this many of the appliance's keys (all when `None`).
+    pub keys: Option<usize>,
+    /// Requests per second for the fixed-rate mode; `None` = max throughput.
+    pub rate: Option<u64>,
+    /// Fraction of requests that are BLOCK_V2 proposals (0.0 ..= 1.0).
+    pub block_fraction: f64,
+    /// Threads for the raw blst measurement (default: CPUs).
+    pub raw_threads: Option<usize>,
+    /// Write one CSV line per request (`send_offset_us,latency_us,status,kind`).
+    pub csv: Option<std::path::PathBuf>,
+    /// Sign with keys that did not come from `demo` (the load tool signs arbitrary messages and
+    /// fills the slashing history with far-future epochs: never against real validator keys).
+    pub allow_non_demo_keys: bool,
+    /// Burst mode: send exactly this many requests at once (spread over the connections, one
+    /// key after another) and report the time until the last answer; ignores duration and rate.
+    pub burst: Option<u64>,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub throughput: f64,
+    pub raw_blst: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LoadReport {
+    pub fn ratio(&self) -> f64 {
+        if self.raw_blst > 0.0 {
+            self.throughput / self.raw_blst
+        } else {
+            0.0
+        }
+    }
+
+    /// The summary line scripts parse: always the last line of the tool's output.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "throughput={:.1} raw_blst={:.1} ratio={:.3} p50_ms={:.3} p99_ms={:.3}",
+            self.throughput,
+            self.raw_blst,
+            self.ratio(),
+            self.p50_ms,
+            self.p99_ms
+        )
+    }
+}
+
+/// Signatures per second of plain blst on `threads` threads for about `duration`.
+pub fn raw_blst_rate(threads: usize, duration: Duration) -> f64 {
+    let counts: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let key = bls::SecretKey::random(&mut rand::rngs::OsRng);
+                    let mut message = [0u8; 32];
+                    message[0] = t as u8;
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < duration {
+                        message[1..9].copy_from_slice(&n.to_le_bytes());
+                        std::hint::black_box(key.sign(&message));
+                        n += 1;
+                    }
+                    (n, start.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (n, elapsed) = h.join().unwrap_or((0, duration));
+                (n as f64 / elapsed.as_secs_f64()) as u64
+            })
+            .collect()
+    });
+    counts.iter().sum::<u64>() as f64
+}
+
+/// Mainnet's genesis validators root, used when the appliance's network has none configured.
+const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+/// An ATTESTATION for `source → source+1` on the network with genesis validators root `gvr`.
+pub fn attestation_body(gvr: &str, source: u64, block_root_byte: u8) -> Vec<u8> {
+    let target = source + 1;
+    format!(
+        r#"{{"type":"ATTESTATION","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"{gvr}"}},"attestation":{{"slot":"{slot}","index":"0","beacon_block_root":"0x{root}","source":{{"epoch":"{source}","root":"0x{sroot}"}},"target":{{"epoch":"{target}","root":"0x{troot}"}}}}}}"#,
+        slot = target.saturating_mul(32),
+        root = hex::encode([block_root_byte; 32]),
+        sroot = hex::encode([0x11; 32]),
+        troot = hex::encode([0x22; 32]),
+    )
+    .into_bytes()
+}
+
+/// A BLOCK_V2 (Fulu) proposal header at `slot`.
+pub fn block_body(gvr: &str, slot: u64) -> Vec<u8> {
+    format!(
+        r#"{{"type":"BLOCK_V2","fork_info":{{"fork":{{"previous_version":"0x05000000","current_version":"0x06000000","epoch":"411392"}},"genesis_validators_root":"{gvr}"}},"beacon_block":{{"version":"FULU","block_header":{{"slot":"{slot}","proposer_index":"7","parent_root":"0x{p}","state_root":"0x{s}","body_root":"0x{b}"}}}}}}"#,
+        p = hex::encode([0x33; 32]),
+        s = hex::encode([0x44; 32]),
+        b = hex::encode([0x55; 32]),
+    )
+    .into_bytes()
+}
+
+/// Per-key counters handing out fresh, non-slashable duties.
+struct Duties {
+    gvr: String,
+    keys: Vec<String>,
+    base: u64,
+    next: Vec<AtomicU64>,
+    picked: AtomicU64,
+}
+
+impl Duties {
+    fn new(keys: Vec<BlsPublicKey>, gvr: String) -> Self {
+        // Far above anything a previous run used (which also started from the clock), and far
+        // below u64::MAX: seconds since 1970 × 2^16 leaves 65k duties per key per second of runs.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Duties {
+            gvr,
+            next: keys.iter().map(|_| AtomicU64::new(0)).collect(),
+            keys: keys.iter().map(|k| k.to_hex()).collect(),
+            base: now << 16,
+            picked: AtomicU64::new(0),
+        }
+    }
+
+    /// The next request: (path, body, kind).
+    fn next(&self, block_fraction: f64) -> (String, Vec<u8>, &'static str) {
+        let pick = self.picked.fetch_add(1, Ordering::Relaxed);
+        let key = (pick % self.keys.len() as u64) as usize;
+        let n = self.next[key].fetch_add(1, Ordering::Relaxed);
+        let path = format!("/api/v1/eth2/sign/{}", self.keys[key]);
+        // Deterministic mix: every request whose hash falls under the fraction is a block.
+        let is_block = ((pick.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64
+            / (1u64 << 53) as f64)
+            < block_fraction;
+        if is_block {
+            (path, block_body(&self.gvr, self.base + n), "block")
+        } else {
+            (
+                path,
+                attestation_body(&self.gvr, self.base + 2 * n, (n % 251) as u8),
+                "attestation",
+            )
+        }
+    }
+}
+
+struct Sample {
+    send_offset: Duration,
+    latency: Duration,
+    status: u16,
+    kind: &'static str,
+}
+
+async fn send(client: &MtlsClient, duties: &Duties, block_fraction: f64) -> (u16, &'static str) {
+    let (path, body, kind) = duties.next(block_fraction);
+    let status = match client
+        .request(
+            http::Method::POST,
+            &path,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            Some(body),
+        )
+        .await
+    {
+        Ok(response) => response.status,
+        Err(_) => 0,
+    };
+    (status, kind)
+}
+
+/// Refuse to load keys that are not demo keys: the tool signs arbitrary messages with them.
+async fn refuse_real_keys(probe: &MtlsClient, keys: &[BlsPublicKey]) -> Result<()> {
+    let response = probe
+        .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
+        .await?;
+    if response.status != 200 {
+        bail!(
+            "cannot check where the keys came from (GET /api/v1/keystake/keys answered {}); pass --allow-non-demo-keys only for a test appliance",
+            response.status
+        );
+    }
+    let infos: Vec<serde_json::Value> = serde_json::from_slice(&response.body)?;
+    let wanted: std::collections::HashSet<String> = keys.iter().map(|k| k.to_hex()).collect();
+    let real: Vec<&str> = infos
+        .iter()
+        .filter(|info| {
+            info["public_key"]
+                .as_str()
+                .is_some_and(|k| wanted.contains(k))
+                && info["origin"] != "demo"
+        })
+        .filter_map(|info| info["public_key"].as_str())
+        .collect();
+    if !real.is_empty() {
+        bail!(
+            "refusing to load {} key(s) that are not demo keys (e.g. {}): the load tool signs arbitrary messages and fills their slashing history; use a demo appliance, or --allow-non-demo-keys for a test appliance",
+            real.len(),
+            real[0]
+        );
+    }
+    Ok(())
+}
+
+/// Run the load test described by `options` against the appliance of `config`.
+pub async fn run(
+    config: &Config,
+    options: &LoadOptions,
+    out: &mut dyn Write,
+) -> Result<LoadReport> {
+    let client_section = config
+        .client
+        .as_ref()
+        .context("the configuration has no [client] section (cert, key) for the load tool")?;
+    let tls = tls::client_config(
+        &config.tls.ca_cert,
+        &client_section.cert,
+        &client_section.key,
+    )?;
+    let url = options.url.clone().unwrap_or_else(|| {
+        let addr = config.listen;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("https://{host}:{}", addr.port())
+    });
+    let probe = MtlsClient::new(tls.clone(), &url)?;
+    let keys_response = probe
+        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
+        .await
+        .with_context(|| format!("cannot reach the appliance at {url}"))?;
+    if keys_response.status != 200 {
+        bail!(
+            "GET /api/v1/eth2/publicKeys answered {}",
+            keys_response.status
+        );
+    }
+    let mut keys: Vec<BlsPublicKey> = serde_json::from_slice::<Vec<String>>(&keys_response.body)?
+        .iter()
+        .map(|k| k.parse())
+        .collect::<Result<_, _>>()?;
+    if let Some(limit) = options.keys {
+        keys.truncate(limit);
+    }
+    if keys.is_empty() {
+        bail!("the appliance has no keys to sign with");
+    }
+    if !options.allow_non_demo_keys {
+        refuse_real_keys(&probe, &keys).await?;
+    }
+    writeln!(
+        out,
+        "load: {url}, {} keys, {} connections, {}, {:.0}% blocks, {:?}",
+        keys.len(),
+        options.connections,
+        match (options.burst, options.rate) {
+            (Some(n), _) => format!("burst of {n}"),
+            (None, Some(r)) => format!("fixed rate {r}/s"),
+            (None, None) => "max throughput".to_owned(),
+        },
+        options.block_fraction * 100.0,
+        options.duration
+    )?;
+    let gvr = crate::cli::network(config)?
+        .genesis_validators_root
+        .map_or(MAINNET_GVR.to_owned(), |root| root.to_hex());
+    let duties = Arc::new(Duties::new(keys, gvr));
+    // One client (one keep-alive connection) per simulated connection.
+    let clients: Vec<MtlsClient> = (0..options.connections.max(1))
+        .map(|_| MtlsClient::new(tls.clone(), &url))
+        .collect::<Result<_, _>>()?;
+    // Warm-up: open every connection (handshakes are not what we measure).
+    for client in &clients {
+        client
+            .request(http::Method::GET, "/upcheck", &[], None)
+            .await?;
+    }
+
+    let start = Instant::now();
+    let deadline = start + options.duration;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let mut tasks = Vec::new();
+    let block_fraction = options.block_fraction;
+    let remaining = Arc::new(AtomicU64::new(options.burst.unwrap_or(u64::MAX)));
+    match options.rate {
+        _ if options.burst.is_some() => {
+            for client in clients {
+                let duties = duties.clone();
+                let tx = tx.clone();
+                let remaining = remaining.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Take one request at a time from the shared budget until it is spent.
+                    while remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let sent = Instant::now();
+                        let (status, kind) = send(&client, &duties, block_fraction).await;
+                        let _ = tx.send(Sample {
+                            send_offset: sent - start,
+                            // From the burst's start: "answered within" is what counts.
+                            latency: start.elapsed(),
+                            status,
+                            kind,
+                        });
+                    }
+                }));
+            }
+        }
+        None => {
+            for client in clients {
+                let duties = duties.clone();
+                let tx = tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let (status, kind) = send(&client, &duties, block_fraction).await;
+                        let _ = tx.send(Sample {
+                            send_offset: sent - start,
+                            latency: sent.elapsed(),
+                            status,
+                            kind,
+                        });
+                    }
+                }));
+            }
+        }
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let semaphore = Arc::new(tokio::sync::Semaphore::new(clients.len()));
+            let clients = Arc::new(tokio::sync::Mutex::new(clients));
+            let mut k = 0u64;
+            loop {
+                let scheduled = start + interval.mul_f64(k as f64);
+                if scheduled >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                // Latency counts from here: the timer's own lateness (tokio's millisecond
+                // granularity) is the tool's, but waiting below for a free connection is the
+                // server's (a slow server holds the connections), so it counts.
+                let ready = Instant::now();
+                k += 1;
+                let permit = semaphore.clone().acquire_owned().await?;
+                let client = clients.lock().await.pop();
+                let Some(client) = client else {
+                    continue;
+                };
+                let duties = duties.clone();
+                let tx = tx.clone();
+                let clients = clients.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (status, kind) = send(&client, &duties, block_fraction).await;
+                    let _ = tx.send(Sample {
+                        send_offset: scheduled - start,
+                        latency: ready.elapsed(),
+                        status,
+                        kind,
+                    });
+                    clients.lock().await.push(client);
+                    drop(permit);
+                }));
+            }
+        }
+    }
+    drop(tx);
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut requests = 0u64;
+    let mut errors = 0u64;
+    let mut csv = match &options.csv {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            writeln!(file, "send_offset_us,latency_us,status,kind")?;
+            Some(file)
+        }
+        None => None,
+    };
+    while let Some(sample) = rx.recv().await {
+        requests += 1;
+        if sample.status != 200 {
+            errors += 1;
+        }
+        let micros = sample.latency.as_micros().clamp(1, 60_000_000) as u64;
+        histogram.record(micros)?;
+        if let Some(file) = csv.as_mut() {
+            writeln!(
+                file,
+                "{},{},{},{}",
+                sample.send_offset.as_micros(),
+                micros,
+                sample.status,
+                sample.kind
+            )?;
+        }
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = start.elapsed();
+    if let Some(mut file) = csv {
+        file.flush()?;
+    }
+    let ok = requests - errors;
+    let throughput = ok as f64 / elapsed.as_secs_f64();
+    let threads = options
+        .raw_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    writeln!(out, "measuring raw blst signing on {threads} threads ...")?;
+    let raw_blst =
+        tokio::task::spawn_blocking(move || raw_blst_rate(threads, Duration::from_secs(3))).await?;
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let report = LoadReport {
+        requests,
+        errors,
+        elapsed,
+        throughput,
+        raw_blst,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: histogram.max() as f64 / 1000.0,
+    };
+    writeln!(
+        out,
+        "requests={} ok={} errors={} elapsed_s={:.2} p99.9_ms={:.3} max_ms={:.3}",
+        report.requests,
+        ok,
+        report.errors,
+        elapsed.as_secs_f64(),
+        report.p999_ms,
+        report.max_ms
+    )?;
+    writeln!(out, "{}", report.summary_line())?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystake_core::consensus::Network;
+    use keystake_core::request::{parse_sign_request, SlashingCheck};
+
+    #[test]
+    fn generated_requests_are_valid_and_never_slashable() {
+        let keys = vec![BlsPublicKey([1; 48]), BlsPublicKey([2; 48])];
+        let duties = Duties::new(keys, MAINNET_GVR.to_owned());
+        let mut history =
+            std::collections::HashMap::<String, keystake_core::slashing::MemoryHistory>::new();
+        for _ in 0..200 {
+            let (path, body, _) = duties.next(0.3);
+            let intent = parse_sign_request(&body, &Network::mainnet()).unwrap();
+            let h = history.entry(path).or_default();
+            let verdict = match intent.slashing.unwrap() {
+                SlashingCheck::Block { slot } => {
+                    let Ok(v) = keystake_core::slashing::check_block(h, slot, intent.signing_root);
+                    h.blocks.push(keystake_core::slashing::SignedBlock {
+                        slot,
+                        signing_root: Some(intent.signing_root),
+                    });
+                    v
+                }
+                SlashingCheck::Attestation { source, target } => {
+                    let Ok(v) = keystake_core::slashing::check_attestation(
+                        h,
+                        source,
+                        target,
+                        intent.signing_root,
+                    );
+                    h.attestations
+                        .push(keystake_core::slashing::SignedAttestation {
+                            source,
+                            target,
+                            signing_root: Some(intent.signing_root),
+                        });
+                    v
+                }
+            };
+            assert_eq!(verdict, Ok(keystake_core::slashing::Safe::Valid));
+        }
+    }
+
+    #[test]
+    fn summary_line_format() {
+        let report = LoadReport {
+            requests: 10,
+            errors: 0,
+            elapsed: Duration::from_secs(1),
+            throughput: 3000.0,
+            raw_blst: 4000.0,
+            p50_ms: 0.5,
+            p99_ms: 2.0,
+            p999_ms: 3.0,
+            max_ms: 4.0,
+        };
+        assert_eq!(
+            report.summary_line(),
+            "throughput=3000.0 raw_blst=4000.0 ratio=0.750 p50_ms=0.500 p99_ms=2.000"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! Developer tools, compiled only with the `tools` feature so they never ship in an appliance
+//! build: the mTLS load generator (`bench load`), benchmark set-up (`bench populate`,
+//! `bench startup`) and a gRPC test client.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod grpc_client;
+pub mod loadgen;
