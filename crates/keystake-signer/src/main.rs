@@ -288,7 +288,7 @@ enum KeysCommand {
 
 fn load(path: &std::path::Path) -> Result<Config> {
     let config = Config::load(path)?;
-    commands::prepare_hsm_environment(&config);
+    keystake_signer::app::prepare_hsm_environment(&config);
     Ok(config)
 }
 
@@ -502,7 +502,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             runtime()?.block_on(keystake_signer::forwarder::run(
                 &options,
-                commands::shutdown_signal(),
+                keystake_signer::app::shutdown_signal(),
             ))?;
         }
     }
@@ -520,7 +520,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Err(error) = commands::disable_core_dumps() {
+    if let Err(error) = keystake_signer::app::disable_core_dumps() {
         eprintln!("error: cannot protect this process's memory: {error:#}");
         return ExitCode::FAILURE;
     }

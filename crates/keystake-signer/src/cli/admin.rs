@@ -90,7 +90,7 @@ pub fn verify_audit(
     expect_head: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<audit::Head> {
-    let store = crate::cli::slashing::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     let entries = store.audit_entries()?;
     let head = audit::verify(&entries).map_err(|broken| {
         anyhow::anyhow!(
@@ -120,7 +120,7 @@ pub fn verify_audit(
 /// `audit export`: every entry as one JSON object per line, in sequence order (verification is
 /// separate: an export of a broken chain is still useful evidence).
 pub fn export_audit(config: &Config, out: &mut dyn Write) -> Result<usize> {
-    let store = crate::cli::slashing::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     let entries = store.audit_entries()?;
     for entry in &entries {
         serde_json::to_writer(&mut *out, entry)?;

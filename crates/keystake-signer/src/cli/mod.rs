@@ -9,152 +9,25 @@ pub mod slashing;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use rand::RngCore;
 use secrecy::SecretString;
 
 use crate::config::{self, Config};
-use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
-use crate::hsm::Sealer;
 use crate::net::pki as certs;
 use crate::service;
 use crate::store::{InsertOutcome, ShareOrigin};
-use keystake_core::consensus::Network;
 use keystake_core::types::BlsPublicKey;
 use keystake_core::{bls, keystore};
 
 pub mod threshold;
 
-/// Make this process refuse to write core dumps and to be inspected by other processes of the
-/// same user: a dump or a `/proc/<pid>/mem` read taken while a share is unsealed would expose
-/// it. `RLIMIT_CORE=0` alone is ignored by pipe `core_pattern` handlers, hence also
-/// `PR_SET_DUMPABLE=0` (which also refuses same-uid ptrace). Fails when either cannot be set:
-/// commands that handle secrets must not run without it.
-pub fn disable_core_dumps() -> Result<()> {
-    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("setting RLIMIT_CORE to 0")?;
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .context("setting PR_SET_DUMPABLE to 0")?;
-    Ok(())
-}
-
-/// Point SoftHSM2 at the configured token directory. Must run before any thread is started
-/// (the environment is process-wide) and before the PKCS#11 module is loaded.
-pub fn prepare_hsm_environment(config: &Config) {
-    if let Some(conf) = &config.hsm.softhsm2_conf {
-        std::env::set_var("SOFTHSM2_CONF", conf);
-    }
-}
-
-fn pkcs11_config(config: &Config) -> Pkcs11Config {
-    Pkcs11Config {
-        module: config.hsm.module.clone(),
-        token_label: config.hsm.token_label.clone(),
-        key_label: config.hsm.key_label.clone(),
-        sessions: config
-            .hsm
-            .sessions
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-    }
-}
-
-/// Open the HSM sealer named by the configuration.
-pub fn open_sealer(config: &Config) -> Result<Arc<dyn Sealer>> {
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    let sealer = Pkcs11Sealer::open(&pkcs11_config(config), &pin)
-        .with_context(|| format!("opening HSM token {:?}", config.hsm.token_label))?;
-    Ok(Arc::new(sealer))
-}
-
-/// The network the configuration selects.
-pub fn network(config: &Config) -> Result<Network> {
-    if let Some(file) = &config.network_config_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading network config {}", file.display()))?;
-        return Network::from_toml_str(&text)
-            .with_context(|| format!("network config {}", file.display()));
-    }
-    Network::by_name(&config.network).with_context(|| {
-        format!(
-            "unknown network {:?} (mainnet, hoodi, sepolia, or set network_config_file)",
-            config.network
-        )
-    })
-}
-
-/// Write a random secret (hex of 16 random bytes) to `path` with mode 0600, unless it exists.
-fn ensure_secret_file(path: &Path) -> Result<bool> {
-    if path.exists() {
-        return Ok(false);
-    }
-    if let Some(parent) = path.parent() {
-        create_private_dir(parent)?;
-    }
-    let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
-    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-    let text = zeroize::Zeroizing::new(hex::encode(bytes.as_slice()));
-    write_private(path, text.as_bytes())?;
-    Ok(true)
-}
-
-/// Create a directory (and missing parents) accessible only by its owner. An existing directory
-/// is left as it is.
-pub fn create_private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating directory {}", path.display()))
-}
-
-/// Create a file readable only by its owner (mode set at creation, not after).
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
-}
-
 /// `init`: data directory, SQLite store, HSM token, sealing key and enrolment key pair.
 /// Idempotent.
 pub fn init(config: &Config) -> Result<()> {
-    create_private_dir(&config.data_dir)?;
-    if let Some(conf) = &config.hsm.softhsm2_conf {
-        if !conf.exists() {
-            let dir = conf
-                .parent()
-                .context("softhsm2_conf has no parent directory")?;
-            std::fs::create_dir_all(dir)?;
-            crate::hsm::pkcs11::write_softhsm2_conf(dir)
-                .with_context(|| format!("writing {}", conf.display()))?;
-        }
-    }
-    let so_pin_file = config
-        .hsm
-        .so_pin_file
-        .as_ref()
-        .context("init needs hsm.so_pin_file (to initialise the token)")?;
-    for file in [so_pin_file, &config.hsm.user_pin_file] {
-        if ensure_secret_file(file)? {
-            tracing::info!(file = %file.display(), "generated a new random PIN");
-        }
-    }
-    let so_pin = config::read_secret_file(so_pin_file)?;
-    let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
-        .context("initialising the HSM token and sealing key")?;
-    // The key share packages of a trusted split are encrypted to (docs/threshold.md).
-    crate::hsm::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
-        .context("creating the enrolment key pair in the HSM")?;
-    let store = slashing::open_store(config)?;
+    crate::files::create_private_dir(&config.data_dir)?;
+    crate::app::initialize_hsm(config)?;
+    let store = crate::app::open_store(config)?;
     let token_file = config.keymanager_token_path();
     if crate::service::keymanager::ensure_token_file(&token_file)? {
         tracing::info!(file = %token_file.display(), "generated the keymanager API token");
@@ -176,8 +49,8 @@ pub fn import_keystore(
     let password = read_password_file(password_file)?;
     let secret = keystore::decrypt(&keystore, &password)
         .with_context(|| format!("decrypting keystore {}", keystore_file.display()))?;
-    let store = slashing::open_store(config)?;
-    let sealer = open_sealer(config)?;
+    let store = crate::app::open_store(config)?;
+    let sealer = crate::app::open_sealer(config)?;
     Ok(service::import_key(
         &store,
         sealer.as_ref(),
@@ -203,7 +76,7 @@ pub fn read_password_file(path: &Path) -> Result<SecretString> {
 
 /// `keys list`: one line per stored key (no HSM access needed).
 pub fn list_keys(config: &Config, out: &mut dyn Write) -> Result<()> {
-    let store = slashing::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     for record in store.shares()? {
         let state = if record.enabled { "active" } else { "deleted" };
         match &record.threshold {
@@ -234,22 +107,6 @@ pub async fn serve(config: &Config, listen: Option<SocketAddr>) -> Result<()> {
         },
     )
     .await
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
 }
 
 /// `certs generate` with the default server names (loopback).
@@ -305,12 +162,17 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
         if !certs_dir.join("ca.pem").exists() {
             generate_certs(&certs_dir, &["client".to_owned()])?;
         }
-        std::fs::write(&config_path, config::example(&dir, listen))?;
+        crate::files::write_file(
+            &config_path,
+            config::example(&dir, listen).as_bytes(),
+            crate::files::PRIVATE_FILE_MODE,
+            crate::files::Overwrite::Refuse,
+        )?;
     }
     let config = Config::load(&config_path)?;
-    prepare_hsm_environment(&config);
+    crate::app::prepare_hsm_environment(&config);
     init(&config)?;
-    let store = slashing::open_store(&config)?;
+    let store = crate::app::open_store(&config)?;
     let mut public_keys: Vec<BlsPublicKey> = store
         .shares()?
         .into_iter()
@@ -318,7 +180,7 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
         .map(|r| r.public_key)
         .collect();
     if public_keys.len() < DEMO_KEYS {
-        let sealer = open_sealer(&config)?;
+        let sealer = crate::app::open_sealer(&config)?;
         while public_keys.len() < DEMO_KEYS {
             // Generated in memory and sealed at once: the demo keys never exist unsealed on disk.
             let secret = bls::SecretKey::random(&mut rand::rngs::OsRng);
@@ -328,7 +190,12 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
         }
     }
     let attestation_file = dir.join("attestation.json");
-    std::fs::write(&attestation_file, DEMO_ATTESTATION)?;
+    crate::files::write_file(
+        &attestation_file,
+        DEMO_ATTESTATION.as_bytes(),
+        crate::files::PUBLIC_FILE_MODE,
+        crate::files::Overwrite::Replace,
+    )?;
     Ok(Demo {
         config_path,
         public_keys,

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{open_sealer, pkcs11_config, read_password_file, write_private};
+use super::read_password_file;
+use crate::app::{open_sealer, pkcs11_config};
 use crate::config::{self, Config};
 use crate::hsm::enrolment;
 use crate::service;
@@ -214,7 +215,12 @@ pub fn split(args: &SplitArgs) -> Result<SplitOutcome> {
     for (package, path) in packages.iter().zip(&package_paths) {
         let mut text = serde_json::to_string_pretty(package)?;
         text.push('\n');
-        write_private(path, text.as_bytes())?;
+        crate::files::write_file(
+            path,
+            text.as_bytes(),
+            crate::files::PRIVATE_FILE_MODE,
+            crate::files::Overwrite::Refuse,
+        )?;
     }
     Ok(SplitOutcome {
         manifest_path,
@@ -225,14 +231,12 @@ pub fn split(args: &SplitArgs) -> Result<SplitOutcome> {
 
 /// A public file, created (never overwritten) and synced.
 fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
+    crate::files::write_file(
+        path,
+        contents,
+        crate::files::PUBLIC_FILE_MODE,
+        crate::files::Overwrite::Refuse,
+    )?;
     Ok(())
 }
 
@@ -296,7 +300,7 @@ pub fn import_share(
         share_public_keys: manifest.share_public_keys().into_values().collect(),
     };
     // With the configured watermark for keys installed without slashing history.
-    let store = super::slashing::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     let sealer = open_sealer(config)?;
     let (public_key, outcome) = service::import_key(
         &store,

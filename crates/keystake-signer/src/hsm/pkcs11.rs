@@ -29,7 +29,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -142,13 +141,20 @@ pub fn write_softhsm2_conf(dir: &Path) -> std::io::Result<PathBuf> {
         ));
     }
     let conf_path = dir.join("softhsm2.conf");
-    let mut file = std::fs::File::create(&conf_path)?;
-    writeln!(file, "# SoftHSM2 configuration written by keystake-signer")?;
-    writeln!(file, "directories.tokendir = {token_dir_text}")?;
-    writeln!(file, "objectstore.backend = file")?;
-    writeln!(file, "log.level = ERROR")?;
-    writeln!(file, "slots.removable = false")?;
-    file.sync_all()?;
+    let text = format!(
+        "# SoftHSM2 configuration written by keystake-signer\n\
+         directories.tokendir = {token_dir_text}\n\
+         objectstore.backend = file\n\
+         log.level = ERROR\n\
+         slots.removable = false\n"
+    );
+    crate::files::write_file(
+        &conf_path,
+        text.as_bytes(),
+        crate::files::PUBLIC_FILE_MODE,
+        crate::files::Overwrite::Replace,
+    )
+    .map_err(std::io::Error::other)?;
     Ok(conf_path)
 }
 

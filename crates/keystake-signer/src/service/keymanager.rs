@@ -123,8 +123,6 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// Create the token file with a fresh token and mode 0600, unless it exists (then it must hold
 /// a valid token). Returns whether a new file was written.
 pub fn ensure_token_file(path: &Path) -> Result<bool, KeymanagerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
         BearerToken::load(path)?;
         return Ok(false);
@@ -137,16 +135,18 @@ pub fn ensure_token_file(path: &Path) -> Result<bool, KeymanagerError> {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
     let token = BearerToken::generate();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(fail)?;
-    file.write_all(token.0.expose_secret().as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.sync_all())
-        .map_err(fail)?;
+    let mut text = zeroize::Zeroizing::new(token.0.expose_secret().to_owned());
+    text.push('\n');
+    crate::files::write_file(
+        path,
+        text.as_bytes(),
+        crate::files::PRIVATE_FILE_MODE,
+        crate::files::Overwrite::Refuse,
+    )
+    .map_err(|e| KeymanagerError::TokenFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(true)
 }
 

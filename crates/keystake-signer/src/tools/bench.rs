@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
+use crate::service;
 use crate::store::ShareOrigin;
-use crate::{cli as commands, service};
 use keystake_core::bls;
 
 /// Keys sealed and stored per transaction.
@@ -27,7 +27,7 @@ pub fn populate(config: &Config, count: usize, out: &mut dyn Write) -> Result<()
     if count == 0 {
         bail!("--keys must be at least 1");
     }
-    let store = crate::cli::slashing::open_store(config)?;
+    let store = crate::app::open_store(config)?;
     if let Some(real) = store
         .shares()?
         .iter()
@@ -38,7 +38,7 @@ pub fn populate(config: &Config, count: usize, out: &mut dyn Write) -> Result<()
             real.public_key
         );
     }
-    let sealer = commands::open_sealer(config)?;
+    let sealer = crate::app::open_sealer(config)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let started = Instant::now();
     let mut done = 0;

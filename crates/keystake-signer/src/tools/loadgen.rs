@@ -315,7 +315,7 @@ pub async fn run(
         options.block_fraction * 100.0,
         options.duration
     )?;
-    let gvr = crate::cli::network(config)?
+    let gvr = crate::app::network(config)?
         .genesis_validators_root
         .map_or(MAINNET_GVR.to_owned(), |root| root.to_hex());
     let duties = Arc::new(Duties::new(keys, gvr));

@@ -24,7 +24,7 @@ pub mod pkcs12;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -63,19 +63,8 @@ const MAX_CLIENT_NAME_LEN: usize = 64;
 /// Backdating absorbs small clock differences between the machine that generates the PKI and
 /// the machines that verify it.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
-const KEY_FILE_MODE: u32 = 0o600;
-const PUBLIC_FILE_MODE: u32 = 0o644;
-const PKI_DIR_MODE: u32 = 0o700;
-
-/// Whether existing files may be replaced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Overwrite {
-    /// Fail with [`CertError::WouldOverwrite`] before writing anything if a target file exists.
-    #[default]
-    Refuse,
-    /// Atomically replace existing files (write a fresh 0600/0644 file, then rename over).
-    Replace,
-}
+use crate::files::{self, PRIVATE_FILE_MODE as KEY_FILE_MODE, PUBLIC_FILE_MODE};
+pub use crate::files::{FileError, Overwrite};
 
 /// A certificate and its private key as written to disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,12 +127,8 @@ pub enum CertError {
     },
     #[error("validity of {0} days reaches beyond the representable date range")]
     ValidityOutOfRange(u32),
-    #[error("refusing to overwrite existing file {}", .0.display())]
-    WouldOverwrite(PathBuf),
-    #[error("cannot create directory {}: {source}", path.display())]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("cannot read {what} {}: {source}", path.display())]
     Read {
         what: &'static str,
@@ -233,7 +218,7 @@ pub fn generate(
         })
         .collect();
     targets.extend(pkcs12_targets.iter());
-    create_pki_dir(out_dir)?;
+    files::create_private_dir(out_dir)?;
     refuse_existing(&targets, overwrite)?;
 
     let ca_key = KeyPair::generate()?;
@@ -272,14 +257,14 @@ pub fn generate(
     // Keys are written before their certificates so a crash never leaves a certificate whose key
     // is missing.
     write_key(&pki.ca_key, &ca_key, overwrite)?;
-    write_file(
+    files::write_file(
         &pki.ca_cert,
         ca_cert.pem().as_bytes(),
         PUBLIC_FILE_MODE,
         overwrite,
     )?;
     write_key(&pki.server_key, &server_key, overwrite)?;
-    write_file(
+    files::write_file(
         &pki.server_cert,
         server_cert.pem().as_bytes(),
         PUBLIC_FILE_MODE,
@@ -287,7 +272,7 @@ pub fn generate(
     )?;
     for (paths, (cert, key)) in pki.clients.iter().zip(&client_material) {
         write_key(&paths.key, key, overwrite)?;
-        write_file(
+        files::write_file(
             &paths.cert,
             cert.pem().as_bytes(),
             PUBLIC_FILE_MODE,
@@ -347,14 +332,14 @@ pub fn issue_client_with_validity(
     }
     let ca = LoadedCa::load(ca_dir)?;
     let issued = client_paths(out_dir, client);
-    create_pki_dir(out_dir)?;
+    files::create_private_dir(out_dir)?;
     refuse_existing(&[&issued.cert, &issued.key], overwrite)?;
 
     let key = KeyPair::generate()?;
     let cert = client_params(client, not_before, not_after).signed_by(&key, &ca.issuer)?;
     ca.check_issued_name(cert.der())?;
     write_key(&issued.key, &key, overwrite)?;
-    write_file(
+    files::write_file(
         &issued.cert,
         cert.pem().as_bytes(),
         PUBLIC_FILE_MODE,
@@ -403,10 +388,10 @@ pub fn write_crl(
     };
     let crl = params.signed_by(&ca.issuer)?;
     if let Some(parent) = out.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        create_pki_dir(parent)?;
+        files::create_private_dir(parent)?;
     }
     refuse_existing(&[&out.to_path_buf()], overwrite)?;
-    write_file(out, crl.pem()?.as_bytes(), PUBLIC_FILE_MODE, overwrite)?;
+    files::write_file(out, crl.pem()?.as_bytes(), PUBLIC_FILE_MODE, overwrite)?;
     Ok(out.to_path_buf())
 }
 
@@ -790,30 +775,19 @@ fn write_pkcs12(
     overwrite: Overwrite,
 ) -> Result<(), CertError> {
     use secrecy::ExposeSecret;
-    write_file(
+    files::write_file(
         password_file,
         password.expose_secret().as_bytes(),
         KEY_FILE_MODE,
         overwrite,
     )?;
-    write_file(file, contents, KEY_FILE_MODE, overwrite)
-}
-
-fn create_pki_dir(dir: &Path) -> Result<(), CertError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, PKI_DIR_MODE);
-    builder.create(dir).map_err(|source| CertError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    })
+    Ok(files::write_file(file, contents, KEY_FILE_MODE, overwrite)?)
 }
 
 fn refuse_existing(targets: &[&PathBuf], overwrite: Overwrite) -> Result<(), CertError> {
     if overwrite == Overwrite::Refuse {
         if let Some(existing) = targets.iter().find(|path| path.symlink_metadata().is_ok()) {
-            return Err(CertError::WouldOverwrite(existing.to_path_buf()));
+            return Err(FileError::WouldOverwrite(existing.to_path_buf()).into());
         }
     }
     Ok(())
@@ -821,70 +795,12 @@ fn refuse_existing(targets: &[&PathBuf], overwrite: Overwrite) -> Result<(), Cer
 
 fn write_key(path: &Path, key: &KeyPair, overwrite: Overwrite) -> Result<(), CertError> {
     let pem = Zeroizing::new(key.serialize_pem());
-    write_file(path, pem.as_bytes(), KEY_FILE_MODE, overwrite)
-}
-
-/// Write `contents` to a file created with `mode`. `Refuse` creates the target exclusively (so a
-/// file appearing after the pre-check is not clobbered either); `Replace` writes a fresh temporary
-/// file beside it and renames it over, so an existing file never keeps its old, possibly wider,
-/// permissions.
-fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    overwrite: Overwrite,
-) -> Result<(), CertError> {
-    let write_error = |source| CertError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    match overwrite {
-        Overwrite::Refuse => {
-            let mut file = create_exclusive(path, mode).map_err(|source| {
-                if source.kind() == io::ErrorKind::AlreadyExists {
-                    CertError::WouldOverwrite(path.to_path_buf())
-                } else {
-                    write_error(source)
-                }
-            })?;
-            file.write_all(contents)
-                .and_then(|()| file.sync_all())
-                .map_err(write_error)
-        }
-        Overwrite::Replace => {
-            let file_name = path
-                .file_name()
-                .ok_or_else(|| write_error(io::Error::other("path has no file name")))?;
-            let mut suffix = [0u8; 8];
-            rand::rngs::OsRng.fill_bytes(&mut suffix);
-            let temporary = path.with_file_name(format!(
-                ".{}.tmp-{}",
-                file_name.to_string_lossy(),
-                hex::encode(suffix)
-            ));
-            let result = create_exclusive(&temporary, mode)
-                .and_then(|mut file| {
-                    file.write_all(contents)?;
-                    file.sync_all()
-                })
-                .and_then(|()| fs::rename(&temporary, path));
-            if result.is_err() {
-                // Best effort: the temporary file is ours and useless after a failure.
-                let _ = fs::remove_file(&temporary);
-            }
-            result.map_err(write_error)
-        }
-    }
-}
-
-fn create_exclusive(path: &Path, mode: u32) -> io::Result<fs::File> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    options.open(path)
+    Ok(files::write_file(
+        path,
+        pem.as_bytes(),
+        KEY_FILE_MODE,
+        overwrite,
+    )?)
 }
 
 #[cfg(test)]
@@ -1028,7 +944,9 @@ mod tests {
             Overwrite::Refuse,
         )
         .expect_err("must refuse");
-        assert!(matches!(err, CertError::WouldOverwrite(ref path) if *path == blocker));
+        assert!(
+            matches!(err, CertError::File(FileError::WouldOverwrite(ref path)) if *path == blocker)
+        );
         assert!(!dir.path().join(CA_KEY_FILE).exists(), "nothing written");
         assert_eq!(fs::read(&blocker).expect("read"), b"keep me");
 
@@ -1036,7 +954,10 @@ mod tests {
             generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse).expect("generate");
         let first_ca = fs::read(&pki.ca_cert).expect("read ca");
         let again = generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse);
-        assert!(matches!(again, Err(CertError::WouldOverwrite(_))));
+        assert!(matches!(
+            again,
+            Err(CertError::File(FileError::WouldOverwrite(_)))
+        ));
         let replaced =
             generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Replace).expect("replace");
         assert_ne!(fs::read(&replaced.ca_cert).expect("read ca"), first_ca);
@@ -1115,7 +1036,10 @@ mod tests {
             .expect("issued certificate chains to the CA");
 
         let twice = issue_client(ca_dir.path(), out_dir.path(), "carol", 2, Overwrite::Refuse);
-        assert!(matches!(twice, Err(CertError::WouldOverwrite(_))));
+        assert!(matches!(
+            twice,
+            Err(CertError::File(FileError::WouldOverwrite(_)))
+        ));
     }
 
     #[test]
@@ -1233,6 +1157,9 @@ mod tests {
         .expect_err("foreign cert");
         assert!(matches!(err, CertError::ForeignCertificate { .. }), "{err}");
         let again = write_crl(dir.path(), &[], &crl_path, 7, Overwrite::Refuse);
-        assert!(matches!(again, Err(CertError::WouldOverwrite(_))));
+        assert!(matches!(
+            again,
+            Err(CertError::File(FileError::WouldOverwrite(_)))
+        ));
     }
 }
