@@ -20,6 +20,7 @@ use crate::config::{self, Config};
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
+use crate::net::metrics::Metrics;
 use crate::net::tls::TlsFiles;
 use crate::service::authz::Authorizer;
 use crate::service::SigningService;
@@ -38,6 +39,7 @@ pub struct Listen {
 /// The parts of a running appliance, before it serves.
 pub struct Appliance {
     pub service: Arc<SigningService>,
+    pub metrics: Arc<Metrics>,
     pub tls: Arc<TlsReloader>,
     pub listener: tokio::net::TcpListener,
 }
@@ -59,8 +61,12 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         })?;
     }
     let sealer = open_sealer(config)?;
-    let service =
-        Arc::new(SigningService::new(store, sealer, network)?.with_authorizer(authorizer.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let service = Arc::new(
+        SigningService::new(store, sealer, network)?
+            .with_authorizer(authorizer.clone())
+            .with_observer(metrics.clone()),
+    );
     let tls = Arc::new(TlsReloader::from_files(TlsFiles {
         ca_cert: config.tls.ca_cert.clone(),
         server_cert: config.tls.server_cert.clone(),
@@ -74,6 +80,7 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         .with_context(|| format!("binding {address}"))?;
     Ok(Appliance {
         service,
+        metrics,
         tls,
         listener,
     })
@@ -97,6 +104,7 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
         println!("metrics on http://{bound}/metrics");
         tokio::spawn(crate::net::metrics::serve(
             metrics_listener,
+            appliance.metrics.clone(),
             service.clone(),
         ));
     }

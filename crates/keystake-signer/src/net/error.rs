@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::forwarder::ForwardError;
 use crate::hsm::SealError;
+use crate::service::health::{HealthReport, ReloadBusy};
 use crate::service::keymanager::KeymanagerError;
 use crate::service::ServiceError;
 use crate::store::{Refusal, StoreError};
@@ -93,6 +94,31 @@ impl ApiError {
     }
 }
 
+/// `POST /reload` was taken on and runs in the background.
+pub const ACCEPTED: StatusCode = StatusCode::ACCEPTED;
+
+/// `/healthcheck`: 200 when every check is up, 503 otherwise (Web3Signer's rule).
+pub fn health_status(report: &HealthReport) -> StatusCode {
+    if report.is_up() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// A reload while one runs: 409 with Web3Signer's body.
+impl From<ReloadBusy> for ApiError {
+    fn from(_: ReloadBusy) -> Self {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            body: json!({
+                "status": "error",
+                "message": "A reload operation is already in progress. Please try again later.",
+            }),
+        }
+    }
+}
+
 /// The status a service error maps to.
 pub fn status_of(error: &ServiceError) -> StatusCode {
     match error {
@@ -115,7 +141,11 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         // unavailable to us right now: 503, nothing signed, retry later.
         ServiceError::Seal(SealError::Integrity | SealError::MalformedBlob(_))
         | ServiceError::InvalidUnsealedShare { .. }
-        | ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | ServiceError::SealRoundTripMismatch
+        | ServiceError::KeyIndexOutOfStep { .. }
+        | ServiceError::TaskFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // A key being deleted while an HSM call hangs: the deletion took effect, retry later.
+        ServiceError::DrainTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -162,9 +192,7 @@ pub fn keymanager_status_of(error: &KeymanagerError) -> StatusCode {
         KeymanagerError::WrongToken => StatusCode::FORBIDDEN,
         KeymanagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
         KeymanagerError::Service(service) => status_of(service),
-        KeymanagerError::TokenFile { .. } | KeymanagerError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        KeymanagerError::TokenFile { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -272,7 +300,7 @@ mod tests {
                 tonic::Code::Unavailable,
             ),
             (
-                ServiceError::Internal("bug".into()),
+                ServiceError::SealRoundTripMismatch,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::Internal,
             ),

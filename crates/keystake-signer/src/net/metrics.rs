@@ -25,36 +25,15 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::service::SigningService;
+use crate::net::error::status_of;
+use crate::service::authz::Api;
+use crate::service::observe::{Observer, Phase};
+use crate::service::{ServiceError, SigningService};
 
 /// Latency buckets (seconds): a few hundred microseconds (BLS) to seconds (a stalled disk).
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-
-/// A phase of the signing path, timed separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Slashing check + durable record (and the audit entry), including the fsync.
-    SlashingDb,
-    /// HSM unseal of the share.
-    Unseal,
-    /// BLS signing.
-    Bls,
-    /// The whole request, from arrival to answer.
-    Total,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::SlashingDb => "slashing_db",
-            Phase::Unseal => "unseal",
-            Phase::Bls => "bls",
-            Phase::Total => "total",
-        }
-    }
-}
 
 /// The outcome label of a request, from its HTTP status (itself from the one mapping in
 /// `api::error`).
@@ -167,21 +146,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Count one signing request by the status its result maps to (the one mapping in
-    /// `api::error`).
-    pub fn request_result<T>(
-        &self,
-        api: &str,
-        kind: &str,
-        result: &Result<T, crate::service::ServiceError>,
-    ) {
-        let status = match result {
-            Ok(_) => 200,
-            Err(error) => crate::net::error::status_of(error).as_u16(),
-        };
-        self.request(api, kind, status);
-    }
-
     pub fn phase(&self, phase: Phase, elapsed: Duration) {
         self.phases
             .with_label_values(&[phase.as_str()])
@@ -213,24 +177,45 @@ impl Metrics {
     }
 }
 
-/// The metrics listener's router: `GET /metrics`. Health gauges are refreshed at each scrape.
-pub fn router(service: Arc<SigningService>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(service)
+/// The service reports typed results; the labels are decided here, from the one status mapping
+/// in `net::error`.
+impl Observer for Metrics {
+    fn phase(&self, phase: Phase, elapsed: Duration) {
+        Metrics::phase(self, phase, elapsed);
+    }
+
+    fn signing_outcome(&self, api: Api, kind: &str, result: Result<(), &ServiceError>) {
+        let status = result.map_or_else(|error| status_of(error).as_u16(), |()| 200);
+        self.request(api.as_str(), kind, status);
+    }
+
+    fn refusal(&self, api: Api, operation: &str) {
+        Metrics::refusal(self, api.as_str(), operation);
+    }
+
+    fn keys_loaded(&self, count: usize) {
+        self.set_keys_loaded(count);
+    }
 }
 
-async fn scrape(State(service): State<Arc<SigningService>>) -> Response {
-    let health_service = service.clone();
-    let (hsm, db) = tokio::task::spawn_blocking(move || {
-        let (hsm, db) = health_service.health();
-        (hsm.is_ok(), db.is_ok())
-    })
-    .await
-    .unwrap_or((false, false));
-    let metrics = service.metrics();
-    metrics.set_health(hsm, db);
-    metrics.set_keys_loaded(service.public_keys().len());
+#[derive(Clone)]
+struct Scraped {
+    metrics: Arc<Metrics>,
+    service: Arc<SigningService>,
+}
+
+/// The metrics listener's router: `GET /metrics`. Health gauges are refreshed at each scrape
+/// from the service's one health probe.
+pub fn router(metrics: Arc<Metrics>, service: Arc<SigningService>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Scraped { metrics, service })
+}
+
+async fn scrape(State(Scraped { metrics, service }): State<Scraped>) -> Response {
+    let health = service.probe_health().await;
+    metrics.set_health(health.hsm.is_ok(), health.database.is_ok());
+    metrics.set_keys_loaded(health.keys_loaded);
     (
         StatusCode::OK,
         [(
@@ -251,8 +236,12 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
 }
 
 /// Serve the metrics router until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, service: Arc<SigningService>) {
-    if let Err(error) = axum::serve(listener, router(service)).await {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    service: Arc<SigningService>,
+) {
+    if let Err(error) = axum::serve(listener, router(metrics, service)).await {
         tracing::error!(%error, "metrics listener stopped");
     }
 }

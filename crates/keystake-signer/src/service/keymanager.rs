@@ -44,8 +44,6 @@ pub enum KeymanagerError {
     TokenFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Service(#[from] ServiceError),
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 /// The keymanager API token. Compared in constant time; never printed.
@@ -361,7 +359,7 @@ impl Keymanager {
         let workers = self.workers;
         tokio::task::spawn_blocking(move || import_blocking(&service, &request, workers))
             .await
-            .map_err(|e| KeymanagerError::Internal(format!("import task failed: {e}")))?
+            .map_err(ServiceError::TaskFailed)?
     }
 
     /// Delete keys: each stops signing, then the slashing data of all of them is exported.
@@ -408,7 +406,7 @@ impl Keymanager {
         let service = self.service.clone();
         let history = tokio::task::spawn_blocking(move || service.store().history(&public_key))
             .await
-            .map_err(|e| KeymanagerError::Internal(format!("history task failed: {e}")))?;
+            .map_err(ServiceError::TaskFailed)?;
         Ok(history.map_err(ServiceError::from)?.is_some())
     }
 
@@ -432,7 +430,7 @@ impl Keymanager {
             },
         )
         .await
-        .map_err(|e| KeymanagerError::Internal(format!("export task failed: {e}")))?
+        .map_err(ServiceError::TaskFailed)?
     }
 }
 

@@ -8,18 +8,21 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod health;
 pub mod keymanager;
+pub mod observe;
 mod sign;
 mod slashable;
 mod slashing_admin;
 pub use slashable::SlashableAnswer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::hsm::{SealContext, SealError, SealedShare, Sealer};
-use crate::net::metrics::{Metrics, Phase};
-use crate::service::authz::{Authorizer, Caller};
+use crate::service::authz::Authorizer;
+use crate::service::health::ReloadState;
+use crate::service::observe::{Observer, Phase, Unobserved};
 use crate::store::{
     InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
     ThresholdInfo,
@@ -52,8 +55,14 @@ pub enum ServiceError {
     Seal(#[from] SealError),
     #[error("the sealed share for {public_key} unsealed to an invalid secret key")]
     InvalidUnsealedShare { public_key: BlsPublicKey },
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("the key index lists {group} as a group key but not its share (a bug)")]
+    KeyIndexOutOfStep { group: BlsPublicKey },
+    #[error("a blocking task of the service did not finish: {0}")]
+    TaskFailed(#[from] tokio::task::JoinError),
+    #[error("{public_key} is disabled but requests that started before are still running after {DEACTIVATE_DRAIN_TIMEOUT:?}")]
+    DrainTimeout { public_key: BlsPublicKey },
+    #[error("the HSM returned a different share when unsealing a fresh seal")]
+    SealRoundTripMismatch,
     #[error("forbidden: {0}")]
     Forbidden(#[from] Denial),
     #[error("cannot combine: {0}")]
@@ -123,7 +132,8 @@ pub struct SigningService {
     network: Network,
     keys: RwLock<Arc<KeyIndex>>,
     authorizer: Arc<Authorizer>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn Observer>,
+    reload_state: Mutex<ReloadState>,
 }
 
 /// The sealing context of a record: the share's identity that the HSM binds the blob to.
@@ -148,7 +158,8 @@ impl SigningService {
             network,
             keys: RwLock::new(Arc::new(KeyIndex::default())),
             authorizer: Arc::new(Authorizer::open()),
-            metrics: Arc::new(Metrics::new()),
+            observer: Arc::new(Unobserved),
+            reload_state: Mutex::new(ReloadState::Idle),
         };
         service.reload()?;
         Ok(service)
@@ -165,9 +176,11 @@ impl SigningService {
         &self.authorizer
     }
 
-    /// This service's Prometheus metrics (served by `crate::net::metrics`).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// Report phase timings, outcomes and refusals to `observer` (the metrics adapter).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        observer.keys_loaded(self.index().order.len());
+        self.observer = observer;
+        self
     }
 
     pub fn network(&self) -> &Network {
@@ -223,7 +236,7 @@ impl SigningService {
         }
         let count = index.order.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
-        self.metrics.set_keys_loaded(count);
+        self.observer.keys_loaded(count);
         Ok(count)
     }
 
@@ -275,7 +288,7 @@ impl SigningService {
                 .by_public_key
                 .get(only)
                 .cloned()
-                .ok_or_else(|| ServiceError::Internal("key index out of step".into())),
+                .ok_or(ServiceError::KeyIndexOutOfStep { group: public_key }),
             Some(_) => Err(ServiceError::AmbiguousGroupKey {
                 identifier: public_key.to_hex(),
             }),
@@ -290,18 +303,6 @@ impl SigningService {
         Ok(request::parse_sign_request(body, &self.network)?)
     }
 
-    /// The whole signing path for one Web3Signer request body, for trusted in-process callers
-    /// (no authorization; audited as API `local`). Network adapters call [`Self::sign_as`].
-    pub async fn sign(&self, identifier: &str, body: &[u8]) -> Result<Signed, ServiceError> {
-        self.sign_flow(
-            &Caller::new(None, crate::service::authz::Api::Local),
-            false,
-            identifier,
-            body,
-        )
-        .await
-    }
-
     /// Unseal the share in the HSM, sign, and let the plaintext drop (zeroized). Runs on the
     /// blocking pool: the HSM call and the pairing-curve arithmetic are CPU-bound.
     pub(crate) async fn sign_root(
@@ -310,11 +311,11 @@ impl SigningService {
         signing_root: Root,
     ) -> Result<BlsSignature, ServiceError> {
         let sealer = self.sealer.clone();
-        let metrics = self.metrics.clone();
+        let observer = self.observer.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let secret = sealer.unseal(&key.sealed, &key.context)?;
-            metrics.phase(Phase::Unseal, started.elapsed());
+            observer.phase(Phase::Unseal, started.elapsed());
             let started = std::time::Instant::now();
             let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
                 ServiceError::InvalidUnsealedShare {
@@ -322,11 +323,10 @@ impl SigningService {
                 }
             })?;
             let signature = secret_key.sign(&signing_root.0);
-            metrics.phase(Phase::Bls, started.elapsed());
+            observer.phase(Phase::Bls, started.elapsed());
             Ok(signature)
         })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))?
+        .await?
     }
 
     /// Seal a secret key in the HSM and store it. The plaintext never leaves memory; the seal is
@@ -355,19 +355,14 @@ impl SigningService {
             // Ours is the only reference left once every in-flight request has finished.
             while Arc::strong_count(&key) > 1 {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(ServiceError::Internal(format!(
-                        "{public_key} is disabled but requests that started before are still running"
-                    )));
+                    return Err(ServiceError::DrainTimeout {
+                        public_key: *public_key,
+                    });
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }
         Ok(was_active)
-    }
-
-    /// Readiness of the HSM session and the database, for `/healthcheck`.
-    pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
-        (self.sealer.health_check(), self.store.health_check())
     }
 }
 
@@ -409,9 +404,7 @@ pub fn seal_record(
     let sealed = sealer.seal(&plaintext, &context)?;
     let reopened = sealer.unseal(&sealed, &context)?;
     if reopened.as_slice() != plaintext.as_slice() {
-        return Err(ServiceError::Internal(
-            "the HSM returned a different share when unsealing a fresh seal".into(),
-        ));
+        return Err(ServiceError::SealRoundTripMismatch);
     }
     Ok(ShareRecord {
         public_key,

@@ -1,5 +1,8 @@
-//! Calls made on behalf of a client: authorization (the policy) and the audit log around the
-//! signing path.
+//! The one signing path, shared by REST `sign`, gRPC `Sign` and every item of `SignBatch`, as
+//! consecutive steps: admit the client → resolve the key → decode the request → authorize the
+//! operation on that key → slashing check + durable record (with the audit entry, one
+//! transaction) → unseal + sign → audit a failure. Also the authorization (and its audit) of
+//! the calls that are not signatures.
 //!
 //! Every signing request leaves exactly one audit entry before its answer leaves, plus a second
 //! one if signing fails after it was allowed: a slashable request's entry is chained in the
@@ -16,8 +19,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{slashing_request, KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
-use crate::net::metrics::Phase;
 use crate::service::authz::Caller;
+use crate::service::observe::Phase;
 use keystake_core::audit::{Outcome, Record};
 use keystake_core::policy::{Operation, Target};
 use keystake_core::request::SignKind;
@@ -87,35 +90,23 @@ impl SigningService {
         identifier: &str,
         body: &[u8],
     ) -> Result<Signed, ServiceError> {
-        self.sign_flow(caller, true, identifier, body).await
-    }
-
-    pub(super) async fn sign_flow(
-        &self,
-        caller: &Caller,
-        authorize: bool,
-        identifier: &str,
-        body: &[u8],
-    ) -> Result<Signed, ServiceError> {
         let started = Instant::now();
         let mut draft = Draft::new(caller, identifier, "");
-        let result = self
-            .sign_steps(caller, authorize, identifier, body, &mut draft)
-            .await;
+        let result = self.sign_steps(caller, identifier, body, &mut draft).await;
         let kind = if draft.record.kind.is_empty() {
             "unknown"
         } else {
             draft.record.kind.as_str()
         };
-        self.metrics
-            .request_result(caller.api.as_str(), kind, &result);
+        self.observer
+            .signing_outcome(caller.api, kind, result.as_ref().map(|_| ()));
         match &result {
-            Ok(_) => self.metrics.phase(Phase::Total, started.elapsed()),
+            Ok(_) => self.observer.phase(Phase::Total, started.elapsed()),
             Err(error) => {
                 if let ServiceError::Forbidden(_) = error {
                     let operation = SignKind::from_api_name(kind)
                         .map_or("any", |k| Operation::of_sign_kind(k).as_str());
-                    self.metrics.refusal(caller.api.as_str(), operation);
+                    self.observer.refusal(caller.api, operation);
                 }
                 if !draft.recorded {
                     let record = draft.with(Outcome::Refused, error.to_string());
@@ -129,26 +120,21 @@ impl SigningService {
     async fn sign_steps(
         &self,
         caller: &Caller,
-        authorize: bool,
         identifier: &str,
         body: &[u8],
         draft: &mut Draft,
     ) -> Result<Signed, ServiceError> {
-        if authorize {
-            self.authorizer.check_known(caller)?;
-        }
+        self.authorizer.check_known(caller)?;
         let key = self.resolve(identifier)?;
         draft.record.key = key.public_key.to_hex();
         let intent = self.decode(body)?;
         draft.record.kind = intent.kind.as_str().to_owned();
         draft.record.signing_root = intent.signing_root.to_string();
-        if authorize {
-            self.authorizer.check(
-                caller,
-                &Target::Key(key.key_ref()),
-                Operation::of_sign_kind(intent.kind),
-            )?;
-        }
+        self.authorizer.check(
+            caller,
+            &Target::Key(key.key_ref()),
+            Operation::of_sign_kind(intent.kind),
+        )?;
         let signed_entry = draft.with(Outcome::Signed, String::new());
         match intent.slashing {
             Some(check) => {
@@ -163,7 +149,7 @@ impl SigningService {
                         signed_entry,
                     )
                     .await?;
-                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
+                self.observer.phase(Phase::SlashingDb, db_started.elapsed());
                 draft.recorded = true;
                 match verdict {
                     Ok(Safe::Valid) | Ok(Safe::SameData) => {}
@@ -173,7 +159,7 @@ impl SigningService {
             None => {
                 let db_started = Instant::now();
                 self.store.record_audit(signed_entry).await?;
-                self.metrics.phase(Phase::SlashingDb, db_started.elapsed());
+                self.observer.phase(Phase::SlashingDb, db_started.elapsed());
                 draft.recorded = true;
             }
         }
@@ -198,7 +184,7 @@ impl SigningService {
     /// Refuse a client the policy does not name (audited).
     pub async fn check_known(&self, caller: &Caller, what: &str) -> Result<(), ServiceError> {
         if let Err(denial) = self.authorizer.check_known(caller) {
-            self.metrics.refusal(caller.api.as_str(), what);
+            self.observer.refusal(caller.api, what);
             let error = ServiceError::from(denial);
             let record = Draft::new(caller, "", what).with(Outcome::Refused, error.to_string());
             self.audit(record).await;
@@ -220,8 +206,7 @@ impl SigningService {
             .check_known(caller)
             .and_then(|()| self.authorizer.check(caller, target, operation));
         if let Err(denial) = decision {
-            self.metrics
-                .refusal(caller.api.as_str(), operation.as_str());
+            self.observer.refusal(caller.api, operation.as_str());
             let error = ServiceError::from(denial);
             let key = match target {
                 Target::Key(key) => key.public_key.to_hex(),

@@ -84,6 +84,6 @@ async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, ServiceError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))?
+        .map_err(ServiceError::TaskFailed)?
         .map_err(ServiceError::from)
 }

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::error::ApiError;
 use crate::net::tls::ClientIdentity;
 use crate::service::authz::{Api, Caller};
+use crate::service::health::HealthError;
 use crate::service::{KeyInfo, ServiceError, Signed, SigningService};
 use keystake_core::policy::{Operation, Target};
 use keystake_core::threshold;
@@ -187,25 +188,28 @@ impl Signer for GrpcSigner {
         &self,
         _request: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        let service = self.service.clone();
-        let (hsm, db) = tokio::task::spawn_blocking(move || service.health())
-            .await
-            .map_err(|e| Status::internal(format!("health task failed: {e}")))?;
+        let report = self.service.probe_health().await;
         let check = |id: &str, result: Result<(), String>| pb::HealthCheck {
             id: id.to_owned(),
             up: result.is_ok(),
             error: result.err().unwrap_or_default(),
         };
-        let keys_loaded = u32::try_from(self.service.public_keys().len()).unwrap_or(u32::MAX);
+        let down =
+            |result: &Result<(), HealthError>| result.as_ref().map_err(|e| e.to_string()).copied();
         let checks = vec![
-            check("hsm-session", hsm.map_err(|e| e.to_string())),
-            check("slashing-protection-db", db.map_err(|e| e.to_string())),
-            check("keys-loaded", Ok(())),
+            check("hsm-session", down(&report.hsm)),
+            check("slashing-protection-db", down(&report.database)),
+            check(
+                "keys-loaded",
+                report
+                    .reload_error()
+                    .map_or(Ok(()), |e| Err(format!("Reload failed: {e}"))),
+            ),
         ];
         Ok(Response::new(pb::HealthResponse {
-            up: checks.iter().all(|c| c.up),
+            up: report.is_up(),
             checks,
-            keys_loaded,
+            keys_loaded: u32::try_from(report.keys_loaded).unwrap_or(u32::MAX),
         }))
     }
 
