@@ -13,10 +13,30 @@ use serde_json::{json, Value};
 
 use crate::forwarder::ForwardError;
 use crate::hsm::SealError;
+use crate::net::rest::body::BodyError;
 use crate::service::health::{HealthReport, ReloadBusy};
 use crate::service::keymanager::KeymanagerError;
 use crate::service::ServiceError;
 use crate::store::{Refusal, StoreError};
+
+/// The error body of an API: Web3Signer's and KeyStake's `{"error": …}`, or the keymanager
+/// spec's `{"message": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    Web3Signer,
+    Keymanager,
+}
+
+/// The status a body that could not be read maps to.
+pub fn body_status(error: &BodyError) -> StatusCode {
+    match error {
+        BodyError::Refused(service) => status_of(service),
+        BodyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::Unreadable(_) => StatusCode::BAD_REQUEST,
+    }
+}
 
 /// An HTTP error answer: status and JSON body `{"error": …, …}`.
 #[derive(Debug)]
@@ -56,40 +76,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    pub fn unsupported_media_type(media: &str) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {media:?} is not supported; send application/json"),
-        )
-    }
-
     /// A reload of the policy or CRL failed; the administrator needs the reason.
     pub fn reload_failed(message: impl std::fmt::Display) -> Self {
         tracing::error!(%message, "reload failed; the previous policy and TLS configuration stay in force");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reload failed, previous configuration kept: {message}"),
-        )
-    }
-
-    pub fn request_timeout() -> Self {
-        Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time",
-        )
-    }
-
-    pub fn bad_body(reason: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body: {reason}"),
-        )
-    }
-
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {limit} bytes"),
         )
     }
 }
@@ -147,6 +139,24 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         // A key being deleted while an HSM call hangs: the deletion took effect, retry later.
         ServiceError::DrainTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Seal(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl ApiError {
+    /// A body that could not be read, in the route's error shape.
+    pub fn from_body(error: BodyError, shape: ErrorShape) -> Self {
+        let status = body_status(&error);
+        match (error, shape) {
+            (BodyError::Refused(service), ErrorShape::Web3Signer) => ApiError::from(service),
+            (BodyError::Refused(service), ErrorShape::Keymanager) => {
+                ApiError::from(KeymanagerError::Service(service))
+            }
+            (error, ErrorShape::Web3Signer) => ApiError::new(status, error.to_string()),
+            (error, ErrorShape::Keymanager) => ApiError {
+                status,
+                body: json!({ "message": error.to_string() }),
+            },
+        }
     }
 }
 

@@ -327,6 +327,11 @@ impl Keymanager {
         }
     }
 
+    /// The signing service this keymanager manages keys of.
+    pub fn service(&self) -> &Arc<SigningService> {
+        &self.service
+    }
+
     pub fn authorize(&self, authorization: Option<&str>) -> Result<(), KeymanagerError> {
         self.token.verify(authorization)
     }

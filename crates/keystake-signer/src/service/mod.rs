@@ -11,7 +11,7 @@ pub mod authz;
 pub mod health;
 pub mod keymanager;
 pub mod observe;
-mod sign;
+pub mod sign;
 mod slashable;
 mod slashing_admin;
 pub use slashable::SlashableAnswer;

@@ -74,6 +74,15 @@ impl Draft {
     }
 }
 
+/// What a request is, for the record of an unknown client's refusal.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A signature for `identifier` (counted as a signing request of unknown type).
+    Signing { identifier: String },
+    /// Any other operation, by name (`slashing_dry_run`, `keymanager`, …).
+    Operation(&'static str),
+}
+
 impl SigningService {
     /// Append an entry; a database that cannot take it is logged (the request is answered with
     /// its own error either way).
@@ -181,16 +190,37 @@ impl SigningService {
         }
     }
 
-    /// Refuse a client the policy does not name (audited).
-    pub async fn check_known(&self, caller: &Caller, what: &str) -> Result<(), ServiceError> {
-        if let Err(denial) = self.authorizer.check_known(caller) {
-            self.observer.refusal(caller.api, what);
-            let error = ServiceError::from(denial);
-            let record = Draft::new(caller, "", what).with(Outcome::Refused, error.to_string());
-            self.audit(record).await;
-            return Err(error);
-        }
-        Ok(())
+    /// Refuse a client the policy does not name, before anything of its request is read:
+    /// audited, counted, and for a signing request also counted as a refused signing request.
+    pub async fn admit(&self, caller: &Caller, admission: Admission) -> Result<(), ServiceError> {
+        let Err(denial) = self.authorizer.check_known(caller) else {
+            return Ok(());
+        };
+        let error = ServiceError::from(denial);
+        let draft = match &admission {
+            Admission::Signing { identifier } => {
+                self.observer
+                    .signing_outcome(caller.api, "unknown", Err(&error));
+                self.observer.refusal(caller.api, "any");
+                Draft::new(caller, identifier, "")
+            }
+            Admission::Operation(what) => {
+                self.observer.refusal(caller.api, what);
+                Draft::new(caller, "", what)
+            }
+        };
+        self.audit(draft.with(Outcome::Refused, error.to_string()))
+            .await;
+        Err(error)
+    }
+
+    /// Refuse a client the policy does not name (audited), for an operation called `what`.
+    pub async fn check_known(
+        &self,
+        caller: &Caller,
+        what: &'static str,
+    ) -> Result<(), ServiceError> {
+        self.admit(caller, Admission::Operation(what)).await
     }
 
     /// Authorize an operation that is not a signature (administration, key-less calls);

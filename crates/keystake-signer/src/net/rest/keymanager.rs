@@ -1,28 +1,29 @@
 //! The keymanager API routes, `GET/POST/DELETE /eth/v1/keystores`: a thin adapter over
-//! [`crate::service::keymanager::Keymanager`]. Every route checks the bearer token before it reads the
-//! body. Errors answer with the keymanager spec's `{"message": …}` (mapped in [`super::error`]).
+//! [`crate::service::keymanager::Keymanager`]. Every route checks the bearer token
+//! ([`Bearer`], an extractor that runs before the body is read) and then reads the body with
+//! the one body extractor of [`super::body`]. Errors answer with the keymanager spec's
+//! `{"message": …}` (mapped in `crate::net::error`).
 //!
-//! Refuses: no token (401), a wrong token (403), bodies over [`MAX_KEYMANAGER_BODY_BYTES`] or
-//! not the JSON object the spec describes (400).
+//! Refuses: no token (401), a wrong token (403), bodies over
+//! [`super::body::MAX_KEYMANAGER_BODY_BYTES`] (413) or not the JSON object the spec describes
+//! (400).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::extract::{FromRequestParts, State};
+use axum::http::header;
+use axum::http::request::Parts;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::body::{ClientBody, KeymanagerApi};
 use crate::net::error::ApiError;
 use crate::service::keymanager::{
     DeleteRequest, ImportRequest, Keymanager, KeymanagerError, StatusEntry,
 };
-
-/// Largest import body: about 16,000 keystores, or fewer with a large interchange.
-pub const MAX_KEYMANAGER_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 pub fn router(keymanager: Arc<Keymanager>) -> Router {
     Router::new()
@@ -30,23 +31,28 @@ pub fn router(keymanager: Arc<Keymanager>) -> Router {
         .with_state(keymanager)
 }
 
-fn authorize(keymanager: &Keymanager, headers: &HeaderMap) -> Result<(), KeymanagerError> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    keymanager.authorize(authorization)
+/// The bearer token checked, before anything else of the request is read.
+pub struct Bearer;
+
+impl FromRequestParts<Arc<Keymanager>> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        keymanager: &Arc<Keymanager>,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        keymanager.authorize(authorization)?;
+        Ok(Bearer)
+    }
 }
 
-/// Read and decode a JSON body; malformed or mis-shaped bodies are a 400 saying what is wrong.
-async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, KeymanagerError> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_KEYMANAGER_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            KeymanagerError::BadRequest(format!(
-                "request body missing, unreadable or larger than {MAX_KEYMANAGER_BODY_BYTES} bytes"
-            ))
-        })?;
-    let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+/// Decode a JSON body; malformed or mis-shaped bodies are a 400 saying what is wrong.
+fn decode<T: DeserializeOwned>(body: &ClientBody<KeymanagerApi>) -> Result<T, KeymanagerError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(&body.bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -60,19 +66,17 @@ async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, KeymanagerError
 
 async fn list(
     State(keymanager): State<Arc<Keymanager>>,
-    headers: HeaderMap,
+    _: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&keymanager, &headers)?;
     Ok(Json(json!({ "data": keymanager.list() })))
 }
 
 async fn import(
     State(keymanager): State<Arc<Keymanager>>,
-    headers: HeaderMap,
-    body: Body,
+    _: Bearer,
+    body: ClientBody<KeymanagerApi>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&keymanager, &headers)?;
-    let request: ImportRequest = json_body(body).await?;
+    let request: ImportRequest = decode(&body)?;
     let statuses = keymanager.import(request).await?;
     let data: Vec<StatusEntry> = statuses.iter().map(StatusEntry::from).collect();
     Ok(Json(json!({ "data": data })))
@@ -80,11 +84,10 @@ async fn import(
 
 async fn delete(
     State(keymanager): State<Arc<Keymanager>>,
-    headers: HeaderMap,
-    body: Body,
+    _: Bearer,
+    body: ClientBody<KeymanagerApi>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&keymanager, &headers)?;
-    let request: DeleteRequest = json_body(body).await?;
+    let request: DeleteRequest = decode(&body)?;
     let public_keys = request.public_keys()?;
     let outcome = keymanager.delete(&public_keys).await?;
     let data: Vec<StatusEntry> = outcome.statuses.iter().map(StatusEntry::from).collect();

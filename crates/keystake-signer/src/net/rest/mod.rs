@@ -2,6 +2,7 @@
 //! operator routes (`operator`) and the Ethereum keymanager API (`keymanager`).
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod health;
 pub mod keymanager;
 pub mod operator;

@@ -14,14 +14,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::json;
 
+use super::body::{ClientBody, Operator, RestCaller};
 use crate::net::error::ApiError;
 use crate::net::tls::ClientIdentity;
 use crate::service::authz::{Api, Caller};
@@ -42,9 +42,8 @@ pub fn router(service: Arc<SigningService>) -> Router {
 
 async fn reload(
     State(service): State<Arc<SigningService>>,
-    identity: Option<Extension<ClientIdentity>>,
+    RestCaller(caller): RestCaller,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::new(identity.map(|Extension(i)| i), Api::Rest);
     service
         .authorize(&caller, &Target::None, Operation::Keymanager)
         .await?;
@@ -69,10 +68,13 @@ struct ExportRequest {
 
 async fn export_slashing(
     State(service): State<Arc<SigningService>>,
-    identity: Option<Extension<ClientIdentity>>,
-    body: Bytes,
+    body: ClientBody<Operator>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::new(identity.map(|Extension(i)| i), Api::Rest);
+    let ClientBody {
+        caller,
+        bytes: body,
+        ..
+    } = body;
     let request: ExportRequest = if body.is_empty() {
         ExportRequest {
             public_keys: Vec::new(),
@@ -93,11 +95,10 @@ async fn export_slashing(
 
 async fn import_slashing(
     State(service): State<Arc<SigningService>>,
-    identity: Option<Extension<ClientIdentity>>,
-    body: Bytes,
+    body: ClientBody<Operator>,
 ) -> Result<Response, ApiError> {
-    let caller = Caller::new(identity.map(|Extension(i)| i), Api::Rest);
-    let text = std::str::from_utf8(&body)
+    let ClientBody { caller, bytes, .. } = body;
+    let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("interchange is not UTF-8"))?;
     let summary = service.import_interchange_as(&caller, text).await?;
     Ok(Json(summary).into_response())
