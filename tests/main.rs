@@ -1,5 +1,6 @@
 //! Integration tests, one binary to keep link time low on 2 cores.
 
+mod admission;
 mod audit;
 mod authz;
 mod common;
