@@ -114,7 +114,7 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
         token,
     ));
     let app = api::app(service, crate::net::rest::keymanager::router(keymanager));
-    api::serve_mtls_reloadable(appliance.listener, appliance.tls, app, shutdown_signal()).await;
+    api::serve_mtls(appliance.listener, appliance.tls, app, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

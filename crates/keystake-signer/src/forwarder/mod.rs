@@ -14,7 +14,7 @@
 //! ASCII (400). Upstream failures become JSON errors, one log line each saying which: appliance
 //! unreachable (503), appliance refused our client certificate (502), appliance certificate not
 //! trusted by us (502), broken upstream exchange (502), no answer in time (504) — statuses set in
-//! `crate::net::error`. Hop-by-hop headers (`Connection` and those it names, `Keep-Alive`,
+//! the forwarder's own mapping (`error.rs`). Hop-by-hop headers (`Connection` and those it names, `Keep-Alive`,
 //! `Transfer-Encoding`, …) are not forwarded either way; the client's `Connection: close` is
 //! honoured on the client side (the answer carries it and the socket is closed) while the
 //! upstream connection stays pooled.
@@ -26,26 +26,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod error;
+
 use axum::body::Body;
 use axum::response::IntoResponse;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+pub use self::error::{forward_status, ForwardError};
 use crate::net::client::{ClientError, FailureKind, MtlsClient};
-use crate::net::error::ApiError;
 use crate::net::tls::{self, TlsError};
 
 /// Largest request body forwarded (a keymanager import of many keystores fits).
 pub const MAX_FORWARD_BODY: usize = 8 * 1024 * 1024;
 /// Default bound on one upstream exchange, connection set-up included (well inside a 12 s slot).
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent its request headers by then is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus `Host` and
 /// `Content-Length`, which the next hop sets itself.
@@ -114,82 +111,6 @@ pub fn check_listen_address(
         Ok(Exposure::NonLoopbackForced)
     } else {
         Err(ForwarderError::NonLoopback(address))
-    }
-}
-
-/// Why one request could not be forwarded. Statuses: `crate::net::error::forward_status`.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("appliance {upstream} is unreachable: {detail}; nothing was signed")]
-    Unreachable { upstream: String, detail: String },
-    #[error(
-        "appliance {upstream} refused this forwarder's client certificate ({detail}); check that \
-         --client-cert was issued by the appliance's CA, is valid and not revoked; nothing was signed"
-    )]
-    CertificateRefused { upstream: String, detail: String },
-    #[error(
-        "the certificate of appliance {upstream} is not trusted ({detail}); check --ca and the \
-         host name in --upstream; nothing was signed"
-    )]
-    ServerCertificateRejected { upstream: String, detail: String },
-    #[error("appliance {upstream} did not answer within {timeout:?}")]
-    Timeout { upstream: String, timeout: Duration },
-    #[error("exchange with appliance {upstream} failed: {detail}")]
-    Broken { upstream: String, detail: String },
-    #[error("request body larger than {limit} bytes")]
-    BodyTooLarge { limit: usize },
-    #[error("cannot forward the request: {0}")]
-    BadRequest(String),
-}
-
-impl ForwardError {
-    /// Whether the fault lies with the appliance or the link to it (logged), rather than with the
-    /// local client's request (not logged as a warning).
-    pub fn is_upstream(&self) -> bool {
-        !matches!(
-            self,
-            ForwardError::BodyTooLarge { .. } | ForwardError::BadRequest(_)
-        )
-    }
-
-    fn from_client(upstream: &str, error: ClientError) -> Self {
-        let upstream = upstream.to_owned();
-        match error {
-            ClientError::Timeout { timeout, .. } => ForwardError::Timeout { upstream, timeout },
-            ClientError::Request { detail, kind, .. } => match kind {
-                FailureKind::Connect => ForwardError::Unreachable { upstream, detail },
-                FailureKind::ClientCertificateRefused => {
-                    ForwardError::CertificateRefused { upstream, detail }
-                }
-                FailureKind::ServerCertificateRejected => {
-                    ForwardError::ServerCertificateRejected { upstream, detail }
-                }
-                FailureKind::Other => ForwardError::Broken { upstream, detail },
-            },
-            ClientError::InvalidPath { path, reason } => {
-                ForwardError::BadRequest(format!("path {path:?}: {reason}"))
-            }
-            ClientError::InvalidHeader { name, reason } => {
-                ForwardError::BadRequest(format!("header {name:?}: {reason}"))
-            }
-            other => ForwardError::Broken {
-                upstream,
-                detail: other.to_string(),
-            },
-        }
-    }
-
-    /// A short name of the cause for the log line.
-    fn cause(&self) -> &'static str {
-        match self {
-            ForwardError::Unreachable { .. } => "appliance unreachable",
-            ForwardError::CertificateRefused { .. } => "appliance refused the client certificate",
-            ForwardError::ServerCertificateRejected { .. } => "appliance certificate not trusted",
-            ForwardError::Timeout { .. } => "appliance timed out",
-            ForwardError::Broken { .. } => "upstream exchange failed",
-            ForwardError::BodyTooLarge { .. } => "request body too large",
-            ForwardError::BadRequest(_) => "request cannot be forwarded",
-        }
     }
 }
 
@@ -295,10 +216,7 @@ impl Forwarder {
     }
 
     /// Forward one request and return the appliance's answer (status, end-to-end headers, body).
-    pub async fn forward(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<Body>, ForwardError> {
+    pub async fn forward(&self, request: Request<Body>) -> Result<Response<Body>, ForwardError> {
         let (parts, body) = request.into_parts();
         let path = parts
             .uri
@@ -343,7 +261,7 @@ impl Forwarder {
     }
 
     /// [`Self::forward`], with failures turned into JSON error answers and logged once.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         match self.forward(request).await {
@@ -354,7 +272,7 @@ impl Forwarder {
                 } else {
                     tracing::debug!(cause = error.cause(), %method, %path, %error, "request not forwarded");
                 }
-                ApiError::from(error).into_response()
+                error.into_response()
             }
         }
     }
@@ -379,42 +297,18 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Serve plain HTTP/1.1 on `listener`, one task per connection, until `shutdown` resolves.
+/// Serve plain HTTP/1.1 on `listener` through the one accept loop (`crate::net::listen`) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let app = axum::Router::new().fallback(move |request: Request<Body>| {
         let forwarder = forwarder.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let forwarder = forwarder.clone();
-                async move { Ok::<_, std::convert::Infallible>(forwarder.handle(request).await) }
-            });
-            let result = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
-            }
-        });
-    }
+        async move { forwarder.handle(request).await }
+    });
+    crate::net::listen::serve(listener, crate::net::listen::PlainHttp, app, shutdown).await
 }
 
 /// `connect`: check the listen address, load the identity, bind, probe the appliance once (a

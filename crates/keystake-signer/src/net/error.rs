@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::forwarder::ForwardError;
 use crate::hsm::SealError;
 use crate::net::rest::body::BodyError;
 use crate::service::health::{HealthReport, ReloadBusy};
@@ -221,27 +220,6 @@ impl From<KeymanagerError> for ApiError {
             status,
             body: json!({ "message": message }),
         }
-    }
-}
-
-/// The status a forwarder failure maps to (`keystake-signer connect`): the appliance down or
-/// unreachable is temporary (503), a certificate refused either way or a broken exchange is a
-/// gateway fault (502), no answer in time is 504.
-pub fn forward_status(error: &ForwardError) -> StatusCode {
-    match error {
-        ForwardError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ForwardError::CertificateRefused { .. }
-        | ForwardError::ServerCertificateRejected { .. }
-        | ForwardError::Broken { .. } => StatusCode::BAD_GATEWAY,
-        ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
-    }
-}
-
-impl From<ForwardError> for ApiError {
-    fn from(error: ForwardError) -> Self {
-        ApiError::new(forward_status(&error), error.to_string())
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -70,26 +70,94 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-/// Serve `app` on `listener` with mutual TLS until `shutdown` resolves.
-pub async fn serve_mtls(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_mtls_reloadable(listener, Arc::new(TlsReloader::fixed(tls)), app, shutdown).await
+/// How a freshly accepted TCP connection becomes a stream to speak HTTP on.
+pub trait Handshake: Send + Sync + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// Whether HTTP/2 is offered besides HTTP/1.1 (gRPC needs it).
+    const HTTP2: bool;
+    /// The stream and the verified client identity, or `None` to drop the connection (the
+    /// reason is logged here).
+    fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Option<(Self::Stream, Option<ClientIdentity>)>> + Send;
 }
 
-/// Like [`serve_mtls`], taking the TLS configuration from `tls` for every new connection, so a
-/// reload (new CRL) applies to the next handshake. Connections already open keep the
-/// configuration they were accepted with.
-pub async fn serve_mtls_reloadable(
+/// The appliance's port: TLS 1.3 with a mandatory client certificate, configuration taken at
+/// each handshake (so a CRL reload applies to the next connection).
+pub struct MutualTls(pub Arc<TlsReloader>);
+
+impl Handshake for MutualTls {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    const HTTP2: bool = true;
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Self::Stream, Option<ClientIdentity>)> {
+        let acceptor = TlsAcceptor::from(self.0.current());
+        let tls_stream =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "TLS handshake refused");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return None;
+                }
+            };
+        let Some(identity) = peer_identity(tls_stream.get_ref().1) else {
+            // The verifier makes a client certificate mandatory; this is defence in depth.
+            tracing::warn!(%peer, "connection without a client identity dropped");
+            return None;
+        };
+        tracing::debug!(%peer, client = %identity.display_name(), "client connected");
+        Some((tls_stream, Some(identity)))
+    }
+}
+
+/// Plain HTTP/1.1 (the forwarder, on loopback): no identity.
+pub struct PlainHttp;
+
+impl Handshake for PlainHttp {
+    type Stream = TcpStream;
+    const HTTP2: bool = false;
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        _peer: SocketAddr,
+    ) -> Option<(Self::Stream, Option<ClientIdentity>)> {
+        Some((stream, None))
+    }
+}
+
+/// Serve `app` on `listener` with mutual TLS (configuration from `tls` at each handshake)
+/// until `shutdown` resolves.
+pub async fn serve_mtls(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve(listener, MutualTls(tls), app, shutdown).await
+}
+
+/// The accept loop: accept up to [`MAX_CONNECTIONS`] connections at once, hand each to
+/// `handshake` and serve `app` on it, until `shutdown` resolves; then stop accepting and give
+/// requests in flight [`DRAIN_TIMEOUT`] to finish.
+pub async fn serve<H: Handshake>(
+    listener: TcpListener,
+    handshake: H,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
+    let handshake = Arc::new(handshake);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -113,11 +181,13 @@ pub async fn serve_mtls_reloadable(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(tls.current());
+        let handshake = handshake.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            serve_connection(acceptor, stream, peer, app, watcher).await;
+            if let Some((stream, identity)) = handshake.handshake(stream, peer).await {
+                serve_connection::<H>(stream, identity, peer, app, watcher).await;
+            }
             drop(permit);
         });
     }
@@ -176,32 +246,17 @@ impl Reloadable for TlsReloader {
     }
 }
 
-async fn serve_connection(
-    acceptor: TlsAcceptor,
-    stream: tokio::net::TcpStream,
+async fn serve_connection<H: Handshake>(
+    stream: H::Stream,
+    identity: Option<ClientIdentity>,
     peer: SocketAddr,
     app: Router,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(error)) => {
-            tracing::info!(%peer, %error, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let Some(identity) = peer_identity(tls_stream.get_ref().1) else {
-        // The verifier makes a client certificate mandatory; this is defence in depth.
-        tracing::warn!(%peer, "connection without a client identity dropped");
-        return;
-    };
-    tracing::debug!(%peer, client = %identity.display_name(), "client connected");
     let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(identity.clone());
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
         request
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -209,14 +264,18 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20));
+    if H::HTTP2 {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+    } else {
+        builder = builder.http1_only();
+    }
     let connection =
-        builder.serve_connection(TokioIo::new(tls_stream), TowerToHyperService::new(service));
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
