@@ -5,7 +5,8 @@
 //!
 //! Every hash tree root here comes from the `tree_hash` derive over `ssz_types` containers; this
 //! module writes no Merkle hashing of its own. It is pure: the only input it reads besides values
-//! is the text of a network config (`Network::from_toml_str`), never a file.
+//! is the text of a network config (`Network::from_toml_str`), never a file; the built-in
+//! networks are TOML files in `networks/` compiled into the binary and read by the same parser.
 //!
 //! It refuses network configs with unknown keys, forks out of order, a fork scheduled without its
 //! predecessors, and zero slots per epoch; JSON values that are not what their container
