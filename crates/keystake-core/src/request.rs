@@ -31,6 +31,7 @@ use crate::consensus::{
     DOMAIN_SELECTION_PROOF, DOMAIN_SYNC_COMMITTEE, DOMAIN_SYNC_COMMITTEE_SELECTION_PROOF,
     DOMAIN_VOLUNTARY_EXIT, ZERO_ROOT,
 };
+use crate::slashing::SlashingRequest;
 use crate::types::{BlsPublicKey, Domain, DomainType, Epoch, ForkVersion, Root, Slot};
 
 /// The signing request types of the Web3Signer eth2 API.
@@ -131,6 +132,21 @@ impl fmt::Display for SignKind {
 pub enum SlashingCheck {
     Block { slot: Slot },
     Attestation { source: Epoch, target: Epoch },
+}
+
+impl SlashingCheck {
+    /// The slashing-protection request for this check and the root that would be signed: the
+    /// one conversion, used by signing and by the dry run alike.
+    pub fn with_signing_root(self, signing_root: Root) -> SlashingRequest {
+        match self {
+            SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
+            SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+                source,
+                target,
+                signing_root,
+            },
+        }
+    }
 }
 
 /// A decoded, validated signing request.
@@ -845,6 +861,30 @@ mod tests {
             assert_eq!(error.field(), Some(spelling));
         }
         intent.kind
+    }
+
+    #[test]
+    fn slashing_check_with_signing_root() {
+        let root = Root([7; 32]);
+        assert_eq!(
+            SlashingCheck::Block { slot: Slot(9) }.with_signing_root(root),
+            SlashingRequest::Block {
+                slot: Slot(9),
+                signing_root: root
+            }
+        );
+        assert_eq!(
+            SlashingCheck::Attestation {
+                source: Epoch(3),
+                target: Epoch(4)
+            }
+            .with_signing_root(root),
+            SlashingRequest::Attestation {
+                source: Epoch(3),
+                target: Epoch(4),
+                signing_root: root
+            }
+        );
     }
 
     #[test]

@@ -10,11 +10,17 @@
 //! - nothing at or below the key's low watermark (raised only by interchange import or a
 //!   configured minimum; never by our own signing history).
 //!
+//! A request to check is a [`SlashingRequest`] (built from a decoded signing request's
+//! `SlashingCheck` and signing root); [`check`] answers it, and a refused one is a [`Refusal`]:
+//! slashable ([`NotSafe`]) or for another network ([`binding`], the rule that binds a database to
+//! one genesis validators root).
+//!
 //! This module does no I/O: the store implements [`History`] over SQLite inside the same
 //! exclusive transaction that then records the signature. The EIP-3076 interchange model lives in
 //! [`interchange`].
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod interchange;
 
 use serde::Serialize;
@@ -142,6 +148,53 @@ impl NotSafe {
 /// The outcome of a check: `Ok(Ok(Safe))`, `Ok(Err(NotSafe))`, or `Err` when the history could
 /// not be read (the caller refuses with a server error and signs nothing).
 pub type Verdict<E> = Result<Result<Safe, NotSafe>, E>;
+
+/// What to check and record for one signing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlashingRequest {
+    Block {
+        slot: Slot,
+        signing_root: Root,
+    },
+    Attestation {
+        source: Epoch,
+        target: Epoch,
+        signing_root: Root,
+    },
+}
+
+/// Why a check-and-record refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Slashable(#[from] NotSafe),
+    #[error("genesis validators root {received} differs from {expected}, the network this slashing database is bound to")]
+    WrongNetwork { expected: Root, received: Root },
+}
+
+impl From<binding::WrongNetwork> for Refusal {
+    fn from(wrong: binding::WrongNetwork) -> Self {
+        Refusal::WrongNetwork {
+            expected: wrong.expected,
+            received: wrong.received,
+        }
+    }
+}
+
+/// The answer of a check-and-record: sign (`Safe`) or refuse (`Refusal`).
+pub type CheckOutcome = Result<Safe, Refusal>;
+
+/// May `request` be signed? [`check_block`] or [`check_attestation`], whichever it is.
+pub fn check<H: History>(history: &H, request: SlashingRequest) -> Verdict<H::Error> {
+    match request {
+        SlashingRequest::Block { slot, signing_root } => check_block(history, slot, signing_root),
+        SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        } => check_attestation(history, source, target, signing_root),
+    }
+}
 
 /// May a block at `slot` with `signing_root` be signed?
 pub fn check_block<H: History>(history: &H, slot: Slot, signing_root: Root) -> Verdict<H::Error> {
@@ -306,6 +359,49 @@ mod tests {
     fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> Result<Safe, NotSafe> {
         let Ok(v) = check_block(h, Slot(slot), root(byte));
         v
+    }
+
+    #[test]
+    fn check_dispatches_on_the_request() {
+        let h = MemoryHistory {
+            blocks: vec![SignedBlock {
+                slot: Slot(3),
+                signing_root: Some(root(1)),
+            }],
+            attestations: vec![att(10, 11, 1)],
+            ..Default::default()
+        };
+        let block = |slot, byte| SlashingRequest::Block {
+            slot: Slot(slot),
+            signing_root: root(byte),
+        };
+        let attestation = |source, target, byte| SlashingRequest::Attestation {
+            source: Epoch(source),
+            target: Epoch(target),
+            signing_root: root(byte),
+        };
+        let Ok(v) = check(&h, block(3, 1));
+        assert_eq!(v, Ok(Safe::SameData));
+        let Ok(v) = check(&h, block(3, 2));
+        assert!(matches!(v, Err(NotSafe::DoubleBlockProposal { .. })));
+        let Ok(v) = check(&h, attestation(10, 11, 2));
+        assert!(matches!(v, Err(NotSafe::DoubleVote { .. })));
+        let Ok(v) = check(&h, attestation(11, 12, 2));
+        assert_eq!(v, Ok(Safe::Valid));
+    }
+
+    #[test]
+    fn wrong_network_becomes_a_refusal() {
+        let wrong = binding::bind(Some(root(1)), Some(root(2))).unwrap_err();
+        let refusal = Refusal::from(wrong);
+        assert_eq!(
+            refusal,
+            Refusal::WrongNetwork {
+                expected: root(1),
+                received: root(2)
+            }
+        );
+        assert!(refusal.to_string().contains(&root(1).to_string()));
     }
 
     #[test]

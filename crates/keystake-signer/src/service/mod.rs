@@ -21,13 +21,12 @@ use crate::hsm::{SealContext, SealError, SealedShare, Sealer};
 use crate::net::metrics::{Metrics, Phase};
 use crate::service::authz::{Authorizer, Caller};
 use crate::store::{
-    InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
-    ThresholdInfo,
+    InsertOutcome, Refusal, ShareOrigin, ShareRecord, Store, StoreError, ThresholdInfo,
 };
 use keystake_core::bls;
 use keystake_core::consensus::Network;
 use keystake_core::policy::{Denial, KeyRef};
-use keystake_core::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
+use keystake_core::request::{self, RequestError, SignKind, SigningIntent};
 use keystake_core::types::{BlsPublicKey, BlsSignature, Root};
 
 #[derive(Debug, thiserror::Error)]
@@ -368,17 +367,6 @@ impl SigningService {
     /// Readiness of the HSM session and the database, for `/healthcheck`.
     pub fn health(&self) -> (Result<(), SealError>, Result<(), StoreError>) {
         (self.sealer.health_check(), self.store.health_check())
-    }
-}
-
-fn slashing_request(check: SlashingCheck, signing_root: Root) -> SlashingRequest {
-    match check {
-        SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
-        SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
-            source,
-            target,
-            signing_root,
-        },
     }
 }
 
