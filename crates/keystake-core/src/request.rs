@@ -741,35 +741,9 @@ fn missing_field_name(message: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
 
-    fn vectors_dir(folder: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/vectors")
-            .join(folder)
-    }
-
-    /// Every `*.json` file of a vector folder, parsed, in name order.
     fn load_cases(folder: &str) -> Vec<(String, Value)> {
-        let dir = vectors_dir(folder);
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|entry| entry.expect("directory entry").path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(&path).expect("vector file");
-                let name = path
-                    .file_stem()
-                    .and_then(|stem| stem.to_str())
-                    .expect("file name")
-                    .to_owned();
-                (name, serde_json::from_str(&text).expect("vector JSON"))
-            })
-            .collect()
+        crate::test_vectors::load_folder(folder)
     }
 
     fn text<'v>(value: &'v Value, pointer: &str) -> &'v str {
