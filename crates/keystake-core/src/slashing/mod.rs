@@ -196,21 +196,38 @@ pub fn check<H: History>(history: &H, request: SlashingRequest) -> Verdict<H::Er
     }
 }
 
+/// What the records already at a block's slot (or an attestation's target) say.
+enum Earlier<T> {
+    /// No record: the other rules decide.
+    Nothing,
+    /// Only the identical message (same signing root): answer it again.
+    Same,
+    /// A record with another or an unknown root: a double proposal or a double vote.
+    Conflict(T),
+}
+
+/// The rule blocks (per slot) and attestations (per target) share: any earlier record whose
+/// root is not `signing_root` (a missing root included) conflicts.
+fn earlier<T: Copy>(
+    records: &[T],
+    signing_root: Root,
+    root_of: impl Fn(&T) -> Option<Root>,
+) -> Earlier<T> {
+    match records.iter().find(|r| root_of(r) != Some(signing_root)) {
+        Some(conflict) => Earlier::Conflict(*conflict),
+        None if records.is_empty() => Earlier::Nothing,
+        None => Earlier::Same,
+    }
+}
+
 /// May a block at `slot` with `signing_root` be signed?
 pub fn check_block<H: History>(history: &H, slot: Slot, signing_root: Root) -> Verdict<H::Error> {
     // The identical proposal is answered again even at or below the watermark (EIP-3076: a
     // re-sign of the same data is safe); anything else at that slot conflicts.
-    let existing = history.blocks_at(slot)?;
-    if let Some(conflict) = existing
-        .iter()
-        .find(|b| b.signing_root != Some(signing_root))
-    {
-        return Ok(Err(NotSafe::DoubleBlockProposal {
-            previous: *conflict,
-        }));
-    }
-    if !existing.is_empty() {
-        return Ok(Ok(Safe::SameData));
+    match earlier(&history.blocks_at(slot)?, signing_root, |b| b.signing_root) {
+        Earlier::Conflict(previous) => return Ok(Err(NotSafe::DoubleBlockProposal { previous })),
+        Earlier::Same => return Ok(Ok(Safe::SameData)),
+        Earlier::Nothing => {}
     }
     if let Some(watermark) = history.watermark()?.block_slot {
         if slot <= watermark {
@@ -236,17 +253,14 @@ pub fn check_attestation<H: History>(
             target_epoch: target,
         }));
     }
-    let same_target = history.attestations_with_target(target)?;
-    if let Some(conflict) = same_target
-        .iter()
-        .find(|a| a.signing_root != Some(signing_root))
-    {
-        return Ok(Err(NotSafe::DoubleVote {
-            previous: *conflict,
-        }));
-    }
-    if !same_target.is_empty() {
-        return Ok(Ok(Safe::SameData));
+    match earlier(
+        &history.attestations_with_target(target)?,
+        signing_root,
+        |a| a.signing_root,
+    ) {
+        Earlier::Conflict(previous) => return Ok(Err(NotSafe::DoubleVote { previous })),
+        Earlier::Same => return Ok(Ok(Safe::SameData)),
+        Earlier::Nothing => {}
     }
     if let Some(previous) = history.attestation_surrounding(source, target)? {
         return Ok(Err(NotSafe::PreviousSurroundsNew { previous }));
@@ -351,43 +365,41 @@ mod tests {
         }
     }
 
-    fn check_att(h: &MemoryHistory, s: u64, t: u64, byte: u8) -> Result<Safe, NotSafe> {
-        let Ok(v) = check_attestation(h, Epoch(s), Epoch(t), root(byte));
-        v
+    /// A recorded block; `byte: None` for one imported without a root.
+    fn blk(slot: u64, byte: Option<u8>) -> SignedBlock {
+        SignedBlock {
+            slot: Slot(slot),
+            signing_root: byte.map(root),
+        }
     }
 
-    fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> Result<Safe, NotSafe> {
-        let Ok(v) = check_block(h, Slot(slot), root(byte));
-        v
+    /// Checks go through [`check`], so every test below also covers its dispatch.
+    /// `valid`, `same_data` or the refusing rule's name (`NotSafe::rule`).
+    fn verdict(v: Result<Safe, NotSafe>) -> &'static str {
+        match v {
+            Ok(Safe::Valid) => "valid",
+            Ok(Safe::SameData) => "same_data",
+            Err(not_safe) => not_safe.rule(),
+        }
     }
 
-    #[test]
-    fn check_dispatches_on_the_request() {
-        let h = MemoryHistory {
-            blocks: vec![SignedBlock {
-                slot: Slot(3),
-                signing_root: Some(root(1)),
-            }],
-            attestations: vec![att(10, 11, 1)],
-            ..Default::default()
+    fn check_att(h: &MemoryHistory, s: u64, t: u64, byte: u8) -> &'static str {
+        let request = SlashingRequest::Attestation {
+            source: Epoch(s),
+            target: Epoch(t),
+            signing_root: root(byte),
         };
-        let block = |slot, byte| SlashingRequest::Block {
+        let Ok(v) = check(h, request);
+        verdict(v)
+    }
+
+    fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> &'static str {
+        let request = SlashingRequest::Block {
             slot: Slot(slot),
             signing_root: root(byte),
         };
-        let attestation = |source, target, byte| SlashingRequest::Attestation {
-            source: Epoch(source),
-            target: Epoch(target),
-            signing_root: root(byte),
-        };
-        let Ok(v) = check(&h, block(3, 1));
-        assert_eq!(v, Ok(Safe::SameData));
-        let Ok(v) = check(&h, block(3, 2));
-        assert!(matches!(v, Err(NotSafe::DoubleBlockProposal { .. })));
-        let Ok(v) = check(&h, attestation(10, 11, 2));
-        assert!(matches!(v, Err(NotSafe::DoubleVote { .. })));
-        let Ok(v) = check(&h, attestation(11, 12, 2));
-        assert_eq!(v, Ok(Safe::Valid));
+        let Ok(v) = check(h, request);
+        verdict(v)
     }
 
     #[test]
@@ -410,63 +422,38 @@ mod tests {
             attestations: vec![att(10, 11, 1)],
             ..Default::default()
         };
-        assert_eq!(check_att(&h, 10, 11, 1), Ok(Safe::SameData));
-        assert!(matches!(
-            check_att(&h, 10, 11, 2),
-            Err(NotSafe::DoubleVote { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 9, 12, 2),
-            Err(NotSafe::NewSurroundsPrevious { .. })
-        ));
-        assert_eq!(check_att(&h, 11, 12, 2), Ok(Safe::Valid));
+        assert_eq!(check_att(&h, 10, 11, 1), "same_data");
+        assert_eq!(check_att(&h, 10, 11, 2), "double_vote");
+        assert_eq!(check_att(&h, 9, 12, 2), "new_surrounds_previous");
+        assert_eq!(check_att(&h, 11, 12, 2), "valid");
         // Out of order but not slashable: allowed (design.md §5).
-        assert_eq!(check_att(&h, 8, 9, 2), Ok(Safe::Valid));
-        assert!(matches!(
-            check_att(&h, 5, 4, 2),
-            Err(NotSafe::SourceExceedsTarget { .. })
-        ));
+        assert_eq!(check_att(&h, 8, 9, 2), "valid");
+        assert_eq!(check_att(&h, 5, 4, 2), "source_exceeds_target");
         let wide = MemoryHistory {
             attestations: vec![att(1, 20, 1)],
             ..Default::default()
         };
-        assert!(matches!(
-            check_att(&wide, 2, 19, 2),
-            Err(NotSafe::PreviousSurroundsNew { .. })
-        ));
+        assert_eq!(check_att(&wide, 2, 19, 2), "previous_surrounds_new");
     }
 
     #[test]
     fn rootless_records_conflict_with_everything_at_their_slot_or_target() {
         let h = MemoryHistory {
-            blocks: vec![SignedBlock {
-                slot: Slot(5),
-                signing_root: None,
-            }],
+            blocks: vec![blk(5, None)],
             attestations: vec![SignedAttestation {
-                source: Epoch(1),
-                target: Epoch(2),
                 signing_root: None,
+                ..att(1, 2, 0)
             }],
             ..Default::default()
         };
-        assert!(matches!(
-            check_blk(&h, 5, 1),
-            Err(NotSafe::DoubleBlockProposal { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 1, 2, 1),
-            Err(NotSafe::DoubleVote { .. })
-        ));
+        assert_eq!(check_blk(&h, 5, 1), "double_block_proposal");
+        assert_eq!(check_att(&h, 1, 2, 1), "double_vote");
     }
 
     #[test]
     fn watermarks() {
         let h = MemoryHistory {
-            blocks: vec![SignedBlock {
-                slot: Slot(10),
-                signing_root: Some(root(1)),
-            }],
+            blocks: vec![blk(10, Some(1))],
             watermark: Watermark {
                 block_slot: Some(Slot(10)),
                 attestation_source: Some(Epoch(5)),
@@ -474,20 +461,12 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(check_blk(&h, 10, 1), Ok(Safe::SameData));
-        assert!(matches!(
-            check_blk(&h, 9, 1),
-            Err(NotSafe::BlockSlotAtOrBelowWatermark { .. })
-        ));
-        assert_eq!(check_blk(&h, 11, 1), Ok(Safe::Valid));
-        assert!(matches!(
-            check_att(&h, 4, 7, 1),
-            Err(NotSafe::SourceBelowWatermark { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 5, 6, 1),
-            Err(NotSafe::TargetAtOrBelowWatermark { .. })
-        ));
-        assert_eq!(check_att(&h, 5, 7, 1), Ok(Safe::Valid));
+        assert_eq!(check_blk(&h, 10, 1), "same_data");
+        assert_eq!(check_blk(&h, 10, 2), "double_block_proposal");
+        assert_eq!(check_blk(&h, 9, 1), "block_slot_at_or_below_watermark");
+        assert_eq!(check_blk(&h, 11, 1), "valid");
+        assert_eq!(check_att(&h, 4, 7, 1), "source_below_watermark");
+        assert_eq!(check_att(&h, 5, 6, 1), "target_at_or_below_watermark");
+        assert_eq!(check_att(&h, 5, 7, 1), "valid");
     }
 }
