@@ -85,6 +85,18 @@ preset_spec! {
 mod tests {
     use super::*;
 
+    /// The sizes both presets share, in `PresetSpec` order.
+    fn shared_sizes<P: PresetSpec>() -> [usize; 6] {
+        [
+            P::MaxValidatorsPerCommittee::to_usize(),
+            P::MaxProposerSlashings::to_usize(),
+            P::MaxAttesterSlashings::to_usize(),
+            P::MaxAttestations::to_usize(),
+            P::MaxDeposits::to_usize(),
+            P::MaxVoluntaryExits::to_usize(),
+        ]
+    }
+
     #[test]
     fn preset_sizes_follow_the_specs() {
         assert_eq!(
@@ -122,26 +134,8 @@ mod tests {
         assert_eq!(MainnetSpec::PRESET, Preset::Mainnet);
         assert_eq!(MinimalSpec::PRESET, Preset::Minimal);
         // Shared by both presets.
-        for sizes in [
-            [
-                <MainnetSpec as PresetSpec>::MaxValidatorsPerCommittee::to_usize(),
-                <MainnetSpec as PresetSpec>::MaxProposerSlashings::to_usize(),
-                <MainnetSpec as PresetSpec>::MaxAttesterSlashings::to_usize(),
-                <MainnetSpec as PresetSpec>::MaxAttestations::to_usize(),
-                <MainnetSpec as PresetSpec>::MaxDeposits::to_usize(),
-                <MainnetSpec as PresetSpec>::MaxVoluntaryExits::to_usize(),
-            ],
-            [
-                <MinimalSpec as PresetSpec>::MaxValidatorsPerCommittee::to_usize(),
-                <MinimalSpec as PresetSpec>::MaxProposerSlashings::to_usize(),
-                <MinimalSpec as PresetSpec>::MaxAttesterSlashings::to_usize(),
-                <MinimalSpec as PresetSpec>::MaxAttestations::to_usize(),
-                <MinimalSpec as PresetSpec>::MaxDeposits::to_usize(),
-                <MinimalSpec as PresetSpec>::MaxVoluntaryExits::to_usize(),
-            ],
-        ] {
-            assert_eq!(sizes, [2048, 16, 2, 128, 16, 16]);
-        }
+        assert_eq!(shared_sizes::<MainnetSpec>(), [2048, 16, 2, 128, 16, 16]);
+        assert_eq!(shared_sizes::<MinimalSpec>(), [2048, 16, 2, 128, 16, 16]);
         // SYNC_COMMITTEE_SUBNET_COUNT is 4 in both presets.
         assert_eq!(
             <MainnetSpec as PresetSpec>::SyncSubcommitteeSize::to_usize() * 4,
