@@ -586,7 +586,6 @@ impl<'de> Deserialize<'de> for Keystore {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
     use std::time::Instant;
 
     use rand::rngs::StdRng;
@@ -594,26 +593,14 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-
-    fn vector_path(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/vectors/eip2335")
-            .join(name)
-    }
+    use crate::test_vectors::{self, unhex};
 
     fn load(name: &str) -> Value {
-        let path = vector_path(name);
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        serde_json::from_str(&text).unwrap()
+        test_vectors::load(&format!("eip2335/{name}"))
     }
 
     fn password(text: &str) -> SecretString {
         SecretString::from(text.to_owned())
-    }
-
-    fn unhex(text: &str) -> Vec<u8> {
-        hex::decode(text.trim_start_matches("0x")).unwrap()
     }
 
     /// Everything a vector file claims: encoding, decryption, equivalent and wrong passwords.
@@ -721,18 +708,24 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn public_key_mismatch_is_its_own_error() {
-        let mut rng = StdRng::seed_from_u64(4);
+    /// A random key and its keystore under password `pw` with the fast test KDF.
+    fn fast_keystore(seed: u64) -> (bls::SecretKey, Keystore) {
+        let mut rng = StdRng::seed_from_u64(seed);
         let key = bls::SecretKey::random(&mut rng);
-        let other = bls::SecretKey::random(&mut rng);
-        let mut keystore = encrypt(
+        let keystore = encrypt(
             &key,
             &password("pw"),
             KdfChoice::INSECURE_FAST_FOR_TESTS,
             &mut rng,
         )
         .unwrap();
+        (key, keystore)
+    }
+
+    #[test]
+    fn public_key_mismatch_is_its_own_error() {
+        let (key, mut keystore) = fast_keystore(4);
+        let other = bls::SecretKey::random(&mut StdRng::seed_from_u64(40));
         keystore.pubkey = Some(other.public_key());
         assert_eq!(
             decrypt(&keystore, &password("pw")).unwrap_err(),
@@ -748,17 +741,19 @@ mod tests {
         );
     }
 
-    /// The light pbkdf2 vector as JSON, edited by `edit`, then parsed.
-    fn parse_edited(edit: impl FnOnce(&mut Value)) -> Result<Keystore, KeystoreError> {
-        let mut json = load("oracle_pbkdf2_light.json")["keystore"].clone();
+    /// The keystore of vector `name` as JSON, edited by `edit`, then parsed.
+    fn parse_vector_edited(
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Keystore, KeystoreError> {
+        let mut json = load(name)["keystore"].clone();
         edit(&mut json);
         parse(&json.to_string())
     }
 
-    fn parse_scrypt_edited(edit: impl FnOnce(&mut Value)) -> Result<Keystore, KeystoreError> {
-        let mut json = load("oracle_scrypt_light.json")["keystore"].clone();
-        edit(&mut json);
-        parse(&json.to_string())
+    /// The light pbkdf2 vector, edited.
+    fn parse_edited(edit: impl FnOnce(&mut Value)) -> Result<Keystore, KeystoreError> {
+        parse_vector_edited("oracle_pbkdf2_light.json", edit)
     }
 
     #[test]
@@ -844,7 +839,7 @@ mod tests {
             (1024, 8, 17),
             (1, 8, 1),
         ] {
-            let result = parse_scrypt_edited(|j| {
+            let result = parse_vector_edited("oracle_scrypt_light.json", |j| {
                 let params = &mut j["crypto"]["kdf"]["params"];
                 params["n"] = n.into();
                 params["r"] = r.into();
@@ -882,15 +877,7 @@ mod tests {
     #[test]
     fn decrypted_garbage_is_not_a_key() {
         // A keystore whose checksum matches but whose plaintext is zero (not a valid key).
-        let mut rng = StdRng::seed_from_u64(5);
-        let key = bls::SecretKey::random(&mut rng);
-        let mut keystore = encrypt(
-            &key,
-            &password("pw"),
-            KdfChoice::INSECURE_FAST_FOR_TESTS,
-            &mut rng,
-        )
-        .unwrap();
+        let (_, mut keystore) = fast_keystore(5);
         let derived = derive_key(&keystore.crypto.kdf, b"pw").unwrap();
         let mut message = [0u8; 32];
         apply_aes_128_ctr(&derived, &keystore.crypto.cipher.iv, &mut message);

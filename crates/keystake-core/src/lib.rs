@@ -22,5 +22,7 @@ pub mod manifest;
 pub mod policy;
 pub mod request;
 pub mod slashing;
+#[cfg(test)]
+mod test_vectors;
 pub mod threshold;
 pub mod types;

@@ -31,6 +31,7 @@ use crate::consensus::{
     DOMAIN_SELECTION_PROOF, DOMAIN_SYNC_COMMITTEE, DOMAIN_SYNC_COMMITTEE_SELECTION_PROOF,
     DOMAIN_VOLUNTARY_EXIT, ZERO_ROOT,
 };
+use crate::slashing::SlashingRequest;
 use crate::types::{BlsPublicKey, Domain, DomainType, Epoch, ForkVersion, Root, Slot};
 
 /// The signing request types of the Web3Signer eth2 API.
@@ -131,6 +132,21 @@ impl fmt::Display for SignKind {
 pub enum SlashingCheck {
     Block { slot: Slot },
     Attestation { source: Epoch, target: Epoch },
+}
+
+impl SlashingCheck {
+    /// The slashing-protection request for this check and the root that would be signed: the
+    /// one conversion, used by signing and by the dry run alike.
+    pub fn with_signing_root(self, signing_root: Root) -> SlashingRequest {
+        match self {
+            SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
+            SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
+                source,
+                target,
+                signing_root,
+            },
+        }
+    }
 }
 
 /// A decoded, validated signing request.
@@ -725,35 +741,9 @@ fn missing_field_name(message: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
 
-    fn vectors_dir(folder: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/vectors")
-            .join(folder)
-    }
-
-    /// Every `*.json` file of a vector folder, parsed, in name order.
     fn load_cases(folder: &str) -> Vec<(String, Value)> {
-        let dir = vectors_dir(folder);
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|entry| entry.expect("directory entry").path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(&path).expect("vector file");
-                let name = path
-                    .file_stem()
-                    .and_then(|stem| stem.to_str())
-                    .expect("file name")
-                    .to_owned();
-                (name, serde_json::from_str(&text).expect("vector JSON"))
-            })
-            .collect()
+        crate::test_vectors::load_folder(folder)
     }
 
     fn text<'v>(value: &'v Value, pointer: &str) -> &'v str {
@@ -845,6 +835,30 @@ mod tests {
             assert_eq!(error.field(), Some(spelling));
         }
         intent.kind
+    }
+
+    #[test]
+    fn slashing_check_with_signing_root() {
+        let root = Root([7; 32]);
+        assert_eq!(
+            SlashingCheck::Block { slot: Slot(9) }.with_signing_root(root),
+            SlashingRequest::Block {
+                slot: Slot(9),
+                signing_root: root
+            }
+        );
+        assert_eq!(
+            SlashingCheck::Attestation {
+                source: Epoch(3),
+                target: Epoch(4)
+            }
+            .with_signing_root(root),
+            SlashingRequest::Attestation {
+                source: Epoch(3),
+                target: Epoch(4),
+                signing_root: root
+            }
+        );
     }
 
     #[test]

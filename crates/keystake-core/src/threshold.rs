@@ -457,8 +457,6 @@ pub fn interpolate_group_public_key(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use serde_json::Value;
@@ -486,16 +484,7 @@ mod tests {
     }
 
     fn load_vectors() -> Vec<(String, Value)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/threshold");
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            files.push((
-                path.display().to_string(),
-                serde_json::from_str(&text).unwrap(),
-            ));
-        }
+        let files = crate::test_vectors::load_folder("threshold");
         assert!(files.len() >= 3, "threshold vectors missing");
         files
     }

@@ -61,6 +61,9 @@ pub fn parse_uint64(text: &str) -> Result<u64, ParseError> {
     text.parse::<u64>().map_err(|_| ParseError::InvalidUint64)
 }
 
+/// A fixed-length public byte string, `0x` hex on the wire and in `Display`/`Debug`. Used here
+/// and by `consensus` (`Bytes32`, `ExecutionAddress`); paths are qualified so it expands anywhere
+/// in the crate.
 macro_rules! fixed_bytes {
     ($(#[$meta:meta])* $name:ident, $len:expr) => {
         $(#[$meta])*
@@ -74,51 +77,56 @@ macro_rules! fixed_bytes {
                 &self.0
             }
 
-            pub fn from_slice(bytes: &[u8]) -> Result<Self, ParseError> {
-                <[u8; $len]>::try_from(bytes).map(Self).map_err(|_| ParseError::WrongLength {
-                    expected: $len,
-                    actual: bytes.len(),
+            pub fn from_slice(bytes: &[u8]) -> Result<Self, $crate::types::ParseError> {
+                <[u8; $len]>::try_from(bytes).map(Self).map_err(|_| {
+                    $crate::types::ParseError::WrongLength {
+                        expected: $len,
+                        actual: bytes.len(),
+                    }
                 })
             }
 
             pub fn to_hex(&self) -> String {
-                encode_hex_prefixed(&self.0)
+                $crate::types::encode_hex_prefixed(&self.0)
             }
         }
 
-        impl FromStr for $name {
-            type Err = ParseError;
-            fn from_str(text: &str) -> Result<Self, ParseError> {
-                decode_hex_array::<$len>(text).map(Self)
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::types::ParseError;
+            fn from_str(text: &str) -> Result<Self, $crate::types::ParseError> {
+                $crate::types::decode_hex_array::<$len>(text).map(Self)
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.to_hex())
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.to_hex())
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(&self.to_hex())
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
             }
         }
     };
 }
+pub(crate) use fixed_bytes;
 
 fixed_bytes!(
     /// A 32-byte SSZ hash-tree root (signing roots, block roots, genesis validators root).
@@ -219,74 +227,55 @@ impl Slot {
     }
 }
 
-/// A 1-based threshold share index: share `i` is `f(i)`. Zero would be the secret itself, so it
-/// cannot be constructed, not even by deserialization.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct ShareIndex(NonZeroU32);
+macro_rules! nonzero_u32 {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+        #[serde(try_from = "u32", into = "u32")]
+        pub struct $name(NonZeroU32);
 
-impl ShareIndex {
-    pub fn new(index: u32) -> Result<Self, ParseError> {
-        NonZeroU32::new(index).map(Self).ok_or(ParseError::Zero)
-    }
+        impl $name {
+            /// Refuses 0.
+            pub fn new(value: u32) -> Result<Self, ParseError> {
+                NonZeroU32::new(value).map(Self).ok_or(ParseError::Zero)
+            }
 
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
+            pub fn get(self) -> u32 {
+                self.0.get()
+            }
+        }
+
+        /// The one way in from a number, deserialization included: refuses 0.
+        impl TryFrom<u32> for $name {
+            type Error = ParseError;
+            fn try_from(value: u32) -> Result<Self, ParseError> {
+                Self::new(value)
+            }
+        }
+
+        impl From<$name> for u32 {
+            fn from(value: $name) -> u32 {
+                value.get()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<u32> for ShareIndex {
-    type Error = ParseError;
-    fn try_from(index: u32) -> Result<Self, ParseError> {
-        Self::new(index)
-    }
-}
-
-impl From<ShareIndex> for u32 {
-    fn from(index: ShareIndex) -> u32 {
-        index.get()
-    }
-}
-
-impl fmt::Display for ShareIndex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// The number `t` of shares needed to sign (at least 1).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct Threshold(NonZeroU32);
-
-impl Threshold {
-    pub fn new(t: u32) -> Result<Self, ParseError> {
-        NonZeroU32::new(t).map(Self).ok_or(ParseError::Zero)
-    }
-
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
-}
-
-impl TryFrom<u32> for Threshold {
-    type Error = ParseError;
-    fn try_from(t: u32) -> Result<Self, ParseError> {
-        Self::new(t)
-    }
-}
-
-impl From<Threshold> for u32 {
-    fn from(t: Threshold) -> u32 {
-        t.get()
-    }
-}
-
-impl fmt::Display for Threshold {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+nonzero_u32!(
+    /// A 1-based threshold share index: share `i` is `f(i)`. Zero would be the secret itself, so
+    /// it cannot be constructed, not even by deserialization.
+    ShareIndex
+);
+nonzero_u32!(
+    /// The number `t` of shares needed to sign (at least 1).
+    Threshold
+);
 
 #[cfg(test)]
 mod tests {
@@ -324,5 +313,12 @@ mod tests {
         assert!(serde_json::from_str::<ShareIndex>("0").is_err());
         assert_eq!(serde_json::from_str::<ShareIndex>("3").unwrap().get(), 3);
         assert!(serde_json::from_str::<Threshold>("0").is_err());
+        assert!(Threshold::new(0).is_err());
+        assert_eq!(u32::from(Threshold::new(2).unwrap()), 2);
+        assert_eq!(ShareIndex::new(7).unwrap().to_string(), "7");
+        assert_eq!(
+            serde_json::to_string(&ShareIndex::new(5).unwrap()).unwrap(),
+            "5"
+        );
     }
 }

@@ -168,3 +168,123 @@ impl fmt::Debug for Scalar {
         f.write_str("Scalar(<redacted>)")
     }
 }
+
+/// Property tests: every operation agrees with arbitrary-precision arithmetic mod `r`
+/// (`num-bigint`), so a wrong limb, a wrong modulus or a Montgomery slip shows up here.
+#[cfg(test)]
+mod tests {
+    use num_bigint::BigUint;
+    use proptest::prelude::*;
+
+    use super::Scalar;
+
+    /// The BLS12-381 subgroup order, written out independently of blst.
+    const R_HEX: &str = "73eda753299d7d483339d80809a1d80553bda402fffe5bfeffffffff00000001";
+
+    fn r() -> BigUint {
+        BigUint::parse_bytes(R_HEX.as_bytes(), 16).unwrap()
+    }
+
+    fn big(bytes: &[u8; 32]) -> BigUint {
+        BigUint::from_bytes_be(bytes)
+    }
+
+    /// 32 big-endian bytes of `value` (which must be below 2^256).
+    fn be32(value: &BigUint) -> [u8; 32] {
+        let digits = value.to_bytes_be();
+        let mut out = [0u8; 32];
+        out[32 - digits.len()..].copy_from_slice(&digits);
+        out
+    }
+
+    fn to_big(scalar: &Scalar) -> BigUint {
+        big(&scalar.to_be_bytes())
+    }
+
+    /// A reference value in `[0, r)` and the scalar decoded from it.
+    fn scalar(value: &BigUint) -> Scalar {
+        Scalar::from_be_bytes_canonical(&be32(value)).expect("a value below r decodes")
+    }
+
+    /// Field elements: uniform-ish values reduced mod r, mixed with the edges 0, 1, r-1, r-2.
+    fn element() -> impl Strategy<Value = BigUint> {
+        prop_oneof![
+            4 => any::<[u8; 32]>().prop_map(|bytes| big(&bytes) % r()),
+            1 => (0u64..4).prop_map(|k| (r() - 1u32 - k) % r()),
+            1 => (0u64..4).prop_map(BigUint::from),
+        ]
+    }
+
+    /// 32-byte strings around and above `r` as well as arbitrary ones.
+    fn encoding() -> impl Strategy<Value = [u8; 32]> {
+        let max = (BigUint::from(1u32) << 256u32) - 1u32;
+        prop_oneof![
+            2 => any::<[u8; 32]>(),
+            1 => (0u64..8).prop_map(|k| be32(&(r() - 4u32 + k))),
+            1 => (0u64..4).prop_map(move |k| be32(&(&max - k))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn add_matches_reference(a in element(), b in element()) {
+            prop_assert_eq!(to_big(&scalar(&a).add(&scalar(&b))), (&a + &b) % r());
+        }
+
+        #[test]
+        fn sub_matches_reference(a in element(), b in element()) {
+            prop_assert_eq!(to_big(&scalar(&a).sub(&scalar(&b))), (&a + r() - &b) % r());
+        }
+
+        #[test]
+        fn mul_matches_reference(a in element(), b in element()) {
+            prop_assert_eq!(to_big(&scalar(&a).mul(&scalar(&b))), (&a * &b) % r());
+        }
+
+        #[test]
+        fn inverse_matches_reference(a in element()) {
+            let x = scalar(&a);
+            match x.invert() {
+                None => prop_assert_eq!(&a, &BigUint::from(0u32)),
+                Some(inverse) => {
+                    // Fermat: a^(r-2) is the inverse of a non-zero a.
+                    prop_assert_eq!(to_big(&inverse), a.modpow(&(r() - 2u32), &r()));
+                    prop_assert_eq!(to_big(&x.mul(&inverse)), BigUint::from(1u32));
+                }
+            }
+        }
+
+        #[test]
+        fn from_u64_matches_reference(value in any::<u64>()) {
+            prop_assert_eq!(to_big(&Scalar::from_u64(value)), BigUint::from(value));
+        }
+
+        #[test]
+        fn canonical_decoding_round_trips_below_r_only(bytes in encoding()) {
+            let decoded = Scalar::from_be_bytes_canonical(&bytes);
+            if big(&bytes) < r() {
+                let decoded = decoded.expect("a value below r decodes");
+                prop_assert_eq!(*decoded.to_be_bytes(), bytes);
+                let mut little = bytes;
+                little.reverse();
+                prop_assert_eq!(*decoded.to_le_bytes(), little);
+                prop_assert_eq!(decoded.is_zero(), big(&bytes) == BigUint::from(0u32));
+            } else {
+                prop_assert!(decoded.is_none(), "accepted {}", hex::encode(bytes));
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_edges() {
+        let order = be32(&r());
+        assert!(Scalar::from_be_bytes_canonical(&order).is_none());
+        assert!(Scalar::from_be_bytes_canonical(&[0xff; 32]).is_none());
+        let below = be32(&(r() - 1u32));
+        let decoded = Scalar::from_be_bytes_canonical(&below).expect("r - 1 decodes");
+        assert_eq!(*decoded.to_be_bytes(), below);
+        // (r - 1) + 1 wraps to zero; zero has no inverse.
+        assert!(decoded.add(&Scalar::one()).is_zero());
+        assert!(Scalar::zero().invert().is_none());
+    }
+}

@@ -239,36 +239,16 @@ pub fn g2_linear_combination(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use serde_json::Value;
 
     use super::*;
+    use crate::test_vectors::{self, unhex};
 
-    fn vector_dir(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/vectors/bls")
-            .join(name)
-    }
-
-    /// Every `(file name, JSON)` of one vector folder; fails if the folder is empty or missing.
+    /// Every `(file stem, JSON)` of one `bls/` vector folder.
     fn load_vectors(name: &str) -> Vec<(String, Value)> {
-        let dir = vector_dir(name);
-        let mut cases = Vec::new();
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let file_name = path.file_name().unwrap().to_string_lossy().into_owned();
-            cases.push((file_name, serde_json::from_str(&text).unwrap()));
-        }
-        assert!(!cases.is_empty(), "no vectors in {}", dir.display());
-        cases
-    }
-
-    fn unhex(text: &str) -> Vec<u8> {
-        hex::decode(text.trim_start_matches("0x")).unwrap()
+        test_vectors::load_folder(&format!("bls/{name}"))
     }
 
     #[test]

@@ -10,7 +10,8 @@ use ssz_types::{BitVector, VariableList};
 use tree_hash_derive::TreeHash;
 
 use super::phase0::{
-    Attestation, AttesterSlashing, Deposit, Eth1Data, ProposerSlashing, SignedVoluntaryExit,
+    Attestation, AttesterSlashing, BeaconBlockWith, Deposit, Eth1Data, ProposerSlashing,
+    SignedVoluntaryExit,
 };
 use super::{quoted_u64, Bytes32, PresetSpec};
 use crate::types::{BlsSignature, Root};
@@ -38,18 +39,8 @@ pub struct BeaconBlockBody<P: PresetSpec> {
     pub sync_aggregate: SyncAggregate<P>,
 }
 
-/// Altair `BeaconBlock`: what BLOCK_V2 (ALTAIR) signs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]
-#[serde(bound = "")]
-pub struct BeaconBlock<P: PresetSpec> {
-    #[serde(with = "quoted_u64")]
-    pub slot: u64,
-    #[serde(with = "quoted_u64")]
-    pub proposer_index: u64,
-    pub parent_root: Root,
-    pub state_root: Root,
-    pub body: BeaconBlockBody<P>,
-}
+/// Altair `BeaconBlock`: what BLOCK_V2 (ALTAIR) signs (the phase0 block with this body).
+pub type BeaconBlock<P> = BeaconBlockWith<BeaconBlockBody<P>>;
 
 /// `SyncAggregatorSelectionData`: what SYNC_COMMITTEE_SELECTION_PROOF signs.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]

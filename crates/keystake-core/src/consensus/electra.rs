@@ -10,8 +10,8 @@ use serde::Deserialize;
 use ssz_types::{BitList, BitVector};
 use tree_hash_derive::TreeHash;
 
-use super::phase0::AttestationData;
-use super::{quoted_u64, PresetSpec};
+use super::phase0::{AggregateAndProofWith, AttestationData};
+use super::PresetSpec;
 use crate::types::BlsSignature;
 
 /// Electra `Attestation`.
@@ -24,12 +24,5 @@ pub struct Attestation<P: PresetSpec> {
     pub committee_bits: BitVector<P::MaxCommitteesPerSlot>,
 }
 
-/// Electra `AggregateAndProof`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]
-#[serde(bound = "")]
-pub struct AggregateAndProof<P: PresetSpec> {
-    #[serde(with = "quoted_u64")]
-    pub aggregator_index: u64,
-    pub aggregate: Attestation<P>,
-    pub selection_proof: BlsSignature,
-}
+/// Electra `AggregateAndProof` (the phase0 container with the Electra attestation).
+pub type AggregateAndProof<P> = AggregateAndProofWith<Attestation<P>>;

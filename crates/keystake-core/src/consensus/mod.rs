@@ -5,7 +5,8 @@
 //!
 //! Every hash tree root here comes from the `tree_hash` derive over `ssz_types` containers; this
 //! module writes no Merkle hashing of its own. It is pure: the only input it reads besides values
-//! is the text of a network config (`Network::from_toml_str`), never a file.
+//! is the text of a network config (`Network::from_toml_str`), never a file; the built-in
+//! networks are TOML files in `networks/` compiled into the binary and read by the same parser.
 //!
 //! It refuses network configs with unknown keys, forks out of order, a fork scheduled without its
 //! predecessors, and zero slots per epoch; JSON values that are not what their container
@@ -30,7 +31,7 @@ use tree_hash::{Hash256, PackedEncoding, TreeHash, TreeHashType};
 use tree_hash_derive::TreeHash;
 
 use crate::types::{
-    decode_hex_array, parse_uint64, BlsPublicKey, BlsSignature, Domain, DomainType, ForkVersion,
+    fixed_bytes, parse_uint64, BlsPublicKey, BlsSignature, Domain, DomainType, ForkVersion,
     ParseError, Root,
 };
 
@@ -143,37 +144,14 @@ tree_hash_as_byte_vector!(
     ExecutionAddress => 20,
 );
 
-/// Byte vectors that are not roots, keys or signatures (graffiti, withdrawal credentials, fee
-/// recipients); `0x`-hex on the wire like the shared newtypes.
-macro_rules! hex_bytes_newtype {
-    ($(#[$meta:meta])* $name:ident, $len:expr) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-        pub struct $name(pub [u8; $len]);
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}(0x{})", stringify!($name), hex::encode(self.0))
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                decode_hex_array::<$len>(&text)
-                    .map(Self)
-                    .map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-
-hex_bytes_newtype!(
+// Byte vectors that are not roots, keys or signatures (graffiti, withdrawal credentials, fee
+// recipients): the same `0x`-hex newtype as the shared ones in `types`.
+fixed_bytes!(
     /// An opaque `Bytes32` (graffiti, withdrawal credentials).
     Bytes32,
     32
 );
-hex_bytes_newtype!(
+fixed_bytes!(
     /// A 20-byte execution-layer address (`ExecutionAddress`, the builder fee recipient).
     ExecutionAddress,
     20

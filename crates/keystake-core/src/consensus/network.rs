@@ -2,10 +2,12 @@
 //! which SSZ schema a full block or an aggregate at a given slot uses (as Web3Signer does); the
 //! genesis fork version signs builder registrations.
 //!
-//! Built-in: mainnet, hoodi, sepolia (values of the public `config.yaml` of each network).
-//! Custom devnets come from TOML text (`Network::from_toml_str`), which refuses unknown keys,
-//! zero slots per epoch, a fork scheduled without all of its predecessors, fork epochs that go
-//! backwards, and a fork listed twice.
+//! There is one way to define a network: TOML text read by `Network::from_toml_str`, which
+//! refuses unknown keys, zero slots per epoch, a fork scheduled without all of its predecessors,
+//! fork epochs that go backwards, and a fork listed twice. Custom devnets come from the operator's
+//! `network_config_file`; the built-in networks (mainnet, hoodi, sepolia: the values of the
+//! public `config.yaml` of each) are TOML files in `networks/`, compiled in with `include_str!`
+//! and read by the same parser.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -15,12 +17,12 @@ use serde::{Deserialize, Deserializer};
 use super::quoted_u64;
 use crate::types::{Epoch, ForkVersion, Root, Slot};
 
-/// A well-known root written in this file (never input), so a typo fails the tests at once.
-fn hex_root(text: &str) -> Root {
-    let mut root = [0u8; 32];
-    hex::decode_to_slice(text, &mut root).expect("constant root is 64 hex digits");
-    Root(root)
-}
+/// The built-in networks: the name `Network::by_name` answers to and the network's TOML file.
+const BUILTIN: [(&str, &str); 3] = [
+    ("mainnet", include_str!("networks/mainnet.toml")),
+    ("hoodi", include_str!("networks/hoodi.toml")),
+    ("sepolia", include_str!("networks/sepolia.toml")),
+];
 
 /// The consensus preset (list and committee sizes) a network runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -209,76 +211,27 @@ impl Network {
         })
     }
 
-    fn with_genesis_validators_root(mut self, root: Root) -> Self {
-        self.genesis_validators_root = Some(root);
-        self
-    }
-
-    /// Ethereum mainnet.
+    /// Ethereum mainnet (`networks/mainnet.toml`).
     pub fn mainnet() -> Self {
-        Self::builtin(
-            "mainnet",
-            [0x00, 0x00, 0x00, 0x00],
-            [
-                (ForkName::Altair, [0x01, 0x00, 0x00, 0x00], 74_240),
-                (ForkName::Bellatrix, [0x02, 0x00, 0x00, 0x00], 144_896),
-                (ForkName::Capella, [0x03, 0x00, 0x00, 0x00], 194_048),
-                (ForkName::Deneb, [0x04, 0x00, 0x00, 0x00], 269_568),
-                (ForkName::Electra, [0x05, 0x00, 0x00, 0x00], 364_032),
-                (ForkName::Fulu, [0x06, 0x00, 0x00, 0x00], 411_392),
-            ],
-        )
-        .with_genesis_validators_root(hex_root(
-            "4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95",
-        ))
+        Self::builtin("mainnet")
     }
 
-    /// The Hoodi testnet (eth-clients/hoodi `metadata/config.yaml`).
+    /// The Hoodi testnet (`networks/hoodi.toml`).
     pub fn hoodi() -> Self {
-        Self::builtin(
-            "hoodi",
-            [0x10, 0x00, 0x09, 0x10],
-            [
-                (ForkName::Altair, [0x20, 0x00, 0x09, 0x10], 0),
-                (ForkName::Bellatrix, [0x30, 0x00, 0x09, 0x10], 0),
-                (ForkName::Capella, [0x40, 0x00, 0x09, 0x10], 0),
-                (ForkName::Deneb, [0x50, 0x00, 0x09, 0x10], 0),
-                (ForkName::Electra, [0x60, 0x00, 0x09, 0x10], 2_048),
-                (ForkName::Fulu, [0x70, 0x00, 0x09, 0x10], 50_688),
-            ],
-        )
-        .with_genesis_validators_root(hex_root(
-            "212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f",
-        ))
+        Self::builtin("hoodi")
     }
 
-    /// The Sepolia testnet (eth-clients/sepolia `metadata/config.yaml`).
+    /// The Sepolia testnet (`networks/sepolia.toml`).
     pub fn sepolia() -> Self {
-        Self::builtin(
-            "sepolia",
-            [0x90, 0x00, 0x00, 0x69],
-            [
-                (ForkName::Altair, [0x90, 0x00, 0x00, 0x70], 50),
-                (ForkName::Bellatrix, [0x90, 0x00, 0x00, 0x71], 100),
-                (ForkName::Capella, [0x90, 0x00, 0x00, 0x72], 56_832),
-                (ForkName::Deneb, [0x90, 0x00, 0x00, 0x73], 132_608),
-                (ForkName::Electra, [0x90, 0x00, 0x00, 0x74], 222_464),
-                (ForkName::Fulu, [0x90, 0x00, 0x00, 0x75], 272_640),
-            ],
-        )
-        .with_genesis_validators_root(hex_root(
-            "d8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078",
-        ))
+        Self::builtin("sepolia")
     }
 
     /// A built-in network by name (`mainnet`, `hoodi`, `sepolia`; ASCII case ignored).
     pub fn by_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "mainnet" => Some(Self::mainnet()),
-            "hoodi" => Some(Self::hoodi()),
-            "sepolia" => Some(Self::sepolia()),
-            _ => None,
-        }
+        BUILTIN
+            .iter()
+            .find(|(builtin, _)| builtin.eq_ignore_ascii_case(name))
+            .map(|(_, text)| Self::from_builtin_toml(text))
     }
 
     /// A custom network from the text of a TOML file. Unknown keys are refused; a fork left out
@@ -370,22 +323,15 @@ impl Network {
             .map(|scheduled| scheduled.version)
     }
 
-    fn builtin(name: &str, genesis: [u8; 4], forks: [(ForkName, [u8; 4], u64); 6]) -> Self {
-        Self {
-            name: name.to_owned(),
-            preset: Preset::Mainnet,
-            genesis_fork_version: ForkVersion(genesis),
-            slots_per_epoch: Preset::Mainnet.slots_per_epoch(),
-            forks: forks
-                .into_iter()
-                .map(|(fork, version, epoch)| ScheduledFork {
-                    fork,
-                    version: ForkVersion(version),
-                    epoch: Epoch(epoch),
-                })
-                .collect(),
-            genesis_validators_root: None,
-        }
+    /// One of [`BUILTIN`], by its exact name.
+    fn builtin(name: &str) -> Self {
+        Self::by_name(name).expect("every built-in constructor names an entry of BUILTIN")
+    }
+
+    /// A built-in network file. They are part of the source and the tests parse every one of
+    /// them, so a file that fails to parse is a bug caught before release, not input.
+    fn from_builtin_toml(text: &str) -> Self {
+        Self::from_toml_str(text).expect("built-in network files are valid (see the tests)")
     }
 }
 
@@ -470,6 +416,85 @@ electra   = { version = "0x60000038", epoch = 10 }
             Some(ForkVersion([0x60, 0, 0, 0x38]))
         );
         assert_eq!(network.fork_at_slot(Slot(u64::MAX)), ForkName::Electra);
+    }
+
+    fn root(text: &str) -> Option<Root> {
+        let mut root = [0u8; 32];
+        hex::decode_to_slice(text, &mut root).expect("constant root is 64 hex digits");
+        Some(Root(root))
+    }
+
+    /// Mainnet's values, written out here independently of `networks/mainnet.toml`.
+    #[test]
+    fn mainnet_values_are_pinned() {
+        let mainnet = Network::mainnet();
+        assert_eq!(mainnet.name, "mainnet");
+        assert_eq!(mainnet.preset, Preset::Mainnet);
+        assert_eq!(mainnet.slots_per_epoch, 32);
+        assert_eq!(mainnet.genesis_fork_version, ForkVersion([0, 0, 0, 0]));
+        assert_eq!(
+            mainnet.genesis_validators_root,
+            root("4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95")
+        );
+        let schedule: Vec<(ForkName, [u8; 4], u64)> = mainnet
+            .forks()
+            .iter()
+            .map(|scheduled| (scheduled.fork, scheduled.version.0, scheduled.epoch.0))
+            .collect();
+        assert_eq!(
+            schedule,
+            [
+                (ForkName::Altair, [1, 0, 0, 0], 74_240),
+                (ForkName::Bellatrix, [2, 0, 0, 0], 144_896),
+                (ForkName::Capella, [3, 0, 0, 0], 194_048),
+                (ForkName::Deneb, [4, 0, 0, 0], 269_568),
+                (ForkName::Electra, [5, 0, 0, 0], 364_032),
+                (ForkName::Fulu, [6, 0, 0, 0], 411_392),
+            ]
+        );
+    }
+
+    /// The testnets' genesis validators roots and last forks, written out independently too.
+    #[test]
+    fn testnet_values_are_pinned() {
+        let hoodi = Network::hoodi();
+        assert_eq!(
+            hoodi.genesis_validators_root,
+            root("212f13fc4df078b6cb7db228f1c8307566dcecf900867401a92023d7ba99cb5f")
+        );
+        assert_eq!(
+            hoodi.genesis_fork_version,
+            ForkVersion([0x10, 0, 0x09, 0x10])
+        );
+        assert_eq!(
+            hoodi.fork_version(ForkName::Fulu),
+            Some(ForkVersion([0x70, 0, 0x09, 0x10]))
+        );
+        let sepolia = Network::sepolia();
+        assert_eq!(
+            sepolia.genesis_validators_root,
+            root("d8ea171f3c94aea21ebc42a1ed61052acf3f9209c00e4efbaaddac09ed9b8078")
+        );
+        assert_eq!(
+            sepolia.fork_version(ForkName::Electra),
+            Some(ForkVersion([0x90, 0, 0, 0x74]))
+        );
+        assert_eq!(sepolia.fork_at_epoch(Epoch(222_463)), ForkName::Deneb);
+        assert_eq!(sepolia.fork_at_epoch(Epoch(222_464)), ForkName::Electra);
+    }
+
+    /// Every built-in file parses, under the name it is listed by, as a mainnet-preset network
+    /// with the whole schedule and a genesis validators root.
+    #[test]
+    fn builtin_files_parse_under_their_names() {
+        for (name, text) in BUILTIN {
+            let network = Network::from_toml_str(text).expect(name);
+            assert_eq!(network.name, name);
+            assert_eq!(network.preset, Preset::Mainnet, "{name}");
+            assert_eq!(network.slots_per_epoch, 32, "{name}");
+            assert_eq!(network.forks().len(), ForkName::ALL.len() - 1, "{name}");
+            assert!(network.genesis_validators_root.is_some(), "{name}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use serde::Deserialize;
 use ssz_types::typenum::U33;
 use ssz_types::{BitList, FixedVector, VariableList};
+use tree_hash::TreeHash;
 use tree_hash_derive::TreeHash;
 
 use super::{quoted_u64, quoted_u64_list, Bytes32, PresetSpec};
@@ -152,25 +153,31 @@ pub struct BeaconBlockBody<P: PresetSpec> {
     pub voluntary_exits: VariableList<SignedVoluntaryExit, P::MaxVoluntaryExits>,
 }
 
-/// Phase0 `BeaconBlock`: what BLOCK and BLOCK_V2 (PHASE0) sign.
+/// A `BeaconBlock` with the body of its fork: the block container is the same in every fork,
+/// only the body changes ([`BeaconBlock`] here, `altair::BeaconBlock`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]
-#[serde(bound = "")]
-pub struct BeaconBlock<P: PresetSpec> {
+pub struct BeaconBlockWith<Body: TreeHash> {
     #[serde(with = "quoted_u64")]
     pub slot: u64,
     #[serde(with = "quoted_u64")]
     pub proposer_index: u64,
     pub parent_root: Root,
     pub state_root: Root,
-    pub body: BeaconBlockBody<P>,
+    pub body: Body,
+}
+
+/// Phase0 `BeaconBlock`: what BLOCK and BLOCK_V2 (PHASE0) sign.
+pub type BeaconBlock<P> = BeaconBlockWith<BeaconBlockBody<P>>;
+
+/// An `AggregateAndProof` of the attestation of its fork: the container is the same in every
+/// fork, only the attestation changes ([`AggregateAndProof`] here, `electra::AggregateAndProof`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]
+pub struct AggregateAndProofWith<Aggregate: TreeHash> {
+    #[serde(with = "quoted_u64")]
+    pub aggregator_index: u64,
+    pub aggregate: Aggregate,
+    pub selection_proof: BlsSignature,
 }
 
 /// `AggregateAndProof` (phase0 to Deneb).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TreeHash)]
-#[serde(bound = "")]
-pub struct AggregateAndProof<P: PresetSpec> {
-    #[serde(with = "quoted_u64")]
-    pub aggregator_index: u64,
-    pub aggregate: Attestation<P>,
-    pub selection_proof: BlsSignature,
-}
+pub type AggregateAndProof<P> = AggregateAndProofWith<Attestation<P>>;

@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 
-use ssz_types::typenum::{Prod, Unsigned, U128, U16, U2, U2048, U32, U4, U512, U64, U8};
+use ssz_types::typenum::{Prod, Quot, Unsigned, U128, U16, U2, U2048, U32, U4, U512, U64};
 
 use super::Preset;
 
@@ -42,45 +42,60 @@ pub trait PresetSpec: Clone + Copy + Debug + PartialEq + Eq + Send + Sync + 'sta
     type SyncSubcommitteeSize: SszLength;
 }
 
-/// The mainnet preset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct MainnetSpec;
+/// One [`PresetSpec`]. The two presets differ, in what a validator signs, only in
+/// `MAX_COMMITTEES_PER_SLOT` and `SYNC_COMMITTEE_SIZE`; the other sizes are the same in both
+/// and the two products/quotients are derived, so each preset names just its two numbers.
+macro_rules! preset_spec {
+    ($(#[$doc:meta])* $spec:ident = $preset:ident {
+        committees_per_slot: $committees:ty,
+        sync_committee_size: $sync:ty $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+        pub struct $spec;
 
-impl PresetSpec for MainnetSpec {
-    const PRESET: Preset = Preset::Mainnet;
-    type MaxValidatorsPerCommittee = U2048;
-    type MaxCommitteesPerSlot = U64;
-    type MaxValidatorsPerSlot = Prod<U2048, U64>;
-    type MaxProposerSlashings = U16;
-    type MaxAttesterSlashings = U2;
-    type MaxAttestations = U128;
-    type MaxDeposits = U16;
-    type MaxVoluntaryExits = U16;
-    type SyncCommitteeSize = U512;
-    type SyncSubcommitteeSize = U128;
+        impl PresetSpec for $spec {
+            const PRESET: Preset = Preset::$preset;
+            type MaxValidatorsPerCommittee = U2048;
+            type MaxCommitteesPerSlot = $committees;
+            type MaxValidatorsPerSlot = Prod<U2048, $committees>;
+            type MaxProposerSlashings = U16;
+            type MaxAttesterSlashings = U2;
+            type MaxAttestations = U128;
+            type MaxDeposits = U16;
+            type MaxVoluntaryExits = U16;
+            type SyncCommitteeSize = $sync;
+            /// `SYNC_COMMITTEE_SUBNET_COUNT` is 4 in every preset.
+            type SyncSubcommitteeSize = Quot<$sync, U4>;
+        }
+    };
 }
 
-/// The minimal preset (test networks and many devnets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct MinimalSpec;
+preset_spec! {
+    /// The mainnet preset.
+    MainnetSpec = Mainnet { committees_per_slot: U64, sync_committee_size: U512 }
+}
 
-impl PresetSpec for MinimalSpec {
-    const PRESET: Preset = Preset::Minimal;
-    type MaxValidatorsPerCommittee = U2048;
-    type MaxCommitteesPerSlot = U4;
-    type MaxValidatorsPerSlot = Prod<U2048, U4>;
-    type MaxProposerSlashings = U16;
-    type MaxAttesterSlashings = U2;
-    type MaxAttestations = U128;
-    type MaxDeposits = U16;
-    type MaxVoluntaryExits = U16;
-    type SyncCommitteeSize = U32;
-    type SyncSubcommitteeSize = U8;
+preset_spec! {
+    /// The minimal preset (test networks and many devnets).
+    MinimalSpec = Minimal { committees_per_slot: U4, sync_committee_size: U32 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sizes both presets share, in `PresetSpec` order.
+    fn shared_sizes<P: PresetSpec>() -> [usize; 6] {
+        [
+            P::MaxValidatorsPerCommittee::to_usize(),
+            P::MaxProposerSlashings::to_usize(),
+            P::MaxAttesterSlashings::to_usize(),
+            P::MaxAttestations::to_usize(),
+            P::MaxDeposits::to_usize(),
+            P::MaxVoluntaryExits::to_usize(),
+        ]
+    }
 
     #[test]
     fn preset_sizes_follow_the_specs() {
@@ -100,6 +115,27 @@ mod tests {
             <MinimalSpec as PresetSpec>::SyncCommitteeSize::to_usize(),
             32
         );
+        assert_eq!(
+            <MainnetSpec as PresetSpec>::MaxCommitteesPerSlot::to_usize(),
+            64
+        );
+        assert_eq!(
+            <MinimalSpec as PresetSpec>::MaxCommitteesPerSlot::to_usize(),
+            4
+        );
+        assert_eq!(
+            <MainnetSpec as PresetSpec>::SyncSubcommitteeSize::to_usize(),
+            128
+        );
+        assert_eq!(
+            <MinimalSpec as PresetSpec>::SyncSubcommitteeSize::to_usize(),
+            8
+        );
+        assert_eq!(MainnetSpec::PRESET, Preset::Mainnet);
+        assert_eq!(MinimalSpec::PRESET, Preset::Minimal);
+        // Shared by both presets.
+        assert_eq!(shared_sizes::<MainnetSpec>(), [2048, 16, 2, 128, 16, 16]);
+        assert_eq!(shared_sizes::<MinimalSpec>(), [2048, 16, 2, 128, 16, 16]);
         // SYNC_COMMITTEE_SUBNET_COUNT is 4 in both presets.
         assert_eq!(
             <MainnetSpec as PresetSpec>::SyncSubcommitteeSize::to_usize() * 4,

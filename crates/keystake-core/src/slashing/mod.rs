@@ -10,11 +10,17 @@
 //! - nothing at or below the key's low watermark (raised only by interchange import or a
 //!   configured minimum; never by our own signing history).
 //!
+//! A request to check is a [`SlashingRequest`] (built from a decoded signing request's
+//! `SlashingCheck` and signing root); [`check`] answers it, and a refused one is a [`Refusal`]:
+//! slashable ([`NotSafe`]) or for another network ([`binding`], the rule that binds a database to
+//! one genesis validators root).
+//!
 //! This module does no I/O: the store implements [`History`] over SQLite inside the same
 //! exclusive transaction that then records the signature. The EIP-3076 interchange model lives in
 //! [`interchange`].
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod interchange;
 
 use serde::Serialize;
@@ -143,21 +149,85 @@ impl NotSafe {
 /// not be read (the caller refuses with a server error and signs nothing).
 pub type Verdict<E> = Result<Result<Safe, NotSafe>, E>;
 
+/// What to check and record for one signing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlashingRequest {
+    Block {
+        slot: Slot,
+        signing_root: Root,
+    },
+    Attestation {
+        source: Epoch,
+        target: Epoch,
+        signing_root: Root,
+    },
+}
+
+/// Why a check-and-record refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Slashable(#[from] NotSafe),
+    #[error("genesis validators root {received} differs from {expected}, the network this slashing database is bound to")]
+    WrongNetwork { expected: Root, received: Root },
+}
+
+impl From<binding::WrongNetwork> for Refusal {
+    fn from(wrong: binding::WrongNetwork) -> Self {
+        Refusal::WrongNetwork {
+            expected: wrong.expected,
+            received: wrong.received,
+        }
+    }
+}
+
+/// The answer of a check-and-record: sign (`Safe`) or refuse (`Refusal`).
+pub type CheckOutcome = Result<Safe, Refusal>;
+
+/// May `request` be signed? [`check_block`] or [`check_attestation`], whichever it is.
+pub fn check<H: History>(history: &H, request: SlashingRequest) -> Verdict<H::Error> {
+    match request {
+        SlashingRequest::Block { slot, signing_root } => check_block(history, slot, signing_root),
+        SlashingRequest::Attestation {
+            source,
+            target,
+            signing_root,
+        } => check_attestation(history, source, target, signing_root),
+    }
+}
+
+/// What the records already at a block's slot (or an attestation's target) say.
+enum Earlier<T> {
+    /// No record: the other rules decide.
+    Nothing,
+    /// Only the identical message (same signing root): answer it again.
+    Same,
+    /// A record with another or an unknown root: a double proposal or a double vote.
+    Conflict(T),
+}
+
+/// The rule blocks (per slot) and attestations (per target) share: any earlier record whose
+/// root is not `signing_root` (a missing root included) conflicts.
+fn earlier<T: Copy>(
+    records: &[T],
+    signing_root: Root,
+    root_of: impl Fn(&T) -> Option<Root>,
+) -> Earlier<T> {
+    match records.iter().find(|r| root_of(r) != Some(signing_root)) {
+        Some(conflict) => Earlier::Conflict(*conflict),
+        None if records.is_empty() => Earlier::Nothing,
+        None => Earlier::Same,
+    }
+}
+
 /// May a block at `slot` with `signing_root` be signed?
 pub fn check_block<H: History>(history: &H, slot: Slot, signing_root: Root) -> Verdict<H::Error> {
     // The identical proposal is answered again even at or below the watermark (EIP-3076: a
     // re-sign of the same data is safe); anything else at that slot conflicts.
-    let existing = history.blocks_at(slot)?;
-    if let Some(conflict) = existing
-        .iter()
-        .find(|b| b.signing_root != Some(signing_root))
-    {
-        return Ok(Err(NotSafe::DoubleBlockProposal {
-            previous: *conflict,
-        }));
-    }
-    if !existing.is_empty() {
-        return Ok(Ok(Safe::SameData));
+    match earlier(&history.blocks_at(slot)?, signing_root, |b| b.signing_root) {
+        Earlier::Conflict(previous) => return Ok(Err(NotSafe::DoubleBlockProposal { previous })),
+        Earlier::Same => return Ok(Ok(Safe::SameData)),
+        Earlier::Nothing => {}
     }
     if let Some(watermark) = history.watermark()?.block_slot {
         if slot <= watermark {
@@ -183,17 +253,14 @@ pub fn check_attestation<H: History>(
             target_epoch: target,
         }));
     }
-    let same_target = history.attestations_with_target(target)?;
-    if let Some(conflict) = same_target
-        .iter()
-        .find(|a| a.signing_root != Some(signing_root))
-    {
-        return Ok(Err(NotSafe::DoubleVote {
-            previous: *conflict,
-        }));
-    }
-    if !same_target.is_empty() {
-        return Ok(Ok(Safe::SameData));
+    match earlier(
+        &history.attestations_with_target(target)?,
+        signing_root,
+        |a| a.signing_root,
+    ) {
+        Earlier::Conflict(previous) => return Ok(Err(NotSafe::DoubleVote { previous })),
+        Earlier::Same => return Ok(Ok(Safe::SameData)),
+        Earlier::Nothing => {}
     }
     if let Some(previous) = history.attestation_surrounding(source, target)? {
         return Ok(Err(NotSafe::PreviousSurroundsNew { previous }));
@@ -298,14 +365,55 @@ mod tests {
         }
     }
 
-    fn check_att(h: &MemoryHistory, s: u64, t: u64, byte: u8) -> Result<Safe, NotSafe> {
-        let Ok(v) = check_attestation(h, Epoch(s), Epoch(t), root(byte));
-        v
+    /// A recorded block; `byte: None` for one imported without a root.
+    fn blk(slot: u64, byte: Option<u8>) -> SignedBlock {
+        SignedBlock {
+            slot: Slot(slot),
+            signing_root: byte.map(root),
+        }
     }
 
-    fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> Result<Safe, NotSafe> {
-        let Ok(v) = check_block(h, Slot(slot), root(byte));
-        v
+    /// Checks go through [`check`], so every test below also covers its dispatch.
+    /// `valid`, `same_data` or the refusing rule's name (`NotSafe::rule`).
+    fn verdict(v: Result<Safe, NotSafe>) -> &'static str {
+        match v {
+            Ok(Safe::Valid) => "valid",
+            Ok(Safe::SameData) => "same_data",
+            Err(not_safe) => not_safe.rule(),
+        }
+    }
+
+    fn check_att(h: &MemoryHistory, s: u64, t: u64, byte: u8) -> &'static str {
+        let request = SlashingRequest::Attestation {
+            source: Epoch(s),
+            target: Epoch(t),
+            signing_root: root(byte),
+        };
+        let Ok(v) = check(h, request);
+        verdict(v)
+    }
+
+    fn check_blk(h: &MemoryHistory, slot: u64, byte: u8) -> &'static str {
+        let request = SlashingRequest::Block {
+            slot: Slot(slot),
+            signing_root: root(byte),
+        };
+        let Ok(v) = check(h, request);
+        verdict(v)
+    }
+
+    #[test]
+    fn wrong_network_becomes_a_refusal() {
+        let wrong = binding::bind(Some(root(1)), Some(root(2))).unwrap_err();
+        let refusal = Refusal::from(wrong);
+        assert_eq!(
+            refusal,
+            Refusal::WrongNetwork {
+                expected: root(1),
+                received: root(2)
+            }
+        );
+        assert!(refusal.to_string().contains(&root(1).to_string()));
     }
 
     #[test]
@@ -314,63 +422,38 @@ mod tests {
             attestations: vec![att(10, 11, 1)],
             ..Default::default()
         };
-        assert_eq!(check_att(&h, 10, 11, 1), Ok(Safe::SameData));
-        assert!(matches!(
-            check_att(&h, 10, 11, 2),
-            Err(NotSafe::DoubleVote { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 9, 12, 2),
-            Err(NotSafe::NewSurroundsPrevious { .. })
-        ));
-        assert_eq!(check_att(&h, 11, 12, 2), Ok(Safe::Valid));
+        assert_eq!(check_att(&h, 10, 11, 1), "same_data");
+        assert_eq!(check_att(&h, 10, 11, 2), "double_vote");
+        assert_eq!(check_att(&h, 9, 12, 2), "new_surrounds_previous");
+        assert_eq!(check_att(&h, 11, 12, 2), "valid");
         // Out of order but not slashable: allowed (design.md §5).
-        assert_eq!(check_att(&h, 8, 9, 2), Ok(Safe::Valid));
-        assert!(matches!(
-            check_att(&h, 5, 4, 2),
-            Err(NotSafe::SourceExceedsTarget { .. })
-        ));
+        assert_eq!(check_att(&h, 8, 9, 2), "valid");
+        assert_eq!(check_att(&h, 5, 4, 2), "source_exceeds_target");
         let wide = MemoryHistory {
             attestations: vec![att(1, 20, 1)],
             ..Default::default()
         };
-        assert!(matches!(
-            check_att(&wide, 2, 19, 2),
-            Err(NotSafe::PreviousSurroundsNew { .. })
-        ));
+        assert_eq!(check_att(&wide, 2, 19, 2), "previous_surrounds_new");
     }
 
     #[test]
     fn rootless_records_conflict_with_everything_at_their_slot_or_target() {
         let h = MemoryHistory {
-            blocks: vec![SignedBlock {
-                slot: Slot(5),
-                signing_root: None,
-            }],
+            blocks: vec![blk(5, None)],
             attestations: vec![SignedAttestation {
-                source: Epoch(1),
-                target: Epoch(2),
                 signing_root: None,
+                ..att(1, 2, 0)
             }],
             ..Default::default()
         };
-        assert!(matches!(
-            check_blk(&h, 5, 1),
-            Err(NotSafe::DoubleBlockProposal { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 1, 2, 1),
-            Err(NotSafe::DoubleVote { .. })
-        ));
+        assert_eq!(check_blk(&h, 5, 1), "double_block_proposal");
+        assert_eq!(check_att(&h, 1, 2, 1), "double_vote");
     }
 
     #[test]
     fn watermarks() {
         let h = MemoryHistory {
-            blocks: vec![SignedBlock {
-                slot: Slot(10),
-                signing_root: Some(root(1)),
-            }],
+            blocks: vec![blk(10, Some(1))],
             watermark: Watermark {
                 block_slot: Some(Slot(10)),
                 attestation_source: Some(Epoch(5)),
@@ -378,20 +461,12 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(check_blk(&h, 10, 1), Ok(Safe::SameData));
-        assert!(matches!(
-            check_blk(&h, 9, 1),
-            Err(NotSafe::BlockSlotAtOrBelowWatermark { .. })
-        ));
-        assert_eq!(check_blk(&h, 11, 1), Ok(Safe::Valid));
-        assert!(matches!(
-            check_att(&h, 4, 7, 1),
-            Err(NotSafe::SourceBelowWatermark { .. })
-        ));
-        assert!(matches!(
-            check_att(&h, 5, 6, 1),
-            Err(NotSafe::TargetAtOrBelowWatermark { .. })
-        ));
-        assert_eq!(check_att(&h, 5, 7, 1), Ok(Safe::Valid));
+        assert_eq!(check_blk(&h, 10, 1), "same_data");
+        assert_eq!(check_blk(&h, 10, 2), "double_block_proposal");
+        assert_eq!(check_blk(&h, 9, 1), "block_slot_at_or_below_watermark");
+        assert_eq!(check_blk(&h, 11, 1), "valid");
+        assert_eq!(check_att(&h, 4, 7, 1), "source_below_watermark");
+        assert_eq!(check_att(&h, 5, 6, 1), "target_at_or_below_watermark");
+        assert_eq!(check_att(&h, 5, 7, 1), "valid");
     }
 }

@@ -24,13 +24,12 @@ use crate::service::authz::Authorizer;
 use crate::service::health::ReloadState;
 use crate::service::observe::{Observer, Phase, Unobserved};
 use crate::store::{
-    InsertOutcome, Refusal, ShareOrigin, ShareRecord, SlashingRequest, Store, StoreError,
-    ThresholdInfo,
+    InsertOutcome, Refusal, ShareOrigin, ShareRecord, Store, StoreError, ThresholdInfo,
 };
 use keystake_core::bls;
 use keystake_core::consensus::Network;
 use keystake_core::policy::{Denial, KeyRef};
-use keystake_core::request::{self, RequestError, SignKind, SigningIntent, SlashingCheck};
+use keystake_core::request::{self, RequestError, SignKind, SigningIntent};
 use keystake_core::types::{BlsPublicKey, BlsSignature, Root};
 
 #[derive(Debug, thiserror::Error)]
@@ -363,17 +362,6 @@ impl SigningService {
             }
         }
         Ok(was_active)
-    }
-}
-
-fn slashing_request(check: SlashingCheck, signing_root: Root) -> SlashingRequest {
-    match check {
-        SlashingCheck::Block { slot } => SlashingRequest::Block { slot, signing_root },
-        SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
-            source,
-            target,
-            signing_root,
-        },
     }
 }
 

@@ -18,7 +18,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{slashing_request, KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
+use super::{KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
 use crate::service::authz::Caller;
 use crate::service::observe::Phase;
 use keystake_core::audit::{Outcome, Record};
@@ -147,7 +147,7 @@ impl SigningService {
         let signed_entry = draft.with(Outcome::Signed, String::new());
         match intent.slashing {
             Some(check) => {
-                let request = slashing_request(check, intent.signing_root);
+                let request = check.with_signing_root(intent.signing_root);
                 let db_started = Instant::now();
                 let verdict = self
                     .store

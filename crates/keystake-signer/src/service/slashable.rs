@@ -11,8 +11,7 @@
 use serde::Serialize;
 
 use super::{ServiceError, SigningService};
-use crate::store::{Refusal, SlashingRequest};
-use keystake_core::request::SlashingCheck;
+use crate::store::Refusal;
 use keystake_core::slashing::{NotSafe, Safe};
 use keystake_core::types::{BlsPublicKey, Root};
 
@@ -60,17 +59,7 @@ impl SigningService {
         let Some(check) = intent.slashing else {
             return Ok(answer);
         };
-        let request = match check {
-            SlashingCheck::Block { slot } => SlashingRequest::Block {
-                slot,
-                signing_root: intent.signing_root,
-            },
-            SlashingCheck::Attestation { source, target } => SlashingRequest::Attestation {
-                source,
-                target,
-                signing_root: intent.signing_root,
-            },
-        };
+        let request = check.with_signing_root(intent.signing_root);
         match self
             .store
             .check_only(key.public_key, intent.genesis_validators_root, request)

@@ -26,6 +26,9 @@ pub mod interchange;
 pub mod audit;
 
 pub use interchange::ImportSummary;
+// The request, refusal and outcome types are the core's (pure data); re-exported where the
+// store's callers have always found them.
+pub use keystake_core::slashing::{CheckOutcome, Refusal, SlashingRequest};
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -36,10 +39,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use keystake_core::slashing::binding::{self, Binding};
 use keystake_core::slashing::interchange::InterchangeError;
-use keystake_core::slashing::{
-    self, History, NotSafe, Safe, SignedAttestation, SignedBlock, Watermark,
-};
+use keystake_core::slashing::{self, History, Safe, SignedAttestation, SignedBlock, Watermark};
 use keystake_core::types::{BlsPublicKey, Epoch, Root, ShareIndex, Slot, Threshold};
 
 /// Schema version written to `PRAGMA user_version`.
@@ -175,31 +177,6 @@ pub enum InsertOutcome {
     /// The key was stored but disabled (deleted); it is enabled again with the new blob.
     Reenabled,
 }
-
-/// What to check and record for one signing request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlashingRequest {
-    Block {
-        slot: Slot,
-        signing_root: Root,
-    },
-    Attestation {
-        source: Epoch,
-        target: Epoch,
-        signing_root: Root,
-    },
-}
-
-/// Why a check-and-record refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error(transparent)]
-    Slashable(#[from] NotSafe),
-    #[error("genesis validators root {received} differs from {expected}, the network this slashing database is bound to")]
-    WrongNetwork { expected: Root, received: Root },
-}
-
-pub type CheckOutcome = Result<Safe, Refusal>;
 
 struct Job {
     public_key: BlsPublicKey,
@@ -658,19 +635,24 @@ fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
     .and_then(root_from_sql)
 }
 
-/// Bind to `root` unless already bound; refuse another root.
+/// Bind to `root` unless already bound; refuse another root (the rule: `binding::bind`).
 fn bind_gvr(conn: &Connection, root: Root) -> Result<(), StoreError> {
-    match read_gvr(conn)? {
-        Some(bound) if bound != root => Err(StoreError::GenesisMismatch { bound, file: root }),
-        Some(_) => Ok(()),
-        None => {
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
-                [root.0.to_vec()],
-            )?;
-            Ok(())
-        }
+    match binding::bind(read_gvr(conn)?, Some(root)) {
+        Err(wrong) => Err(StoreError::GenesisMismatch {
+            bound: wrong.expected,
+            file: wrong.received,
+        }),
+        Ok(Binding::Unchanged) => Ok(()),
+        Ok(Binding::Bind(root)) => Ok(write_gvr(conn, root)?),
     }
+}
+
+fn write_gvr(conn: &Connection, root: Root) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
+        [root.0.to_vec()],
+    )?;
+    Ok(())
 }
 
 /// Everything recorded for one key.
@@ -1015,33 +997,19 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
     let Some(request) = job.request else {
         return Ok(Ok(Safe::Valid)); // audit-only job (issue 6)
     };
-    let bound = read_gvr(conn)?;
-    if let (Some(expected), Some(received)) = (bound, job.genesis_validators_root) {
-        if expected != received {
-            return Ok(Err(Refusal::WrongNetwork { expected, received }));
-        }
-    }
+    let binding = match binding::bind(read_gvr(conn)?, job.genesis_validators_root) {
+        Ok(binding) => binding,
+        Err(wrong) => return Ok(Err(wrong.into())),
+    };
     // Reading never creates rows: a refused request (or a dry run) must leave no trace, not even
     // a network binding or a row for a key never seen before.
     let validator_id = find_validator(conn, &job.public_key)?;
     let history = SqlHistory { conn, validator_id };
-    let verdict = match request {
-        SlashingRequest::Block { slot, signing_root } => {
-            slashing::check_block(&history, slot, signing_root)?
-        }
-        SlashingRequest::Attestation {
-            source,
-            target,
-            signing_root,
-        } => slashing::check_attestation(&history, source, target, signing_root)?,
-    };
+    let verdict = slashing::check(&history, request)?;
     if verdict == Ok(Safe::Valid) && job.record {
-        if let (None, Some(received)) = (bound, job.genesis_validators_root) {
+        if let Binding::Bind(root) = binding {
             // The first recorded signature binds an unbound database to its network.
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('genesis_validators_root', ?1)",
-                [received.0.to_vec()],
-            )?;
+            write_gvr(conn, root)?;
         }
         let validator_id = match validator_id {
             Some(id) => id,
@@ -1147,6 +1115,7 @@ fn run_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<CheckOutcome>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keystake_core::slashing::NotSafe;
 
     fn key(byte: u8) -> BlsPublicKey {
         BlsPublicKey([byte; 48])
