@@ -16,6 +16,7 @@ use anyhow::Result;
 
 use super::{load_config, runtime};
 use crate::config::Config;
+use crate::tools::loadgen::LoadOptions;
 
 /// `keystake-signer bench …`.
 #[derive(Debug, clap::Subcommand)]
@@ -35,38 +36,42 @@ pub enum BenchCommand {
     /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
     /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
     /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
-    Load {
-        #[arg(long)]
-        config: PathBuf,
-        /// Appliance URL (default: the configuration's listen address).
-        #[arg(long)]
-        url: Option<String>,
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-        #[arg(long, default_value_t = 16)]
-        connections: usize,
-        /// Use only the first K keys.
-        #[arg(long)]
-        keys: Option<usize>,
-        /// Fixed request rate per second (default: max throughput).
-        #[arg(long)]
-        rate: Option<u64>,
-        /// Fraction of BLOCK_V2 requests in the mix.
-        #[arg(long, default_value_t = 0.0)]
-        block_fraction: f64,
-        /// Threads for the raw blst measurement (default: CPUs).
-        #[arg(long)]
-        raw_threads: Option<usize>,
-        /// Write per-request samples as CSV.
-        #[arg(long)]
-        csv: Option<PathBuf>,
-        /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
-        #[arg(long)]
-        burst: Option<u64>,
-        /// Also sign with keys that are not demo keys (test appliances only).
-        #[arg(long)]
-        allow_non_demo_keys: bool,
-    },
+    Load(LoadArgs),
+}
+
+/// `keystake-signer bench load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Appliance URL (default: the configuration's listen address).
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Use only the first K keys.
+    #[arg(long)]
+    pub keys: Option<usize>,
+    /// Fixed request rate per second (default: max throughput).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Fraction of BLOCK_V2 requests in the mix.
+    #[arg(long, default_value_t = 0.0)]
+    pub block_fraction: f64,
+    /// Threads for the raw blst measurement (default: CPUs).
+    #[arg(long)]
+    pub raw_threads: Option<usize>,
+    /// Write per-request samples as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// Also sign with keys that are not demo keys (test appliances only).
+    #[arg(long)]
+    pub allow_non_demo_keys: bool,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -80,44 +85,36 @@ pub fn run(command: BenchCommand) -> Result<()> {
             let binary = std::env::current_exe()?;
             crate::tools::bench::startup(&binary, &config, &mut std::io::stdout().lock())?;
         }
-        BenchCommand::Load {
-            config,
-            url,
-            duration,
-            connections,
-            keys,
-            rate,
-            block_fraction,
-            raw_threads,
-            csv,
-            burst,
-            allow_non_demo_keys,
-        } => {
-            if !(0.0..=1.0).contains(&block_fraction) {
-                anyhow::bail!("--block-fraction must be between 0 and 1");
-            }
-            let config = Config::load(&config)?;
-            let options = crate::tools::loadgen::LoadOptions {
-                url,
-                duration: std::time::Duration::from_secs(duration),
-                connections,
-                keys,
-                rate,
-                block_fraction,
-                raw_threads,
-                csv,
-                burst,
-                allow_non_demo_keys,
-            };
-            let report = runtime()?.block_on(crate::tools::loadgen::run(
-                &config,
-                &options,
-                &mut std::io::stdout().lock(),
-            ))?;
-            if report.errors > 0 {
-                anyhow::bail!("{} requests were not answered with 200", report.errors);
-            }
-        }
+        BenchCommand::Load(args) => load(args)?,
+    }
+    Ok(())
+}
+
+/// `bench load`: fails when any request was not answered with 200.
+fn load(args: LoadArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.block_fraction) {
+        anyhow::bail!("--block-fraction must be between 0 and 1");
+    }
+    let config = Config::load(&args.config)?;
+    let options = LoadOptions {
+        url: args.url,
+        duration: std::time::Duration::from_secs(args.duration),
+        connections: args.connections,
+        keys: args.keys,
+        rate: args.rate,
+        block_fraction: args.block_fraction,
+        raw_threads: args.raw_threads,
+        csv: args.csv,
+        burst: args.burst,
+        allow_non_demo_keys: args.allow_non_demo_keys,
+    };
+    let report = runtime()?.block_on(crate::tools::loadgen::run(
+        &config,
+        &options,
+        &mut std::io::stdout().lock(),
+    ))?;
+    if report.errors > 0 {
+        anyhow::bail!("{} requests were not answered with 200", report.errors);
     }
     Ok(())
 }

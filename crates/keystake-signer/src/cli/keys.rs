@@ -69,11 +69,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
         } => {
             let (public_key, outcome) =
                 import_keystore(&load_config(&config)?, &keystore, &password_file)?;
-            let status = match outcome {
-                InsertOutcome::Inserted => "imported",
-                InsertOutcome::Duplicate => "duplicate",
-                InsertOutcome::Reenabled => "imported (re-enabled)",
-            };
+            let status = status(outcome);
             println!("{public_key} {status}");
         }
         KeysCommand::ImportShare(args) => {
@@ -82,11 +78,7 @@ pub fn run(command: KeysCommand) -> Result<()> {
                 &args.package,
                 args.manifest.as_deref(),
             )?;
-            let status = match imported.outcome {
-                InsertOutcome::Inserted => "imported",
-                InsertOutcome::Duplicate => "duplicate",
-                InsertOutcome::Reenabled => "imported (re-enabled)",
-            };
+            let status = status(imported.outcome);
             println!(
                 "{} {status} share {}/{} threshold {} group {}",
                 imported.public_key,
@@ -101,6 +93,15 @@ pub fn run(command: KeysCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The word `keys import` and `keys import-share` print after the key.
+fn status(outcome: InsertOutcome) -> &'static str {
+    match outcome {
+        InsertOutcome::Inserted => "imported",
+        InsertOutcome::Duplicate => "duplicate",
+        InsertOutcome::Reenabled => "imported (re-enabled)",
+    }
 }
 
 /// `keys import`: decrypt an EIP-2335 keystore, seal the key in the HSM, store the sealed blob.

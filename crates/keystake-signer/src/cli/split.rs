@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::read_password_file;
+use crate::files;
 use crate::hsm::enrolment;
 use keystake_core::keystore;
 use keystake_core::manifest::{EnrolmentPublicKey, Manifest, SharePackage, VerifiedManifest};
@@ -119,18 +120,9 @@ pub fn split(args: &SplitArgs) -> Result<SplitOutcome> {
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let mut manifest_text = serde_json::to_string_pretty(manifest.manifest())?;
-    manifest_text.push('\n');
-    write_new_file(&manifest_path, manifest_text.as_bytes())?;
+    write_new_json(&manifest_path, manifest.manifest(), files::PUBLIC_FILE_MODE)?;
     for (package, path) in packages.iter().zip(&package_paths) {
-        let mut text = serde_json::to_string_pretty(package)?;
-        text.push('\n');
-        crate::files::write_file(
-            path,
-            text.as_bytes(),
-            crate::files::PRIVATE_FILE_MODE,
-            crate::files::Overwrite::Refuse,
-        )?;
+        write_new_json(path, package, files::PRIVATE_FILE_MODE)?;
     }
     Ok(SplitOutcome {
         manifest_path,
@@ -139,14 +131,12 @@ pub fn split(args: &SplitArgs) -> Result<SplitOutcome> {
     })
 }
 
-/// A public file, created (never overwritten) and synced.
-fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
-    crate::files::write_file(
-        path,
-        contents,
-        crate::files::PUBLIC_FILE_MODE,
-        crate::files::Overwrite::Refuse,
-    )?;
+/// `value` as pretty JSON with a final line break, in a file created with `mode` (never
+/// overwritten) and synced.
+fn write_new_json(path: &Path, value: &impl serde::Serialize, mode: u32) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    files::write_file(path, text.as_bytes(), mode, files::Overwrite::Refuse)?;
     Ok(())
 }
 
