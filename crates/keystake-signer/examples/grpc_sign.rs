@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use keystake_signer::cli::DEMO_ATTESTATION;
+use keystake_signer::cli::demo::DEMO_ATTESTATION;
 use keystake_signer::config::Config;
 use keystake_signer::net::tls;
 use keystake_signer::tools::grpc_client::GrpcClient;

@@ -1,5 +1,5 @@
 //! `keystake-signer slashing import|export`: move EIP-3076 slashing-protection history in and
-//! out of the appliance, and the store options the configuration selects.
+//! out of the appliance (docs/slashing.md).
 //!
 //! Import is atomic and may run while `serve` is running (SQLite serialises it with the
 //! signer's writer; the new watermarks apply to the next request). Export writes the complete
@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -18,6 +18,68 @@ use crate::config::Config;
 use crate::store::ImportSummary;
 use keystake_core::slashing::interchange::Interchange;
 use keystake_core::types::BlsPublicKey;
+
+/// `keystake-signer slashing …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SlashingCommand {
+    /// Import an interchange file atomically (whole file or nothing); raises each key's watermark.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        /// Import only these keys' history (repeatable; default: every key in the file).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+    },
+    /// Export the history (complete form) of all keys or the chosen ones.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Export only these keys (repeatable; default: every key the database knows).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<BlsPublicKey>,
+        /// Output file (`-` for standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Minimal form: per key one block and one attestation at the maxima, without roots.
+        #[arg(long)]
+        minimal: bool,
+    },
+}
+
+/// Neither needs the HSM: the configuration is loaded without preparing it.
+pub fn run(command: SlashingCommand) -> Result<()> {
+    match command {
+        SlashingCommand::Import {
+            config,
+            file,
+            pubkeys,
+        } => {
+            let summary = import(&Config::load(&config)?, &file, &pubkeys)?;
+            println!(
+                "imported {} validators ({} blocks, {} attestations; {} duplicates skipped, {} validators not chosen)",
+                summary.validators,
+                summary.blocks_imported,
+                summary.attestations_imported,
+                summary.duplicates_skipped,
+                summary.validators_skipped
+            );
+        }
+        SlashingCommand::Export {
+            config,
+            pubkeys,
+            out,
+            minimal,
+        } => {
+            let count = export(&Config::load(&config)?, &pubkeys, &out, minimal)?;
+            if out != Path::new("-") {
+                println!("exported {count} validators to {}", out.display());
+            }
+        }
+    }
+    Ok(())
+}
 
 /// `slashing import`: the whole file (or the chosen keys' part of it) or nothing.
 pub fn import(config: &Config, file: &Path, only: &[BlsPublicKey]) -> Result<ImportSummary> {

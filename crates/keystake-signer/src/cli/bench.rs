@@ -1,0 +1,120 @@
+//! `keystake-signer bench populate|startup|load`: benchmarks against a test appliance, built
+//! with the `tools` feature only (never in an appliance build; docs/performance.md). `populate`
+//! adds N random demo keys (HSM-sealed), `startup` starts `serve` and reports the time until it
+//! listens and its peak RSS, `load` drives the appliance over mutual TLS with non-slashable
+//! attestations (and blocks) and compares with raw blst in the same run (`crate::tools`).
+//!
+//! Refuses: `--block-fraction` outside 0..=1; populating an appliance that holds non-demo keys,
+//! or zero keys; loading keys that are not demo keys unless `--allow-non-demo-keys` (the load
+//! signs arbitrary messages and fills their slashing history); and (as a failed command) a load
+//! run in which any request was not answered with 200.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::{load_config, runtime};
+use crate::config::Config;
+use crate::tools::loadgen::LoadOptions;
+
+/// `keystake-signer bench …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Add N random demo keys (HSM-sealed) to a test appliance, for start-up and burst benchmarks.
+    Populate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        keys: usize,
+    },
+    /// Start `serve` for CONFIG and report the time until it listens and its peak RSS.
+    Startup {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Load the appliance that CONFIG describes over mutual TLS (client identity from its [client]
+    /// section) with non-slashable attestations (and blocks), and compare with raw blst in the same run.
+    /// It signs arbitrary messages: never run it against an appliance holding real validator keys.
+    Load(LoadArgs),
+}
+
+/// `keystake-signer bench load`.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Appliance URL (default: the configuration's listen address).
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Use only the first K keys.
+    #[arg(long)]
+    pub keys: Option<usize>,
+    /// Fixed request rate per second (default: max throughput).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Fraction of BLOCK_V2 requests in the mix.
+    #[arg(long, default_value_t = 0.0)]
+    pub block_fraction: f64,
+    /// Threads for the raw blst measurement (default: CPUs).
+    #[arg(long)]
+    pub raw_threads: Option<usize>,
+    /// Write per-request samples as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// Also sign with keys that are not demo keys (test appliances only).
+    #[arg(long)]
+    pub allow_non_demo_keys: bool,
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Populate { config, keys } => crate::tools::bench::populate(
+            &load_config(&config)?,
+            keys,
+            &mut std::io::stdout().lock(),
+        )?,
+        BenchCommand::Startup { config } => {
+            let binary = std::env::current_exe()?;
+            crate::tools::bench::startup(&binary, &config, &mut std::io::stdout().lock())?;
+        }
+        BenchCommand::Load(args) => load(args)?,
+    }
+    Ok(())
+}
+
+/// `bench load`: fails when any request was not answered with 200.
+fn load(args: LoadArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.block_fraction) {
+        anyhow::bail!("--block-fraction must be between 0 and 1");
+    }
+    let config = Config::load(&args.config)?;
+    let options = LoadOptions {
+        url: args.url,
+        duration: std::time::Duration::from_secs(args.duration),
+        connections: args.connections,
+        keys: args.keys,
+        rate: args.rate,
+        block_fraction: args.block_fraction,
+        raw_threads: args.raw_threads,
+        csv: args.csv,
+        burst: args.burst,
+        allow_non_demo_keys: args.allow_non_demo_keys,
+    };
+    let report = runtime()?.block_on(crate::tools::loadgen::run(
+        &config,
+        &options,
+        &mut std::io::stdout().lock(),
+    ))?;
+    if report.errors > 0 {
+        anyhow::bail!("{} requests were not answered with 200", report.errors);
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `keystake-signer certs generate|revoke`: the certificates for mutual TLS. `generate` writes a
+//! demo/test PKI (CA, server certificate with the given names as SANs, client certificates), or
+//! with `--ca-dir` issues further client certificates from an existing CA; `revoke` writes a CRL
+//! signed by the CA.
+//!
+//! Refuses: issuing into a directory that already holds the files (nothing is written then), CA
+//! directories without `ca.pem` + `ca.key` (or whose key does not match), `--ca-dir` without any
+//! `--client`, invalid client or server names, and revoking certificates another CA issued.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::net::pki::{self as certs, IssuedCert, Overwrite};
+
+/// `keystake-signer certs …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CertsCommand {
+    /// Generate a CA, a server certificate and client certificates (demo/test PKI).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        /// Client certificate to issue (repeatable; default: one named "client").
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        /// Name clients use to reach the appliance: DNS name or IP address (repeatable; default:
+        /// localhost and 127.0.0.1). The server certificate carries each as a SAN.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Issue only the named client certificates, from the existing CA in this directory
+        /// (ca.pem + ca.key), into --out.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Write a certificate revocation list (signed by the CA) revoking the given certificates.
+    Revoke {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Certificate (PEM) to revoke (repeatable; none writes an empty CRL).
+        #[arg(long = "cert")]
+        certs: Vec<PathBuf>,
+        /// Where to write the CRL (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(command: CertsCommand) -> Result<()> {
+    match command {
+        CertsCommand::Generate {
+            out,
+            clients,
+            server_names: _,
+            ca_dir: Some(ca_dir),
+        } => {
+            for issued in issue_clients(&ca_dir, &out, &clients)? {
+                println!("{} {}", issued.cert.display(), issued.key.display());
+            }
+        }
+        CertsCommand::Generate {
+            out,
+            clients,
+            ca_dir: None,
+            server_names,
+        } => {
+            generate_certs_for_servers(&out, &server_names, &clients)?;
+            println!("certificates written to {}", out.display());
+        }
+        CertsCommand::Revoke { ca_dir, certs, out } => {
+            revoke(&ca_dir, &certs, &out)?;
+            println!("CRL written to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// Validity of generated certificates (demo and test PKI).
+pub const DEMO_CERT_VALIDITY_DAYS: u32 = 365;
+
+/// `certs generate` with the default server names (loopback).
+pub fn generate_certs(out: &Path, clients: &[String]) -> Result<()> {
+    generate_certs_for_servers(out, &[], clients)
+}
+
+/// `certs generate --server-name NAME...`: the server certificate carries each name (DNS or IP)
+/// as a SAN; none means [`certs::DEFAULT_SERVER_NAMES`].
+pub fn generate_certs_for_servers(
+    out: &Path,
+    server_names: &[String],
+    clients: &[String],
+) -> Result<()> {
+    let clients = if clients.is_empty() {
+        vec!["client".to_owned()]
+    } else {
+        clients.to_vec()
+    };
+    certs::generate(
+        out,
+        server_names,
+        &clients,
+        DEMO_CERT_VALIDITY_DAYS,
+        certs::Overwrite::Refuse,
+    )?;
+    Ok(())
+}
+
+/// `certs generate --out DIR --ca-dir CA --client NAME…`: more client certificates from an
+/// existing CA, written as `DIR/NAME.pem` and `DIR/NAME.key`.
+pub fn issue_clients(ca_dir: &Path, out: &Path, clients: &[String]) -> Result<Vec<IssuedCert>> {
+    if clients.is_empty() {
+        anyhow::bail!(
+            "name at least one --client to issue from {}",
+            ca_dir.display()
+        );
+    }
+    clients
+        .iter()
+        .map(|client| {
+            certs::issue_client(
+                ca_dir,
+                out,
+                client,
+                DEMO_CERT_VALIDITY_DAYS,
+                Overwrite::Refuse,
+            )
+            .with_context(|| format!("issuing client certificate {client:?}"))
+        })
+        .collect()
+}
+
+/// `certs revoke --ca-dir CA --cert X.pem… --out crl.pem`: a CRL revoking those certificates
+/// (replaces `out`; point `tls.crl` at it and reload with SIGHUP or the admin call).
+pub fn revoke(ca_dir: &Path, revoked: &[PathBuf], out: &Path) -> Result<()> {
+    certs::write_crl(ca_dir, revoked, out, CRL_VALIDITY_DAYS, Overwrite::Replace)
+        .with_context(|| format!("writing CRL {}", out.display()))?;
+    Ok(())
+}
+
+/// `nextUpdate` of generated CRLs (not enforced by the appliance, see `crate::net::tls`).
+pub const CRL_VALIDITY_DAYS: u32 = 30;
