@@ -23,6 +23,7 @@ use aes::cipher::{KeyIvInit, StreamCipher};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -166,7 +167,7 @@ pub fn decrypt(
     let password = normalize_password(password.expose_secret());
     let derived_key = derive_key(&crypto.kdf, &password)?;
     let expected_checksum = checksum(&derived_key, &crypto.cipher.message);
-    if !constant_time_eq(&expected_checksum, &crypto.checksum) {
+    if !bool::from(expected_checksum.ct_eq(&crypto.checksum)) {
         return Err(KeystoreError::WrongPassword);
     }
     let mut secret = Zeroizing::new(crypto.cipher.message);
@@ -315,10 +316,6 @@ fn apply_aes_128_ctr(derived_key: &[u8; 32], iv: &[u8; 16], data: &mut [u8]) {
         GenericArray::from_slice(iv),
     );
     cipher.apply_keystream(data);
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // ---- wire format -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::hsm::SealError;
 use crate::net::rest::body::BodyError;
+use crate::service::authz::AuthzError;
 use crate::service::health::{HealthReport, ReloadBusy};
 use crate::service::keymanager::KeymanagerError;
 use crate::service::ServiceError;
@@ -74,15 +75,6 @@ impl ApiError {
     pub fn not_found(message: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
-
-    /// A reload of the policy or CRL failed; the administrator needs the reason.
-    pub fn reload_failed(message: impl std::fmt::Display) -> Self {
-        tracing::error!(%message, "reload failed; the previous policy and TLS configuration stay in force");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reload failed, previous configuration kept: {message}"),
-        )
-    }
 }
 
 /// `POST /reload` was taken on and runs in the background.
@@ -94,6 +86,18 @@ pub fn health_status(report: &HealthReport) -> StatusCode {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// A reload of the policy or CRL failed; the administrator needs the reason (500: the files
+/// on the appliance are at fault, not the request), and the previous configuration stays.
+impl From<AuthzError> for ApiError {
+    fn from(error: AuthzError) -> Self {
+        tracing::error!(%error, "reload failed; the previous policy and TLS configuration stay in force");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed, previous configuration kept: {error}"),
+        )
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::net::tls::{peer_identity, ClientIdentity, TlsFiles};
-use crate::service::authz::Reloadable;
+use crate::service::authz::{ReloadError, Reloadable};
 use crate::service::SigningService;
 
 /// A client that has not finished the TLS handshake by then is dropped.
@@ -235,11 +235,11 @@ impl TlsReloader {
 }
 
 impl Reloadable for TlsReloader {
-    fn reload(&self) -> Result<(), String> {
+    fn reload(&self) -> Result<(), ReloadError> {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        let config = crate::net::tls::server_config(files).map_err(|e| e.to_string())?;
+        let config = crate::net::tls::server_config(files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         tracing::info!(crl = ?files.crl, "TLS configuration reloaded");
         Ok(())

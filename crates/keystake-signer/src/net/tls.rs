@@ -145,16 +145,8 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Who is on the other end of a mutual-TLS connection, as far as policy and audit care.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientIdentity {
-    /// The first subject CN, if it is a string.
-    pub common_name: Option<String>,
-    /// DNS names from the subjectAltName extension.
-    pub dns_sans: Vec<String>,
-    /// SHA-256 of the DER certificate; stable, unique and not chosen by the client.
-    pub fingerprint_sha256: [u8; 32],
-}
+/// The service's client identity, read here from the certificate the TLS layer verified.
+pub use crate::service::authz::ClientIdentity;
 
 impl ClientIdentity {
     /// Read the identity out of a DER certificate (normally one the verifier already accepted).
@@ -191,20 +183,6 @@ impl ClientIdentity {
             dns_sans,
             fingerprint_sha256: Sha256::digest(cert).into(),
         })
-    }
-
-    /// A name for logs and audit records: the CN, else the first DNS SAN, else the fingerprint.
-    pub fn display_name(&self) -> String {
-        match (&self.common_name, self.dns_sans.first()) {
-            (Some(cn), _) if !cn.is_empty() => cn.clone(),
-            (_, Some(dns)) => dns.clone(),
-            _ => format!("sha256:{}", self.fingerprint_hex()),
-        }
-    }
-
-    /// Lower-case hex of [`Self::fingerprint_sha256`] (what policy files match on).
-    pub fn fingerprint_hex(&self) -> String {
-        hex::encode(self.fingerprint_sha256)
     }
 }
 

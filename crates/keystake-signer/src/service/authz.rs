@@ -13,8 +13,34 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use crate::net::tls::ClientIdentity;
 use keystake_core::policy::{Denial, KeyRef, Operation, Policy, PolicyError, Subject, Target};
+
+/// Who is on the other end of a mutual-TLS connection, as far as policy and audit care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The first subject CN, if it is a string.
+    pub common_name: Option<String>,
+    /// DNS names from the subjectAltName extension.
+    pub dns_sans: Vec<String>,
+    /// SHA-256 of the DER certificate; stable, unique and not chosen by the client.
+    pub fingerprint_sha256: [u8; 32],
+}
+
+impl ClientIdentity {
+    /// A name for logs and audit records: the CN, else the first DNS SAN, else the fingerprint.
+    pub fn display_name(&self) -> String {
+        match (&self.common_name, self.dns_sans.first()) {
+            (Some(cn), _) if !cn.is_empty() => cn.clone(),
+            (_, Some(dns)) => dns.clone(),
+            _ => format!("sha256:{}", self.fingerprint_hex()),
+        }
+    }
+
+    /// Lower-case hex of [`Self::fingerprint_sha256`] (what policy files match on).
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint_sha256)
+    }
+}
 
 /// Which API a request came through (for logs, metrics and the audit log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,12 +101,15 @@ pub enum AuthzError {
     #[error("policy file {}: {source}", path.display())]
     Invalid { path: PathBuf, source: PolicyError },
     #[error("reloading the TLS configuration (CRL): {0}")]
-    Tls(String),
+    Tls(#[source] ReloadError),
 }
+
+/// Why a [`Reloadable`] could not reload (its own error type, whatever adapter it is).
+pub type ReloadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Something else to re-read when the policy is reloaded (the TLS configuration with its CRL).
 pub trait Reloadable: Send + Sync {
-    fn reload(&self) -> Result<(), String>;
+    fn reload(&self) -> Result<(), ReloadError>;
 }
 
 /// What a reload did.

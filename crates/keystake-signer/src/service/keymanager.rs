@@ -19,6 +19,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::service::{self, ServiceError, SigningService};
 use crate::store::{InsertOutcome, ShareOrigin, StoreError};
@@ -109,13 +110,10 @@ impl BearerToken {
 }
 
 /// Equality whose time does not depend on where the texts differ nor on their lengths: both
-/// are hashed to 32 bytes, and the digests are compared without early exit.
+/// are hashed to 32 bytes (equal length), and the digests are compared with `subtle`.
 fn constant_time_eq(a: &str, b: &str) -> bool {
     let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    da.iter()
-        .zip(db.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    bool::from(da.as_slice().ct_eq(db.as_slice()))
 }
 
 /// Create the token file with a fresh token and mode 0600, unless it exists (then it must hold

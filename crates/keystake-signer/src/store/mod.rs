@@ -32,7 +32,7 @@ pub use keystake_core::slashing::{CheckOutcome, Refusal, SlashingRequest};
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub enum StoreError {
     /// The database cannot be used right now (I/O error, disk full, read-only, locked).
     /// Requests are refused with 503; the appliance recovers when the cause is gone.
     #[error("slashing-protection database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] StoreFault),
     #[error("database {path} is corrupted ({detail}); refusing to use it — restore it from a backup or an EIP-3076 export")]
     Corrupted { path: PathBuf, detail: String },
     #[error("database {path} has schema version {found}, newer than this build understands ({SCHEMA_VERSION})")]
@@ -77,25 +77,90 @@ pub enum StoreError {
     NotBound,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> Self {
-        StoreError::Unavailable(describe_fault(&error))
+/// Why the database cannot be used right now, named so an operator knows what to fix. Cheap to
+/// clone: one failed group commit answers every request of its batch with the same fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreFault {
+    #[error("{}", describe_sqlite(*kind, source))]
+    Sqlite {
+        kind: FaultKind,
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("cannot {action} {}: {cause}", path.display())]
+    Open {
+        action: &'static str,
+        path: PathBuf,
+        cause: Box<StoreFault>,
+    },
+    #[error("{} is no longer the database file this signer opened (deleted, moved or replaced)", path.display())]
+    Replaced { path: PathBuf },
+    #[error("cannot start writer thread: {0}")]
+    WriterThread(Arc<std::io::Error>),
+    #[error("cannot reopen the database after a fault: {0}")]
+    Reopen(Arc<StoreError>),
+}
+
+/// The class of an SQLite failure an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    DiskFull,
+    ReadOnly,
+    Io,
+    Corrupted,
+    Busy,
+    CannotOpen,
+    Other,
+}
+
+impl FaultKind {
+    fn of(error: &rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match error.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => FaultKind::DiskFull,
+            Some(ErrorCode::ReadOnly) => FaultKind::ReadOnly,
+            Some(ErrorCode::SystemIoFailure) => FaultKind::Io,
+            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
+                FaultKind::Corrupted
+            }
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => FaultKind::Busy,
+            Some(ErrorCode::CannotOpen) => FaultKind::CannotOpen,
+            _ => FaultKind::Other,
+        }
+    }
+
+    fn label(self) -> Option<&'static str> {
+        Some(match self {
+            FaultKind::DiskFull => "disk full",
+            FaultKind::ReadOnly => "database is read-only",
+            FaultKind::Io => "I/O error",
+            FaultKind::Corrupted => "database corrupted",
+            FaultKind::Busy => "database busy",
+            FaultKind::CannotOpen => "cannot open the database file",
+            FaultKind::Other => return None,
+        })
     }
 }
 
-/// A message that names the fault an operator has to fix.
-fn describe_fault(error: &rusqlite::Error) -> String {
-    use rusqlite::ErrorCode;
-    let kind = match error.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => "disk full",
-        Some(ErrorCode::ReadOnly) => "database is read-only",
-        Some(ErrorCode::SystemIoFailure) => "I/O error",
-        Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => "database corrupted",
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => "database busy",
-        Some(ErrorCode::CannotOpen) => "cannot open the database file",
-        _ => return error.to_string(),
-    };
-    format!("{kind}: {error}")
+fn describe_sqlite(kind: FaultKind, error: &rusqlite::Error) -> String {
+    match kind.label() {
+        Some(label) => format!("{label}: {error}"),
+        None => error.to_string(),
+    }
+}
+
+impl From<rusqlite::Error> for StoreFault {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreFault::Sqlite {
+            kind: FaultKind::of(&error),
+            source: Arc::new(error),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Unavailable(error.into())
+    }
 }
 
 /// How a [`Store`] behaves beyond the file it opens.
@@ -334,11 +399,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
                 detail: e.to_string(),
             }
         }
-        _ => StoreError::Unavailable(format!(
-            "cannot open {}: {}",
-            path.display(),
-            describe_fault(&e)
-        )),
+        _ => StoreError::Unavailable(StoreFault::Open {
+            action: "open",
+            path: path.to_owned(),
+            cause: Box::new(e.into()),
+        }),
     })?;
     configure(&conn).map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
@@ -347,11 +412,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
                 detail: e.to_string(),
             }
         }
-        _ => StoreError::Unavailable(format!(
-            "cannot configure {}: {}",
-            path.display(),
-            describe_fault(&e)
-        )),
+        _ => StoreError::Unavailable(StoreFault::Open {
+            action: "configure",
+            path: path.to_owned(),
+            cause: Box::new(e.into()),
+        }),
     })?;
     Ok(conn)
 }
@@ -376,7 +441,7 @@ impl Store {
         thread::Builder::new()
             .name("slashing-db-writer".into())
             .spawn(move || writer_loop(writer_path, writer, queue, max_batch))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(StoreFault::WriterThread(Arc::new(e))))?;
         Ok(Store {
             path: path.to_owned(),
             options,
@@ -599,10 +664,9 @@ impl Store {
     /// process). The probe writes nothing.
     pub fn health_check(&self) -> Result<(), StoreError> {
         if file_identity(&self.path) != self.file_identity {
-            return Err(StoreError::Unavailable(format!(
-                "{} is no longer the database file this signer opened (deleted, moved or replaced)",
-                self.path.display()
-            )));
+            return Err(StoreError::Unavailable(StoreFault::Replaced {
+                path: self.path.clone(),
+            }));
         }
         let conn = self.admin();
         conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
@@ -1062,10 +1126,12 @@ fn writer_loop(path: PathBuf, conn: Connection, queue: mpsc::Receiver<Job>, max_
                 Ok(fresh) => conn = Some(fresh),
                 Err(error) => {
                     tracing::error!(%error, jobs = batch.len(), "slashing-protection database cannot be reopened; requests refused");
+                    let fault = match error {
+                        StoreError::Unavailable(fault) => fault,
+                        other => StoreFault::Reopen(Arc::new(other)),
+                    };
                     for job in batch {
-                        let _ = job
-                            .reply
-                            .send(Err(StoreError::Unavailable(error.to_string())));
+                        let _ = job.reply.send(Err(StoreError::Unavailable(fault.clone())));
                     }
                     continue;
                 }
@@ -1082,12 +1148,10 @@ fn writer_loop(path: PathBuf, conn: Connection, queue: mpsc::Receiver<Job>, max_
                 }
             }
             Err(error) => {
-                let message = describe_fault(&error);
-                tracing::error!(error = %message, jobs = batch.len(), "slashing-protection transaction failed; requests refused, nothing signed");
+                let fault = StoreFault::from(error);
+                tracing::error!(error = %fault, jobs = batch.len(), "slashing-protection transaction failed; requests refused, nothing signed");
                 for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
+                    let _ = job.reply.send(Err(StoreError::Unavailable(fault.clone())));
                 }
                 conn = None;
             }

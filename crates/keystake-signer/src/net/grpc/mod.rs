@@ -336,11 +336,7 @@ impl Admin for GrpcAdmin {
         self.service
             .authorize(&caller, &Target::None, Operation::Keymanager)
             .await?;
-        let summary = self
-            .service
-            .authorizer()
-            .reload()
-            .map_err(ApiError::reload_failed)?;
+        let summary = self.service.authorizer().reload().map_err(ApiError::from)?;
         Ok(Response::new(pb::ReloadPolicyResponse {
             enforced: summary.enforced,
             clients: u32::try_from(summary.clients).unwrap_or(u32::MAX),

@@ -47,10 +47,7 @@ async fn reload(
     service
         .authorize(&caller, &Target::None, Operation::Keymanager)
         .await?;
-    let summary = service
-        .authorizer()
-        .reload()
-        .map_err(ApiError::reload_failed)?;
+    let summary = service.authorizer().reload().map_err(ApiError::from)?;
     Ok(Json(json!({
         "enforced": summary.enforced,
         "clients": summary.clients,
