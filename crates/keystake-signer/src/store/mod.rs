@@ -385,6 +385,21 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    // A file that is not a database (or a damaged one) is refused for good; anything else is a
+    // fault the appliance may recover from.
+    let fault = |action: &'static str| {
+        move |e: rusqlite::Error| match FaultKind::of(&e) {
+            FaultKind::Corrupted => StoreError::Corrupted {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            },
+            _ => StoreError::Unavailable(StoreFault::Open {
+                action,
+                path: path.to_owned(),
+                cause: Box::new(e.into()),
+            }),
+        }
+    };
     let conn = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -392,32 +407,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
             | rusqlite::OpenFlags::SQLITE_OPEN_URI,
     )
-    .map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupted {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            }
-        }
-        _ => StoreError::Unavailable(StoreFault::Open {
-            action: "open",
-            path: path.to_owned(),
-            cause: Box::new(e.into()),
-        }),
-    })?;
-    configure(&conn).map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupted {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            }
-        }
-        _ => StoreError::Unavailable(StoreFault::Open {
-            action: "configure",
-            path: path.to_owned(),
-            cause: Box::new(e.into()),
-        }),
-    })?;
+    .map_err(fault("open"))?;
+    configure(&conn).map_err(fault("configure"))?;
     Ok(conn)
 }
 
