@@ -7,8 +7,11 @@
 //! Every blob is bound to its identity by [`SealContext::aad`] (share public key, share index,
 //! group public key): a blob copied to another key's row does not open ([`SealError::Integrity`]).
 //!
-//! Backends: [`pkcs11`] (any PKCS#11 token, AES-256-GCM inside the token) and [`yubihsm`]
-//! (YubiHSM2 through the `yubihsm` crate). The service only sees `dyn Sealer`.
+//! Backends, one file each: [`pkcs11`] (any PKCS#11 token, AES-256-GCM inside the token) and
+//! `yubihsm` (YubiHSM2 through the `yubihsm` crate, behind the cargo feature `yubihsm`, on by
+//! default). The service only sees `dyn Sealer`; `app::open_sealer` picks the backend from
+//! `[hsm] backend`. The enrolment key that opens share packages ([`enrolment`]) exists on
+//! PKCS#11 tokens only.
 //!
 //! Blob layout ([`SealedShare`]): `format version (1) || backend tag (1) || backend body`, where the
 //! body carries its own IV/nonce, the ciphertext and the authentication tag. This module refuses
@@ -18,6 +21,7 @@
 
 pub mod enrolment;
 pub mod pkcs11;
+#[cfg(feature = "yubihsm")]
 pub mod yubihsm;
 
 use std::fmt;
@@ -40,7 +44,7 @@ pub const SHARE_LEN: usize = 32;
 pub enum SealBackend {
     /// PKCS#11 token, `CKM_AES_GCM` with a 96-bit IV and a 128-bit tag.
     Pkcs11AesGcm,
-    /// YubiHSM2: per-blob key derived by HMAC-SHA256 inside the device (see [`yubihsm`]).
+    /// YubiHSM2: per-blob key derived by HMAC-SHA256 inside the device (see `yubihsm`).
     YubiHsmHmacSha256,
 }
 
