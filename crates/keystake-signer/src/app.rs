@@ -4,8 +4,14 @@
 //! policy, the mutual-TLS listener (REST and gRPC on one port), the optional Prometheus
 //! listener — and runs it until SIGINT/SIGTERM. SIGHUP re-reads the policy file and the CRL.
 //!
+//! The HSM functions here are the only place that names a backend: [`open_sealer`] and
+//! [`initialize_hsm`] dispatch on `[hsm] backend` (PKCS#11 or YubiHSM2), and the enrolment key
+//! ([`enrolment_public_key`], [`open_share_package`]) is PKCS#11-only, so a YubiHSM2 appliance
+//! refuses those with a specific error instead of trying a PKCS#11 token.
+//!
 //! Refuses to start when the policy file or any TLS file is unusable (the error names the file),
-//! when the database belongs to another network, and when core dumps cannot be disabled.
+//! when the database belongs to another network, when core dumps cannot be disabled, and when
+//! `backend = "yubihsm"` in a build without the `yubihsm` feature.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -16,8 +22,13 @@ use anyhow::{Context, Result};
 
 use rand::RngCore;
 
-use crate::config::{self, Config};
+#[cfg(feature = "yubihsm")]
+use crate::config::YubiHsmConnectorSetting;
+use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
+use crate::hsm::enrolment::EnrolmentError;
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
+#[cfg(feature = "yubihsm")]
+use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
 use crate::net::tls::TlsFiles;
@@ -25,7 +36,9 @@ use crate::service::authz::Authorizer;
 use crate::service::SigningService;
 use crate::store::{Store, StoreOptions};
 use keystake_core::consensus::Network;
+use keystake_core::manifest::{CheckedPackage, EnrolmentPublicKey};
 use keystake_core::slashing::Watermark;
+use keystake_core::threshold::SecretShare;
 use keystake_core::types::{Epoch, Slot};
 
 /// Where to listen, overriding the configuration (tests use port 0).
@@ -150,29 +163,165 @@ pub fn disable_core_dumps() -> Result<()> {
 /// Point SoftHSM2 at the configured token directory. Must run before any thread is started
 /// (the environment is process-wide) and before the PKCS#11 module is loaded.
 pub fn prepare_hsm_environment(config: &Config) {
-    if let Some(conf) = &config.hsm.softhsm2_conf {
+    if let HsmSection::Pkcs11(Pkcs11Section {
+        softhsm2_conf: Some(conf),
+        ..
+    }) = &config.hsm
+    {
         std::env::set_var("SOFTHSM2_CONF", conf);
     }
 }
 
-pub fn pkcs11_config(config: &Config) -> Pkcs11Config {
+/// The PKCS#11 backend's settings from `[hsm]`.
+pub fn pkcs11_config(section: &Pkcs11Section) -> Pkcs11Config {
     Pkcs11Config {
-        module: config.hsm.module.clone(),
-        token_label: config.hsm.token_label.clone(),
-        key_label: config.hsm.key_label.clone(),
-        sessions: config
-            .hsm
+        module: section.module.clone(),
+        token_label: section.token_label.clone(),
+        key_label: section.key_label.clone(),
+        sessions: section
             .sessions
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            .unwrap_or_else(crate::hsm::pkcs11::default_session_count),
     }
 }
 
-/// Open the HSM sealer named by the configuration.
+/// The YubiHSM2 backend's settings from `[hsm]` (the password comes from `password_file`).
+#[cfg(feature = "yubihsm")]
+pub fn yubihsm_config(section: &YubiHsmSection) -> YubiHsmConfig {
+    use crate::hsm::yubihsm::YubiHsmConnector;
+    let connector = match &section.connector {
+        YubiHsmConnectorSetting::Http { host, port } => YubiHsmConnector::Http {
+            addr: host.clone(),
+            port: *port,
+            timeout_ms: section
+                .timeout_ms
+                .unwrap_or_else(|| yubihsm::HttpConfig::default().timeout_ms),
+        },
+        YubiHsmConnectorSetting::Usb => YubiHsmConnector::Usb {
+            serial: section.usb_serial.clone(),
+            timeout_ms: section
+                .timeout_ms
+                .unwrap_or(yubihsm::UsbConfig::DEFAULT_TIMEOUT_MILLIS),
+        },
+    };
+    YubiHsmConfig {
+        connector,
+        auth_key_id: section.auth_key_id,
+        key_id: section.key_id,
+        key_label: section.key_label.clone(),
+        domain: section.domain,
+    }
+}
+
+/// Open the HSM sealer named by the configuration: the backend `[hsm] backend` selects.
 pub fn open_sealer(config: &Config) -> Result<Arc<dyn Sealer>> {
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    let sealer = Pkcs11Sealer::open(&pkcs11_config(config), &pin)
-        .with_context(|| format!("opening HSM token {:?}", config.hsm.token_label))?;
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => {
+            let pin = config::read_secret_file(&section.user_pin_file)?;
+            let sealer = Pkcs11Sealer::open(&pkcs11_config(section), &pin)
+                .with_context(|| format!("opening HSM token {:?}", section.token_label))?;
+            Ok(Arc::new(sealer))
+        }
+        HsmSection::YubiHsm(section) => open_yubihsm(section),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn open_yubihsm(section: &YubiHsmSection) -> Result<Arc<dyn Sealer>> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
     Ok(Arc::new(sealer))
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn open_yubihsm(_: &YubiHsmSection) -> Result<Arc<dyn Sealer>> {
+    Err(without_yubihsm_feature())
+}
+
+/// [`open_sealer`] for a YubiHSM2 configuration over a connector the caller built (tests:
+/// `yubihsm::Connector::mockhsm()`, the crate's in-memory device); `hsm.connector` is not used,
+/// everything else (password file, key id and label, domain) is.
+#[cfg(feature = "yubihsm")]
+pub fn open_sealer_with(config: &Config, connector: yubihsm::Connector) -> Result<Arc<dyn Sealer>> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open_with(connector, &yubihsm_config(section), &password)
+        .context("opening the YubiHSM2")?;
+    Ok(Arc::new(sealer))
+}
+
+/// [`initialize_hsm`] for a YubiHSM2 configuration over a connector the caller built (see
+/// [`open_sealer_with`]).
+#[cfg(feature = "yubihsm")]
+pub fn initialize_hsm_with(config: &Config, connector: yubihsm::Connector) -> Result<()> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    YubiHsmSealer::initialize_with(connector, &yubihsm_config(section), &password)
+        .context("creating the YubiHSM2 sealing key")
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_section(config: &Config) -> Result<&YubiHsmSection> {
+    match &config.hsm {
+        HsmSection::YubiHsm(section) => Ok(section),
+        other => anyhow::bail!(
+            "a YubiHSM2 connector was given, but [hsm] has backend = {:?}",
+            other.backend()
+        ),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_password(section: &YubiHsmSection) -> Result<secrecy::SecretString> {
+    config::read_secret_file(&section.password_file).with_context(|| {
+        format!(
+            "hsm.password_file: the password of YubiHSM2 authentication key {:#06x}",
+            section.auth_key_id
+        )
+    })
+}
+
+/// What a build without the `yubihsm` feature answers to `backend = "yubihsm"`.
+#[cfg(not(feature = "yubihsm"))]
+fn without_yubihsm_feature() -> anyhow::Error {
+    anyhow::anyhow!(
+        "[hsm] backend = \"yubihsm\", but this keystake-signer was built without the `yubihsm` \
+         cargo feature; rebuild with `--features yubihsm` (on by default) or use backend = \"pkcs11\""
+    )
+}
+
+/// The PKCS#11 settings of the enrolment key, which only that backend has.
+fn enrolment_token(config: &Config) -> Result<&Pkcs11Section, EnrolmentError> {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => Ok(section),
+        HsmSection::YubiHsm(_) => Err(EnrolmentError::NoEnrolmentKey {
+            backend: "YubiHSM2",
+        }),
+    }
+}
+
+/// `enrolment show`: this appliance's enrolment public key (what share packages are encrypted
+/// to). PKCS#11 only; on a YubiHSM2 appliance, [`EnrolmentError::NoEnrolmentKey`].
+pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
+    let section = enrolment_token(config)?;
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    Ok(crate::hsm::enrolment::public_key(
+        &pkcs11_config(section),
+        &pin,
+    )?)
+}
+
+/// `keys import-share`: open a checked share package with this appliance's enrolment key and
+/// check the share against the manifest. PKCS#11 only; on a YubiHSM2 appliance,
+/// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
+pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
+    let section = enrolment_token(config)?;
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    Ok(crate::hsm::enrolment::open_package(
+        &pkcs11_config(section),
+        &pin,
+        package,
+    )?)
 }
 
 /// The network the configuration selects.
@@ -231,11 +380,20 @@ pub fn open_store(config: &Config) -> Result<Store> {
     })
 }
 
-/// Create what the HSM needs for `init`: the SoftHSM2 configuration (when one is configured and
-/// missing), random PINs (when their files are missing), the token with its sealing key, and the
-/// enrolment key pair. Idempotent.
+/// Create what the HSM needs for `init`, idempotently. PKCS#11: the SoftHSM2 configuration
+/// (when one is configured and missing), random PINs (when their files are missing), the token
+/// with its sealing key, and the enrolment key pair. YubiHSM2: the HMAC sealing key (when absent;
+/// capability `sign-hmac` only), logging in with the configured authentication key, whose
+/// password file must exist — the signer cannot choose that password.
 pub fn initialize_hsm(config: &Config) -> Result<()> {
-    if let Some(conf) = &config.hsm.softhsm2_conf {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => initialize_pkcs11(section),
+        HsmSection::YubiHsm(section) => initialize_yubihsm(section),
+    }
+}
+
+fn initialize_pkcs11(section: &Pkcs11Section) -> Result<()> {
+    if let Some(conf) = &section.softhsm2_conf {
         if !conf.exists() {
             let dir = conf
                 .parent()
@@ -245,24 +403,45 @@ pub fn initialize_hsm(config: &Config) -> Result<()> {
                 .with_context(|| format!("writing {}", conf.display()))?;
         }
     }
-    let so_pin_file = config
-        .hsm
+    let so_pin_file = section
         .so_pin_file
         .as_ref()
         .context("init needs hsm.so_pin_file (to initialise the token)")?;
-    for file in [so_pin_file, &config.hsm.user_pin_file] {
+    for file in [so_pin_file, &section.user_pin_file] {
         if ensure_secret_file(file)? {
             tracing::info!(file = %file.display(), "generated a new random PIN");
         }
     }
     let so_pin = config::read_secret_file(so_pin_file)?;
-    let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
+    let user_pin = config::read_secret_file(&section.user_pin_file)?;
+    let pkcs11 = pkcs11_config(section);
+    Pkcs11Sealer::initialize(&pkcs11, &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
     // The key share packages of a trusted split are encrypted to (docs/threshold.md).
-    crate::hsm::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
+    crate::hsm::enrolment::ensure_key_pair(&pkcs11, &user_pin)
         .context("creating the enrolment key pair in the HSM")?;
     Ok(())
+}
+
+#[cfg(feature = "yubihsm")]
+fn initialize_yubihsm(section: &YubiHsmSection) -> Result<()> {
+    let password = yubihsm_password(section)?;
+    YubiHsmSealer::initialize(&yubihsm_config(section), &password).with_context(|| {
+        format!(
+            "creating the sealing key on the YubiHSM2 at {}",
+            section.connector
+        )
+    })?;
+    tracing::info!(
+        "YubiHSM2 backend: no enrolment key, so this appliance cannot receive share packages \
+         (split / keys import-share); see issue 14"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn initialize_yubihsm(_: &YubiHsmSection) -> Result<()> {
+    Err(without_yubihsm_feature())
 }
 
 /// Write a random secret (hex of 16 random bytes) to `path` with mode 0600, unless it exists.

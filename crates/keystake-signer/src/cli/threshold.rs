@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::read_password_file;
-use crate::app::{open_sealer, pkcs11_config};
-use crate::config::{self, Config};
+use crate::app::open_sealer;
+use crate::config::Config;
 use crate::hsm::enrolment;
 use crate::service;
 use crate::store::{InsertOutcome, ShareOrigin, ThresholdInfo};
@@ -135,8 +135,7 @@ pub fn load_manifest(path: &Path) -> Result<VerifiedManifest> {
 
 /// `enrolment show`: the enrolment public key line.
 pub fn enrolment_show(config: &Config) -> Result<EnrolmentPublicKey> {
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    Ok(enrolment::public_key(&pkcs11_config(config), &pin)?)
+    crate::app::enrolment_public_key(config)
 }
 
 /// What `split` wrote.
@@ -288,8 +287,7 @@ pub fn import_share(
     let checked = package
         .check(expected.as_ref())
         .with_context(|| format!("share package {}", package_path.display()))?;
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    let share = enrolment::open_package(&pkcs11_config(config), &pin, &checked)
+    let share = crate::app::open_share_package(config, &checked)
         .with_context(|| format!("opening share package {}", package_path.display()))?;
     let manifest = &checked.manifest;
     let info = ThresholdInfo {

@@ -35,6 +35,9 @@
 //! manifest hash) is bound by the AAD instead. A later format version can add a KDF once the
 //! supported tokens implement one.
 //!
+//! Only the PKCS#11 backend has an enrolment key: on a YubiHSM2 appliance, `enrolment show` and
+//! `keys import-share` answer [`EnrolmentError::NoEnrolmentKey`] (`app` decides, by backend).
+//!
 //! What this module refuses: a token holding half a key pair, two objects with the label, a
 //! private key that is extractable, was ever readable, or may sign/decrypt/unwrap; a recipient
 //! key off the curve; a package addressed to another appliance ([`EnrolmentError::WrongRecipient`],
@@ -104,6 +107,10 @@ pub enum EnrolmentError {
     Manifest(#[from] ManifestError),
     #[error("encrypting the package failed: {0}")]
     Crypto(&'static str),
+    /// The configured backend has no enrolment key (today: the YubiHSM2 backend, whose mock
+    /// device lacks ECDH, so it could not be built and tested yet).
+    #[error("share packages need the enrolment key, which the {backend} backend does not have yet: see issue 14")]
+    NoEnrolmentKey { backend: &'static str },
 }
 
 fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
