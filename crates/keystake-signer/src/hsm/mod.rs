@@ -270,7 +270,8 @@ impl SealError {
     }
 }
 
-/// Shared test bodies, run against every backend (see `pkcs11::tests` and `yubihsm::tests`).
+/// Shared test bodies, run against every backend (see `pkcs11::tests`, `yubihsm::tests` and
+/// `cross_backend_tests` below; the signing path over both backends is in `app::tests`).
 #[cfg(test)]
 pub(crate) mod contract_tests {
     use std::sync::Arc;
@@ -382,6 +383,30 @@ pub(crate) mod contract_tests {
             other => panic!("blob of another sealing key: expected Integrity, got {other:?}"),
         }
         assert_eq!(*sealer_a.unseal(&sealed, &ctx).unwrap(), *secret(5));
+    }
+
+    /// A blob sealed by another backend (`other`) is refused as malformed — by its header, before
+    /// the HSM is asked — and the sealer stays usable.
+    pub(crate) fn other_backends_blob_is_refused(sealer: &dyn Sealer, other: &dyn Sealer) {
+        let ctx = context(8);
+        let foreign = other.seal(&secret(8), &ctx).unwrap();
+        let own = sealer.seal(&secret(8), &ctx).unwrap();
+        assert_ne!(foreign.backend().unwrap(), own.backend().unwrap());
+        match sealer.unseal(&foreign, &ctx) {
+            Err(SealError::MalformedBlob(message)) => {
+                assert!(message.contains("sealed by backend"), "{message}")
+            }
+            other => panic!("blob of another backend: expected MalformedBlob, got {other:?}"),
+        }
+        // The other backend's body behind this backend's header: the body length or the tag
+        // gives it away.
+        let mut relabelled = foreign.clone();
+        relabelled.0[1] = own.0[1];
+        assert!(matches!(
+            sealer.unseal(&relabelled, &ctx),
+            Err(SealError::MalformedBlob(_)) | Err(SealError::Integrity)
+        ));
+        assert_eq!(*sealer.unseal(&own, &ctx).unwrap(), *secret(8));
     }
 
     pub(crate) fn blob_hides_plaintext(sealer: &dyn Sealer) {
@@ -500,5 +525,19 @@ mod tests {
             format!("{blob:?}"),
             "SealedShare(pkcs11-aes-256-gcm, 6 bytes)"
         );
+    }
+}
+
+/// Bodies that need one sealer of each backend: SoftHSM2 and the YubiHSM2 mock.
+#[cfg(all(test, feature = "yubihsm"))]
+mod cross_backend_tests {
+    use super::{contract_tests, pkcs11, yubihsm};
+
+    #[test]
+    fn each_backend_refuses_the_other_backends_blobs() {
+        let (_, softhsm) = pkcs11::test_support::fresh_sealer("cross-backend");
+        let (_, mock) = yubihsm::test_support::fresh_sealer();
+        contract_tests::other_backends_blob_is_refused(&softhsm, &mock);
+        contract_tests::other_backends_blob_is_refused(&mock, &softhsm);
     }
 }
