@@ -4,8 +4,14 @@
 //! policy, the mutual-TLS listener (REST and gRPC on one port), the optional Prometheus
 //! listener — and runs it until SIGINT/SIGTERM. SIGHUP re-reads the policy file and the CRL.
 //!
+//! The HSM functions here are the only place that names a backend: [`open_sealer`] and
+//! [`initialize_hsm`] dispatch on `[hsm] backend` (PKCS#11 or YubiHSM2), and the enrolment key
+//! ([`enrolment_public_key`], [`open_share_package`]) is PKCS#11-only, so a YubiHSM2 appliance
+//! refuses those with a specific error instead of trying a PKCS#11 token.
+//!
 //! Refuses to start when the policy file or any TLS file is unusable (the error names the file),
-//! when the database belongs to another network, and when core dumps cannot be disabled.
+//! when the database belongs to another network, when core dumps cannot be disabled, and when
+//! `backend = "yubihsm"` in a build without the `yubihsm` feature.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -16,8 +22,13 @@ use anyhow::{Context, Result};
 
 use rand::RngCore;
 
-use crate::config::{self, Config};
+#[cfg(feature = "yubihsm")]
+use crate::config::YubiHsmConnectorSetting;
+use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
+use crate::hsm::enrolment::EnrolmentError;
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
+#[cfg(feature = "yubihsm")]
+use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
 use crate::net::metrics::Metrics;
@@ -26,7 +37,9 @@ use crate::service::authz::Authorizer;
 use crate::service::SigningService;
 use crate::store::{Store, StoreOptions};
 use keystake_core::consensus::Network;
+use keystake_core::manifest::{CheckedPackage, EnrolmentPublicKey};
 use keystake_core::slashing::Watermark;
+use keystake_core::threshold::SecretShare;
 use keystake_core::types::{Epoch, Slot};
 
 /// Where to listen, overriding the configuration (tests use port 0).
@@ -158,29 +171,165 @@ pub fn disable_core_dumps() -> Result<()> {
 /// Point SoftHSM2 at the configured token directory. Must run before any thread is started
 /// (the environment is process-wide) and before the PKCS#11 module is loaded.
 pub fn prepare_hsm_environment(config: &Config) {
-    if let Some(conf) = &config.hsm.softhsm2_conf {
+    if let HsmSection::Pkcs11(Pkcs11Section {
+        softhsm2_conf: Some(conf),
+        ..
+    }) = &config.hsm
+    {
         std::env::set_var("SOFTHSM2_CONF", conf);
     }
 }
 
-pub fn pkcs11_config(config: &Config) -> Pkcs11Config {
+/// The PKCS#11 backend's settings from `[hsm]`.
+pub fn pkcs11_config(section: &Pkcs11Section) -> Pkcs11Config {
     Pkcs11Config {
-        module: config.hsm.module.clone(),
-        token_label: config.hsm.token_label.clone(),
-        key_label: config.hsm.key_label.clone(),
-        sessions: config
-            .hsm
+        module: section.module.clone(),
+        token_label: section.token_label.clone(),
+        key_label: section.key_label.clone(),
+        sessions: section
             .sessions
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            .unwrap_or_else(crate::hsm::pkcs11::default_session_count),
     }
 }
 
-/// Open the HSM sealer named by the configuration.
+/// The YubiHSM2 backend's settings from `[hsm]` (the password comes from `password_file`).
+#[cfg(feature = "yubihsm")]
+pub fn yubihsm_config(section: &YubiHsmSection) -> YubiHsmConfig {
+    use crate::hsm::yubihsm::YubiHsmConnector;
+    let connector = match &section.connector {
+        YubiHsmConnectorSetting::Http { host, port } => YubiHsmConnector::Http {
+            addr: host.clone(),
+            port: *port,
+            timeout_ms: section
+                .timeout_ms
+                .unwrap_or_else(|| yubihsm::HttpConfig::default().timeout_ms),
+        },
+        YubiHsmConnectorSetting::Usb => YubiHsmConnector::Usb {
+            serial: section.usb_serial.clone(),
+            timeout_ms: section
+                .timeout_ms
+                .unwrap_or(yubihsm::UsbConfig::DEFAULT_TIMEOUT_MILLIS),
+        },
+    };
+    YubiHsmConfig {
+        connector,
+        auth_key_id: section.auth_key_id,
+        key_id: section.key_id,
+        key_label: section.key_label.clone(),
+        domain: section.domain,
+    }
+}
+
+/// Open the HSM sealer named by the configuration: the backend `[hsm] backend` selects.
 pub fn open_sealer(config: &Config) -> Result<Arc<dyn Sealer>> {
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    let sealer = Pkcs11Sealer::open(&pkcs11_config(config), &pin)
-        .with_context(|| format!("opening HSM token {:?}", config.hsm.token_label))?;
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => {
+            let pin = config::read_secret_file(&section.user_pin_file)?;
+            let sealer = Pkcs11Sealer::open(&pkcs11_config(section), &pin)
+                .with_context(|| format!("opening HSM token {:?}", section.token_label))?;
+            Ok(Arc::new(sealer))
+        }
+        HsmSection::YubiHsm(section) => open_yubihsm(section),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn open_yubihsm(section: &YubiHsmSection) -> Result<Arc<dyn Sealer>> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
     Ok(Arc::new(sealer))
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn open_yubihsm(_: &YubiHsmSection) -> Result<Arc<dyn Sealer>> {
+    Err(without_yubihsm_feature())
+}
+
+/// [`open_sealer`] for a YubiHSM2 configuration over a connector the caller built (tests:
+/// `yubihsm::Connector::mockhsm()`, the crate's in-memory device); `hsm.connector` is not used,
+/// everything else (password file, key id and label, domain) is.
+#[cfg(feature = "yubihsm")]
+pub fn open_sealer_with(config: &Config, connector: yubihsm::Connector) -> Result<Arc<dyn Sealer>> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open_with(connector, &yubihsm_config(section), &password)
+        .context("opening the YubiHSM2")?;
+    Ok(Arc::new(sealer))
+}
+
+/// [`initialize_hsm`] for a YubiHSM2 configuration over a connector the caller built (see
+/// [`open_sealer_with`]).
+#[cfg(feature = "yubihsm")]
+pub fn initialize_hsm_with(config: &Config, connector: yubihsm::Connector) -> Result<()> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    YubiHsmSealer::initialize_with(connector, &yubihsm_config(section), &password)
+        .context("creating the YubiHSM2 sealing key")
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_section(config: &Config) -> Result<&YubiHsmSection> {
+    match &config.hsm {
+        HsmSection::YubiHsm(section) => Ok(section),
+        other => anyhow::bail!(
+            "a YubiHSM2 connector was given, but [hsm] has backend = {:?}",
+            other.backend()
+        ),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_password(section: &YubiHsmSection) -> Result<secrecy::SecretString> {
+    config::read_secret_file(&section.password_file).with_context(|| {
+        format!(
+            "hsm.password_file: the password of YubiHSM2 authentication key {:#06x}",
+            section.auth_key_id
+        )
+    })
+}
+
+/// What a build without the `yubihsm` feature answers to `backend = "yubihsm"`.
+#[cfg(not(feature = "yubihsm"))]
+fn without_yubihsm_feature() -> anyhow::Error {
+    anyhow::anyhow!(
+        "[hsm] backend = \"yubihsm\", but this keystake-signer was built without the `yubihsm` \
+         cargo feature; rebuild with `--features yubihsm` (on by default) or use backend = \"pkcs11\""
+    )
+}
+
+/// The PKCS#11 settings of the enrolment key, which only that backend has.
+fn enrolment_token(config: &Config) -> Result<&Pkcs11Section, EnrolmentError> {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => Ok(section),
+        HsmSection::YubiHsm(_) => Err(EnrolmentError::NoEnrolmentKey {
+            backend: "YubiHSM2",
+        }),
+    }
+}
+
+/// `enrolment show`: this appliance's enrolment public key (what share packages are encrypted
+/// to). PKCS#11 only; on a YubiHSM2 appliance, [`EnrolmentError::NoEnrolmentKey`].
+pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
+    let section = enrolment_token(config)?;
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    Ok(crate::hsm::enrolment::public_key(
+        &pkcs11_config(section),
+        &pin,
+    )?)
+}
+
+/// `keys import-share`: open a checked share package with this appliance's enrolment key and
+/// check the share against the manifest. PKCS#11 only; on a YubiHSM2 appliance,
+/// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
+pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
+    let section = enrolment_token(config)?;
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    Ok(crate::hsm::enrolment::open_package(
+        &pkcs11_config(section),
+        &pin,
+        package,
+    )?)
 }
 
 /// The network the configuration selects.
@@ -239,11 +388,20 @@ pub fn open_store(config: &Config) -> Result<Store> {
     })
 }
 
-/// Create what the HSM needs for `init`: the SoftHSM2 configuration (when one is configured and
-/// missing), random PINs (when their files are missing), the token with its sealing key, and the
-/// enrolment key pair. Idempotent.
+/// Create what the HSM needs for `init`, idempotently. PKCS#11: the SoftHSM2 configuration
+/// (when one is configured and missing), random PINs (when their files are missing), the token
+/// with its sealing key, and the enrolment key pair. YubiHSM2: the HMAC sealing key (when absent;
+/// capability `sign-hmac` only), logging in with the configured authentication key, whose
+/// password file must exist — the signer cannot choose that password.
 pub fn initialize_hsm(config: &Config) -> Result<()> {
-    if let Some(conf) = &config.hsm.softhsm2_conf {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => initialize_pkcs11(section),
+        HsmSection::YubiHsm(section) => initialize_yubihsm(section),
+    }
+}
+
+fn initialize_pkcs11(section: &Pkcs11Section) -> Result<()> {
+    if let Some(conf) = &section.softhsm2_conf {
         if !conf.exists() {
             let dir = conf
                 .parent()
@@ -253,24 +411,45 @@ pub fn initialize_hsm(config: &Config) -> Result<()> {
                 .with_context(|| format!("writing {}", conf.display()))?;
         }
     }
-    let so_pin_file = config
-        .hsm
+    let so_pin_file = section
         .so_pin_file
         .as_ref()
         .context("init needs hsm.so_pin_file (to initialise the token)")?;
-    for file in [so_pin_file, &config.hsm.user_pin_file] {
+    for file in [so_pin_file, &section.user_pin_file] {
         if ensure_secret_file(file)? {
             tracing::info!(file = %file.display(), "generated a new random PIN");
         }
     }
     let so_pin = config::read_secret_file(so_pin_file)?;
-    let user_pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    Pkcs11Sealer::initialize(&pkcs11_config(config), &so_pin, &user_pin)
+    let user_pin = config::read_secret_file(&section.user_pin_file)?;
+    let pkcs11 = pkcs11_config(section);
+    Pkcs11Sealer::initialize(&pkcs11, &so_pin, &user_pin)
         .context("initialising the HSM token and sealing key")?;
     // The key share packages of a trusted split are encrypted to (docs/threshold.md).
-    crate::hsm::enrolment::ensure_key_pair(&pkcs11_config(config), &user_pin)
+    crate::hsm::enrolment::ensure_key_pair(&pkcs11, &user_pin)
         .context("creating the enrolment key pair in the HSM")?;
     Ok(())
+}
+
+#[cfg(feature = "yubihsm")]
+fn initialize_yubihsm(section: &YubiHsmSection) -> Result<()> {
+    let password = yubihsm_password(section)?;
+    YubiHsmSealer::initialize(&yubihsm_config(section), &password).with_context(|| {
+        format!(
+            "creating the sealing key on the YubiHSM2 at {}",
+            section.connector
+        )
+    })?;
+    tracing::info!(
+        "YubiHSM2 backend: no enrolment key, so this appliance cannot receive share packages \
+         (split / keys import-share); see issue 14"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn initialize_yubihsm(_: &YubiHsmSection) -> Result<()> {
+    Err(without_yubihsm_feature())
 }
 
 /// Write a random secret (hex of 16 random bytes) to `path` with mode 0600, unless it exists.
@@ -291,4 +470,345 @@ fn ensure_secret_file(path: &Path) -> Result<bool> {
         crate::files::Overwrite::Refuse,
     )?;
     Ok(true)
+}
+
+/// The signing path composed from these functions, run with the same bodies over both backends:
+/// SoftHSM2 (PKCS#11) and the `yubihsm` crate's mock device (through [`open_sealer_with`]).
+#[cfg(all(test, feature = "yubihsm"))]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{KeymanagerSection, SlashingSection, TlsSection};
+    use crate::hsm::{SealError, SealedShare};
+    use crate::service::ServiceError;
+    use crate::store::ShareOrigin;
+    use keystake_core::bls::SecretKey;
+    use keystake_core::types::BlsSignature;
+
+    /// A configured data directory and the sealer [`open_sealer`] (or `_with`) gave for it.
+    struct TestAppliance {
+        _dir: tempfile::TempDir,
+        config: Config,
+        sealer: Arc<dyn Sealer>,
+    }
+
+    fn config_for(dir: &Path, hsm: HsmSection) -> Config {
+        Config {
+            data_dir: dir.join("data"),
+            listen: config::DEFAULT_LISTEN.parse().unwrap(),
+            network: "mainnet".into(),
+            network_config_file: None,
+            tls: TlsSection {
+                ca_cert: dir.join("ca.pem"),
+                server_cert: dir.join("server.pem"),
+                server_key: dir.join("server.key"),
+                crl: None,
+            },
+            hsm,
+            client: None,
+            policy_file: None,
+            metrics_listen: None,
+            slashing: SlashingSection::default(),
+            keymanager: KeymanagerSection::default(),
+        }
+    }
+
+    /// `init` and open on a fresh SoftHSM2 token, PINs generated by `initialize_hsm`.
+    fn pkcs11_appliance() -> TestAppliance {
+        use crate::hsm::pkcs11::test_support::{ensure_softhsm_env, softhsm_module};
+        ensure_softhsm_env();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(
+            dir.path(),
+            HsmSection::Pkcs11(Pkcs11Section {
+                module: softhsm_module(),
+                token_label: format!("app-{:08x}", rand::random::<u32>()),
+                key_label: "keystake-sealing-key".into(),
+                user_pin_file: dir.path().join("hsm/user.pin"),
+                so_pin_file: Some(dir.path().join("hsm/so.pin")),
+                // The test process points SOFTHSM2_CONF at its own token directory.
+                softhsm2_conf: None,
+                sessions: Some(2),
+            }),
+        );
+        initialize_hsm(&config).unwrap();
+        let sealer = open_sealer(&config).unwrap();
+        TestAppliance {
+            _dir: dir,
+            config,
+            sealer,
+        }
+    }
+
+    fn yubihsm_config(dir: &Path) -> Config {
+        config_for(
+            dir,
+            HsmSection::YubiHsm(YubiHsmSection {
+                connector: YubiHsmConnectorSetting::Http {
+                    host: "127.0.0.1".into(),
+                    // Nothing listens there: only `open_sealer` (without `_with`) uses it.
+                    port: 1,
+                },
+                usb_serial: None,
+                timeout_ms: Some(500),
+                auth_key_id: crate::hsm::yubihsm::test_support::MOCK_AUTH_KEY_ID,
+                password_file: dir.join("hsm/yubihsm.password"),
+                key_id: 0x0064,
+                key_label: "keystake-sealing-key".into(),
+                domain: 1,
+            }),
+        )
+    }
+
+    fn write_password(config: &Config) {
+        use std::os::unix::fs::PermissionsExt;
+        let HsmSection::YubiHsm(section) = &config.hsm else {
+            unreachable!()
+        };
+        std::fs::create_dir_all(section.password_file.parent().unwrap()).unwrap();
+        std::fs::write(&section.password_file, "password\n").unwrap();
+        std::fs::set_permissions(
+            &section.password_file,
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    /// `init` and open on a fresh mock YubiHSM2, with the configured password file.
+    fn yubihsm_appliance() -> TestAppliance {
+        let dir = tempfile::tempdir().unwrap();
+        let config = yubihsm_config(dir.path());
+        write_password(&config);
+        let device = yubihsm::Connector::mockhsm();
+        initialize_hsm_with(&config, device.clone()).unwrap();
+        // Idempotent, as `init` is.
+        initialize_hsm_with(&config, device.clone()).unwrap();
+        let sealer = open_sealer_with(&config, device).unwrap();
+        TestAppliance {
+            _dir: dir,
+            config,
+            sealer,
+        }
+    }
+
+    /// One independent vector: its secret key, request body and expected signature.
+    fn vector() -> (SecretKey, Vec<u8>, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/vectors/web3signer/attestation__key0.json");
+        let case: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = |field: &str| case[field].as_str().unwrap().to_owned();
+        let secret = SecretKey::from_bytes(
+            &hex::decode(text("secret_key").trim_start_matches("0x")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(secret.public_key().to_hex(), text("pubkey"));
+        (
+            secret,
+            serde_json::to_vec(&case["request"]).unwrap(),
+            text("signature"),
+        )
+    }
+
+    /// The service as `build` composes it (store, sealer, network), without the listener.
+    fn service(appliance: &TestAppliance) -> SigningService {
+        SigningService::new(
+            Arc::new(open_store(&appliance.config).unwrap()),
+            appliance.sealer.clone(),
+            network(&appliance.config).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Body: import the vector key (sealed by this backend, stored in SQLite), sign the vector
+    /// request through the service, check the signature against the vector.
+    async fn signs_the_vector(appliance: &TestAppliance) -> BlsSignature {
+        let (secret, body, expected) = vector();
+        std::fs::create_dir_all(&appliance.config.data_dir).unwrap();
+        let service = service(appliance);
+        service
+            .import_key(&secret, ShareOrigin::Keystore, None)
+            .unwrap();
+        let signed = service
+            .sign_as(
+                &crate::service::authz::Caller::local(),
+                &secret.public_key().to_hex(),
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(signed.signature.to_hex(), expected);
+        assert_eq!(signed.public_key, secret.public_key());
+        signed.signature
+    }
+
+    /// Body: blobs that must not open reach the signing path and are refused there — a tampered
+    /// blob, a blob moved to another key's row (wrong context), a blob of `other`'s backend —
+    /// while the good key keeps signing.
+    async fn refuses_bad_blobs(appliance: &TestAppliance, other: &dyn Sealer) {
+        let store = open_store(&appliance.config).unwrap();
+        let key = || SecretKey::random(&mut rand::rngs::OsRng);
+        let seal = |sealer: &dyn Sealer, secret: &SecretKey| {
+            crate::service::seal_record(sealer, secret, ShareOrigin::Keystore, None).unwrap()
+        };
+
+        let tampered_key = key();
+        let mut tampered = seal(appliance.sealer.as_ref(), &tampered_key);
+        let last = tampered.sealed.len() - 1;
+        tampered.sealed[last] ^= 0x01;
+
+        let (sealed_for, moved_to) = (key(), key());
+        let mut moved = seal(appliance.sealer.as_ref(), &sealed_for);
+        moved.public_key = moved_to.public_key();
+
+        let foreign_key = key();
+        let foreign = seal(other, &foreign_key);
+        assert_ne!(
+            SealedShare(foreign.sealed.clone()).backend().unwrap(),
+            SealedShare(tampered.sealed.clone()).backend().unwrap()
+        );
+
+        for record in [&tampered, &moved, &foreign] {
+            store.insert_share(record).unwrap();
+        }
+        drop(store);
+        let service = service(appliance);
+        let (good, body, expected) = vector();
+        for (public_key, what) in [
+            (tampered.public_key, "tampered"),
+            (moved.public_key, "moved"),
+            (foreign.public_key, "foreign"),
+        ] {
+            let refused = service
+                .sign_as(
+                    &crate::service::authz::Caller::local(),
+                    &public_key.to_hex(),
+                    &body,
+                )
+                .await;
+            match (what, refused) {
+                ("tampered" | "moved", Err(ServiceError::Seal(SealError::Integrity))) => {}
+                ("foreign", Err(ServiceError::Seal(SealError::MalformedBlob(_)))) => {}
+                (what, other) => panic!("{what} blob: got {other:?}"),
+            }
+        }
+        // The sealer is still usable: the good key answers the same request again.
+        let again = service
+            .sign_as(
+                &crate::service::authz::Caller::local(),
+                &good.public_key().to_hex(),
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.signature.to_hex(), expected);
+    }
+
+    #[tokio::test]
+    async fn both_backends_sign_the_vector_identically() {
+        let softhsm = pkcs11_appliance();
+        let mock = yubihsm_appliance();
+        assert!(softhsm.sealer.describe().starts_with("pkcs11"));
+        assert!(mock.sealer.describe().starts_with("yubihsm2"));
+        let by_pkcs11 = signs_the_vector(&softhsm).await;
+        let by_yubihsm = signs_the_vector(&mock).await;
+        assert_eq!(by_pkcs11, by_yubihsm);
+    }
+
+    #[tokio::test]
+    async fn both_backends_refuse_bad_blobs_on_the_signing_path() {
+        let softhsm = pkcs11_appliance();
+        let mock = yubihsm_appliance();
+        signs_the_vector(&softhsm).await;
+        signs_the_vector(&mock).await;
+        refuses_bad_blobs(&softhsm, mock.sealer.as_ref()).await;
+        refuses_bad_blobs(&mock, softhsm.sealer.as_ref()).await;
+    }
+
+    #[test]
+    fn open_sealer_dispatches_to_the_yubihsm_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = yubihsm_config(dir.path());
+        // No password file yet: the error names the setting.
+        let error = format!("{:#}", open_sealer(&config).err().unwrap());
+        assert!(error.contains("hsm.password_file"), "{error}");
+        write_password(&config);
+        // Like the PIN files, a password file other users may read is refused.
+        let HsmSection::YubiHsm(section) = &config.hsm else {
+            unreachable!()
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let shared = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&section.password_file, shared).unwrap();
+        let error = format!("{:#}", open_sealer(&config).err().unwrap());
+        assert!(error.contains("chmod 600"), "{error}");
+        write_password(&config);
+        // The configured connector is used (nothing listens on port 1), not a PKCS#11 module.
+        let error = format!("{:#}", open_sealer(&config).err().unwrap());
+        assert!(
+            error.contains("opening the YubiHSM2 at http://127.0.0.1:1")
+                && error.contains("HSM unavailable"),
+            "{error}"
+        );
+        let error = format!("{:#}", initialize_hsm(&config).err().unwrap());
+        assert!(error.contains("YubiHSM2 at http://127.0.0.1:1"), "{error}");
+        // A PKCS#11 configuration given to the mock entry points is refused, not misread.
+        let pkcs11 = config_for(
+            dir.path(),
+            HsmSection::Pkcs11(Pkcs11Section {
+                module: PathBuf::from("/nonexistent.so"),
+                token_label: "t".into(),
+                key_label: "k".into(),
+                user_pin_file: dir.path().join("pin"),
+                so_pin_file: None,
+                softhsm2_conf: None,
+                sessions: None,
+            }),
+        );
+        let error = open_sealer_with(&pkcs11, yubihsm::Connector::mockhsm())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("backend = \"pkcs11\""), "{error}");
+    }
+
+    #[test]
+    fn the_yubihsm_backend_has_no_enrolment_key() {
+        let mock = yubihsm_appliance();
+        let expected = "share packages need the enrolment key, which the YubiHSM2 backend does \
+                        not have yet: see issue 14";
+        let error = enrolment_public_key(&mock.config).unwrap_err();
+        assert!(matches!(
+            error.downcast_ref::<EnrolmentError>(),
+            Some(EnrolmentError::NoEnrolmentKey { .. })
+        ));
+        assert_eq!(error.to_string(), expected);
+
+        // A real package, for a PKCS#11 appliance: the YubiHSM2 appliance refuses it by backend
+        // before any HSM is asked (no PKCS#11 token is tried).
+        let softhsm = pkcs11_appliance();
+        let enrolment_key = enrolment_public_key(&softhsm.config).unwrap();
+        let mut rng = rand::rngs::OsRng;
+        let secret = SecretKey::random(&mut rng);
+        let threshold = keystake_core::types::Threshold::new(1).unwrap();
+        let split = keystake_core::threshold::split(&secret, threshold, 1, &mut rng).unwrap();
+        let share_keys: Vec<_> = split.shares.iter().map(|s| s.public_key()).collect();
+        let manifest = keystake_core::manifest::Manifest::for_split(
+            split.commitments.clone(),
+            &share_keys,
+            &[enrolment_key],
+        )
+        .unwrap();
+        let package =
+            crate::hsm::enrolment::seal_package(&split.shares[0], &manifest, &enrolment_key)
+                .unwrap()
+                .check(Some(&manifest))
+                .unwrap();
+        let error = open_share_package(&mock.config, &package).err().unwrap();
+        assert_eq!(error.to_string(), expected);
+        // The PKCS#11 appliance it was made for opens it.
+        let share = open_share_package(&softhsm.config, &package).unwrap();
+        assert_eq!(share.public_key(), share_keys[0]);
+    }
 }

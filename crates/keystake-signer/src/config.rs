@@ -1,9 +1,13 @@
-//! The appliance configuration file (`signer.toml`): where the data lives, how to reach the HSM,
-//! which certificates to serve with, which network to compute signing roots for.
+//! The appliance configuration file (`signer.toml`): where the data lives, how to reach the HSM
+//! (`[hsm] backend = "pkcs11"`, the default, or `"yubihsm"`), which certificates to serve with,
+//! which network to compute signing roots for.
 //!
 //! Relative paths are resolved against the directory of the configuration file, so a data
-//! directory can be moved as a whole. Secrets are never in this file: PINs come from the files it
-//! names (`*_pin_file`). Unknown keys are refused (a misspelt option must not be ignored).
+//! directory can be moved as a whole. Secrets are never in this file: PINs and passwords come from
+//! the files it names (`*_pin_file`, `password_file`), read by [`read_secret_file`], which refuses
+//! a file other users may read. Unknown keys are refused (a misspelt option must not be ignored),
+//! and so are an unknown HSM backend and a key of the other backend. A YubiHSM2 configuration
+//! parses in every build; a build without the `yubihsm` feature refuses it when the HSM is opened.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -114,9 +118,25 @@ pub struct ClientSection {
     pub key: PathBuf,
 }
 
+/// `[hsm]`: which HSM holds the sealing key. `backend` picks the backend — `"pkcs11"` (the
+/// default, so configurations written before there was a choice keep working) or `"yubihsm"` —
+/// and every other key belongs to that backend. An unknown backend, a key of the other backend
+/// (named as such) and a misspelt key are refused.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "backend")]
+pub enum HsmSection {
+    /// Any token reachable through a PKCS#11 module (SoftHSM2, Luna, nShield, CloudHSM, …).
+    #[serde(rename = "pkcs11")]
+    Pkcs11(Pkcs11Section),
+    /// A YubiHSM2 through the `yubihsm` crate (needs the cargo feature `yubihsm`).
+    #[serde(rename = "yubihsm")]
+    YubiHsm(YubiHsmSection),
+}
+
+/// `[hsm]` with `backend = "pkcs11"` (or no `backend`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct HsmSection {
+pub struct Pkcs11Section {
     /// Path of the PKCS#11 module (SoftHSM2: `/usr/lib/softhsm/libsofthsm2.so`).
     pub module: PathBuf,
     /// Label of the token holding the sealing key.
@@ -137,8 +157,261 @@ pub struct HsmSection {
     pub sessions: Option<usize>,
 }
 
+/// `[hsm]` with `backend = "yubihsm"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct YubiHsmSection {
+    /// `"http://HOST:PORT"` (through `yubihsm-connector`; port 12345 when absent) or `"usb"`.
+    pub connector: YubiHsmConnectorSetting,
+    /// With `connector = "usb"`: the 10-digit serial number of the device to use, when several
+    /// are plugged in.
+    #[serde(default)]
+    pub usb_serial: Option<String>,
+    /// Connector timeout in milliseconds (default: 5000 over HTTP, 30000 over USB).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Object id of the authentication key the signer logs in with.
+    pub auth_key_id: u16,
+    /// File holding that authentication key's password (mode 0600).
+    pub password_file: PathBuf,
+    /// Object id of the HMAC-SHA256 sealing key (`init` creates it there if it is absent).
+    pub key_id: u16,
+    /// Label of the sealing key (at most 40 bytes).
+    #[serde(default = "default_key_label")]
+    pub key_label: String,
+    /// Domain (1–16) the sealing key is created in; the authentication key must have it.
+    #[serde(default = "default_domain")]
+    pub domain: u8,
+}
+
+/// How to reach a YubiHSM2: `"http://HOST:PORT"` or `"usb"` in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum YubiHsmConnectorSetting {
+    /// `yubihsm-connector` over plain HTTP (keep it on loopback); `host` is a name, an IPv4
+    /// address or a bracketed IPv6 address.
+    Http { host: String, port: u16 },
+    /// Directly over USB (libusb).
+    Usb,
+}
+
+/// The port `yubihsm-connector` listens on by default.
+pub const YUBIHSM_CONNECTOR_PORT: u16 = 12345;
+
+impl TryFrom<String> for YubiHsmConnectorSetting {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let wrong = |why: &str| {
+            format!("hsm.connector {text:?}: {why} (expected \"http://HOST:PORT\" or \"usb\")")
+        };
+        if text == "usb" {
+            return Ok(YubiHsmConnectorSetting::Usb);
+        }
+        if text.starts_with("https://") {
+            return Err(wrong(
+                "yubihsm-connector is reached over plain HTTP only; keep it on loopback",
+            ));
+        }
+        let rest = text
+            .strip_prefix("http://")
+            .ok_or_else(|| wrong("unknown scheme"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(wrong("only a host and a port may follow http://"));
+        }
+        let (host, port) = if rest.starts_with('[') {
+            let close = rest
+                .find(']')
+                .ok_or_else(|| wrong("unclosed IPv6 bracket"))?;
+            let (host, after) = rest.split_at(close + 1);
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(wrong("junk after the IPv6 address")),
+                },
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(wrong(
+                        "an IPv6 address needs brackets, e.g. http://[::1]:12345",
+                    ))
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(wrong("no host"));
+        }
+        let port = match port {
+            None => YUBIHSM_CONNECTOR_PORT,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| wrong("the port must be 1 to 65535"))?,
+        };
+        Ok(YubiHsmConnectorSetting::Http {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<YubiHsmConnectorSetting> for String {
+    fn from(setting: YubiHsmConnectorSetting) -> String {
+        setting.to_string()
+    }
+}
+
+impl std::fmt::Display for YubiHsmConnectorSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            YubiHsmConnectorSetting::Http { host, port } => write!(f, "http://{host}:{port}"),
+            YubiHsmConnectorSetting::Usb => f.write_str("usb"),
+        }
+    }
+}
+
+impl YubiHsmSection {
+    /// Checks across fields that serde cannot express. (Ids, label and domain are checked by the
+    /// backend, which also serves callers without a configuration file.)
+    fn validate(&self) -> Result<(), String> {
+        if let Some(serial) = &self.usb_serial {
+            if self.connector != YubiHsmConnectorSetting::Usb {
+                return Err(format!(
+                    "hsm.usb_serial is for connector = \"usb\", not {:?}",
+                    self.connector.to_string()
+                ));
+            }
+            if serial.len() != 10 || !serial.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "hsm.usb_serial {serial:?}: a YubiHSM2 serial number is 10 decimal digits \
+                     (with leading zeros), as a string"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys of each backend, to name a key of the wrong backend as such (a test checks these
+/// against the structs).
+const PKCS11_KEYS: &[&str] = &[
+    "module",
+    "token_label",
+    "key_label",
+    "user_pin_file",
+    "so_pin_file",
+    "softhsm2_conf",
+    "sessions",
+];
+const YUBIHSM_KEYS: &[&str] = &[
+    "connector",
+    "usb_serial",
+    "timeout_ms",
+    "auth_key_id",
+    "password_file",
+    "key_id",
+    "key_label",
+    "domain",
+];
+
+impl<'de> Deserialize<'de> for HsmSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let explicit = table.contains_key("backend");
+        let backend = match table.remove("backend") {
+            None => "pkcs11".to_owned(),
+            Some(toml::Value::String(name)) => name,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "hsm.backend must be a string, \"pkcs11\" or \"yubihsm\", not {other}"
+                )))
+            }
+        };
+        let (own, other, other_name) = match backend.as_str() {
+            "pkcs11" => (PKCS11_KEYS, YUBIHSM_KEYS, "yubihsm"),
+            "yubihsm" => (YUBIHSM_KEYS, PKCS11_KEYS, "pkcs11"),
+            unknown => {
+                return Err(D::Error::custom(format!(
+                    "unknown hsm.backend {unknown:?}: expected \"pkcs11\" or \"yubihsm\""
+                )))
+            }
+        };
+        for key in table.keys() {
+            if !own.contains(&key.as_str()) && other.contains(&key.as_str()) {
+                return Err(D::Error::custom(format!(
+                    "hsm.{key} belongs to backend = \"{other_name}\", but this [hsm] has \
+                     backend = \"{backend}\"{}",
+                    if !explicit {
+                        " (the default when backend is absent)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        let value = toml::Value::Table(table);
+        if backend == "pkcs11" {
+            Pkcs11Section::deserialize(value)
+                .map(HsmSection::Pkcs11)
+                .map_err(|e| D::Error::custom(format!("[hsm] (backend = \"pkcs11\"): {e}")))
+        } else {
+            let section = YubiHsmSection::deserialize(value)
+                .map_err(|e| D::Error::custom(format!("[hsm] (backend = \"yubihsm\"): {e}")))?;
+            section.validate().map_err(D::Error::custom)?;
+            Ok(HsmSection::YubiHsm(section))
+        }
+    }
+}
+
+impl HsmSection {
+    /// The backend's name as `backend` spells it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            HsmSection::Pkcs11(_) => "pkcs11",
+            HsmSection::YubiHsm(_) => "yubihsm",
+        }
+    }
+}
+
+/// Where the sealing key lives, for logs (no secrets).
+impl std::fmt::Display for HsmSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HsmSection::Pkcs11(p) => write!(
+                f,
+                "pkcs11 token '{}' key '{}' via {}",
+                p.token_label,
+                p.key_label,
+                p.module.display()
+            ),
+            HsmSection::YubiHsm(y) => write!(
+                f,
+                "yubihsm2 {}{} key {:#06x} '{}'",
+                y.connector,
+                y.usb_serial
+                    .as_deref()
+                    .map(|serial| format!(" serial {serial}"))
+                    .unwrap_or_default(),
+                y.key_id,
+                y.key_label
+            ),
+        }
+    }
+}
+
 fn default_key_label() -> String {
     "keystake-sealing-key".to_owned()
+}
+
+fn default_domain() -> u8 {
+    1
 }
 
 impl Config {
@@ -176,12 +449,17 @@ impl Config {
         if let Some(p) = self.tls.crl.as_mut() {
             fix(p);
         }
-        fix(&mut self.hsm.user_pin_file);
-        if let Some(p) = self.hsm.so_pin_file.as_mut() {
-            fix(p);
-        }
-        if let Some(p) = self.hsm.softhsm2_conf.as_mut() {
-            fix(p);
+        match &mut self.hsm {
+            HsmSection::Pkcs11(hsm) => {
+                fix(&mut hsm.user_pin_file);
+                if let Some(p) = hsm.so_pin_file.as_mut() {
+                    fix(p);
+                }
+                if let Some(p) = hsm.softhsm2_conf.as_mut() {
+                    fix(p);
+                }
+            }
+            HsmSection::YubiHsm(hsm) => fix(&mut hsm.password_file),
         }
         if let Some(p) = self.policy_file.as_mut() {
             fix(p);
@@ -264,12 +542,21 @@ server_key = "certs/server.key"
 # crl = "certs/crl.pem"           # optional revocation list for client certificates
 
 [hsm]
+backend = "pkcs11"                # "pkcs11" (the default) or "yubihsm" (see below)
 module = "/usr/lib/softhsm/libsofthsm2.so"   # any PKCS#11 module
 token_label = "keystake"
 key_label = "keystake-sealing-key"
 user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
+# A YubiHSM2 instead (hsm-config/yubihsm2/README.md): replace the [hsm] keys above by
+# backend = "yubihsm"
+# connector = "http://127.0.0.1:12345"  # yubihsm-connector; or "usb" (+ usb_serial = "0012345678")
+# auth_key_id = 0x0002                  # the signer's authentication key
+# password_file = "hsm/yubihsm.password" # its password (mode 0600)
+# key_id = 0x0064                       # the HMAC sealing key `init` creates
+# key_label = "keystake-sealing-key"
+# domain = 1
 
 # Slashing protection for keys installed without history (DKG, split, keymanager import
 # without an interchange file): nothing at or below these is ever signed for such a key.
@@ -301,10 +588,11 @@ mod tests {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.data_dir, dir.path().join("data"));
         assert_eq!(config.tls.ca_cert, dir.path().join("certs/ca.pem"));
-        assert_eq!(
-            config.hsm.module,
-            PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
-        );
+        let HsmSection::Pkcs11(hsm) = &config.hsm else {
+            panic!("the example is a PKCS#11 configuration")
+        };
+        assert_eq!(hsm.module, PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+        assert_eq!(hsm.user_pin_file, dir.path().join("hsm/user.pin"));
     }
 
     #[test]
@@ -315,6 +603,260 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let error = Config::load(&path).unwrap_err().to_string();
         assert!(error.contains("netwrok"), "{error}");
+    }
+
+    /// The example configuration with its `[hsm]` table replaced by `hsm`.
+    fn load_with_hsm(dir: &Path, hsm: &str) -> Result<Config, ConfigError> {
+        let example = example(dir, default_listen());
+        let start = example.find("[hsm]\n").unwrap();
+        let end = start + example[start..].find("\n# Slashing").unwrap();
+        let text = format!("{}[hsm]\n{hsm}\n{}", &example[..start], &example[end..]);
+        let path = dir.join("signer.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const YUBIHSM: &str = r#"
+backend = "yubihsm"
+connector = "http://127.0.0.1:12345"
+auth_key_id = 0x0002
+password_file = "hsm/yubihsm.password"
+key_id = 0x0064
+"#;
+
+    fn error_of(dir: &Path, hsm: &str) -> String {
+        load_with_hsm(dir, hsm).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_is_pkcs11_and_a_config_without_backend_still_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.toml");
+        std::fs::write(&path, example(dir.path(), default_listen())).unwrap();
+        let HsmSection::Pkcs11(explicit) = Config::load(&path).unwrap().hsm else {
+            panic!("the example is a PKCS#11 configuration")
+        };
+        // A configuration written before there was a choice: no `backend` key.
+        let old = r#"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "keystake"
+user_pin_file = "hsm/user.pin"
+so_pin_file = "hsm/so.pin"
+softhsm2_conf = "hsm/softhsm2.conf"
+"#;
+        let config = load_with_hsm(dir.path(), old).unwrap();
+        assert_eq!(config.hsm, HsmSection::Pkcs11(explicit));
+        assert_eq!(config.hsm.backend(), "pkcs11");
+    }
+
+    #[test]
+    fn a_yubihsm_config_parses_and_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_with_hsm(dir.path(), YUBIHSM).unwrap();
+        assert_eq!(
+            config.hsm,
+            HsmSection::YubiHsm(YubiHsmSection {
+                connector: YubiHsmConnectorSetting::Http {
+                    host: "127.0.0.1".into(),
+                    port: 12345
+                },
+                usb_serial: None,
+                timeout_ms: None,
+                auth_key_id: 2,
+                password_file: dir.path().join("hsm/yubihsm.password"),
+                key_id: 0x64,
+                key_label: "keystake-sealing-key".into(),
+                domain: 1,
+            })
+        );
+        assert_eq!(
+            config.hsm.to_string(),
+            "yubihsm2 http://127.0.0.1:12345 key 0x0064 'keystake-sealing-key'"
+        );
+
+        let usb = r#"
+backend = "yubihsm"
+connector = "usb"
+usb_serial = "0012345678"
+timeout_ms = 10000
+auth_key_id = 3
+password_file = "/etc/keystake/yubihsm.password"
+key_id = 100
+key_label = "seal"
+domain = 4
+"#;
+        let HsmSection::YubiHsm(section) = load_with_hsm(dir.path(), usb).unwrap().hsm else {
+            panic!("a YubiHSM2 section")
+        };
+        assert_eq!(section.connector, YubiHsmConnectorSetting::Usb);
+        assert_eq!(section.usb_serial.as_deref(), Some("0012345678"));
+        assert_eq!(section.timeout_ms, Some(10000));
+        assert_eq!(
+            section.password_file,
+            PathBuf::from("/etc/keystake/yubihsm.password")
+        );
+        assert_eq!((section.key_id, section.domain), (100, 4));
+    }
+
+    #[test]
+    fn connector_urls() {
+        let parse = |text: &str| YubiHsmConnectorSetting::try_from(text.to_owned());
+        let http = |host: &str, port| {
+            Ok(YubiHsmConnectorSetting::Http {
+                host: host.into(),
+                port,
+            })
+        };
+        assert_eq!(parse("http://localhost"), http("localhost", 12345));
+        assert_eq!(parse("http://10.0.0.2:8080/"), http("10.0.0.2", 8080));
+        assert_eq!(parse("http://[::1]:12345"), http("[::1]", 12345));
+        assert_eq!(parse("http://[::1]"), http("[::1]", 12345));
+        assert_eq!(parse("usb"), Ok(YubiHsmConnectorSetting::Usb));
+        for (bad, why) in [
+            ("https://127.0.0.1:12345", "plain HTTP"),
+            ("tcp://127.0.0.1:12345", "unknown scheme"),
+            ("127.0.0.1:12345", "unknown scheme"),
+            ("http://", "no host"),
+            ("http://:12345", "no host"),
+            ("http://host:0", "port"),
+            ("http://host:99999", "port"),
+            ("http://host:12345/connector/api", "only a host and a port"),
+            ("http://::1:12345", "brackets"),
+            ("http://[::1", "unclosed"),
+            ("USB", "unknown scheme"),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        // Written back as it is read.
+        for text in ["http://[::1]:12345", "http://keystake-hsm:12345", "usb"] {
+            assert_eq!(String::from(parse(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn an_unknown_backend_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = error_of(dir.path(), &YUBIHSM.replace("\"yubihsm\"", "\"yubihsm2\""));
+        assert!(
+            error.contains(r#"unknown hsm.backend "yubihsm2": expected "pkcs11" or "yubihsm""#),
+            "{error}"
+        );
+        let error = error_of(dir.path(), &YUBIHSM.replace("\"yubihsm\"", "2"));
+        assert!(error.contains("hsm.backend must be a string"), "{error}");
+    }
+
+    #[test]
+    fn a_key_of_the_other_backend_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // PKCS#11 keys under a YubiHSM2 backend.
+        for key in [
+            "module = \"/usr/lib/x.so\"",
+            "user_pin_file = \"pin\"",
+            "sessions = 2",
+        ] {
+            let error = error_of(dir.path(), &format!("{YUBIHSM}{key}\n"));
+            let name = key.split(' ').next().unwrap();
+            assert!(
+                error.contains(&format!(
+                    r#"hsm.{name} belongs to backend = "pkcs11", but this [hsm] has backend = "yubihsm""#
+                )),
+                "{error}"
+            );
+        }
+        // YubiHSM2 keys under PKCS#11, explicit or by default.
+        let pkcs11 = "module = \"/usr/lib/x.so\"\ntoken_label = \"t\"\nuser_pin_file = \"pin\"\n";
+        for backend in ["backend = \"pkcs11\"\n", ""] {
+            let error = error_of(
+                dir.path(),
+                &format!("{backend}{pkcs11}password_file = \"pw\"\n"),
+            );
+            assert!(
+                error.contains(r#"hsm.password_file belongs to backend = "yubihsm""#),
+                "{error}"
+            );
+            assert_eq!(backend.is_empty(), error.contains("the default"), "{error}");
+        }
+        // `key_label` belongs to both.
+        load_with_hsm(dir.path(), &format!("{YUBIHSM}key_label = \"k\"\n")).unwrap();
+        load_with_hsm(dir.path(), &format!("{pkcs11}key_label = \"k\"\n")).unwrap();
+    }
+
+    #[test]
+    fn yubihsm_section_mistakes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, why) in [
+            ("pasword_file = \"x\"\n", "unknown field `pasword_file`"),
+            (
+                "usb_serial = \"0012345678\"\n",
+                "hsm.usb_serial is for connector = \"usb\"",
+            ),
+            ("auth_key_id = 70000\n", "auth_key_id"),
+        ] {
+            let text = if extra.starts_with("auth_key_id") {
+                YUBIHSM.replace("auth_key_id = 0x0002\n", extra)
+            } else {
+                format!("{YUBIHSM}{extra}")
+            };
+            let error = error_of(dir.path(), &text);
+            assert!(error.contains(why), "{extra}: {error}");
+        }
+        let usb = YUBIHSM.replace("http://127.0.0.1:12345", "usb");
+        for serial in ["\"12345\"", "\"00123456789\"", "\"00123x5678\""] {
+            let error = error_of(dir.path(), &format!("{usb}usb_serial = {serial}\n"));
+            assert!(error.contains("10 decimal digits"), "{serial}: {error}");
+        }
+        let error = error_of(
+            dir.path(),
+            &YUBIHSM.replace("password_file = \"hsm/yubihsm.password\"\n", ""),
+        );
+        assert!(error.contains("missing field `password_file`"), "{error}");
+    }
+
+    #[test]
+    fn backend_key_lists_match_the_sections() {
+        let keys = |value: toml::Value| -> Vec<String> {
+            let mut keys: Vec<String> = value.as_table().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        let sorted = |list: &[&str]| {
+            let mut list: Vec<String> = list.iter().map(|k| k.to_string()).collect();
+            list.sort();
+            list
+        };
+        let pkcs11 = Pkcs11Section {
+            module: "m".into(),
+            token_label: "t".into(),
+            key_label: "k".into(),
+            user_pin_file: "u".into(),
+            so_pin_file: Some("s".into()),
+            softhsm2_conf: Some("c".into()),
+            sessions: Some(1),
+        };
+        let yubihsm = YubiHsmSection {
+            connector: YubiHsmConnectorSetting::Usb,
+            usb_serial: Some("0012345678".into()),
+            timeout_ms: Some(1),
+            auth_key_id: 1,
+            password_file: "p".into(),
+            key_id: 1,
+            key_label: "k".into(),
+            domain: 1,
+        };
+        assert_eq!(
+            keys(toml::Value::try_from(&pkcs11).unwrap()),
+            sorted(PKCS11_KEYS)
+        );
+        assert_eq!(
+            keys(toml::Value::try_from(&yubihsm).unwrap()),
+            sorted(YUBIHSM_KEYS)
+        );
+        // The section serializes with its backend, and reads back the same.
+        let section = HsmSection::YubiHsm(yubihsm);
+        let text = toml::to_string(&section).unwrap();
+        assert!(text.starts_with("backend = \"yubihsm\""), "{text}");
+        assert_eq!(toml::from_str::<HsmSection>(&text).unwrap(), section);
     }
 
     #[test]

@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::load_config;
-use crate::app::pkcs11_config;
-use crate::config::{self, Config};
-use crate::hsm::enrolment;
+use crate::config::Config;
 use keystake_core::manifest::EnrolmentPublicKey;
 
 /// `keystake-signer enrolment …`.
@@ -37,6 +35,5 @@ pub fn run(command: EnrolmentCommand) -> Result<()> {
 
 /// `enrolment show`: the enrolment public key line.
 pub fn enrolment_show(config: &Config) -> Result<EnrolmentPublicKey> {
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    Ok(enrolment::public_key(&pkcs11_config(config), &pin)?)
+    crate::app::enrolment_public_key(config)
 }

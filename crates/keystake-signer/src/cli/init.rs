@@ -36,6 +36,6 @@ pub fn init(config: &Config) -> Result<()> {
     if crate::service::keymanager::ensure_token_file(&token_file)? {
         tracing::info!(file = %token_file.display(), "generated the keymanager API token");
     }
-    tracing::info!(database = %store.path().display(), token = %config.hsm.token_label, "initialised");
+    tracing::info!(database = %store.path().display(), hsm = %config.hsm, "initialised");
     Ok(())
 }

@@ -16,9 +16,8 @@ use anyhow::{Context, Result};
 
 use super::manifest::load_manifest;
 use super::{load_config, read_json, read_password_file};
-use crate::app::{open_sealer, pkcs11_config};
-use crate::config::{self, Config};
-use crate::hsm::enrolment;
+use crate::app::open_sealer;
+use crate::config::Config;
 use crate::service;
 use crate::store::{InsertOutcome, ShareOrigin, ThresholdInfo};
 use keystake_core::keystore;
@@ -152,8 +151,7 @@ pub fn import_share(
     let checked = package
         .check(expected.as_ref())
         .with_context(|| format!("share package {}", package_path.display()))?;
-    let pin = config::read_secret_file(&config.hsm.user_pin_file)?;
-    let share = enrolment::open_package(&pkcs11_config(config), &pin, &checked)
+    let share = crate::app::open_share_package(config, &checked)
         .with_context(|| format!("opening share package {}", package_path.display()))?;
     let manifest = &checked.manifest;
     let info = ThresholdInfo {

@@ -35,6 +35,9 @@
 //! manifest hash) is bound by the AAD instead. A later format version can add a KDF once the
 //! supported tokens implement one.
 //!
+//! Only the PKCS#11 backend has an enrolment key: on a YubiHSM2 appliance, `enrolment show` and
+//! `keys import-share` answer [`EnrolmentError::NoEnrolmentKey`] (`app` decides, by backend).
+//!
 //! What this module refuses: a token holding half a key pair, two objects with the label, a
 //! private key that is extractable, was ever readable, or may sign/decrypt/unwrap; a recipient
 //! key off the curve; a package addressed to another appliance ([`EnrolmentError::WrongRecipient`],
@@ -104,6 +107,10 @@ pub enum EnrolmentError {
     Manifest(#[from] ManifestError),
     #[error("encrypting the package failed: {0}")]
     Crypto(&'static str),
+    /// The configured backend has no enrolment key (today: the YubiHSM2 backend, whose mock
+    /// device lacks ECDH, so it could not be built and tested yet).
+    #[error("share packages need the enrolment key, which the {backend} backend does not have yet: see issue 14")]
+    NoEnrolmentKey { backend: &'static str },
 }
 
 fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
@@ -283,82 +290,34 @@ fn read_public_key(
     Ok(EnrolmentPublicKey::from_sec1(sec1)?)
 }
 
+/// The enrolment private key: a P-256 key that never left the token and can only derive (ECDH).
+fn private_key_profile() -> pkcs11::KeyProfile {
+    pkcs11::KeyProfile {
+        kind: "a P-256 EC private key",
+        exact: vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+        ],
+        required: &[(AttributeType::Derive, "cannot derive (ECDH)")],
+        forbidden: &[
+            (AttributeType::Sign, "may sign"),
+            (AttributeType::Decrypt, "may decrypt"),
+            (AttributeType::Unwrap, "may unwrap"),
+        ],
+    }
+}
+
 /// Refuse a private key that could leave the token, was ever readable, or may do more than
-/// ECDH derivation.
+/// ECDH derivation (the check the sealing key gets too: [`pkcs11::check_key`]).
 fn verify_private_key(session: &Session, key: ObjectHandle) -> Result<(), EnrolmentError> {
-    let attributes = session
-        .get_attributes(
-            key,
-            &[
-                AttributeType::KeyType,
-                AttributeType::EcParams,
-                AttributeType::Token,
-                AttributeType::Private,
-                AttributeType::Sensitive,
-                AttributeType::AlwaysSensitive,
-                AttributeType::Extractable,
-                AttributeType::NeverExtractable,
-                AttributeType::Derive,
-                AttributeType::Sign,
-                AttributeType::Decrypt,
-                AttributeType::Unwrap,
-            ],
-        )
-        .map_err(hsm("reading the enrolment key's attributes"))?;
-    let unsuitable = |reason: &str| EnrolmentError::Unsuitable {
-        label: ENROLMENT_KEY_LABEL.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let mut key_type = None;
-    let mut params = None;
-    let mut flags = std::collections::HashMap::new();
-    for attribute in &attributes {
-        match attribute {
-            Attribute::KeyType(value) => key_type = Some(*value),
-            Attribute::EcParams(value) => params = Some(value.clone()),
-            Attribute::Token(v) => _ = flags.insert(AttributeType::Token, *v),
-            Attribute::Private(v) => _ = flags.insert(AttributeType::Private, *v),
-            Attribute::Sensitive(v) => _ = flags.insert(AttributeType::Sensitive, *v),
-            Attribute::AlwaysSensitive(v) => _ = flags.insert(AttributeType::AlwaysSensitive, *v),
-            Attribute::Extractable(v) => _ = flags.insert(AttributeType::Extractable, *v),
-            Attribute::NeverExtractable(v) => _ = flags.insert(AttributeType::NeverExtractable, *v),
-            Attribute::Derive(v) => _ = flags.insert(AttributeType::Derive, *v),
-            Attribute::Sign(v) => _ = flags.insert(AttributeType::Sign, *v),
-            Attribute::Decrypt(v) => _ = flags.insert(AttributeType::Decrypt, *v),
-            Attribute::Unwrap(v) => _ = flags.insert(AttributeType::Unwrap, *v),
-            _ => {}
-        }
-    }
-    if key_type != Some(KeyType::EC) || params.as_deref() != Some(&P256_EC_PARAMS[..]) {
-        return Err(unsuitable("not a P-256 EC key"));
-    }
-    let flag = |attribute: AttributeType| flags.get(&attribute).copied();
-    // Absent security attributes prove nothing: they count as the unsafe value.
-    for (attribute, reason) in [
-        (AttributeType::Token, "is a session object"),
-        (AttributeType::Private, "is readable without logging in"),
-        (AttributeType::Sensitive, "is not sensitive"),
-        (AttributeType::AlwaysSensitive, "was not always sensitive"),
-        (AttributeType::NeverExtractable, "was extractable once"),
-        (AttributeType::Derive, "cannot derive (ECDH)"),
-    ] {
-        if flag(attribute) != Some(true) {
-            return Err(unsuitable(reason));
-        }
-    }
-    if flag(AttributeType::Extractable) != Some(false) {
-        return Err(unsuitable("is extractable"));
-    }
-    for (attribute, reason) in [
-        (AttributeType::Sign, "may sign"),
-        (AttributeType::Decrypt, "may decrypt"),
-        (AttributeType::Unwrap, "may unwrap"),
-    ] {
-        if flag(attribute) == Some(true) {
-            return Err(unsuitable(reason));
-        }
-    }
-    Ok(())
+    pkcs11::check_key(session, key, &private_key_profile()).map_err(|error| match error {
+        pkcs11::KeyCheckError::Hsm(e) => hsm("reading the enrolment key's attributes")(e),
+        pkcs11::KeyCheckError::Unsuitable(reason) => EnrolmentError::Unsuitable {
+            label: ENROLMENT_KEY_LABEL.to_owned(),
+            reason,
+        },
+    })
 }
 
 fn generate_key_pair(session: &Session) -> Result<(), EnrolmentError> {
@@ -374,19 +333,9 @@ fn generate_key_pair(session: &Session) -> Result<(), EnrolmentError> {
         Attribute::Wrap(false),
         Attribute::Derive(false),
     ];
-    let private_template = [
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Copyable(false),
-        label,
-        Attribute::Derive(true),
-        Attribute::Sign(false),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-    ];
+    // Class, type and curve come from the mechanism and the public template.
+    let mut private_template = vec![label];
+    private_template.extend(private_key_profile().generation_template());
     session
         .generate_key_pair(
             &Mechanism::EccKeyPairGen,
@@ -748,6 +697,38 @@ mod tests {
         ));
         // The untouched package still opens.
         assert!(open_package(&config, &user_pin(), &package.check(None).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_private_key_that_may_sign_is_refused() {
+        // A pair someone else put on the token under our label, with the shared lock-down but
+        // also allowed to sign: the check shared with the sealing key refuses it.
+        let config = fresh_config("enrol-weak");
+        Pkcs11Sealer::initialize(&config, &so_pin(), &user_pin()).unwrap();
+        let session = pkcs11::user_session(&config, &user_pin()).unwrap();
+        let label = Attribute::Label(ENROLMENT_KEY_LABEL.as_bytes().to_vec());
+        let mut private_template = vec![label.clone(), Attribute::Sign(true)];
+        private_template.extend(
+            private_key_profile()
+                .generation_template()
+                .into_iter()
+                .filter(|a| a.attribute_type() != AttributeType::Sign),
+        );
+        session
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(true),
+                    label,
+                    Attribute::EcParams(P256_EC_PARAMS.to_vec()),
+                ],
+                &private_template,
+            )
+            .unwrap();
+        match ensure_key_pair(&config, &user_pin()) {
+            Err(EnrolmentError::Unsuitable { reason, .. }) => assert_eq!(reason, "may sign"),
+            other => panic!("expected Unsuitable, got {other:?}"),
+        }
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! Every blob is bound to its identity by [`SealContext::aad`] (share public key, share index,
 //! group public key): a blob copied to another key's row does not open ([`SealError::Integrity`]).
 //!
-//! Backends: [`pkcs11`] (any PKCS#11 token, AES-256-GCM inside the token) and [`yubihsm`]
-//! (YubiHSM2 through the `yubihsm` crate). The service only sees `dyn Sealer`.
+//! Backends, one file each: [`pkcs11`] (any PKCS#11 token, AES-256-GCM inside the token) and
+//! `yubihsm` (YubiHSM2 through the `yubihsm` crate, behind the cargo feature `yubihsm`, on by
+//! default). The service only sees `dyn Sealer`; `app::open_sealer` picks the backend from
+//! `[hsm] backend`. The enrolment key that opens share packages ([`enrolment`]) exists on
+//! PKCS#11 tokens only.
 //!
 //! Blob layout ([`SealedShare`]): `format version (1) || backend tag (1) || backend body`, where the
 //! body carries its own IV/nonce, the ciphertext and the authentication tag. This module refuses
@@ -18,6 +21,7 @@
 
 pub mod enrolment;
 pub mod pkcs11;
+#[cfg(feature = "yubihsm")]
 pub mod yubihsm;
 
 use std::fmt;
@@ -40,7 +44,7 @@ pub const SHARE_LEN: usize = 32;
 pub enum SealBackend {
     /// PKCS#11 token, `CKM_AES_GCM` with a 96-bit IV and a 128-bit tag.
     Pkcs11AesGcm,
-    /// YubiHSM2: per-blob key derived by HMAC-SHA256 inside the device (see [`yubihsm`]).
+    /// YubiHSM2: per-blob key derived by HMAC-SHA256 inside the device (see `yubihsm`).
     YubiHsmHmacSha256,
 }
 
@@ -266,7 +270,8 @@ impl SealError {
     }
 }
 
-/// Shared test bodies, run against every backend (see `pkcs11::tests` and `yubihsm::tests`).
+/// Shared test bodies, run against every backend (see `pkcs11::tests`, `yubihsm::tests` and
+/// `cross_backend_tests` below; the signing path over both backends is in `app::tests`).
 #[cfg(test)]
 pub(crate) mod contract_tests {
     use std::sync::Arc;
@@ -378,6 +383,30 @@ pub(crate) mod contract_tests {
             other => panic!("blob of another sealing key: expected Integrity, got {other:?}"),
         }
         assert_eq!(*sealer_a.unseal(&sealed, &ctx).unwrap(), *secret(5));
+    }
+
+    /// A blob sealed by another backend (`other`) is refused as malformed — by its header, before
+    /// the HSM is asked — and the sealer stays usable.
+    pub(crate) fn other_backends_blob_is_refused(sealer: &dyn Sealer, other: &dyn Sealer) {
+        let ctx = context(8);
+        let foreign = other.seal(&secret(8), &ctx).unwrap();
+        let own = sealer.seal(&secret(8), &ctx).unwrap();
+        assert_ne!(foreign.backend().unwrap(), own.backend().unwrap());
+        match sealer.unseal(&foreign, &ctx) {
+            Err(SealError::MalformedBlob(message)) => {
+                assert!(message.contains("sealed by backend"), "{message}")
+            }
+            other => panic!("blob of another backend: expected MalformedBlob, got {other:?}"),
+        }
+        // The other backend's body behind this backend's header: the body length or the tag
+        // gives it away.
+        let mut relabelled = foreign.clone();
+        relabelled.0[1] = own.0[1];
+        assert!(matches!(
+            sealer.unseal(&relabelled, &ctx),
+            Err(SealError::MalformedBlob(_)) | Err(SealError::Integrity)
+        ));
+        assert_eq!(*sealer.unseal(&own, &ctx).unwrap(), *secret(8));
     }
 
     pub(crate) fn blob_hides_plaintext(sealer: &dyn Sealer) {
@@ -496,5 +525,19 @@ mod tests {
             format!("{blob:?}"),
             "SealedShare(pkcs11-aes-256-gcm, 6 bytes)"
         );
+    }
+}
+
+/// Bodies that need one sealer of each backend: SoftHSM2 and the YubiHSM2 mock.
+#[cfg(all(test, feature = "yubihsm"))]
+mod cross_backend_tests {
+    use super::{contract_tests, pkcs11, yubihsm};
+
+    #[test]
+    fn each_backend_refuses_the_other_backends_blobs() {
+        let (_, softhsm) = pkcs11::test_support::fresh_sealer("cross-backend");
+        let (_, mock) = yubihsm::test_support::fresh_sealer();
+        contract_tests::other_backends_blob_is_refused(&softhsm, &mock);
+        contract_tests::other_backends_blob_is_refused(&mock, &softhsm);
     }
 }

@@ -290,154 +290,206 @@ fn find_key(session: &Session, label: &str) -> Result<Option<ObjectHandle>, Seal
     }
 }
 
-/// Refuse a key whose attributes do not prove it is an AES-256 key that never left the token and
-/// can only encrypt and decrypt.
-fn verify_key_attributes(
+/// What a long-term key object of this appliance must be: one definition for generating the key
+/// and for checking it whenever it is used, so the two cannot drift apart. Every such key is also
+/// a token object, private, sensitive, never extractable, not modifiable and not copyable.
+pub(crate) struct KeyProfile {
+    /// What the key is, e.g. "an AES-256 secret key" (for the refusal message).
+    pub kind: &'static str,
+    /// Attributes that must have exactly these values: class, key type, length or curve.
+    pub exact: Vec<Attribute>,
+    /// Usage the key must allow, with the refusal when it does not.
+    pub required: &'static [(AttributeType, &'static str)],
+    /// Usage the key must not allow, with the refusal when it does. A usage flag the token does
+    /// not report for this kind of key counts as off.
+    pub forbidden: &'static [(AttributeType, &'static str)],
+}
+
+/// Why [`check_key`] refused a key.
+pub(crate) enum KeyCheckError {
+    /// The token could not be asked.
+    Hsm(CryptokiError),
+    /// The key's attributes do not prove what the profile asks for.
+    Unsuitable(String),
+}
+
+/// The security attributes every long-term key must have, and the refusal when one does not.
+/// An absent attribute proves nothing: it counts as the unsafe value.
+const LOCKED_DOWN: [(AttributeType, &str); 5] = [
+    (
+        AttributeType::Token,
+        "is a session object, not a token object",
+    ),
+    (
+        AttributeType::Private,
+        "is readable without logging in (CKA_PRIVATE false)",
+    ),
+    (
+        AttributeType::Sensitive,
+        "is not sensitive (CKA_SENSITIVE false)",
+    ),
+    (
+        AttributeType::AlwaysSensitive,
+        "was not always sensitive (its value was once readable)",
+    ),
+    (
+        AttributeType::NeverExtractable,
+        "was extractable once (its value may exist outside the token)",
+    ),
+];
+
+impl KeyProfile {
+    /// The attributes to generate such a key with (besides its class, type and size, which the
+    /// caller's mechanism and template give): locked down, with exactly the profile's usage.
+    pub(crate) fn generation_template(&self) -> Vec<Attribute> {
+        let mut template = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
+        ];
+        for (usage, _) in self.required {
+            template.extend(bool_attribute(*usage, true));
+        }
+        for (usage, _) in self.forbidden {
+            template.extend(bool_attribute(*usage, false));
+        }
+        template
+    }
+}
+
+/// Read `key`'s attributes in one call and refuse it unless they prove it is `profile.kind`,
+/// never left the token, cannot leave it, and allows exactly the usage of the profile. Used for
+/// the sealing key (here) and the enrolment key ([`crate::hsm::enrolment`]).
+pub(crate) fn check_key(
     session: &Session,
     key: ObjectHandle,
-    label: &str,
-) -> Result<(), SealError> {
+    profile: &KeyProfile,
+) -> Result<(), KeyCheckError> {
+    let wanted: Vec<AttributeType> = profile
+        .exact
+        .iter()
+        .map(Attribute::attribute_type)
+        .chain(LOCKED_DOWN.iter().map(|(attribute, _)| *attribute))
+        .chain([AttributeType::Extractable])
+        .chain(profile.required.iter().map(|(attribute, _)| *attribute))
+        .chain(profile.forbidden.iter().map(|(attribute, _)| *attribute))
+        .collect();
     let attributes = session
-        .get_attributes(
-            key,
-            &[
-                AttributeType::Class,
-                AttributeType::KeyType,
-                AttributeType::ValueLen,
-                AttributeType::Token,
-                AttributeType::Private,
-                AttributeType::Sensitive,
-                AttributeType::AlwaysSensitive,
-                AttributeType::Extractable,
-                AttributeType::NeverExtractable,
-                AttributeType::Encrypt,
-                AttributeType::Decrypt,
-                AttributeType::Wrap,
-                AttributeType::Unwrap,
-                AttributeType::Derive,
-                AttributeType::Sign,
-                AttributeType::Verify,
-            ],
-        )
-        .map_err(|e| unavailable("reading the sealing key's attributes", &e))?;
+        .get_attributes(key, &wanted)
+        .map_err(KeyCheckError::Hsm)?;
+    let unsuitable = |reason: &str| Err(KeyCheckError::Unsuitable(reason.to_string()));
 
-    let unsuitable = |reason: &str| SealError::UnsuitableKey {
-        label: label.to_string(),
-        reason: reason.to_string(),
-    };
+    for expected in &profile.exact {
+        if !attributes.contains(expected) {
+            return unsuitable(&format!("not {}", profile.kind));
+        }
+    }
     let flag = |wanted: AttributeType| -> Option<bool> {
-        attributes.iter().find_map(|attribute| match attribute {
-            Attribute::Token(v) if wanted == AttributeType::Token => Some(*v),
-            Attribute::Private(v) if wanted == AttributeType::Private => Some(*v),
-            Attribute::Sensitive(v) if wanted == AttributeType::Sensitive => Some(*v),
-            Attribute::AlwaysSensitive(v) if wanted == AttributeType::AlwaysSensitive => Some(*v),
-            Attribute::Extractable(v) if wanted == AttributeType::Extractable => Some(*v),
-            Attribute::NeverExtractable(v) if wanted == AttributeType::NeverExtractable => Some(*v),
-            Attribute::Encrypt(v) if wanted == AttributeType::Encrypt => Some(*v),
-            Attribute::Decrypt(v) if wanted == AttributeType::Decrypt => Some(*v),
-            Attribute::Wrap(v) if wanted == AttributeType::Wrap => Some(*v),
-            Attribute::Unwrap(v) if wanted == AttributeType::Unwrap => Some(*v),
-            Attribute::Derive(v) if wanted == AttributeType::Derive => Some(*v),
-            Attribute::Sign(v) if wanted == AttributeType::Sign => Some(*v),
-            Attribute::Verify(v) if wanted == AttributeType::Verify => Some(*v),
-            _ => None,
-        })
+        attributes
+            .iter()
+            .filter(|attribute| attribute.attribute_type() == wanted)
+            .find_map(bool_value)
     };
-
-    let class = attributes.iter().find_map(|a| match a {
-        Attribute::Class(class) => Some(*class),
-        _ => None,
-    });
-    if class != Some(ObjectClass::SECRET_KEY) {
-        return Err(unsuitable("not a secret key"));
-    }
-    let key_type = attributes.iter().find_map(|a| match a {
-        Attribute::KeyType(key_type) => Some(*key_type),
-        _ => None,
-    });
-    if key_type != Some(KeyType::AES) {
-        return Err(unsuitable("not an AES key"));
-    }
-    let value_len = attributes.iter().find_map(|a| match a {
-        Attribute::ValueLen(len) => Some(u64::from(*len)),
-        _ => None,
-    });
-    if value_len != Some(32) {
-        return Err(unsuitable("not a 256-bit key"));
-    }
-    // Absent security attributes cannot prove anything: they count as the unsafe value.
-    let required_true = [
-        (
-            AttributeType::Token,
-            "is a session object, not a token object",
-        ),
-        (
-            AttributeType::Private,
-            "is readable without logging in (CKA_PRIVATE false)",
-        ),
-        (
-            AttributeType::Sensitive,
-            "is not sensitive (CKA_SENSITIVE false)",
-        ),
-        (
-            AttributeType::AlwaysSensitive,
-            "was not always sensitive (its value was once readable)",
-        ),
-        (
-            AttributeType::NeverExtractable,
-            "was extractable once (its value may exist outside the token)",
-        ),
-        (AttributeType::Encrypt, "cannot encrypt"),
-        (AttributeType::Decrypt, "cannot decrypt"),
-    ];
-    for (attribute, reason) in required_true {
-        if flag(attribute) != Some(true) {
-            return Err(unsuitable(reason));
+    for (attribute, reason) in LOCKED_DOWN.iter().chain(profile.required) {
+        if flag(*attribute) != Some(true) {
+            return unsuitable(reason);
         }
     }
     if flag(AttributeType::Extractable) != Some(false) {
-        return Err(unsuitable("is extractable (CKA_EXTRACTABLE true)"));
+        return unsuitable("is extractable (CKA_EXTRACTABLE true)");
     }
-    // Usage flags an HSM does not report for AES keys are treated as off.
-    let forbidden_usage = [
-        (AttributeType::Wrap, "may wrap keys"),
-        (AttributeType::Unwrap, "may unwrap keys"),
-        (
-            AttributeType::Derive,
-            "may derive keys (derivation can leak the key value)",
-        ),
-        (AttributeType::Sign, "may sign"),
-        (AttributeType::Verify, "may verify"),
-    ];
-    for (attribute, reason) in forbidden_usage {
-        if flag(attribute) == Some(true) {
-            return Err(unsuitable(reason));
+    for (attribute, reason) in profile.forbidden {
+        if flag(*attribute) == Some(true) {
+            return unsuitable(reason);
         }
     }
     Ok(())
 }
 
+/// The value of a boolean attribute (`None` for the others).
+fn bool_value(attribute: &Attribute) -> Option<bool> {
+    match attribute {
+        Attribute::Token(v)
+        | Attribute::Private(v)
+        | Attribute::Sensitive(v)
+        | Attribute::AlwaysSensitive(v)
+        | Attribute::Extractable(v)
+        | Attribute::NeverExtractable(v)
+        | Attribute::Encrypt(v)
+        | Attribute::Decrypt(v)
+        | Attribute::Wrap(v)
+        | Attribute::Unwrap(v)
+        | Attribute::Derive(v)
+        | Attribute::Sign(v)
+        | Attribute::Verify(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// The usage attribute `usage` set to `value` (`None` for a type that is not a usage flag).
+fn bool_attribute(usage: AttributeType, value: bool) -> Option<Attribute> {
+    Some(match usage {
+        AttributeType::Encrypt => Attribute::Encrypt(value),
+        AttributeType::Decrypt => Attribute::Decrypt(value),
+        AttributeType::Wrap => Attribute::Wrap(value),
+        AttributeType::Unwrap => Attribute::Unwrap(value),
+        AttributeType::Derive => Attribute::Derive(value),
+        AttributeType::Sign => Attribute::Sign(value),
+        AttributeType::Verify => Attribute::Verify(value),
+        _ => return None,
+    })
+}
+
+/// The sealing key: an AES-256 key that never left the token and can only encrypt and decrypt.
+fn sealing_key_profile() -> KeyProfile {
+    KeyProfile {
+        kind: "an AES-256 secret key",
+        exact: vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32u64.into()),
+        ],
+        required: &[
+            (AttributeType::Encrypt, "cannot encrypt"),
+            (AttributeType::Decrypt, "cannot decrypt"),
+        ],
+        forbidden: &[
+            (AttributeType::Wrap, "may wrap keys"),
+            (AttributeType::Unwrap, "may unwrap keys"),
+            (
+                AttributeType::Derive,
+                "may derive keys (derivation can leak the key value)",
+            ),
+            (AttributeType::Sign, "may sign"),
+            (AttributeType::Verify, "may verify"),
+        ],
+    }
+}
+
+/// Refuse a key that is not what [`sealing_key_profile`] describes.
+fn verify_key_attributes(
+    session: &Session,
+    key: ObjectHandle,
+    label: &str,
+) -> Result<(), SealError> {
+    check_key(session, key, &sealing_key_profile()).map_err(|error| match error {
+        KeyCheckError::Hsm(e) => unavailable("reading the sealing key's attributes", &e),
+        KeyCheckError::Unsuitable(reason) => SealError::UnsuitableKey {
+            label: label.to_string(),
+            reason,
+        },
+    })
+}
+
 /// Generate the sealing key inside the token.
 fn generate_sealing_key(session: &Session, label: &str) -> Result<ObjectHandle, SealError> {
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32u64.into()),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Copyable(false),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-    ];
+    let profile = sealing_key_profile();
+    let mut template = profile.generation_template();
+    template.extend(profile.exact);
+    template.push(Attribute::Label(label.as_bytes().to_vec()));
     session
         .generate_key(&Mechanism::AesKeyGen, &template)
         .map_err(|e| SealError::Backend(format!("generating the sealing key: {e}")))

@@ -434,26 +434,29 @@ impl Sealer for YubiHsmSealer {
     }
 }
 
+/// The crate's in-memory YubiHSM2 for tests (debug builds only): a fresh device per call.
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+pub(crate) mod test_support {
+    use secrecy::SecretString;
+    use yubihsm::Connector;
 
-    use super::*;
-    use crate::hsm::contract_tests;
+    use super::{YubiHsmConfig, YubiHsmConnector, YubiHsmSealer};
 
     /// mockhsm's factory-default authentication key: id 1, password "password".
-    fn mock_password() -> SecretString {
+    pub(crate) const MOCK_AUTH_KEY_ID: u16 = 1;
+
+    pub(crate) fn mock_password() -> SecretString {
         SecretString::from("password")
     }
 
-    fn config() -> YubiHsmConfig {
+    pub(crate) fn config() -> YubiHsmConfig {
         YubiHsmConfig {
             connector: YubiHsmConnector::Http {
                 addr: "127.0.0.1".to_string(),
                 port: 12345,
                 timeout_ms: 5000,
             },
-            auth_key_id: 1,
+            auth_key_id: MOCK_AUTH_KEY_ID,
             key_id: 0x0064,
             key_label: "keystake-seal".to_string(),
             domain: 1,
@@ -461,13 +464,22 @@ mod tests {
     }
 
     /// A fresh mock device with the sealing key, and a sealer on it.
-    fn fresh_sealer() -> (Connector, YubiHsmSealer) {
+    pub(crate) fn fresh_sealer() -> (Connector, YubiHsmSealer) {
         let connector = Connector::mockhsm();
         YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
         let sealer =
             YubiHsmSealer::open_with(connector.clone(), &config(), &mock_password()).unwrap();
         (connector, sealer)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::test_support::*;
+    use super::*;
+    use crate::hsm::contract_tests;
 
     fn admin_client(connector: &Connector) -> Client {
         Client::open(connector.clone(), Credentials::default(), true).unwrap()

@@ -74,6 +74,12 @@ impl Caller {
         Caller { identity, api }
     }
 
+    /// An in-process caller without a certificate (CLI tools, tests): admitted only by a
+    /// service without a policy, like any caller without an identity.
+    pub fn local() -> Self {
+        Caller::new(None, Api::Local)
+    }
+
     /// The name used in logs and audit records.
     pub fn name(&self) -> String {
         self.identity.as_ref().map_or_else(
