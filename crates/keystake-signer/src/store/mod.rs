@@ -932,6 +932,28 @@ struct SqlHistory<'a> {
     validator_id: Option<i64>,
 }
 
+impl SqlHistory<'_> {
+    /// The first attestation of this key a surround query finds (`?2` = source, `?3` = target).
+    fn first_attestation(
+        &self,
+        sql: &str,
+        source: Epoch,
+        target: Epoch,
+    ) -> rusqlite::Result<Option<SignedAttestation>> {
+        self.conn
+            .prepare_cached(sql)?
+            .query_row(
+                params![
+                    self.validator_id.unwrap_or(-1),
+                    u64_to_sql(source.0),
+                    u64_to_sql(target.0)
+                ],
+                attestation_from_row,
+            )
+            .optional()
+    }
+}
+
 impl History for SqlHistory<'_> {
     type Error = rusqlite::Error;
 
@@ -977,25 +999,16 @@ impl History for SqlHistory<'_> {
         source: Epoch,
         target: Epoch,
     ) -> Result<Option<SignedAttestation>, Self::Error> {
-        self.conn
-            .prepare_cached(
-                // Scan the targets above the new one: in normal operation the new attestation
-                // is the newest, so this range is empty. (Left to itself SQLite picks the
-                // source index and walks the key's whole history: measured 5x slower at 40k
-                // records.)
-                "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
-                 INDEXED BY signed_attestations_by_target
-                 WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1",
-            )?
-            .query_row(
-                params![
-                    self.validator_id.unwrap_or(-1),
-                    u64_to_sql(source.0),
-                    u64_to_sql(target.0)
-                ],
-                attestation_from_row,
-            )
-            .optional()
+        // Scan the targets above the new one: in normal operation the new attestation is the
+        // newest, so this range is empty. (Left to itself SQLite picks the source index and
+        // walks the key's whole history: measured 5x slower at 40k records.)
+        self.first_attestation(
+            "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+             INDEXED BY signed_attestations_by_target
+             WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1",
+            source,
+            target,
+        )
     }
 
     fn attestation_surrounded_by(
@@ -1003,22 +1016,14 @@ impl History for SqlHistory<'_> {
         source: Epoch,
         target: Epoch,
     ) -> Result<Option<SignedAttestation>, Self::Error> {
-        self.conn
-            .prepare_cached(
-                // Scan the sources above the new one: empty in normal operation (see above).
-                "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
-                 INDEXED BY signed_attestations_by_source
-                 WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1",
-            )?
-            .query_row(
-                params![
-                    self.validator_id.unwrap_or(-1),
-                    u64_to_sql(source.0),
-                    u64_to_sql(target.0)
-                ],
-                attestation_from_row,
-            )
-            .optional()
+        // Scan the sources above the new one: empty in normal operation (see above).
+        self.first_attestation(
+            "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+             INDEXED BY signed_attestations_by_source
+             WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1",
+            source,
+            target,
+        )
     }
 
     fn watermark(&self) -> Result<Watermark, Self::Error> {
