@@ -71,10 +71,20 @@ pub fn write_file(
     let placed = written.and_then(|()| match overwrite {
         Overwrite::Replace => fs::rename(&temporary, path),
         // link(2) never replaces an existing target: the check and the write are one step.
-        Overwrite::Refuse => fs::hard_link(&temporary, path).and_then(|()| {
-            fs::remove_file(&temporary)?;
-            Ok(())
-        }),
+        Overwrite::Refuse => match fs::hard_link(&temporary, path) {
+            Ok(()) => {
+                if let Err(error) = fs::remove_file(&temporary) {
+                    // The file is in place; only a spare copy with the same mode is left.
+                    tracing::warn!(%error, file = %temporary.display(), "could not remove a temporary file");
+                }
+                Ok(())
+            }
+            Err(error) if links_unsupported(&error) => {
+                let _ = fs::remove_file(&temporary);
+                write_exclusive(path, contents, mode)
+            }
+            Err(error) => Err(error),
+        },
     });
     if let Err(source) = placed {
         // Best effort: the temporary file is ours and useless after a failure.
@@ -99,6 +109,29 @@ pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// File systems without hard links (FAT/exFAT media, some FUSE and virtiofs mounts) refuse
+/// `link(2)` with one of these.
+fn links_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::PERM.raw_os_error()
+            || code == rustix::io::Errno::NOTSUP.raw_os_error()
+            || code == rustix::io::Errno::OPNOTSUPP.raw_os_error()
+            || code == rustix::io::Errno::MLINK.raw_os_error()
+    )
+}
+
+/// Without hard links: create the target itself exclusively (still never clobbering, mode set
+/// at creation), at the cost of a partial file if the write fails half-way — removed then.
+fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = create_exclusive(path, mode)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
 }
 
 fn create_exclusive(path: &Path, mode: u32) -> io::Result<fs::File> {

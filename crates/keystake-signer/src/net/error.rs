@@ -155,8 +155,9 @@ impl ApiError {
                 ApiError::from(KeymanagerError::Service(service))
             }
             (error, ErrorShape::Web3Signer) => ApiError::new(status, error.to_string()),
+            // The keymanager specification knows 400, 401, 403 and 500 only.
             (error, ErrorShape::Keymanager) => ApiError {
-                status,
+                status: StatusCode::BAD_REQUEST,
                 body: json!({ "message": error.to_string() }),
             },
         }

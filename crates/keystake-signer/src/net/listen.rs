@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -19,9 +20,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::net::error::ApiError;
 use crate::net::tls::{peer_identity, ClientIdentity, TlsFiles};
+use crate::service::authz::{Api, Caller};
 use crate::service::authz::{ReloadError, Reloadable};
-use crate::service::SigningService;
+use crate::service::sign::Admission;
+use crate::service::{ServiceError, SigningService};
 
 /// A client that has not finished the TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,9 +42,14 @@ pub const MAX_H2_STREAMS: u32 = 64;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything served on the mutual-TLS port. Requests whose content-type is
-/// `application/grpc…` go to the gRPC API ([`crate::net::grpc::router`]); all others to the REST side: the
-/// Web3Signer API, KeyStake's admin routes, `more` (the keymanager API), all behind the
-/// keymanager authorization guard.
+/// `application/grpc…` go to the gRPC API ([`crate::net::grpc::router`]); all others to the REST
+/// side: the Web3Signer API, KeyStake's admin routes, `more` (the keymanager API), all behind
+/// the keymanager authorization guard.
+///
+/// Refuses, before anything else of the request is read: a request without a verified client
+/// identity (the accept loop attaches one to every mutual-TLS connection, so this guards
+/// against serving this router without it), and on gRPC a client the policy does not name —
+/// tonic decodes a whole message before its handler runs, so the check must come first.
 pub fn app(service: Arc<SigningService>, more: Router) -> Router {
     let rest = crate::net::rest::sign::router(service.clone())
         .merge(crate::net::rest::operator::router(service.clone()))
@@ -49,15 +58,39 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
             service.clone(),
             crate::net::rest::operator::keymanager_guard,
         ));
-    let grpc = crate::net::grpc::router(service);
+    let grpc = crate::net::grpc::router(service.clone());
     Router::new().fallback_service(tower::service_fn(
         move |request: http::Request<axum::body::Body>| {
-            let target = if is_grpc(request.headers()) {
-                grpc.clone()
-            } else {
-                rest.clone()
-            };
-            target.oneshot(request)
+            let (rest, grpc, service) = (rest.clone(), grpc.clone(), service.clone());
+            async move {
+                let grpc_request = is_grpc(request.headers());
+                let Some(identity) = request.extensions().get::<ClientIdentity>().cloned() else {
+                    tracing::warn!("request without a client identity refused");
+                    let refused =
+                        ServiceError::Forbidden(keystake_core::policy::Denial::NoIdentity);
+                    return Ok(if grpc_request {
+                        tonic::Status::from(refused).into_http()
+                    } else {
+                        ApiError::from(refused).into_response()
+                    });
+                };
+                if !grpc_request {
+                    return rest.oneshot(request).await;
+                }
+                let caller = Caller::new(Some(identity), Api::Grpc);
+                let path = request.uri().path();
+                let admission = if path.ends_with("/Sign") || path.ends_with("/SignBatch") {
+                    Admission::Signing {
+                        identifier: String::new(),
+                    }
+                } else {
+                    Admission::Operation("grpc")
+                };
+                if let Err(error) = service.admit(&caller, admission).await {
+                    return Ok(tonic::Status::from(error).into_http());
+                }
+                grpc.oneshot(request).await
+            }
         },
     ))
 }

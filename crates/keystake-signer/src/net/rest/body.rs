@@ -8,12 +8,14 @@
 //! the shape of the error body — are a [`BodyRules`] type, so no handler reads a body its own way.
 //!
 //! Refuses: unknown clients (403), a non-JSON `Content-Type` on routes that demand JSON (415),
-//! bodies over the route's limit (413), bodies that do not arrive within [`BODY_READ_TIMEOUT`]
-//! (408), bodies the client breaks off (400).
+//! bodies over the route's limit (413), bodies that do not arrive within the route's time
+//! ([`BODY_READ_TIMEOUT`], 408), bodies the client breaks off (400). The keymanager API answers
+//! every unreadable body with 400, the only client error its specification has besides 401/403.
 #![forbid(unsafe_code)]
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -32,10 +34,13 @@ use crate::service::{ServiceError, SigningService};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest keymanager import body: about 16,000 keystores, or fewer with a large interchange.
 pub const MAX_KEYMANAGER_BODY_BYTES: usize = 32 * 1024 * 1024;
-/// Largest operator body (an EIP-3076 interchange for many validators).
-pub const MAX_OPERATOR_BODY_BYTES: usize = 32 * 1024 * 1024;
-/// A slow client gets this long to send its body (headers are bounded by the connection).
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest operator body (an EIP-3076 interchange; what these routes always accepted).
+pub const MAX_OPERATOR_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// A slow client gets this long to send a signing or operator body (headers are bounded by the
+/// connection).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A keymanager import may be tens of MiB from a remote host: it gets longer.
+pub const KEYMANAGER_BODY_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why a body was not read.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,8 @@ impl RestState for Arc<Keymanager> {
 pub trait BodyRules: Send + Sync + 'static {
     /// Largest body accepted.
     const LIMIT: usize;
+    /// How long the body may take to arrive.
+    const TIMEOUT: Duration = BODY_READ_TIMEOUT;
     /// Refuse a `Content-Type` other than `application/json` (an absent one is accepted, as
     /// Web3Signer does).
     const JSON_ONLY: bool;
@@ -146,6 +153,7 @@ impl BodyRules for Operator {
 
 impl BodyRules for KeymanagerApi {
     const LIMIT: usize = MAX_KEYMANAGER_BODY_BYTES;
+    const TIMEOUT: Duration = KEYMANAGER_BODY_READ_TIMEOUT;
     const JSON_ONLY: bool = false;
     const SHAPE: ErrorShape = ErrorShape::Keymanager;
     fn admission(_: &Parts) -> Admission {
@@ -194,7 +202,9 @@ impl<S: RestState, R: BodyRules> FromRequest<S> for ClientBody<R> {
         if R::JSON_ONLY {
             check_content_type(&parts.headers).map_err(reject)?;
         }
-        let bytes = read_limited(body, R::LIMIT).await.map_err(reject)?;
+        let bytes = read_limited(body, R::LIMIT, R::TIMEOUT)
+            .await
+            .map_err(reject)?;
         Ok(ClientBody {
             caller,
             bytes,
@@ -221,8 +231,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), BodyError> {
     }
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+async fn read_limited(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => {
@@ -247,9 +257,11 @@ mod tests {
 
     #[tokio::test]
     async fn limits_and_content_types() {
-        let small = read_limited(Body::from("{}"), 8).await.unwrap();
+        let small = read_limited(Body::from("{}"), 8, BODY_READ_TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!(&small[..], b"{}");
-        let large = read_limited(Body::from(vec![b'x'; 9]), 8).await;
+        let large = read_limited(Body::from(vec![b'x'; 9]), 8, BODY_READ_TIMEOUT).await;
         assert!(matches!(large, Err(BodyError::TooLarge { limit: 8 })));
 
         let mut headers = HeaderMap::new();
