@@ -104,11 +104,7 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
         .await
         .unwrap();
     assert_eq!((up.status, &up.body[..]), (200, &b"OK"[..]));
-    let keys = client
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    let keys = public_keys(&client).await;
     assert_eq!(keys.len(), 3);
 
     // Every ATTESTATION and BLOCK_V2 vector, in file order through one slashing database.
@@ -148,58 +144,34 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
     assert_eq!(status, 200, "{body}");
 
     // Text answer when the client does not accept JSON (Web3Signer's Accept rule).
-    let text = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[
-                ("content-type", "application/json"),
-                ("accept", "text/plain"),
-            ],
-            Some(serde_json::to_vec(&attestation(500, 501, 1)).unwrap()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(text.status, 200);
-    assert_eq!(
-        String::from_utf8_lossy(&text.body),
-        first["signature"].as_str().unwrap()
-    );
+    let (status, text) = sign_as_text(&client, key1, &attestation(500, 501, 1)).await;
+    assert_eq!(status, 200);
+    assert_eq!(text, first["signature"].as_str().unwrap());
 
     // Client mistakes get their own statuses, never 500.
     let unknown = format!("0x{}", "a5".repeat(48));
     assert_eq!(sign(&client, &unknown, &attestation(1, 2, 1)).await.0, 404);
     assert_eq!(sign(&client, "0x1234", &attestation(1, 2, 1)).await.0, 400);
-    let malformed = client
-        .request(
+    for (what, content_type, body, expected) in [
+        ("malformed", "application/json", b"{not json".to_vec(), 400),
+        (
+            "form",
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            415,
+        ),
+        ("huge", "application/json", vec![b' '; 2 * 1024 * 1024], 413),
+    ] {
+        let (status, answer) = request_raw(
+            &client,
             http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/json")],
-            Some(b"{not json".to_vec()),
+            &sign_path(key1),
+            &[("content-type", content_type)],
+            Some(body),
         )
-        .await
-        .unwrap();
-    assert_eq!(malformed.status, 400);
-    let form = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            Some(b"a=b".to_vec()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(form.status, 415);
-    let huge = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/json")],
-            Some(vec![b' '; 2 * 1024 * 1024]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(huge.status, 413);
+        .await;
+        assert_eq!(status, expected, "{what}: {answer}");
+    }
 
     server.kill();
     let log = std::fs::read_to_string(&server.log).unwrap();
@@ -381,11 +353,7 @@ async fn a_crash_while_signing_writes_no_core_dump() {
     let client =
         keystake_signer::net::client::MtlsClient::new(appliance.client_config("client"), &url)
             .unwrap();
-    let keys = client
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    let keys = public_keys(&client).await;
     let (status, _) = sign(&client, &keys[0], &attestation(700, 701, 1)).await;
     assert_eq!(status, 200);
     // Abort it the way a failed assertion would (SIGABRT dumps core by default; SIGSEGV sent

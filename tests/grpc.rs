@@ -106,11 +106,7 @@ async fn grpc_signs_every_vector_type_byte_identical_to_rest() {
         .into_iter()
         .map(|k| k.public_key)
         .collect();
-    let response = rest
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let rest_keys: Vec<String> = serde_json::from_slice(&response.body).unwrap();
+    let rest_keys = public_keys(&rest).await;
     assert_eq!(
         listed,
         rest_keys.iter().map(|k| hex_bytes(k)).collect::<Vec<_>>()

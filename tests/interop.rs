@@ -278,10 +278,7 @@ async fn tls_connect(
 /// The `aggregation_slot__key0` vector: its request, key, and the signature it must produce.
 /// AGGREGATION_SLOT has no slashing rule, so the same request may be signed any number of times.
 fn aggregation_slot_vector() -> (String, Vec<u8>, String) {
-    let (_, case) = vector_files("web3signer")
-        .into_iter()
-        .find(|(name, _)| name == "aggregation_slot__key0")
-        .expect("aggregation_slot__key0 vector");
+    let case = vector_case("aggregation_slot__key0");
     (
         case["pubkey"].as_str().unwrap().to_owned(),
         serde_json::to_vec(&case["request"]).unwrap(),
@@ -377,7 +374,7 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
     let (appliance, server, upstream) = vector_appliance();
     let certs = appliance.certs();
     let (pubkey, request, _) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
 
     // A client certificate from another CA: the appliance refuses it in the handshake.
     let other = tempfile::tempdir().unwrap();
@@ -461,7 +458,7 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
 async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connections() {
     let (appliance, server, upstream) = vector_appliance();
     let (pubkey, request, expected) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
     let (forwarder, address) = forwarder_for(&appliance, upstream, "forwarder");
 
     // Lodestar's way: Accept */*, Connection: close → JSON, and the socket is closed after it.
@@ -561,7 +558,7 @@ async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connection
 async fn appliance_honours_connection_close_and_absorbs_a_burst_of_fresh_connections() {
     let (appliance, _server, address) = vector_appliance();
     let (pubkey, request, expected) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
 
     let mut stream = tls_connect(&appliance, address).await;
     let answer = exchange(&mut stream, "POST", &path, &SIGN_HEADERS, &request).await;

@@ -14,7 +14,7 @@ use keystake_core::types::Root;
 use rand::Rng;
 use serde_json::Value;
 
-use super::{attestation, block, post};
+use super::block;
 use crate::common::*;
 
 const KILLS: usize = 22;
@@ -164,27 +164,14 @@ async fn sigkill_under_load_never_loses_a_released_signature() {
                         let key = keys[rng.gen_range(0..keys.len())].clone();
                         (key, random_request(&mut rng, frontier))
                     };
-                    let Ok(response) = client
-                        .request(
-                            http::Method::POST,
-                            &format!("/api/v1/eth2/sign/{key}"),
-                            &[
-                                ("content-type", "application/json"),
-                                ("accept", "application/json"),
-                            ],
-                            Some(serde_json::to_vec(&body).unwrap()),
-                        )
-                        .await
+                    let Ok((status, answer)) = try_post(&client, &sign_path(&key), &body).await
                     else {
                         break; // the server is gone
                     };
-                    match response.status {
+                    match status {
                         200 => received.lock().unwrap().push((key, decode(&body))),
                         412 => refused += 1,
-                        other => panic!(
-                            "unexpected {other}: {}",
-                            String::from_utf8_lossy(&response.body)
-                        ),
+                        other => panic!("unexpected {other}: {answer}"),
                     }
                 }
                 refused
@@ -207,12 +194,7 @@ async fn sigkill_under_load_never_loses_a_released_signature() {
         .iter()
         .find(|(_, s)| matches!(s, Signed::Attestation { .. }))
     {
-        let (status, _) = post(
-            &client,
-            &format!("/api/v1/eth2/sign/{key}"),
-            &attestation(*source, *target, 77),
-        )
-        .await;
+        let (status, _) = sign(&client, key, &attestation(*source, *target, 77)).await;
         assert_eq!(status, 412);
     }
     for (i, (key_a, a)) in received.iter().enumerate() {

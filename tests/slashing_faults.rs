@@ -13,7 +13,6 @@ use std::time::Duration;
 use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
-use super::{attestation, post, MAINNET_GVR};
 use crate::common::*;
 
 fn sh(program: &str, args: &[&str]) -> Result<String, String> {
@@ -195,7 +194,7 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     let (appliance, key) = appliance_with_data_in(&data);
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
     let filler = fill(&mount.path);
@@ -264,7 +263,7 @@ async fn io_error_refuses_with_503_and_recovers_without_restart() {
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
     // The device under ext4 runs out of space: writes of new blocks fail in the block layer
@@ -313,7 +312,7 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
     let mut server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let sign = sign_path(&key);
     for target in 2..5 {
         assert_eq!(
             post(&client, &sign, &attestation(1, target, 1)).await.0,

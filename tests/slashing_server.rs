@@ -5,7 +5,7 @@
 use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
-use super::{attestation, block, post, MAINNET_GVR};
+use super::block;
 use crate::common::*;
 
 fn import_key(appliance: &Appliance, index: usize) -> String {
@@ -35,7 +35,6 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
     let keys = [import_key(&appliance, 0), import_key(&appliance, 1)];
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
-    let sign_path = |key: &str| format!("/api/v1/eth2/sign/{key}");
     let dry_path = |key: &str| format!("/api/v1/eth2/slashable/{key}");
 
     // Dry run first: would be signed, and records nothing.
@@ -152,7 +151,7 @@ async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_network
     let key = import_key(&appliance, 2);
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let sign = sign_path(&key);
     let (status, _) = post(&client, &sign, &attestation(10, 11, 1)).await;
     assert_eq!(status, 200);
 

@@ -254,18 +254,9 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         .map(|(server, appliance)| server.client(appliance.client_config("client")))
         .collect();
     for (i, client) in clients.iter().enumerate() {
-        let keys = client
-            .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-            .await
-            .unwrap();
-        let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
-        assert_eq!(keys, vec![share_keys[i].clone()]);
-        let infos = client
-            .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
-            .await
-            .unwrap();
-        assert_eq!(infos.status, 200);
-        let infos: Value = serde_json::from_slice(&infos.body).unwrap();
+        assert_eq!(public_keys(client).await, vec![share_keys[i].clone()]);
+        let (status, infos) = get(client, "/api/v1/keystake/keys").await;
+        assert_eq!(status, 200, "{infos}");
         assert_eq!(
             infos,
             json!([{

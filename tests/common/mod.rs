@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use keystake_core::bls::SecretKey;
 use keystake_core::keystore::{self, KdfChoice};
-use keystake_signer::net::client::MtlsClient;
+use keystake_signer::net::client::{ClientError, MtlsClient};
 use keystake_signer::net::tls;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -41,6 +41,16 @@ pub fn vector_files(folder: &str) -> Vec<(String, Value)> {
             )
         })
         .collect()
+}
+
+/// The case `web3signer/<name>.json` of the vector set.
+pub fn vector_case(name: &str) -> Value {
+    let path = vectors_dir()
+        .join("web3signer")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no vector {name} ({}): {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 /// The three secret keys of `web3signer.keys.json`, as hex.
@@ -240,23 +250,96 @@ impl Drop for Server {
     }
 }
 
+/// Mainnet's genesis validators root, which the requests built here carry.
+pub const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+
+/// The headers of a JSON request that wants a JSON answer.
+pub const JSON_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+];
+
+/// The REST signing path of a key (public key or group key).
+pub fn sign_path(identifier: &str) -> String {
+    format!("/api/v1/eth2/sign/{identifier}")
+}
+
+/// A response body as JSON, or as a JSON string when it is not JSON.
+fn json_or_text(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+/// Send `body` as-is (not re-serialised) with the given headers; returns (status, body as JSON
+/// or text), or the client's error (no connection, refused handshake).
+pub async fn try_request(
+    client: &MtlsClient,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Value), ClientError> {
+    let response = client.request(method, path, headers, body).await?;
+    Ok((response.status, json_or_text(&response.body)))
+}
+
+/// POST `body` as JSON to `path`, accepting JSON; (status, body as JSON or text), or the
+/// client's error.
+pub async fn try_post(
+    client: &MtlsClient,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value), ClientError> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    try_request(client, http::Method::POST, path, JSON_HEADERS, Some(bytes)).await
+}
+
+/// POST `body` as JSON to `path`; returns (status, body as JSON or text).
+pub async fn post(client: &MtlsClient, path: &str, body: &Value) -> (u16, Value) {
+    try_post(client, path, body).await.unwrap()
+}
+
 /// POST a sign request; returns (status, body as JSON or text).
 pub async fn sign(client: &MtlsClient, identifier: &str, body: &Value) -> (u16, Value) {
+    post(client, &sign_path(identifier), body).await
+}
+
+/// POST a sign request accepting only `text/plain`; returns (status, body as text).
+pub async fn sign_as_text(client: &MtlsClient, identifier: &str, body: &Value) -> (u16, String) {
     let response = client
         .request(
             http::Method::POST,
-            &format!("/api/v1/eth2/sign/{identifier}"),
+            &sign_path(identifier),
             &[
                 ("content-type", "application/json"),
-                ("accept", "application/json"),
+                ("accept", "text/plain"),
             ],
             Some(serde_json::to_vec(body).unwrap()),
         )
         .await
         .unwrap();
-    let value = serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
-    (response.status, value)
+    (
+        response.status,
+        String::from_utf8_lossy(&response.body).into_owned(),
+    )
+}
+
+/// GET `path`; returns (status, body as JSON or text).
+pub async fn get(client: &MtlsClient, path: &str) -> (u16, Value) {
+    request_raw(client, http::Method::GET, path, &[], None).await
+}
+
+/// The keys the signing API lists (`/api/v1/eth2/publicKeys`).
+pub async fn public_keys(client: &MtlsClient) -> Vec<String> {
+    let (status, body) = get(client, "/api/v1/eth2/publicKeys").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
+/// Run a future to completion from synchronous code (a `wait_until` condition) inside a
+/// multi-thread runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 /// Wait until `f` is true or the deadline passes.
@@ -280,10 +363,9 @@ pub async fn request_raw(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> (u16, Value) {
-    let response = client.request(method, path, headers, body).await.unwrap();
-    let value = serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
-    (response.status, value)
+    try_request(client, method, path, headers, body)
+        .await
+        .unwrap()
 }
 
 impl Appliance {
@@ -350,7 +432,7 @@ pub fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
         "type": "ATTESTATION",
         "fork_info": {
             "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-            "genesis_validators_root": "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95"
+            "genesis_validators_root": MAINNET_GVR
         },
         "attestation": {
             "slot": (target * 32).to_string(),
