@@ -27,8 +27,8 @@ impl PolicyAppliance {
         let secrets = vector_secret_keys();
         let key1 = secret_key_from_hex(&secrets[0]).public_key().to_hex();
         let key2 = secret_key_from_hex(&secrets[1]).public_key().to_hex();
-        appliance.import_secret(&secret_key_from_hex(&secrets[0]), "k1");
-        appliance.import_secret(&secret_key_from_hex(&secrets[1]), "k2");
+        appliance.import_vector_key(0);
+        appliance.import_vector_key(1);
         let certs = appliance.certs();
         let mut args = vec![
             "certs".to_owned(),
@@ -42,7 +42,7 @@ impl PolicyAppliance {
             args.push("--client".into());
             args.push(client.into());
         }
-        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        run_ok(&args);
         let crl = certs.join("crl.pem");
         run_ok(&[
             "certs",

@@ -88,12 +88,7 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
     // A second import of the same key is reported as a duplicate, not an error.
     let out = appliance.import_secret(&secret_key_from_hex(&secrets[0]), "again");
     assert!(out.contains("duplicate"), "{out}");
-    let listed = run_ok(&[
-        "keys",
-        "list",
-        "--config",
-        appliance.config.to_str().unwrap(),
-    ]);
+    let listed = appliance.cli_ok(&["keys", "list"], &[]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 
     let mut server = Server::start(&appliance);
@@ -200,7 +195,7 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k");
+    appliance.import_vector_key(0);
     let server = Server::start(&appliance);
     let certs = appliance.certs();
 
@@ -224,14 +219,7 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        other.path().to_str().unwrap(),
-        "--client",
-        "intruder",
-    ]);
+    certs_generate(other.path(), "intruder");
     let foreign = keystake_signer::net::tls::client_config(
         &certs.join("ca.pem"),
         &other.path().join("intruder.pem"),

@@ -12,18 +12,10 @@ fn hex_bytes(text: &str) -> Vec<u8> {
     hex::decode(text.trim_start_matches("0x")).unwrap()
 }
 
-/// An appliance without a policy holding the three vector keys.
-fn vector_appliance() -> Appliance {
-    let appliance = Appliance::create();
-    for (i, secret) in vector_secret_keys().iter().enumerate() {
-        appliance.import_secret(&secret_key_from_hex(secret), &format!("key{i}"));
-    }
-    appliance
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_signs_every_vector_type_byte_identical_to_rest() {
-    let appliance = vector_appliance();
+    // Without a policy, holding the three vector keys.
+    let appliance = Appliance::with_vector_keys();
     let server = Server::start(&appliance);
     let tls = appliance.client_config("client");
     let rest = server.client(tls.clone());

@@ -289,7 +289,7 @@ fn aggregation_slot_vector() -> (String, Vec<u8>, String) {
 /// An appliance holding vector key 0, served on 127.0.0.1:0.
 fn vector_appliance() -> (Appliance, Process, SocketAddr) {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "key0");
+    appliance.import_vector_key(0);
     let (server, address) = start_appliance(
         &appliance,
         "127.0.0.1:0",
@@ -378,14 +378,7 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
 
     // A client certificate from another CA: the appliance refuses it in the handshake.
     let other = tempfile::tempdir().unwrap();
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        other.path().to_str().unwrap(),
-        "--client",
-        "stranger",
-    ]);
+    certs_generate(other.path(), "stranger");
     let (refused, refused_address) = start_forwarder(
         upstream,
         &certs.join("ca.pem"),
@@ -781,22 +774,17 @@ fn lodestar_appliance() -> Appliance {
     std::fs::write(&appliance.config, config).unwrap();
     let keystores = harness_dir().join("keystores");
     for i in 0..LODESTAR_VALIDATORS {
-        let out = run_ok(&[
-            "keys",
-            "import",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--keystore",
-            keystores
-                .join(format!("interop-{i}.json"))
-                .to_str()
-                .unwrap(),
-            "--password-file",
-            keystores
-                .join(format!("interop-{i}.pass"))
-                .to_str()
-                .unwrap(),
-        ]);
+        let keystore = keystores.join(format!("interop-{i}.json"));
+        let password = keystores.join(format!("interop-{i}.pass"));
+        let out = appliance.cli_ok(
+            &["keys", "import"],
+            &[
+                "--keystore",
+                keystore.to_str().unwrap(),
+                "--password-file",
+                password.to_str().unwrap(),
+            ],
+        );
         assert!(out.contains("imported"), "{out}");
     }
     appliance

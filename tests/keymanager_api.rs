@@ -182,12 +182,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
         let raw = secret.to_bytes();
         assert!(!stored.windows(32).any(|w| w == raw.as_slice()));
     }
-    let listed = run_ok(&[
-        "keys",
-        "list",
-        "--config",
-        appliance.config.to_str().unwrap(),
-    ]);
+    let listed = appliance.cli_ok(&["keys", "list"], &[]);
     assert_eq!(listed.matches("active keystore").count(), 2, "{listed}");
 
     // Progress of the parallel decryption is in the log.
@@ -376,7 +371,7 @@ async fn slashing_protection_that_cannot_be_imported_refuses_the_whole_request()
         assert_bad_request(status, &body, "slashing_protection");
     }
     // Bind the database to mainnet by signing, then offer another network's history.
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[1]), "k1");
+    appliance.import_vector_key(1);
     let (status, _) = request_raw(&client, Method::POST, "/reload", &[], None).await;
     assert_eq!(status, 202);
     let key1 = secret_key_from_hex(&vector_secret_keys()[1])

@@ -20,7 +20,7 @@ fn check<'a>(body: &'a Value, id: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_reports_the_database_down_and_up_again() {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k0");
+    appliance.import_vector_key(0);
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
 
@@ -84,7 +84,7 @@ async fn healthcheck_reports_the_database_down_and_up_again() {
 async fn reload_picks_up_keys_imported_while_serving() {
     let secrets = vector_secret_keys();
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&secrets[0]), "k0");
+    appliance.import_vector_key(0);
     let server = Server::start(&appliance);
     let client = server.client(appliance.client_config("client"));
 
@@ -95,7 +95,7 @@ async fn reload_picks_up_keys_imported_while_serving() {
     assert_eq!(public_keys(&client).await.len(), 1);
 
     // `keys import` from another process, into the running appliance's store.
-    appliance.import_secret(&secret_key_from_hex(&secrets[1]), "k1");
+    appliance.import_vector_key(1);
     let new_key = secret_key_from_hex(&secrets[1]).public_key().to_hex();
     let case = vector_case("randao_reveal__key1");
     assert_eq!(case["pubkey"], new_key.as_str());

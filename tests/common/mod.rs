@@ -3,6 +3,7 @@
 //! 127.0.0.1:0, and a mutual-TLS client.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use keystake_core::bls::SecretKey;
 use keystake_core::keystore::{self, KdfChoice};
+use keystake_core::slashing::interchange::Interchange;
 use keystake_signer::net::client::{ClientError, MtlsClient};
 use keystake_signer::net::tls;
 use secrecy::SecretString;
@@ -87,14 +89,7 @@ impl Appliance {
     /// `certs generate` + signer.toml + `init`.
     pub fn create() -> Appliance {
         let dir = tempfile::tempdir().unwrap();
-        run_ok(&[
-            "certs",
-            "generate",
-            "--out",
-            dir.path().join("certs").to_str().unwrap(),
-            "--client",
-            "client",
-        ]);
+        certs_generate(&dir.path().join("certs"), "client");
         let config = dir.path().join("signer.toml");
         std::fs::write(
             &config,
@@ -107,32 +102,49 @@ impl Appliance {
 
     /// Write a cheap PBKDF2 keystore for `secret` and import it with `keys import`.
     pub fn import_secret(&self, secret: &SecretKey, name: &str) -> String {
-        let password = "test password ✓";
-        let keystore = keystore::encrypt(
-            secret,
-            &SecretString::from(password.to_owned()),
-            KdfChoice::Pbkdf2 { c: 16 },
-            &mut rand::rngs::OsRng,
-        )
-        .unwrap();
-        let ks_path = self.path().join(format!("{name}.keystore.json"));
-        let pw_path = self.path().join(format!("{name}.pass"));
-        std::fs::write(&ks_path, serde_json::to_string(&keystore).unwrap()).unwrap();
-        std::fs::write(&pw_path, format!("{password}\n")).unwrap();
-        let out = run_ok(&[
-            "keys",
-            "import",
-            "--config",
-            self.config.to_str().unwrap(),
-            "--keystore",
-            ks_path.to_str().unwrap(),
-            "--password-file",
-            pw_path.to_str().unwrap(),
-        ]);
+        let (ks_path, pw_path) = write_keystore(self.path(), name, secret, "test password ✓");
+        let out = self.cli_ok(
+            &["keys", "import"],
+            &[
+                "--keystore",
+                ks_path.to_str().unwrap(),
+                "--password-file",
+                pw_path.to_str().unwrap(),
+            ],
+        );
         // Keystores are test fixtures; remove them so the leak scan sees only the appliance.
         std::fs::remove_file(&ks_path).unwrap();
         std::fs::remove_file(&pw_path).unwrap();
         out
+    }
+
+    /// Import key `index` of `web3signer.keys.json` with `keys import`; returns its public key
+    /// as the command printed it.
+    pub fn import_vector_key(&self, index: usize) -> String {
+        let secret = secret_key_from_hex(&vector_secret_keys()[index]);
+        let out = self.import_secret(&secret, &format!("vector-key{index}"));
+        out.split_whitespace().next().unwrap().to_owned()
+    }
+
+    /// `keystake-signer <command…> --config <this appliance> <args…>`: (success, stdout, stderr).
+    pub fn cli(&self, command: &[&str], args: &[&str]) -> (bool, String, String) {
+        run_with_config(&self.config, command, args)
+    }
+
+    /// `keystake-signer <command…> --config <this appliance> <args…>`; panics with its output
+    /// unless it succeeds. Returns stdout.
+    pub fn cli_ok(&self, command: &[&str], args: &[&str]) -> String {
+        run_ok_with_config(&self.config, command, args)
+    }
+
+    /// `slashing export` (with `extra` arguments) to a file in the appliance directory, read
+    /// back.
+    pub fn export_slashing(&self, extra: &[&str]) -> Interchange {
+        let out = self.path().join("export.json");
+        let mut args = vec!["--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.cli_ok(&["slashing", "export"], &args);
+        Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
     }
 
     pub fn client_config(&self, client: &str) -> Arc<rustls::ClientConfig> {
@@ -147,7 +159,7 @@ impl Appliance {
 }
 
 /// Run the binary to completion; panic with its output unless it succeeds. Returns stdout.
-pub fn run_ok(args: &[&str]) -> String {
+pub fn run_ok<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let output = Command::new(BIN)
         .args(args)
         .env("KEYSTAKE_LOG", "warn")
@@ -163,7 +175,7 @@ pub fn run_ok(args: &[&str]) -> String {
 }
 
 /// Run the binary to completion and return (success, stdout, stderr).
-pub fn run(args: &[&str]) -> (bool, String, String) {
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> (bool, String, String) {
     let output = Command::new(BIN)
         .args(args)
         .env("KEYSTAKE_LOG", "warn")
@@ -174,6 +186,53 @@ pub fn run(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// `<command…> --config <config> <args…>`.
+fn with_config<'a>(config: &'a Path, command: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = command.to_vec();
+    all.extend(["--config", config.to_str().unwrap()]);
+    all.extend_from_slice(args);
+    all
+}
+
+/// `keystake-signer <command…> --config <config> <args…>`: (success, stdout, stderr).
+pub fn run_with_config(config: &Path, command: &[&str], args: &[&str]) -> (bool, String, String) {
+    run(&with_config(config, command, args))
+}
+
+/// `keystake-signer <command…> --config <config> <args…>`; panics with its output unless it
+/// succeeds. Returns stdout.
+pub fn run_ok_with_config(config: &Path, command: &[&str], args: &[&str]) -> String {
+    run_ok(&with_config(config, command, args))
+}
+
+/// `certs generate --out <out> --client <client>`: a new CA with one client identity.
+pub fn certs_generate(out: &Path, client: &str) -> String {
+    run_ok(&[
+        "certs",
+        "generate",
+        "--out",
+        out.to_str().unwrap(),
+        "--client",
+        client,
+    ])
+}
+
+/// A cheap (PBKDF2) keystore for `secret` and its password file, written to `dir` as
+/// `<name>.keystore.json` and `<name>.pass`.
+pub fn write_keystore(
+    dir: &Path,
+    name: &str,
+    secret: &SecretKey,
+    password: &str,
+) -> (PathBuf, PathBuf) {
+    let keystore_path = dir.join(format!("{name}.keystore.json"));
+    let password_path = dir.join(format!("{name}.pass"));
+    let keystore = keystore_json(secret, password, KdfChoice::Pbkdf2 { c: 16 });
+    std::fs::write(&keystore_path, keystore).unwrap();
+    std::fs::write(&password_path, format!("{password}\n")).unwrap();
+    (keystore_path, password_path)
 }
 
 /// A running `keystake-signer serve` on 127.0.0.1:0, killed on drop. Its log goes to a file.
@@ -372,8 +431,8 @@ impl Appliance {
     /// An appliance holding the three keys of `web3signer.keys.json` (imported with the CLI).
     pub fn with_vector_keys() -> Appliance {
         let appliance = Appliance::create();
-        for (i, secret) in vector_secret_keys().iter().enumerate() {
-            appliance.import_secret(&secret_key_from_hex(secret), &format!("vector-key{i}"));
+        for index in 0..vector_secret_keys().len() {
+            appliance.import_vector_key(index);
         }
         appliance
     }
