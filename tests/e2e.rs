@@ -327,17 +327,9 @@ async fn a_crash_while_signing_writes_no_core_dump() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let url = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break url.to_owned();
-            }
-        }
-    };
+    let url = StdoutLines::of(&mut child)
+        .wait_for("listening on ", std::time::Duration::from_secs(30))
+        .expect("server did not start");
     let client =
         keystake_signer::net::client::MtlsClient::new(appliance.client_config("client"), &url)
             .unwrap();

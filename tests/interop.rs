@@ -8,7 +8,6 @@
 //! Everything is real: the binary, SoftHSM2, SQLite, rcgen certificates, TCP on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,43 +30,29 @@ struct Process {
 }
 
 impl Process {
-    /// Spawn the binary and wait for a stdout line starting with `ready_prefix`; returns the rest
-    /// of that line.
+    /// Spawn `command` (the binary) and wait for a stdout line starting with `ready_prefix`;
+    /// returns the rest of that line.
     fn spawn(
-        args: &[&str],
+        mut command: Command,
         log: PathBuf,
         log_filter: &str,
         ready_prefix: &str,
     ) -> (Process, String) {
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut child = command
             .env("KEYSTAKE_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = ready_prefix.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
+        let ready = StdoutLines::of(&mut child).wait_for(ready_prefix, Duration::from_secs(30));
         let mut process = Process { child, log };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(rest) => (process, rest),
-            Err(_) => {
+        match ready {
+            Some(rest) => (process, rest),
+            None => {
                 process.kill();
-                panic!(
-                    "keystake-signer {args:?} did not start:\n{}",
-                    process.log_text()
-                );
+                panic!("{command:?} did not start:\n{}", process.log_text());
             }
         }
     }
@@ -108,13 +93,7 @@ fn strip_ansi(text: &str) -> String {
 /// `serve` on `listen` (port 0 allowed); returns the process and the bound address.
 fn start_appliance(appliance: &Appliance, listen: &str, log: PathBuf) -> (Process, SocketAddr) {
     let (process, url) = Process::spawn(
-        &[
-            "serve",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--listen",
-            listen,
-        ],
+        serve_command(appliance, listen),
         log,
         "info,keystake_signer=debug",
         "listening on https://",
@@ -122,33 +101,44 @@ fn start_appliance(appliance: &Appliance, listen: &str, log: PathBuf) -> (Proces
     (process, url.parse().unwrap())
 }
 
-/// `connect` in front of `upstream` with the named client identity files.
-fn start_forwarder(
-    upstream: SocketAddr,
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    extra: &[&str],
-    log: PathBuf,
-) -> (Process, SocketAddr) {
-    let upstream = format!("https://{upstream}");
-    let mut args = vec![
+/// `connect --listen <listen> --upstream <upstream>` with the named client identity files.
+fn connect_args(listen: &str, upstream: &str, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    [
         "connect",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--upstream",
-        &upstream,
+        upstream,
         "--client-cert",
         cert.to_str().unwrap(),
         "--client-key",
         key.to_str().unwrap(),
         "--ca",
         ca.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let (process, rest) = Process::spawn(&args, log, "info", "forwarding on http://");
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Run `connect` with `args` until it forwards; returns the process and its address.
+fn spawn_forwarder(args: &[String], log: PathBuf) -> (Process, SocketAddr) {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    let (process, rest) = Process::spawn(command, log, "info", "forwarding on http://");
     let address = rest.split_whitespace().next().unwrap().parse().unwrap();
     (process, address)
+}
+
+/// `connect` on 127.0.0.1:0 in front of `upstream` with the named client identity files.
+fn start_forwarder(
+    upstream: SocketAddr,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    log: PathBuf,
+) -> (Process, SocketAddr) {
+    let upstream = format!("https://{upstream}");
+    spawn_forwarder(&connect_args("127.0.0.1:0", &upstream, ca, cert, key), log)
 }
 
 fn forwarder_for(appliance: &Appliance, upstream: SocketAddr, name: &str) -> (Process, SocketAddr) {
@@ -158,7 +148,6 @@ fn forwarder_for(appliance: &Appliance, upstream: SocketAddr, name: &str) -> (Pr
         &certs.join("ca.pem"),
         &certs.join("client.pem"),
         &certs.join("client.key"),
-        &[],
         appliance.path().join(format!("{name}.log")),
     )
 }
@@ -311,26 +300,17 @@ const SIGN_HEADERS: [(&str, &str); 3] = [
 fn forwarder_refuses_non_loopback_unless_forced() {
     let appliance = Appliance::create();
     let certs = appliance.certs();
-    let common = [
-        "--upstream",
-        "https://127.0.0.1:9",
-        "--client-cert",
-        certs.join("client.pem").to_str().unwrap(),
-        "--client-key",
-        certs.join("client.key").to_str().unwrap(),
-        "--ca",
-        certs.join("ca.pem").to_str().unwrap(),
-    ]
-    .map(str::to_owned);
+    let args = |listen: &str| {
+        connect_args(
+            listen,
+            "https://127.0.0.1:9",
+            &certs.join("ca.pem"),
+            &certs.join("client.pem"),
+            &certs.join("client.key"),
+        )
+    };
     for address in ["0.0.0.0:0", "[::]:0"] {
-        let mut args = vec![
-            "connect".to_owned(),
-            "--listen".to_owned(),
-            address.to_owned(),
-        ];
-        args.extend(common.iter().cloned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, stdout, stderr) = run(&args);
+        let (ok, stdout, stderr) = run(&args(address));
         assert!(!ok, "{address} accepted: {stdout}");
         assert!(
             stderr.contains("refusing to listen") && stderr.contains("--allow-non-loopback"),
@@ -340,26 +320,9 @@ fn forwarder_refuses_non_loopback_unless_forced() {
     }
 
     // Forced: it starts, says loudly what it does, and still works from loopback.
-    let (mut forced, rest) = Process::spawn(
-        &[
-            "connect",
-            "--listen",
-            "0.0.0.0:0",
-            "--allow-non-loopback",
-            "--upstream",
-            "https://127.0.0.1:9",
-            "--client-cert",
-            certs.join("client.pem").to_str().unwrap(),
-            "--client-key",
-            certs.join("client.key").to_str().unwrap(),
-            "--ca",
-            certs.join("ca.pem").to_str().unwrap(),
-        ],
-        appliance.path().join("forced.log"),
-        "info",
-        "forwarding on http://",
-    );
-    let address: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let mut forced_args = args("0.0.0.0:0");
+    forced_args.push("--allow-non-loopback".to_owned());
+    let (mut forced, address) = spawn_forwarder(&forced_args, appliance.path().join("forced.log"));
     assert!(address.ip().is_unspecified(), "{address}");
     let log = forced.log_text();
     assert!(
@@ -384,7 +347,6 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
         &certs.join("ca.pem"),
         &other.path().join("stranger.pem"),
         &other.path().join("stranger.key"),
-        &[],
         appliance.path().join("refused.log"),
     );
     let mut stream = TcpStream::connect(refused_address).await.unwrap();
@@ -414,7 +376,6 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
         &other.path().join("ca.pem"),
         &certs.join("client.pem"),
         &certs.join("client.key"),
-        &[],
         appliance.path().join("untrusting.log"),
     );
     let mut stream = TcpStream::connect(untrusting_address).await.unwrap();

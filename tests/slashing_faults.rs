@@ -336,14 +336,7 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
 /// Run `serve` and expect it to exit (refusing to start) within a few seconds.
 fn serve_must_refuse(appliance: &Appliance) -> String {
     let log = appliance.path().join("refused.log");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(appliance, "127.0.0.1:0")
         .env("KEYSTAKE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

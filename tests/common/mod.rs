@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,15 +236,78 @@ pub fn write_keystore(
     (keystore_path, password_path)
 }
 
+/// `keystake-signer serve --config <appliance's config> --listen <listen>`, to be spawned.
+pub fn serve_command(appliance: &Appliance, listen: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command.args([
+        "serve",
+        "--config",
+        appliance.config.to_str().unwrap(),
+        "--listen",
+        listen,
+    ]);
+    command
+}
+
+/// A child's stdout, line by line, read on a thread that drains it to the end (so the child
+/// never blocks on a full pipe).
+pub struct StdoutLines {
+    receiver: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl StdoutLines {
+    /// Take the (piped) stdout of `child`.
+    pub fn of(child: &mut Child) -> StdoutLines {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = sender.send(line);
+            }
+        });
+        StdoutLines {
+            receiver,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The rest of the first line starting with `prefix` (one read before, or one arriving
+    /// within `timeout`); `None` when none came in time or stdout closed.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> Option<String> {
+        let found = |line: &String| line.strip_prefix(prefix).map(str::to_owned);
+        if let Some(rest) = self.seen.iter().find_map(found) {
+            return Some(rest);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.receiver.recv_timeout(left).ok()?;
+            let rest = found(&line);
+            self.seen.push(line);
+            if rest.is_some() {
+                return rest;
+            }
+        }
+    }
+}
+
 /// A running `keystake-signer serve` on 127.0.0.1:0, killed on drop. Its log goes to a file.
 pub struct Server {
     pub child: Child,
     pub url: String,
     pub log: PathBuf,
+    pub stdout: StdoutLines,
 }
 
 impl Server {
     pub fn start(appliance: &Appliance) -> Server {
+        Server::start_with(appliance, &[])
+    }
+
+    /// `serve` with `extra` arguments, once it prints the address it listens on.
+    pub fn start_with(appliance: &Appliance, extra: &[&str]) -> Server {
         let log = appliance.path().join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -252,40 +316,27 @@ impl Server {
                 .as_nanos()
         ));
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                appliance.config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+        let mut child = serve_command(appliance, "127.0.0.1:0")
+            .args(extra)
             .env("KEYSTAKE_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "server did not start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+        let mut stdout = StdoutLines::of(&mut child);
+        let Some(url) = stdout.wait_for("listening on ", Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!(
+                "server did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         };
-        Server { child, url, log }
+        Server {
+            child,
+            url,
+            log,
+            stdout,
+        }
     }
 
     pub fn client(&self, config: Arc<rustls::ClientConfig>) -> MtlsClient {
