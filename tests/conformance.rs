@@ -18,8 +18,7 @@ async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
     let cases = vector_files("web3signer");
     assert_eq!(cases.len(), 84, "vector set changed");
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
 
     let mut identical = 0;
     for (name, case) in &cases {
@@ -56,8 +55,7 @@ async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
     // The refused case on a fresh appliance (its own slashing database): byte-identical too.
     drop(server);
     let fresh = Appliance::with_vector_keys();
-    let server = Server::start(&fresh);
-    let client = server.client(fresh.client_config("client"));
+    let (_server, client) = fresh.serve();
     let case = vector_case(DOUBLE_VOTE_CASE);
     let (status, body) = sign(&client, case["pubkey"].as_str().unwrap(), &case["request"]).await;
     assert_eq!(
@@ -81,8 +79,7 @@ async fn negative_vectors_get_the_recommended_status_and_name_the_field() {
     let cases = vector_files("web3signer-negative");
     assert_eq!(cases.len(), 18, "negative vector set changed");
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     for (name, case) in &cases {
         let body = match (&case.get("raw_body"), &case.get("request")) {
@@ -139,8 +136,7 @@ async fn negative_vectors_get_the_recommended_status_and_name_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spellings_web3signer_accepts_work_through_the_server() {
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     let attestation = vector_case("attestation__key0");
     let pubkey = attestation["pubkey"].as_str().unwrap().to_owned();

@@ -91,8 +91,7 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
     let listed = appliance.cli_ok(&["keys", "list"], &[]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 
-    let mut server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (mut server, client) = appliance.serve();
 
     let up = client
         .request(http::Method::GET, "/upcheck", &[], None)
@@ -200,37 +199,24 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
     let certs = appliance.certs();
 
     // Valid certificate: accepted.
-    let good = server.client(appliance.client_config("client"));
-    assert_eq!(
-        good.request(http::Method::GET, "/upcheck", &[], None)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let good = appliance.client_config("client");
+    assert_eq!(upcheck(&server, good).await.unwrap(), 200);
 
     // No client certificate.
     let no_cert = client_config_without_identity(&certs.join("ca.pem"));
-    assert!(server
-        .client(no_cert)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    assert!(
+        upcheck(&server, no_cert).await.is_err(),
+        "no client certificate accepted"
+    );
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
     certs_generate(other.path(), "intruder");
-    let foreign = keystake_signer::net::tls::client_config(
-        &certs.join("ca.pem"),
-        &other.path().join("intruder.pem"),
-        &other.path().join("intruder.key"),
-    )
-    .unwrap();
-    assert!(server
-        .client(foreign)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    let foreign = identity_config(&certs.join("ca.pem"), other.path(), "intruder");
+    assert!(
+        upcheck(&server, foreign).await.is_err(),
+        "a certificate from another CA accepted"
+    );
 
     // An expired certificate from the right CA.
     let expired_dir = tempfile::tempdir().unwrap();
@@ -244,21 +230,27 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
         keystake_signer::net::pki::Overwrite::Refuse,
     )
     .unwrap();
-    let expired = keystake_signer::net::tls::client_config(
-        &certs.join("ca.pem"),
-        &expired_dir.path().join("expired.pem"),
-        &expired_dir.path().join("expired.key"),
-    )
-    .unwrap();
-    assert!(server
-        .client(expired)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    let expired = identity_config(&certs.join("ca.pem"), expired_dir.path(), "expired");
+    assert!(
+        upcheck(&server, expired).await.is_err(),
+        "an expired certificate accepted"
+    );
 
     // The refusals are logged by the server.
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("TLS handshake refused"), "{log}");
+}
+
+/// GET /upcheck presenting `config`: the status, or the client's error (handshake refused).
+async fn upcheck(
+    server: &Server,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<u16, keystake_signer::net::client::ClientError> {
+    let response = server
+        .client(config)
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await?;
+    Ok(response.status)
 }
 
 /// A TLS 1.3 client that trusts the appliance's CA but presents no certificate.

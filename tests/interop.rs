@@ -249,6 +249,24 @@ async fn closed_by_peer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     }
 }
 
+/// One sign request with `Connection: close` (Lodestar's way): signed with `expected`, the
+/// answer says `Connection: close`, and the socket is closed after it.
+async fn assert_signed_then_closed<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+    request: &[u8],
+    expected: &str,
+) {
+    let answer = exchange(stream, "POST", path, &SIGN_HEADERS, request).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["signature"], expected);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(
+        closed_by_peer(stream).await,
+        "Connection: close not honoured"
+    );
+}
+
 /// A TLS connection to the appliance speaking HTTP/1.1 with the named client identity.
 async fn tls_connect(
     appliance: &Appliance,
@@ -417,14 +435,7 @@ async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connection
 
     // Lodestar's way: Accept */*, Connection: close → JSON, and the socket is closed after it.
     let mut stream = TcpStream::connect(address).await.unwrap();
-    let answer = exchange(&mut stream, "POST", &path, &SIGN_HEADERS, &request).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()["signature"], expected);
-    assert_eq!(answer.header("connection"), Some("close"));
-    assert!(
-        closed_by_peer(&mut stream).await,
-        "Connection: close not honoured"
-    );
+    assert_signed_then_closed(&mut stream, &path, &request, &expected).await;
 
     // Keep-alive clients keep their connection: two requests on one socket.
     let mut stream = TcpStream::connect(address).await.unwrap();
@@ -515,14 +526,7 @@ async fn appliance_honours_connection_close_and_absorbs_a_burst_of_fresh_connect
     let path = sign_path(&pubkey);
 
     let mut stream = tls_connect(&appliance, address).await;
-    let answer = exchange(&mut stream, "POST", &path, &SIGN_HEADERS, &request).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()["signature"], expected);
-    assert_eq!(answer.header("connection"), Some("close"));
-    assert!(
-        closed_by_peer(&mut stream).await,
-        "Connection: close not honoured"
-    );
+    assert_signed_then_closed(&mut stream, &path, &request, &expected).await;
 
     let appliance = Arc::new(appliance);
     let burst: Vec<_> = (0..50)
@@ -735,16 +739,9 @@ fn lodestar_appliance() -> Appliance {
     std::fs::write(&appliance.config, config).unwrap();
     let keystores = harness_dir().join("keystores");
     for i in 0..LODESTAR_VALIDATORS {
-        let keystore = keystores.join(format!("interop-{i}.json"));
-        let password = keystores.join(format!("interop-{i}.pass"));
-        let out = appliance.cli_ok(
-            &["keys", "import"],
-            &[
-                "--keystore",
-                keystore.to_str().unwrap(),
-                "--password-file",
-                password.to_str().unwrap(),
-            ],
+        let out = appliance.import_keystore(
+            &keystores.join(format!("interop-{i}.json")),
+            &keystores.join(format!("interop-{i}.pass")),
         );
         assert!(out.contains("imported"), "{out}");
     }
@@ -822,6 +819,17 @@ impl LodestarRun {
             .ok()
     }
 
+    /// SIGTERM, which lets the script stop Lodestar (its trap); after `grace`, SIGKILL to make
+    /// sure.
+    fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        std::thread::sleep(grace);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait for the script to finish (it bounds itself by TIMEOUT_S after npm ci; this adds a
     /// margin for the install) and panic with its output unless it passed.
     fn finish(mut self) -> String {
@@ -837,13 +845,7 @@ impl LodestarRun {
                 return output;
             }
             if self.started.elapsed() > deadline {
-                // SIGTERM lets the script stop Lodestar (its trap), then make sure.
-                let _ = Command::new("kill")
-                    .arg(self.child.id().to_string())
-                    .status();
-                std::thread::sleep(Duration::from_secs(20));
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                self.stop(Duration::from_secs(20));
                 panic!(
                     "lodestar-e2e.sh did not finish in {deadline:?}:\n{}",
                     self.output()
@@ -857,12 +859,7 @@ impl LodestarRun {
 impl Drop for LodestarRun {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .arg(self.child.id().to_string())
-                .status();
-            std::thread::sleep(Duration::from_secs(10));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.stop(Duration::from_secs(10));
         }
     }
 }

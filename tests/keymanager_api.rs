@@ -39,8 +39,7 @@ async fn keymanager_requires_the_bearer_token() {
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "token file mode");
 
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
     let import = json!({
         "keystores": [keystore_json(&secret_key_from_hex(&vector_secret_keys()[0]), PASSWORD, KdfChoice::Pbkdf2 { c: 16 })],
         "passwords": [PASSWORD],
@@ -87,8 +86,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
         .collect();
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
 
     let fast = KdfChoice::Pbkdf2 { c: 16 };
     let scrypt = KdfChoice::Scrypt {
@@ -211,8 +209,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
 
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     // Import → sign an attestation and a block.
     let import = json!({"keystores": [keystore.clone()], "passwords": [PASSWORD]});
@@ -293,8 +290,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
         });
     let fresh = Appliance::create();
     let fresh_token = fresh.keymanager_token();
-    let fresh_server = Server::start(&fresh);
-    let fresh_client = fresh_server.client(fresh.client_config("client"));
+    let (_fresh_server, fresh_client) = fresh.serve();
     let reimport = json!({
         "keystores": [keystore.clone()],
         "passwords": [PASSWORD],
@@ -356,8 +352,7 @@ async fn slashing_protection_that_cannot_be_imported_refuses_the_whole_request()
     let keystore = keystore_json(&secret, PASSWORD, KdfChoice::Pbkdf2 { c: 16 });
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     let mut wrong_version = Interchange::new(MAINNET_GVR.parse().unwrap());
     wrong_version.metadata.interchange_format_version = "4".into();

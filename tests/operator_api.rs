@@ -21,8 +21,7 @@ fn check<'a>(body: &'a Value, id: &str) -> &'a Value {
 async fn healthcheck_reports_the_database_down_and_up_again() {
     let appliance = Appliance::create();
     appliance.import_vector_key(0);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
 
     let (status, body) = get(&client, "/healthcheck").await;
     assert_eq!(status, 200, "{body}");
@@ -85,8 +84,7 @@ async fn reload_picks_up_keys_imported_while_serving() {
     let secrets = vector_secret_keys();
     let appliance = Appliance::create();
     appliance.import_vector_key(0);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     assert_eq!(
         get(&client, "/reload").await,

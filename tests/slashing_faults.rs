@@ -178,8 +178,7 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     };
     let data = mount.path.join("data");
     let (appliance, key) = appliance_with_data_in(&data);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
     let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
@@ -233,8 +232,7 @@ async fn io_error_refuses_with_503_and_recovers_without_restart() {
         Err(reason) => return skip(&format!("cannot loop-mount ext4 on a tmpfs ({reason})")),
     };
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
     let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
@@ -282,8 +280,7 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
         Err(reason) => return skip(&format!("cannot loop-mount ext4 on a tmpfs ({reason})")),
     };
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
-    let mut server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (mut server, client) = appliance.serve();
     let sign = sign_path(&key);
     for target in 2..5 {
         assert_eq!(
@@ -322,8 +319,7 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
     let device = sh("losetup", &["-f", "--show", image.to_str().unwrap()]).unwrap();
     disk.loop_device = Some(device.clone());
     sh("mount", &[&device, disk.path.to_str().unwrap()]).unwrap();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
     // Every signature released before is recorded; the refused requests left nothing.
     let (status, body) = post(&client, &sign, &attestation(1, 4, 9)).await;
     assert_eq!(status, 412, "{body}");

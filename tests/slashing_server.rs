@@ -14,8 +14,7 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
         appliance.import_vector_key(0),
         appliance.import_vector_key(1),
     ];
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
     let dry_path = |key: &str| format!("/api/v1/eth2/slashable/{key}");
 
     // Dry run first: would be signed, and records nothing.
@@ -130,8 +129,7 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
 async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_networks() {
     let appliance = Appliance::create();
     let key = appliance.import_vector_key(2);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
     let sign = sign_path(&key);
     let (status, _) = post(&client, &sign, &attestation(10, 11, 1)).await;
     assert_eq!(status, 200);

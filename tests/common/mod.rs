@@ -104,19 +104,24 @@ impl Appliance {
     /// Write a cheap PBKDF2 keystore for `secret` and import it with `keys import`.
     pub fn import_secret(&self, secret: &SecretKey, name: &str) -> String {
         let (ks_path, pw_path) = write_keystore(self.path(), name, secret, "test password ✓");
-        let out = self.cli_ok(
-            &["keys", "import"],
-            &[
-                "--keystore",
-                ks_path.to_str().unwrap(),
-                "--password-file",
-                pw_path.to_str().unwrap(),
-            ],
-        );
+        let out = self.import_keystore(&ks_path, &pw_path);
         // Keystores are test fixtures; remove them so the leak scan sees only the appliance.
         std::fs::remove_file(&ks_path).unwrap();
         std::fs::remove_file(&pw_path).unwrap();
         out
+    }
+
+    /// `keys import` of a keystore file with its password file; returns stdout.
+    pub fn import_keystore(&self, keystore: &Path, password_file: &Path) -> String {
+        self.cli_ok(
+            &["keys", "import"],
+            &[
+                "--keystore",
+                keystore.to_str().unwrap(),
+                "--password-file",
+                password_file.to_str().unwrap(),
+            ],
+        )
     }
 
     /// Import key `index` of `web3signer.keys.json` with `keys import`; returns its public key
@@ -148,14 +153,16 @@ impl Appliance {
         Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
     }
 
+    /// Start `serve` for this appliance, with a client presenting the `client` identity.
+    pub fn serve(&self) -> (Server, MtlsClient) {
+        let server = Server::start(self);
+        let client = server.client(self.client_config("client"));
+        (server, client)
+    }
+
     pub fn client_config(&self, client: &str) -> Arc<rustls::ClientConfig> {
         let certs = self.certs();
-        tls::client_config(
-            &certs.join("ca.pem"),
-            &certs.join(format!("{client}.pem")),
-            &certs.join(format!("{client}.key")),
-        )
-        .unwrap()
+        identity_config(&certs.join("ca.pem"), &certs, client)
     }
 }
 
@@ -206,6 +213,16 @@ pub fn run_with_config(config: &Path, command: &[&str], args: &[&str]) -> (bool,
 /// succeeds. Returns stdout.
 pub fn run_ok_with_config(config: &Path, command: &[&str], args: &[&str]) -> String {
     run_ok(&with_config(config, command, args))
+}
+
+/// A mutual-TLS client trusting `ca` and presenting `<dir>/<client>.pem` with its key.
+pub fn identity_config(ca: &Path, dir: &Path, client: &str) -> Arc<rustls::ClientConfig> {
+    tls::client_config(
+        ca,
+        &dir.join(format!("{client}.pem")),
+        &dir.join(format!("{client}.key")),
+    )
+    .unwrap()
 }
 
 /// `certs generate --out <out> --client <client>`: a new CA with one client identity.
