@@ -11,14 +11,19 @@ use crate::authz::{vector, PolicyAppliance};
 use crate::common::*;
 
 fn export(config: &Path) -> Vec<Value> {
-    run_ok(&["audit", "export", "--config", config.to_str().unwrap()])
+    run_ok_with_config(config, &["audit", "export"], &[])
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
 
+/// `audit verify` of the database `config` names, with `extra` arguments.
+fn verify_with(config: &Path, extra: &[&str]) -> (bool, String, String) {
+    run_with_config(config, &["audit", "verify"], extra)
+}
+
 fn verify(config: &Path) -> (bool, String, String) {
-    run(&["audit", "verify", "--config", config.to_str().unwrap()])
+    verify_with(config, &[])
 }
 
 /// A copy of the appliance's database (consistent, WAL included) with a config pointing at it.
@@ -190,14 +195,7 @@ async fn every_decision_is_chained_and_tampering_is_found() {
         signed_after >= answered,
         "{signed_after} entries, {answered} answered"
     );
-    let (ok, _, stderr) = run(&[
-        "audit",
-        "verify",
-        "--config",
-        config.to_str().unwrap(),
-        "--expect-head",
-        &head_before,
-    ]);
+    let (ok, _, stderr) = verify_with(&config, &["--expect-head", &head_before]);
     assert!(ok, "{stderr}");
 
     let server = Server::start(&setup.appliance);
@@ -259,14 +257,7 @@ async fn every_decision_is_chained_and_tampering_is_found() {
         &format!("DELETE FROM audit_log WHERE seq = {total};"),
     );
     assert!(verify(&tampered).0, "a truncated chain is still a chain");
-    let (ok, _, stderr) = run(&[
-        "audit",
-        "verify",
-        "--config",
-        tampered.to_str().unwrap(),
-        "--expect-head",
-        &head,
-    ]);
+    let (ok, _, stderr) = verify_with(&tampered, &["--expect-head", &head]);
     assert!(!ok);
     assert!(stderr.contains("newest entries"), "{stderr}");
 }

@@ -3,10 +3,9 @@
 //! not in the policy) and W (wildcard "all" on all keys) × every operation × both APIs × both
 //! keys; exactly the granted cells may succeed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use keystake_signer::net::client::MtlsClient;
+use keystake_signer::net::client::{ClientError, MtlsClient};
 use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
@@ -28,8 +27,8 @@ impl PolicyAppliance {
         let secrets = vector_secret_keys();
         let key1 = secret_key_from_hex(&secrets[0]).public_key().to_hex();
         let key2 = secret_key_from_hex(&secrets[1]).public_key().to_hex();
-        appliance.import_secret(&secret_key_from_hex(&secrets[0]), "k1");
-        appliance.import_secret(&secret_key_from_hex(&secrets[1]), "k2");
+        appliance.import_vector_key(0);
+        appliance.import_vector_key(1);
         let certs = appliance.certs();
         let mut args = vec![
             "certs".to_owned(),
@@ -43,7 +42,7 @@ impl PolicyAppliance {
             args.push("--client".into());
             args.push(client.into());
         }
-        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        run_ok(&args);
         let crl = certs.join("crl.pem");
         run_ok(&[
             "certs",
@@ -134,10 +133,7 @@ pub const SIGNING_OPERATIONS: [(&str, &str); 8] = [
 
 /// The vector `<base>__key<n>.json` (n = 0 for key 1, 1 for key 2).
 pub fn vector(base: &str, key_index: usize) -> Value {
-    let path: PathBuf = vectors_dir()
-        .join("web3signer")
-        .join(format!("{base}__key{}.json", key_index - 1));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    vector_case(&format!("{base}__key{}", key_index - 1))
 }
 
 enum Outcome {
@@ -146,32 +142,29 @@ enum Outcome {
     Status(u16),
 }
 
-async fn rest_cell(client: &MtlsClient, key: &str, body: &Value) -> Outcome {
-    let response = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key}"),
-            &[
-                ("content-type", "application/json"),
-                ("accept", "application/json"),
-            ],
-            Some(serde_json::to_vec(body).unwrap()),
-        )
-        .await;
-    match response {
-        Ok(r) => Outcome::Status(r.status),
-        Err(_) => Outcome::NoConnection,
+impl From<Result<(u16, Value), ClientError>> for Outcome {
+    fn from(result: Result<(u16, Value), ClientError>) -> Outcome {
+        match result {
+            Ok((status, _)) => Outcome::Status(status),
+            Err(_) => Outcome::NoConnection,
+        }
     }
 }
 
+async fn rest_cell(client: &MtlsClient, key: &str, body: &Value) -> Outcome {
+    try_post(client, &sign_path(key), body).await.into()
+}
+
 async fn rest_reload(client: &MtlsClient) -> Outcome {
-    match client
-        .request(http::Method::POST, "/keystake/v1/admin/reload", &[], None)
-        .await
-    {
-        Ok(r) => Outcome::Status(r.status),
-        Err(_) => Outcome::NoConnection,
-    }
+    try_request(
+        client,
+        http::Method::POST,
+        "/keystake/v1/admin/reload",
+        &[],
+        None,
+    )
+    .await
+    .into()
 }
 
 async fn grpc_cell(
@@ -242,18 +235,15 @@ async fn authorization_matrix_over_both_apis() {
         for (key_index, key) in &keys {
             let expected = PolicyAppliance::granted(client_name, "slashing_admin", *key_index);
             let body = serde_json::json!({ "public_keys": [key] }).to_string();
-            let rest_outcome = match rest
-                .request(
-                    http::Method::POST,
-                    "/keystake/v1/admin/slashing/export",
-                    &[("content-type", "application/json")],
-                    Some(body.into_bytes()),
-                )
-                .await
-            {
-                Ok(r) => Outcome::Status(r.status),
-                Err(_) => Outcome::NoConnection,
-            };
+            let rest_outcome: Outcome = try_request(
+                &rest,
+                http::Method::POST,
+                "/keystake/v1/admin/slashing/export",
+                &[("content-type", "application/json")],
+                Some(body.into_bytes()),
+            )
+            .await
+            .into();
             match (rest_outcome, client_name) {
                 (Outcome::NoConnection, "d") => {}
                 (Outcome::Status(200), _) if expected => succeeded += 1,

@@ -4,7 +4,7 @@
 //! spellings Web3Signer accepts (case-insensitive `type`, `signing_root`, unknown fields,
 //! uint64 up to 2^64-1).
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::*;
 
@@ -13,22 +13,12 @@ use crate::common::*;
 const DOUBLE_VOTE_CASE: &str = "attestation_slot_after_fork_target_before__key0";
 const DOUBLE_VOTE_EARLIER_CASE: &str = "attestation_epoch_before_fork__key0";
 
-fn sign_path(pubkey: &str) -> String {
-    format!("/api/v1/eth2/sign/{pubkey}")
-}
-
-const JSON_HEADERS: &[(&str, &str)] = &[
-    ("content-type", "application/json"),
-    ("accept", "application/json"),
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
     let cases = vector_files("web3signer");
     assert_eq!(cases.len(), 84, "vector set changed");
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
 
     let mut identical = 0;
     for (name, case) in &cases {
@@ -52,27 +42,21 @@ async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
     // The same answers as bare text when the client does not accept JSON; a repeated request is
     // answered again (same signing root), so this also covers Web3Signer's idempotent re-sign.
     for (name, case) in cases.iter().filter(|(n, _)| n.starts_with("block_v2_")) {
-        let (status, body) = request_raw(
-            &client,
-            http::Method::POST,
-            &sign_path(case["pubkey"].as_str().unwrap()),
-            &[
-                ("content-type", "application/json"),
-                ("accept", "text/plain"),
-            ],
-            Some(serde_json::to_vec(&case["request"]).unwrap()),
-        )
-        .await;
-        assert_eq!(status, 200, "{name}: {body}");
-        assert_eq!(body, case["signature"], "{name}: text signature");
+        let (status, text) =
+            sign_as_text(&client, case["pubkey"].as_str().unwrap(), &case["request"]).await;
+        assert_eq!(status, 200, "{name}: {text}");
+        assert_eq!(
+            text,
+            case["signature"].as_str().unwrap(),
+            "{name}: text signature"
+        );
     }
 
     // The refused case on a fresh appliance (its own slashing database): byte-identical too.
     drop(server);
     let fresh = Appliance::with_vector_keys();
-    let server = Server::start(&fresh);
-    let client = server.client(fresh.client_config("client"));
-    let case = &cases.iter().find(|(n, _)| n == DOUBLE_VOTE_CASE).unwrap().1;
+    let (_server, client) = fresh.serve();
+    let case = vector_case(DOUBLE_VOTE_CASE);
     let (status, body) = sign(&client, case["pubkey"].as_str().unwrap(), &case["request"]).await;
     assert_eq!(
         status, 200,
@@ -80,11 +64,7 @@ async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
     );
     assert_eq!(body["signature"], case["signature"]);
     // …and then the earlier case is the refused one: the conflict is symmetric.
-    let earlier = &cases
-        .iter()
-        .find(|(n, _)| n == DOUBLE_VOTE_EARLIER_CASE)
-        .unwrap()
-        .1;
+    let earlier = vector_case(DOUBLE_VOTE_EARLIER_CASE);
     let (status, body) = sign(
         &client,
         earlier["pubkey"].as_str().unwrap(),
@@ -99,8 +79,7 @@ async fn negative_vectors_get_the_recommended_status_and_name_the_field() {
     let cases = vector_files("web3signer-negative");
     assert_eq!(cases.len(), 18, "negative vector set changed");
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     for (name, case) in &cases {
         let body = match (&case.get("raw_body"), &case.get("request")) {
@@ -148,32 +127,18 @@ async fn negative_vectors_get_the_recommended_status_and_name_the_field() {
         (400, Some("signingRoot"))
     );
     // Nothing was recorded by the refusals: the unmodified base request still signs.
-    let base = vector_files("web3signer")
-        .into_iter()
-        .find(|(n, _)| n == "attestation__key0")
-        .unwrap()
-        .1;
+    let base = vector_case("attestation__key0");
     let (status, answer) = sign(&client, base["pubkey"].as_str().unwrap(), &base["request"]).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["signature"], base["signature"]);
 }
 
-/// A vector case by name.
-fn case(name: &str) -> Value {
-    vector_files("web3signer")
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no vector {name}"))
-        .1
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spellings_web3signer_accepts_work_through_the_server() {
     let appliance = Appliance::with_vector_keys();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
-    let attestation = case("attestation__key0");
+    let attestation = vector_case("attestation__key0");
     let pubkey = attestation["pubkey"].as_str().unwrap().to_owned();
     let expected = json!({ "signature": attestation["signature"] });
 
@@ -210,7 +175,7 @@ async fn request_spellings_web3signer_accepts_work_through_the_server() {
     assert_eq!((status, &body), (200, &expected), "unknown fields");
 
     // uint64 as decimal strings up to 2^64-1; 2^64 is refused naming the field.
-    let exit = case("voluntary_exit_max_uint64__key0");
+    let exit = vector_case("voluntary_exit_max_uint64__key0");
     let (status, body) = sign(&client, &pubkey, &exit["request"]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["signature"], exit["signature"]);

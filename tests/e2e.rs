@@ -88,27 +88,17 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
     // A second import of the same key is reported as a duplicate, not an error.
     let out = appliance.import_secret(&secret_key_from_hex(&secrets[0]), "again");
     assert!(out.contains("duplicate"), "{out}");
-    let listed = run_ok(&[
-        "keys",
-        "list",
-        "--config",
-        appliance.config.to_str().unwrap(),
-    ]);
+    let listed = appliance.cli_ok(&["keys", "list"], &[]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 
-    let mut server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (mut server, client) = appliance.serve();
 
     let up = client
         .request(http::Method::GET, "/upcheck", &[], None)
         .await
         .unwrap();
     assert_eq!((up.status, &up.body[..]), (200, &b"OK"[..]));
-    let keys = client
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    let keys = public_keys(&client).await;
     assert_eq!(keys.len(), 3);
 
     // Every ATTESTATION and BLOCK_V2 vector, in file order through one slashing database.
@@ -148,58 +138,34 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
     assert_eq!(status, 200, "{body}");
 
     // Text answer when the client does not accept JSON (Web3Signer's Accept rule).
-    let text = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[
-                ("content-type", "application/json"),
-                ("accept", "text/plain"),
-            ],
-            Some(serde_json::to_vec(&attestation(500, 501, 1)).unwrap()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(text.status, 200);
-    assert_eq!(
-        String::from_utf8_lossy(&text.body),
-        first["signature"].as_str().unwrap()
-    );
+    let (status, text) = sign_as_text(&client, key1, &attestation(500, 501, 1)).await;
+    assert_eq!(status, 200);
+    assert_eq!(text, first["signature"].as_str().unwrap());
 
     // Client mistakes get their own statuses, never 500.
     let unknown = format!("0x{}", "a5".repeat(48));
     assert_eq!(sign(&client, &unknown, &attestation(1, 2, 1)).await.0, 404);
     assert_eq!(sign(&client, "0x1234", &attestation(1, 2, 1)).await.0, 400);
-    let malformed = client
-        .request(
+    for (what, content_type, body, expected) in [
+        ("malformed", "application/json", b"{not json".to_vec(), 400),
+        (
+            "form",
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            415,
+        ),
+        ("huge", "application/json", vec![b' '; 2 * 1024 * 1024], 413),
+    ] {
+        let (status, answer) = request_raw(
+            &client,
             http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/json")],
-            Some(b"{not json".to_vec()),
+            &sign_path(key1),
+            &[("content-type", content_type)],
+            Some(body),
         )
-        .await
-        .unwrap();
-    assert_eq!(malformed.status, 400);
-    let form = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            Some(b"a=b".to_vec()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(form.status, 415);
-    let huge = client
-        .request(
-            http::Method::POST,
-            &format!("/api/v1/eth2/sign/{key1}"),
-            &[("content-type", "application/json")],
-            Some(vec![b' '; 2 * 1024 * 1024]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(huge.status, 413);
+        .await;
+        assert_eq!(status, expected, "{what}: {answer}");
+    }
 
     server.kill();
     let log = std::fs::read_to_string(&server.log).unwrap();
@@ -228,49 +194,29 @@ async fn appliance_signs_vectors_enforces_slashing_and_never_leaks_shares() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k");
+    appliance.import_vector_key(0);
     let server = Server::start(&appliance);
     let certs = appliance.certs();
 
     // Valid certificate: accepted.
-    let good = server.client(appliance.client_config("client"));
-    assert_eq!(
-        good.request(http::Method::GET, "/upcheck", &[], None)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let good = appliance.client_config("client");
+    assert_eq!(upcheck(&server, good).await.unwrap(), 200);
 
     // No client certificate.
     let no_cert = client_config_without_identity(&certs.join("ca.pem"));
-    assert!(server
-        .client(no_cert)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    assert!(
+        upcheck(&server, no_cert).await.is_err(),
+        "no client certificate accepted"
+    );
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        other.path().to_str().unwrap(),
-        "--client",
-        "intruder",
-    ]);
-    let foreign = keystake_signer::net::tls::client_config(
-        &certs.join("ca.pem"),
-        &other.path().join("intruder.pem"),
-        &other.path().join("intruder.key"),
-    )
-    .unwrap();
-    assert!(server
-        .client(foreign)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    certs_generate(other.path(), "intruder");
+    let foreign = identity_config(&certs.join("ca.pem"), other.path(), "intruder");
+    assert!(
+        upcheck(&server, foreign).await.is_err(),
+        "a certificate from another CA accepted"
+    );
 
     // An expired certificate from the right CA.
     let expired_dir = tempfile::tempdir().unwrap();
@@ -284,21 +230,27 @@ async fn tls_layer_refuses_missing_foreign_and_expired_client_certificates() {
         keystake_signer::net::pki::Overwrite::Refuse,
     )
     .unwrap();
-    let expired = keystake_signer::net::tls::client_config(
-        &certs.join("ca.pem"),
-        &expired_dir.path().join("expired.pem"),
-        &expired_dir.path().join("expired.key"),
-    )
-    .unwrap();
-    assert!(server
-        .client(expired)
-        .request(http::Method::GET, "/upcheck", &[], None)
-        .await
-        .is_err());
+    let expired = identity_config(&certs.join("ca.pem"), expired_dir.path(), "expired");
+    assert!(
+        upcheck(&server, expired).await.is_err(),
+        "an expired certificate accepted"
+    );
 
     // The refusals are logged by the server.
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("TLS handshake refused"), "{log}");
+}
+
+/// GET /upcheck presenting `config`: the status, or the client's error (handshake refused).
+async fn upcheck(
+    server: &Server,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<u16, keystake_signer::net::client::ClientError> {
+    let response = server
+        .client(config)
+        .request(http::Method::GET, "/upcheck", &[], None)
+        .await?;
+    Ok(response.status)
 }
 
 /// A TLS 1.3 client that trusts the appliance's CA but presents no certificate.
@@ -367,25 +319,13 @@ async fn a_crash_while_signing_writes_no_core_dump() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let url = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("server exited").unwrap();
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break url.to_owned();
-            }
-        }
-    };
+    let url = StdoutLines::of(&mut child)
+        .wait_for("listening on ", std::time::Duration::from_secs(30))
+        .expect("server did not start");
     let client =
         keystake_signer::net::client::MtlsClient::new(appliance.client_config("client"), &url)
             .unwrap();
-    let keys = client
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
+    let keys = public_keys(&client).await;
     let (status, _) = sign(&client, &keys[0], &attestation(700, 701, 1)).await;
     assert_eq!(status, 200);
     // Abort it the way a failed assertion would (SIGABRT dumps core by default; SIGSEGV sent

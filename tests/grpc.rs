@@ -12,18 +12,10 @@ fn hex_bytes(text: &str) -> Vec<u8> {
     hex::decode(text.trim_start_matches("0x")).unwrap()
 }
 
-/// An appliance without a policy holding the three vector keys.
-fn vector_appliance() -> Appliance {
-    let appliance = Appliance::create();
-    for (i, secret) in vector_secret_keys().iter().enumerate() {
-        appliance.import_secret(&secret_key_from_hex(secret), &format!("key{i}"));
-    }
-    appliance
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_signs_every_vector_type_byte_identical_to_rest() {
-    let appliance = vector_appliance();
+    // Without a policy, holding the three vector keys.
+    let appliance = Appliance::with_vector_keys();
     let server = Server::start(&appliance);
     let tls = appliance.client_config("client");
     let rest = server.client(tls.clone());
@@ -106,11 +98,7 @@ async fn grpc_signs_every_vector_type_byte_identical_to_rest() {
         .into_iter()
         .map(|k| k.public_key)
         .collect();
-    let response = rest
-        .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-        .await
-        .unwrap();
-    let rest_keys: Vec<String> = serde_json::from_slice(&response.body).unwrap();
+    let rest_keys = public_keys(&rest).await;
     assert_eq!(
         listed,
         rest_keys.iter().map(|k| hex_bytes(k)).collect::<Vec<_>>()

@@ -8,7 +8,6 @@
 //! Everything is real: the binary, SoftHSM2, SQLite, rcgen certificates, TCP on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,43 +30,29 @@ struct Process {
 }
 
 impl Process {
-    /// Spawn the binary and wait for a stdout line starting with `ready_prefix`; returns the rest
-    /// of that line.
+    /// Spawn `command` (the binary) and wait for a stdout line starting with `ready_prefix`;
+    /// returns the rest of that line.
     fn spawn(
-        args: &[&str],
+        mut command: Command,
         log: PathBuf,
         log_filter: &str,
         ready_prefix: &str,
     ) -> (Process, String) {
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut child = command
             .env("KEYSTAKE_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = ready_prefix.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
+        let ready = StdoutLines::of(&mut child).wait_for(ready_prefix, Duration::from_secs(30));
         let mut process = Process { child, log };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(rest) => (process, rest),
-            Err(_) => {
+        match ready {
+            Some(rest) => (process, rest),
+            None => {
                 process.kill();
-                panic!(
-                    "keystake-signer {args:?} did not start:\n{}",
-                    process.log_text()
-                );
+                panic!("{command:?} did not start:\n{}", process.log_text());
             }
         }
     }
@@ -108,13 +93,7 @@ fn strip_ansi(text: &str) -> String {
 /// `serve` on `listen` (port 0 allowed); returns the process and the bound address.
 fn start_appliance(appliance: &Appliance, listen: &str, log: PathBuf) -> (Process, SocketAddr) {
     let (process, url) = Process::spawn(
-        &[
-            "serve",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--listen",
-            listen,
-        ],
+        serve_command(appliance, listen),
         log,
         "info,keystake_signer=debug",
         "listening on https://",
@@ -122,33 +101,44 @@ fn start_appliance(appliance: &Appliance, listen: &str, log: PathBuf) -> (Proces
     (process, url.parse().unwrap())
 }
 
-/// `connect` in front of `upstream` with the named client identity files.
-fn start_forwarder(
-    upstream: SocketAddr,
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    extra: &[&str],
-    log: PathBuf,
-) -> (Process, SocketAddr) {
-    let upstream = format!("https://{upstream}");
-    let mut args = vec![
+/// `connect --listen <listen> --upstream <upstream>` with the named client identity files.
+fn connect_args(listen: &str, upstream: &str, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    [
         "connect",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--upstream",
-        &upstream,
+        upstream,
         "--client-cert",
         cert.to_str().unwrap(),
         "--client-key",
         key.to_str().unwrap(),
         "--ca",
         ca.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let (process, rest) = Process::spawn(&args, log, "info", "forwarding on http://");
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Run `connect` with `args` until it forwards; returns the process and its address.
+fn spawn_forwarder(args: &[String], log: PathBuf) -> (Process, SocketAddr) {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    let (process, rest) = Process::spawn(command, log, "info", "forwarding on http://");
     let address = rest.split_whitespace().next().unwrap().parse().unwrap();
     (process, address)
+}
+
+/// `connect` on 127.0.0.1:0 in front of `upstream` with the named client identity files.
+fn start_forwarder(
+    upstream: SocketAddr,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    log: PathBuf,
+) -> (Process, SocketAddr) {
+    let upstream = format!("https://{upstream}");
+    spawn_forwarder(&connect_args("127.0.0.1:0", &upstream, ca, cert, key), log)
 }
 
 fn forwarder_for(appliance: &Appliance, upstream: SocketAddr, name: &str) -> (Process, SocketAddr) {
@@ -158,7 +148,6 @@ fn forwarder_for(appliance: &Appliance, upstream: SocketAddr, name: &str) -> (Pr
         &certs.join("ca.pem"),
         &certs.join("client.pem"),
         &certs.join("client.key"),
-        &[],
         appliance.path().join(format!("{name}.log")),
     )
 }
@@ -260,6 +249,24 @@ async fn closed_by_peer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     }
 }
 
+/// One sign request with `Connection: close` (Lodestar's way): signed with `expected`, the
+/// answer says `Connection: close`, and the socket is closed after it.
+async fn assert_signed_then_closed<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+    request: &[u8],
+    expected: &str,
+) {
+    let answer = exchange(stream, "POST", path, &SIGN_HEADERS, request).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json()["signature"], expected);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(
+        closed_by_peer(stream).await,
+        "Connection: close not honoured"
+    );
+}
+
 /// A TLS connection to the appliance speaking HTTP/1.1 with the named client identity.
 async fn tls_connect(
     appliance: &Appliance,
@@ -278,10 +285,7 @@ async fn tls_connect(
 /// The `aggregation_slot__key0` vector: its request, key, and the signature it must produce.
 /// AGGREGATION_SLOT has no slashing rule, so the same request may be signed any number of times.
 fn aggregation_slot_vector() -> (String, Vec<u8>, String) {
-    let (_, case) = vector_files("web3signer")
-        .into_iter()
-        .find(|(name, _)| name == "aggregation_slot__key0")
-        .expect("aggregation_slot__key0 vector");
+    let case = vector_case("aggregation_slot__key0");
     (
         case["pubkey"].as_str().unwrap().to_owned(),
         serde_json::to_vec(&case["request"]).unwrap(),
@@ -292,7 +296,7 @@ fn aggregation_slot_vector() -> (String, Vec<u8>, String) {
 /// An appliance holding vector key 0, served on 127.0.0.1:0.
 fn vector_appliance() -> (Appliance, Process, SocketAddr) {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "key0");
+    appliance.import_vector_key(0);
     let (server, address) = start_appliance(
         &appliance,
         "127.0.0.1:0",
@@ -314,26 +318,17 @@ const SIGN_HEADERS: [(&str, &str); 3] = [
 fn forwarder_refuses_non_loopback_unless_forced() {
     let appliance = Appliance::create();
     let certs = appliance.certs();
-    let common = [
-        "--upstream",
-        "https://127.0.0.1:9",
-        "--client-cert",
-        certs.join("client.pem").to_str().unwrap(),
-        "--client-key",
-        certs.join("client.key").to_str().unwrap(),
-        "--ca",
-        certs.join("ca.pem").to_str().unwrap(),
-    ]
-    .map(str::to_owned);
+    let args = |listen: &str| {
+        connect_args(
+            listen,
+            "https://127.0.0.1:9",
+            &certs.join("ca.pem"),
+            &certs.join("client.pem"),
+            &certs.join("client.key"),
+        )
+    };
     for address in ["0.0.0.0:0", "[::]:0"] {
-        let mut args = vec![
-            "connect".to_owned(),
-            "--listen".to_owned(),
-            address.to_owned(),
-        ];
-        args.extend(common.iter().cloned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, stdout, stderr) = run(&args);
+        let (ok, stdout, stderr) = run(&args(address));
         assert!(!ok, "{address} accepted: {stdout}");
         assert!(
             stderr.contains("refusing to listen") && stderr.contains("--allow-non-loopback"),
@@ -343,26 +338,9 @@ fn forwarder_refuses_non_loopback_unless_forced() {
     }
 
     // Forced: it starts, says loudly what it does, and still works from loopback.
-    let (mut forced, rest) = Process::spawn(
-        &[
-            "connect",
-            "--listen",
-            "0.0.0.0:0",
-            "--allow-non-loopback",
-            "--upstream",
-            "https://127.0.0.1:9",
-            "--client-cert",
-            certs.join("client.pem").to_str().unwrap(),
-            "--client-key",
-            certs.join("client.key").to_str().unwrap(),
-            "--ca",
-            certs.join("ca.pem").to_str().unwrap(),
-        ],
-        appliance.path().join("forced.log"),
-        "info",
-        "forwarding on http://",
-    );
-    let address: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let mut forced_args = args("0.0.0.0:0");
+    forced_args.push("--allow-non-loopback".to_owned());
+    let (mut forced, address) = spawn_forwarder(&forced_args, appliance.path().join("forced.log"));
     assert!(address.ip().is_unspecified(), "{address}");
     let log = forced.log_text();
     assert!(
@@ -377,24 +355,16 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
     let (appliance, server, upstream) = vector_appliance();
     let certs = appliance.certs();
     let (pubkey, request, _) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
 
     // A client certificate from another CA: the appliance refuses it in the handshake.
     let other = tempfile::tempdir().unwrap();
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        other.path().to_str().unwrap(),
-        "--client",
-        "stranger",
-    ]);
+    certs_generate(other.path(), "stranger");
     let (refused, refused_address) = start_forwarder(
         upstream,
         &certs.join("ca.pem"),
         &other.path().join("stranger.pem"),
         &other.path().join("stranger.key"),
-        &[],
         appliance.path().join("refused.log"),
     );
     let mut stream = TcpStream::connect(refused_address).await.unwrap();
@@ -424,7 +394,6 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
         &other.path().join("ca.pem"),
         &certs.join("client.pem"),
         &certs.join("client.key"),
-        &[],
         appliance.path().join("untrusting.log"),
     );
     let mut stream = TcpStream::connect(untrusting_address).await.unwrap();
@@ -461,19 +430,12 @@ async fn forwarder_reports_refused_certificate_untrusted_appliance_and_unreachab
 async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connections() {
     let (appliance, server, upstream) = vector_appliance();
     let (pubkey, request, expected) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
     let (forwarder, address) = forwarder_for(&appliance, upstream, "forwarder");
 
     // Lodestar's way: Accept */*, Connection: close → JSON, and the socket is closed after it.
     let mut stream = TcpStream::connect(address).await.unwrap();
-    let answer = exchange(&mut stream, "POST", &path, &SIGN_HEADERS, &request).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()["signature"], expected);
-    assert_eq!(answer.header("connection"), Some("close"));
-    assert!(
-        closed_by_peer(&mut stream).await,
-        "Connection: close not honoured"
-    );
+    assert_signed_then_closed(&mut stream, &path, &request, &expected).await;
 
     // Keep-alive clients keep their connection: two requests on one socket.
     let mut stream = TcpStream::connect(address).await.unwrap();
@@ -561,17 +523,10 @@ async fn forwarder_signs_honours_connection_close_and_reuses_upstream_connection
 async fn appliance_honours_connection_close_and_absorbs_a_burst_of_fresh_connections() {
     let (appliance, _server, address) = vector_appliance();
     let (pubkey, request, expected) = aggregation_slot_vector();
-    let path = format!("/api/v1/eth2/sign/{pubkey}");
+    let path = sign_path(&pubkey);
 
     let mut stream = tls_connect(&appliance, address).await;
-    let answer = exchange(&mut stream, "POST", &path, &SIGN_HEADERS, &request).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()["signature"], expected);
-    assert_eq!(answer.header("connection"), Some("close"));
-    assert!(
-        closed_by_peer(&mut stream).await,
-        "Connection: close not honoured"
-    );
+    assert_signed_then_closed(&mut stream, &path, &request, &expected).await;
 
     let appliance = Arc::new(appliance);
     let burst: Vec<_> = (0..50)
@@ -784,22 +739,10 @@ fn lodestar_appliance() -> Appliance {
     std::fs::write(&appliance.config, config).unwrap();
     let keystores = harness_dir().join("keystores");
     for i in 0..LODESTAR_VALIDATORS {
-        let out = run_ok(&[
-            "keys",
-            "import",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--keystore",
-            keystores
-                .join(format!("interop-{i}.json"))
-                .to_str()
-                .unwrap(),
-            "--password-file",
-            keystores
-                .join(format!("interop-{i}.pass"))
-                .to_str()
-                .unwrap(),
-        ]);
+        let out = appliance.import_keystore(
+            &keystores.join(format!("interop-{i}.json")),
+            &keystores.join(format!("interop-{i}.pass")),
+        );
         assert!(out.contains("imported"), "{out}");
     }
     appliance
@@ -876,6 +819,17 @@ impl LodestarRun {
             .ok()
     }
 
+    /// SIGTERM, which lets the script stop Lodestar (its trap); after `grace`, SIGKILL to make
+    /// sure.
+    fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        std::thread::sleep(grace);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait for the script to finish (it bounds itself by TIMEOUT_S after npm ci; this adds a
     /// margin for the install) and panic with its output unless it passed.
     fn finish(mut self) -> String {
@@ -891,13 +845,7 @@ impl LodestarRun {
                 return output;
             }
             if self.started.elapsed() > deadline {
-                // SIGTERM lets the script stop Lodestar (its trap), then make sure.
-                let _ = Command::new("kill")
-                    .arg(self.child.id().to_string())
-                    .status();
-                std::thread::sleep(Duration::from_secs(20));
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                self.stop(Duration::from_secs(20));
                 panic!(
                     "lodestar-e2e.sh did not finish in {deadline:?}:\n{}",
                     self.output()
@@ -911,12 +859,7 @@ impl LodestarRun {
 impl Drop for LodestarRun {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .arg(self.child.id().to_string())
-                .status();
-            std::thread::sleep(Duration::from_secs(10));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.stop(Duration::from_secs(10));
         }
     }
 }

@@ -11,33 +11,6 @@ use serde_json::{json, Value};
 use crate::common::*;
 
 const PASSWORD: &str = "correct horse ✓ battery";
-const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
-
-fn attestation(source: u64, target: u64, block_root_byte: u8) -> Value {
-    json!({
-        "type": "ATTESTATION",
-        "fork_info": {
-            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-            "genesis_validators_root": MAINNET_GVR
-        },
-        "attestation": {
-            "slot": (target * 32).to_string(),
-            "index": "0",
-            "beacon_block_root": format!("0x{}", hex::encode([block_root_byte; 32])),
-            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
-            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
-        }
-    })
-}
-
-fn vector_case(name: &str) -> Value {
-    vector_files("web3signer")
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no vector {name}"))
-        .1
-}
-
 fn statuses(body: &Value) -> Vec<&str> {
     body["data"]
         .as_array()
@@ -45,6 +18,15 @@ fn statuses(body: &Value) -> Vec<&str> {
         .iter()
         .map(|entry| entry["status"].as_str().unwrap())
         .collect()
+}
+
+/// A 400 answer whose message names `what`.
+fn assert_bad_request(status: u16, body: &Value, what: &str) {
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(what),
+        "{what} not named: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,8 +39,7 @@ async fn keymanager_requires_the_bearer_token() {
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "token file mode");
 
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
     let import = json!({
         "keystores": [keystore_json(&secret_key_from_hex(&vector_secret_keys()[0]), PASSWORD, KdfChoice::Pbkdf2 { c: 16 })],
         "passwords": [PASSWORD],
@@ -105,8 +86,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
         .collect();
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
 
     let fast = KdfChoice::Pbkdf2 { c: 16 };
     let scrypt = KdfChoice::Scrypt {
@@ -173,11 +153,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
     let uneven =
         json!({"keystores": [keystore_json(&secrets[1], PASSWORD, fast)], "passwords": []});
     let (status, body) = keymanager(&client, Method::POST, Some(&token), Some(&uneven)).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("passwords"),
-        "{body}"
-    );
+    assert_bad_request(status, &body, "passwords");
     let (status, body) = keymanager(
         &client,
         Method::POST,
@@ -193,11 +169,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
         Some(&json!({"pubkeys": ["0x1234"]})),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("pubkeys[0]"),
-        "{body}"
-    );
+    assert_bad_request(status, &body, "pubkeys[0]");
 
     // Sealed by the HSM: the stored keys are not in the database in plaintext.
     let mut stored = Vec::new();
@@ -208,12 +180,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
         let raw = secret.to_bytes();
         assert!(!stored.windows(32).any(|w| w == raw.as_slice()));
     }
-    let listed = run_ok(&[
-        "keys",
-        "list",
-        "--config",
-        appliance.config.to_str().unwrap(),
-    ]);
+    let listed = appliance.cli_ok(&["keys", "list"], &[]);
     assert_eq!(listed.matches("active keystore").count(), 2, "{listed}");
 
     // Progress of the parallel decryption is in the log.
@@ -242,8 +209,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
 
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     // Import → sign an attestation and a block.
     let import = json!({"keystores": [keystore.clone()], "passwords": [PASSWORD]});
@@ -292,8 +258,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
     );
     let (status, body) = sign(&client, &pubkey, &attestation(101, 102, 1)).await;
     assert_eq!(status, 404, "a deleted key must not sign: {body}");
-    let (_, keys) = request_raw(&client, Method::GET, "/api/v1/eth2/publicKeys", &[], None).await;
-    assert_eq!(keys, json!([]));
+    assert_eq!(public_keys(&client).await, Vec::<String>::new());
 
     // The slashing data is never deleted: a second delete still returns it.
     let (status, body) = keymanager(
@@ -325,8 +290,7 @@ async fn import_sign_delete_reimport_keeps_the_slashing_protection() {
         });
     let fresh = Appliance::create();
     let fresh_token = fresh.keymanager_token();
-    let fresh_server = Server::start(&fresh);
-    let fresh_client = fresh_server.client(fresh.client_config("client"));
+    let (_fresh_server, fresh_client) = fresh.serve();
     let reimport = json!({
         "keystores": [keystore.clone()],
         "passwords": [PASSWORD],
@@ -388,8 +352,7 @@ async fn slashing_protection_that_cannot_be_imported_refuses_the_whole_request()
     let keystore = keystore_json(&secret, PASSWORD, KdfChoice::Pbkdf2 { c: 16 });
     let appliance = Appliance::create();
     let token = appliance.keymanager_token();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (_server, client) = appliance.serve();
 
     let mut wrong_version = Interchange::new(MAINNET_GVR.parse().unwrap());
     wrong_version.metadata.interchange_format_version = "4".into();
@@ -400,41 +363,22 @@ async fn slashing_protection_that_cannot_be_imported_refuses_the_whole_request()
     for document in bad_documents {
         let request = json!({"keystores": [keystore], "passwords": [PASSWORD], "slashing_protection": document});
         let (status, body) = keymanager(&client, Method::POST, Some(&token), Some(&request)).await;
-        assert_eq!(status, 400, "{body}");
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .contains("slashing_protection"),
-            "{body}"
-        );
+        assert_bad_request(status, &body, "slashing_protection");
     }
     // Bind the database to mainnet by signing, then offer another network's history.
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[1]), "k1");
+    appliance.import_vector_key(1);
     let (status, _) = request_raw(&client, Method::POST, "/reload", &[], None).await;
     assert_eq!(status, 202);
     let key1 = secret_key_from_hex(&vector_secret_keys()[1])
         .public_key()
         .to_hex();
     assert!(wait_until(std::time::Duration::from_secs(10), || {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(sign(&client, &key1, &attestation(1, 2, 1)))
-                .0
-                == 200
-        })
+        block_on(sign(&client, &key1, &attestation(1, 2, 1))).0 == 200
     }));
     let other_network = Interchange::new(format!("0x{}", "ee".repeat(32)).parse().unwrap());
     let request = json!({"keystores": [keystore], "passwords": [PASSWORD], "slashing_protection": other_network.to_json()});
     let (status, body) = keymanager(&client, Method::POST, Some(&token), Some(&request)).await;
-    assert_eq!(status, 400, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("genesis_validators_root"),
-        "{body}"
-    );
+    assert_bad_request(status, &body, "genesis_validators_root");
     // Nothing was imported by any of the refused requests.
     let (_, list) = keymanager(&client, Method::GET, Some(&token), None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");

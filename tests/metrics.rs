@@ -2,64 +2,24 @@
 //! the test sent.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
 use std::time::Duration;
 
-use keystake_signer::net::client::MtlsClient;
 use keystake_signer::tools::grpc_client::GrpcClient;
 use serde_json::Value;
 
 use crate::authz::{vector, PolicyAppliance};
 use crate::common::*;
 
-/// `serve` with a metrics listener on port 0: (child, API URL, metrics address).
-struct MetricsServer {
-    child: std::process::Child,
-    url: String,
-    metrics: String,
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(appliance: &Appliance) -> MetricsServer {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .env("KEYSTAKE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut url = None;
-    let mut metrics = None;
-    while url.is_none() || metrics.is_none() {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(u) = line.strip_prefix("listening on ") {
-            url = Some(u.to_owned());
-        }
-        if let Some(m) = line.strip_prefix("metrics on http://") {
-            metrics = Some(m.trim_end_matches("/metrics").to_owned());
-        }
-    }
-    MetricsServer {
-        child,
-        url: url.unwrap(),
-        metrics: metrics.unwrap(),
-    }
+/// `serve` with a metrics listener on port 0: the server and the metrics address.
+fn start(appliance: &Appliance) -> (Server, String) {
+    let mut server = Server::start_with(appliance, &["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = server
+        .stdout
+        .wait_for("metrics on http://", Duration::from_secs(30))
+        .expect("no metrics address printed");
+    let metrics = metrics.trim_end_matches("/metrics").to_owned();
+    (server, metrics)
 }
 
 /// GET /metrics over plain HTTP; every sample line as `name{labels}` → value.
@@ -93,17 +53,17 @@ fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_counts_equal_what_was_sent() {
     let setup = PolicyAppliance::create();
-    let server = start(&setup.appliance);
+    let (server, metrics) = start(&setup.appliance);
     let k1 = setup.key1.clone();
     let body = |v: &Value| serde_json::to_string(v).unwrap();
-    let w_rest = MtlsClient::new(setup.appliance.client_config("w"), &server.url).unwrap();
+    let w_rest = server.client(setup.appliance.client_config("w"));
     let w_grpc = GrpcClient::connect(&server.url, setup.appliance.client_config("w"))
         .await
         .unwrap();
     let a_grpc = GrpcClient::connect(&server.url, setup.appliance.client_config("a"))
         .await
         .unwrap();
-    let u_rest = MtlsClient::new(setup.appliance.client_config("u"), &server.url).unwrap();
+    let u_rest = server.client(setup.appliance.client_config("u"));
 
     for target in 1..=5 {
         assert_eq!(sign(&w_rest, &k1, &attestation(0, target, 1)).await.0, 200);
@@ -142,7 +102,7 @@ async fn scraped_counts_equal_what_was_sent() {
         tonic::Code::NotFound
     );
 
-    let samples = scrape(&server.metrics);
+    let samples = scrape(&metrics);
     let requests = |api: &str, kind: &str, outcome: &str| {
         value(
             &samples,

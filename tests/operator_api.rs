@@ -8,10 +8,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-async fn get(client: &keystake_signer::net::client::MtlsClient, path: &str) -> (u16, Value) {
-    request_raw(client, http::Method::GET, path, &[], None).await
-}
-
 fn check<'a>(body: &'a Value, id: &str) -> &'a Value {
     body["checks"]
         .as_array()
@@ -24,9 +20,8 @@ fn check<'a>(body: &'a Value, id: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_reports_the_database_down_and_up_again() {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k0");
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    appliance.import_vector_key(0);
+    let (server, client) = appliance.serve();
 
     let (status, body) = get(&client, "/healthcheck").await;
     assert_eq!(status, 200, "{body}");
@@ -88,25 +83,19 @@ async fn healthcheck_reports_the_database_down_and_up_again() {
 async fn reload_picks_up_keys_imported_while_serving() {
     let secrets = vector_secret_keys();
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&secrets[0]), "k0");
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    appliance.import_vector_key(0);
+    let (_server, client) = appliance.serve();
 
     assert_eq!(
         get(&client, "/reload").await,
         (200, serde_json::json!({"status": "idle"}))
     );
-    let (_, keys) = get(&client, "/api/v1/eth2/publicKeys").await;
-    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(public_keys(&client).await.len(), 1);
 
     // `keys import` from another process, into the running appliance's store.
-    appliance.import_secret(&secret_key_from_hex(&secrets[1]), "k1");
+    appliance.import_vector_key(1);
     let new_key = secret_key_from_hex(&secrets[1]).public_key().to_hex();
-    let case = vector_files("web3signer")
-        .into_iter()
-        .find(|(n, _)| n == "randao_reveal__key1")
-        .unwrap()
-        .1;
+    let case = vector_case("randao_reveal__key1");
     assert_eq!(case["pubkey"], new_key.as_str());
     assert_eq!(sign(&client, &new_key, &case["request"]).await.0, 404);
 
@@ -115,7 +104,7 @@ async fn reload_picks_up_keys_imported_while_serving() {
     assert_eq!(body["status"], "accepted");
     let mut last = Value::Null;
     let done = wait_until(Duration::from_secs(10), || {
-        last = futures_lite_block(get(&client, "/reload")).1;
+        last = block_on(get(&client, "/reload")).1;
         last["status"] == "completed"
     });
     assert!(done, "reload did not complete: {last}");
@@ -125,8 +114,8 @@ async fn reload_picks_up_keys_imported_while_serving() {
     );
     assert!(last.get("lastError").is_none());
 
-    let (_, keys) = get(&client, "/api/v1/eth2/publicKeys").await;
-    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    let keys = public_keys(&client).await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
     let (status, body) = sign(&client, &new_key, &case["request"]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["signature"], case["signature"]);
@@ -135,9 +124,4 @@ async fn reload_picks_up_keys_imported_while_serving() {
         check(&health, "keys-check")["checks"][0]["data"]["keys-loaded"],
         2
     );
-}
-
-/// Run a future to completion from synchronous code inside a multi-thread runtime.
-fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }

@@ -13,29 +13,9 @@ mod property;
 #[path = "slashing_server.rs"]
 mod server;
 
-use keystake_signer::net::client::MtlsClient;
 use serde_json::{json, Value};
 
-/// Mainnet's genesis validators root, which every request below carries.
-pub const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
-
-/// A mainnet (Electra) ATTESTATION request; `byte` varies the signing root.
-pub fn attestation(source: u64, target: u64, byte: u8) -> Value {
-    json!({
-        "type": "ATTESTATION",
-        "fork_info": {
-            "fork": {"previous_version": "0x05000000", "current_version": "0x06000000", "epoch": "411392"},
-            "genesis_validators_root": MAINNET_GVR
-        },
-        "attestation": {
-            "slot": (target * 32).to_string(),
-            "index": "0",
-            "beacon_block_root": format!("0x{}", hex::encode([byte; 32])),
-            "source": {"epoch": source.to_string(), "root": format!("0x{}", "11".repeat(32))},
-            "target": {"epoch": target.to_string(), "root": format!("0x{}", "22".repeat(32))}
-        }
-    })
-}
+use crate::common::MAINNET_GVR;
 
 /// A mainnet BLOCK_V2 (Electra header) request at `slot`; `byte` varies the signing root.
 pub fn block(slot: u64, byte: u8) -> Value {
@@ -56,23 +36,4 @@ pub fn block(slot: u64, byte: u8) -> Value {
             }
         }
     })
-}
-
-/// POST JSON; returns (status, body as JSON, or as a JSON string when it is not JSON).
-pub async fn post(client: &MtlsClient, path: &str, body: &Value) -> (u16, Value) {
-    let response = client
-        .request(
-            http::Method::POST,
-            path,
-            &[
-                ("content-type", "application/json"),
-                ("accept", "application/json"),
-            ],
-            Some(serde_json::to_vec(body).unwrap()),
-        )
-        .await
-        .unwrap();
-    let value = serde_json::from_slice(&response.body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&response.body).into_owned()));
-    (response.status, value)
 }

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use keystake_core::consensus::Network;
 use keystake_core::request::{self, SlashingCheck};
-use keystake_core::slashing::interchange::Interchange;
 use keystake_core::types::Root;
 use rand::Rng;
 use serde_json::Value;
 
-use super::{attestation, block, post};
+use super::block;
 use crate::common::*;
 
 const KILLS: usize = 22;
@@ -84,21 +83,8 @@ fn random_request(rng: &mut impl Rng, frontier: u64) -> Value {
     }
 }
 
-fn export(appliance: &Appliance) -> Interchange {
-    let out = appliance.path().join("crash-export.json");
-    run_ok(&[
-        "slashing",
-        "export",
-        "--config",
-        appliance.config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
-
 fn assert_recorded(appliance: &Appliance, received: &[(String, Signed)], round: usize) {
-    let exported = export(appliance);
+    let exported = appliance.export_slashing(&[]);
     let by_key: HashMap<String, _> = exported
         .data
         .iter()
@@ -133,13 +119,7 @@ fn assert_recorded(appliance: &Appliance, received: &[(String, Signed)], round: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_never_loses_a_released_signature() {
     let appliance = Appliance::create();
-    let secrets = vector_secret_keys();
-    let keys: Vec<String> = (0..2)
-        .map(|i| {
-            let out = appliance.import_secret(&secret_key_from_hex(&secrets[i]), &format!("k{i}"));
-            out.split_whitespace().next().unwrap().to_owned()
-        })
-        .collect();
+    let keys: Vec<String> = (0..2).map(|i| appliance.import_vector_key(i)).collect();
     let received: Arc<Mutex<Vec<(String, Signed)>>> = Arc::default();
     let mut refused_total = 0usize;
     for round in 0..KILLS {
@@ -164,27 +144,14 @@ async fn sigkill_under_load_never_loses_a_released_signature() {
                         let key = keys[rng.gen_range(0..keys.len())].clone();
                         (key, random_request(&mut rng, frontier))
                     };
-                    let Ok(response) = client
-                        .request(
-                            http::Method::POST,
-                            &format!("/api/v1/eth2/sign/{key}"),
-                            &[
-                                ("content-type", "application/json"),
-                                ("accept", "application/json"),
-                            ],
-                            Some(serde_json::to_vec(&body).unwrap()),
-                        )
-                        .await
+                    let Ok((status, answer)) = try_post(&client, &sign_path(&key), &body).await
                     else {
                         break; // the server is gone
                     };
-                    match response.status {
+                    match status {
                         200 => received.lock().unwrap().push((key, decode(&body))),
                         412 => refused += 1,
-                        other => panic!(
-                            "unexpected {other}: {}",
-                            String::from_utf8_lossy(&response.body)
-                        ),
+                        other => panic!("unexpected {other}: {answer}"),
                     }
                 }
                 refused
@@ -207,12 +174,7 @@ async fn sigkill_under_load_never_loses_a_released_signature() {
         .iter()
         .find(|(_, s)| matches!(s, Signed::Attestation { .. }))
     {
-        let (status, _) = post(
-            &client,
-            &format!("/api/v1/eth2/sign/{key}"),
-            &attestation(*source, *target, 77),
-        )
-        .await;
+        let (status, _) = sign(&client, key, &attestation(*source, *target, 77)).await;
         assert_eq!(status, 412);
     }
     for (i, (key_a, a)) in received.iter().enumerate() {

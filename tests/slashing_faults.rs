@@ -13,7 +13,6 @@ use std::time::Duration;
 use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
-use super::{attestation, post, MAINNET_GVR};
 use crate::common::*;
 
 fn sh(program: &str, args: &[&str]) -> Result<String, String> {
@@ -131,8 +130,7 @@ fn fill(dir: &Path) -> PathBuf {
 /// An appliance with one key, its database moved to `data_dir` (an absolute path).
 fn appliance_with_data_in(data_dir: &Path) -> (Appliance, String) {
     let appliance = Appliance::create();
-    let out = appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[0]), "k");
-    let key = out.split_whitespace().next().unwrap().to_owned();
+    let key = appliance.import_vector_key(0);
     std::fs::create_dir_all(data_dir).unwrap();
     for entry in std::fs::read_dir(appliance.path().join("data")).unwrap() {
         let entry = entry.unwrap();
@@ -163,19 +161,6 @@ fn assert_unavailable(status: u16, body: &Value, what: &str) {
     assert!(body.get("signature").is_none());
 }
 
-fn export(appliance: &Appliance) -> Interchange {
-    let out = appliance.path().join("export.json");
-    run_ok(&[
-        "slashing",
-        "export",
-        "--config",
-        appliance.config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
-
 fn targets(interchange: &Interchange) -> Vec<u64> {
     interchange.data[0]
         .signed_attestations
@@ -193,9 +178,8 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     };
     let data = mount.path.join("data");
     let (appliance, key) = appliance_with_data_in(&data);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let (server, client) = appliance.serve();
+    let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
     let filler = fill(&mount.path);
@@ -214,15 +198,8 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
         .collect();
     let document = json!({"metadata": {"interchange_format_version": "5", "genesis_validators_root": MAINNET_GVR}, "data": records});
     std::fs::write(&file, document.to_string()).unwrap();
-    let config = appliance.config.to_str().unwrap();
-    let (ok, _, stderr) = run(&[
-        "slashing",
-        "import",
-        "--config",
-        config,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let import_args = ["--file", file.to_str().unwrap()];
+    let (ok, _, stderr) = appliance.cli(&["slashing", "import"], &import_args);
     assert!(!ok, "import on a full disk must fail");
     assert!(stderr.contains("full"), "{stderr}");
 
@@ -231,18 +208,11 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     // for target 3 is signed now.
     let (status, body) = post(&client, &sign, &attestation(2, 3, 2)).await;
     assert_eq!(status, 200, "{body}");
-    let exported = export(&appliance);
+    let exported = appliance.export_slashing(&[]);
     assert_eq!(exported.data.len(), 1, "the failed import left nothing");
     assert_eq!(targets(&exported), vec![2, 3]);
-    run_ok(&[
-        "slashing",
-        "import",
-        "--config",
-        config,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(export(&appliance).data.len(), 201);
+    appliance.cli_ok(&["slashing", "import"], &import_args);
+    assert_eq!(appliance.export_slashing(&[]).data.len(), 201);
     drop(server);
 }
 
@@ -262,9 +232,8 @@ async fn io_error_refuses_with_503_and_recovers_without_restart() {
         Err(reason) => return skip(&format!("cannot loop-mount ext4 on a tmpfs ({reason})")),
     };
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let (server, client) = appliance.serve();
+    let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
     // The device under ext4 runs out of space: writes of new blocks fail in the block layer
@@ -299,7 +268,7 @@ async fn io_error_refuses_with_503_and_recovers_without_restart() {
     signed_targets.sort();
     let (status, body) = post(&client, &sign, &attestation(2, 2, 9)).await;
     assert_eq!(status, 412, "{body}");
-    assert_eq!(targets(&export(&appliance)), signed_targets);
+    assert_eq!(targets(&appliance.export_slashing(&[])), signed_targets);
     drop(server);
 }
 
@@ -311,9 +280,8 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
         Err(reason) => return skip(&format!("cannot loop-mount ext4 on a tmpfs ({reason})")),
     };
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
-    let mut server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let (mut server, client) = appliance.serve();
+    let sign = sign_path(&key);
     for target in 2..5 {
         assert_eq!(
             post(&client, &sign, &attestation(1, target, 1)).await.0,
@@ -351,28 +319,20 @@ async fn file_system_turning_read_only_refuses_with_503_and_loses_nothing() {
     let device = sh("losetup", &["-f", "--show", image.to_str().unwrap()]).unwrap();
     disk.loop_device = Some(device.clone());
     sh("mount", &[&device, disk.path.to_str().unwrap()]).unwrap();
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
+    let (server, client) = appliance.serve();
     // Every signature released before is recorded; the refused requests left nothing.
     let (status, body) = post(&client, &sign, &attestation(1, 4, 9)).await;
     assert_eq!(status, 412, "{body}");
     let (status, body) = post(&client, &sign, &attestation(4, 5, 2)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(targets(&export(&appliance)), vec![2, 3, 4, 5]);
+    assert_eq!(targets(&appliance.export_slashing(&[])), vec![2, 3, 4, 5]);
     drop(server);
 }
 
 /// Run `serve` and expect it to exit (refusing to start) within a few seconds.
 fn serve_must_refuse(appliance: &Appliance) -> String {
     let log = appliance.path().join("refused.log");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            appliance.config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(appliance, "127.0.0.1:0")
         .env("KEYSTAKE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -392,7 +352,7 @@ fn serve_must_refuse(appliance: &Appliance) -> String {
 #[test]
 fn corrupted_database_or_read_only_file_system_refuses_to_start() {
     let appliance = Appliance::create();
-    appliance.import_secret(&secret_key_from_hex(&vector_secret_keys()[1]), "k");
+    appliance.import_vector_key(1);
     let database = appliance.path().join("data/signer.sqlite");
     // Fold the write-ahead log into the main file, so all pages are in one place.
     rusqlite::Connection::open(&database)
@@ -410,12 +370,7 @@ fn corrupted_database_or_read_only_file_system_refuses_to_start() {
     assert!(log.contains("corrupted"), "{log}");
     assert!(log.contains("restore it from a backup"), "{log}");
     // The CLI refuses it too.
-    let (ok, _, stderr) = run(&[
-        "keys",
-        "list",
-        "--config",
-        appliance.config.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = appliance.cli(&["keys", "list"], &[]);
     assert!(!ok && stderr.contains("corrupted"), "{stderr}");
     std::fs::write(&database, &pristine).unwrap();
 

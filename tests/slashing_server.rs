@@ -2,40 +2,19 @@
 //! one signature, the 412 body names the rule and the earlier record, the dry-run endpoint
 //! answers without recording, and `slashing import/export` work (also while serving).
 
-use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
-use super::{attestation, block, post, MAINNET_GVR};
+use super::block;
 use crate::common::*;
-
-fn import_key(appliance: &Appliance, index: usize) -> String {
-    let secrets = vector_secret_keys();
-    let out = appliance.import_secret(&secret_key_from_hex(&secrets[index]), &format!("k{index}"));
-    out.split_whitespace().next().unwrap().to_owned()
-}
-
-fn export(appliance: &Appliance, extra: &[&str]) -> Interchange {
-    let out = appliance.path().join("export.json");
-    let mut args = vec![
-        "slashing",
-        "export",
-        "--config",
-        appliance.config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_ok(&args);
-    Interchange::from_json(&std::fs::read_to_string(out).unwrap()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
     let appliance = Appliance::create();
-    let keys = [import_key(&appliance, 0), import_key(&appliance, 1)];
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
-    let sign_path = |key: &str| format!("/api/v1/eth2/sign/{key}");
+    let keys = [
+        appliance.import_vector_key(0),
+        appliance.import_vector_key(1),
+    ];
+    let (_server, client) = appliance.serve();
     let dry_path = |key: &str| format!("/api/v1/eth2/slashable/{key}");
 
     // Dry run first: would be signed, and records nothing.
@@ -127,7 +106,7 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
     );
 
     // The database holds exactly what was signed: no dry run left a record.
-    let exported = export(&appliance, &[]);
+    let exported = appliance.export_slashing(&[]);
     assert_eq!(
         exported.metadata.genesis_validators_root.to_hex(),
         MAINNET_GVR
@@ -140,7 +119,7 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
     let blocks: usize = exported.data.iter().map(|r| r.signed_blocks.len()).sum();
     assert_eq!(blocks, 1);
     // Export of one chosen key, minimal form.
-    let one = export(&appliance, &["--pubkey", &keys[1], "--minimal"]);
+    let one = appliance.export_slashing(&["--pubkey", &keys[1], "--minimal"]);
     assert_eq!(one.data.len(), 1);
     assert_eq!(one.data[0].pubkey.to_hex(), keys[1]);
     assert_eq!(one.data[0].signed_blocks[0].signing_root, None);
@@ -149,10 +128,9 @@ async fn conflicting_requests_sign_once_and_dry_run_records_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_networks() {
     let appliance = Appliance::create();
-    let key = import_key(&appliance, 2);
-    let server = Server::start(&appliance);
-    let client = server.client(appliance.client_config("client"));
-    let sign = format!("/api/v1/eth2/sign/{key}");
+    let key = appliance.import_vector_key(2);
+    let (_server, client) = appliance.serve();
+    let sign = sign_path(&key);
     let (status, _) = post(&client, &sign, &attestation(10, 11, 1)).await;
     assert_eq!(status, 200);
 
@@ -166,15 +144,8 @@ async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_network
         }]
     });
     std::fs::write(&file, interchange.to_string()).unwrap();
-    let config = appliance.config.to_str().unwrap();
-    let out = run_ok(&[
-        "slashing",
-        "import",
-        "--config",
-        config,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let import_args = ["--file", file.to_str().unwrap()];
+    let out = appliance.cli_ok(&["slashing", "import"], &import_args);
     assert!(
         out.contains("imported 1 validators (1 blocks, 2 attestations"),
         "{out}"
@@ -208,30 +179,16 @@ async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_network
     );
     let other = other.replace("12000100", "99000000");
     std::fs::write(&file, other).unwrap();
-    let (ok, _, stderr) = run(&[
-        "slashing",
-        "import",
-        "--config",
-        config,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = appliance.cli(&["slashing", "import"], &import_args);
     assert!(!ok);
     assert!(stderr.contains("refusing to mix networks"), "{stderr}");
     // An unsupported version: refused with the reason.
     std::fs::write(&file, interchange.to_string().replace("\"5\"", "\"4\"")).unwrap();
-    let (ok, _, stderr) = run(&[
-        "slashing",
-        "import",
-        "--config",
-        config,
-        "--file",
-        file.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = appliance.cli(&["slashing", "import"], &import_args);
     assert!(!ok);
     assert!(stderr.contains("interchange_format_version"), "{stderr}");
 
-    let exported = export(&appliance, &[]);
+    let exported = appliance.export_slashing(&[]);
     let record = &exported.data[0];
     let slots: Vec<u64> = record.signed_blocks.iter().map(|b| b.slot.0).collect();
     assert_eq!(slots, vec![12_000_100, 12_000_101]);

@@ -3,13 +3,11 @@
 //! made with the real `split` command, packages imported with `keys import-share`, partial
 //! signatures over REST, and `combine` run as the real binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keystake_core::bls::SecretKey;
 use keystake_core::consensus::Network;
-use keystake_core::keystore::{self, KdfChoice};
 use keystake_core::request;
-use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -21,35 +19,24 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Write the dealer's keystore (cheap PBKDF2) and password file for `secret`.
-fn dealer_keystore(dir: &Path, secret: &SecretKey) -> (PathBuf, PathBuf) {
-    let password = "dealer password ✓";
-    let keystore = keystore::encrypt(
-        secret,
-        &SecretString::from(password.to_owned()),
-        KdfChoice::Pbkdf2 { c: 16 },
-        &mut rand::rngs::OsRng,
-    )
-    .unwrap();
-    let keystore_path = dir.join("validator.keystore.json");
-    let password_path = dir.join("validator.pass");
-    std::fs::write(&keystore_path, serde_json::to_string(&keystore).unwrap()).unwrap();
-    std::fs::write(&password_path, format!("{password}\n")).unwrap();
-    (keystore_path, password_path)
+/// `combine` with `base`, then the partial signatures, then `tail`: (success, stdout, stderr).
+fn combine(base: &[String], partials: &[(usize, &str)], tail: &[String]) -> (bool, String, String) {
+    let mut args = vec!["combine".to_owned()];
+    args.extend_from_slice(base);
+    for (i, sig) in partials {
+        args.extend(["--partial".to_owned(), format!("{i}:{sig}")]);
+    }
+    args.extend_from_slice(tail);
+    run(&args)
 }
 
-/// `combine` with the given arguments: (success, stdout, stderr).
-fn combine(args: &[String]) -> (bool, String, String) {
-    let mut all = vec!["combine"];
-    all.extend(args.iter().map(String::as_str));
-    run(&all)
+/// `keys import-share --package <package>` on `appliance` (a manifest is not given).
+fn import_share(appliance: &Appliance, package: &Path) -> (bool, String, String) {
+    appliance.cli(&["keys", "import-share"], &["--package", s(package)])
 }
 
-fn partial_args(partials: &[(usize, &str)]) -> Vec<String> {
-    partials
-        .iter()
-        .flat_map(|(i, sig)| ["--partial".to_owned(), format!("{i}:{sig}")])
-        .collect()
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,17 +48,14 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     let mut enrolment_files = Vec::new();
     let mut enrolment_lines = Vec::new();
     for (i, appliance) in appliances.iter().enumerate() {
-        let line = run_ok(&["enrolment", "show", "--config", s(&appliance.config)]);
+        let line = appliance.cli_ok(&["enrolment", "show"], &[]);
         assert!(
             line.starts_with("keystake-enrolment-v1 p256 0x04") && line.lines().count() == 1,
             "{line}"
         );
         // `init` again is idempotent and keeps the same enrolment key.
-        run_ok(&["init", "--config", s(&appliance.config)]);
-        assert_eq!(
-            run_ok(&["enrolment", "show", "--config", s(&appliance.config)]),
-            line
-        );
+        appliance.cli_ok(&["init"], &[]);
+        assert_eq!(appliance.cli_ok(&["enrolment", "show"], &[]), line);
         let file = dealer.path().join(format!("appliance-{}.pub", i + 1));
         std::fs::write(&file, &line).unwrap();
         enrolment_files.push(file);
@@ -83,7 +67,8 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     // The trusted dealer splits a validator key 3-of-4.
     let master = SecretKey::random(&mut rand::rngs::OsRng);
     let group_key = master.public_key().to_hex();
-    let (keystore_path, password_path) = dealer_keystore(dealer.path(), &master);
+    let (keystore_path, password_path) =
+        write_keystore(dealer.path(), "validator", &master, "dealer password ✓");
     let out = dealer.path().join("cluster");
     let mut split_args = vec![
         "split".to_owned(),
@@ -100,27 +85,24 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         split_args.push("--enrolment-key".into());
         split_args.push(s(file).into());
     }
-    let split_refs: Vec<&str> = split_args.iter().map(String::as_str).collect();
-    let printed = run_ok(&split_refs);
+    let printed = run_ok(&split_args);
     assert!(printed.contains(&group_key), "{printed}");
     assert!(printed.contains("3-of-4"), "{printed}");
     // A second split into the same directory is refused rather than overwriting.
-    let (ok, _, err) = run(&split_refs);
+    let (ok, _, err) = run(&split_args);
     assert!(!ok && err.contains("refusing to overwrite"), "{err}");
     // t above n, and t = 0, are refused.
     for bad_t in ["5", "0"] {
         let mut args = split_args.clone();
         args[6] = bad_t.into();
         args[8] = s(&dealer.path().join(format!("bad-{bad_t}"))).into();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, _, err) = run(&refs);
+        let (ok, _, err) = run(&args);
         assert!(!ok, "threshold {bad_t} accepted");
         assert!(err.contains("--threshold"), "{err}");
     }
 
     let manifest_path = out.join("manifest.json");
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let manifest = read_json(&manifest_path);
     assert_eq!(manifest["group_public_key"], group_key);
     assert_eq!(manifest["threshold"], T);
     assert_eq!(manifest["participants"], N);
@@ -165,33 +147,17 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     }
 
     // A package given to the wrong appliance does not open.
-    let (ok, _, err) = run(&[
-        "keys",
-        "import-share",
-        "--config",
-        s(&appliances[1].config),
-        "--package",
-        s(&package(1)),
-    ]);
+    let (ok, _, err) = import_share(&appliances[1], &package(1));
     assert!(!ok && err.contains("not for this appliance"), "{err}");
     // Re-addressed to appliance 2 by editing the header: the manifest still names appliance 1.
-    let mut readdressed: Value =
-        serde_json::from_str(&std::fs::read_to_string(package(1)).unwrap()).unwrap();
+    let mut readdressed = read_json(&package(1));
     readdressed["recipient"] = manifest["shares"][1]["operator"]["fingerprint"].clone();
     let readdressed_path = dealer.path().join("readdressed.pkg");
     std::fs::write(&readdressed_path, readdressed.to_string()).unwrap();
-    let (ok, _, err) = run(&[
-        "keys",
-        "import-share",
-        "--config",
-        s(&appliances[1].config),
-        "--package",
-        s(&readdressed_path),
-    ]);
+    let (ok, _, err) = import_share(&appliances[1], &readdressed_path);
     assert!(!ok && err.contains("the manifest gives share 1"), "{err}");
     // A tampered ciphertext on the right appliance fails authentication in the HSM.
-    let mut tampered: Value =
-        serde_json::from_str(&std::fs::read_to_string(package(1)).unwrap()).unwrap();
+    let mut tampered = read_json(&package(1));
     let ciphertext = tampered["ciphertext"].as_str().unwrap().to_owned();
     let flipped = format!(
         "{}{}",
@@ -201,34 +167,26 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     tampered["ciphertext"] = json!(flipped);
     let tampered_path = dealer.path().join("tampered.pkg");
     std::fs::write(&tampered_path, tampered.to_string()).unwrap();
-    let (ok, _, err) = run(&[
-        "keys",
-        "import-share",
-        "--config",
-        s(&appliances[0].config),
-        "--package",
-        s(&tampered_path),
-    ]);
+    let (ok, _, err) = import_share(&appliances[0], &tampered_path);
     assert!(!ok && err.contains("does not open"), "{err}");
     // Nothing was stored by the refused imports.
     for appliance in &appliances {
-        let listed = run_ok(&["keys", "list", "--config", s(&appliance.config)]);
+        let listed = appliance.cli_ok(&["keys", "list"], &[]);
         assert!(listed.is_empty(), "{listed}");
     }
 
     // Each appliance imports its own package.
     for (i, appliance) in appliances.iter().enumerate() {
         let index = i + 1;
-        let printed = run_ok(&[
-            "keys",
-            "import-share",
-            "--config",
-            s(&appliance.config),
-            "--package",
-            s(&package(index)),
-            "--manifest",
-            s(&manifest_path),
-        ]);
+        let printed = appliance.cli_ok(
+            &["keys", "import-share"],
+            &[
+                "--package",
+                s(&package(index)),
+                "--manifest",
+                s(&manifest_path),
+            ],
+        );
         assert_eq!(
             printed.trim(),
             format!(
@@ -236,7 +194,7 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
                 share_keys[i]
             )
         );
-        let listed = run_ok(&["keys", "list", "--config", s(&appliance.config)]);
+        let listed = appliance.cli_ok(&["keys", "list"], &[]);
         assert_eq!(
             listed.trim(),
             format!(
@@ -254,18 +212,9 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         .map(|(server, appliance)| server.client(appliance.client_config("client")))
         .collect();
     for (i, client) in clients.iter().enumerate() {
-        let keys = client
-            .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
-            .await
-            .unwrap();
-        let keys: Vec<String> = serde_json::from_slice(&keys.body).unwrap();
-        assert_eq!(keys, vec![share_keys[i].clone()]);
-        let infos = client
-            .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
-            .await
-            .unwrap();
-        assert_eq!(infos.status, 200);
-        let infos: Value = serde_json::from_slice(&infos.body).unwrap();
+        assert_eq!(public_keys(client).await, vec![share_keys[i].clone()]);
+        let (status, infos) = get(client, "/api/v1/keystake/keys").await;
+        assert_eq!(status, 200, "{infos}");
         assert_eq!(
             infos,
             json!([{
@@ -306,10 +255,7 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
 
     // Any three combine to the original key's signature, byte for byte.
     for subset in [[1, 2, 3], [1, 2, 4], [1, 3, 4], [2, 3, 4]] {
-        let mut args = manifest_args.clone();
-        args.extend(partial_args(&subset.map(p)));
-        args.extend(root_args.clone());
-        let (ok, stdout, stderr) = combine(&args);
+        let (ok, stdout, stderr) = combine(&manifest_args, &subset.map(p), &root_args);
         assert!(ok, "{subset:?}: {stderr}");
         assert_eq!(stdout.trim(), expected, "{subset:?}");
         assert!(stderr.is_empty(), "{stderr}");
@@ -317,10 +263,8 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     // The request body instead of the signing root.
     let request_path = dealer.path().join("attestation.json");
     std::fs::write(&request_path, duty.to_string()).unwrap();
-    let mut args = manifest_args.clone();
-    args.extend(partial_args(&[p(3), p(1), p(2)]));
-    args.extend(["--request".to_owned(), s(&request_path).to_owned()]);
-    let (ok, stdout, stderr) = combine(&args);
+    let request_args = ["--request".to_owned(), s(&request_path).to_owned()];
+    let (ok, stdout, stderr) = combine(&manifest_args, &[p(3), p(1), p(2)], &request_args);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), expected);
     // Explicit share public keys instead of a manifest.
@@ -334,38 +278,27 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         "--threshold".to_owned(),
         T.to_string(),
     ]);
-    let mut args = explicit.clone();
-    args.extend(partial_args(&[p(2), p(3), p(4)]));
-    args.extend(root_args.clone());
-    let (ok, stdout, stderr) = combine(&args);
+    let (ok, stdout, stderr) = combine(&explicit, &[p(2), p(3), p(4)], &root_args);
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), expected);
     // Explicit keys that belong to another group key are refused.
     let mut wrong_group = explicit.clone();
     let position = wrong_group.iter().position(|a| a == &group_key).unwrap();
     wrong_group[position] = share_keys[0].clone();
-    wrong_group.extend(partial_args(&[p(1), p(2), p(3)]));
-    wrong_group.extend(root_args.clone());
-    let (ok, _, stderr) = combine(&wrong_group);
+    let (ok, _, stderr) = combine(&wrong_group, &[p(1), p(2), p(3)], &root_args);
     assert!(
         !ok && stderr.contains("do not belong to the group key"),
         "{stderr}"
     );
 
     // Two partials are not enough, and one partial twice does not count twice.
-    let mut args = manifest_args.clone();
-    args.extend(partial_args(&[p(1), p(2)]));
-    args.extend(root_args.clone());
-    let (ok, stdout, stderr) = combine(&args);
+    let (ok, stdout, stderr) = combine(&manifest_args, &[p(1), p(2)], &root_args);
     assert!(!ok && stdout.is_empty(), "{stdout}");
     assert!(
         stderr.contains("2 distinct partial signatures given, 3 needed"),
         "{stderr}"
     );
-    let mut args = manifest_args.clone();
-    args.extend(partial_args(&[p(1), p(2), p(2)]));
-    args.extend(root_args.clone());
-    let (ok, _, stderr) = combine(&args);
+    let (ok, _, stderr) = combine(&manifest_args, &[p(1), p(2), p(2)], &root_args);
     assert!(
         !ok && stderr.contains("share index 2 appears more than once"),
         "{stderr}"
@@ -374,35 +307,30 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     // One tampered partial among four (share 3's signature under index 2): the honest three
     // combine and the culprit is named, verifying first or optimistically.
     for optimistic in [false, true] {
-        let mut args = manifest_args.clone();
-        args.extend(partial_args(&[p(1), (2, partials[2].as_str()), p(3), p(4)]));
-        args.extend(root_args.clone());
+        let mut tail = root_args.clone();
         if optimistic {
-            args.push("--optimistic".into());
+            tail.push("--optimistic".into());
         }
-        let (ok, stdout, stderr) = combine(&args);
+        let one_tampered = [p(1), (2, partials[2].as_str()), p(3), p(4)];
+        let (ok, stdout, stderr) = combine(&manifest_args, &one_tampered, &tail);
         assert!(ok, "optimistic={optimistic}: {stderr}");
         assert_eq!(stdout.trim(), expected);
         assert!(stderr.contains("culprits: 2"), "{stderr}");
     }
     // Two bad partials among four: refused, both culprits named.
     let wrong_message = master.sign(b"another message").to_hex();
-    let mut args = manifest_args.clone();
-    args.extend(partial_args(&[
+    let two_bad = [
         p(1),
         (2, wrong_message.as_str()),
         p(3),
         (4, partials[0].as_str()),
-    ]));
-    args.extend(root_args.clone());
-    let (ok, stdout, stderr) = combine(&args);
+    ];
+    let (ok, stdout, stderr) = combine(&manifest_args, &two_bad, &root_args);
     assert!(!ok && stdout.is_empty());
     assert!(stderr.contains("culprits: 2, 4"), "{stderr}");
     // A partial from an index the manifest does not have is a culprit too.
-    let mut args = manifest_args.clone();
-    args.extend(partial_args(&[p(1), p(2), (9, partials[2].as_str())]));
-    args.extend(root_args.clone());
-    let (ok, _, stderr) = combine(&args);
+    let unknown_index = [p(1), p(2), (9, partials[2].as_str())];
+    let (ok, _, stderr) = combine(&manifest_args, &unknown_index, &root_args);
     assert!(!ok && stderr.contains("culprits: 9"), "{stderr}");
 
     // A slashable second attestation (same target, another block root) is refused by each
