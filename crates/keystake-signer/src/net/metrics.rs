@@ -235,15 +235,21 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// Serve the metrics router until the process ends.
+/// Serve the metrics router until the process ends, through `crate::net::listen`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     service: Arc<SigningService>,
 ) {
-    if let Err(error) = axum::serve(listener, router(metrics, service)).await {
-        tracing::error!(%error, "metrics listener stopped");
-    }
+    // The one accept loop, plain HTTP: the same connection cap and header timeout as the API.
+    crate::net::listen::serve(
+        listener,
+        crate::net::listen::PlainHttp,
+        router(metrics, service),
+        std::future::pending::<()>(),
+    )
+    .await;
+    tracing::error!("metrics listener stopped");
 }
 
 #[cfg(test)]
