@@ -236,12 +236,7 @@ async fn sign_batch_dry_run_and_combine() {
         .iter()
         .find(|r| r["pubkey"].as_str() == Some(k1.as_str()))
         .expect("key 1 in the export");
-    let targets: Vec<&str> = k1_record["signed_attestations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["target_epoch"].as_str().unwrap())
-        .collect();
+    let targets = field_of_each(&k1_record["signed_attestations"], "target_epoch");
     assert_eq!(targets, vec!["101", "102"], "{k1_record}");
     assert_eq!(
         a.import_slashing_protection(&exported)

@@ -555,20 +555,19 @@ async fn appliance_honours_connection_close_and_absorbs_a_burst_of_fresh_connect
 fn certs_generate_writes_pkcs12_identities_that_openssl_reads() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pki");
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        out.to_str().unwrap(),
-        "--client",
-        "lighthouse",
-        "--client",
-        "teku",
-        "--server-name",
-        "signer.example",
-        "--server-name",
-        "192.0.2.7",
-    ]);
+    certs_generate_with(
+        &out,
+        &[
+            "--client",
+            "lighthouse",
+            "--client",
+            "teku",
+            "--server-name",
+            "signer.example",
+            "--server-name",
+            "192.0.2.7",
+        ],
+    );
     use std::os::unix::fs::PermissionsExt;
     for file in [
         "lighthouse.p12",

@@ -123,12 +123,7 @@ async fn import_reports_per_key_status_seals_keys_and_they_sign() {
     // Listed by the keymanager and the signing API, and signing at once (no reload needed).
     let (status, list) = keymanager(&client, Method::GET, Some(&token), None).await;
     assert_eq!(status, 200);
-    let listed: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["validating_pubkey"].as_str().unwrap())
-        .collect();
+    let listed = field_of_each(&list["data"], "validating_pubkey");
     assert_eq!(
         listed,
         [

@@ -227,14 +227,14 @@ pub fn identity_config(ca: &Path, dir: &Path, client: &str) -> Arc<rustls::Clien
 
 /// `certs generate --out <out> --client <client>`: a new CA with one client identity.
 pub fn certs_generate(out: &Path, client: &str) -> String {
-    run_ok(&[
-        "certs",
-        "generate",
-        "--out",
-        out.to_str().unwrap(),
-        "--client",
-        client,
-    ])
+    certs_generate_with(out, &["--client", client])
+}
+
+/// `certs generate --out <out>` followed by `args` (clients, server names).
+pub fn certs_generate_with(out: &Path, args: &[&str]) -> String {
+    let mut command = vec!["certs", "generate", "--out", out.to_str().unwrap()];
+    command.extend_from_slice(args);
+    run_ok(&command)
 }
 
 /// A cheap (PBKDF2) keystore for `secret` and its password file, written to `dir` as
@@ -461,6 +461,16 @@ pub async fn public_keys(client: &MtlsClient) -> Vec<String> {
     let (status, body) = get(client, "/api/v1/eth2/publicKeys").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_value(body).unwrap()
+}
+
+/// The string `field` of each item of the JSON array `items`.
+pub fn field_of_each<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
 }
 
 /// Run a future to completion from synchronous code (a `wait_until` condition) inside a

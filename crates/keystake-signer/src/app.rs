@@ -484,7 +484,7 @@ mod tests {
     use crate::service::ServiceError;
     use crate::store::ShareOrigin;
     use keystake_core::bls::SecretKey;
-    use keystake_core::types::BlsSignature;
+    use keystake_core::types::{BlsPublicKey, BlsSignature};
 
     /// A configured data directory and the sealer [`open_sealer`] (or `_with`) gave for it.
     struct TestAppliance {
@@ -621,6 +621,21 @@ mod tests {
         .unwrap()
     }
 
+    /// Sign `body` with `public_key`'s share as the local caller.
+    async fn sign_locally(
+        service: &SigningService,
+        public_key: &BlsPublicKey,
+        body: &[u8],
+    ) -> Result<crate::service::Signed, ServiceError> {
+        service
+            .sign_as(
+                &crate::service::authz::Caller::local(),
+                &public_key.to_hex(),
+                body,
+            )
+            .await
+    }
+
     /// Body: import the vector key (sealed by this backend, stored in SQLite), sign the vector
     /// request through the service, check the signature against the vector.
     async fn signs_the_vector(appliance: &TestAppliance) -> BlsSignature {
@@ -630,12 +645,7 @@ mod tests {
         service
             .import_key(&secret, ShareOrigin::Keystore, None)
             .unwrap();
-        let signed = service
-            .sign_as(
-                &crate::service::authz::Caller::local(),
-                &secret.public_key().to_hex(),
-                &body,
-            )
+        let signed = sign_locally(&service, &secret.public_key(), &body)
             .await
             .unwrap();
         assert_eq!(signed.signature.to_hex(), expected);
@@ -680,13 +690,7 @@ mod tests {
             (moved.public_key, "moved"),
             (foreign.public_key, "foreign"),
         ] {
-            let refused = service
-                .sign_as(
-                    &crate::service::authz::Caller::local(),
-                    &public_key.to_hex(),
-                    &body,
-                )
-                .await;
+            let refused = sign_locally(&service, &public_key, &body).await;
             match (what, refused) {
                 ("tampered" | "moved", Err(ServiceError::Seal(SealError::Integrity))) => {}
                 ("foreign", Err(ServiceError::Seal(SealError::MalformedBlob(_)))) => {}
@@ -694,12 +698,7 @@ mod tests {
             }
         }
         // The sealer is still usable: the good key answers the same request again.
-        let again = service
-            .sign_as(
-                &crate::service::authz::Caller::local(),
-                &good.public_key().to_hex(),
-                &body,
-            )
+        let again = sign_locally(&service, &good.public_key(), &body)
             .await
             .unwrap();
         assert_eq!(again.signature.to_hex(), expected);

@@ -459,6 +459,53 @@ pub(crate) mod contract_tests {
             "describe() = {description:?} should mention {must_mention:?}"
         );
     }
+
+    /// The contract above as `#[test]`s (one a property) for a backend's test module.
+    /// `$fresh_sealer` makes a new sealer from a label unique to the test (a backend without
+    /// separate tokens may ignore it); `$description` is what its `describe()` must mention.
+    macro_rules! sealer_contract_tests {
+        ($fresh_sealer:expr, $description:expr) => {
+            #[test]
+            fn contract_round_trip() {
+                let sealer = ($fresh_sealer)("roundtrip");
+                $crate::hsm::contract_tests::round_trip(&sealer);
+                $crate::hsm::contract_tests::seals_are_randomised(&sealer);
+                $crate::hsm::contract_tests::health_and_description(&sealer, $description);
+            }
+
+            #[test]
+            fn contract_context_is_bound() {
+                let sealer = ($fresh_sealer)("context");
+                $crate::hsm::contract_tests::context_is_bound(&sealer);
+            }
+
+            #[test]
+            fn contract_tampering_is_detected() {
+                let sealer = ($fresh_sealer)("tamper");
+                $crate::hsm::contract_tests::tampering_is_detected(&sealer);
+            }
+
+            #[test]
+            fn contract_foreign_key_cannot_open() {
+                let sealer_a = ($fresh_sealer)("token-a");
+                let sealer_b = ($fresh_sealer)("token-b");
+                $crate::hsm::contract_tests::foreign_key_cannot_open(&sealer_a, &sealer_b);
+            }
+
+            #[test]
+            fn contract_blob_hides_plaintext() {
+                let sealer = ($fresh_sealer)("hides");
+                $crate::hsm::contract_tests::blob_hides_plaintext(&sealer);
+            }
+
+            #[test]
+            fn contract_parallel_unseals() {
+                let sealer = ($fresh_sealer)("parallel");
+                $crate::hsm::contract_tests::parallel_unseals(std::sync::Arc::new(sealer), 8, 200);
+            }
+        };
+    }
+    pub(crate) use sealer_contract_tests;
 }
 
 #[cfg(test)]

@@ -1088,44 +1088,10 @@ mod tests {
     use super::*;
     use crate::hsm::contract_tests;
 
-    #[test]
-    fn contract_round_trip() {
-        let (_, sealer) = fresh_sealer("roundtrip");
-        contract_tests::round_trip(&sealer);
-        contract_tests::seals_are_randomised(&sealer);
-        contract_tests::health_and_description(&sealer, "pkcs11 token 'roundtrip-");
-    }
-
-    #[test]
-    fn contract_context_is_bound() {
-        let (_, sealer) = fresh_sealer("context");
-        contract_tests::context_is_bound(&sealer);
-    }
-
-    #[test]
-    fn contract_tampering_is_detected() {
-        let (_, sealer) = fresh_sealer("tamper");
-        contract_tests::tampering_is_detected(&sealer);
-    }
-
-    #[test]
-    fn contract_foreign_key_cannot_open() {
-        let (_, token_a) = fresh_sealer("token-a");
-        let (_, token_b) = fresh_sealer("token-b");
-        contract_tests::foreign_key_cannot_open(&token_a, &token_b);
-    }
-
-    #[test]
-    fn contract_blob_hides_plaintext() {
-        let (_, sealer) = fresh_sealer("hides");
-        contract_tests::blob_hides_plaintext(&sealer);
-    }
-
-    #[test]
-    fn contract_parallel_unseals() {
-        let (_, sealer) = fresh_sealer("parallel");
-        contract_tests::parallel_unseals(Arc::new(sealer), 8, 200);
-    }
+    contract_tests::sealer_contract_tests!(
+        |label: &str| fresh_sealer(label).1,
+        "pkcs11 token 'roundtrip-"
+    );
 
     #[test]
     fn blob_layout_is_iv_ciphertext_tag() {

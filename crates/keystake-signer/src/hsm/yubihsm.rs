@@ -475,8 +475,6 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::test_support::*;
     use super::*;
     use crate::hsm::contract_tests;
@@ -485,44 +483,7 @@ mod tests {
         Client::open(connector.clone(), Credentials::default(), true).unwrap()
     }
 
-    #[test]
-    fn contract_round_trip() {
-        let (_, sealer) = fresh_sealer();
-        contract_tests::round_trip(&sealer);
-        contract_tests::seals_are_randomised(&sealer);
-        contract_tests::health_and_description(&sealer, "yubihsm2");
-    }
-
-    #[test]
-    fn contract_context_is_bound() {
-        let (_, sealer) = fresh_sealer();
-        contract_tests::context_is_bound(&sealer);
-    }
-
-    #[test]
-    fn contract_tampering_is_detected() {
-        let (_, sealer) = fresh_sealer();
-        contract_tests::tampering_is_detected(&sealer);
-    }
-
-    #[test]
-    fn contract_foreign_key_cannot_open() {
-        let (_, device_a) = fresh_sealer();
-        let (_, device_b) = fresh_sealer();
-        contract_tests::foreign_key_cannot_open(&device_a, &device_b);
-    }
-
-    #[test]
-    fn contract_blob_hides_plaintext() {
-        let (_, sealer) = fresh_sealer();
-        contract_tests::blob_hides_plaintext(&sealer);
-    }
-
-    #[test]
-    fn contract_parallel_unseals() {
-        let (_, sealer) = fresh_sealer();
-        contract_tests::parallel_unseals(Arc::new(sealer), 8, 200);
-    }
+    contract_tests::sealer_contract_tests!(|_: &str| fresh_sealer().1, "yubihsm2");
 
     #[test]
     fn blob_layout_is_nonce_ciphertext_tag() {

@@ -812,38 +812,45 @@ mod tests {
             error_text(&files)
         );
 
-        // A certificate file where the key should be.
-        let files = TlsFiles {
-            server_key: pki.server_cert.clone(),
-            ..pki.tls_files()
-        };
-        assert_eq!(
-            error_text(&files),
-            format!("no private key in {}", pki.server_cert.display())
-        );
-
-        // A key file where the CA certificate should be.
-        let files = TlsFiles {
-            ca_cert: pki.ca_key.clone(),
-            ..pki.tls_files()
-        };
-        assert_eq!(
-            error_text(&files),
-            format!("no certificate in CA certificate {}", pki.ca_key.display())
-        );
-
-        let files = TlsFiles {
-            server_key: other.server_key.clone(),
-            ..pki.tls_files()
-        };
-        assert_eq!(
-            error_text(&files),
-            format!(
-                "private key {} does not match certificate {}",
-                other.server_key.display(),
-                pki.server_cert.display()
-            )
-        );
+        for (files, expected) in [
+            // A certificate file where the key should be.
+            (
+                TlsFiles {
+                    server_key: pki.server_cert.clone(),
+                    ..pki.tls_files()
+                },
+                format!("no private key in {}", pki.server_cert.display()),
+            ),
+            // A key file where the CA certificate should be.
+            (
+                TlsFiles {
+                    ca_cert: pki.ca_key.clone(),
+                    ..pki.tls_files()
+                },
+                format!("no certificate in CA certificate {}", pki.ca_key.display()),
+            ),
+            (
+                TlsFiles {
+                    server_key: other.server_key.clone(),
+                    ..pki.tls_files()
+                },
+                format!(
+                    "private key {} does not match certificate {}",
+                    other.server_key.display(),
+                    pki.server_cert.display()
+                ),
+            ),
+            // A certificate file where the CRL should be.
+            (
+                TlsFiles {
+                    crl: Some(pki.ca_cert.clone()),
+                    ..pki.tls_files()
+                },
+                format!("no CRL in {}", pki.ca_cert.display()),
+            ),
+        ] {
+            assert_eq!(error_text(&files), expected);
+        }
 
         let foreign_crl = other_dir.path().join("crl.pem");
         certs::write_crl(other_dir.path(), &[], &foreign_crl, 1, Overwrite::Refuse).expect("crl");
@@ -852,14 +859,6 @@ mod tests {
             ..pki.tls_files()
         };
         assert!(error_text(&files).contains(&foreign_crl.display().to_string()));
-        let files = TlsFiles {
-            crl: Some(pki.ca_cert.clone()),
-            ..pki.tls_files()
-        };
-        assert_eq!(
-            error_text(&files),
-            format!("no CRL in {}", pki.ca_cert.display())
-        );
 
         let alice = pki.client("alice").expect("alice");
         let err = client_config(&pki.ca_cert, &alice.cert, &pki.server_key)

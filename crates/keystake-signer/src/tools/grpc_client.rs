@@ -103,10 +103,7 @@ impl GrpcClient {
     ) -> Result<pb::SignResponse, Status> {
         Ok(self
             .signer()
-            .sign(pb::SignRequest {
-                identifier: identifier.to_owned(),
-                json_body: json_body.to_owned(),
-            })
+            .sign(sign_request(identifier, json_body))
             .await?
             .into_inner())
     }
@@ -121,10 +118,7 @@ impl GrpcClient {
             .sign_batch(pb::SignBatchRequest {
                 items: items
                     .iter()
-                    .map(|(identifier, json_body)| pb::SignRequest {
-                        identifier: identifier.clone(),
-                        json_body: json_body.clone(),
-                    })
+                    .map(|(identifier, json_body)| sign_request(identifier, json_body))
                     .collect(),
             })
             .await?
@@ -164,10 +158,7 @@ impl GrpcClient {
     ) -> Result<pb::CheckSlashingResponse, Status> {
         Ok(self
             .signer()
-            .check_slashing(pb::SignRequest {
-                identifier: identifier.to_owned(),
-                json_body: json_body.to_owned(),
-            })
+            .check_slashing(sign_request(identifier, json_body))
             .await?
             .into_inner())
     }
@@ -214,5 +205,13 @@ impl GrpcClient {
             .reload_policy(pb::ReloadPolicyRequest {})
             .await?
             .into_inner())
+    }
+}
+
+/// The request `Sign`, `SignBatch` (per item) and `CheckSlashing` carry.
+fn sign_request(identifier: &str, json_body: &str) -> pb::SignRequest {
+    pb::SignRequest {
+        identifier: identifier.to_owned(),
+        json_body: json_body.to_owned(),
     }
 }

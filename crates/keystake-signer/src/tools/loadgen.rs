@@ -201,6 +201,25 @@ struct Sample {
     kind: &'static str,
 }
 
+/// Send one request and record it as a sample: `send_offset` is when it was due (from the run's
+/// start), and its latency counts from `counted_from` until the answer.
+async fn send_and_record(
+    client: &MtlsClient,
+    duties: &Duties,
+    block_fraction: f64,
+    send_offset: Duration,
+    counted_from: Instant,
+    tx: &tokio::sync::mpsc::UnboundedSender<Sample>,
+) {
+    let (status, kind) = send(client, duties, block_fraction).await;
+    let _ = tx.send(Sample {
+        send_offset,
+        latency: counted_from.elapsed(),
+        status,
+        kind,
+    });
+}
+
 async fn send(client: &MtlsClient, duties: &Duties, block_fraction: f64) -> (u16, &'static str) {
     let (path, body, kind) = duties.next(block_fraction);
     let status = match client
@@ -349,14 +368,9 @@ pub async fn run(
                         .is_ok()
                     {
                         let sent = Instant::now();
-                        let (status, kind) = send(&client, &duties, block_fraction).await;
-                        let _ = tx.send(Sample {
-                            send_offset: sent - start,
-                            // From the burst's start: "answered within" is what counts.
-                            latency: start.elapsed(),
-                            status,
-                            kind,
-                        });
+                        // Latency from the burst's start: "answered within" is what counts.
+                        send_and_record(&client, &duties, block_fraction, sent - start, start, &tx)
+                            .await;
                     }
                 }));
             }
@@ -368,13 +382,8 @@ pub async fn run(
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        let (status, kind) = send(&client, &duties, block_fraction).await;
-                        let _ = tx.send(Sample {
-                            send_offset: sent - start,
-                            latency: sent.elapsed(),
-                            status,
-                            kind,
-                        });
+                        send_and_record(&client, &duties, block_fraction, sent - start, sent, &tx)
+                            .await;
                     }
                 }));
             }
@@ -404,13 +413,8 @@ pub async fn run(
                 let tx = tx.clone();
                 let clients = clients.clone();
                 tasks.push(tokio::spawn(async move {
-                    let (status, kind) = send(&client, &duties, block_fraction).await;
-                    let _ = tx.send(Sample {
-                        send_offset: scheduled - start,
-                        latency: ready.elapsed(),
-                        status,
-                        kind,
-                    });
+                    let offset = scheduled - start;
+                    send_and_record(&client, &duties, block_fraction, offset, ready, &tx).await;
                     clients.lock().await.push(client);
                     drop(permit);
                 }));

@@ -812,6 +812,12 @@ mod tests {
         list.iter().map(|name| name.to_string()).collect()
     }
 
+    /// `generate` for `clients` with the default server names, valid for a day, refusing to
+    /// overwrite.
+    fn generate_for(dir: &Path, clients: &[&str]) -> Result<GeneratedPki, CertError> {
+        generate(dir, &[], &names(clients), 1, Overwrite::Refuse)
+    }
+
     fn parse_pem_file(path: &Path) -> Vec<u8> {
         read_first_certificate(path, "test certificate")
             .expect("test certificate readable")
@@ -916,8 +922,7 @@ mod tests {
     fn key_files_are_private_and_certificates_public() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki =
-            generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse).expect("generate");
+        let pki = generate_for(dir.path(), &["alice"]).expect("generate");
         let mode = |path: &Path| fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
         for key in [&pki.ca_key, &pki.server_key, &pki.clients[0].key] {
             assert_eq!(mode(key), 0o600, "{}", key.display());
@@ -936,24 +941,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let blocker = dir.path().join("bob.key");
         fs::write(&blocker, b"keep me").expect("write blocker");
-        let err = generate(
-            dir.path(),
-            &[],
-            &names(&["alice", "bob"]),
-            1,
-            Overwrite::Refuse,
-        )
-        .expect_err("must refuse");
+        let err = generate_for(dir.path(), &["alice", "bob"]).expect_err("must refuse");
         assert!(
             matches!(err, CertError::File(FileError::WouldOverwrite(ref path)) if *path == blocker)
         );
         assert!(!dir.path().join(CA_KEY_FILE).exists(), "nothing written");
         assert_eq!(fs::read(&blocker).expect("read"), b"keep me");
 
-        let pki =
-            generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse).expect("generate");
+        let pki = generate_for(dir.path(), &["alice"]).expect("generate");
         let first_ca = fs::read(&pki.ca_cert).expect("read ca");
-        let again = generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse);
+        let again = generate_for(dir.path(), &["alice"]);
         assert!(matches!(
             again,
             Err(CertError::File(FileError::WouldOverwrite(_)))
@@ -988,9 +985,9 @@ mod tests {
         assert!(validate_client_name(&"a".repeat(65)).is_err());
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = generate(dir.path(), &[], &names(&["../evil"]), 1, Overwrite::Refuse);
+        let err = generate_for(dir.path(), &["../evil"]);
         assert!(matches!(err, Err(CertError::InvalidClientName { .. })));
-        let dup = generate(dir.path(), &[], &names(&["a", "a"]), 1, Overwrite::Refuse);
+        let dup = generate_for(dir.path(), &["a", "a"]);
         assert!(matches!(dup, Err(CertError::DuplicateClient(_))));
         let bad_server = generate(dir.path(), &names(&["bad name"]), &[], 1, Overwrite::Refuse);
         assert!(matches!(
@@ -1006,7 +1003,7 @@ mod tests {
     fn issue_client_from_existing_ca_chains_to_it() {
         let ca_dir = tempfile::tempdir().expect("tempdir");
         let out_dir = tempfile::tempdir().expect("tempdir");
-        let pki = generate(ca_dir.path(), &[], &[], 1, Overwrite::Refuse).expect("generate");
+        let pki = generate_for(ca_dir.path(), &[]).expect("generate");
         let issued = issue_client(ca_dir.path(), out_dir.path(), "carol", 2, Overwrite::Refuse)
             .expect("issue");
         assert_eq!(issued.key, out_dir.path().join("carol.key"));
@@ -1045,7 +1042,7 @@ mod tests {
     #[test]
     fn explicit_validity_is_written_as_given() {
         let dir = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), &[], &[], 1, Overwrite::Refuse).expect("generate");
+        generate_for(dir.path(), &[]).expect("generate");
         let not_before = OffsetDateTime::now_utc() - time::Duration::days(10);
         let not_after = OffsetDateTime::now_utc() - time::Duration::days(1);
         let issued = issue_client_with_validity(
@@ -1080,8 +1077,8 @@ mod tests {
     fn ca_material_is_checked_before_use() {
         let dir = tempfile::tempdir().expect("tempdir");
         let other = tempfile::tempdir().expect("tempdir");
-        generate(dir.path(), &[], &names(&["alice"]), 1, Overwrite::Refuse).expect("generate");
-        generate(other.path(), &[], &[], 1, Overwrite::Refuse).expect("generate");
+        generate_for(dir.path(), &["alice"]).expect("generate");
+        generate_for(other.path(), &[]).expect("generate");
 
         // A key from another CA.
         fs::copy(other.path().join(CA_KEY_FILE), dir.path().join(CA_KEY_FILE)).expect("copy");
@@ -1114,16 +1111,8 @@ mod tests {
     fn crl_lists_revoked_serials_and_refuses_foreign_certificates() {
         let dir = tempfile::tempdir().expect("tempdir");
         let other = tempfile::tempdir().expect("tempdir");
-        let pki = generate(
-            dir.path(),
-            &[],
-            &names(&["alice", "mallory"]),
-            1,
-            Overwrite::Refuse,
-        )
-        .expect("generate");
-        let foreign =
-            generate(other.path(), &[], &names(&["eve"]), 1, Overwrite::Refuse).expect("generate");
+        let pki = generate_for(dir.path(), &["alice", "mallory"]).expect("generate");
+        let foreign = generate_for(other.path(), &["eve"]).expect("generate");
         let crl_path = dir.path().join("crl.pem");
         let mallory = pki.client("mallory").expect("mallory").cert.clone();
         write_crl(
