@@ -256,28 +256,16 @@ pub fn generate(
 
     // Keys are written before their certificates so a crash never leaves a certificate whose key
     // is missing.
-    write_key(&pki.ca_key, &ca_key, overwrite)?;
-    files::write_file(
-        &pki.ca_cert,
-        ca_cert.pem().as_bytes(),
-        PUBLIC_FILE_MODE,
-        overwrite,
-    )?;
-    write_key(&pki.server_key, &server_key, overwrite)?;
-    files::write_file(
+    write_key_and_cert(&pki.ca_key, &ca_key, &pki.ca_cert, &ca_cert, overwrite)?;
+    write_key_and_cert(
+        &pki.server_key,
+        &server_key,
         &pki.server_cert,
-        server_cert.pem().as_bytes(),
-        PUBLIC_FILE_MODE,
+        &server_cert,
         overwrite,
     )?;
     for (paths, (cert, key)) in pki.clients.iter().zip(&client_material) {
-        write_key(&paths.key, key, overwrite)?;
-        files::write_file(
-            &paths.cert,
-            cert.pem().as_bytes(),
-            PUBLIC_FILE_MODE,
-            overwrite,
-        )?;
+        write_key_and_cert(&paths.key, key, &paths.cert, &cert, overwrite)?;
         let (file, password_file) = pkcs12_paths(out_dir, &paths.name);
         let password = pkcs12::random_password();
         let key_der = Zeroizing::new(key.serialize_der());
@@ -338,13 +326,7 @@ pub fn issue_client_with_validity(
     let key = KeyPair::generate()?;
     let cert = client_params(client, not_before, not_after).signed_by(&key, &ca.issuer)?;
     ca.check_issued_name(cert.der())?;
-    write_key(&issued.key, &key, overwrite)?;
-    files::write_file(
-        &issued.cert,
-        cert.pem().as_bytes(),
-        PUBLIC_FILE_MODE,
-        overwrite,
-    )?;
+    write_key_and_cert(&issued.key, &key, &issued.cert, &cert, overwrite)?;
     Ok(issued)
 }
 
@@ -791,6 +773,24 @@ fn refuse_existing(targets: &[&PathBuf], overwrite: Overwrite) -> Result<(), Cer
         }
     }
     Ok(())
+}
+
+/// A private key (0600), then its certificate (public): a crash never leaves a certificate
+/// whose key is missing.
+fn write_key_and_cert(
+    key_path: &Path,
+    key: &KeyPair,
+    cert_path: &Path,
+    cert: &rcgen::Certificate,
+    overwrite: Overwrite,
+) -> Result<(), CertError> {
+    write_key(key_path, key, overwrite)?;
+    Ok(files::write_file(
+        cert_path,
+        cert.pem().as_bytes(),
+        PUBLIC_FILE_MODE,
+        overwrite,
+    )?)
 }
 
 fn write_key(path: &Path, key: &KeyPair, overwrite: Overwrite) -> Result<(), CertError> {
