@@ -265,7 +265,7 @@ pub fn generate(
         overwrite,
     )?;
     for (paths, (cert, key)) in pki.clients.iter().zip(&client_material) {
-        write_key_and_cert(&paths.key, key, &paths.cert, &cert, overwrite)?;
+        write_key_and_cert(&paths.key, key, &paths.cert, cert, overwrite)?;
         let (file, password_file) = pkcs12_paths(out_dir, &paths.name);
         let password = pkcs12::random_password();
         let key_der = Zeroizing::new(key.serialize_der());
