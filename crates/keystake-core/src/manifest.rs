@@ -23,6 +23,24 @@ use sha2::{Digest, Sha256};
 use crate::threshold::{self, FeldmanCommitments, ThresholdError, MAX_SHARES};
 use crate::types::{decode_hex_array, encode_hex_prefixed, BlsPublicKey, ShareIndex, Threshold};
 
+/// Serialize a type as its `Display` text and deserialize it through `FromStr`.
+macro_rules! serde_as_text {
+    ($type:ty) => {
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 /// `format` of a cluster manifest.
 pub const MANIFEST_FORMAT: &str = "keystake-cluster-manifest/1";
 /// `format` of a share package.
@@ -175,18 +193,7 @@ impl FromStr for EnrolmentPublicKey {
     }
 }
 
-impl Serialize for EnrolmentPublicKey {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for EnrolmentPublicKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(EnrolmentPublicKey);
 
 /// A SHA-256 digest shown as `0x` hex: an enrolment key's fingerprint or a manifest hash.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -214,18 +221,7 @@ impl FromStr for EnrolmentFingerprint {
     }
 }
 
-impl Serialize for EnrolmentFingerprint {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for EnrolmentFingerprint {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(EnrolmentFingerprint);
 
 /// The appliance that receives a share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

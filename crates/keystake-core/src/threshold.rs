@@ -478,6 +478,16 @@ mod tests {
         value.as_str().unwrap().parse().unwrap()
     }
 
+    /// A vector's list of share indices.
+    fn indices_of(value: &Value) -> Vec<ShareIndex> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| idx(i.as_u64().unwrap() as u32))
+            .collect()
+    }
+
     fn scalar_of(value: &Value) -> Scalar {
         let bytes: [u8; 32] = crate::types::decode_hex_array(value.as_str().unwrap()).unwrap();
         Scalar::from_be_bytes_canonical(&bytes).unwrap()
@@ -575,15 +585,24 @@ mod tests {
                 master_public_key
             );
 
+            // Combine the listed partials both with and without checking each one first.
+            let combine_both_ways = |listed: &[(ShareIndex, BlsSignature)]| {
+                [true, false].map(|verify_partials| {
+                    combine(
+                        t,
+                        &share_public_keys,
+                        &master_public_key,
+                        &message,
+                        listed,
+                        verify_partials,
+                    )
+                })
+            };
+
             let combinations = case["combinations"].as_array().unwrap();
             assert!(combinations.len() >= 3);
             for combination in combinations {
-                let indices: Vec<ShareIndex> = combination["indices"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| idx(i.as_u64().unwrap() as u32))
-                    .collect();
+                let indices = indices_of(&combination["indices"]);
                 let expected_coefficients: Vec<[u8; 32]> = combination["lagrange_coefficients"]
                     .as_array()
                     .unwrap()
@@ -599,16 +618,8 @@ mod tests {
                 assert_eq!(expected, master_signature);
                 let chosen: Vec<(ShareIndex, BlsSignature)> =
                     indices.iter().map(|i| (*i, partials[i])).collect();
-                for verify_partials in [true, false] {
-                    let combined = combine(
-                        t,
-                        &share_public_keys,
-                        &master_public_key,
-                        &message,
-                        &chosen,
-                        verify_partials,
-                    )
-                    .unwrap();
+                for combined in combine_both_ways(&chosen) {
+                    let combined = combined.unwrap();
                     assert_eq!(combined.signature, expected, "{name} {indices:?}");
                     assert!(combined.culprits.is_empty());
                 }
@@ -645,12 +656,7 @@ mod tests {
                     );
                     continue;
                 }
-                let indices: Vec<ShareIndex> = case["indices"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| idx(i.as_u64().unwrap() as u32))
-                    .collect();
+                let indices = indices_of(&case["indices"]);
                 let used: Vec<BlsSignature> = match case.get("partial_signatures_used") {
                     Some(list) => list.as_array().unwrap().iter().map(hex_field).collect(),
                     None => indices.iter().map(|i| partials[i]).collect(),
@@ -662,16 +668,8 @@ mod tests {
                 assert_eq!(interpolate_signature(&listed).unwrap(), wrong, "{reason}");
                 assert!(!bls::verify(&master_public_key, &message, &wrong));
                 assert!(!case["verifies_under_master_pubkey"].as_bool().unwrap());
-                for verify_partials in [true, false] {
-                    let error = combine(
-                        t,
-                        &share_public_keys,
-                        &master_public_key,
-                        &message,
-                        &listed,
-                        verify_partials,
-                    )
-                    .unwrap_err();
+                for error in combine_both_ways(&listed) {
+                    let error = error.unwrap_err();
                     if indices.len() < t.get() as usize {
                         assert_eq!(
                             error,

@@ -203,18 +203,15 @@ pub fn g1_linear_combination(
     points: &[BlsPublicKey],
     scalars: &[Scalar],
 ) -> Result<BlsPublicKey, BlsError> {
-    check_lengths(points.len(), scalars.len())?;
-    let decoded = points
-        .iter()
-        .map(decode_public_key)
-        .collect::<Result<Vec<_>, _>>()?;
-    let sum = decoded
-        .as_slice()
-        .mult(&scalar_bytes(scalars), SCALAR_BITS)
-        .to_public_key();
-    let compressed = BlsPublicKey(sum.compress());
-    validate_public_key(&compressed)?;
-    Ok(compressed)
+    let sum = |decoded: &[min_pk::PublicKey], scalars: &[u8]| {
+        BlsPublicKey(
+            decoded
+                .mult(scalars, SCALAR_BITS)
+                .to_public_key()
+                .compress(),
+        )
+    };
+    linear_combination(points, scalars, decode_public_key, sum, validate_public_key)
 }
 
 /// `Σ scalars[i]·points[i]` in G2 (combining partial signatures). Same rules as
@@ -223,18 +220,26 @@ pub fn g2_linear_combination(
     points: &[BlsSignature],
     scalars: &[Scalar],
 ) -> Result<BlsSignature, BlsError> {
+    let sum = |decoded: &[min_pk::Signature], scalars: &[u8]| {
+        BlsSignature(decoded.mult(scalars, SCALAR_BITS).to_signature().compress())
+    };
+    linear_combination(points, scalars, decode_signature, sum, validate_signature)
+}
+
+/// The steps both groups share: check the lengths, decode (and so validate) every point, let
+/// `sum` multiply-add them with the scalars' bytes and compress, then validate the result.
+fn linear_combination<P, D>(
+    points: &[P],
+    scalars: &[Scalar],
+    decode: impl Fn(&P) -> Result<D, BlsError>,
+    sum: impl FnOnce(&[D], &[u8]) -> P,
+    validate: impl FnOnce(&P) -> Result<(), BlsError>,
+) -> Result<P, BlsError> {
     check_lengths(points.len(), scalars.len())?;
-    let decoded = points
-        .iter()
-        .map(decode_signature)
-        .collect::<Result<Vec<_>, _>>()?;
-    let sum = decoded
-        .as_slice()
-        .mult(&scalar_bytes(scalars), SCALAR_BITS)
-        .to_signature();
-    let compressed = BlsSignature(sum.compress());
-    validate_signature(&compressed)?;
-    Ok(compressed)
+    let decoded = points.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    let combined = sum(&decoded, &scalar_bytes(scalars));
+    validate(&combined)?;
+    Ok(combined)
 }
 
 #[cfg(test)]

@@ -65,6 +65,30 @@ impl Watermark {
     }
 }
 
+/// A surround query: earlier attestations that stand in a surround relation to a new one
+/// `source → target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surround {
+    /// The earlier one surrounds the new: `prev.source < source && prev.target > target`.
+    PreviousSurroundsNew { source: Epoch, target: Epoch },
+    /// The new one surrounds the earlier: `prev.source > source && prev.target < target`.
+    NewSurroundsPrevious { source: Epoch, target: Epoch },
+}
+
+impl Surround {
+    /// Whether `previous` answers this query.
+    pub fn holds(self, previous: &SignedAttestation) -> bool {
+        match self {
+            Surround::PreviousSurroundsNew { source, target } => {
+                previous.source < source && previous.target > target
+            }
+            Surround::NewSurroundsPrevious { source, target } => {
+                previous.source > source && previous.target < target
+            }
+        }
+    }
+}
+
 /// What the rules need to know about one key's history. Implemented by the store (inside its
 /// transaction) and by in-memory models in tests.
 pub trait History {
@@ -76,17 +100,10 @@ pub trait History {
         &self,
         target: Epoch,
     ) -> Result<Vec<SignedAttestation>, Self::Error>;
-    /// One attestation with `prev.source < source && prev.target > target`, if any.
-    fn attestation_surrounding(
+    /// One attestation that answers the surround query, if any.
+    fn attestation_surround(
         &self,
-        source: Epoch,
-        target: Epoch,
-    ) -> Result<Option<SignedAttestation>, Self::Error>;
-    /// One attestation with `prev.source > source && prev.target < target`, if any.
-    fn attestation_surrounded_by(
-        &self,
-        source: Epoch,
-        target: Epoch,
+        surround: Surround,
     ) -> Result<Option<SignedAttestation>, Self::Error>;
     fn watermark(&self) -> Result<Watermark, Self::Error>;
 }
@@ -262,10 +279,14 @@ pub fn check_attestation<H: History>(
         Earlier::Same => return Ok(Ok(Safe::SameData)),
         Earlier::Nothing => {}
     }
-    if let Some(previous) = history.attestation_surrounding(source, target)? {
+    if let Some(previous) =
+        history.attestation_surround(Surround::PreviousSurroundsNew { source, target })?
+    {
         return Ok(Err(NotSafe::PreviousSurroundsNew { previous }));
     }
-    if let Some(previous) = history.attestation_surrounded_by(source, target)? {
+    if let Some(previous) =
+        history.attestation_surround(Surround::NewSurroundsPrevious { source, target })?
+    {
         return Ok(Err(NotSafe::NewSurroundsPrevious { previous }));
     }
     let watermark = history.watermark()?;
@@ -320,27 +341,14 @@ impl History for MemoryHistory {
             .collect())
     }
 
-    fn attestation_surrounding(
+    fn attestation_surround(
         &self,
-        source: Epoch,
-        target: Epoch,
+        surround: Surround,
     ) -> Result<Option<SignedAttestation>, Self::Error> {
         Ok(self
             .attestations
             .iter()
-            .find(|a| a.source < source && a.target > target)
-            .copied())
-    }
-
-    fn attestation_surrounded_by(
-        &self,
-        source: Epoch,
-        target: Epoch,
-    ) -> Result<Option<SignedAttestation>, Self::Error> {
-        Ok(self
-            .attestations
-            .iter()
-            .find(|a| a.source > source && a.target < target)
+            .find(|a| surround.holds(a))
             .copied())
     }
 

@@ -299,6 +299,17 @@ mod tests {
         }
     }
 
+    /// Assert that a check was refused as slashable by the named rule.
+    macro_rules! assert_slashable {
+        ($outcome:expr, $rule:ident) => {{
+            let outcome = $outcome;
+            assert!(
+                matches!(outcome, Err(Refusal::Slashable(NotSafe::$rule { .. }))),
+                "{outcome:?}"
+            );
+        }};
+    }
+
     fn attestation(source: u64, target: u64) -> SlashingRequest {
         SlashingRequest::Attestation {
             source: Epoch(source),
@@ -318,36 +329,19 @@ mod tests {
         assert_eq!(summary.attestations_imported, 2);
         let check = |r| store.check_and_record_blocking(key(1), None, r).unwrap();
         // In the gap between imported entries: unknown activity, refused.
-        assert!(matches!(
-            check(block(20)),
-            Err(Refusal::Slashable(
-                NotSafe::BlockSlotAtOrBelowWatermark { .. }
-            ))
-        ));
+        assert_slashable!(check(block(20)), BlockSlotAtOrBelowWatermark);
         assert_eq!(check(block(41)), Ok(Safe::Valid));
         // (19, 31) also surrounds the imported (20, 25); that rule speaks first.
-        assert!(matches!(
-            check(attestation(19, 31)),
-            Err(Refusal::Slashable(NotSafe::NewSurroundsPrevious { .. }))
-        ));
-        assert!(matches!(
-            check(attestation(20, 29)),
-            Err(Refusal::Slashable(NotSafe::PreviousSurroundsNew { .. }))
-        ));
+        assert_slashable!(check(attestation(19, 31)), NewSurroundsPrevious);
+        assert_slashable!(check(attestation(20, 29)), PreviousSurroundsNew);
         assert_eq!(check(attestation(20, 31)), Ok(Safe::Valid));
         // Where no record conflicts, the watermark alone refuses.
         store
             .import_interchange(&document(vec![record(2, &[], &[(20, 25)])]), None)
             .unwrap();
         let check2 = |r| store.check_and_record_blocking(key(2), None, r).unwrap();
-        assert!(matches!(
-            check2(attestation(19, 24)),
-            Err(Refusal::Slashable(NotSafe::SourceBelowWatermark { .. }))
-        ));
-        assert!(matches!(
-            check2(attestation(20, 24)),
-            Err(Refusal::Slashable(NotSafe::TargetAtOrBelowWatermark { .. }))
-        ));
+        assert_slashable!(check2(attestation(19, 24)), SourceBelowWatermark);
+        assert_slashable!(check2(attestation(20, 24)), TargetAtOrBelowWatermark);
         // Importing the same file again changes nothing.
         let again = store.import_interchange(&file, None).unwrap();
         assert_eq!(again.duplicates_skipped, 4);

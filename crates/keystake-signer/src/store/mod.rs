@@ -41,7 +41,9 @@ use tokio::sync::oneshot;
 
 use keystake_core::slashing::binding::{self, Binding};
 use keystake_core::slashing::interchange::InterchangeError;
-use keystake_core::slashing::{self, History, Safe, SignedAttestation, SignedBlock, Watermark};
+use keystake_core::slashing::{
+    self, History, Safe, SignedAttestation, SignedBlock, Surround, Watermark,
+};
 use keystake_core::types::{BlsPublicKey, Epoch, Root, ShareIndex, Slot, Threshold};
 
 /// Schema version written to `PRAGMA user_version`.
@@ -591,8 +593,9 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.submit(public_key, genesis_validators_root, request, true)
+        self.enqueue(public_key, genesis_validators_root, request, true)?
             .await
+            .map_err(|_| StoreError::WriterGone)?
     }
 
     /// The same check without recording anything (dry run).
@@ -602,17 +605,31 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.submit(public_key, genesis_validators_root, request, false)
+        self.enqueue(public_key, genesis_validators_root, request, false)?
             .await
+            .map_err(|_| StoreError::WriterGone)?
     }
 
-    async fn submit(
+    /// Blocking variant for synchronous callers (CLI, tests).
+    pub fn check_and_record_blocking(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+    ) -> Result<CheckOutcome, StoreError> {
+        self.enqueue(public_key, genesis_validators_root, request, true)?
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Hand a check to the writer thread; its outcome arrives on the returned channel.
+    fn enqueue(
         &self,
         public_key: BlsPublicKey,
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
         record: bool,
-    ) -> Result<CheckOutcome, StoreError> {
+    ) -> Result<oneshot::Receiver<Result<CheckOutcome, StoreError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -624,28 +641,7 @@ impl Store {
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
-    }
-
-    /// Blocking variant for synchronous callers (CLI, tests).
-    pub fn check_and_record_blocking(
-        &self,
-        public_key: BlsPublicKey,
-        genesis_validators_root: Option<Root>,
-        request: SlashingRequest,
-    ) -> Result<CheckOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                public_key,
-                genesis_validators_root,
-                request: Some(request),
-                record: true,
-                audit: None,
-                reply,
-            })
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.blocking_recv().map_err(|_| StoreError::WriterGone)?
+        Ok(answer)
     }
 
     /// Whether the database can take a slashing record right now (for `/healthcheck`): the file
@@ -830,49 +826,45 @@ fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64,
 /// Refuse a record that would give one validator a second signing key here: a second share of
 /// the same group, a whole key next to a share of it, or the reverse.
 fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<(), StoreError> {
-    let conflict = |group: BlsPublicKey, reason| {
-        Err(StoreError::SecondKeyOfValidator {
-            key: record.public_key,
-            group,
-            reason,
-        })
+    // Refuse when `sql` (an `EXISTS` query) finds a conflicting share.
+    let refuse_if_found = |sql: &str,
+                           params: &[&dyn rusqlite::ToSql],
+                           group: BlsPublicKey,
+                           reason: &'static str|
+     -> Result<(), StoreError> {
+        if tx.query_row(sql, params, |r| r.get::<_, bool>(0))? {
+            return Err(StoreError::SecondKeyOfValidator {
+                key: record.public_key,
+                group,
+                reason,
+            });
+        }
+        Ok(())
     };
     let key = record.public_key.0.to_vec();
     // The new key is the group key of a share stored here.
-    let group_here: bool = tx.query_row(
+    refuse_if_found(
         "SELECT EXISTS(SELECT 1 FROM shares WHERE enabled = 1 AND group_pubkey = ?1)",
-        [&key],
-        |r| r.get(0),
+        &[&key],
+        record.public_key,
+        "a share of this key is already stored",
     )?;
-    if group_here {
-        return conflict(record.public_key, "a share of this key is already stored");
-    }
     if let Some(info) = &record.threshold {
         let group = info.group_public_key.0.to_vec();
-        let other_share: bool = tx.query_row(
+        refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
                            WHERE s.enabled = 1 AND s.group_pubkey = ?1 AND v.pubkey != ?2)",
-            [&group, &key],
-            |r| r.get(0),
+            &[&group, &key],
+            info.group_public_key,
+            "another share of this validator is already stored",
         )?;
-        if other_share {
-            return conflict(
-                info.group_public_key,
-                "another share of this validator is already stored",
-            );
-        }
-        let whole_key: bool = tx.query_row(
+        refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
                            WHERE s.enabled = 1 AND v.pubkey = ?1)",
-            [&group],
-            |r| r.get(0),
+            &[&group],
+            info.group_public_key,
+            "the validator's whole key is already stored",
         )?;
-        if whole_key {
-            return conflict(
-                info.group_public_key,
-                "the validator's whole key is already stored",
-            );
-        }
     }
     Ok(())
 }
@@ -932,27 +924,19 @@ struct SqlHistory<'a> {
     validator_id: Option<i64>,
 }
 
-impl SqlHistory<'_> {
-    /// The first attestation of this key a surround query finds (`?2` = source, `?3` = target).
-    fn first_attestation(
-        &self,
-        sql: &str,
-        source: Epoch,
-        target: Epoch,
-    ) -> rusqlite::Result<Option<SignedAttestation>> {
-        self.conn
-            .prepare_cached(sql)?
-            .query_row(
-                params![
-                    self.validator_id.unwrap_or(-1),
-                    u64_to_sql(source.0),
-                    u64_to_sql(target.0)
-                ],
-                attestation_from_row,
-            )
-            .optional()
-    }
-}
+/// The surround queries of [`SqlHistory`] (`?1` = validator, `?2` = source, `?3` = target).
+/// Each scans the bound above the new attestation (the targets for an earlier attestation that
+/// surrounds it, the sources for one it surrounds): in normal operation the new attestation is
+/// the newest, so that range is empty. (Left to itself SQLite picks the source index for the first
+/// and walks the key's whole history: measured 5x slower at 40k records.)
+const PREVIOUS_SURROUNDS_NEW_SQL: &str =
+    "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+     INDEXED BY signed_attestations_by_target
+     WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1";
+const NEW_SURROUNDS_PREVIOUS_SQL: &str =
+    "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
+     INDEXED BY signed_attestations_by_source
+     WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1";
 
 impl History for SqlHistory<'_> {
     type Error = rusqlite::Error;
@@ -994,36 +978,29 @@ impl History for SqlHistory<'_> {
         rows.collect()
     }
 
-    fn attestation_surrounding(
+    fn attestation_surround(
         &self,
-        source: Epoch,
-        target: Epoch,
+        surround: Surround,
     ) -> Result<Option<SignedAttestation>, Self::Error> {
-        // Scan the targets above the new one: in normal operation the new attestation is the
-        // newest, so this range is empty. (Left to itself SQLite picks the source index and
-        // walks the key's whole history: measured 5x slower at 40k records.)
-        self.first_attestation(
-            "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
-             INDEXED BY signed_attestations_by_target
-             WHERE validator_id = ?1 AND source_epoch < ?2 AND target_epoch > ?3 LIMIT 1",
-            source,
-            target,
-        )
-    }
-
-    fn attestation_surrounded_by(
-        &self,
-        source: Epoch,
-        target: Epoch,
-    ) -> Result<Option<SignedAttestation>, Self::Error> {
-        // Scan the sources above the new one: empty in normal operation (see above).
-        self.first_attestation(
-            "SELECT source_epoch, target_epoch, signing_root FROM signed_attestations
-             INDEXED BY signed_attestations_by_source
-             WHERE validator_id = ?1 AND source_epoch > ?2 AND target_epoch < ?3 LIMIT 1",
-            source,
-            target,
-        )
+        let (sql, source, target) = match surround {
+            Surround::PreviousSurroundsNew { source, target } => {
+                (PREVIOUS_SURROUNDS_NEW_SQL, source, target)
+            }
+            Surround::NewSurroundsPrevious { source, target } => {
+                (NEW_SURROUNDS_PREVIOUS_SQL, source, target)
+            }
+        };
+        self.conn
+            .prepare_cached(sql)?
+            .query_row(
+                params![
+                    self.validator_id.unwrap_or(-1),
+                    u64_to_sql(source.0),
+                    u64_to_sql(target.0)
+                ],
+                attestation_from_row,
+            )
+            .optional()
     }
 
     fn watermark(&self) -> Result<Watermark, Self::Error> {
