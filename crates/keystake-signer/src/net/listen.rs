@@ -103,6 +103,9 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+/// A connection ready for HTTP and the verified client identity, or `None`: dropped.
+pub type Handshaken<S> = Option<(S, Option<ClientIdentity>)>;
+
 /// How a freshly accepted TCP connection becomes a stream to speak HTTP on.
 pub trait Handshake: Send + Sync + 'static {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
@@ -114,7 +117,7 @@ pub trait Handshake: Send + Sync + 'static {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> impl Future<Output = Option<(Self::Stream, Option<ClientIdentity>)>> + Send;
+    ) -> impl Future<Output = Handshaken<Self::Stream>> + Send;
 }
 
 /// The appliance's port: TLS 1.3 with a mandatory client certificate, configuration taken at
@@ -125,11 +128,7 @@ impl Handshake for MutualTls {
     type Stream = tokio_rustls::server::TlsStream<TcpStream>;
     const HTTP2: bool = true;
 
-    async fn handshake(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) -> Option<(Self::Stream, Option<ClientIdentity>)> {
+    async fn handshake(&self, stream: TcpStream, peer: SocketAddr) -> Handshaken<Self::Stream> {
         let acceptor = TlsAcceptor::from(self.0.current());
         let tls_stream =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -160,11 +159,7 @@ impl Handshake for PlainHttp {
     type Stream = TcpStream;
     const HTTP2: bool = false;
 
-    async fn handshake(
-        &self,
-        stream: TcpStream,
-        _peer: SocketAddr,
-    ) -> Option<(Self::Stream, Option<ClientIdentity>)> {
+    async fn handshake(&self, stream: TcpStream, _: SocketAddr) -> Handshaken<Self::Stream> {
         Some((stream, None))
     }
 }

@@ -808,6 +808,15 @@ mod tests {
     use super::*;
     use x509_parser::extensions::GeneralName;
 
+    /// The first subject CN, as text.
+    fn common_name(cert: &X509Certificate<'_>) -> Option<String> {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+    }
+
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|name| name.to_string()).collect()
     }
@@ -867,12 +876,7 @@ mod tests {
             assert_eq!(issued.cert, dir.path().join(format!("{name}.pem")));
             let der = parse_pem_file(&issued.cert);
             let (_, client) = x509_parser::parse_x509_certificate(&der).expect("parse client");
-            let cn = client
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok());
-            assert_eq!(cn, Some(name));
+            assert_eq!(common_name(&client).as_deref(), Some(name));
             let eku = client
                 .extended_key_usage()
                 .expect("eku")
@@ -899,12 +903,7 @@ mod tests {
         .expect("generate");
         let der = parse_pem_file(&pki.server_cert);
         let (_, server) = x509_parser::parse_x509_certificate(&der).expect("parse");
-        let cn = server
-            .subject()
-            .iter_common_name()
-            .next()
-            .map(|cn| cn.as_str());
-        assert_eq!(cn, Some(Ok("signer.example")));
+        assert_eq!(common_name(&server).as_deref(), Some("signer.example"));
         let sans = server
             .subject_alternative_name()
             .expect("san")

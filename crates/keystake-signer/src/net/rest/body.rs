@@ -87,7 +87,8 @@ impl RestState for Arc<Keymanager> {
     }
 }
 
-/// The rules of one kind of route.
+/// The rules of one kind of route (defaults: a Web3Signer-shaped error body, any content type,
+/// [`BODY_READ_TIMEOUT`]).
 pub trait BodyRules: Send + Sync + 'static {
     /// Largest body accepted.
     const LIMIT: usize;
@@ -95,11 +96,21 @@ pub trait BodyRules: Send + Sync + 'static {
     const TIMEOUT: Duration = BODY_READ_TIMEOUT;
     /// Refuse a `Content-Type` other than `application/json` (an absent one is accepted, as
     /// Web3Signer does).
-    const JSON_ONLY: bool;
+    const JSON_ONLY: bool = false;
     /// The shape of the error body.
-    const SHAPE: ErrorShape;
-    /// What a refused admission is recorded as (audit entry, metrics).
-    fn admission(parts: &Parts) -> Admission;
+    const SHAPE: ErrorShape = ErrorShape::Web3Signer;
+    /// What an unknown client's refusal is recorded as (audit entry, metrics): this operation,
+    /// or, for `None`, a signing request for the route's `{identifier}`.
+    const OPERATION: Option<&'static str>;
+}
+
+fn admission<R: BodyRules>(parts: &Parts) -> Admission {
+    match R::OPERATION {
+        Some(operation) => Admission::Operation(operation),
+        None => Admission::Signing {
+            identifier: last_segment(parts),
+        },
+    }
 }
 
 /// `POST /api/v1/eth2/sign/{identifier}`.
@@ -125,40 +136,25 @@ fn last_segment(parts: &Parts) -> String {
 impl BodyRules for Signing {
     const LIMIT: usize = MAX_BODY_BYTES;
     const JSON_ONLY: bool = true;
-    const SHAPE: ErrorShape = ErrorShape::Web3Signer;
-    fn admission(parts: &Parts) -> Admission {
-        Admission::Signing {
-            identifier: last_segment(parts),
-        }
-    }
+    const OPERATION: Option<&'static str> = None;
 }
 
 impl BodyRules for DryRun {
     const LIMIT: usize = MAX_BODY_BYTES;
     const JSON_ONLY: bool = true;
-    const SHAPE: ErrorShape = ErrorShape::Web3Signer;
-    fn admission(_: &Parts) -> Admission {
-        Admission::Operation("slashing_dry_run")
-    }
+    const OPERATION: Option<&'static str> = Some("slashing_dry_run");
 }
 
 impl BodyRules for Operator {
     const LIMIT: usize = MAX_OPERATOR_BODY_BYTES;
-    const JSON_ONLY: bool = false;
-    const SHAPE: ErrorShape = ErrorShape::Web3Signer;
-    fn admission(_: &Parts) -> Admission {
-        Admission::Operation("operator")
-    }
+    const OPERATION: Option<&'static str> = Some("operator");
 }
 
 impl BodyRules for KeymanagerApi {
     const LIMIT: usize = MAX_KEYMANAGER_BODY_BYTES;
     const TIMEOUT: Duration = KEYMANAGER_BODY_READ_TIMEOUT;
-    const JSON_ONLY: bool = false;
     const SHAPE: ErrorShape = ErrorShape::Keymanager;
-    fn admission(_: &Parts) -> Admission {
-        Admission::Operation("keymanager")
-    }
+    const OPERATION: Option<&'static str> = Some("keymanager");
 }
 
 /// The caller of a REST request: the client identity the accept loop attached (absent only in
@@ -196,7 +192,7 @@ impl<S: RestState, R: BodyRules> FromRequest<S> for ClientBody<R> {
         let caller = caller_of(&parts);
         state
             .service()
-            .admit(&caller, R::admission(&parts))
+            .admit(&caller, admission::<R>(&parts))
             .await
             .map_err(|e| reject(e.into()))?;
         if R::JSON_ONLY {
