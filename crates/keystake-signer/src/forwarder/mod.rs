@@ -361,18 +361,14 @@ mod tests {
 
     #[test]
     fn only_loopback_unless_forced() {
+        let check = |text: &str, forced| check_listen_address(text.parse().unwrap(), forced);
         for ok in [
             "127.0.0.1:9000",
             "127.8.9.10:1",
             "[::1]:9000",
             "[::ffff:127.0.0.1]:1",
         ] {
-            let address: SocketAddr = ok.parse().unwrap();
-            assert_eq!(
-                check_listen_address(address, false).unwrap(),
-                Exposure::Loopback,
-                "{ok}"
-            );
+            assert_eq!(check(ok, false).unwrap(), Exposure::Loopback, "{ok}");
         }
         for bad in [
             "0.0.0.0:9000",
@@ -380,16 +376,12 @@ mod tests {
             "192.0.2.1:9000",
             "[2001:db8::1]:1",
         ] {
-            let address: SocketAddr = bad.parse().unwrap();
-            let error = check_listen_address(address, false).unwrap_err();
+            let error = check(bad, false).unwrap_err();
             assert!(
                 error.to_string().contains("--allow-non-loopback"),
                 "{bad}: {error}"
             );
-            assert_eq!(
-                check_listen_address(address, true).unwrap(),
-                Exposure::NonLoopbackForced
-            );
+            assert_eq!(check(bad, true).unwrap(), Exposure::NonLoopbackForced);
         }
     }
 

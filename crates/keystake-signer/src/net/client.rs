@@ -401,27 +401,18 @@ impl tower::Service<Uri> for TlsConnectorService {
             let port = destination.port_u16().unwrap_or(443);
             let server_name = ServerName::try_from(host.clone())
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+            let address = format!("{host}:{port}");
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|source| {
-                    io::Error::new(
-                        source.kind(),
-                        ConnectError {
-                            address: format!("{host}:{port}"),
-                            source,
-                        },
-                    )
+                    let kind = source.kind();
+                    let address = address.clone();
+                    io::Error::new(kind, ConnectError { address, source })
                 })?;
             // Requests are small and latency matters more than packet count.
             tcp.set_nodelay(true)?;
             let stream = tls.connect(server_name, tcp).await.map_err(|source| {
-                io::Error::new(
-                    source.kind(),
-                    HandshakeError {
-                        address: format!("{host}:{port}"),
-                        source,
-                    },
-                )
+                io::Error::new(source.kind(), HandshakeError { address, source })
             })?;
             Ok(TlsConnection(TokioIo::new(stream)))
         })

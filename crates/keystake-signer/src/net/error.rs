@@ -267,35 +267,34 @@ mod tests {
 
     #[test]
     fn grpc_codes_follow_http_statuses() {
+        use tonic::Code;
+        let unknown_key = ServiceError::UnknownKey {
+            identifier: "0x".into(),
+        };
+        let bad_identifier = ServiceError::InvalidIdentifier {
+            identifier: "x".into(),
+        };
         let cases = [
-            (
-                ServiceError::UnknownKey {
-                    identifier: "0x".into(),
-                },
-                StatusCode::NOT_FOUND,
-                tonic::Code::NotFound,
-            ),
+            (unknown_key, StatusCode::NOT_FOUND, Code::NotFound),
             (
                 ServiceError::Forbidden(Denial::NoIdentity),
                 StatusCode::FORBIDDEN,
-                tonic::Code::PermissionDenied,
+                Code::PermissionDenied,
             ),
             (
-                ServiceError::InvalidIdentifier {
-                    identifier: "x".into(),
-                },
+                bad_identifier,
                 StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
+                Code::InvalidArgument,
             ),
             (
                 ServiceError::Store(StoreError::WriterGone),
                 StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
+                Code::Unavailable,
             ),
             (
                 ServiceError::SealRoundTripMismatch,
                 StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
+                Code::Internal,
             ),
         ];
         for (error, http, grpc) in cases {
