@@ -34,8 +34,14 @@ fi
 echo "== api-fuzz: $("$VENV/bin/schemathesis" --version)"
 
 # --- an appliance (demo: certificates, SoftHSM2 token, three sealed keys) and the server ---
-cargo build --locked --quiet --bin keystake-signer
-BIN="$PWD/target/debug/keystake-signer"
+# KEYSTAKE_SIGNER_BIN: a binary already built (the test command passes the one `cargo test`
+# built, instead of compiling the crate a second time with other features).
+if [ -n "${KEYSTAKE_SIGNER_BIN:-}" ]; then
+  BIN="$KEYSTAKE_SIGNER_BIN"
+else
+  cargo build --locked --quiet --bin keystake-signer
+  BIN="$PWD/target/debug/keystake-signer"
+fi
 APPLIANCE="$(mktemp -d)"
 SERVER_PID=""
 cleanup() {

@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 export CARGO_TERM_COLOR=never
+# CI builds from a clean checkout: incremental-compilation caches are written and never reused.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0
+fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --workspace --all-targets --all-features -- -D warnings"
@@ -16,7 +20,8 @@ echo "== hadolint Dockerfile"
 echo "== cargo test"
 cargo test --locked --workspace
 echo "== api fuzz (schemathesis over mutual TLS against the running server)"
-./scripts/api-fuzz.sh
+# The binary `cargo test` just built (its integration tests ran it), not a second build.
+KEYSTAKE_SIGNER_BIN="$PWD/target/debug/keystake-signer" ./scripts/api-fuzz.sh
 # A real consensus client (Lodestar devnet, ../shared/interop/lodestar) signing every duty through
 # the forwarder and the appliance; two runs of about a minute each (plus npm ci when its cache under
 # target/tmp is cold), one at a time and after the parallel suite so slots are not starved of CPU.
