@@ -255,12 +255,14 @@ impl Signer for GrpcSigner {
             ("partial signatures", request.partials.len()),
         ] {
             if got > threshold::MAX_COMBINE_SHARES {
-                return Err(ServiceError::from(threshold::ThresholdError::CombineTooLarge {
-                    what,
-                    got,
-                    max: threshold::MAX_COMBINE_SHARES,
-                })
-                .into());
+                return Err(
+                    ServiceError::from(threshold::ThresholdError::CombineTooLarge {
+                        what,
+                        got,
+                        max: threshold::MAX_COMBINE_SHARES,
+                    })
+                    .into(),
+                );
             }
         }
         let group = public_key(&request.group_public_key, "group_public_key")?;
