@@ -418,12 +418,11 @@ pub async fn run(
         .genesis_validators_root
         .map_or(MAINNET_GVR.to_owned(), |root| root.to_hex());
     let burst = match (options.mix, options.burst) {
-        // One slot's burst: every request of the run's first slot.
-        (Mix::Mainnet, Some(_)) => Some(
-            super::mainnet_mix::SlotMix::new(&keys, &gvr)
-                .slot_requests(0)
-                .len() as u64,
-        ),
+        // N slots' bursts at once: every request of the run's first N slots.
+        (Mix::Mainnet, Some(slots)) => {
+            let mix = super::mainnet_mix::SlotMix::new(&keys, &gvr);
+            Some((0..slots).map(|i| mix.slot_requests(i).len() as u64).sum())
+        }
         (_, burst) => burst,
     };
     let source = Arc::new(match options.mix {
