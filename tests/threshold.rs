@@ -88,6 +88,17 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     let printed = run_ok(&split_args);
     assert!(printed.contains(&group_key), "{printed}");
     assert!(printed.contains("3-of-4"), "{printed}");
+    // The exact safety bounds (issue 17 item 15): 3-of-4 withstands one colluder against
+    // slashing, so no warning.
+    assert!(
+        printed.contains("safe against up to 1 colluding operators; 2 colluders (2t − n)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("up to 1 of 4 appliances offline"),
+        "{printed}"
+    );
+    assert!(!printed.contains("WARNING"), "{printed}");
     // A second split into the same directory is refused rather than overwriting.
     let (ok, _, err) = run(&split_args);
     assert!(!ok && err.contains("refusing to overwrite"), "{err}");
@@ -118,6 +129,10 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     let verified = run_ok(&["manifest", "verify", "--manifest", s(&manifest_path)]);
     assert!(
         verified.starts_with(&format!("manifest OK: 3-of-4 group {group_key}")),
+        "{verified}"
+    );
+    assert!(
+        verified.contains("slashing: safe against up to 1 colluding operators"),
         "{verified}"
     );
     // A manifest with one share key swapped does not verify.
