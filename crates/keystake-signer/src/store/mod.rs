@@ -915,7 +915,10 @@ fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64,
 }
 
 /// Refuse a record that would give one validator a second signing key here: a second share of
-/// the same group, a whole key next to a share of it, or the reverse.
+/// the same group, a whole key next to a share of it, or the reverse. Deleted (disabled) rows
+/// count too: a deleted key keeps its slashing history here and can come back, so another key of
+/// its validator — with no history — must not take its place (issue 17). Re-importing the
+/// deleted key itself is allowed (its history applies again).
 fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<(), StoreError> {
     // Refuse when `sql` (an `EXISTS` query) finds a conflicting share.
     let refuse_if_found = |sql: &str,
@@ -935,26 +938,26 @@ fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<
     let key = record.public_key.0.to_vec();
     // The new key is the group key of a share stored here.
     refuse_if_found(
-        "SELECT EXISTS(SELECT 1 FROM shares WHERE enabled = 1 AND group_pubkey = ?1)",
+        "SELECT EXISTS(SELECT 1 FROM shares WHERE group_pubkey = ?1)",
         &[&key],
         record.public_key,
-        "a share of this key is already stored",
+        "a share of this key is stored (active or deleted)",
     )?;
     if let Some(info) = &record.threshold {
         let group = info.group_public_key.0.to_vec();
         refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
-                           WHERE s.enabled = 1 AND s.group_pubkey = ?1 AND v.pubkey != ?2)",
+                           WHERE s.group_pubkey = ?1 AND v.pubkey != ?2)",
             &[&group, &key],
             info.group_public_key,
-            "another share of this validator is already stored",
+            "another share of this validator is stored (active or deleted)",
         )?;
         refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
-                           WHERE s.enabled = 1 AND v.pubkey = ?1)",
+                           WHERE v.pubkey = ?1)",
             &[&group],
             info.group_public_key,
-            "the validator's whole key is already stored",
+            "the validator's whole key is stored (active or deleted)",
         )?;
     }
     Ok(())
@@ -1502,6 +1505,27 @@ mod tests {
         // Nothing of the refused records was stored.
         assert_eq!(store.shares().unwrap().len(), 1);
         assert_eq!(other.shares().unwrap().len(), 1);
+        // A deleted share still holds its validator's place: another share (no history here)
+        // is refused, the deleted one itself may come back with its history.
+        assert!(store.disable_share(&key(6)).unwrap());
+        assert!(matches!(
+            store.insert_share(&share(7, 2)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        assert!(matches!(
+            store.insert_share(&whole(9)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        assert_eq!(
+            store.insert_share(&share(6, 1)).unwrap(),
+            InsertOutcome::Reenabled
+        );
+        // The reverse: a deleted whole key keeps its shares out.
+        assert!(other.disable_share(&key(9)).unwrap());
+        assert!(matches!(
+            other.insert_share(&share(6, 1)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
