@@ -68,8 +68,7 @@ use keystake_core::threshold::{self, SecretShare, ThresholdError};
 /// `CKA_LABEL` of both halves of the enrolment key pair.
 pub const ENROLMENT_KEY_LABEL: &str = "keystake-enrolment-key";
 
-/// DER of the OID of NIST P-256 (prime256v1, 1.2.840.10045.3.1.7): `CKA_EC_PARAMS`.
-const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+use crate::hsm::pkcs11::P256_EC_PARAMS;
 
 /// GCM tag length in bits.
 const TAG_BITS: u64 = 128;
@@ -513,12 +512,12 @@ fn decrypt_and_check(
         &package.ciphertext[..],
     )?;
     debug_assert_eq!(package.ciphertext.len(), PACKAGE_CIPHERTEXT_LEN);
-    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
-        plaintext
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnrolmentError::Integrity)?,
-    );
+    // Copied straight into the zeroizing buffer: `try_into` would make an unwiped stack copy.
+    if plaintext.len() != 32 {
+        return Err(EnrolmentError::Integrity);
+    }
+    let mut bytes: Zeroizing<[u8; 32]> = Zeroizing::new([0u8; 32]);
+    bytes.copy_from_slice(&plaintext);
     let key = SecretKey::from_zeroizing(bytes).map_err(|e| EnrolmentError::ShareMismatch {
         index: package.index,
         source: ThresholdError::Bls(e),

@@ -323,19 +323,24 @@ impl SigningService {
             let hash_started = std::time::Instant::now();
             let point = messages.point(&signing_root.0, bls::DST);
             let hashing = hash_started.elapsed();
-            let started = std::time::Instant::now();
-            let secret = sealer.unseal(&key.sealed, &key.context)?;
-            observer.phase(Phase::Unseal, started.elapsed());
-            let started = std::time::Instant::now();
-            let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::InvalidUnsealedShare {
-                    public_key: key.public_key,
-                }
-            })?;
-            let signature = secret_key.sign_hashed(&point);
-            // Hashing (or waiting for another request's hash) counts as BLS time.
-            observer.phase(Phase::Bls, hashing + started.elapsed());
-            Ok(signature)
+            let signed = (|| {
+                let started = std::time::Instant::now();
+                let secret = sealer.unseal(&key.sealed, &key.context)?;
+                observer.phase(Phase::Unseal, started.elapsed());
+                let started = std::time::Instant::now();
+                let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
+                    ServiceError::InvalidUnsealedShare {
+                        public_key: key.public_key,
+                    }
+                })?;
+                let signature = secret_key.sign_hashed(&point);
+                // Hashing (or waiting for another request's hash) counts as BLS time.
+                observer.phase(Phase::Bls, hashing + started.elapsed());
+                Ok(signature)
+            })();
+            // The unseal and blst's signing left copies of the share in the frames below.
+            keystake_core::wipe::wipe_stack();
+            signed
         })
         .await?
     }
