@@ -67,12 +67,7 @@ impl ChainClock {
     }
 
     /// Refuse `epoch` if it lies more than `margin_epochs` epochs after the epoch in progress.
-    pub fn check_epoch(
-        &self,
-        epoch: Epoch,
-        now: u64,
-        margin_epochs: u64,
-    ) -> Result<(), FarFuture> {
+    pub fn check_epoch(&self, epoch: Epoch, now: u64, margin_epochs: u64) -> Result<(), FarFuture> {
         let current = self.current_epoch(now);
         if epoch.0 > current.0.saturating_add(margin_epochs) {
             return Err(FarFuture::Epoch {
@@ -121,7 +116,10 @@ mod tests {
         assert!(MAINNET.check_epoch(Epoch(0), now, 1).is_ok());
         assert!(matches!(
             MAINNET.check_epoch(Epoch(1002), now, 1),
-            Err(FarFuture::Epoch { current: Epoch(1000), .. })
+            Err(FarFuture::Epoch {
+                current: Epoch(1000),
+                ..
+            })
         ));
         assert!(MAINNET.check_epoch(Epoch(u64::MAX), now, 1).is_err());
         assert!(MAINNET.check_epoch(Epoch(u64::MAX), now, u64::MAX).is_ok());
@@ -143,7 +141,9 @@ mod tests {
             target: Epoch(2000),
         };
         assert!(MAINNET.check_duty(&far, now, 1).is_err());
-        let block = SlashingCheck::Block { slot: Slot(u64::MAX) };
+        let block = SlashingCheck::Block {
+            slot: Slot(u64::MAX),
+        };
         assert!(MAINNET.check_duty(&block, now, 1).is_err());
     }
 

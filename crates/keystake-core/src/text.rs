@@ -56,7 +56,10 @@ mod tests {
         let out = echo(&long);
         assert!(out.len() <= MAX_ECHOED_BYTES + 32, "{}", out.len());
         assert!(out.starts_with("éé"));
-        assert!(out.ends_with(&format!("…(+{} bytes)", 600_000 - 256)), "{out}");
+        assert!(
+            out.ends_with(&format!("…(+{} bytes)", 600_000 - 256)),
+            "{out}"
+        );
         let escapes = "\n".repeat(1000);
         assert!(echo(&escapes).len() <= MAX_ECHOED_BYTES + 32);
     }

@@ -167,11 +167,12 @@ pub const DEFAULT_SECONDS_PER_SLOT: u64 = 12;
 impl Network {
     /// The chain clock, when the genesis time is known.
     pub fn clock(&self) -> Option<crate::clock::ChainClock> {
-        self.genesis_time.map(|genesis_time| crate::clock::ChainClock {
-            genesis_time,
-            seconds_per_slot: self.seconds_per_slot.max(1),
-            slots_per_epoch: self.slots_per_epoch.max(1),
-        })
+        self.genesis_time
+            .map(|genesis_time| crate::clock::ChainClock {
+                genesis_time,
+                seconds_per_slot: self.seconds_per_slot.max(1),
+                slots_per_epoch: self.slots_per_epoch.max(1),
+            })
     }
 
     /// A validated network. `forks` may come in any order; unscheduled forks are left out.
@@ -309,7 +310,9 @@ impl Network {
         network.genesis_time = file.genesis_time;
         if let Some(seconds) = file.seconds_per_slot {
             if seconds == 0 {
-                return Err(NetworkConfigError::Toml("seconds_per_slot must be at least 1".into()));
+                return Err(NetworkConfigError::Toml(
+                    "seconds_per_slot must be at least 1".into(),
+                ));
             }
             network.seconds_per_slot = seconds;
         }
@@ -565,13 +568,33 @@ electra   = { version = "0x60000038", epoch = 10 }
             )
             .map(|mut rebuilt| {
                 rebuilt.genesis_validators_root = network.genesis_validators_root;
+                rebuilt.genesis_time = network.genesis_time;
                 rebuilt
             });
             assert_eq!(rebuilt.as_ref(), Ok(&network), "{name}");
             assert!(network.genesis_validators_root.is_some(), "{name}");
+            assert!(network.clock().is_some(), "{name}: genesis_time");
             assert_eq!(network.forks().len(), 6);
         }
         assert!(Network::by_name("holesky-ish").is_none());
+        assert_eq!(Network::mainnet().genesis_time, Some(1_606_824_023));
+        let custom = Network::from_toml_str(
+            "name = \"d\"\npreset = \"minimal\"\ngenesis_fork_version = \"0x10000038\"\ngenesis_time = \"1700000000\"\nseconds_per_slot = 6\n",
+        )
+        .unwrap();
+        let clock = custom.clock().unwrap();
+        assert_eq!(
+            (
+                clock.genesis_time,
+                clock.seconds_per_slot,
+                clock.slots_per_epoch
+            ),
+            (1_700_000_000, 6, 8)
+        );
+        assert!(Network::from_toml_str(
+            "name = \"d\"\npreset = \"minimal\"\ngenesis_fork_version = \"0x10000038\"\nseconds_per_slot = 0\n",
+        )
+        .is_err());
         let hoodi = Network::hoodi();
         assert_eq!(hoodi.fork_at_slot(Slot(0)), ForkName::Deneb);
         assert_eq!(hoodi.fork_at_epoch(Epoch(2_047)), ForkName::Deneb);

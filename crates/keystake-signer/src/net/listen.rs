@@ -44,9 +44,11 @@ pub const MAX_CONNECTIONS: usize = 2048;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many concurrent HTTP/2 streams per connection.
 pub const MAX_H2_STREAMS: u32 = 64;
-/// At most this many TLS handshakes (not yet authenticated) at once from one source address;
-/// a flood from one host cannot occupy the [`MAX_CONNECTIONS`] slots for [`HANDSHAKE_TIMEOUT`].
-pub const MAX_HANDSHAKES_PER_IP: usize = 32;
+/// At most this many TLS handshakes (not yet authenticated) at once from one source address,
+/// an eighth of [`MAX_CONNECTIONS`]: a flood of stalled handshakes from one host cannot occupy
+/// more than that many connection slots, while a validator host opening a burst of fresh
+/// connections (a load balancer, a middleware restarting) stays far below it.
+pub const MAX_HANDSHAKES_PER_IP: usize = MAX_CONNECTIONS / 8;
 /// A connection with no request in flight for this long is closed (HTTP/2 keep-alive pings do
 /// not count as activity; HTTP/1.1 is also bounded by [`HEADER_READ_TIMEOUT`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -27,10 +27,10 @@ use subtle::ConstantTimeEq;
 
 use crate::service::authz::Caller;
 use crate::service::{self, ServiceError, SigningService};
-use keystake_core::policy::Operation;
 use crate::store::{InsertOutcome, ShareOrigin, StoreError};
 use keystake_core::bls;
 use keystake_core::keystore;
+use keystake_core::policy::Operation;
 use keystake_core::slashing::interchange::Interchange;
 use keystake_core::types::{BlsPublicKey, Root};
 

@@ -200,7 +200,10 @@ impl SigningService {
 
     /// How many times the key index has been rebuilt (reloads, imports, deletes).
     pub fn index_generation(&self) -> u64 {
-        *self.index_generation.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .index_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Report phase timings, outcomes and refusals to `observer` (the metrics adapter).

@@ -341,7 +341,14 @@ pub fn write_crl(
     overwrite: Overwrite,
 ) -> Result<PathBuf, CertError> {
     let (this_update, next_update) = validity_from_now(validity_days)?;
-    write_crl_between(ca_dir, revoked_certs, out, this_update, next_update, overwrite)
+    write_crl_between(
+        ca_dir,
+        revoked_certs,
+        out,
+        this_update,
+        next_update,
+        overwrite,
+    )
 }
 
 /// [`write_crl`] with explicit `thisUpdate`/`nextUpdate` (a CRL whose nextUpdate has passed is

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use super::body::RestCaller;
 use crate::net::error::{self, ApiError};
-use keystake_core::policy::{Operation, Target};
 use crate::service::health::{HealthError, HealthReport, ReloadState};
 use crate::service::SigningService;
+use keystake_core::policy::{Operation, Target};
 
 /// Web3Signer's check ids (its `HealthCheckNames`), plus ours for the HSM session.
 pub const CHECK_DEFAULT: &str = "default-check";
