@@ -28,3 +28,4 @@ mod test_vectors;
 pub mod text;
 pub mod threshold;
 pub mod types;
+pub mod wipe;
