@@ -13,6 +13,7 @@ mod keymanager_api;
 mod metrics;
 mod operator_api;
 mod perf;
+mod security_access;
 mod slashing;
 mod threshold;
 mod vectors;
