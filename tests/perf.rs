@@ -111,23 +111,41 @@ async fn combine_is_bounded_and_never_freezes_the_server() {
     let rest = server.client(tls.clone());
     let grpc = Arc::new(GrpcClient::connect(&server.url, tls).await.unwrap());
 
+    // t = 30,000, and (separately) 30,000 partials: refused from the counts alone, before any
+    // point is parsed (the partials' bytes are empty; the message stays under the gRPC cap).
     let started = Instant::now();
-    let huge = pb::CombineRequest {
+    let huge_threshold = pb::CombineRequest {
         threshold: 30_000,
         group_public_key: vec![0xaa; 48],
         message: vec![1; 32],
-        partials: (1..=30_000)
+        partials: (1..=3)
             .map(|i| pb::Partial {
                 share_index: i,
                 signature: vec![0xbb; 96],
             })
             .collect(),
-        share_public_keys: vec![vec![0xcc; 48]; 30_000],
+        share_public_keys: vec![vec![0xcc; 48]; 3],
         verify_partials: true,
     };
-    let status = grpc.combine(huge).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("at most"), "{status:?}");
+    let many_partials = pb::CombineRequest {
+        threshold: 2,
+        partials: (1..=30_000)
+            .map(|i| pb::Partial {
+                share_index: i,
+                signature: Vec::new(),
+            })
+            .collect(),
+        ..huge_threshold.clone()
+    };
+    for (request, what) in [
+        (huge_threshold, "30000 threshold"),
+        (many_partials, "30000 partial signatures"),
+    ] {
+        let status = grpc.combine(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(what), "{status:?}");
+        assert!(status.message().contains("at most 1024"), "{status:?}");
+    }
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "refused at once, not after O(t²) work: {:?}",
