@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod e2e;
 mod grpc;
+mod hsm;
 mod interop;
 mod keymanager_api;
 mod metrics;

@@ -87,10 +87,10 @@ impl Appliance {
         self.path().join("certs")
     }
 
-    /// `certs generate` + signer.toml + `init`.
+    /// signer.toml + `init` + `certs generate --config` (the server certificate issued to the
+    /// TLS key `init` generated in the HSM).
     pub fn create() -> Appliance {
         let dir = tempfile::tempdir().unwrap();
-        certs_generate(&dir.path().join("certs"), "client");
         let config = dir.path().join("signer.toml");
         std::fs::write(
             &config,
@@ -98,6 +98,10 @@ impl Appliance {
         )
         .unwrap();
         run_ok(&["init", "--config", config.to_str().unwrap()]);
+        certs_generate_with(
+            &dir.path().join("certs"),
+            &["--client", "client", "--config", config.to_str().unwrap()],
+        );
         Appliance { dir, config }
     }
 
