@@ -975,7 +975,7 @@ impl Canary {
         rand::rngs::OsRng.fill_bytes(&mut plaintext);
         let mut iv = [0u8; IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
-        let ciphertext = gcm_encrypt(session, key, iv, CANARY_AAD, &plaintext)?;
+        let (iv, ciphertext) = gcm_encrypt(session, key, iv, CANARY_AAD, &plaintext)?;
         Ok(Canary {
             iv,
             ciphertext,
@@ -990,17 +990,24 @@ impl Canary {
     }
 }
 
+/// AES-GCM encryption in the token; returns the IV actually used with the ciphertext. The IV
+/// buffer holds our random IV on input, and PKCS#11 lets the token write the IV it used back
+/// into it: tokens that generate the IV themselves (AWS CloudHSM mandates it; Luna in some FIPS
+/// configurations) return theirs there, so the IV stored in the blob is the buffer's content
+/// after the call, not the one we drew.
 fn gcm_encrypt(
     session: &Session,
     key: ObjectHandle,
     iv: [u8; IV_LEN],
     aad: &[u8],
     plaintext: &[u8],
-) -> Result<Vec<u8>, CryptokiError> {
-    // The token may write to the IV buffer (PKCS#11 allows it); ours is a copy.
+) -> Result<([u8; IV_LEN], Vec<u8>), CryptokiError> {
     let mut iv = iv;
-    let params = GcmParams::new(&mut iv, aad, ((TAG_LEN * 8) as u64).into())?;
-    session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+    let ciphertext = {
+        let params = GcmParams::new(&mut iv, aad, ((TAG_LEN * 8) as u64).into())?;
+        session.encrypt(&Mechanism::AesGcm(params), key, plaintext)?
+    };
+    Ok((iv, ciphertext))
 }
 
 fn gcm_decrypt(
@@ -1066,7 +1073,7 @@ impl Sealer for Pkcs11Sealer {
         let aad = gcm_aad(context);
         let mut iv = [0u8; IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
-        let ciphertext = self.with_session("sealing", |session, key| {
+        let (iv, ciphertext) = self.with_session("sealing", |session, key| {
             Ok(gcm_encrypt(session, key, iv, &aad, secret.as_slice())?)
         })?;
         if ciphertext.len() != SHARE_LEN + TAG_LEN {
