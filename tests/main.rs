@@ -5,6 +5,7 @@ mod audit;
 mod authz;
 mod common;
 mod conformance;
+mod custody;
 mod e2e;
 mod grpc;
 mod hsm;

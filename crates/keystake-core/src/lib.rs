@@ -26,3 +26,4 @@ pub mod slashing;
 mod test_vectors;
 pub mod threshold;
 pub mod types;
+pub mod wipe;

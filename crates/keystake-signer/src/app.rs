@@ -438,12 +438,36 @@ pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
 /// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
 pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
     let section = enrolment_token(config)?;
+    check_ephemeral_point(&package.ephemeral_public_key)?;
     let pin = config::read_secret_file(&section.user_pin_file)?;
     Ok(crate::hsm::enrolment::open_package(
         &pkcs11_config(section),
         &pin,
         package,
     )?)
+}
+
+/// Refuse a share package whose ephemeral key is not a point of P-256 before the token derives
+/// with it (issue 17): ECDH with an attacker's off-curve point is the invalid-curve attack on the
+/// enrolment private key — each accepted or refused decryption would leak part of it — and not
+/// every token validates the peer point. ring validates it fully (on the curve, not the point at
+/// infinity; P-256 has cofactor 1) before any agreement, so a throwaway agreement is the check.
+fn check_ephemeral_point(point: &EnrolmentPublicKey) -> Result<()> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
+    let rng = ring::rand::SystemRandom::new();
+    let throwaway = EphemeralPrivateKey::generate(&ECDH_P256, &rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key to check the package"))?;
+    agree_ephemeral(
+        throwaway,
+        &UnparsedPublicKey::new(&ECDH_P256, point.as_sec1()),
+        |_| (),
+    )
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the share package's ephemeral key is not a valid P-256 point; refusing to let the \
+             token derive with it (forged or damaged package)"
+        )
+    })
 }
 
 /// The network the configuration selects.

@@ -494,6 +494,8 @@ fn import_blocking(
     tracing::info!(total, workers, "keystore import: decrypting");
     let decrypted = parallel_map(&jobs, workers, |&i| {
         let result = decrypt_keystore(&request.keystores[i], &request.passwords[i]);
+        // The KDF and cipher frames below held the derived key and the plaintext secret.
+        keystake_core::wipe::wipe_stack();
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         match &result {
             Ok(_) => tracing::info!(done, total, "keystore import: decrypted {done}/{total}"),
@@ -552,12 +554,14 @@ fn import_blocking(
     // Seal in parallel (HSM round trips), then store in request order in one transaction, so
     // the listing order is the request order and the batch costs one fsync.
     let sealed = parallel_map(&candidates, workers, |(_, secret)| {
-        service::seal_record(
+        let record = service::seal_record(
             service.sealer().as_ref(),
             secret,
             ShareOrigin::Keystore,
             None,
-        )
+        );
+        keystake_core::wipe::wipe_stack();
+        record
     });
     let mut records = Vec::new();
     let mut stored_for = Vec::new();

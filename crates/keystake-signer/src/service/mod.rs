@@ -312,18 +312,23 @@ impl SigningService {
         let sealer = self.sealer.clone();
         let observer = self.observer.clone();
         tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let secret = sealer.unseal(&key.sealed, &key.context)?;
-            observer.phase(Phase::Unseal, started.elapsed());
-            let started = std::time::Instant::now();
-            let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::InvalidUnsealedShare {
-                    public_key: key.public_key,
-                }
-            })?;
-            let signature = secret_key.sign(&signing_root.0);
-            observer.phase(Phase::Bls, started.elapsed());
-            Ok(signature)
+            let signed = (|| {
+                let started = std::time::Instant::now();
+                let secret = sealer.unseal(&key.sealed, &key.context)?;
+                observer.phase(Phase::Unseal, started.elapsed());
+                let started = std::time::Instant::now();
+                let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
+                    ServiceError::InvalidUnsealedShare {
+                        public_key: key.public_key,
+                    }
+                })?;
+                let signature = secret_key.sign(&signing_root.0);
+                observer.phase(Phase::Bls, started.elapsed());
+                Ok(signature)
+            })();
+            // The unseal and blst's signing left copies of the share in the frames below.
+            keystake_core::wipe::wipe_stack();
+            signed
         })
         .await?
     }

@@ -76,10 +76,26 @@ async fn import(
     _: Bearer,
     body: ClientBody<KeymanagerApi>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ImportRequest = decode(&body)?;
-    let statuses = keymanager.import(request).await?;
+    let request = decode::<ImportRequest>(&body);
+    // The body carries the keystore passwords in plain text: wipe it once decoded (issue 17).
+    wipe_body(body.bytes);
+    let statuses = keymanager.import(request?).await?;
     let data: Vec<StatusEntry> = statuses.iter().map(StatusEntry::from).collect();
     Ok(Json(json!({ "data": data })))
+}
+
+/// Overwrite a request body that carried secrets. The buffer is wiped in place when this is its
+/// only owner (the body extractor's collected copy); a buffer still shared cannot be written and
+/// is only dropped.
+fn wipe_body(bytes: axum::body::Bytes) {
+    use zeroize::Zeroize;
+    match bytes.try_into_mut() {
+        Ok(mut owned) => owned.as_mut().zeroize(),
+        Err(shared) => tracing::debug!(
+            len = shared.len(),
+            "request body still shared; dropped without wiping"
+        ),
+    }
 }
 
 async fn delete(
