@@ -161,3 +161,24 @@ fn hsm_check_on_softhsm2_reports_everything_supported() {
         "{json}"
     );
 }
+
+/// A wrong user PIN: `serve` refuses to start, saying the HSM refused the PIN (nothing else is
+/// opened); with the right PIN back it starts.
+#[test]
+fn serve_refuses_a_wrong_pin() {
+    let appliance = Appliance::create();
+    let pin = appliance.path().join("hsm/user.pin");
+    let right = std::fs::read_to_string(&pin).unwrap();
+    std::fs::write(&pin, "not-the-pin\n").unwrap();
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--config",
+        appliance.config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("refused the PIN"), "{stderr}");
+    std::fs::write(&pin, right).unwrap();
+    let _server = Server::start(&appliance);
+}
