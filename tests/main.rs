@@ -13,6 +13,7 @@ mod interop;
 mod keymanager_api;
 mod metrics;
 mod operator_api;
+mod security_access;
 mod slashing;
 mod threshold;
 mod vectors;

@@ -88,7 +88,8 @@ impl Appliance {
     }
 
     /// signer.toml + `init` + `certs generate --config` (the server certificate issued to the
-    /// TLS key `init` generated in the HSM).
+    /// TLS key `init` generated in the HSM) + `init` again (the first policy, naming the client
+    /// certificate).
     pub fn create() -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("signer.toml");
@@ -102,6 +103,8 @@ impl Appliance {
             &dir.path().join("certs"),
             &["--client", "client", "--config", config.to_str().unwrap()],
         );
+        // Again, now that the client certificate exists: `init` writes the first policy.
+        run_ok(&["init", "--config", config.to_str().unwrap()]);
         Appliance { dir, config }
     }
 

@@ -62,7 +62,10 @@ pub struct Appliance {
 /// Open everything the configuration names and bind the API listener.
 pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let network = network(config)?;
-    let authorizer = Arc::new(Authorizer::from_config(config.policy_file.as_deref())?);
+    let authorizer = Arc::new(Authorizer::from_config(
+        config.policy_file.as_deref(),
+        config.allow_any_client,
+    )?);
     let store = Arc::new(open_store(config)?);
     if let Some(root) = network.genesis_validators_root {
         // Bind before serving: a request carrying another network's root is then refused from
@@ -75,12 +78,24 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             )
         })?;
     }
+    if network.clock().is_none() {
+        tracing::warn!(
+            network = %network.name,
+            "the network file gives no genesis_time: duties far ahead of the wall clock are NOT refused (a far-future attestation would block its key); add genesis_time to the network file"
+        );
+    }
     let sealer = open_sealer(config)?;
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(
         SigningService::new(store, sealer, network)?
             .with_authorizer(authorizer.clone())
-            .with_observer(metrics.clone()),
+            .with_observer(metrics.clone())
+            .with_future_margin_epochs(
+                config
+                    .slashing
+                    .future_margin_epochs
+                    .unwrap_or(keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS),
+            ),
     );
     let tls = Arc::new(TlsReloader::from_files(TlsFiles {
         ca_cert: config.tls.ca_cert.clone(),
@@ -655,6 +670,7 @@ mod tests {
             hsm,
             client: None,
             policy_file: None,
+            allow_any_client: false,
             metrics_listen: None,
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),

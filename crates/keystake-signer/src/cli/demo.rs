@@ -1,7 +1,9 @@
 //! `keystake-signer demo --dir DIR`: a complete appliance in DIR — `signer.toml`, SoftHSM2
 //! token with the sealing key and the TLS key, a demo PKI whose server certificate is issued to
 //! that TLS key (no server key file), three random validator keys sealed by the HSM (generated in
-//! memory, never written unsealed) — then the instructions (keys and a ready-to-paste curl
+//! memory, never written unsealed), a policy naming only the demo client certificate (by
+//! fingerprint: any other certificate of the demo CA is refused) — then the instructions (keys
+//! and a ready-to-paste curl
 //! command) and, unless `--no-serve`, `serve` on `--listen`. Reuses what an earlier run left in
 //! DIR (certificates, configuration, keys).
 //!
@@ -80,6 +82,9 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
             None => generate_certs_for_hsm_key(&config, &certs_dir, &[], &["client".to_owned()])?,
             Some(_) => generate_certs(&certs_dir, &["client".to_owned()])?,
         }
+        // Again, now that the client certificate exists: `init` writes the first policy naming
+        // it (idempotent otherwise).
+        init(&config)?;
     }
     let store = crate::app::open_store(&config)?;
     let mut public_keys: Vec<BlsPublicKey> = store
@@ -152,5 +157,11 @@ pub fn demo_instructions(demo: &Demo, config: &Config, listen: SocketAddr) -> St
         "\nConfiguration: {}\n",
         demo.config_path.display()
     ));
+    if let Some(policy) = &config.policy_file {
+        text.push_str(&format!(
+            "Policy (only the demo client certificate may sign): {}\n",
+            policy.display()
+        ));
+    }
     text
 }
