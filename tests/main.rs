@@ -8,6 +8,7 @@ mod conformance;
 mod custody;
 mod e2e;
 mod grpc;
+mod hsm;
 mod interop;
 mod keymanager_api;
 mod metrics;
