@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod bls;
+pub mod cluster;
 pub mod consensus;
 pub mod keystore;
 pub mod manifest;
