@@ -417,6 +417,9 @@ impl ThresholdForwarder {
         let message = intent.signing_root;
 
         let (sender, mut receiver) = tokio::sync::mpsc::channel(self.appliances.len().max(1));
+        // Set once the group signature is answered, so a refusal arriving later is still
+        // reported as a divergence.
+        let combined_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let path = format!("/api/v1/eth2/sign/{}", group_key.to_hex());
         for link in &self.appliances {
             let sender = sender.clone();
@@ -424,6 +427,7 @@ impl ThresholdForwarder {
             let path = path.clone();
             let body = body.clone();
             let this = Arc::clone(self);
+            let combined_flag = Arc::clone(&combined_flag);
             tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = ask(&link, &path, body, deadline).await;
@@ -432,9 +436,30 @@ impl ThresholdForwarder {
                     .latency
                     .with_label_values(&[label.as_str()])
                     .observe(started.elapsed().as_secs_f64());
-                // The receiver is gone once a combination was answered: a late partial is
+                let late_refusal = match &outcome {
+                    Outcome::Refused(reason) => {
+                        this.metrics
+                            .refusals
+                            .with_label_values(&[label.as_str()])
+                            .inc();
+                        Some(reason.clone())
+                    }
+                    _ => None,
+                };
+                // The receiver is gone once the request was decided: a late partial is
                 // discarded here.
-                let _ = sender.send((link.index, outcome)).await;
+                if sender.send((link.index, outcome)).await.is_err() {
+                    if let Some(reason) = late_refusal {
+                        if combined_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            tracing::warn!(
+                                group_key = %group_key,
+                                refused = %format!("appliance {}: {reason}", link.index.get()),
+                                "an appliance refused for slashing protection while others signed: \
+                                 their slashing histories now differ"
+                            );
+                        }
+                    }
+                }
             });
         }
         drop(sender);
@@ -464,6 +489,7 @@ impl ThresholdForwarder {
                     upstream: "the combination".to_owned(),
                     detail: e.to_string(),
                 })?;
+                combined_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 self.metrics
                     .combinations
                     .with_label_values(&["combined"])
@@ -593,10 +619,6 @@ impl ThresholdForwarder {
             }
             Outcome::Refused(reason) => {
                 tally.refused += 1;
-                self.metrics
-                    .refusals
-                    .with_label_values(&[label.as_str()])
-                    .inc();
                 (url, "refused", reason)
             }
             Outcome::Unreachable(reason) => {
