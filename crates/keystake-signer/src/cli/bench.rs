@@ -72,6 +72,10 @@ pub struct LoadArgs {
     /// Also sign with keys that are not demo keys (test appliances only).
     #[arg(long)]
     pub allow_non_demo_keys: bool,
+    /// Send the requests to a `connect` forwarder (http://127.0.0.1:PORT) instead of the
+    /// appliance, to measure what the forwarder adds.
+    #[arg(long)]
+    pub forwarder: Option<String>,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -107,6 +111,7 @@ fn load(args: LoadArgs) -> Result<()> {
         csv: args.csv,
         burst: args.burst,
         allow_non_demo_keys: args.allow_non_demo_keys,
+        forwarder: args.forwarder,
     };
     let report = runtime()?.block_on(crate::tools::loadgen::run(
         &config,

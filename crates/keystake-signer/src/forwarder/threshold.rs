@@ -436,6 +436,14 @@ impl ThresholdForwarder {
                     .latency
                     .with_label_values(&[label.as_str()])
                     .observe(started.elapsed().as_secs_f64());
+                // Counted and logged here, whether or not the answer still matters.
+                let fail = |reason: &str| {
+                    this.metrics
+                        .partial_failures
+                        .with_label_values(&[label.as_str(), reason])
+                        .inc();
+                };
+                let url = link.url.as_str();
                 let late_refusal = match &outcome {
                     Outcome::Refused(reason) => {
                         this.metrics
@@ -444,7 +452,17 @@ impl ThresholdForwarder {
                             .inc();
                         Some(reason.clone())
                     }
-                    _ => None,
+                    Outcome::Unreachable(reason) => {
+                        fail("unreachable");
+                        tracing::warn!(appliance = link.index.get(), %url, %reason, "appliance unreachable");
+                        None
+                    }
+                    Outcome::Failed(reason) => {
+                        fail("error");
+                        tracing::warn!(appliance = link.index.get(), %url, %reason, "appliance failed");
+                        None
+                    }
+                    Outcome::Partial(_) => None,
                 };
                 // The receiver is gone once the request was decided: a late partial is
                 // discarded here.
@@ -623,15 +641,9 @@ impl ThresholdForwarder {
             }
             Outcome::Unreachable(reason) => {
                 tally.unreachable += 1;
-                fail("unreachable");
-                tracing::warn!(appliance = index.get(), %url, %reason, "appliance unreachable");
                 (url, "unreachable", reason)
             }
-            Outcome::Failed(reason) => {
-                fail("error");
-                tracing::warn!(appliance = index.get(), %url, %reason, "appliance failed");
-                (url, "failed", reason)
-            }
+            Outcome::Failed(reason) => (url, "failed", reason),
         };
         tally.reports.insert(index, report);
     }
