@@ -765,6 +765,16 @@ struct LodestarRun {
 
 impl LodestarRun {
     fn start(signer: SocketAddr, log: PathBuf) -> LodestarRun {
+        LodestarRun::start_with_slot_time(signer, log, 1)
+    }
+
+    /// As [`LodestarRun::start`] with `seconds_per_slot` (the threshold run signs every duty on
+    /// four appliances and verifies partials: 2 s slots leave it headroom on two shared cores).
+    fn start_with_slot_time(
+        signer: SocketAddr,
+        log: PathBuf,
+        seconds_per_slot: u32,
+    ) -> LodestarRun {
         let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lodestar-e2e");
         let bn_port = free_port();
         let child = Command::new("bash")
@@ -772,7 +782,7 @@ impl LodestarRun {
             .env("SIGNER_URL", format!("http://{signer}"))
             .env("BUILDER", "1")
             .env("FINALIZED_EPOCHS", "3")
-            .env("SECONDS_PER_SLOT", "1")
+            .env("SECONDS_PER_SLOT", seconds_per_slot.to_string())
             .env("VALIDATORS", LODESTAR_VALIDATORS.to_string())
             .env("TIMEOUT_S", LODESTAR_TIMEOUT_S.to_string())
             .env("WORK", &work)
@@ -1215,7 +1225,7 @@ fn lodestar_devnet_finalizes_through_the_threshold_forwarder_with_one_appliance_
     );
     let signer: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
 
-    let mut run = LodestarRun::start(signer, dir.join("lodestar-e2e.log"));
+    let mut run = LodestarRun::start_with_slot_time(signer, dir.join("lodestar-e2e.log"), 2);
     // Mid-chain (past the first epoch's duties): appliance 4 is SIGKILLed and stays down.
     let deadline = Instant::now() + Duration::from_secs(LODESTAR_TIMEOUT_S + 300);
     loop {
