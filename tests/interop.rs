@@ -1123,7 +1123,7 @@ fn lodestar_share_appliance() -> Appliance {
 }
 
 #[test]
-#[ignore = "runs a Lodestar devnet (node, ~1 min); scripts/test.sh runs it"]
+#[ignore = "runs a Lodestar devnet (node, ~2 min); scripts/test.sh runs it"]
 fn lodestar_devnet_finalizes_through_the_threshold_forwarder_with_one_appliance_down() {
     let _serial = LODESTAR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let appliances: Vec<Appliance> = (0..4).map(|_| lodestar_share_appliance()).collect();
