@@ -38,7 +38,6 @@ for i in 1 2 3 4; do
   port=$(free_port); PORTS+=("$port")
   "$BIN" demo --dir "$W/a$i" --listen "127.0.0.1:$port" --no-serve > /dev/null
   "$BIN" enrolment show --config "$W/a$i/signer.toml" > "$W/a$i.pub"
-  start "serve$i" "$BIN" serve --config "$W/a$i/signer.toml"
 done
 id() { local c=$W/a$1/certs; printf 'ca = "%s"\nclient_cert = "%s"\nclient_key = "%s"\n' "$c/ca.pem" "$c/client.pem" "$c/client.key"; }
 
@@ -52,6 +51,7 @@ id() { local c=$W/a$1/certs; printf 'ca = "%s"\nclient_cert = "%s"\nclient_key =
 for i in 1 2 3 4; do
   "$BIN" keys import-share --config "$W/a$i/signer.toml" --package "$W/four/share-$i.pkg" --manifest "$W/four/manifest.json" > /dev/null
 done
+for i in 1 2 3 4; do start "serve$i" "$BIN" serve --config "$W/a$i/signer.toml"; done
 { echo "manifests = [\"$W/one/manifest.json\"]"; printf '[[appliance]]\nindex = 1\nurl = "https://127.0.0.1:%s"\n' "${PORTS[0]}"; id 1; } > "$W/one.toml"
 { echo "manifests = [\"$W/four/manifest.json\"]"
   for i in 1 2 3 4; do printf '[[appliance]]\nindex = %s\nurl = "https://127.0.0.1:%s"\n' "$i" "${PORTS[$((i-1))]}"; id "$i"; done; } > "$W/four.toml"

@@ -400,7 +400,9 @@ impl ThresholdForwarder {
         let arrived = Instant::now();
         let deadline = arrived + self.timeout;
         let group_key: BlsPublicKey = key_text.parse().map_err(|e| {
-            ForwardError::BadRequest(format!("{key_text:?} is not a BLS public key: {e}"))
+            // The path is the client's: quoted and cut short in the answer.
+            let shown: String = key_text.chars().take(100).collect();
+            ForwardError::BadRequest(format!("{shown:?} is not a BLS public key: {e}"))
         })?;
         let validator = self
             .plan
