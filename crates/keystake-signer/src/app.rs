@@ -25,6 +25,7 @@ use rand::RngCore;
 #[cfg(feature = "yubihsm")]
 use crate::config::YubiHsmConnectorSetting;
 use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
+use crate::hsm::check::CheckReport;
 use crate::hsm::enrolment::EnrolmentError;
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::hsm::signing_key::{HsmSigningKey, KeyRole, Pkcs11SigningKey};
@@ -33,7 +34,7 @@ use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
 use crate::net::metrics::Metrics;
-use crate::net::tls::TlsFiles;
+use crate::net::tls::{HsmTlsKey, ServerKey, TlsFiles};
 use crate::service::authz::Authorizer;
 use crate::service::SigningService;
 use crate::store::{Store, StoreOptions};
@@ -61,7 +62,10 @@ pub struct Appliance {
 /// Open everything the configuration names and bind the API listener.
 pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let network = network(config)?;
-    let authorizer = Arc::new(Authorizer::from_config(config.policy_file.as_deref())?);
+    let authorizer = Arc::new(Authorizer::from_config(
+        config.policy_file.as_deref(),
+        config.allow_any_client,
+    )?);
     let store = Arc::new(open_store(config)?);
     if let Some(root) = network.genesis_validators_root {
         // Bind before serving: a request carrying another network's root is then refused from
@@ -74,17 +78,29 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             )
         })?;
     }
+    if network.clock().is_none() {
+        tracing::warn!(
+            network = %network.name,
+            "the network file gives no genesis_time: duties far ahead of the wall clock are NOT refused (a far-future attestation would block its key); add genesis_time to the network file"
+        );
+    }
     let sealer = open_sealer(config)?;
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(
         SigningService::new(store, sealer, network)?
             .with_authorizer(authorizer.clone())
-            .with_observer(metrics.clone()),
+            .with_observer(metrics.clone())
+            .with_future_margin_epochs(
+                config
+                    .slashing
+                    .future_margin_epochs
+                    .unwrap_or(keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS),
+            ),
     );
     let tls = Arc::new(TlsReloader::from_files(TlsFiles {
         ca_cert: config.tls.ca_cert.clone(),
         server_cert: config.tls.server_cert.clone(),
-        server_key: config.tls.server_key.clone(),
+        server_key: server_key(config)?,
         crl: config.tls.crl.clone(),
     })?);
     authorizer.also_reload(tls.clone());
@@ -98,6 +114,24 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         tls,
         listener,
     })
+}
+
+/// The TLS server key: the HSM's `Tls` key unless `[tls] server_key` names a file (opt-out).
+pub fn server_key(config: &Config) -> Result<ServerKey> {
+    match &config.tls.server_key {
+        Some(path) => {
+            tracing::warn!(
+                file = %path.display(),
+                "the TLS server key is a file ([tls] server_key): whoever reads it can \
+                 impersonate this appliance; remove the setting to use the key in the HSM"
+            );
+            Ok(ServerKey::File(path.clone()))
+        }
+        None => Ok(ServerKey::Hsm(HsmTlsKey(open_signing_key(
+            config,
+            KeyRole::Tls,
+        )?))),
+    }
 }
 
 /// Run the appliance until SIGINT or SIGTERM.
@@ -369,6 +403,30 @@ pub fn open_signing_key_with(
     Ok(Arc::new(key))
 }
 
+/// `hsm check`: ask the configured HSM about every mechanism the appliance needs.
+pub fn hsm_check(config: &Config) -> Result<CheckReport> {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => crate::hsm::check::check_pkcs11(&pkcs11_config(section))
+            .with_context(|| format!("asking HSM token {:?}", section.token_label)),
+        HsmSection::YubiHsm(section) => yubihsm_check(section),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_check(section: &YubiHsmSection) -> Result<CheckReport> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
+    let query =
+        crate::hsm::check::YubiHsmAlgorithms::from_client(sealer.client(), sealer.describe())?;
+    Ok(CheckReport::run(&query)?)
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn yubihsm_check(_: &YubiHsmSection) -> Result<CheckReport> {
+    Err(without_yubihsm_feature())
+}
+
 /// The PKCS#11 settings of the enrolment key, which only that backend has.
 fn enrolment_token(config: &Config) -> Result<&Pkcs11Section, EnrolmentError> {
     match &config.hsm {
@@ -395,12 +453,36 @@ pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
 /// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
 pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
     let section = enrolment_token(config)?;
+    check_ephemeral_point(&package.ephemeral_public_key)?;
     let pin = config::read_secret_file(&section.user_pin_file)?;
     Ok(crate::hsm::enrolment::open_package(
         &pkcs11_config(section),
         &pin,
         package,
     )?)
+}
+
+/// Refuse a share package whose ephemeral key is not a point of P-256 before the token derives
+/// with it (issue 17): ECDH with an attacker's off-curve point is the invalid-curve attack on the
+/// enrolment private key — each accepted or refused decryption would leak part of it — and not
+/// every token validates the peer point. ring validates it fully (on the curve, not the point at
+/// infinity; P-256 has cofactor 1) before any agreement, so a throwaway agreement is the check.
+fn check_ephemeral_point(point: &EnrolmentPublicKey) -> Result<()> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
+    let rng = ring::rand::SystemRandom::new();
+    let throwaway = EphemeralPrivateKey::generate(&ECDH_P256, &rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key to check the package"))?;
+    agree_ephemeral(
+        throwaway,
+        &UnparsedPublicKey::new(&ECDH_P256, point.as_sec1()),
+        |_| (),
+    )
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the share package's ephemeral key is not a valid P-256 point; refusing to let the \
+             token derive with it (forged or damaged package)"
+        )
+    })
 }
 
 /// The network the configuration selects.
@@ -582,12 +664,13 @@ mod tests {
             tls: TlsSection {
                 ca_cert: dir.join("ca.pem"),
                 server_cert: dir.join("server.pem"),
-                server_key: dir.join("server.key"),
+                server_key: Some(dir.join("server.key")),
                 crl: None,
             },
             hsm,
             client: None,
             policy_file: None,
+            allow_any_client: false,
             metrics_listen: None,
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),
