@@ -765,6 +765,16 @@ struct LodestarRun {
 
 impl LodestarRun {
     fn start(signer: SocketAddr, log: PathBuf) -> LodestarRun {
+        LodestarRun::start_with_slot_time(signer, log, 1)
+    }
+
+    /// As [`LodestarRun::start`] with `seconds_per_slot` (the threshold run signs every duty on
+    /// four appliances and verifies partials: 2 s slots leave it headroom on two shared cores).
+    fn start_with_slot_time(
+        signer: SocketAddr,
+        log: PathBuf,
+        seconds_per_slot: u32,
+    ) -> LodestarRun {
         let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lodestar-e2e");
         let bn_port = free_port();
         let child = Command::new("bash")
@@ -772,7 +782,7 @@ impl LodestarRun {
             .env("SIGNER_URL", format!("http://{signer}"))
             .env("BUILDER", "1")
             .env("FINALIZED_EPOCHS", "3")
-            .env("SECONDS_PER_SLOT", "1")
+            .env("SECONDS_PER_SLOT", seconds_per_slot.to_string())
             .env("VALIDATORS", LODESTAR_VALIDATORS.to_string())
             .env("TIMEOUT_S", LODESTAR_TIMEOUT_S.to_string())
             .env("WORK", &work)
@@ -1093,4 +1103,185 @@ fn lodestar_devnet_finalizes_across_an_appliance_restart_without_slashable_signa
     }
     assert_history_for_every_validator(&after);
     assert_nothing_slashable(&after);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Lodestar devnet through the threshold forwarder (issue 18): every interop key split 3-of-4.
+
+/// A devnet appliance without keys (the network file as in [`lodestar_appliance`]).
+fn lodestar_share_appliance() -> Appliance {
+    let appliance = Appliance::create();
+    std::fs::write(appliance.path().join("devnet.toml"), LODESTAR_DEVNET).unwrap();
+    let config = std::fs::read_to_string(&appliance.config).unwrap();
+    let config = config.replacen(
+        "network = \"mainnet\"",
+        "network = \"mainnet\"\nnetwork_config_file = \"devnet.toml\"",
+        1,
+    );
+    std::fs::write(&appliance.config, config).unwrap();
+    appliance
+}
+
+#[test]
+#[ignore = "runs a Lodestar devnet (node, ~2 min); scripts/test.sh runs it"]
+fn lodestar_devnet_finalizes_through_the_threshold_forwarder_with_one_appliance_down() {
+    let _serial = LODESTAR_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let appliances: Vec<Appliance> = (0..4).map(|_| lodestar_share_appliance()).collect();
+    let dealer = tempfile::tempdir().unwrap();
+    let dir = dealer.path();
+    let mut enrolment_args = Vec::new();
+    for (i, appliance) in appliances.iter().enumerate() {
+        let file = dir.join(format!("appliance-{}.pub", i + 1));
+        std::fs::write(&file, appliance.cli_ok(&["enrolment", "show"], &[])).unwrap();
+        enrolment_args.extend(["--enrolment-key".to_owned(), file.display().to_string()]);
+    }
+    // Each interop key split 3-of-4; share i goes to appliance i.
+    let keystores = harness_dir().join("keystores");
+    let mut manifests = Vec::new();
+    for key in 0..LODESTAR_VALIDATORS {
+        let out = dir.join(format!("split-{key}"));
+        let mut args = vec![
+            "split".to_owned(),
+            "--keystore".into(),
+            keystores
+                .join(format!("interop-{key}.json"))
+                .display()
+                .to_string(),
+            "--password-file".into(),
+            keystores
+                .join(format!("interop-{key}.pass"))
+                .display()
+                .to_string(),
+            "--threshold".into(),
+            "3".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        args.extend(enrolment_args.iter().cloned());
+        run_ok(&args);
+        let manifest = out.join("manifest.json");
+        for (i, appliance) in appliances.iter().enumerate() {
+            let package = out.join(format!("share-{}.pkg", i + 1));
+            appliance.cli_ok(
+                &["keys", "import-share"],
+                &[
+                    "--package",
+                    package.to_str().unwrap(),
+                    "--manifest",
+                    manifest.to_str().unwrap(),
+                ],
+            );
+        }
+        manifests.push(manifest);
+    }
+    let mut servers: Vec<(Process, SocketAddr)> = appliances
+        .iter()
+        .enumerate()
+        .map(|(i, appliance)| {
+            start_appliance(
+                appliance,
+                "127.0.0.1:0",
+                appliance.path().join(format!("serve-{}.log", i + 1)),
+            )
+        })
+        .collect();
+
+    // The cluster file: the eight manifests, the devnet, one entry per appliance (own CA each).
+    std::fs::write(dir.join("devnet.toml"), LODESTAR_DEVNET).unwrap();
+    let mut cluster = format!(
+        "manifests = {:?}\nnetwork_config_file = \"devnet.toml\"\n",
+        manifests
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    for (i, (appliance, (_, address))) in appliances.iter().zip(&servers).enumerate() {
+        let certs = appliance.certs();
+        cluster += &format!(
+            "\n[[appliance]]\nindex = {}\nurl = \"https://{address}\"\nca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            i + 1,
+            certs.join("ca.pem").display().to_string(),
+            certs.join("client.pem").display().to_string(),
+            certs.join("client.key").display().to_string(),
+        );
+    }
+    let cluster_path = dir.join("cluster.toml");
+    std::fs::write(&cluster_path, cluster).unwrap();
+    let mut command = Command::new(BIN);
+    command.args([
+        "connect",
+        "--cluster",
+        cluster_path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--timeout-secs",
+        "2",
+    ]);
+    let (forwarder, rest) = Process::spawn(
+        command,
+        dir.join("forwarder.log"),
+        "info",
+        "forwarding on http://",
+    );
+    let signer: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+
+    let mut run = LodestarRun::start_with_slot_time(signer, dir.join("lodestar-e2e.log"), 2);
+    // Mid-chain (past the first epoch's duties): appliance 4 is SIGKILLed and stays down.
+    let deadline = Instant::now() + Duration::from_secs(LODESTAR_TIMEOUT_S + 300);
+    loop {
+        if run.head_slot().is_some_and(|slot| slot >= 12) {
+            break;
+        }
+        assert!(
+            !run.exited(),
+            "lodestar-e2e.sh ended before slot 12:\n{}\n{}",
+            run.output(),
+            forwarder.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "chain never reached slot 12:\n{}",
+            run.output()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    servers[3].0.kill();
+    let output = run.finish();
+    println!("{}", output.lines().last().unwrap_or_default());
+
+    let log = forwarder.log_text();
+    assert!(
+        log.contains("appliance unreachable") && log.contains("appliance=4"),
+        "the dead appliance went unnoticed:\n{log}"
+    );
+    assert!(
+        !log.contains("no signature"),
+        "a duty was not signed:\n{log}"
+    );
+    // The three survivors signed every kind of duty; nothing slashable anywhere.
+    let logs: Vec<String> = servers[..3].iter().map(|(p, _)| p.log_text()).collect();
+    let kinds = signed_kinds(&logs);
+    for duty in LODESTAR_DUTIES {
+        assert!(
+            kinds.contains_key(duty),
+            "{duty} never signed; signed: {kinds:?}"
+        );
+    }
+    // Every survivor holds history for every validator; the killed one whatever it signed before
+    // the kill (a validator whose first duty came later has none there). No database, the
+    // killed one's included, holds a slashable pair.
+    for (i, appliance) in appliances.iter().enumerate() {
+        let histories = read_histories(appliance);
+        if i < 3 {
+            assert_history_for_every_validator(&histories);
+        } else {
+            let attestations: usize = histories.values().map(|h| h.attestations.len()).sum();
+            assert!(
+                attestations > 0,
+                "the killed appliance signed nothing before the kill"
+            );
+        }
+        assert_nothing_slashable(&histories);
+    }
+    drop(servers);
 }

@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod custody;
 mod e2e;
+mod forwarder_threshold;
 mod grpc;
 mod hsm;
 mod interop;

@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod bls;
 pub mod clock;
+pub mod cluster;
 pub mod consensus;
 pub mod keystore;
 pub mod manifest;

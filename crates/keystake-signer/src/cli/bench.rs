@@ -80,6 +80,10 @@ pub struct LoadArgs {
     /// The appliance's process id, for its CPU time (default: the pid its /healthcheck reports).
     #[arg(long)]
     pub appliance_pid: Option<u32>,
+    /// Send the requests to a `connect` forwarder (http://127.0.0.1:PORT) instead of the
+    /// appliance, to measure what the forwarder adds.
+    #[arg(long)]
+    pub forwarder: Option<String>,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -117,6 +121,7 @@ fn load(args: LoadArgs) -> Result<()> {
         allow_non_demo_keys: args.allow_non_demo_keys,
         mix: args.mix,
         appliance_pid: args.appliance_pid,
+        forwarder: args.forwarder,
     };
     let report = runtime()?.block_on(crate::tools::loadgen::run(
         &config,

@@ -2,7 +2,12 @@
 //! statuses and JSON error bodies (`{"error": …}`, as the appliance answers): the appliance down
 //! or unreachable is temporary (503), a certificate refused either way or a broken exchange is a
 //! gateway fault (502), no answer in time is 504, an oversized body 413, a request that cannot
-//! be forwarded as it is 400. The forwarder never answers with the appliance's error types.
+//! be forwarded as it is 400, a web page or a DNS-rebinding host 403. The threshold forwarder
+//! adds 404 (no such validator or endpoint) and its verdicts when no combination was possible:
+//! 412 (too many slashing refusals), 503 (too few appliances answered), 502 (a mix without
+//! unreachable appliances), each with every appliance's outcome in the body (`appliances`) and
+//! the invalid partials' indices in `X-KeyStake-Culprits`. The forwarder never answers with the
+//! appliance's error types.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -11,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
 
+use super::threshold::Verdict;
 use crate::net::client::{ClientError, FailureKind};
 
 /// Why one request could not be forwarded. Statuses: [`forward_status`].
@@ -36,6 +42,33 @@ pub enum ForwardError {
     BodyTooLarge { limit: usize },
     #[error("cannot forward the request: {0}")]
     BadRequest(String),
+    #[error("refused: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{}", .0.summary)]
+    NotCombined(Box<NotCombined>),
+}
+
+/// Why the threshold forwarder could not combine, appliance by appliance.
+#[derive(Debug)]
+pub struct NotCombined {
+    pub verdict: Verdict,
+    /// One line naming every appliance that did not contribute and why.
+    pub summary: String,
+    pub appliances: Vec<ApplianceReport>,
+    /// Share indices whose partials did not verify.
+    pub culprits: Vec<u32>,
+}
+
+/// One appliance's outcome for one request.
+#[derive(Debug, serde::Serialize)]
+pub struct ApplianceReport {
+    pub index: u32,
+    pub url: String,
+    /// `signed`, `refused`, `unreachable`, `invalid_partial`, `failed` or `not_awaited`.
+    pub outcome: &'static str,
+    pub detail: String,
 }
 
 impl ForwardError {
@@ -44,7 +77,10 @@ impl ForwardError {
     pub fn is_upstream(&self) -> bool {
         !matches!(
             self,
-            ForwardError::BodyTooLarge { .. } | ForwardError::BadRequest(_)
+            ForwardError::BodyTooLarge { .. }
+                | ForwardError::BadRequest(_)
+                | ForwardError::Forbidden(_)
+                | ForwardError::NotFound(_)
         )
     }
 
@@ -85,6 +121,9 @@ impl ForwardError {
             ForwardError::Broken { .. } => "upstream exchange failed",
             ForwardError::BodyTooLarge { .. } => "request body too large",
             ForwardError::BadRequest(_) => "request cannot be forwarded",
+            ForwardError::Forbidden(_) => "browser request refused",
+            ForwardError::NotFound(_) => "not found",
+            ForwardError::NotCombined(_) => "no combination",
         }
     }
 }
@@ -99,12 +138,39 @@ pub fn forward_status(error: &ForwardError) -> StatusCode {
         ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         ForwardError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ForwardError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ForwardError::NotFound(_) => StatusCode::NOT_FOUND,
+        ForwardError::NotCombined(not) => match not.verdict {
+            Verdict::SlashingRefused => StatusCode::PRECONDITION_FAILED,
+            Verdict::Unavailable
+            | Verdict::Mixed {
+                any_unreachable: true,
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Verdict::Mixed {
+                any_unreachable: false,
+            } => StatusCode::BAD_GATEWAY,
+        },
     }
 }
 
 impl IntoResponse for ForwardError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.to_string() });
-        (forward_status(&self), Json(body)).into_response()
+        let status = forward_status(&self);
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        let mut culprits = None;
+        if let ForwardError::NotCombined(not) = &self {
+            body["appliances"] = serde_json::json!(not.appliances);
+            if !not.culprits.is_empty() {
+                let list: Vec<String> = not.culprits.iter().map(u32::to_string).collect();
+                culprits = http::HeaderValue::from_str(&list.join(",")).ok();
+            }
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Some(value) = culprits {
+            response
+                .headers_mut()
+                .insert(super::threshold::CULPRITS_HEADER, value);
+        }
+        response
     }
 }

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cluster;
 mod error;
+pub mod threshold;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
@@ -35,7 +37,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpListener;
 
-pub use self::error::{forward_status, ForwardError};
+pub use self::error::{forward_status, ApplianceReport, ForwardError, NotCombined};
 use crate::net::client::{ClientError, FailureKind, MtlsClient};
 use crate::net::tls::{self, TlsError};
 
@@ -85,6 +87,8 @@ pub enum ForwarderError {
     Tls(#[from] TlsError),
     #[error("invalid upstream: {0}")]
     Upstream(ClientError),
+    #[error("cluster file refused: {0}")]
+    Cluster(String),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -112,6 +116,63 @@ pub fn check_listen_address(
     } else {
         Err(ForwarderError::NonLoopback(address))
     }
+}
+
+/// Refuse what a web page (or a DNS-rebinding attack) can send to a loopback port but a validator
+/// client never does: any `Origin` header (browsers add it to cross-origin and POST requests), and
+/// a `Host` that is not a loopback name or address (a rebinding page reaches 127.0.0.1 under its
+/// own host name). A forced non-loopback listener also accepts its own address as the host. A
+/// request without `Host` (HTTP/1.0) cannot come from a browser and passes.
+pub fn check_browser_headers(headers: &HeaderMap, listen: SocketAddr) -> Result<(), ForwardError> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        let origin: String = origin.chars().take(100).collect();
+        return Err(ForwardError::Forbidden(format!(
+            "a request with an Origin header ({origin:?}) comes from a web page; validator              clients send none"
+        )));
+    }
+    for host in headers.get_all(header::HOST) {
+        let text = host.to_str().unwrap_or("");
+        if !is_local_host(text, listen) {
+            let shown: String = String::from_utf8_lossy(host.as_bytes())
+                .chars()
+                .take(100)
+                .collect();
+            return Err(ForwardError::Forbidden(format!(
+                "Host {shown:?} is not a loopback name or address (DNS rebinding?); use                  127.0.0.1, [::1] or localhost"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` names loopback (`localhost`, 127.0.0.0/8, `[::1]`) or the listen address itself.
+fn is_local_host(text: &str, listen: SocketAddr) -> bool {
+    let host = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, after)) if after.is_empty() || after.starts_with(':') => inside,
+            _ => return false,
+        },
+        None => text.rsplit_once(':').map_or(text, |(host, _port)| host),
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback() || ip == listen.ip(),
+        Err(_) => false,
+    }
+}
+
+/// The loud warning of a forced non-loopback listener (stderr and log).
+pub(crate) fn warn_non_loopback(address: SocketAddr) {
+    let warning = format!(
+        "WARNING: the forwarder listens on {address}, which is NOT a loopback address. Anyone \
+         who can reach it can have the appliances sign with this host's client certificate, \
+         without any authentication. Restrict it with a firewall or use 127.0.0.1."
+    );
+    eprintln!("{warning}");
+    tracing::warn!("{warning}");
 }
 
 /// The headers of `headers` that may cross this hop, as text (values must be visible ASCII).
@@ -145,6 +206,8 @@ pub fn end_to_end_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, 
 pub struct Forwarder {
     client: MtlsClient,
     upstream: String,
+    /// The address listened on, for the Host check.
+    listen: SocketAddr,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -163,7 +226,11 @@ impl Forwarder {
         let client = MtlsClient::new(tls, &upstream)
             .map_err(ForwarderError::Upstream)?
             .with_timeout(options.timeout);
-        Ok(Forwarder { client, upstream })
+        Ok(Forwarder {
+            client,
+            upstream,
+            listen: options.listen,
+        })
     }
 
     pub fn upstream(&self) -> &str {
@@ -217,6 +284,7 @@ impl Forwarder {
 
     /// Forward one request and return the appliance's answer (status, end-to-end headers, body).
     pub async fn forward(&self, request: Request<Body>) -> Result<Response<Body>, ForwardError> {
+        check_browser_headers(request.headers(), self.listen)?;
         let (parts, body) = request.into_parts();
         let path = parts
             .uri
@@ -319,7 +387,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ForwarderError> {
     let exposure = check_listen_address(options.listen, options.allow_non_loopback)?;
-    let forwarder = Arc::new(Forwarder::new(options)?);
+    let mut forwarder = Forwarder::new(options)?;
     let listener =
         TcpListener::bind(options.listen)
             .await
@@ -333,14 +401,10 @@ pub async fn run(
             address: options.listen,
             source,
         })?;
+    forwarder.listen = address;
+    let forwarder = Arc::new(forwarder);
     if exposure == Exposure::NonLoopbackForced {
-        let warning = format!(
-            "WARNING: the forwarder listens on {address}, which is NOT a loopback address. Anyone \
-             who can reach it can have the appliance sign with this host's client certificate, \
-             without any authentication. Restrict it with a firewall or use 127.0.0.1."
-        );
-        eprintln!("{warning}");
-        tracing::warn!("{warning}");
+        warn_non_loopback(address);
     }
     tracing::info!(%address, upstream = forwarder.upstream(), "forwarding plain HTTP to the appliance over mutual TLS");
     match forwarder.probe().await {
@@ -409,6 +473,49 @@ mod tests {
         copy_end_to_end(&headers, &mut response);
         assert_eq!(response.len(), 2);
         assert!(response.contains_key("accept") && response.contains_key("content-type"));
+    }
+
+    #[test]
+    fn web_pages_and_rebinding_hosts_are_refused() {
+        let listen: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let with = |name: &'static str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            check_browser_headers(&headers, listen)
+        };
+        for ok in [
+            "127.0.0.1:9000",
+            "127.0.0.1",
+            "localhost:9000",
+            "LOCALHOST",
+            "[::1]:9000",
+            "127.1.2.3:1",
+        ] {
+            assert!(with("host", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9000",
+            "192.0.2.1:9000",
+            "[::1",
+            "[2001:db8::1]:9000",
+            "localhost.evil.example",
+        ] {
+            assert!(
+                matches!(with("host", bad), Err(ForwardError::Forbidden(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            with("origin", "null"),
+            Err(ForwardError::Forbidden(_))
+        ));
+        assert!(check_browser_headers(&HeaderMap::new(), listen).is_ok());
+        // A forced non-loopback listener accepts its own address.
+        let exposed: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "192.0.2.1:9000".parse().unwrap());
+        assert!(check_browser_headers(&headers, exposed).is_ok());
     }
 
     #[test]

@@ -251,6 +251,48 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// [`client_config`] with the client identity taken from a PKCS#12 file (`identity`, its key and
+/// chain, as `certs generate` writes them for Lighthouse and Teku) opened with the password in
+/// `password_file` (one line; a trailing newline is ignored).
+pub fn client_config_pkcs12(
+    ca_cert: &Path,
+    identity: &Path,
+    password_file: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_certs = load_certificates(ca_cert, "CA certificate")?;
+    let roots = root_store(ca_cert, &ca_certs)?;
+    let data = read_file(identity, "PKCS#12 client identity")?;
+    let password = Zeroizing::new(read_file(password_file, "PKCS#12 password file")?);
+    let password = std::str::from_utf8(&password).map_err(|_| TlsError::BadPrivateKey {
+        path: password_file.to_path_buf(),
+        reason: "the password file is not UTF-8".to_string(),
+    })?;
+    let password = secrecy::SecretString::from(password.trim_end_matches(['\r', '\n']));
+    let read = crate::net::pki::pkcs12::read_client_identity(&data, &password).map_err(|err| {
+        TlsError::BadPrivateKey {
+            path: identity.to_path_buf(),
+            reason: err.to_string(),
+        }
+    })?;
+    if read.chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what: "PKCS#12 client identity",
+            path: identity.to_path_buf(),
+        });
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        read.chain.into_iter().map(CertificateDer::from).collect();
+    let key = PrivateKeyDer::Pkcs8(read.key_pkcs8.to_vec().into());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|err| key_error(err, identity, identity))?;
+    Ok(Arc::new(config))
+}
+
 /// The service's client identity, read here from the certificate the TLS layer verified.
 pub use crate::service::authz::ClientIdentity;
 

@@ -16,6 +16,12 @@
 //! signature ÷ the appliance's — a figure that does not depend on the load generator sharing
 //! the cores.
 //!
+//! Targets: the appliance over mutual TLS (default), or with `--forwarder http://127.0.0.1:PORT`
+//! a `connect` forwarder (single-appliance or threshold) over plain loopback HTTP, so the
+//! forwarder's added latency is measured with the same requests (docs/performance.md). Against a
+//! threshold forwarder the keys are group keys whose origin cannot be checked: the run refuses
+//! unless `--allow-non-demo-keys`.
+//!
 //! Two modes: max-throughput (each connection sends its next request when the previous answer
 //! arrives) and fixed-rate (an open-loop schedule; latency is measured from the moment a request
 //! is due — including any wait for a free connection, so a stalled server cannot hide its
@@ -31,7 +37,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 
 use crate::config::Config;
-use crate::net::client::MtlsClient;
+use crate::net::client::{MtlsClient, Response};
 use crate::net::tls;
 use keystake_core::bls;
 use keystake_core::types::BlsPublicKey;
@@ -63,6 +69,8 @@ pub struct LoadOptions {
     pub mix: Mix,
     /// The appliance's process id for its CPU time (default: the `pid` of its `/healthcheck`).
     pub appliance_pid: Option<u32>,
+    /// `http://127.0.0.1:PORT` of a `connect` forwarder to send the requests to instead.
+    pub forwarder: Option<String>,
 }
 
 /// What the load consists of.
@@ -73,6 +81,66 @@ pub enum Mix {
     Distinct,
     /// Slot-structured mainnet duties of an operator with `--keys` keys.
     Mainnet,
+}
+
+/// Where requests go: the appliance over mutual TLS, or a loopback forwarder over plain HTTP.
+#[derive(Clone)]
+enum Target {
+    Mtls(MtlsClient),
+    Plain {
+        http: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+        base: String,
+    },
+}
+
+impl Target {
+    fn plain(base: &str) -> Result<Self> {
+        if !base.starts_with("http://") {
+            bail!("--forwarder must be an http:// URL (the forwarder's loopback listener)");
+        }
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(Target::Plain {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Response> {
+        match self {
+            Target::Mtls(client) => Ok(client.request(method, path, headers, body).await?),
+            Target::Plain { http, base } => {
+                use http_body_util::BodyExt;
+                let mut request = http::Request::builder()
+                    .method(method)
+                    .uri(format!("{base}{path}"));
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.unwrap_or_default(),
+                )))?;
+                let response = http.request(request).await?;
+                let (parts, body) = response.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok(Response {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body,
+                })
+            }
+        }
+    }
 }
 
 /// The figures of one run.
@@ -269,7 +337,7 @@ struct Sample {
 /// Send one request and record it as a sample: `send_offset` is when it was due (from the run's
 /// start), and its latency counts from `counted_from` until the answer.
 async fn send_and_record(
-    client: &MtlsClient,
+    client: &Target,
     source: &Source,
     send_offset: Duration,
     counted_from: Instant,
@@ -284,7 +352,7 @@ async fn send_and_record(
     });
 }
 
-async fn send(client: &MtlsClient, source: &Source) -> (u16, &'static str) {
+async fn send(client: &Target, source: &Source) -> (u16, &'static str) {
     let (path, body, kind) = source.next();
     let status = match client
         .request(
@@ -305,7 +373,7 @@ async fn send(client: &MtlsClient, source: &Source) -> (u16, &'static str) {
 }
 
 /// Refuse to load keys that are not demo keys: the tool signs arbitrary messages with them.
-async fn refuse_real_keys(probe: &MtlsClient, keys: &[BlsPublicKey]) -> Result<()> {
+async fn refuse_real_keys(probe: &Target, keys: &[BlsPublicKey]) -> Result<()> {
     let response = probe
         .request(http::Method::GET, "/api/v1/keystake/keys", &[], None)
         .await?;
@@ -361,7 +429,14 @@ pub async fn run(
         };
         format!("https://{host}:{}", addr.port())
     });
-    let probe = MtlsClient::new(tls.clone(), &url)?;
+    let target = |url: &str| -> Result<Target> {
+        match &options.forwarder {
+            Some(forwarder) => Target::plain(forwarder),
+            None => Ok(Target::Mtls(MtlsClient::new(tls.clone(), url)?)),
+        }
+    };
+    let url = options.forwarder.clone().unwrap_or(url);
+    let probe = target(&url)?;
     let keys_response = probe
         .request(http::Method::GET, "/api/v1/eth2/publicKeys", &[], None)
         .await
@@ -433,8 +508,8 @@ pub async fn run(
         Mix::Mainnet => Source::Mainnet(super::mainnet_mix::SlotMix::new(&keys, &gvr)),
     });
     // One client (one keep-alive connection) per simulated connection.
-    let clients: Vec<MtlsClient> = (0..options.connections.max(1))
-        .map(|_| MtlsClient::new(tls.clone(), &url))
+    let clients: Vec<Target> = (0..options.connections.max(1))
+        .map(|_| target(&url))
         .collect::<Result<_, _>>()?;
     // Warm-up: open every connection (handshakes are not what we measure).
     for client in &clients {
@@ -621,7 +696,7 @@ pub async fn run(
 }
 
 /// The appliance's process id from its `/healthcheck` (`pid`), when it gives one.
-async fn appliance_pid(probe: &MtlsClient) -> Option<u32> {
+async fn appliance_pid(probe: &Target) -> Option<u32> {
     let response = probe
         .request(http::Method::GET, "/healthcheck", &[], None)
         .await

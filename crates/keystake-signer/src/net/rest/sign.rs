@@ -72,7 +72,7 @@ async fn key_infos(
 
 /// Web3Signer's Accept rule: JSON when the client accepts `application/json` or `*/*`,
 /// otherwise the bare hex signature as text.
-fn wants_json(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
