@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod bls;
 pub mod consensus;
+pub mod dkg;
 pub mod keystore;
 pub mod manifest;
 pub mod policy;
