@@ -33,6 +33,7 @@ mod deal;
 mod definition;
 mod encoding;
 mod evidence;
+mod local;
 mod lock;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,7 @@ pub use ceremony::{
     Reveal, SignedMessage, PHASES,
 };
 pub use encoding::SeedStream;
+pub use local::{local_setup, run_local, LocalParty};
 
 use crate::types::ShareIndex;
 
