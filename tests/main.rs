@@ -14,6 +14,7 @@ mod interop;
 mod keymanager_api;
 mod metrics;
 mod operator_api;
+mod perf;
 mod security_access;
 mod slashing;
 mod threshold;

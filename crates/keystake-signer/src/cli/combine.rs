@@ -202,6 +202,7 @@ pub fn combine(args: &CombineArgs) -> Result<Combined> {
         signing_root.as_bytes(),
         &partials,
         !args.optimistic,
+        &mut rand::rngs::OsRng,
     )
     .map_err(|source| CombineFailure { source }.into())
 }
