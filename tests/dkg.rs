@@ -370,6 +370,7 @@ async fn four_appliances_generate_ten_validators_and_sign_with_them() {
             signing_root.as_bytes(),
             &partials[..3],
             true,
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
         assert!(combined.culprits.is_empty());

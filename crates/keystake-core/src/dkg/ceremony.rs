@@ -1158,6 +1158,7 @@ impl Ceremony {
             .ok_or(DkgError::Definition("unknown network".into()))?;
         let mut validators = Vec::with_capacity(v_count);
         let mut bad: BTreeMap<ParticipantIndex, String> = BTreeMap::new();
+        let mut weights = super::encoding::SeedStream::new(&self.seed, b"finish-batch-weights");
         for (v, pv) in prepared.validators.iter().enumerate() {
             let keys: BTreeMap<ShareIndex, BlsPublicKey> = self
                 .definition
@@ -1167,9 +1168,17 @@ impl Ceremony {
             let mut combine = |message: &[u8], pick: &dyn Fn(&FinishBody) -> BlsSignature| {
                 let partials: Vec<(ShareIndex, BlsSignature)> =
                     finishes.iter().map(|(s, f, _)| (*s, pick(f))).collect();
-                let verified = batch_verify(&keys, message, &partials);
-                let result =
-                    threshold::combine(t, &keys, &pv.commitments[0], message, &partials, !verified);
+                // Every partial and the result in one randomized check (weights from this
+                // participant's secret seed stream: unpredictable to the others).
+                let result = threshold::combine(
+                    t,
+                    &keys,
+                    &pv.commitments[0],
+                    message,
+                    &partials,
+                    true,
+                    &mut weights,
+                );
                 match result {
                     Ok(combined) => {
                         for culprit in &combined.culprits {
@@ -1249,46 +1258,4 @@ impl Ceremony {
         lock::verify_lock(&lock)?;
         Ok(Some(lock))
     }
-}
-
-/// One randomized check of all partials of one message: `Σ r_j·σ_j` verifies under
-/// `Σ r_j·P_j` (the `r_j` are 128-bit, derived from the partials themselves, so a cheater
-/// cannot choose partials that cancel out). `false` means: check them one by one.
-fn batch_verify(
-    keys: &BTreeMap<ShareIndex, BlsPublicKey>,
-    message: &[u8],
-    partials: &[(ShareIndex, BlsSignature)],
-) -> bool {
-    let mut transcript = Vec::with_capacity(partials.len() * 100 + message.len());
-    transcript.extend_from_slice(message);
-    for (index, signature) in partials {
-        transcript.extend_from_slice(&index.get().to_be_bytes());
-        transcript.extend_from_slice(signature.as_bytes());
-    }
-    let seed = sha256(&transcript);
-    let mut points = Vec::with_capacity(partials.len());
-    let mut signatures = Vec::with_capacity(partials.len());
-    let mut weights = Vec::with_capacity(partials.len());
-    for (index, signature) in partials {
-        let Some(key) = keys.get(index) else {
-            return false;
-        };
-        let mut bytes = [0u8; 32];
-        bytes[16..]
-            .copy_from_slice(&sha256(&[&seed[..], &index.get().to_be_bytes()].concat())[..16]);
-        bytes[16] |= 0x80;
-        let Some(weight) = Scalar::from_be_bytes_canonical(&bytes) else {
-            return false;
-        };
-        points.push(*key);
-        signatures.push(*signature);
-        weights.push(weight);
-    }
-    let (Ok(key), Ok(signature)) = (
-        bls::g1_linear_combination(&points, &weights),
-        bls::g2_linear_combination(&signatures, &weights),
-    ) else {
-        return false;
-    };
-    bls::verify(&key, message, &signature)
 }

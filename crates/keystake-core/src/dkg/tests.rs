@@ -248,6 +248,7 @@ fn check_subsets(results: &[Success], t: u32, validator: usize, max_subsets: usi
             message,
             &subset,
             false,
+            &mut StdRng::seed_from_u64(mask as u64),
         )
         .unwrap();
         assert!(bls::verify(&group, message, &combined.signature));
