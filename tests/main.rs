@@ -6,6 +6,7 @@ mod authz;
 mod common;
 mod conformance;
 mod custody;
+mod dkg;
 mod e2e;
 mod forwarder_threshold;
 mod grpc;

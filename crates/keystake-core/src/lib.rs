@@ -19,6 +19,7 @@ pub mod bls;
 pub mod clock;
 pub mod cluster;
 pub mod consensus;
+pub mod dkg;
 pub mod keystore;
 pub mod manifest;
 pub mod policy;

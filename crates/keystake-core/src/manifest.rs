@@ -600,7 +600,7 @@ pub fn duplicates(indices: impl IntoIterator<Item = ShareIndex>) -> Vec<ShareInd
 }
 
 /// `0x` hex for variable-length public byte strings.
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
