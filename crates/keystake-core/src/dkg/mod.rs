@@ -35,6 +35,9 @@ mod encoding;
 mod evidence;
 mod local;
 mod lock;
+mod reshare;
+#[cfg(test)]
+mod reshare_tests;
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +52,12 @@ pub use evidence::{Abort, Blame, Evidence, Fault};
 pub use lock::{
     deposit_data_entries, verify_deposit_data, verify_lock, DepositDataEntry, Lock, LockDeposit,
     LockHash, LockValidator, ParticipantSignature, DEPOSIT_CLI_VERSION, LOCK_FORMAT,
+};
+
+pub use reshare::{
+    reshare_message_digest, verify_reshared_lock, IgnoredReport, OldHolding, Reshare, ReshareBody,
+    ReshareDealing, ReshareDefinition, ReshareFinish, ReshareStep, ReshareSuccess, Role, Seat,
+    SlashingMaxima, RESHARE_DEFINITION_FORMAT, SLASHING_MARGIN_EPOCHS,
 };
 
 pub use ceremony::{
