@@ -198,7 +198,7 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         assert_eq!(
             listed.trim(),
             format!(
-                "{} active share {index}/4 threshold 3 group {group_key}",
+                "{} active share {index}/4 threshold 3 group {group_key} split",
                 share_keys[i]
             )
         );

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "../../proto/keystake/v1/signer.proto",
         "../../proto/keystake/v1/admin.proto",
+        "../../proto/keystake/v1/dkg.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

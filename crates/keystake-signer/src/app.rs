@@ -80,12 +80,20 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             .with_authorizer(authorizer.clone())
             .with_observer(metrics.clone()),
     );
-    let tls = Arc::new(TlsReloader::from_files(TlsFiles {
-        ca_cert: config.tls.ca_cert.clone(),
-        server_cert: config.tls.server_cert.clone(),
-        server_key: config.tls.server_key.clone(),
-        crl: config.tls.crl.clone(),
-    })?);
+    // DKG peers of other operators are accepted by the certificates their running ceremonies
+    // pin (net::pinned), for the DKG service only.
+    let pins = Arc::new(crate::net::pinned::PinSet::from_database(
+        config.database_path(),
+    ));
+    let tls = Arc::new(TlsReloader::from_files_with_pins(
+        TlsFiles {
+            ca_cert: config.tls.ca_cert.clone(),
+            server_cert: config.tls.server_cert.clone(),
+            server_key: config.tls.server_key.clone(),
+            crl: config.tls.crl.clone(),
+        },
+        Some(pins),
+    )?);
     authorizer.also_reload(tls.clone());
     let address = listen.api.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(address)
@@ -314,6 +322,27 @@ pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
     let section = enrolment_token(config)?;
     let pin = config::read_secret_file(&section.user_pin_file)?;
     Ok(crate::hsm::enrolment::public_key(
+        &pkcs11_config(section),
+        &pin,
+    )?)
+}
+
+/// The DKG tables of the database (`store::dkg`), after the store itself is opened (and
+/// migrated).
+pub fn open_dkg_store(config: &Config) -> Result<crate::store::dkg::DkgStore> {
+    drop(open_store(config)?);
+    let path = config.database_path();
+    crate::store::dkg::DkgStore::open(&path)
+        .with_context(|| format!("opening the DKG tables of {}", path.display()))
+}
+
+/// `dkg run`: the enrolment key as a DKG share decryptor (PKCS#11 only, like share packages).
+pub fn open_enrolment_decryptor(
+    config: &Config,
+) -> Result<crate::hsm::enrolment::EnrolmentDecryptor> {
+    let section = enrolment_token(config)?;
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    Ok(crate::hsm::enrolment::EnrolmentDecryptor::open(
         &pkcs11_config(section),
         &pin,
     )?)

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dkg;
 pub mod files;
 pub mod forwarder;
 pub mod hsm;

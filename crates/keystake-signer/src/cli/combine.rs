@@ -24,9 +24,12 @@ use keystake_core::types::{BlsPublicKey, BlsSignature, Root, ShareIndex, Thresho
 /// `keystake-signer combine`.
 #[derive(Debug, clap::Args)]
 pub struct CombineArgs {
-    /// Cluster manifest (group key, threshold, share public keys).
+    /// Cluster manifest (group key, threshold, share public keys), or a DKG `lock.json`.
     #[arg(long, conflicts_with_all = ["share_pubkeys", "group_pubkey", "threshold"])]
     pub manifest: Option<PathBuf>,
+    /// With a DKG lock of several validators: which one (its 0-based position in the lock).
+    #[arg(long, requires = "manifest")]
+    pub validator: Option<usize>,
     /// Instead of a manifest: a share public key, repeatable.
     #[arg(long = "share-pubkey", value_name = "INDEX:0xPUBKEY")]
     pub share_pubkeys: Vec<String>,
@@ -111,9 +114,44 @@ where
     Ok((index, value))
 }
 
+/// Whether the `--manifest` file is a DKG lock (its `format`), not a cluster manifest.
+fn is_dkg_lock(path: &std::path::Path) -> Result<bool> {
+    let value: serde_json::Value = super::read_json(path, "manifest")?;
+    Ok(value["format"].as_str() == Some(keystake_core::dkg::LOCK_FORMAT))
+}
+
+/// Threshold, share keys and group key of one validator of a verified DKG lock.
+fn lock_keys(
+    path: &std::path::Path,
+    validator: Option<usize>,
+) -> Result<(Threshold, BTreeMap<ShareIndex, BlsPublicKey>, BlsPublicKey)> {
+    let lock: keystake_core::dkg::Lock = super::read_json(path, "lock")?;
+    keystake_core::dkg::verify_lock(&lock)
+        .with_context(|| format!("lock {} does not verify", path.display()))?;
+    let position = match (validator, lock.validators.len()) {
+        (Some(position), _) => position,
+        (None, 1) => 0,
+        (None, count) => bail!("the lock holds {count} validators: choose one with --validator"),
+    };
+    let Some(entry) = lock.validators.get(position) else {
+        bail!(
+            "--validator {position}: the lock holds {} validators",
+            lock.validators.len()
+        );
+    };
+    let keys = entry
+        .public_shares
+        .iter()
+        .enumerate()
+        .map(|(i, key)| Ok((ShareIndex::new(i as u32 + 1)?, *key)))
+        .collect::<Result<BTreeMap<_, _>, keystake_core::types::ParseError>>()?;
+    Ok((lock.definition.threshold, keys, entry.group_public_key))
+}
+
 /// `combine`: the group signature, with the shares whose partials were set aside.
 pub fn combine(args: &CombineArgs) -> Result<Combined> {
     let (t, share_public_keys, group_public_key) = match &args.manifest {
+        Some(path) if is_dkg_lock(path)? => lock_keys(path, args.validator)?,
         Some(path) => {
             let manifest = load_manifest(path)?;
             (

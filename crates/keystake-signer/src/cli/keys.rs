@@ -189,8 +189,14 @@ pub fn list_keys(config: &Config, out: &mut dyn Write) -> Result<()> {
         match &record.threshold {
             Some(t) => writeln!(
                 out,
-                "{} {} share {}/{} threshold {} group {}",
-                record.public_key, state, t.index, t.participants, t.threshold, t.group_public_key
+                "{} {} share {}/{} threshold {} group {} {}",
+                record.public_key,
+                state,
+                t.index,
+                t.participants,
+                t.threshold,
+                t.group_public_key,
+                record.origin.as_str()
             )?,
             None => writeln!(
                 out,

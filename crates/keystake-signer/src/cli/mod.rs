@@ -16,6 +16,7 @@ pub mod certs;
 pub mod combine;
 pub mod connect;
 pub mod demo;
+pub mod dkg;
 pub mod enrolment;
 pub mod init;
 pub mod keys;
@@ -95,6 +96,11 @@ pub enum Command {
     /// Run on the validator-client host: accept plain HTTP on loopback and forward each request
     /// to the appliance over mutual TLS (for clients without client certificates, e.g. Lodestar).
     Connect(connect::ConnectArgs),
+    /// Distributed key generation between appliances: no party ever holds a validator key.
+    Dkg {
+        #[command(subcommand)]
+        command: dkg::DkgCommand,
+    },
     /// EIP-3076 slashing-protection interchange (format version 5).
     Slashing {
         #[command(subcommand)]
@@ -119,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Manifest { command } => manifest::run(command),
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Dkg { command } => dkg::run(command),
         Command::Slashing { command } => slashing::run(command),
     }
 }

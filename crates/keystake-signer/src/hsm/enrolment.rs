@@ -538,6 +538,62 @@ fn decrypt_and_check(
     Ok(share)
 }
 
+// ---------------------------------------------------------------------------------------------
+// DKG: the recipient side of a ceremony's encrypted shares (issue 12).
+
+/// Opens the shares a DKG ceremony encrypted to this appliance's enrolment key: ECDH and
+/// AES-256-GCM inside the token, exactly as for a share package (the derived key never leaves
+/// it); only the 32-byte share comes out, zeroized on drop. One PKCS#11 session for the whole
+/// ceremony.
+pub struct EnrolmentDecryptor {
+    session: Session,
+    pair: KeyPair,
+}
+
+impl std::fmt::Debug for EnrolmentDecryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnrolmentDecryptor({})", self.pair.public.fingerprint())
+    }
+}
+
+impl EnrolmentDecryptor {
+    pub fn open(config: &Pkcs11Config, user_pin: &SecretString) -> Result<Self, EnrolmentError> {
+        let session = pkcs11::user_session(config, user_pin)?;
+        let pair = existing_key_pair(&session)?;
+        Ok(Self { session, pair })
+    }
+
+    pub fn public_key(&self) -> EnrolmentPublicKey {
+        self.pair.public
+    }
+}
+
+impl keystake_core::dkg::ShareDecryptor for EnrolmentDecryptor {
+    fn open(
+        &self,
+        ephemeral: &EnrolmentPublicKey,
+        iv: &[u8; keystake_core::dkg::SHARE_IV_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Option<Zeroizing<[u8; 32]>>, keystake_core::dkg::SignerError> {
+        match open_in_token(
+            &self.session,
+            self.pair.private,
+            ephemeral,
+            iv,
+            aad,
+            ciphertext,
+        ) {
+            Ok(plain) => Ok(<[u8; 32]>::try_from(plain.as_slice())
+                .ok()
+                .map(Zeroizing::new)),
+            // Not authentic (or a point the token refuses): the dealer is to answer for it.
+            Err(EnrolmentError::Integrity) => Ok(None),
+            Err(other) => Err(keystake_core::dkg::SignerError(other.to_string())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,12 +59,29 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
             crate::net::rest::operator::keymanager_guard,
         ));
     let grpc = crate::net::grpc::router(service.clone());
+    let dkg = crate::net::grpc::dkg::router(service.store().path().to_owned());
     Router::new().fallback_service(tower::service_fn(
         move |request: http::Request<axum::body::Body>| {
             let (rest, grpc, service) = (rest.clone(), grpc.clone(), service.clone());
+            let dkg = dkg.clone();
             async move {
                 let grpc_request = is_grpc(request.headers());
-                let Some(identity) = request.extensions().get::<ClientIdentity>().cloned() else {
+                let identity = request.extensions().get::<ClientIdentity>().cloned();
+                // DKG peers are authorized by the ceremony's pins (net::grpc::dkg), not by the
+                // policy; a peer let in by its pin may call nothing else.
+                if grpc_request && request.uri().path().starts_with(DKG_PATH) {
+                    return dkg.oneshot(request).await;
+                }
+                if identity.as_ref().is_some_and(|i| i.pinned_peer) {
+                    let refused =
+                        ServiceError::Forbidden(keystake_core::policy::Denial::NoIdentity);
+                    return Ok(if grpc_request {
+                        tonic::Status::from(refused).into_http()
+                    } else {
+                        ApiError::from(refused).into_response()
+                    });
+                }
+                let Some(identity) = identity else {
                     tracing::warn!("request without a client identity refused");
                     let refused =
                         ServiceError::Forbidden(keystake_core::policy::Denial::NoIdentity);
@@ -94,6 +111,9 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
         },
     ))
 }
+
+/// Path prefix of the `keystake.v1.Dkg` service.
+const DKG_PATH: &str = "/keystake.v1.Dkg/";
 
 /// gRPC requests announce themselves with `application/grpc`, `application/grpc+proto`, …
 fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -142,11 +162,12 @@ impl Handshake for MutualTls {
                     return None;
                 }
             };
-        let Some(identity) = peer_identity(tls_stream.get_ref().1) else {
+        let Some(mut identity) = peer_identity(tls_stream.get_ref().1) else {
             // The verifier makes a client certificate mandatory; this is defence in depth.
             tracing::warn!(%peer, "connection without a client identity dropped");
             return None;
         };
+        identity.pinned_peer = self.0.accepted_by_pin(&identity);
         tracing::debug!(%peer, client = %identity.display_name(), "client connected");
         Some((tls_stream, Some(identity)))
     }
@@ -233,23 +254,42 @@ pub async fn serve<H: Handshake>(
 /// (SIGHUP, admin call). A reload that fails leaves the previous configuration in force.
 pub struct TlsReloader {
     files: Option<TlsFiles>,
+    /// DKG certificate pins (`net::pinned`), when this port serves DKG peers.
+    pins: Option<Arc<crate::net::pinned::PinSet>>,
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl TlsReloader {
     /// Build from files (refusing to start on any error).
     pub fn from_files(files: TlsFiles) -> Result<Self, crate::net::tls::TlsError> {
-        let config = crate::net::tls::server_config(&files)?;
+        Self::from_files_with_pins(files, None)
+    }
+
+    /// [`TlsReloader::from_files`], also accepting the DKG peers pinned in `pins`.
+    pub fn from_files_with_pins(
+        files: TlsFiles,
+        pins: Option<Arc<crate::net::pinned::PinSet>>,
+    ) -> Result<Self, crate::net::tls::TlsError> {
+        let config = crate::net::tls::server_config_with_pins(&files, pins.clone())?;
         Ok(TlsReloader {
             files: Some(files),
+            pins,
             current: RwLock::new(config),
         })
+    }
+
+    /// Whether this connection's client certificate was accepted by a DKG pin only.
+    fn accepted_by_pin(&self, identity: &ClientIdentity) -> bool {
+        self.pins
+            .as_ref()
+            .is_some_and(|pins| pins.accepted_by_pin(&identity.fingerprint_sha256))
     }
 
     /// A configuration that never changes.
     pub fn fixed(config: Arc<rustls::ServerConfig>) -> Self {
         TlsReloader {
             files: None,
+            pins: None,
             current: RwLock::new(config),
         }
     }
@@ -267,7 +307,7 @@ impl Reloadable for TlsReloader {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        let config = crate::net::tls::server_config(files)?;
+        let config = crate::net::tls::server_config_with_pins(files, self.pins.clone())?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         tracing::info!(crl = ?files.crl, "TLS configuration reloaded");
         Ok(())

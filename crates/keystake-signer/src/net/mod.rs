@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod listen;
 pub mod metrics;
+pub mod pinned;
 pub mod pki;
 pub mod rest;
 pub mod tls;

@@ -90,6 +90,15 @@ pub enum TlsError {
 /// Listeners that only speak HTTP/1.1 must either serve h2 as well (hyper-util's `auto` builder)
 /// or clone the config and set `alpn_protocols` to `[ALPN_HTTP_1_1]`.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_pins(files, None)
+}
+
+/// [`server_config`], accepting besides the CA the certificates pinned by running DKG
+/// ceremonies (`net::pinned`; such connections may reach the DKG service only).
+pub fn server_config_with_pins(
+    files: &TlsFiles,
+    pins: Option<Arc<crate::net::pinned::PinSet>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ca_certs = load_certificates(&files.ca_cert, "CA certificate")?;
     let roots = root_store(&files.ca_cert, &ca_certs)?;
@@ -112,6 +121,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         },
     })?;
 
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match pins {
+        Some(pins) => Arc::new(crate::net::pinned::PinnedPeerVerifier::new(verifier, pins)),
+        None => verifier,
+    };
     let chain = load_certificates(&files.server_cert, "server certificate")?;
     let key = load_private_key(&files.server_key)?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -182,6 +195,7 @@ impl ClientIdentity {
             common_name,
             dns_sans,
             fingerprint_sha256: Sha256::digest(cert).into(),
+            pinned_peer: false,
         })
     }
 }
@@ -223,7 +237,7 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn load_certificates(
+pub(crate) fn load_certificates(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -244,7 +258,7 @@ fn load_certificates(
     Ok(certs)
 }
 
-fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = Zeroizing::new(read_file(path, "private key")?);
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(key) => Ok(key),
@@ -770,6 +784,7 @@ mod tests {
             common_name: None,
             dns_sans: vec![],
             fingerprint_sha256: [0xab; 32],
+            pinned_peer: false,
         };
         assert_eq!(
             anonymous.display_name(),

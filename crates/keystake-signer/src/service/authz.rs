@@ -24,6 +24,9 @@ pub struct ClientIdentity {
     pub dns_sans: Vec<String>,
     /// SHA-256 of the DER certificate; stable, unique and not chosen by the client.
     pub fingerprint_sha256: [u8; 32],
+    /// Let in by a DKG certificate pin, not by the CA (`net::pinned`): it may reach the DKG
+    /// service only.
+    pub pinned_peer: bool,
 }
 
 impl ClientIdentity {
@@ -329,6 +332,7 @@ mod tests {
             common_name: Some(cn.into()),
             dns_sans: vec![],
             fingerprint_sha256: [3; 32],
+            pinned_peer: false,
         }
     }
 

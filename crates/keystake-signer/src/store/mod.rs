@@ -21,6 +21,7 @@
 //! from the one the database is bound to).
 #![forbid(unsafe_code)]
 
+pub mod dkg;
 pub mod interchange;
 // Audit log storage (issue 6): entries ride in the writer's batch transaction.
 pub mod audit;
@@ -295,7 +296,7 @@ fn root_from_sql(bytes: Option<Vec<u8>>) -> Result<Option<Root>, rusqlite::Error
 }
 
 /// The pragmas every connection gets, on create and on open alike.
-fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+pub(crate) fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: the WAL is fsync'd at every commit, so a committed slashing record survives a crash

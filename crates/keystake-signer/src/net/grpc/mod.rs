@@ -22,6 +22,8 @@ use keystake_core::policy::{Operation, Target};
 use keystake_core::threshold;
 use keystake_core::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
+pub mod dkg;
+
 /// Generated protobuf types and service stubs of package `keystake.v1`.
 pub mod pb {
     #![allow(clippy::all, missing_docs)]

@@ -1,0 +1,389 @@
+//! One ceremony from this appliance's side (module doc of `dkg`).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::identity::seed_context;
+use super::DkgAdapterError;
+use crate::hsm::{SealedShare, Sealer};
+use crate::net::grpc::dkg::{peer_client, DkgClient};
+use crate::net::grpc::pb;
+use crate::store::dkg::{CeremonyState, DkgStore};
+use crate::store::{ShareOrigin, Store, ThresholdInfo};
+use keystake_core::dkg::{
+    Abort, BroadcastSigner, Ceremony, CeremonyId, Definition, Lock, ParticipantIndex, Phase,
+    ShareDecryptor, SignedMessage, Step,
+};
+use keystake_core::types::BlsPublicKey;
+
+/// How the messages of peers are obtained.
+pub trait Transport: Send + Sync {
+    /// The message of `sender` for `phase` as participant `from` holds it (`None`: not yet).
+    fn fetch(
+        &self,
+        from: ParticipantIndex,
+        ceremony: CeremonyId,
+        phase: Phase,
+        sender: ParticipantIndex,
+    ) -> impl Future<Output = Result<Option<SignedMessage>, String>> + Send;
+}
+
+/// gRPC `keystake.v1.Dkg/Fetch` to each peer over TLS pinned to its certificate.
+pub struct GrpcTransport {
+    /// `clients[i-1]` reaches participant `i` (`None` for this appliance).
+    clients: Vec<Option<DkgClient<tonic::transport::Channel>>>,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport").finish_non_exhaustive()
+    }
+}
+
+impl GrpcTransport {
+    /// Channels to every other participant, presenting `chain`/`key` (this appliance's pinned
+    /// certificate).
+    pub fn new(
+        definition: &Definition,
+        me: ParticipantIndex,
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Self, DkgAdapterError> {
+        let mut clients = Vec::with_capacity(definition.participants.len());
+        for index in definition.indices() {
+            if index == me {
+                clients.push(None);
+                continue;
+            }
+            let participant = definition
+                .participant(index)
+                .ok_or_else(|| DkgAdapterError::Transport("participant".into()))?;
+            let tls = crate::net::pinned::peer_client_config(
+                chain.clone(),
+                key.clone_key(),
+                &participant.tls_certificate,
+            )
+            .map_err(|e| DkgAdapterError::Transport(e.to_string()))?;
+            clients.push(Some(
+                peer_client(&participant.endpoint, tls).map_err(DkgAdapterError::Transport)?,
+            ));
+        }
+        Ok(Self { clients })
+    }
+}
+
+impl Transport for GrpcTransport {
+    async fn fetch(
+        &self,
+        from: ParticipantIndex,
+        ceremony: CeremonyId,
+        phase: Phase,
+        sender: ParticipantIndex,
+    ) -> Result<Option<SignedMessage>, String> {
+        let Some(Some(client)) = self.clients.get(from.get() as usize - 1) else {
+            return Ok(None);
+        };
+        let response = client
+            .clone()
+            .fetch(pb::FetchRequest {
+                ceremony_id: ceremony.0.to_vec(),
+                phase: phase.number(),
+                sender: sender.get(),
+            })
+            .await
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+            .into_inner();
+        if !response.found {
+            return Ok(None);
+        }
+        serde_json::from_str(&response.message_json)
+            .map(Some)
+            .map_err(|e| format!("undecodable message: {e}"))
+    }
+}
+
+/// Timing of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// How long one phase may wait for a participant (after which it is blamed for silence).
+    pub phase_timeout: Duration,
+    /// Longest pause between two rounds of fetches.
+    pub max_backoff: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            phase_timeout: Duration::from_secs(120),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The appliance parts a run uses.
+pub struct Parts<'a> {
+    pub store: &'a Store,
+    pub dkg: &'a DkgStore,
+    pub sealer: &'a dyn Sealer,
+    pub signer: &'a dyn BroadcastSigner,
+    pub decryptor: &'a dyn ShareDecryptor,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The verified lock and the public keys of the shares now sealed here.
+    Success {
+        lock: Box<Lock>,
+        shares: Vec<BlsPublicKey>,
+    },
+    Aborted(Abort),
+}
+
+/// This appliance's index in `definition` (by its identity key), checked against its
+/// enrolment key too.
+pub fn own_index(
+    definition: &Definition,
+    signer: &dyn BroadcastSigner,
+    enrolment: &keystake_core::manifest::EnrolmentPublicKey,
+) -> Result<ParticipantIndex, DkgAdapterError> {
+    let identity = signer.identity();
+    let me = definition
+        .index_of(&identity)
+        .ok_or_else(|| DkgAdapterError::NotAParticipant(format!("identity key {identity}")))?;
+    let listed = definition
+        .participant(me)
+        .map(|p| p.enrolment_public_key)
+        .ok_or_else(|| DkgAdapterError::NotAParticipant("index".into()))?;
+    if listed != *enrolment {
+        return Err(DkgAdapterError::NotAParticipant(format!(
+            "participant {me} lists enrolment key {}, this appliance has {}",
+            listed.fingerprint(),
+            enrolment.fingerprint()
+        )));
+    }
+    Ok(me)
+}
+
+/// The seed of this ceremony: unsealed from the database after a restart, else drawn, sealed
+/// and stored before anything is derived from it.
+fn seed_for(
+    parts: &Parts<'_>,
+    definition: &Definition,
+    me: ParticipantIndex,
+) -> Result<Zeroizing<[u8; 32]>, DkgAdapterError> {
+    let id = definition.ceremony_id();
+    let context = seed_context(&id);
+    if parts.dkg.ceremony(&id)?.is_none() {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut_slice());
+        let sealed = parts.sealer.seal(&seed, &context)?;
+        parts.dkg.insert_ceremony(definition, me, &sealed.0)?;
+    }
+    let row = parts
+        .dkg
+        .ceremony(&id)?
+        .ok_or_else(|| DkgAdapterError::Transport("ceremony row vanished".into()))?;
+    match row.state {
+        CeremonyState::Running => {}
+        CeremonyState::Done => return Err(DkgAdapterError::AlreadyEnded(id.to_string(), "done")),
+        CeremonyState::Aborted => {
+            return Err(DkgAdapterError::AlreadyEnded(id.to_string(), "aborted"))
+        }
+    }
+    if row.me != me {
+        return Err(DkgAdapterError::NotAParticipant(format!(
+            "the stored ceremony runs as participant {}, not {me}",
+            row.me
+        )));
+    }
+    Ok(parts
+        .sealer
+        .unseal(&SealedShare(row.sealed_seed), &context)?)
+}
+
+/// Run (or resume) the ceremony of `definition` to its end.
+pub async fn run_ceremony<T: Transport>(
+    definition: Definition,
+    parts: Parts<'_>,
+    enrolment: &keystake_core::manifest::EnrolmentPublicKey,
+    transport: &T,
+    options: RunOptions,
+) -> Result<RunOutcome, DkgAdapterError> {
+    definition.validate()?;
+    let me = own_index(&definition, parts.signer, enrolment)?;
+    let id = definition.ceremony_id();
+    let seed = seed_for(&parts, &definition, me)?;
+    let mut ceremony = Ceremony::new(definition.clone(), me, seed)?;
+    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
+    for message in parts.dkg.messages(&id)? {
+        persisted.insert((message.phase, message.sender));
+        // Refused ones (none should be: they were checked before being stored) are skipped.
+        let _ = ceremony.receive(message);
+    }
+    let mut phase = ceremony.phase();
+    let mut deadline = Instant::now() + options.phase_timeout;
+    let mut backoff = Duration::from_millis(10);
+    let mut attempts: u32 = 0;
+    loop {
+        let step = tokio::task::block_in_place(|| ceremony.poll(parts.signer, parts.decryptor))?;
+        // Own (and relayed) messages are durable before a peer can fetch them.
+        for message in ceremony.messages() {
+            if persisted.insert((message.phase, message.sender)) {
+                parts.dkg.insert_message(message)?;
+            }
+        }
+        match step {
+            Step::Finished(success) => {
+                let shares = tokio::task::block_in_place(|| seal_shares(&parts, &success))?;
+                parts.dkg.finish_ceremony(&id, CeremonyState::Done)?;
+                return Ok(RunOutcome::Success {
+                    lock: Box::new(success.lock),
+                    shares,
+                });
+            }
+            Step::Aborted(abort) => {
+                parts.dkg.finish_ceremony(&id, CeremonyState::Aborted)?;
+                return Ok(RunOutcome::Aborted(abort));
+            }
+            Step::Waiting {
+                phase: now,
+                missing,
+            } => {
+                if now != phase {
+                    phase = now;
+                    deadline = Instant::now() + options.phase_timeout;
+                    attempts = 0;
+                }
+                if Instant::now() >= deadline {
+                    let abort = ceremony.timeout();
+                    parts.dkg.finish_ceremony(&id, CeremonyState::Aborted)?;
+                    return Ok(RunOutcome::Aborted(abort));
+                }
+                attempts += 1;
+                let fetched =
+                    fetch_missing(transport, &definition, me, id, now, &missing, attempts).await;
+                let mut progress = false;
+                for message in fetched {
+                    if ceremony.message(message.phase, message.sender).is_none() {
+                        progress = true;
+                    }
+                    if let Err(error) = ceremony.receive(message) {
+                        tracing::warn!(%error, "DKG message refused");
+                    }
+                }
+                if progress {
+                    backoff = Duration::from_millis(10);
+                } else {
+                    tokio::time::sleep(backoff.min(deadline - Instant::now())).await;
+                    backoff = (backoff * 2).min(options.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+/// Ask each missing sender for its message; from the third attempt on, also ask one other
+/// participant (rotating), which may relay it.
+async fn fetch_missing<T: Transport>(
+    transport: &T,
+    definition: &Definition,
+    me: ParticipantIndex,
+    id: CeremonyId,
+    phase: Phase,
+    missing: &[ParticipantIndex],
+    attempts: u32,
+) -> Vec<SignedMessage> {
+    let n = definition.n();
+    let requests = missing.iter().flat_map(|sender| {
+        let mut sources = vec![*sender];
+        if attempts > 2 && n > 2 {
+            let offset = attempts % (n - 1);
+            let relay = (sender.get() + offset) % n + 1;
+            if let Ok(relay) = ParticipantIndex::new(relay) {
+                if relay != me && relay != *sender {
+                    sources.push(relay);
+                }
+            }
+        }
+        sources.into_iter().map(move |from| (from, *sender))
+    });
+    let futures = requests.map(|(from, sender)| async move {
+        match transport.fetch(from, id, phase, sender).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::debug!(%from, %sender, phase = phase.name(), %error, "DKG fetch failed; retrying");
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Seal every new share into the share store (origin `dkg`), with its threshold metadata.
+fn seal_shares(
+    parts: &Parts<'_>,
+    success: &keystake_core::dkg::Success,
+) -> Result<Vec<BlsPublicKey>, DkgAdapterError> {
+    let lock = &success.lock;
+    let mut keys = Vec::with_capacity(success.shares.len());
+    for share in &success.shares {
+        let validator = &lock.validators[share.validator as usize];
+        let info = ThresholdInfo {
+            index: share.share.index(),
+            threshold: lock.definition.threshold,
+            participants: lock.definition.n(),
+            group_public_key: validator.group_public_key,
+            share_public_keys: validator.public_shares.clone(),
+        };
+        let (public_key, _) = crate::service::import_key(
+            parts.store,
+            parts.sealer,
+            share.share.secret_key(),
+            ShareOrigin::Dkg,
+            Some(info),
+        )?;
+        keys.push(public_key);
+    }
+    Ok(keys)
+}
+
+/// An in-memory transport between adapters of one process (tests): peers' databases read
+/// directly.
+pub struct LocalTransport {
+    pub stores: Vec<Arc<DkgStore>>,
+}
+
+impl Transport for LocalTransport {
+    async fn fetch(
+        &self,
+        from: ParticipantIndex,
+        ceremony: CeremonyId,
+        phase: Phase,
+        sender: ParticipantIndex,
+    ) -> Result<Option<SignedMessage>, String> {
+        let store = self
+            .stores
+            .get(from.get() as usize - 1)
+            .ok_or("no such participant")?;
+        match store
+            .message(&ceremony, phase, sender)
+            .map_err(|e| e.to_string())?
+        {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! DKG round state in the appliance's SQLite database (issue 12): the identity key (sealed), each
+//! ceremony's definition, this appliance's index and its **sealed** seed (the only secret of a
+//! running ceremony: polynomials, proof nonces and deal keys are derived from it), and every
+//! signed message held (public). `dkg run` writes it; `serve` reads it to answer peers' `Fetch`
+//! calls and to pin their certificates; a restarted `dkg run` resumes from it.
+//!
+//! Its own tables (created if missing, not part of the slashing schema's version), its own
+//! connection with the same pragmas as the store's (WAL, `synchronous=FULL`), so the writer
+//! thread of the signing path is not involved.
+//!
+//! Refuses: a second, different message for a (ceremony, phase, sender) already held (the first
+//! one stays: equivocation is judged by the state machine); an identity or ceremony row that does
+//! not decode. An aborted ceremony keeps its public messages (evidence) but loses its sealed seed.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::StoreError;
+use keystake_core::dkg::{CeremonyId, Definition, Phase, SignedMessage};
+use keystake_core::types::ShareIndex;
+
+/// State of a ceremony row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyState {
+    Running,
+    Done,
+    Aborted,
+}
+
+impl CeremonyState {
+    fn as_str(self) -> &'static str {
+        match self {
+            CeremonyState::Running => "running",
+            CeremonyState::Done => "done",
+            CeremonyState::Aborted => "aborted",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "running" => CeremonyState::Running,
+            "done" => CeremonyState::Done,
+            "aborted" => CeremonyState::Aborted,
+            other => {
+                return Err(StoreError::InvalidData(format!(
+                    "unknown ceremony state {other}"
+                )))
+            }
+        })
+    }
+}
+
+/// One ceremony as stored.
+#[derive(Debug, Clone)]
+pub struct CeremonyRow {
+    pub definition: Definition,
+    pub me: ShareIndex,
+    /// The seed sealed by the HSM; empty once the ceremony ended.
+    pub sealed_seed: Vec<u8>,
+    pub state: CeremonyState,
+}
+
+/// The DKG tables (module doc).
+pub struct DkgStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for DkgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DkgStore")
+    }
+}
+
+fn invalid(what: &str) -> impl FnOnce(serde_json::Error) -> StoreError + '_ {
+    move |e| StoreError::InvalidData(format!("{what}: {e}"))
+}
+
+impl DkgStore {
+    /// Open (creating the tables if needed) the DKG tables of the database at `path`, which
+    /// [`super::Store::open`] has created.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        super::configure(&conn)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS dkg_identity (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 public_key BLOB NOT NULL,
+                 sealed BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS dkg_ceremonies (
+                 ceremony_id BLOB PRIMARY KEY,
+                 definition TEXT NOT NULL,
+                 me INTEGER NOT NULL,
+                 sealed_seed BLOB NOT NULL,
+                 state TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS dkg_messages (
+                 ceremony_id BLOB NOT NULL REFERENCES dkg_ceremonies(ceremony_id),
+                 phase INTEGER NOT NULL,
+                 sender INTEGER NOT NULL,
+                 message TEXT NOT NULL,
+                 PRIMARY KEY (ceremony_id, phase, sender)
+             );",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every write is one statement).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The identity key: (SEC1 public key, sealed private key), if created.
+    pub fn identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT public_key, sealed FROM dkg_identity WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Store the identity key unless one exists; returns the one in force.
+    pub fn insert_identity(
+        &self,
+        public_key: &[u8],
+        sealed: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO dkg_identity (id, public_key, sealed) VALUES (1, ?1, ?2)",
+            params![public_key, sealed],
+        )?;
+        self.identity()?
+            .ok_or_else(|| StoreError::InvalidData("identity row vanished".into()))
+    }
+
+    pub fn ceremony(&self, id: &CeremonyId) -> Result<Option<CeremonyRow>, StoreError> {
+        let row: Option<(String, u32, Vec<u8>, String)> = self
+            .conn()
+            .query_row(
+                "SELECT definition, me, sealed_seed, state FROM dkg_ceremonies WHERE ceremony_id = ?1",
+                params![id.0.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(definition, me, sealed_seed, state)| {
+            Ok(CeremonyRow {
+                definition: serde_json::from_str(&definition).map_err(invalid("definition"))?,
+                me: ShareIndex::new(me)
+                    .map_err(|_| StoreError::InvalidData("participant index 0".into()))?,
+                sealed_seed,
+                state: CeremonyState::parse(&state)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Record a new running ceremony (no-op when it exists: a restart keeps the first seed).
+    pub fn insert_ceremony(
+        &self,
+        definition: &Definition,
+        me: ShareIndex,
+        sealed_seed: &[u8],
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(definition).map_err(invalid("definition"))?;
+        self.conn().execute(
+            "INSERT OR IGNORE INTO dkg_ceremonies (ceremony_id, definition, me, sealed_seed, state)
+             VALUES (?1, ?2, ?3, ?4, 'running')",
+            params![
+                definition.ceremony_id().0.as_slice(),
+                text,
+                me.get(),
+                sealed_seed
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// End a ceremony: its sealed seed is erased either way.
+    pub fn finish_ceremony(&self, id: &CeremonyId, state: CeremonyState) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE dkg_ceremonies SET state = ?2, sealed_seed = x'' WHERE ceremony_id = ?1",
+            params![id.0.as_slice(), state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Keep a message (the first one per (ceremony, phase, sender)).
+    pub fn insert_message(&self, message: &SignedMessage) -> Result<(), StoreError> {
+        let text = serde_json::to_string(message).map_err(invalid("message"))?;
+        self.conn().execute(
+            "INSERT OR IGNORE INTO dkg_messages (ceremony_id, phase, sender, message)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                message.ceremony_id.0.as_slice(),
+                message.phase.number(),
+                message.sender.get(),
+                text
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every message held for a ceremony.
+    pub fn messages(&self, id: &CeremonyId) -> Result<Vec<SignedMessage>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT message FROM dkg_messages WHERE ceremony_id = ?1 ORDER BY phase, sender",
+        )?;
+        let rows = statement.query_map(params![id.0.as_slice()], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for text in rows {
+            out.push(serde_json::from_str(&text?).map_err(invalid("message"))?);
+        }
+        Ok(out)
+    }
+
+    /// One message, for a peer's `Fetch`.
+    pub fn message(
+        &self,
+        id: &CeremonyId,
+        phase: Phase,
+        sender: ShareIndex,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT message FROM dkg_messages WHERE ceremony_id = ?1 AND phase = ?2 AND sender = ?3",
+                params![id.0.as_slice(), phase.number(), sender.get()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// DER certificates of the participants of every running ceremony (the TLS pins).
+    pub fn pinned_certificates(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare("SELECT definition FROM dkg_ceremonies WHERE state = 'running'")?;
+        let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for text in rows {
+            let definition: Definition =
+                serde_json::from_str(&text?).map_err(invalid("definition"))?;
+            out.extend(
+                definition
+                    .participants
+                    .into_iter()
+                    .map(|p| p.tls_certificate),
+            );
+        }
+        Ok(out)
+    }
+}
