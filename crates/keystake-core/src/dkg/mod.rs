@@ -36,6 +36,7 @@ mod evidence;
 mod local;
 mod lock;
 mod reshare;
+mod reshare_local;
 #[cfg(test)]
 mod reshare_tests;
 #[cfg(test)]
@@ -59,6 +60,7 @@ pub use reshare::{
     ReshareDealing, ReshareDefinition, ReshareFinish, ReshareStep, ReshareSuccess, Role, Seat,
     SlashingMaxima, RESHARE_DEFINITION_FORMAT, SLASHING_MARGIN_EPOCHS,
 };
+pub use reshare_local::{holding_of, run_local_reshare};
 
 pub use ceremony::{
     message_digest, Body, BodyHash, Complaint, ComplaintReason, EchoEntry, FinishBody, Phase,

@@ -707,3 +707,25 @@ fn a_reshared_lock_is_checked_against_the_previous_one() {
     tampered.validators[0].public_shares.swap(0, 1);
     assert!(verify_reshared_lock(world.lock(), &tampered).is_err());
 }
+
+#[test]
+fn the_in_process_runner_reshares() {
+    let world = world(1, 1, 16);
+    let new = [
+        Who::Old(1),
+        Who::Old(2),
+        Who::Old(3),
+        Who::Old(4),
+        Who::Fresh(0),
+    ];
+    let definition = world.definition(&new, 3, &[1, 2, 3, 4]);
+    let parties: Vec<&LocalParty> = world.old.iter().chain(&world.fresh).collect();
+    let mut holdings: Vec<Option<OldHolding>> = world
+        .results
+        .iter()
+        .map(|r| Some(holding_of(r).unwrap()))
+        .collect();
+    holdings.push(None);
+    let results = run_local_reshare(&definition, &parties, holdings, EPOCH).unwrap();
+    check_success(&world, &definition, &results);
+}
