@@ -248,6 +248,12 @@ impl ReshareDefinition {
         seats
     }
 
+    /// The seats as a DKG-shaped definition (participant `s` = seat `s`): what blame names, what
+    /// the transport dials and what the adapter pins. Not a valid DKG definition to run.
+    pub fn seats_as_definition(&self) -> Definition {
+        self.seats_definition(&self.seats())
+    }
+
     /// A definition listing the seats, so blame and evidence name them like DKG participants.
     fn seats_definition(&self, seats: &[Seat]) -> Definition {
         let mut definition = self.new_definition();
