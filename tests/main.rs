@@ -5,6 +5,7 @@ mod audit;
 mod authz;
 mod common;
 mod conformance;
+mod dkg;
 mod e2e;
 mod grpc;
 mod interop;

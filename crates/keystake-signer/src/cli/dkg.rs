@@ -255,24 +255,28 @@ fn run_command(
     let me = crate::dkg::run::own_index(&definition, &identity, &enrolment)?;
     let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
     let key = crate::net::tls::load_private_key(&config.tls.server_key)?;
-    let transport = GrpcTransport::new(&definition, me, chain, key)?;
     let options = RunOptions {
         phase_timeout,
         ..RunOptions::default()
     };
-    let outcome = runtime()?.block_on(run_ceremony(
-        definition,
-        Parts {
-            store: &store,
-            dkg: &dkg,
-            sealer: sealer.as_ref(),
-            signer: &identity,
-            decryptor: &decryptor,
-        },
-        &enrolment,
-        &transport,
-        options,
-    ))?;
+    // The channels spawn their workers on the runtime: build them inside it.
+    let outcome = runtime()?.block_on(async {
+        let transport = GrpcTransport::new(&definition, me, chain, key)?;
+        run_ceremony(
+            definition,
+            Parts {
+                store: &store,
+                dkg: &dkg,
+                sealer: sealer.as_ref(),
+                signer: &identity,
+                decryptor: &decryptor,
+            },
+            &enrolment,
+            &transport,
+            options,
+        )
+        .await
+    })?;
     match outcome {
         RunOutcome::Success { lock, shares } => {
             write_json(&out.join("lock.json"), &*lock)?;

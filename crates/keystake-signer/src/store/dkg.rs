@@ -63,6 +63,9 @@ pub struct CeremonyRow {
     pub state: CeremonyState,
 }
 
+/// The stored identity key: (SEC1 public key, HSM-sealed private key).
+pub type StoredIdentity = (Vec<u8>, Vec<u8>);
+
 /// The DKG tables (module doc).
 pub struct DkgStore {
     conn: Mutex<Connection>,
@@ -116,7 +119,7 @@ impl DkgStore {
     }
 
     /// The identity key: (SEC1 public key, sealed private key), if created.
-    pub fn identity(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
         Ok(self
             .conn()
             .query_row(
@@ -132,7 +135,7 @@ impl DkgStore {
         &self,
         public_key: &[u8],
         sealed: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+    ) -> Result<StoredIdentity, StoreError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO dkg_identity (id, public_key, sealed) VALUES (1, ?1, ?2)",
             params![public_key, sealed],
