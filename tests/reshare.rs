@@ -144,7 +144,10 @@ fn s(path: &Path) -> &str {
 fn spawn(args: &[String]) -> Child {
     Command::new(BIN)
         .args(args)
-        .env("KEYSTAKE_LOG", "info")
+        .env(
+            "KEYSTAKE_LOG",
+            std::env::var("RESHARE_TEST_LOG").unwrap_or("info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -158,6 +161,32 @@ fn finish(child: Child) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Restart `server` on the same port: the endpoints in the identity files stay true (a
+/// restarted appliance keeps its address).
+fn restart(appliance: &Appliance, server: &mut Server) {
+    server.kill();
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let log_file =
+        std::fs::File::create(appliance.path().join(format!("serve-{port}-again.log"))).unwrap();
+    let mut child = serve_command(appliance, &format!("127.0.0.1:{port}"))
+        .env("KEYSTAKE_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let mut stdout = StdoutLines::of(&mut child);
+    let url = stdout
+        .wait_for("listening on ", std::time::Duration::from_secs(30))
+        .expect("the server restarts on its port");
+    assert_eq!(url, server.url);
+    *server = Server {
+        child,
+        url,
+        log: server.log.clone(),
+        stdout,
+    };
 }
 
 fn read_lock(path: &Path) -> Lock {
@@ -237,10 +266,9 @@ async fn five_appliances_reshare_a_dkg_validator() {
     let group = old_lock.validators[0].group_public_key.to_hex();
 
     // The old group signs an attestation (appliances 1–3; servers restarted to load the keys).
-    for server in &mut servers {
-        server.kill();
+    for (appliance, server) in appliances.iter().zip(servers.iter_mut()) {
+        restart(appliance, server);
     }
-    servers = appliances.iter().map(Server::start).collect();
     let clients: Vec<_> = servers
         .iter()
         .zip(&appliances)
@@ -280,14 +308,17 @@ async fn five_appliances_reshare_a_dkg_validator() {
                 "--out".into(),
                 s(&path(&format!("reshare{i}"))).into(),
                 "--timeout-secs".into(),
-                "60".into(),
+                "30".into(),
             ])
         })
         .collect();
     let outcomes: Vec<_> = children.into_iter().map(finish).collect();
-    for (i, (ok, stdout, stderr)) in outcomes.iter().enumerate() {
-        assert!(ok, "dkg reshare {}: {stdout}\n{stderr}", i + 1);
-    }
+    let report: Vec<String> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, (ok, stdout, stderr))| format!("appliance {}: {ok} {stdout}\n{stderr}", i + 1))
+        .collect();
+    assert!(outcomes.iter().all(|o| o.0), "{}", report.join("\n"));
     assert!(outcomes[0].1.contains("(Leaving)") && outcomes[0].1.contains("2 old shares retired"));
     assert!(outcomes[4].1.contains("(Joining)") && outcomes[4].1.contains("2 new shares sealed"));
     assert!(outcomes[1].1.contains("(Keeping)") && outcomes[1].1.contains("2 old shares retired"));
@@ -309,10 +340,9 @@ async fn five_appliances_reshare_a_dkg_validator() {
         assert_eq!(old.group_public_key, new.group_public_key);
     }
 
-    for server in &mut servers {
-        server.kill();
+    for (appliance, server) in appliances.iter().zip(servers.iter_mut()) {
+        restart(appliance, server);
     }
-    servers = appliances.iter().map(Server::start).collect();
     let clients: Vec<_> = servers
         .iter()
         .zip(&appliances)

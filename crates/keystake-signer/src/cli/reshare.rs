@@ -98,24 +98,28 @@ pub fn reshare_command(
         .context("this appliance is not a seat of the reshare")?;
     let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
     let key = crate::net::tls::load_private_key(&config.tls.server_key)?;
-    let transport = GrpcTransport::new(&seats, me, chain, key)?;
     let options = RunOptions {
         phase_timeout,
         ..RunOptions::default()
     };
-    let outcome = runtime()?.block_on(run_reshare(
-        definition,
-        Parts {
-            store: &store,
-            dkg: &dkg,
-            sealer: sealer.as_ref(),
-            signer: &identity,
-            decryptor: &decryptor,
-        },
-        &enrolment,
-        &transport,
-        options,
-    ))?;
+    // The channels spawn their workers on the runtime: build them inside it.
+    let outcome = runtime()?.block_on(async {
+        let transport = GrpcTransport::new(&seats, me, chain, key)?;
+        run_reshare(
+            definition,
+            Parts {
+                store: &store,
+                dkg: &dkg,
+                sealer: sealer.as_ref(),
+                signer: &identity,
+                decryptor: &decryptor,
+            },
+            &enrolment,
+            &transport,
+            options,
+        )
+        .await
+    })?;
     match outcome {
         ReshareOutcome::Success {
             lock,

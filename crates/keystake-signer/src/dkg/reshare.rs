@@ -367,6 +367,18 @@ fn hand_over(
     if !interchange.data.is_empty() {
         parts.store.import_interchange(&interchange, None)?;
     }
+    // The old shares are retired before the new ones are stored: the store holds at most one
+    // enabled share of a validator (two keys with separate histories could sign a slashable
+    // pair). Disabling keeps the sealed blob and its history, so nothing is lost.
+    let mut retired = Vec::new();
+    if let Some(old_index) = seat.old_index {
+        for validator in &previous.validators {
+            let old_key = validator.public_shares[old_index.get() as usize - 1];
+            if parts.store.disable_share(&old_key)? {
+                retired.push(old_key);
+            }
+        }
+    }
     let mut sealed = Vec::with_capacity(keys.len());
     for (share, _) in &keys {
         let validator = &lock.validators[share.validator as usize];
@@ -385,15 +397,6 @@ fn hand_over(
             Some(info),
         )?;
         sealed.push(public_key);
-    }
-    let mut retired = Vec::new();
-    if let Some(old_index) = seat.old_index {
-        for validator in &previous.validators {
-            let old_key = validator.public_shares[old_index.get() as usize - 1];
-            if parts.store.disable_share(&old_key)? {
-                retired.push(old_key);
-            }
-        }
     }
     let ignored = success
         .ignored_reports
