@@ -121,16 +121,21 @@ impl Cluster {
             .collect()
     }
 
-    /// Wait until appliance `i`'s database holds its own message for `phase` (0 = deal).
-    fn wait_for_own_message(&self, i: usize, phase: u32) {
+    /// Wait until appliance `i`'s database holds its own message for `phase` (0 = deal) of the
+    /// ceremony of `definition`.
+    fn wait_for_own_message(&self, i: usize, definition: &Path, phase: u32) {
+        let definition: keystake_core::dkg::Definition =
+            serde_json::from_str(&std::fs::read_to_string(definition).unwrap()).unwrap();
+        let id = definition.ceremony_id();
         let database = self.appliances[i - 1].path().join("data/signer.sqlite");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(conn) = rusqlite::Connection::open(&database) {
                 let count: i64 = conn
                     .query_row(
-                        "SELECT count(*) FROM dkg_messages WHERE phase = ?1 AND sender = ?2",
-                        rusqlite::params![phase, i as u32],
+                        "SELECT count(*) FROM dkg_messages
+                         WHERE ceremony_id = ?1 AND phase = ?2 AND sender = ?3",
+                        rusqlite::params![id.0.as_slice(), phase, i as u32],
                         |r| r.get(0),
                     )
                     .unwrap_or(0);
@@ -414,7 +419,7 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
     let mut children: Vec<Child> = (1..=4)
         .map(|i| cluster.run(i, &definition, "stops", 4))
         .collect();
-    cluster.wait_for_own_message(2, 0);
+    cluster.wait_for_own_message(2, &definition, 0);
     children[1].kill().unwrap();
     let _ = children[1].wait();
     let outcomes: Vec<_> = children
@@ -425,6 +430,36 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
         .collect();
     assert_aborted(&cluster, "stops", &outcomes, 2);
 
+    // Participant 2's ceremony is still running there, so its server pins the participants'
+    // certificates: participant 1's certificate (another CA) gets through TLS, but only to the
+    // DKG service — every other route refuses it. A certificate of participant 1's CA that no
+    // definition pins is refused at the handshake.
+    let certs1 = cluster.appliances[0].certs();
+    let ca2 = cluster.appliances[1].certs().join("ca.pem");
+    let pinned = keystake_signer::net::tls::client_config(
+        &ca2,
+        &certs1.join("server.pem"),
+        &certs1.join("server.key"),
+    )
+    .unwrap();
+    let unpinned = identity_config(&ca2, &certs1, "client");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let peer = cluster.servers[1].client(pinned);
+        let (status, body) = get(&peer, "/api/v1/eth2/publicKeys").await;
+        assert_eq!(status, 403, "{body}");
+        let stranger = cluster.servers[1].client(unpinned);
+        assert!(try_request(
+            &stranger,
+            http::Method::GET,
+            "/api/v1/eth2/publicKeys",
+            &[],
+            None
+        )
+        .await
+        .is_err());
+    });
+
     // Participant 3 is restarted mid-ceremony: it resumes from its database and the ceremony
     // succeeds; and participant 1's server drops mid-ceremony and comes back on its port: its
     // peers retry and survive it.
@@ -432,7 +467,7 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
     let mut children: Vec<Child> = (1..=4)
         .map(|i| cluster.run(i, &definition, "resume", 60))
         .collect();
-    cluster.wait_for_own_message(3, 0);
+    cluster.wait_for_own_message(3, &definition, 0);
     children[2].kill().unwrap();
     let _ = children[2].wait();
     let port = cluster.servers[0].port();

@@ -236,18 +236,6 @@ impl SoftwareSigner {
             key: p256::ecdsa::SigningKey::random(rng),
         }
     }
-
-    /// From the 32 big-endian bytes of the private scalar (refuses 0 and values ≥ n).
-    pub fn from_secret_bytes(bytes: &Zeroizing<[u8; 32]>) -> Result<Self, SignerError> {
-        p256::ecdsa::SigningKey::from_bytes(&(**bytes).into())
-            .map(|key| Self { key })
-            .map_err(|_| SignerError("not a P-256 private key".into()))
-    }
-
-    /// The private scalar, for sealing it (the one way it leaves this type).
-    pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.key.to_bytes().into())
-    }
 }
 
 impl std::fmt::Debug for SoftwareSigner {

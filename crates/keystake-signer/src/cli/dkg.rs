@@ -23,9 +23,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{load_config, read_json, runtime};
-use crate::dkg::identity::SealedIdentity;
+use crate::dkg::identity::HsmIdentity;
 use crate::dkg::run::{run_ceremony, GrpcTransport, Parts, RunOptions, RunOutcome};
 use crate::files::{write_file, Overwrite};
+use crate::hsm::signing_key::KeyRole;
 use keystake_core::consensus::ExecutionAddress;
 use keystake_core::dkg::{
     deposit_data_entries, verify_deposit_data, verify_lock, BroadcastSigner, Definition,
@@ -220,12 +221,10 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(())
 }
 
-/// This appliance's identity (creating and sealing the identity key on first use).
+/// This appliance's public identity (its identity key is the token's, made by `init`).
 pub fn identity(config_path: &Path, endpoint: &str) -> Result<Participant> {
     let config = load_config(config_path)?;
-    let dkg = crate::app::open_dkg_store(&config)?;
-    let sealer = crate::app::open_sealer(&config)?;
-    let identity = SealedIdentity::load_or_create(&dkg, sealer.as_ref())?;
+    let identity = HsmIdentity::new(crate::app::open_signing_key(&config, KeyRole::Identity)?)?;
     let enrolment_public_key = crate::app::enrolment_public_key(&config)?;
     let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
     let participant = Participant {
@@ -249,7 +248,7 @@ fn run_command(
     let store = crate::app::open_store(&config)?;
     let dkg = crate::app::open_dkg_store(&config)?;
     let sealer = crate::app::open_sealer(&config)?;
-    let identity = SealedIdentity::load_or_create(&dkg, sealer.as_ref())?;
+    let identity = HsmIdentity::new(crate::app::open_signing_key(&config, KeyRole::Identity)?)?;
     let decryptor = crate::app::open_enrolment_decryptor(&config)?;
     let enrolment = decryptor.public_key();
     let me = crate::dkg::run::own_index(&definition, &identity, &enrolment)?;

@@ -1,24 +1,21 @@
-//! This appliance's DKG identity key: a P-256 key whose public half is pinned in ceremony
-//! definitions and whose private half signs every broadcast.
+//! This appliance's DKG identity key: the P-256 sign-only `Identity` key that `init` generates
+//! inside the token (`hsm::signing_key`, `CKM_ECDSA` over a digest; never leaves the HSM). Its
+//! public half is pinned in ceremony definitions; it signs every broadcast and the lock hash.
 //!
-//! Until the token holds a sign-only P-256 identity key (HSM issue 14), the key is generated on
-//! the host, **sealed at once by the HSM's sealing key** (AES-256-GCM in the token, AAD bound to
-//! the `keystake-dkg-identity-v1` context) and stored sealed in the database; it is unsealed into
-//! zeroizing memory only while `dkg run` or `dkg identity` runs. That is the best HSM-held key
-//! available today — it is at rest under the HSM, but, unlike a token-resident key, it exists in
-//! host memory during a ceremony (docs/dkg.md, "Identity key").
+//! Also the sealing contexts of the one secret of a running ceremony, its seed, which is sealed
+//! by the sealing key before anything is derived from it.
 //!
-//! Refuses: a stored identity that does not unseal under this HSM or whose public key does not
-//! match the sealed private key.
+//! Refuses: an identity key whose public half is not an uncompressed P-256 point.
 #![forbid(unsafe_code)]
 
-use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use std::sync::Arc;
 
-use crate::hsm::{SealContext, SealedShare, Sealer};
-use crate::store::dkg::DkgStore;
+use sha2::{Digest, Sha256};
+
+use crate::hsm::signing_key::{HsmSigningKey, KeyRole};
+use crate::hsm::SealContext;
 use keystake_core::dkg::{
-    BroadcastSigner, CeremonyId, IdentityPublicKey, IdentitySignature, SignerError, SoftwareSigner,
+    BroadcastSigner, CeremonyId, IdentityPublicKey, IdentitySignature, SignerError,
 };
 use keystake_core::types::BlsPublicKey;
 
@@ -40,54 +37,48 @@ pub(crate) fn secret_context(purpose: &[u8]) -> SealContext {
     }
 }
 
-const IDENTITY_PURPOSE: &[u8] = b"keystake-dkg-identity-v1";
-
 /// The sealing context of a ceremony's seed.
 pub(crate) fn seed_context(ceremony: &CeremonyId) -> SealContext {
     secret_context(&[b"keystake-dkg-seed-v1:".as_slice(), &ceremony.0].concat())
 }
 
-/// The identity key, unsealed for the duration of a command.
-pub struct SealedIdentity {
-    signer: SoftwareSigner,
+/// The HSM-held identity key as the core's [`BroadcastSigner`].
+pub struct HsmIdentity {
+    key: Arc<dyn HsmSigningKey>,
+    public: IdentityPublicKey,
 }
 
-impl std::fmt::Debug for SealedIdentity {
+impl std::fmt::Debug for HsmIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedIdentity({:?})", self.signer.identity())
+        write!(f, "HsmIdentity({})", self.key.describe())
     }
 }
 
-impl SealedIdentity {
-    /// The stored identity, created (and sealed, and stored) on first use.
-    pub fn load_or_create(store: &DkgStore, sealer: &dyn Sealer) -> Result<Self, DkgAdapterError> {
-        if store.identity()?.is_none() {
-            let fresh = SoftwareSigner::random(&mut rand::rngs::OsRng);
-            let sealed = sealer.seal(&fresh.secret_bytes(), &secret_context(IDENTITY_PURPOSE))?;
-            store.insert_identity(&fresh.identity().0, &sealed.0)?;
+impl HsmIdentity {
+    /// Wrap the token's identity key (`app::open_signing_key(config, KeyRole::Identity)`).
+    pub fn new(key: Arc<dyn HsmSigningKey>) -> Result<Self, DkgAdapterError> {
+        if key.role() != KeyRole::Identity {
+            return Err(DkgAdapterError::Identity(format!(
+                "{} is not the identity key",
+                key.describe()
+            )));
         }
-        let (public, sealed) = store
-            .identity()?
-            .ok_or_else(|| DkgAdapterError::Identity("no identity row".into()))?;
-        let secret: Zeroizing<[u8; 32]> =
-            sealer.unseal(&SealedShare(sealed), &secret_context(IDENTITY_PURPOSE))?;
-        let signer = SoftwareSigner::from_secret_bytes(&secret)
-            .map_err(|e| DkgAdapterError::Identity(e.to_string()))?;
-        if signer.identity().0.as_slice() != public.as_slice() {
-            return Err(DkgAdapterError::Identity(
-                "the stored identity public key does not match its sealed private key".into(),
-            ));
-        }
-        Ok(Self { signer })
+        let public = IdentityPublicKey::parse(key.public_key().as_sec1())
+            .map_err(DkgAdapterError::Identity)?;
+        Ok(Self { key, public })
     }
 }
 
-impl BroadcastSigner for SealedIdentity {
+impl BroadcastSigner for HsmIdentity {
     fn identity(&self) -> IdentityPublicKey {
-        self.signer.identity()
+        self.public
     }
 
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<IdentitySignature, SignerError> {
-        self.signer.sign_digest(digest)
+        let signature = self
+            .key
+            .sign_digest(digest)
+            .map_err(|e| SignerError(e.to_string()))?;
+        Ok(IdentitySignature(*signature.as_bytes()))
     }
 }

@@ -1,7 +1,7 @@
-//! DKG round state in the appliance's SQLite database (issue 12): the identity key (sealed), each
-//! ceremony's definition, this appliance's index and its **sealed** seed (the only secret of a
-//! running ceremony: polynomials, proof nonces and deal keys are derived from it), and every
-//! signed message held (public). `dkg run` writes it; `serve` reads it to answer peers' `Fetch`
+//! DKG round state in the appliance's SQLite database (issue 12): each ceremony's definition,
+//! this appliance's index and its **sealed** seed (the only secret of a running ceremony:
+//! polynomials, proof nonces and deal keys are derived from it), and every signed message held
+//! (public). `dkg run` writes it; `serve` reads it to answer peers' `Fetch`
 //! calls and to pin their certificates; a restarted `dkg run` resumes from it.
 //!
 //! Its own tables (created if missing, not part of the slashing schema's version), its own
@@ -9,8 +9,7 @@
 //! thread of the signing path is not involved.
 //!
 //! Refuses: a second, different message for a (ceremony, phase, sender) already held (the first
-//! one stays: equivocation is judged by the state machine); an identity or ceremony row that does
-//! not decode. An aborted ceremony keeps its public messages (evidence) but loses its sealed seed.
+//! one stays: equivocation is judged by the state machine); a ceremony row that does not decode. An aborted ceremony keeps its public messages (evidence) but loses its sealed seed.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -63,9 +62,6 @@ pub struct CeremonyRow {
     pub state: CeremonyState,
 }
 
-/// The stored identity key: (SEC1 public key, HSM-sealed private key).
-pub type StoredIdentity = (Vec<u8>, Vec<u8>);
-
 /// The DKG tables (module doc).
 pub struct DkgStore {
     conn: Mutex<Connection>,
@@ -88,12 +84,7 @@ impl DkgStore {
         let conn = Connection::open(path)?;
         super::configure(&conn)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS dkg_identity (
-                 id INTEGER PRIMARY KEY CHECK (id = 1),
-                 public_key BLOB NOT NULL,
-                 sealed BLOB NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS dkg_ceremonies (
+            "CREATE TABLE IF NOT EXISTS dkg_ceremonies (
                  ceremony_id BLOB PRIMARY KEY,
                  definition TEXT NOT NULL,
                  me INTEGER NOT NULL,
@@ -116,32 +107,6 @@ impl DkgStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (every write is one statement).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The identity key: (SEC1 public key, sealed private key), if created.
-    pub fn identity(&self) -> Result<Option<StoredIdentity>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT public_key, sealed FROM dkg_identity WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
-    }
-
-    /// Store the identity key unless one exists; returns the one in force.
-    pub fn insert_identity(
-        &self,
-        public_key: &[u8],
-        sealed: &[u8],
-    ) -> Result<StoredIdentity, StoreError> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO dkg_identity (id, public_key, sealed) VALUES (1, ?1, ?2)",
-            params![public_key, sealed],
-        )?;
-        self.identity()?
-            .ok_or_else(|| StoreError::InvalidData("identity row vanished".into()))
     }
 
     pub fn ceremony(&self, id: &CeremonyId) -> Result<Option<CeremonyRow>, StoreError> {
