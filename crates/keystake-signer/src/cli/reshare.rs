@@ -15,10 +15,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{load_config, read_json, runtime};
-use crate::dkg::identity::SealedIdentity;
+use crate::dkg::identity::HsmIdentity;
 use crate::dkg::reshare::{run_reshare, ReshareOutcome};
 use crate::dkg::run::{GrpcTransport, Parts, RunOptions};
 use crate::files::{write_file, Overwrite};
+use crate::hsm::signing_key::KeyRole;
 use keystake_core::dkg::{
     verify_reshared_lock, Lock, Participant, ReshareDefinition, RESHARE_DEFINITION_FORMAT,
 };
@@ -89,7 +90,7 @@ pub fn reshare_command(
     let store = crate::app::open_store(&config)?;
     let dkg = crate::app::open_dkg_store(&config)?;
     let sealer = crate::app::open_sealer(&config)?;
-    let identity = SealedIdentity::load_or_create(&dkg, sealer.as_ref())?;
+    let identity = HsmIdentity::new(crate::app::open_signing_key(&config, KeyRole::Identity)?)?;
     let decryptor = crate::app::open_enrolment_decryptor(&config)?;
     let enrolment = decryptor.public_key();
     let seats = definition.seats_as_definition();

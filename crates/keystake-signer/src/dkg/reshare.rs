@@ -9,9 +9,10 @@
 //!   a member keeping the validator also imports its old share's complete history under the new
 //!   key — both before the new share can be loaded by `serve`;
 //! * retirement, on success only: every old share of the handed-over validators held here is
-//!   disabled (the store's delete: it refuses to sign, its slashing history stays), automatically
-//!   — a member that left but still signs is the fault resharing exists to remove (drand #1190);
-//!   no separate `--retire` is needed because the store never hard-deletes a share's history.
+//!   removed, automatically and in the same transaction that stores the new shares
+//!   (`Store::supersede_shares`) — a member that left but still signs is the fault resharing
+//!   exists to remove (drand #1190), and the store holds one share per validator; the old
+//!   shares' slashing history stays under their keys. No `--retire` flag is needed.
 //!
 //! Refuses: a definition that does not validate or does not list this appliance (identity and
 //! enrolment key); a dealer missing one of its old shares; a network whose genesis time is not
@@ -59,20 +60,9 @@ pub enum ReshareOutcome {
     Aborted(Abort),
 }
 
-/// Genesis times of the built-in networks (seconds since the epoch), for the wall-clock epoch.
-fn genesis_time(network: &str) -> Option<u64> {
-    match network {
-        "mainnet" => Some(1_606_824_023),
-        "sepolia" => Some(1_655_733_600),
-        "holesky" => Some(1_695_902_400),
-        "hoodi" => Some(1_742_213_400),
-        _ => None,
-    }
-}
-
-/// The current epoch of `network` by this appliance's clock (12-second slots).
+/// The current epoch of `network` by this appliance's clock (`keystake_core::clock`).
 pub fn wall_clock_epoch(network: &Network) -> Result<u64, DkgAdapterError> {
-    let genesis = genesis_time(&network.name).ok_or_else(|| {
+    let clock = network.clock().ok_or_else(|| {
         DkgAdapterError::Transport(format!(
             "no genesis time known for network '{}': the slashing reports cannot be bounded",
             network.name
@@ -82,7 +72,7 @@ pub fn wall_clock_epoch(network: &Network) -> Result<u64, DkgAdapterError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| DkgAdapterError::Transport(e.to_string()))?
         .as_secs();
-    Ok(now.saturating_sub(genesis) / 12 / network.slots_per_epoch.max(1))
+    Ok(clock.current_epoch(now).0)
 }
 
 /// The seat of this appliance (by identity key), checked against its enrolment key.
@@ -367,19 +357,11 @@ fn hand_over(
     if !interchange.data.is_empty() {
         parts.store.import_interchange(&interchange, None)?;
     }
-    // The old shares are retired before the new ones are stored: the store holds at most one
-    // enabled share of a validator (two keys with separate histories could sign a slashable
-    // pair). Disabling keeps the sealed blob and its history, so nothing is lost.
-    let mut retired = Vec::new();
-    if let Some(old_index) = seat.old_index {
-        for validator in &previous.validators {
-            let old_key = validator.public_shares[old_index.get() as usize - 1];
-            if parts.store.disable_share(&old_key)? {
-                retired.push(old_key);
-            }
-        }
-    }
-    let mut sealed = Vec::with_capacity(keys.len());
+    // The new shares replace the old ones in one transaction (`Store::supersede_shares`): the
+    // store holds at most one share of a validator, and the old shares are removed — a share
+    // of a polynomial the group handed over must not sign again (drand #1190); their slashing
+    // history stays under their keys and was copied to the new keys above.
+    let mut records = Vec::with_capacity(keys.len());
     for (share, _) in &keys {
         let validator = &lock.validators[share.validator as usize];
         let info = ThresholdInfo {
@@ -389,15 +371,24 @@ fn hand_over(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        let (public_key, _) = crate::service::import_key(
-            parts.store,
+        records.push(crate::service::seal_record(
             parts.sealer,
             share.share.secret_key(),
             ShareOrigin::Dkg,
             Some(info),
-        )?;
-        sealed.push(public_key);
+        )?);
     }
+    let old_keys: Vec<BlsPublicKey> = match seat.old_index {
+        Some(old_index) => previous
+            .validators
+            .iter()
+            .map(|v| v.public_shares[old_index.get() as usize - 1])
+            .collect(),
+        None => Vec::new(),
+    };
+    let (removed, _) = parts.store.supersede_shares(&old_keys, &records)?;
+    let sealed: Vec<BlsPublicKey> = records.iter().map(|r| r.public_key).collect();
+    let retired = if removed > 0 { old_keys } else { Vec::new() };
     let ignored = success
         .ignored_reports
         .iter()
