@@ -430,19 +430,55 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
         .collect();
     assert_aborted(&cluster, "stops", &outcomes, 2);
 
-    // Participant 2's ceremony is still running there, so its server pins the participants'
-    // certificates: participant 1's certificate (another CA) gets through TLS, but only to the
-    // DKG service — every other route refuses it. A certificate of participant 1's CA that no
-    // definition pins is refused at the handshake.
-    let certs1 = cluster.appliances[0].certs();
+    // A ceremony running on appliance 2 pins its participants' certificates. A fifth
+    // participant's identity pins a certificate of a fifth CA whose key file the test holds:
+    // with it, a peer of another CA gets through TLS, but only to the DKG service — every
+    // other route refuses it. A certificate of another CA that no definition pins is refused at
+    // the handshake.
+    let fifth = Appliance::create();
+    let fifth_id = cluster.work.path().join("id5.json");
+    fifth.cli_ok(
+        &["dkg", "identity"],
+        &["--endpoint", "https://127.0.0.1:9", "--out", s(&fifth_id)],
+    );
+    let mut identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fifth_id).unwrap()).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let pinned_der =
+        rustls_pki_types::CertificateDer::from_pem_file(fifth.certs().join("client.pem")).unwrap();
+    identity["tls_certificate"] = format!("0x{}", hex::encode(pinned_der.as_ref())).into();
+    std::fs::write(&fifth_id, serde_json::to_vec(&identity).unwrap()).unwrap();
+    let pinned_definition = cluster.work.path().join("pinned.definition.json");
+    let mut args: Vec<String> = [
+        "dkg",
+        "definition",
+        "--threshold",
+        "3",
+        "--validators",
+        "1",
+        "--network",
+        "mainnet",
+        "--withdrawal-address",
+        &format!("0x{}", "ab".repeat(20)),
+        "--fee-recipient",
+        &format!("0x{}", "cd".repeat(20)),
+        "--identity",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(cluster.identities.iter().map(|p| s(p).to_owned()));
+    args.extend([
+        s(&fifth_id).to_owned(),
+        "--out".into(),
+        s(&pinned_definition).to_owned(),
+    ]);
+    run_ok(&args);
+    let mut waiting = cluster.run(2, &pinned_definition, "pinned", 60);
+    cluster.wait_for_own_message(2, &pinned_definition, 0);
     let ca2 = cluster.appliances[1].certs().join("ca.pem");
-    let pinned = keystake_signer::net::tls::client_config(
-        &ca2,
-        &certs1.join("server.pem"),
-        &certs1.join("server.key"),
-    )
-    .unwrap();
-    let unpinned = identity_config(&ca2, &certs1, "client");
+    let pinned = identity_config(&ca2, &fifth.certs(), "client");
+    let unpinned = identity_config(&ca2, &cluster.appliances[0].certs(), "client");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let peer = cluster.servers[1].client(pinned);
@@ -459,6 +495,8 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
         .await
         .is_err());
     });
+    waiting.kill().unwrap();
+    let _ = waiting.wait();
 
     // Participant 3 is restarted mid-ceremony: it resumes from its database and the ceremony
     // succeeds; and participant 1's server drops mid-ceremony and comes back on its port: its

@@ -9,6 +9,7 @@ mod custody;
 mod dkg;
 mod e2e;
 mod grpc;
+mod hsm;
 mod interop;
 mod keymanager_api;
 mod metrics;

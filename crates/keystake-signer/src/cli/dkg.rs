@@ -253,14 +253,14 @@ fn run_command(
     let enrolment = decryptor.public_key();
     let me = crate::dkg::run::own_index(&definition, &identity, &enrolment)?;
     let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
-    let key = crate::net::tls::load_private_key(&config.tls.server_key)?;
+    let key = crate::app::server_key(&config)?;
     let options = RunOptions {
         phase_timeout,
         ..RunOptions::default()
     };
     // The channels spawn their workers on the runtime: build them inside it.
     let outcome = runtime()?.block_on(async {
-        let transport = GrpcTransport::new(&definition, me, chain, key)?;
+        let transport = GrpcTransport::new(&definition, me, chain, &key)?;
         run_ceremony(
             definition,
             Parts {

@@ -47,13 +47,13 @@ impl std::fmt::Debug for GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// Channels to every other participant, presenting `chain`/`key` (this appliance's pinned
-    /// certificate).
+    /// Channels to every other participant, presenting `chain` with `key` (this appliance's
+    /// pinned certificate and its key, in the HSM by default).
     pub fn new(
         definition: &Definition,
         me: ParticipantIndex,
         chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-        key: rustls_pki_types::PrivateKeyDer<'static>,
+        key: &crate::net::tls::ServerKey,
     ) -> Result<Self, DkgAdapterError> {
         let mut clients = Vec::with_capacity(definition.participants.len());
         for index in definition.indices() {
@@ -66,10 +66,10 @@ impl GrpcTransport {
                 .ok_or_else(|| DkgAdapterError::Transport("participant".into()))?;
             let tls = crate::net::pinned::peer_client_config(
                 chain.clone(),
-                key.clone_key(),
+                key,
                 &participant.tls_certificate,
             )
-            .map_err(|e| DkgAdapterError::Transport(e.to_string()))?;
+            .map_err(DkgAdapterError::Transport)?;
             clients.push(Some(
                 peer_client(&participant.endpoint, tls).map_err(DkgAdapterError::Transport)?,
             ));

@@ -244,23 +244,42 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
-/// A client configuration for calling one DKG peer: TLS 1.3, ALPN `h2`, presents `chain`/`key`
-/// (this appliance's certificate, the one pinned in the definition), accepts only `pinned`.
+/// A client configuration for calling one DKG peer: TLS 1.3, ALPN `h2`, presents `chain` with
+/// `key` (this appliance's certificate, the one pinned in the definition; its key in the HSM by
+/// default), accepts only `pinned`.
 pub fn peer_client_config(
     chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    key: &super::tls::ServerKey,
     pinned: &[u8],
-) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedServer {
         certificate: pinned.to_vec(),
         algorithms: provider.signature_verification_algorithms,
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)?;
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match key {
+        super::tls::ServerKey::File(path) => {
+            let key: PrivateKeyDer<'static> =
+                super::tls::load_private_key(path).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        super::tls::ServerKey::Hsm(key) => {
+            let certified = rustls::sign::CertifiedKey::new(chain, Arc::new(key.clone()));
+            certified
+                .keys_match()
+                .map_err(|_| format!("the certificate is not the key of {}", key.0.describe()))?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                certified,
+            )))
+        }
+    };
     config.alpn_protocols = vec![super::tls::ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
