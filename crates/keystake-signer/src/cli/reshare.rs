@@ -98,14 +98,14 @@ pub fn reshare_command(
         .index_of(&keystake_core::dkg::BroadcastSigner::identity(&identity))
         .context("this appliance is not a seat of the reshare")?;
     let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
-    let key = crate::net::tls::load_private_key(&config.tls.server_key)?;
+    let key = crate::app::server_key(&config)?;
     let options = RunOptions {
         phase_timeout,
         ..RunOptions::default()
     };
     // The channels spawn their workers on the runtime: build them inside it.
     let outcome = runtime()?.block_on(async {
-        let transport = GrpcTransport::new(&seats, me, chain, key)?;
+        let transport = GrpcTransport::new(&seats, me, chain, &key)?;
         run_reshare(
             definition,
             Parts {
