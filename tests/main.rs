@@ -16,6 +16,7 @@ mod keymanager_api;
 mod metrics;
 mod operator_api;
 mod perf;
+mod reshare;
 mod security_access;
 mod slashing;
 mod threshold;

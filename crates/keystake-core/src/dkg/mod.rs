@@ -35,6 +35,10 @@ mod encoding;
 mod evidence;
 mod local;
 mod lock;
+mod reshare;
+mod reshare_local;
+#[cfg(test)]
+mod reshare_tests;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +54,13 @@ pub use lock::{
     deposit_data_entries, verify_deposit_data, verify_lock, DepositDataEntry, Lock, LockDeposit,
     LockHash, LockValidator, ParticipantSignature, DEPOSIT_CLI_VERSION, LOCK_FORMAT,
 };
+
+pub use reshare::{
+    reshare_message_digest, verify_reshared_lock, IgnoredReport, OldHolding, Reshare, ReshareBody,
+    ReshareDealing, ReshareDefinition, ReshareFinish, ReshareStep, ReshareSuccess, Role, Seat,
+    SlashingMaxima, RESHARE_DEFINITION_FORMAT, SLASHING_MARGIN_EPOCHS,
+};
+pub use reshare_local::{holding_of, run_local_reshare};
 
 pub use ceremony::{
     message_digest, Body, BodyHash, Complaint, ComplaintReason, EchoEntry, FinishBody, Phase,

@@ -85,6 +85,32 @@ pub enum DkgCommand {
         lock: PathBuf,
         #[arg(long)]
         deposit_data: Option<PathBuf>,
+        /// A reshared lock: the lock it replaces (same validators and group keys).
+        #[arg(long)]
+        previous: Option<PathBuf>,
+    },
+    /// Write a reshare definition (issue 13): the current lock handed to the new set; new
+    /// participant i is the i-th `--identity`.
+    ReshareDefinition {
+        #[arg(long)]
+        lock: PathBuf,
+        #[arg(long)]
+        threshold: u32,
+        #[arg(long, num_args = 1.., required = true)]
+        identity: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Take part in a reshare (old and new members alike); blocks until it ends.
+    Reshare {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        definition: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
 }
 
@@ -139,9 +165,39 @@ pub fn run(command: DkgCommand) -> Result<()> {
             let definition: Definition = read_json(&definition, "definition")?;
             run_command(&config, definition, &out, Duration::from_secs(timeout_secs))?;
         }
-        DkgCommand::Verify { lock, deposit_data } => {
+        DkgCommand::ReshareDefinition {
+            lock,
+            threshold,
+            identity,
+            out,
+        } => {
+            let definition = super::reshare::reshare_definition(&lock, threshold, &identity)?;
+            write_json(&out, &definition)?;
+            println!("reshare {}", definition.reshare_id());
+        }
+        DkgCommand::Reshare {
+            config,
+            definition,
+            out,
+            timeout_secs,
+        } => {
+            super::reshare::reshare_command(
+                &config,
+                &definition,
+                &out,
+                Duration::from_secs(timeout_secs),
+            )?;
+        }
+        DkgCommand::Verify {
+            lock,
+            deposit_data,
+            previous,
+        } => {
             let lock: Lock = read_json(&lock, "lock")?;
             verify_lock(&lock)?;
+            if let Some(previous) = previous {
+                super::reshare::verify_previous(&lock, &previous)?;
+            }
             if let Some(path) = deposit_data {
                 let entries: Vec<DepositDataEntry> = read_json(&path, "deposit data")?;
                 verify_deposit_data(&lock, &entries)?;

@@ -23,6 +23,7 @@ pub mod init;
 pub mod keys;
 pub mod manifest;
 pub mod policy;
+pub mod reshare;
 pub mod serve;
 pub mod slashing;
 pub mod split;

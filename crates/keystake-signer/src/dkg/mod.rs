@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod reshare;
 pub mod run;
 
 use crate::hsm::SealError;

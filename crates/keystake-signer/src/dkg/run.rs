@@ -291,7 +291,7 @@ pub async fn run_ceremony<T: Transport>(
 
 /// Ask each missing sender for its message; from the third attempt on, also ask one other
 /// participant (rotating), which may relay it.
-async fn fetch_missing<T: Transport>(
+pub(crate) async fn fetch_missing<T: Transport>(
     transport: &T,
     definition: &Definition,
     me: ParticipantIndex,

@@ -151,6 +151,24 @@ impl DkgStore {
         Ok(())
     }
 
+    /// Record a new running reshare (issue 13) under its own id: `definition` lists its seats
+    /// (whose certificates the DKG service pins). No-op when it exists.
+    pub fn insert_ceremony_with_id(
+        &self,
+        id: &CeremonyId,
+        definition: &Definition,
+        me: ShareIndex,
+        sealed_seed: &[u8],
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(definition).map_err(invalid("definition"))?;
+        self.conn().execute(
+            "INSERT OR IGNORE INTO dkg_ceremonies (ceremony_id, definition, me, sealed_seed, state)
+             VALUES (?1, ?2, ?3, ?4, 'running')",
+            params![id.0.as_slice(), text, me.get(), sealed_seed],
+        )?;
+        Ok(())
+    }
+
     /// End a ceremony: its sealed seed is erased either way.
     pub fn finish_ceremony(&self, id: &CeremonyId, state: CeremonyState) -> Result<(), StoreError> {
         self.conn().execute(

@@ -534,6 +534,37 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// Resharing (issue 13): in one transaction, remove the shares `retired` (the share rows and
+    /// their sealed blobs; their slashing history stays under their keys) and insert `records`,
+    /// the new shares of the same validators. Unlike a delete, a superseded share cannot come
+    /// back: its polynomial was handed over, so the one-key-per-validator rule lets the new share
+    /// take its place. Returns how many shares were removed and each insert's outcome.
+    pub fn supersede_shares(
+        &self,
+        retired: &[BlsPublicKey],
+        records: &[ShareRecord],
+    ) -> Result<(usize, Vec<InsertOutcome>), StoreError> {
+        let mut conn = self.admin();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = 0;
+        for key in retired {
+            removed += tx.execute(
+                "DELETE FROM shares WHERE validator_id = (SELECT id FROM validators WHERE pubkey = ?1)",
+                [key.0.to_vec()],
+            )?;
+        }
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            outcomes.push(insert_share_in(
+                &tx,
+                record,
+                self.options.new_key_watermark,
+            )?);
+        }
+        tx.commit()?;
+        Ok((removed, outcomes))
+    }
+
     /// Stop a key from signing. Its slashing history stays. Returns false when no enabled share
     /// with that key exists.
     pub fn disable_share(&self, public_key: &BlsPublicKey) -> Result<bool, StoreError> {
