@@ -11,6 +11,7 @@ mod interop;
 mod keymanager_api;
 mod metrics;
 mod operator_api;
+mod sandbox;
 mod slashing;
 mod threshold;
 mod vectors;
