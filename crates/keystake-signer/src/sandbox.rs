@@ -186,10 +186,8 @@ const ALLOWED: &[libc::c_long] = &[
 pub fn serving_filter() -> Result<BpfProgram, SandboxError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SandboxError::Architecture(std::env::consts::ARCH.to_owned()))?;
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
-        .iter()
-        .map(|&number| (i64::from(number), Vec::new()))
-        .collect();
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&number| (number, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
