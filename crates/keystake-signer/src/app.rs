@@ -27,6 +27,7 @@ use crate::config::YubiHsmConnectorSetting;
 use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
 use crate::hsm::enrolment::EnrolmentError;
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
+use crate::hsm::signing_key::{HsmSigningKey, KeyRole, Pkcs11SigningKey};
 #[cfg(feature = "yubihsm")]
 use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::Sealer;
@@ -296,8 +297,23 @@ pub fn open_sealer_with(config: &Config, connector: yubihsm::Connector) -> Resul
 pub fn initialize_hsm_with(config: &Config, connector: yubihsm::Connector) -> Result<()> {
     let section = yubihsm_section(config)?;
     let password = yubihsm_password(section)?;
-    YubiHsmSealer::initialize_with(connector, &yubihsm_config(section), &password)
-        .context("creating the YubiHSM2 sealing key")
+    let yubihsm = yubihsm_config(section);
+    YubiHsmSealer::initialize_with(connector.clone(), &yubihsm, &password)
+        .context("creating the YubiHSM2 sealing key")?;
+    let sealer =
+        YubiHsmSealer::open_with(connector, &yubihsm, &password).context("opening the YubiHSM2")?;
+    ensure_yubihsm_signing_keys(&sealer)
+}
+
+/// `init` on a YubiHSM2: the TLS server key and the identity key, generated on the device.
+#[cfg(feature = "yubihsm")]
+fn ensure_yubihsm_signing_keys(sealer: &YubiHsmSealer) -> Result<()> {
+    for role in KeyRole::ALL {
+        sealer
+            .ensure_signing_key(role)
+            .with_context(|| format!("creating the {role} on the YubiHSM2"))?;
+    }
+    Ok(())
 }
 
 #[cfg(feature = "yubihsm")]
@@ -328,6 +344,61 @@ fn without_yubihsm_feature() -> anyhow::Error {
         "[hsm] backend = \"yubihsm\", but this keystake-signer was built without the `yubihsm` \
          cargo feature; rebuild with `--features yubihsm` (on by default) or use backend = \"pkcs11\""
     )
+}
+
+/// Open the HSM signing key of `role` (the TLS server key or the identity key that signs DKG
+/// broadcasts and the audit head), created by `init`. Refuses a missing or unfit key and
+/// self-tests it (a signature verified in software). PKCS#11: signs on its own pool of
+/// `[hsm] sessions` logged-in sessions; YubiHSM2: on its own authenticated session.
+pub fn open_signing_key(config: &Config, role: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => {
+            let pin = config::read_secret_file(&section.user_pin_file)?;
+            let sealer = Pkcs11Sealer::open(&pkcs11_config(section), &pin)
+                .with_context(|| format!("opening HSM token {:?}", section.token_label))?;
+            let key = Pkcs11SigningKey::open(Arc::new(sealer), role)
+                .with_context(|| format!("opening the {role} in the HSM"))?;
+            Ok(Arc::new(key))
+        }
+        HsmSection::YubiHsm(section) => open_yubihsm_signing_key(section, role),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn open_yubihsm_signing_key(
+    section: &YubiHsmSection,
+    role: KeyRole,
+) -> Result<Arc<dyn HsmSigningKey>> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
+    let key = sealer
+        .signing_key(role)
+        .with_context(|| format!("opening the {role} on the YubiHSM2"))?;
+    Ok(Arc::new(key))
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn open_yubihsm_signing_key(_: &YubiHsmSection, _: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+    Err(without_yubihsm_feature())
+}
+
+/// [`open_signing_key`] on a YubiHSM2 reached through `connector` (tests: the crate's mock
+/// device, `yubihsm::Connector::mockhsm()`); `hsm.connector` is not used.
+#[cfg(feature = "yubihsm")]
+pub fn open_signing_key_with(
+    config: &Config,
+    connector: yubihsm::Connector,
+    role: KeyRole,
+) -> Result<Arc<dyn HsmSigningKey>> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open_with(connector, &yubihsm_config(section), &password)
+        .context("opening the YubiHSM2")?;
+    let key = sealer
+        .signing_key(role)
+        .with_context(|| format!("opening the {role} on the YubiHSM2"))?;
+    Ok(Arc::new(key))
 }
 
 /// The PKCS#11 settings of the enrolment key, which only that backend has.
@@ -460,18 +531,27 @@ fn initialize_pkcs11(section: &Pkcs11Section) -> Result<()> {
     // The key share packages of a trusted split are encrypted to (docs/threshold.md).
     crate::hsm::enrolment::ensure_key_pair(&pkcs11, &user_pin)
         .context("creating the enrolment key pair in the HSM")?;
+    // The TLS server key and the identity key: generated in the token, sign-only.
+    for role in KeyRole::ALL {
+        crate::hsm::signing_key::ensure_pkcs11_key(&pkcs11, &user_pin, role)
+            .with_context(|| format!("creating the {role} in the HSM"))?;
+    }
     Ok(())
 }
 
 #[cfg(feature = "yubihsm")]
 fn initialize_yubihsm(section: &YubiHsmSection) -> Result<()> {
     let password = yubihsm_password(section)?;
-    YubiHsmSealer::initialize(&yubihsm_config(section), &password).with_context(|| {
+    let yubihsm = yubihsm_config(section);
+    YubiHsmSealer::initialize(&yubihsm, &password).with_context(|| {
         format!(
             "creating the sealing key on the YubiHSM2 at {}",
             section.connector
         )
     })?;
+    let sealer = YubiHsmSealer::open(&yubihsm, &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
+    ensure_yubihsm_signing_keys(&sealer)?;
     tracing::info!(
         "YubiHSM2 backend: no enrolment key, so this appliance cannot receive share packages \
          (split / keys import-share); see issue 14"
@@ -756,6 +836,34 @@ mod tests {
         signs_the_vector(&mock).await;
         refuses_bad_blobs(&softhsm, mock.sealer.as_ref()).await;
         refuses_bad_blobs(&mock, softhsm.sealer.as_ref()).await;
+    }
+
+    /// `init` creates both signing keys on either backend; `open_signing_key` finds them, they
+    /// differ by role, and they sign what the public key verifies.
+    #[test]
+    fn init_creates_the_signing_keys_on_both_backends() {
+        let check = |open: &dyn Fn(KeyRole) -> Arc<dyn HsmSigningKey>| {
+            let tls = open(KeyRole::Tls);
+            let identity = open(KeyRole::Identity);
+            assert_ne!(tls.public_key(), identity.public_key());
+            for key in [&tls, &identity] {
+                let signature = key.sign_sha256(b"audit head").unwrap();
+                assert!(key.public_key().verify_sha256(b"audit head", &signature));
+            }
+            // Opening again finds the same keys: init did not replace them.
+            assert_eq!(open(KeyRole::Tls).public_key(), tls.public_key());
+        };
+        let softhsm = pkcs11_appliance();
+        initialize_hsm(&softhsm.config).unwrap();
+        check(&|role| open_signing_key(&softhsm.config, role).unwrap());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = yubihsm_config(dir.path());
+        write_password(&config);
+        let device = yubihsm::Connector::mockhsm();
+        initialize_hsm_with(&config, device.clone()).unwrap();
+        initialize_hsm_with(&config, device.clone()).unwrap();
+        check(&|role| open_signing_key_with(&config, device.clone(), role).unwrap());
     }
 
     #[test]

@@ -68,8 +68,7 @@ use keystake_core::threshold::{self, SecretShare, ThresholdError};
 /// `CKA_LABEL` of both halves of the enrolment key pair.
 pub const ENROLMENT_KEY_LABEL: &str = "keystake-enrolment-key";
 
-/// DER of the OID of NIST P-256 (prime256v1, 1.2.840.10045.3.1.7): `CKA_EC_PARAMS`.
-const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+use crate::hsm::pkcs11::P256_EC_PARAMS;
 
 /// GCM tag length in bits.
 const TAG_BITS: u64 = 128;

@@ -21,6 +21,7 @@
 
 pub mod enrolment;
 pub mod pkcs11;
+pub mod signing_key;
 #[cfg(feature = "yubihsm")]
 pub mod yubihsm;
 
@@ -243,13 +244,13 @@ pub enum SealError {
     WrongPin,
     #[error("the HSM PIN is locked after too many failed attempts")]
     PinLocked,
-    #[error("no sealing key labelled '{label}' on the HSM")]
+    #[error("no key labelled '{label}' on the HSM (run `keystake-signer init`)")]
     KeyNotFound { label: String },
     #[error(
         "{count} objects are labelled '{label}'; refusing to guess which one is the sealing key"
     )]
     DuplicateKey { label: String, count: usize },
-    #[error("the sealing key '{label}' is not fit for use: {reason}")]
+    #[error("the HSM key '{label}' is not fit for use: {reason}")]
     UnsuitableKey { label: String, reason: String },
     #[error("invalid HSM configuration: {0}")]
     InvalidConfig(String),

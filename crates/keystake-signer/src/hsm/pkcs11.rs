@@ -59,6 +59,32 @@ const SESSION_WAIT: Duration = Duration::from_secs(10);
 /// `CKR_AEAD_DECRYPT_FAILED` (PKCS#11 3.0), which cryptoki 0.12 has no name for.
 const CKR_AEAD_DECRYPT_FAILED: u64 = 0x0000_0035;
 
+/// DER of the OID of NIST P-256 (prime256v1, 1.2.840.10045.3.1.7): `CKA_EC_PARAMS` of every EC
+/// key this appliance keeps (enrolment and signing keys).
+pub(crate) const P256_EC_PARAMS: [u8; 10] =
+    [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Length of an uncompressed SEC1 P-256 point (`0x04 || x || y`).
+pub(crate) const P256_SEC1_LEN: usize = 65;
+
+/// The uncompressed SEC1 point in a `CKA_EC_POINT` value: PKCS#11 says a DER OCTET STRING
+/// around the point, some tokens give the bare point. `None` for anything else.
+pub(crate) fn sec1_from_ec_point(value: &[u8]) -> Option<[u8; P256_SEC1_LEN]> {
+    let point = match value {
+        [0x04, len, rest @ ..]
+            if usize::from(*len) == P256_SEC1_LEN && rest.len() == P256_SEC1_LEN =>
+        {
+            rest
+        }
+        bare if bare.len() == P256_SEC1_LEN => bare,
+        _ => return None,
+    };
+    if point[0] != 0x04 {
+        return None;
+    }
+    point.try_into().ok()
+}
+
 /// Where the sealing key lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pkcs11Config {
@@ -782,6 +808,35 @@ impl Pkcs11Sealer {
                 Err(unavailable(doing, &error))
             }
         }
+    }
+
+    /// Run one HSM operation on a borrowed pooled session for another key object of the token
+    /// (the signing keys of [`crate::hsm::signing_key`]). `operation` gets the session and the
+    /// pool generation it belongs to (object handles cached for an older generation may be
+    /// stale: the token may have been re-inserted). An HSM error (outer `Err`) discards the pool
+    /// and answers [`SealError::Unavailable`], as for the sealer's own operations; a refusal
+    /// (inner `Err`, e.g. the key object is missing or unfit) leaves the session in the pool.
+    pub(crate) fn with_pooled_session<T>(
+        &self,
+        doing: &str,
+        operation: impl FnOnce(&Session, u64) -> Result<Result<T, SealError>, CryptokiError>,
+    ) -> Result<T, SealError> {
+        let pooled = self.borrow_session()?;
+        match operation(&pooled.session, pooled.generation) {
+            Ok(outcome) => {
+                self.give_back(pooled, SessionOutcome::Healthy);
+                outcome
+            }
+            Err(error) => {
+                self.give_back(pooled, SessionOutcome::HsmFailed);
+                Err(unavailable(doing, &error))
+            }
+        }
+    }
+
+    /// The configuration this sealer was opened with.
+    pub(crate) fn config(&self) -> &Pkcs11Config {
+        &self.config
     }
 
     /// Classify a failed `C_Decrypt`. Tokens disagree on how they report a failed GCM tag check:

@@ -151,6 +151,8 @@ impl YubiHsmConfig {
 pub struct YubiHsmSealer {
     client: Client,
     key_id: object::Id,
+    /// Where `init` creates the appliance's other keys (signing keys).
+    domain: Domain,
     description: String,
 }
 
@@ -239,7 +241,7 @@ impl YubiHsmSealer {
         password: &SecretString,
         description: String,
     ) -> Result<Self, SealError> {
-        config.validate()?;
+        let domain = config.validate()?;
         let client = connect(connector, config, password)?;
         let info = client
             .get_object_info(config.key_id, object::Type::HmacKey)
@@ -253,8 +255,27 @@ impl YubiHsmSealer {
         Ok(YubiHsmSealer {
             client,
             key_id: config.key_id,
+            domain,
             description,
         })
+    }
+
+    /// `init`: generate the signing key of `role` on the device unless it exists (in the
+    /// sealing key's domain); check it either way.
+    pub fn ensure_signing_key(
+        &self,
+        role: crate::hsm::signing_key::KeyRole,
+    ) -> Result<(), SealError> {
+        crate::hsm::signing_key::yubihsm::ensure_key(&self.client, role, self.domain)
+    }
+
+    /// Open the signing key of `role` on this sealer's authenticated client (one session to
+    /// the device, which executes commands one at a time anyway).
+    pub fn signing_key(
+        &self,
+        role: crate::hsm::signing_key::KeyRole,
+    ) -> Result<crate::hsm::signing_key::yubihsm::YubiHsmSigningKey, SealError> {
+        crate::hsm::signing_key::yubihsm::YubiHsmSigningKey::open(self.client.clone(), role)
     }
 
     /// Ask the device for the per-blob key of `nonce` under `context`.
@@ -301,7 +322,7 @@ fn connect(
     Client::open(connector, credentials, true).map_err(|e| hsm_error("connecting", e))
 }
 
-fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError {
+pub(crate) fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError {
     use yubihsm::client::ErrorKind;
     use yubihsm::device::ErrorKind as DeviceErrorKind;
     match error.kind() {
