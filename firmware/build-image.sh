@@ -74,6 +74,11 @@ ROOT_FS=$(uuid_of root-fs) DATA_FS=$(uuid_of data-fs)
 
 install -m 0755 "$BIN" "$ROOT/usr/local/bin/keystake-signer"
 cp -a "$HERE/rootfs/." "$ROOT/"
+# Owner and mode of our files fixed, whatever the checkout's user and umask were.
+(cd "$HERE/rootfs" && find . -mindepth 1 -printf '%y %P\n') | while read -r kind path; do
+  chown -h 0:0 "$ROOT/$path"
+  if [ "$kind" = d ]; then chmod 0755 "$ROOT/$path"; else chmod 0644 "$ROOT/$path"; fi
+done
 chmod 0755 "$ROOT/usr/local/lib/keystake/"*.sh
 chroot "$ROOT" useradd --system --no-create-home --home-dir /var/lib/keystake --shell /usr/sbin/nologin keystake
 KS_UID=$(chroot "$ROOT" id -u keystake) KS_GID=$(chroot "$ROOT" id -g keystake)
