@@ -39,6 +39,15 @@ REPO=$(cd "$HERE/.." && pwd)
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CACHE=${KEYSTAKE_APPLIANCE_CACHE:-$REPO/target/appliance}
+# 1. The release signer (the appliance build: default features, no developer tools). Built before
+# the reproducibility variables below are exported: a changed environment makes cargo rebuild.
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then
+  (cd "$REPO" && cargo build --release --locked --bin keystake-signer)
+  BIN=$REPO/target/release/keystake-signer
+fi
+[ -x "$BIN" ] || { echo "no signer binary at $BIN" >&2; exit 1; }
+
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export LC_ALL=C TZ=UTC
 # e2fsprogs: superblock and inode times of files it creates itself.
@@ -48,14 +57,6 @@ DATA_MB=${DATA_MB:-256}
 T0=$(date +%s)
 
 "$REPO/scripts/install-deps.sh" fdisk e2fsprogs
-
-# 1. The release signer (the appliance build: default features, no developer tools).
-BIN=${BIN:-}
-if [ -z "$BIN" ]; then
-  (cd "$REPO" && cargo build --release --locked --bin keystake-signer)
-  BIN=$REPO/target/release/keystake-signer
-fi
-[ -x "$BIN" ] || { echo "no signer binary at $BIN" >&2; exit 1; }
 
 # 2. The Debian tree (debootstrap + a small initrd), cached by firmware/debian-tree.sh.
 TREE_TAR=$("$HERE/debian-tree.sh")
