@@ -261,3 +261,80 @@ async fn every_decision_is_chained_and_tampering_is_found() {
     assert!(!ok);
     assert!(stderr.contains("newest entries"), "{stderr}");
 }
+
+/// Issue 17: someone with write access to the database rewrites the whole chain (hiding a
+/// refusal, every hash recomputed). A plain `audit verify` cannot tell; a head signed earlier by
+/// the identity key in the HSM can, and a head forged for the rewritten chain does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_chain_is_caught_by_an_earlier_signed_head() {
+    use keystake_core::audit::{Entry, Head, Outcome};
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(0);
+    {
+        let (_server, client) = appliance.serve();
+        let sign = sign_path(&key);
+        for target in 2..5 {
+            assert_eq!(
+                post(&client, &sign, &attestation(1, target, 1)).await.0,
+                200
+            );
+        }
+        // The refusal the rewrite will hide.
+        assert_eq!(post(&client, &sign, &attestation(1, 4, 9)).await.0, 412);
+    }
+    let exported = appliance.path().join("audit.jsonl");
+    let head_file = appliance.path().join("head.json");
+    let (s, e) = (exported.to_str().unwrap(), head_file.to_str().unwrap());
+    appliance.cli_ok(&["audit", "export"], &["--out", s, "--signed-head", e]);
+    let verified = appliance.cli_ok(&["audit", "verify"], &["--signed-head", e]);
+    assert!(verified.contains("verified"), "{verified}");
+
+    // The rewrite: the refusal becomes a plain signature, every later hash recomputed.
+    let entries: Vec<Entry> = std::fs::read_to_string(&exported)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(entries.iter().any(|e| e.record.outcome == Outcome::Refused));
+    let db = rusqlite::Connection::open(appliance.path().join("data/signer.sqlite")).unwrap();
+    let mut head = Head::EMPTY;
+    for entry in entries {
+        let mut record = entry.record;
+        if record.outcome == Outcome::Refused {
+            record.outcome = Outcome::Signed;
+            record.reason = String::new();
+        }
+        let rewritten = head.append(record);
+        db.execute(
+            "UPDATE audit_log SET outcome = ?1, reason = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?5",
+            rusqlite::params![
+                rewritten.record.outcome.as_str(),
+                rewritten.record.reason,
+                rewritten.prev_hash.to_vec(),
+                rewritten.hash.to_vec(),
+                rewritten.seq as i64
+            ],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let (ok, stdout, _) = appliance.cli(&["audit", "verify"], &[]);
+    assert!(
+        ok,
+        "a consistently rewritten chain is still a chain: {stdout}"
+    );
+    let (ok, _, stderr) = appliance.cli(&["audit", "verify"], &["--signed-head", e]);
+    assert!(!ok && stderr.contains("rewritten"), "{stderr}");
+
+    // Forging a head for the rewritten chain needs the identity key, which stays in the HSM.
+    let mut forged: Value =
+        serde_json::from_str(&std::fs::read_to_string(&head_file).unwrap()).unwrap();
+    forged["head"] = serde_json::json!(head.to_string());
+    let forged_file = appliance.path().join("forged-head.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let (ok, _, stderr) = appliance.cli(
+        &["audit", "verify"],
+        &["--signed-head", forged_file.to_str().unwrap()],
+    );
+    assert!(!ok && stderr.contains("does not verify"), "{stderr}");
+}

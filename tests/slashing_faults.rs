@@ -2,9 +2,10 @@
 //! (ext4 on a loop device whose backing file lives on a tmpfs that the test fills, so the
 //! block layer fails the writes), a file system that turns read-only at runtime (ext4's
 //! `trigger_fs_error` with `errors=remount-ro`), and a corrupted database at startup. Each fault
-//! must give 503 with a clear error and no signature, and the signer must recover once the
-//! fault is gone (without a restart where the file system itself recovers; after repair and
-//! restart where it cannot). Skipped, with the reason printed, only where mounts are forbidden.
+//! must give 503 with a clear error and no signature. Signing then stays stopped (latched, issue
+//! 17) even once the fault is gone — `/healthcheck` DOWN, every request 503 — until the operator
+//! runs `slashing verify` and restarts. A database file moved away under the running signer
+//! latches it the same way. Skipped, with the reason printed, only where mounts are forbidden.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +15,7 @@ use keystake_core::slashing::interchange::Interchange;
 use serde_json::{json, Value};
 
 use crate::common::*;
+use keystake_signer::net::client::MtlsClient;
 
 fn sh(program: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(program)
@@ -162,6 +164,39 @@ fn assert_unavailable(status: u16, body: &Value, what: &str) {
     assert!(body.get("signature").is_none());
 }
 
+/// After a latching fault: signing stays refused although the fault is gone, and the health
+/// check says why.
+async fn assert_latched(client: &MtlsClient, sign: &str, target: u64, cause: &str) {
+    let (status, body) = post(client, sign, &attestation(2, target, 7)).await;
+    assert_unavailable(status, &body, cause);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("signing stopped after a storage fault"),
+        "{error}"
+    );
+    assert!(error.contains("slashing verify"), "{error}");
+    let (status, health) = get(client, "/healthcheck").await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "DOWN", "{health}");
+    assert!(
+        health
+            .to_string()
+            .contains("signing stopped after a storage fault"),
+        "{health}"
+    );
+}
+
+/// The operator's way back after a latch: `slashing verify` passes, then a restart.
+fn verify_and_restart(appliance: &Appliance, server: &mut Server) -> (Server, MtlsClient) {
+    server.kill();
+    let verified = appliance.cli_ok(&["slashing", "verify"], &[]);
+    assert!(
+        verified.contains("OK (integrity_check passed)"),
+        "{verified}"
+    );
+    appliance.serve()
+}
+
 fn targets(interchange: &Interchange) -> Vec<u64> {
     interchange.data[0]
         .signed_attestations
@@ -171,7 +206,7 @@ fn targets(interchange: &Interchange) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
+async fn disk_full_refuses_with_503_keeps_imports_atomic_and_latches_until_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let mount = match Mount::tmpfs(&scratch.path().join("small"), "2m") {
         Ok(mount) => mount,
@@ -179,7 +214,7 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     };
     let data = mount.path.join("data");
     let (appliance, key) = appliance_with_data_in(&data);
-    let (server, client) = appliance.serve();
+    let (mut server, client) = appliance.serve();
     let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
@@ -205,8 +240,10 @@ async fn disk_full_refuses_with_503_keeps_imports_atomic_and_recovers() {
     assert!(stderr.contains("full"), "{stderr}");
 
     std::fs::remove_file(filler).unwrap();
-    // Recovered without a restart. The refused requests left no record: a different message
-    // for target 3 is signed now.
+    // Space is back, but signing stays stopped until the operator has looked (issue 17).
+    assert_latched(&client, &sign, 3, "disk full").await;
+    let (server, client) = verify_and_restart(&appliance, &mut server);
+    // The refused requests left no record: a different message for target 3 is signed now.
     let (status, body) = post(&client, &sign, &attestation(2, 3, 2)).await;
     assert_eq!(status, 200, "{body}");
     let exported = appliance.export_slashing(&[]);
@@ -226,14 +263,14 @@ fn loop_ext4(scratch: &Path) -> Result<(Mount, Mount), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn io_error_refuses_with_503_and_recovers_without_restart() {
+async fn io_error_refuses_with_503_and_latches_until_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let (backing, disk) = match loop_ext4(scratch.path()) {
         Ok(mounts) => mounts,
         Err(reason) => return skip(&format!("cannot loop-mount ext4 on a tmpfs ({reason})")),
     };
     let (appliance, key) = appliance_with_data_in(&disk.path.join("data"));
-    let (server, client) = appliance.serve();
+    let (mut server, client) = appliance.serve();
     let sign = sign_path(&key);
     assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
 
@@ -257,19 +294,25 @@ async fn io_error_refuses_with_503_and_recovers_without_restart() {
         target += 1;
     }
     std::fs::remove_file(filler).unwrap();
+    // The device writes again, but records near an I/O error may be lost: no signing until the
+    // operator has verified the database and restarted (before issue 17 the next request signed).
+    assert_latched(&client, &sign, target, "I/O error").await;
+    let (server, client) = verify_and_restart(&appliance, &mut server);
     let (status, body) = post(&client, &sign, &attestation(2, target, 2)).await;
-    assert_eq!(status, 200, "recovers once the device writes again: {body}");
+    assert_eq!(status, 200, "signs again after verify and restart: {body}");
     signed_targets.push(target);
-    // The refused requests left no record: another message for the first refused target is
-    // signed now, and a conflicting one for a signed target is still refused.
-    let refused_target = signed_targets[signed_targets.len() - 2] + 1;
-    let (status, body) = post(&client, &sign, &attestation(2, refused_target, 3)).await;
-    assert_eq!(status, 200, "{body}");
-    signed_targets.push(refused_target);
-    signed_targets.sort();
+    // Every signature released is recorded. A refused request may have left its record too
+    // (its write reached the page cache before the fsync failed): refused over-recorded is the
+    // safe direction, so the export is a superset of what was signed.
     let (status, body) = post(&client, &sign, &attestation(2, 2, 9)).await;
     assert_eq!(status, 412, "{body}");
-    assert_eq!(targets(&appliance.export_slashing(&[])), signed_targets);
+    let recorded = targets(&appliance.export_slashing(&[]));
+    for signed in &signed_targets {
+        assert!(
+            recorded.contains(signed),
+            "{signed} missing from {recorded:?}"
+        );
+    }
     drop(server);
 }
 
@@ -398,4 +441,121 @@ fn corrupted_database_or_read_only_file_system_refuses_to_start() {
     sh("mount", &["-o", "remount,rw", mount.path.to_str().unwrap()]).unwrap();
     let server = Server::start(&appliance);
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_moved_away_while_serving_latches_signing_until_restart() {
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(0);
+    let (mut server, client) = appliance.serve();
+    let sign = sign_path(&key);
+    assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
+
+    // Someone moves the database away (or swaps in another one) under the running signer. Records
+    // written through the open descriptor would vanish at restart: refuse instead.
+    let database = appliance.path().join("data/signer.sqlite");
+    let moved = appliance.path().join("data/elsewhere.sqlite");
+    std::fs::rename(&database, &moved).unwrap();
+    let (status, body) = post(&client, &sign, &attestation(2, 3, 1)).await;
+    assert_unavailable(
+        status,
+        &body,
+        "no longer the database file this signer opened",
+    );
+    // Putting it back does not resume signing by itself.
+    std::fs::rename(&moved, &database).unwrap();
+    assert_latched(&client, &sign, 3, "no longer the database file").await;
+
+    let (server, client) = verify_and_restart(&appliance, &mut server);
+    let (status, body) = post(&client, &sign, &attestation(2, 3, 2)).await;
+    assert_eq!(status, 200, "{body}");
+    // Only what was signed is recorded.
+    assert_eq!(targets(&appliance.export_slashing(&[])), vec![2, 3]);
+    drop(server);
+}
+
+/// Fold the write-ahead log into the main file, so every page is in one place.
+fn checkpoint_into_main_file(database: &Path) {
+    rusqlite::Connection::open(database)
+        .unwrap()
+        .pragma_update(None, "journal_mode", "DELETE")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_index_page_is_detected_and_start_refused() {
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(0);
+    let sign = sign_path(&key);
+    let database = appliance.path().join("data/signer.sqlite");
+    let index = "signed_attestations_by_target";
+    {
+        let (_server, client) = appliance.serve();
+        assert_eq!(post(&client, &sign, &attestation(1, 2, 1)).await.0, 200);
+        assert_eq!(post(&client, &sign, &attestation(3, 10, 1)).await.0, 200);
+    }
+    checkpoint_into_main_file(&database);
+    // A copy in which (3, 10) reads (3, 5), its indexes updated to match: its index page has
+    // as many entries as the real one, with other content.
+    let copy = appliance.path().join("copy.sqlite");
+    std::fs::copy(&database, &copy).unwrap();
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute(
+            "UPDATE signed_attestations SET target_epoch = ?1 WHERE target_epoch = ?2",
+            [(5u64 ^ (1 << 63)) as i64, (10u64 ^ (1 << 63)) as i64],
+        )
+        .unwrap();
+    let old = std::fs::read(&copy).unwrap();
+    // The attack (or a lost write): put that copy's page of the index into the real file. Every
+    // page is still a well-formed b-tree page and the entry count matches.
+    let (root, page_size): (usize, usize) = {
+        let conn = rusqlite::Connection::open(&database).unwrap();
+        let root: i64 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [index],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap();
+        (root as usize, size as usize)
+    };
+    let mut damaged = std::fs::read(&database).unwrap();
+    let page = (root - 1) * page_size..root * page_size;
+    assert_ne!(
+        damaged[page.clone()],
+        old[page.clone()],
+        "the index pages differ"
+    );
+    damaged[page.clone()].copy_from_slice(&old[page]);
+    std::fs::write(&database, &damaged).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&database).unwrap();
+        // What the start-up check used to be does not notice …
+        let quick: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(quick, "ok");
+        // … and the surround query, forced through the index, no longer sees (3, 10): (4, 9)
+        // would be signed although (3, 10) surrounds it.
+        let hidden: Option<i64> = conn
+            .query_row(
+                &format!(
+                    "SELECT target_epoch FROM signed_attestations INDEXED BY {index}
+                     WHERE source_epoch < ?1 AND target_epoch > ?2"
+                ),
+                [(4u64 ^ (1 << 63)) as i64, (9u64 ^ (1 << 63)) as i64],
+                |r| r.get(0),
+            )
+            .ok();
+        assert_eq!(hidden, None, "the stale index hides the surrounding record");
+    }
+    let log = serve_must_refuse(&appliance);
+    assert!(log.contains("corrupted"), "{log}");
+    assert!(log.contains(index), "the finding names the index: {log}");
+    let (ok, _, stderr) = appliance.cli(&["slashing", "verify"], &[]);
+    assert!(!ok && stderr.contains(index), "{stderr}");
 }

@@ -30,9 +30,12 @@ fn combine(base: &[String], partials: &[(usize, &str)], tail: &[String]) -> (boo
     run(&args)
 }
 
-/// `keys import-share --package <package>` on `appliance` (a manifest is not given).
-fn import_share(appliance: &Appliance, package: &Path) -> (bool, String, String) {
-    appliance.cli(&["keys", "import-share"], &["--package", s(package)])
+/// `keys import-share --package <package> --manifest <manifest>` on `appliance`.
+fn import_share(appliance: &Appliance, package: &Path, manifest: &Path) -> (bool, String, String) {
+    appliance.cli(
+        &["keys", "import-share"],
+        &["--package", s(package), "--manifest", s(manifest)],
+    )
 }
 
 fn read_json(path: &Path) -> Value {
@@ -88,6 +91,17 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     let printed = run_ok(&split_args);
     assert!(printed.contains(&group_key), "{printed}");
     assert!(printed.contains("3-of-4"), "{printed}");
+    // The exact safety bounds (issue 17 item 15): 3-of-4 withstands one colluder against
+    // slashing, so no warning.
+    assert!(
+        printed.contains("safe against up to 1 colluding operators; 2 colluders (2t − n)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("up to 1 of 4 appliances offline"),
+        "{printed}"
+    );
+    assert!(!printed.contains("WARNING"), "{printed}");
     // A second split into the same directory is refused rather than overwriting.
     let (ok, _, err) = run(&split_args);
     assert!(!ok && err.contains("refusing to overwrite"), "{err}");
@@ -120,6 +134,10 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         verified.starts_with(&format!("manifest OK: 3-of-4 group {group_key}")),
         "{verified}"
     );
+    assert!(
+        verified.contains("slashing: safe against up to 1 colluding operators"),
+        "{verified}"
+    );
     // A manifest with one share key swapped does not verify.
     let mut forged = manifest.clone();
     forged["shares"][1]["public_key"] = json!(share_keys[2]);
@@ -146,15 +164,33 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    // Without the manifest from a trusted channel the package authenticates nothing (a forger
+    // picks commitments that pass the Feldman check for any group key): refused (issue 17).
+    let (ok, _, err) = appliances[0].cli(&["keys", "import-share"], &["--package", s(&package(1))]);
+    assert!(!ok && err.contains("--manifest"), "{err}");
+    // An ephemeral key off the curve never reaches the token (invalid-curve attack on the
+    // enrolment key).
+    let mut off_curve = read_json(&package(1));
+    let point = off_curve["ephemeral_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut bytes = hex::decode(point.trim_start_matches("0x")).unwrap();
+    bytes[40] ^= 1;
+    off_curve["ephemeral_public_key"] = json!(format!("0x{}", hex::encode(&bytes)));
+    let off_curve_path = dealer.path().join("off-curve.pkg");
+    std::fs::write(&off_curve_path, off_curve.to_string()).unwrap();
+    let (ok, _, err) = import_share(&appliances[0], &off_curve_path, &manifest_path);
+    assert!(!ok && err.contains("not a valid P-256 point"), "{err}");
     // A package given to the wrong appliance does not open.
-    let (ok, _, err) = import_share(&appliances[1], &package(1));
+    let (ok, _, err) = import_share(&appliances[1], &package(1), &manifest_path);
     assert!(!ok && err.contains("not for this appliance"), "{err}");
     // Re-addressed to appliance 2 by editing the header: the manifest still names appliance 1.
     let mut readdressed = read_json(&package(1));
     readdressed["recipient"] = manifest["shares"][1]["operator"]["fingerprint"].clone();
     let readdressed_path = dealer.path().join("readdressed.pkg");
     std::fs::write(&readdressed_path, readdressed.to_string()).unwrap();
-    let (ok, _, err) = import_share(&appliances[1], &readdressed_path);
+    let (ok, _, err) = import_share(&appliances[1], &readdressed_path, &manifest_path);
     assert!(!ok && err.contains("the manifest gives share 1"), "{err}");
     // A tampered ciphertext on the right appliance fails authentication in the HSM.
     let mut tampered = read_json(&package(1));
@@ -167,7 +203,7 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     tampered["ciphertext"] = json!(flipped);
     let tampered_path = dealer.path().join("tampered.pkg");
     std::fs::write(&tampered_path, tampered.to_string()).unwrap();
-    let (ok, _, err) = import_share(&appliances[0], &tampered_path);
+    let (ok, _, err) = import_share(&appliances[0], &tampered_path, &manifest_path);
     assert!(!ok && err.contains("does not open"), "{err}");
     // Nothing was stored by the refused imports.
     for appliance in &appliances {
@@ -351,5 +387,36 @@ async fn three_of_four_split_signs_combines_names_culprits_and_refuses_slashing(
     // A share key of another appliance is unknown here.
     let (status, _) = sign(&clients[0], &share_keys[1], &duty).await;
     assert_eq!(status, 404);
+
+    // A deleted share still holds its validator's place (issue 17): after appliance 1's share
+    // is deleted, a share of the same validator from a second split (fresh polynomial, same
+    // group key, no slashing history here) is refused — it could sign the duty refused above.
+    let token = appliances[0].keymanager_token();
+    let delete = json!({"pubkeys": [share_keys[0]]});
+    let (status, body) = keymanager(
+        &clients[0],
+        http::Method::DELETE,
+        Some(&token),
+        Some(&delete),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let resplit = dealer.path().join("resplit");
+    let mut resplit_args = split_args.clone();
+    resplit_args[8] = s(&resplit).into();
+    // Appliance 1's enrolment key second: it gets share 2 of the new split.
+    let (first, second) = (resplit_args[10].clone(), resplit_args[12].clone());
+    resplit_args[10] = second;
+    resplit_args[12] = first;
+    run_ok(&resplit_args);
+    let (ok, _, err) = import_share(
+        &appliances[0],
+        &resplit.join("share-2.pkg"),
+        &resplit.join("manifest.json"),
+    );
+    assert!(
+        !ok && err.contains("another share of this validator is stored (active or deleted)"),
+        "{err}"
+    );
     drop(servers);
 }

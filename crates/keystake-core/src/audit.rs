@@ -257,6 +257,21 @@ pub fn verify_head(entries: &[Entry], expected: Head) -> Result<(), Broken> {
     }
 }
 
+/// Domain separation of a signed audit head (issue 17): an identity-key signature over these
+/// bytes can be neither a TLS handshake nor a DKG broadcast.
+pub const HEAD_STATEMENT_TAG: &[u8] = b"keystake-audit-head-v1";
+
+/// The statement an appliance's identity key signs for `head`: tag ‖ seq (8 bytes, big-endian) ‖
+/// hash. Whoever keeps a signed head can later prove that entry `seq` had exactly this hash, so
+/// a chain rewritten from any point before it (every hash recomputed) no longer matches.
+pub fn head_statement(head: &Head) -> Vec<u8> {
+    let mut statement = Vec::with_capacity(HEAD_STATEMENT_TAG.len() + 8 + 32);
+    statement.extend_from_slice(HEAD_STATEMENT_TAG);
+    statement.extend_from_slice(&head.seq.to_be_bytes());
+    statement.extend_from_slice(&head.hash);
+    statement
+}
+
 /// Parse a head written as `SEQ:HEX` (what `audit verify` prints).
 pub fn parse_head(text: &str) -> Option<Head> {
     let (seq, hash) = text.trim().split_once(':')?;

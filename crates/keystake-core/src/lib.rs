@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod bls;
+pub mod clock;
 pub mod consensus;
 pub mod keystore;
 pub mod manifest;
@@ -24,5 +25,7 @@ pub mod request;
 pub mod slashing;
 #[cfg(test)]
 mod test_vectors;
+pub mod text;
 pub mod threshold;
 pub mod types;
+pub mod wipe;

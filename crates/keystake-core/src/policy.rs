@@ -41,10 +41,13 @@ pub enum Operation {
     ValidatorRegistration,
     Keymanager,
     SlashingAdmin,
+    /// Appliance-wide administration: reloading keys, the policy and the TLS configuration, the
+    /// reload status. Only a grant on `keys = "all"` covers it (see `Target::AllKeys`).
+    Operator,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 11] = [
         Operation::Block,
         Operation::Attestation,
         Operation::Aggregation,
@@ -55,6 +58,7 @@ impl Operation {
         Operation::ValidatorRegistration,
         Operation::Keymanager,
         Operation::SlashingAdmin,
+        Operation::Operator,
     ];
 
     /// The spelling used in policy files, logs, metrics and the audit log.
@@ -70,6 +74,7 @@ impl Operation {
             Operation::ValidatorRegistration => "validator_registration",
             Operation::Keymanager => "keymanager",
             Operation::SlashingAdmin => "slashing_admin",
+            Operation::Operator => "operator",
         }
     }
 
@@ -159,6 +164,8 @@ pub enum Denial {
     },
     #[error("request without a client certificate")]
     NoIdentity,
+    #[error("client {client} is named in the authorization policy but granted nothing")]
+    NothingGranted { client: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -396,6 +403,20 @@ impl Policy {
     /// Whether any entry names this client (an unnamed client is refused everything).
     pub fn knows(&self, subject: &Subject<'_>) -> bool {
         self.rules_for(subject).next().is_some()
+    }
+
+    /// Whether this client holds at least one grant. A client named with no grant is refused
+    /// everything, so it is refused as early as an unnamed one: before any request body.
+    pub fn grants_anything(&self, subject: &Subject<'_>) -> bool {
+        self.rules_for(subject).any(|r| !r.grants.is_empty())
+    }
+
+    /// Whether this client holds `operation` on any key at all (the cheap check made on a
+    /// request's headers, before its body is read; the per-key decision comes later).
+    pub fn may_ever(&self, subject: &Subject<'_>, operation: Operation) -> bool {
+        self.rules_for(subject)
+            .flat_map(|r| r.grants.iter())
+            .any(|g| g.operations.contains(&operation))
     }
 
     /// Decide one request. Grants of every matching entry add up.

@@ -221,6 +221,35 @@ impl RequestError {
 
 /// Decode a signing request body and compute what to sign on `network`.
 pub fn parse_sign_request(body: &[u8], network: &Network) -> Result<SigningIntent, RequestError> {
+    parse_unbounded(body, network).map_err(RequestError::bounded)
+}
+
+impl RequestError {
+    /// The same error with every client-supplied string (field paths, values, serde's
+    /// messages, which quote values) escaped and cut to [`crate::text::MAX_ECHOED_BYTES`], so
+    /// an error body or audit entry stays small whatever the request carried.
+    pub fn bounded(self) -> Self {
+        use crate::text::echo;
+        match self {
+            RequestError::MalformedJson(m) => RequestError::MalformedJson(echo(&m)),
+            RequestError::MissingField { field } => RequestError::MissingField {
+                field: echo(&field),
+            },
+            RequestError::InvalidField { field, message } => RequestError::InvalidField {
+                field: echo(&field),
+                message: echo(&message),
+            },
+            RequestError::UnknownType(t) => RequestError::UnknownType(echo(&t)),
+            RequestError::UnknownVersion { field, version } => RequestError::UnknownVersion {
+                field: echo(&field),
+                version: echo(&version),
+            },
+            other => other,
+        }
+    }
+}
+
+fn parse_unbounded(body: &[u8], network: &Network) -> Result<SigningIntent, RequestError> {
     let document: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
     if !document.is_object() {

@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::bls::{self, BlsError, Scalar, SecretKey};
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
+mod bounds;
+pub use bounds::SafetyBounds;
+
 /// Largest number of shares a split may produce (and of commitments accepted).
 pub const MAX_SHARES: u32 = u16::MAX as u32;
 

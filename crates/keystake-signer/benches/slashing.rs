@@ -1,7 +1,9 @@
 //! Slashing-protection throughput: check-and-record per second for one key and for 10 000 keys,
 //! with and without group commit (bursts of 64 concurrent requests, each a new attestation, on
 //! a real SQLite file with `synchronous=FULL`), and an EIP-3076 import of 10 000 validators ×
-//! 100 attestations into a fresh database. Run with `cargo bench --bench slashing`.
+//! 100 attestations into a fresh database, and what opening that database costs now that the
+//! start-up check is `PRAGMA integrity_check` (issue 17) instead of `quick_check`. Run with
+//! `cargo bench --bench slashing`.
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +88,8 @@ fn check_and_record(c: &mut Criterion) {
     group.finish();
 }
 
-fn import_interchange(c: &mut Criterion) {
+/// 10 000 validators × 100 attestations, as the import and open benchmarks use.
+fn ten_thousand_validator_history() -> Interchange {
     let validators = 10_000u64;
     let attestations = 100u64;
     let mut interchange = Interchange::new(Root([0x44; 32]));
@@ -103,6 +106,12 @@ fn import_interchange(c: &mut Criterion) {
                 .collect(),
         });
     }
+    interchange
+}
+
+fn import_interchange(c: &mut Criterion) {
+    let interchange = ten_thousand_validator_history();
+    let (validators, attestations) = (10_000u64, 100u64);
     let mut group = c.benchmark_group("interchange_import");
     group.sample_size(10);
     group.throughput(Throughput::Elements(validators * attestations));
@@ -127,5 +136,43 @@ fn import_interchange(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, check_and_record, import_interchange);
+/// Start-up cost of the integrity check on a 10k-validator history (1 M attestations): the whole
+/// `Store::open` (what `serve` and every CLI command pay), and the two pragmas alone on the same
+/// file for comparison.
+fn open_with_integrity_check(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.sqlite");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .import_interchange(&ten_thousand_validator_history(), None)
+            .unwrap();
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    println!("database: {} MiB", size / (1 << 20));
+    let mut group = c.benchmark_group("open_10k_validators_x_100_attestations");
+    group.sample_size(10);
+    group.bench_function("store_open_with_integrity_check", |b| {
+        b.iter(|| drop(Store::open(&path).unwrap()))
+    });
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    for pragma in ["integrity_check", "quick_check"] {
+        group.bench_function(pragma, |b| {
+            b.iter(|| {
+                let result: String = conn
+                    .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(result, "ok");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    check_and_record,
+    import_interchange,
+    open_with_integrity_check
+);
 criterion_main!(benches);

@@ -61,7 +61,10 @@ pub struct Appliance {
 /// Open everything the configuration names and bind the API listener.
 pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let network = network(config)?;
-    let authorizer = Arc::new(Authorizer::from_config(config.policy_file.as_deref())?);
+    let authorizer = Arc::new(Authorizer::from_config(
+        config.policy_file.as_deref(),
+        config.allow_any_client,
+    )?);
     let store = Arc::new(open_store(config)?);
     if let Some(root) = network.genesis_validators_root {
         // Bind before serving: a request carrying another network's root is then refused from
@@ -74,6 +77,12 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             )
         })?;
     }
+    if network.clock().is_none() {
+        tracing::warn!(
+            network = %network.name,
+            "the network file gives no genesis_time: duties far ahead of the wall clock are NOT refused (a far-future attestation would block its key); add genesis_time to the network file"
+        );
+    }
     let sealer = open_sealer(config)?;
     // Before anything listens: an HSM or pairing library that misbehaves must not serve.
     crate::service::health::startup_self_test(sealer.as_ref())?;
@@ -82,7 +91,13 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let service = Arc::new(
         SigningService::new(store, sealer, network)?
             .with_authorizer(authorizer.clone())
-            .with_observer(metrics.clone()),
+            .with_observer(metrics.clone())
+            .with_future_margin_epochs(
+                config
+                    .slashing
+                    .future_margin_epochs
+                    .unwrap_or(keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS),
+            ),
     );
     let tls = Arc::new(TlsReloader::from_files(TlsFiles {
         ca_cert: config.tls.ca_cert.clone(),
@@ -427,12 +442,36 @@ pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
 /// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
 pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
     let section = enrolment_token(config)?;
+    check_ephemeral_point(&package.ephemeral_public_key)?;
     let pin = config::read_secret_file(&section.user_pin_file)?;
     Ok(crate::hsm::enrolment::open_package(
         &pkcs11_config(section),
         &pin,
         package,
     )?)
+}
+
+/// Refuse a share package whose ephemeral key is not a point of P-256 before the token derives
+/// with it (issue 17): ECDH with an attacker's off-curve point is the invalid-curve attack on the
+/// enrolment private key — each accepted or refused decryption would leak part of it — and not
+/// every token validates the peer point. ring validates it fully (on the curve, not the point at
+/// infinity; P-256 has cofactor 1) before any agreement, so a throwaway agreement is the check.
+fn check_ephemeral_point(point: &EnrolmentPublicKey) -> Result<()> {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
+    let rng = ring::rand::SystemRandom::new();
+    let throwaway = EphemeralPrivateKey::generate(&ECDH_P256, &rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key to check the package"))?;
+    agree_ephemeral(
+        throwaway,
+        &UnparsedPublicKey::new(&ECDH_P256, point.as_sec1()),
+        |_| (),
+    )
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the share package's ephemeral key is not a valid P-256 point; refusing to let the \
+             token derive with it (forged or damaged package)"
+        )
+    })
 }
 
 /// The network the configuration selects.
@@ -620,6 +659,7 @@ mod tests {
             hsm,
             client: None,
             policy_file: None,
+            allow_any_client: false,
             metrics_listen: None,
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),

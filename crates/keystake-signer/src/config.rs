@@ -59,6 +59,11 @@ pub struct Config {
     /// certificate chains to the CA may do everything (a warning is logged at start-up).
     #[serde(default)]
     pub policy_file: Option<PathBuf>,
+    /// Serve without a policy file: every client whose certificate chains to the CA may do
+    /// everything. Off by default — `serve` refuses to start without `policy_file` unless this
+    /// is set explicitly (and then warns loudly at start-up).
+    #[serde(default)]
+    pub allow_any_client: bool,
     /// Plain-HTTP Prometheus listener (`/metrics`); off when absent. Keep it on loopback.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -104,6 +109,10 @@ pub struct SlashingSection {
     pub new_key_min_slot: Option<u64>,
     #[serde(default)]
     pub new_key_min_epoch: Option<u64>,
+    /// How many epochs ahead of the wall clock (from the network's genesis time) a block slot
+    /// or attestation epoch may be; anything later is refused before it is recorded. Default 1.
+    #[serde(default)]
+    pub future_margin_epochs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -564,8 +573,10 @@ data_dir = "data"
 listen = "{listen}"
 # mainnet | hoodi | sepolia, or set network_config_file = "devnet.toml"
 network = "mainnet"
-# Who may do what (docs/authorization.md). Without it any client certificate from the CA may sign.
-# policy_file = "policy.toml"
+# Who may do what (docs/authorization.md). `init` writes one naming the [client] certificate
+# below when the file does not exist. Without a policy, `serve` refuses to start unless
+# allow_any_client = true (then any client certificate from the CA may sign anything).
+policy_file = "policy.toml"
 # Prometheus metrics over plain HTTP (docs/metrics.md); keep it on loopback.
 # metrics_listen = "127.0.0.1:9464"
 
@@ -597,6 +608,7 @@ softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 # [slashing]
 # new_key_min_slot = 13600000
 # new_key_min_epoch = 425000
+# future_margin_epochs = 1         # duties further ahead of the wall clock are refused
 # Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
 [keymanager]
 token_file = "data/keymanager.token"

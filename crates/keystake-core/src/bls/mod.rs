@@ -74,8 +74,10 @@ impl From<BLST_ERROR> for BlsError {
 /// A BLS secret key (a scalar in `[1, r)`). Not `Clone`: a copy of a secret must be deliberate
 /// (`SecretKey::from_zeroizing(key.to_bytes())`).
 pub struct SecretKey {
-    /// blst zeroizes its `SecretKey` on drop.
-    inner: min_pk::SecretKey,
+    /// blst zeroizes its `SecretKey` on drop. Boxed so the scalar stays at one heap address for
+    /// the key's whole life: moving a `SecretKey` (into a `Vec` that grows, through a sort, out
+    /// of a function) moves the pointer, not the secret, and leaves no unwiped copy behind.
+    inner: Box<min_pk::SecretKey>,
 }
 
 impl SecretKey {
@@ -85,7 +87,9 @@ impl SecretKey {
             return Err(BlsError::InvalidSecretKey);
         }
         min_pk::SecretKey::from_bytes(bytes)
-            .map(|inner| Self { inner })
+            .map(|inner| Self {
+                inner: Box::new(inner),
+            })
             .map_err(|_| BlsError::InvalidSecretKey)
     }
 

@@ -154,9 +154,27 @@ pub struct Network {
     /// network file). The appliance binds its slashing database to it at start, so a request
     /// carrying another network's root is refused from the very first one.
     pub genesis_validators_root: Option<Root>,
+    /// Unix time of slot 0, when known (built-in networks; optional `genesis_time` in a custom
+    /// file). Without it the far-future duty check (`crate::clock`) cannot run.
+    pub genesis_time: Option<u64>,
+    /// Seconds per slot (12 unless a custom file says otherwise).
+    pub seconds_per_slot: u64,
 }
 
+/// Seconds per slot on every public network.
+pub const DEFAULT_SECONDS_PER_SLOT: u64 = 12;
+
 impl Network {
+    /// The chain clock, when the genesis time is known.
+    pub fn clock(&self) -> Option<crate::clock::ChainClock> {
+        self.genesis_time
+            .map(|genesis_time| crate::clock::ChainClock {
+                genesis_time,
+                seconds_per_slot: self.seconds_per_slot.max(1),
+                slots_per_epoch: self.slots_per_epoch.max(1),
+            })
+    }
+
     /// A validated network. `forks` may come in any order; unscheduled forks are left out.
     pub fn new(
         name: impl Into<String>,
@@ -208,6 +226,8 @@ impl Network {
             slots_per_epoch,
             forks,
             genesis_validators_root: None,
+            genesis_time: None,
+            seconds_per_slot: DEFAULT_SECONDS_PER_SLOT,
         })
     }
 
@@ -245,6 +265,9 @@ impl Network {
     /// slots_per_epoch = 8                # optional
     /// # optional: bind the slashing database to this network at start
     /// genesis_validators_root = "0x83431ec7fcf92cfc44947fc0418e831c25e1d0806590231c439830db7ad54fda"
+    /// # optional: Unix time of slot 0 (without it far-future duties are not refused)
+    /// genesis_time = 1700000000
+    /// seconds_per_slot = 6               # optional, default 12
     ///
     /// [forks]
     /// altair    = { version = "0x20000038", epoch = 0 }
@@ -284,6 +307,15 @@ impl Network {
             forks,
         )?;
         network.genesis_validators_root = file.genesis_validators_root;
+        network.genesis_time = file.genesis_time;
+        if let Some(seconds) = file.seconds_per_slot {
+            if seconds == 0 {
+                return Err(NetworkConfigError::Toml(
+                    "seconds_per_slot must be at least 1".into(),
+                ));
+            }
+            network.seconds_per_slot = seconds;
+        }
         Ok(network)
     }
 
@@ -341,6 +373,11 @@ struct NetworkFile {
     name: String,
     #[serde(default)]
     genesis_validators_root: Option<Root>,
+    /// Unix seconds of slot 0 (optional; enables the far-future duty check).
+    #[serde(default, deserialize_with = "optional_uint64")]
+    genesis_time: Option<u64>,
+    #[serde(default, deserialize_with = "optional_uint64")]
+    seconds_per_slot: Option<u64>,
     preset: Preset,
     genesis_fork_version: ForkVersion,
     #[serde(default, deserialize_with = "optional_uint64")]
@@ -531,13 +568,33 @@ electra   = { version = "0x60000038", epoch = 10 }
             )
             .map(|mut rebuilt| {
                 rebuilt.genesis_validators_root = network.genesis_validators_root;
+                rebuilt.genesis_time = network.genesis_time;
                 rebuilt
             });
             assert_eq!(rebuilt.as_ref(), Ok(&network), "{name}");
             assert!(network.genesis_validators_root.is_some(), "{name}");
+            assert!(network.clock().is_some(), "{name}: genesis_time");
             assert_eq!(network.forks().len(), 6);
         }
         assert!(Network::by_name("holesky-ish").is_none());
+        assert_eq!(Network::mainnet().genesis_time, Some(1_606_824_023));
+        let custom = Network::from_toml_str(
+            "name = \"d\"\npreset = \"minimal\"\ngenesis_fork_version = \"0x10000038\"\ngenesis_time = \"1700000000\"\nseconds_per_slot = 6\n",
+        )
+        .unwrap();
+        let clock = custom.clock().unwrap();
+        assert_eq!(
+            (
+                clock.genesis_time,
+                clock.seconds_per_slot,
+                clock.slots_per_epoch
+            ),
+            (1_700_000_000, 6, 8)
+        );
+        assert!(Network::from_toml_str(
+            "name = \"d\"\npreset = \"minimal\"\ngenesis_fork_version = \"0x10000038\"\nseconds_per_slot = 0\n",
+        )
+        .is_err());
         let hoodi = Network::hoodi();
         assert_eq!(hoodi.fork_at_slot(Slot(0)), ForkName::Deneb);
         assert_eq!(hoodi.fork_at_epoch(Epoch(2_047)), ForkName::Deneb);

@@ -2,10 +2,17 @@
 //! `verify` walks the whole hash chain and prints the head (`SEQ:HASH`) to keep elsewhere;
 //! `export` writes every entry as one JSON line, to standard output or `--out FILE`.
 //!
+//! `export --signed-head FILE` also writes the chain head signed by the appliance's identity key
+//! in the HSM (issue 17); `verify --signed-head FILE` checks such a file: the signature, that the
+//! key is this appliance's identity key, and that the chain still holds that entry unchanged. A
+//! rewrite of the whole chain (every hash recomputed) passes a plain `verify` but not this one,
+//! and without the HSM nobody can sign a head for the rewritten chain.
+//!
 //! Refuses (as a failed command naming the first entry at fault): an audit log whose chain is
-//! broken, or that no longer holds the `--expect-head` entry unchanged; a `--expect-head` that
-//! is not `SEQ:SHA256HEX`. Export does not verify: an export of a broken chain is still useful
-//! evidence.
+//! broken, or that no longer holds the `--expect-head` / `--signed-head` entry unchanged; a
+//! `--expect-head` that is not `SEQ:SHA256HEX`; a signed head whose signature does not verify or
+//! that another key signed; signing the head of a broken chain. Export itself does not verify: an
+//! export of a broken chain is still useful evidence.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -27,6 +34,10 @@ pub enum AuditCommand {
         /// A head printed by an earlier verify (SEQ:HASH): that entry must still be there.
         #[arg(long)]
         expect_head: Option<String>,
+        /// A head file written by `export --signed-head`: its signature must verify under this
+        /// appliance's identity key, and that entry must still be there unchanged.
+        #[arg(long)]
+        signed_head: Option<PathBuf>,
     },
     /// Write every audit entry as JSON lines (to stdout, or --out FILE).
     Export {
@@ -34,7 +45,22 @@ pub enum AuditCommand {
         config: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write the chain head, signed by the identity key in the HSM, to this file.
+        #[arg(long)]
+        signed_head: Option<PathBuf>,
     },
+}
+
+/// A chain head signed by the appliance's identity key (`export --signed-head`), as JSON.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHeadFile {
+    /// `SEQ:SHA256HEX`, as `verify` prints it.
+    pub head: String,
+    /// The identity public key, uncompressed SEC1, hex.
+    pub identity_key: String,
+    /// ECDSA P-256 `r || s` over SHA-256 of `audit::head_statement(head)`, hex.
+    pub signature: String,
 }
 
 pub fn run(command: AuditCommand) -> Result<()> {
@@ -42,15 +68,32 @@ pub fn run(command: AuditCommand) -> Result<()> {
         AuditCommand::Verify {
             config,
             expect_head,
+            signed_head,
         } => {
+            let config = load_config(&config)?;
             verify_audit(
-                &load_config(&config)?,
+                &config,
                 expect_head.as_deref(),
                 &mut std::io::stdout().lock(),
             )?;
+            if let Some(path) = signed_head {
+                let head = verify_signed_head(&config, &path)?;
+                println!("signed head {head} verified: signed by this appliance's identity key, entry unchanged");
+            }
         }
-        AuditCommand::Export { config, out } => {
+        AuditCommand::Export {
+            config,
+            out,
+            signed_head,
+        } => {
             let config = load_config(&config)?;
+            if let Some(path) = &signed_head {
+                let head = sign_head(&config, path)?;
+                eprintln!(
+                    "head {head} signed by the identity key, written to {}",
+                    path.display()
+                );
+            }
             match out {
                 Some(path) => {
                     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -111,4 +154,72 @@ pub fn export_audit(config: &Config, out: &mut dyn Write) -> Result<usize> {
     }
     out.flush()?;
     Ok(entries.len())
+}
+
+/// `export --signed-head`: sign the head of the (intact) chain with the identity key in the HSM
+/// and write it to `path`. Refuses a broken chain: a signature would vouch for a rewrite.
+pub fn sign_head(config: &Config, path: &std::path::Path) -> Result<audit::Head> {
+    let store = crate::app::open_store(config)?;
+    let entries = store.audit_entries()?;
+    let head = audit::verify(&entries).map_err(|broken| {
+        anyhow::anyhow!(
+            "audit log {} is NOT intact at entry {}: {broken}; refusing to sign its head",
+            store.path().display(),
+            broken.seq()
+        )
+    })?;
+    let key = crate::app::open_signing_key(config, crate::hsm::signing_key::KeyRole::Identity)?;
+    let signature = key.sign_sha256(&audit::head_statement(&head))?;
+    let file = SignedHeadFile {
+        head: head.to_string(),
+        identity_key: hex::encode(key.public_key().as_sec1()),
+        signature: hex::encode(signature.as_bytes()),
+    };
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    crate::files::write_file(
+        path,
+        text.as_bytes(),
+        crate::files::PUBLIC_FILE_MODE,
+        crate::files::Overwrite::Replace,
+    )?;
+    Ok(head)
+}
+
+/// `verify --signed-head`: the signature verifies under the key named in the file, that key is
+/// this appliance's identity key, and the chain still holds the signed entry unchanged.
+pub fn verify_signed_head(config: &Config, path: &std::path::Path) -> Result<audit::Head> {
+    use crate::hsm::signing_key::{EcdsaSignature, KeyRole, P256PublicKey, SIGNATURE_LEN};
+    let file: SignedHeadFile = super::read_json(path, "signed audit head")?;
+    let bad = |what: &str| anyhow::anyhow!("signed head {}: {what}", path.display());
+    let head = audit::parse_head(&file.head).ok_or_else(|| bad("head is not SEQ:SHA256HEX"))?;
+    let key = hex::decode(&file.identity_key)
+        .ok()
+        .and_then(|bytes| P256PublicKey::from_sec1(&bytes))
+        .ok_or_else(|| bad("identity_key is not an uncompressed P-256 point in hex"))?;
+    let signature: [u8; SIGNATURE_LEN] = hex::decode(&file.signature)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| bad("signature is not 64 bytes of hex"))?;
+    if !key.verify_sha256(
+        &audit::head_statement(&head),
+        &EcdsaSignature::from_bytes(signature),
+    ) {
+        return Err(bad("the signature does not verify (forged or edited head)"));
+    }
+    let identity = crate::app::open_signing_key(config, KeyRole::Identity)?;
+    if identity.public_key() != &key {
+        return Err(bad(
+            "signed by another key than this appliance's identity key",
+        ));
+    }
+    let store = crate::app::open_store(config)?;
+    let entries = store.audit_entries()?;
+    audit::verify_head(&entries, head).map_err(|broken| {
+        anyhow::anyhow!(
+            "audit log {} is NOT intact: {broken} (the signed head {head} is no longer in the chain: rewritten)",
+            store.path().display()
+        )
+    })?;
+    Ok(head)
 }

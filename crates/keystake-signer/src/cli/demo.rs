@@ -1,6 +1,7 @@
 //! `keystake-signer demo --dir DIR`: a complete appliance in DIR — demo PKI, `signer.toml`,
 //! SoftHSM2 token, sealing key, three random validator keys sealed by the HSM (generated in
-//! memory, never written unsealed) — then the instructions (keys and a ready-to-paste curl
+//! memory, never written unsealed), a policy naming only the demo client certificate (by
+//! fingerprint: any other certificate of the demo CA is refused) — then the instructions (keys and a ready-to-paste curl
 //! command) and, unless `--no-serve`, `serve` on `--listen`. Reuses what an earlier run left in
 //! DIR (certificates, configuration, keys).
 //!
@@ -147,5 +148,11 @@ pub fn demo_instructions(demo: &Demo, config: &Config, listen: SocketAddr) -> St
         "\nConfiguration: {}\n",
         demo.config_path.display()
     ));
+    if let Some(policy) = &config.policy_file {
+        text.push_str(&format!(
+            "Policy (only the demo client certificate may sign): {}\n",
+            policy.display()
+        ));
+    }
     text
 }

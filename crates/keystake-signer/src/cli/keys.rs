@@ -4,9 +4,12 @@
 //! sealed, and the plaintext exists only in memory. `list` prints one line per stored key (no
 //! HSM access needed).
 //!
-//! Refuses: keystores that do not parse or decrypt with the password file; share packages for
-//! another appliance, tampered, or not matching the `--manifest` given (or a manifest that does
-//! not verify); a share that does not match the manifest's commitments.
+//! Refuses: keystores that do not parse or decrypt with the password file; `import-share`
+//! without `--manifest` (the package's own copy authenticates nothing); share packages for
+//! another appliance, tampered, with an ephemeral key that is not a P-256 point, or not matching
+//! the `--manifest` given (or a manifest that does not verify); a share that does not match the
+//! manifest's commitments; a share of a validator this appliance already holds a key of, even a
+//! deleted one.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -53,10 +56,11 @@ pub struct ImportShareArgs {
     /// The share package (`share-<i>.pkg`) made for this appliance.
     #[arg(long)]
     pub package: PathBuf,
-    /// The cluster manifest the package must have been made with (optional: the package
-    /// carries its manifest; giving it pins which one).
+    /// The cluster manifest the package must have been made with, obtained over a channel the
+    /// operator trusts (required: the manifest inside a package proves nothing — a forger picks
+    /// commitments that make any share pass the Feldman check for any group key).
     #[arg(long)]
-    pub manifest: Option<PathBuf>,
+    pub manifest: PathBuf,
 }
 
 pub fn run(command: KeysCommand) -> Result<()> {
@@ -72,11 +76,8 @@ pub fn run(command: KeysCommand) -> Result<()> {
             println!("{public_key} {status}");
         }
         KeysCommand::ImportShare(args) => {
-            let imported = import_share(
-                &load_config(&args.config)?,
-                &args.package,
-                args.manifest.as_deref(),
-            )?;
+            let imported =
+                import_share(&load_config(&args.config)?, &args.package, &args.manifest)?;
             let status = status(imported.outcome);
             println!(
                 "{} {status} share {}/{} threshold {} group {}",
@@ -144,12 +145,12 @@ pub struct ImportedShare {
 pub fn import_share(
     config: &Config,
     package_path: &Path,
-    manifest_path: Option<&Path>,
+    manifest_path: &Path,
 ) -> Result<ImportedShare> {
-    let expected = manifest_path.map(load_manifest).transpose()?;
+    let expected = load_manifest(manifest_path)?;
     let package: SharePackage = read_json(package_path, "share package")?;
     let checked = package
-        .check(expected.as_ref())
+        .check(Some(&expected))
         .with_context(|| format!("share package {}", package_path.display()))?;
     let share = crate::app::open_share_package(config, &checked)
         .with_context(|| format!("opening share package {}", package_path.display()))?;

@@ -1,6 +1,8 @@
 //! `keystake-signer manifest verify --manifest FILE`: check a cluster manifest from `split` —
 //! the share public keys match the Feldman commitments and interpolate to the group key — and
-//! print a summary (threshold, group key, hash, one line per share and its operator).
+//! print a summary (threshold, group key, hash, one line per share and its operator) and the
+//! committee's safety bounds (theft, liveness, slashing; a warning when no malicious operator is
+//! tolerated against slashing).
 //!
 //! Refuses: a manifest that cannot be read, is not valid JSON of the manifest form (naming the
 //! field at fault), or does not verify.
@@ -13,6 +15,8 @@ use anyhow::{Context, Result};
 
 use super::read_json;
 use keystake_core::manifest::{Manifest, VerifiedManifest};
+use keystake_core::threshold::SafetyBounds;
+use keystake_core::types::Threshold;
 
 /// `keystake-signer manifest …`.
 #[derive(Debug, clap::Subcommand)]
@@ -57,5 +61,42 @@ pub fn describe_manifest(manifest: &VerifiedManifest) -> String {
             share.index, share.public_key, share.operator.fingerprint
         );
     }
+    text.push_str(&describe_bounds(
+        manifest.threshold(),
+        manifest.participants(),
+    ));
     text
+}
+
+/// The safety bounds of a `t`-of-`n` committee as printed by `split`, `manifest verify` and the
+/// DKG definitions, followed by the warning when it tolerates no malicious operator against
+/// slashing (docs/threshold.md, "Safety bounds").
+pub fn describe_bounds(t: Threshold, n: u32) -> String {
+    match SafetyBounds::for_committee(t, n) {
+        Ok(bounds) => {
+            let mut text = format!("{bounds}\n");
+            if let Some(warning) = bounds.warning() {
+                text.push_str(&warning);
+                text.push('\n');
+            }
+            text
+        }
+        // A verified manifest or a split always has 1 ≤ t ≤ n ≤ MAX_SHARES.
+        Err(error) => format!("safety bounds unavailable: {error}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_warn_when_no_malicious_operator_is_tolerated() {
+        let t = |t| Threshold::new(t).unwrap();
+        let two_of_three = describe_bounds(t(2), 3);
+        assert!(two_of_three.contains("WARNING: 2-of-3 tolerates no malicious operator"));
+        let two_of_four = describe_bounds(t(2), 4);
+        assert!(two_of_four.contains("not slashing-safe even with every operator honest"));
+        assert!(!describe_bounds(t(3), 4).contains("WARNING"));
+    }
 }

@@ -1,5 +1,10 @@
-//! `keystake-signer slashing import|export`: move EIP-3076 slashing-protection history in and
-//! out of the appliance (docs/slashing.md).
+//! `keystake-signer slashing import|export|verify`: move EIP-3076 slashing-protection history in
+//! and out of the appliance (docs/slashing.md), and check the database after a storage fault.
+//!
+//! `verify` opens the database the way `serve` does — `PRAGMA integrity_check` (every index
+//! against its table), schema version — and prints what it holds; it exits non-zero, naming the
+//! damage, on a database `serve` would refuse. It is the operator's step after a fault latched
+//! the signer (issue 17): verify, then restart.
 //!
 //! Import is atomic and may run while `serve` is running (SQLite serialises it with the
 //! signer's writer; the new watermarks apply to the next request). Export writes the complete
@@ -46,6 +51,12 @@ pub enum SlashingCommand {
         #[arg(long)]
         minimal: bool,
     },
+    /// Check the database as `serve` does at start (integrity of every table and index, schema)
+    /// and print what it holds. Run it after a storage fault stopped signing, before restarting.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Neither needs the HSM: the configuration is loaded without preparing it.
@@ -76,6 +87,18 @@ pub fn run(command: SlashingCommand) -> Result<()> {
             if out != Path::new("-") {
                 println!("exported {count} validators to {}", out.display());
             }
+        }
+        SlashingCommand::Verify { config } => {
+            let config = Config::load(&config)?;
+            let store = crate::app::open_store(&config)?;
+            let counts = store.record_counts()?;
+            println!(
+                "database {} OK (integrity_check passed): {} validators, {} blocks, {} attestations",
+                store.path().display(),
+                counts.validators,
+                counts.blocks,
+                counts.attestations
+            );
         }
     }
     Ok(())

@@ -161,5 +161,9 @@ pub fn describe_split(outcome: &SplitOutcome) -> String {
             share.operator.fingerprint
         );
     }
+    text.push_str(&super::manifest::describe_bounds(
+        manifest.threshold(),
+        manifest.participants(),
+    ));
     text
 }

@@ -512,12 +512,12 @@ fn decrypt_and_check(
         &package.ciphertext[..],
     )?;
     debug_assert_eq!(package.ciphertext.len(), PACKAGE_CIPHERTEXT_LEN);
-    let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
-        plaintext
-            .as_slice()
-            .try_into()
-            .map_err(|_| EnrolmentError::Integrity)?,
-    );
+    // Copied straight into the zeroizing buffer: `try_into` would make an unwiped stack copy.
+    if plaintext.len() != 32 {
+        return Err(EnrolmentError::Integrity);
+    }
+    let mut bytes: Zeroizing<[u8; 32]> = Zeroizing::new([0u8; 32]);
+    bytes.copy_from_slice(&plaintext);
     let key = SecretKey::from_zeroizing(bytes).map_err(|e| EnrolmentError::ShareMismatch {
         index: package.index,
         source: ThresholdError::Bls(e),

@@ -381,7 +381,10 @@ fn keystream(blob_key: &[u8]) -> Result<Zeroizing<[u8; SHARE_LEN]>, SealError> {
     let mut mac = new_mac(blob_key)?;
     mac.update(ENCRYPT_LABEL);
     let mut stream = Zeroizing::new([0u8; SHARE_LEN]);
-    stream.copy_from_slice(&mac.finalize().into_bytes());
+    // The keystream is as secret as the share it unmasks: wipe the digest's stack copy too.
+    let mut digest = mac.finalize().into_bytes();
+    stream.copy_from_slice(&digest);
+    zeroize::Zeroize::zeroize(digest.as_mut_slice());
     Ok(stream)
 }
 

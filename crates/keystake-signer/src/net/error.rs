@@ -27,6 +27,15 @@ pub enum ErrorShape {
     Keymanager,
 }
 
+/// Longest error message sent to a client or logged per refusal: the service's own text
+/// around client strings that are already cut to `keystake_core::text::MAX_ECHOED_BYTES`; this
+/// is the backstop for any message that was not.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+
+fn bounded_message(message: &str) -> String {
+    keystake_core::text::bounded(message, MAX_ERROR_MESSAGE_BYTES)
+}
+
 /// The status a body that could not be read maps to.
 pub fn body_status(error: &BodyError) -> StatusCode {
     match error {
@@ -49,7 +58,7 @@ impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: json!({ "error": message.into() }),
+            body: json!({ "error": bounded_message(&message.into()) }),
         }
     }
 
@@ -122,7 +131,7 @@ pub fn status_of(error: &ServiceError) -> StatusCode {
         | ServiceError::AmbiguousGroupKey { .. } => StatusCode::BAD_REQUEST,
         ServiceError::UnknownKey { .. } => StatusCode::NOT_FOUND,
         ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
-        ServiceError::Combine(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Combine(_) | ServiceError::FarFuture(_) => StatusCode::BAD_REQUEST,
         ServiceError::Refused(_) => StatusCode::PRECONDITION_FAILED,
         ServiceError::Store(StoreError::InvalidData(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         // An interchange file that cannot be imported is the caller's mistake, not a fault.
@@ -176,8 +185,9 @@ impl From<ServiceError> for ApiError {
             };
             return ApiError::new(status, message);
         }
-        tracing::debug!(%error, status = status.as_u16(), "request refused");
-        let mut body = json!({ "error": error.to_string() });
+        let message = bounded_message(&error.to_string());
+        tracing::debug!(error = %message, status = status.as_u16(), "request refused");
+        let mut body = json!({ "error": message });
         match &error {
             ServiceError::BadRequest(request_error) => {
                 if let Some(field) = request_error.field() {
@@ -206,6 +216,7 @@ pub fn keymanager_status_of(error: &KeymanagerError) -> StatusCode {
         KeymanagerError::WrongToken => StatusCode::FORBIDDEN,
         KeymanagerError::BadRequest(_) => StatusCode::BAD_REQUEST,
         KeymanagerError::Service(service) => status_of(service),
+        KeymanagerError::Ungranted(_) => StatusCode::FORBIDDEN,
         KeymanagerError::TokenFile { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -218,8 +229,9 @@ impl From<KeymanagerError> for ApiError {
             tracing::error!(%error, status = status.as_u16(), "keymanager request failed on the appliance side");
             format!("keymanager operation failed on the appliance: {error}")
         } else {
-            tracing::debug!(%error, status = status.as_u16(), "keymanager request refused");
-            error.to_string()
+            let message = bounded_message(&error.to_string());
+            tracing::debug!(error = %message, status = status.as_u16(), "keymanager request refused");
+            message
         };
         ApiError {
             status,

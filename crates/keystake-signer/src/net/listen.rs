@@ -2,9 +2,16 @@
 //!
 //! The accept loop is `TcpListener` → `tokio_rustls::TlsAcceptor` (client certificate mandatory,
 //! see `crate::net::tls`) → hyper `serve_connection`; the peer certificate becomes a
-//! [`ClientIdentity`] request extension there. Refuses: connections that do not finish the TLS
-//! handshake within [`HANDSHAKE_TIMEOUT`], and every connection without a valid client certificate
-//! (in the handshake, before any HTTP is read).
+//! [`ClientIdentity`] request extension there. The HTTP version comes from ALPN (`h2`, else
+//! HTTP/1.1), so nothing is read from a client before HTTP's own timeouts apply.
+//!
+//! Refuses: more than [`MAX_HANDSHAKES_PER_IP`] unauthenticated handshakes at once from one
+//! source address (the surplus is closed at once), connections that do not finish the TLS
+//! handshake within [`HANDSHAKE_TIMEOUT`], every connection without a valid client certificate
+//! (in the handshake, before any HTTP is read), every request of a client the policy does not
+//! name or names with no grant (right after its headers, before any body), gRPC calls that do
+//! not finish within [`GRPC_REQUEST_TIMEOUT`], and connections idle (no request in flight) for
+//! [`IDLE_TIMEOUT`].
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -37,6 +44,17 @@ pub const MAX_CONNECTIONS: usize = 2048;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many concurrent HTTP/2 streams per connection.
 pub const MAX_H2_STREAMS: u32 = 64;
+/// At most this many TLS handshakes (not yet authenticated) at once from one source address,
+/// an eighth of [`MAX_CONNECTIONS`]: a flood of stalled handshakes from one host cannot occupy
+/// more than that many connection slots, while a validator host opening a burst of fresh
+/// connections (a load balancer, a middleware restarting) stays far below it.
+pub const MAX_HANDSHAKES_PER_IP: usize = MAX_CONNECTIONS / 8;
+/// A connection with no request in flight for this long is closed (HTTP/2 keep-alive pings do
+/// not count as activity; HTTP/1.1 is also bounded by [`HEADER_READ_TIMEOUT`]).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A gRPC call (reading its message, deciding, signing, answering) must finish within this;
+/// REST bodies have their own read timeout (`crate::net::rest::body`).
+pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// On shutdown, requests in flight get this long to finish (their records are already durable;
 /// letting them answer avoids a missed duty).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +93,15 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
                     });
                 };
                 if !grpc_request {
+                    // Every REST route, bodies or not: an unnamed or ungranted client is refused
+                    // on its headers (recorded as what the route is).
+                    let caller = Caller::new(Some(identity), Api::Rest);
+                    if let Err(error) = service
+                        .admit(&caller, rest_admission(request.uri().path()))
+                        .await
+                    {
+                        return Ok(ApiError::from(error).into_response());
+                    }
                     return rest.oneshot(request).await;
                 }
                 let caller = Caller::new(Some(identity), Api::Grpc);
@@ -89,10 +116,35 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
                 if let Err(error) = service.admit(&caller, admission).await {
                     return Ok(tonic::Status::from(error).into_http());
                 }
-                grpc.oneshot(request).await
+                // tonic reads the message without a deadline of its own: bound the whole call.
+                match tokio::time::timeout(GRPC_REQUEST_TIMEOUT, grpc.oneshot(request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                        "the call did not finish within {GRPC_REQUEST_TIMEOUT:?}"
+                    ))
+                    .into_http()),
+                }
             }
         },
     ))
+}
+
+/// What a REST request is, for the record of an admission refusal (the same names the body
+/// extractor of `crate::net::rest::body` uses).
+fn rest_admission(path: &str) -> Admission {
+    if let Some(identifier) = path.strip_prefix("/api/v1/eth2/sign/") {
+        Admission::Signing {
+            identifier: identifier.to_owned(),
+        }
+    } else if path.starts_with("/api/v1/eth2/slashable/") {
+        Admission::Operation("slashing_dry_run")
+    } else if path.starts_with(crate::net::rest::operator::KEYMANAGER_PREFIX) {
+        Admission::Operation("keymanager")
+    } else if path.starts_with("/keystake/v1/admin/") || path == "/reload" {
+        Admission::Operation("operator")
+    } else {
+        Admission::Operation("rest")
+    }
 }
 
 /// gRPC requests announce themselves with `application/grpc`, `application/grpc+proto`, …
@@ -111,6 +163,11 @@ pub trait Handshake: Send + Sync + 'static {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
     /// Whether HTTP/2 is offered besides HTTP/1.1 (gRPC needs it).
     const HTTP2: bool;
+    /// Whether this connection speaks HTTP/2 (negotiated by ALPN), so that the version need
+    /// not be sniffed from the client's first bytes (a read without a timeout).
+    fn negotiated_h2(_stream: &Self::Stream) -> bool {
+        false
+    }
     /// The stream and the verified client identity, or `None` to drop the connection (the
     /// reason is logged here).
     fn handshake(
@@ -127,6 +184,10 @@ pub struct MutualTls(pub Arc<TlsReloader>);
 impl Handshake for MutualTls {
     type Stream = tokio_rustls::server::TlsStream<TcpStream>;
     const HTTP2: bool = true;
+
+    fn negotiated_h2(stream: &Self::Stream) -> bool {
+        stream.get_ref().1.alpn_protocol() == Some(crate::net::tls::ALPN_H2)
+    }
 
     async fn handshake(&self, stream: TcpStream, peer: SocketAddr) -> Handshaken<Self::Stream> {
         let acceptor = TlsAcceptor::from(self.0.current());
@@ -187,7 +248,8 @@ pub async fn serve<H: Handshake>(
     tokio::pin!(shutdown);
     let handshake = Arc::new(handshake);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let handshaking = Arc::new(HandshakesPerIp::default());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
@@ -208,24 +270,110 @@ pub async fn serve<H: Handshake>(
                 }
             },
         };
+        let Some(handshake_slot) = handshaking.enter(peer.ip()) else {
+            tracing::info!(%peer, "too many handshakes at once from this address; connection closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handshake = handshake.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Some((stream, identity)) = handshake.handshake(stream, peer).await {
-                serve_connection::<H>(stream, identity, peer, app, watcher).await;
+            let handshaken = handshake.handshake(stream, peer).await;
+            drop(handshake_slot);
+            if let Some((stream, identity)) = handshaken {
+                serve_connection::<H>(stream, identity, peer, app, stopping).await;
             }
             drop(permit);
         });
     }
     drop(listener);
     tracing::info!("no longer accepting connections; draining requests in flight");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop.send(true);
+    // Every connection holds a permit until it ends: all of them back means all drained.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// Unauthenticated handshakes in progress per source address ([`MAX_HANDSHAKES_PER_IP`]).
+#[derive(Default)]
+struct HandshakesPerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One handshake's place in [`HandshakesPerIp`], given back on drop.
+struct HandshakeSlot {
+    table: Arc<HandshakesPerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl HandshakesPerIp {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = table.entry(ip).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = table.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended (idle detection).
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+/// Marks one request in flight until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -279,33 +427,69 @@ async fn serve_connection<H: Handshake>(
     identity: Option<ClientIdentity>,
     peer: SocketAddr,
     app: Router,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+    let activity = Arc::new(Activity {
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+    });
+    let tracked = activity.clone();
+    let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
         }
-        request
+        let in_flight = InFlight::start(&tracked);
+        let app = app.clone();
+        async move {
+            let answer = app.oneshot(request).await;
+            drop(in_flight);
+            answer
+        }
     });
+    let h2 = H::HTTP2 && H::negotiated_h2(&stream);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    if H::HTTP2 {
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_H2_STREAMS)
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_timeout(Duration::from_secs(20));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    // The version is fixed here (ALPN), never sniffed: hyper-util's sniff reads the client's
+    // first bytes with no timeout at all.
+    let builder = if h2 {
+        builder.http2_only()
     } else {
-        builder = builder.http1_only();
-    }
+        builder.http1_only()
+    };
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-    if let Err(error) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+    tokio::pin!(connection);
+    let mut closing = false;
+    let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 4);
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = idle_check.tick(), if !closing => {
+                if activity.idle_for() >= IDLE_TIMEOUT {
+                    tracing::debug!(%peer, "idle connection closed");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,11 @@
 //!
 //! The listener answers `GET /metrics` only (404 otherwise) and refuses nothing else: it carries
 //! no secrets and changes nothing, but it is plain HTTP, so keep it off public interfaces.
+//!
+//! A scrape does no work on the HSM or the database (issue 17): the health gauges are a cache,
+//! refreshed every [`HEALTH_REFRESH`] by one background task through the service's one health
+//! probe. Scraping as fast as an unauthenticated client can no longer open HSM sessions or take
+//! the database's write lock (which the probe's `BEGIN IMMEDIATE` does) per request.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -96,12 +101,12 @@ impl Metrics {
             .expect("valid metric");
         let hsm_up = IntGauge::new(
             "hsm_session_up",
-            "1 when the HSM session answered its health check at the last scrape",
+            "1 when the HSM session answered the last health probe (refreshed every 5 s, not per scrape)",
         )
         .expect("valid metric");
         let db_up = IntGauge::new(
             "slashing_db_up",
-            "1 when the slashing-protection database answered at the last scrape",
+            "1 when the slashing-protection database answered the last health probe (refreshed every 5 s)",
         )
         .expect("valid metric");
         let refusals = IntCounterVec::new(
@@ -201,21 +206,39 @@ impl Observer for Metrics {
 #[derive(Clone)]
 struct Scraped {
     metrics: Arc<Metrics>,
-    service: Arc<SigningService>,
 }
 
-/// The metrics listener's router: `GET /metrics`. Health gauges are refreshed at each scrape
-/// from the service's one health probe.
-pub fn router(metrics: Arc<Metrics>, service: Arc<SigningService>) -> Router {
+/// How often the health gauges are refreshed from the health probe (a usual Prometheus scrape
+/// interval is 15 s or more, so every scrape sees a fresh value).
+pub const HEALTH_REFRESH: Duration = Duration::from_secs(5);
+
+/// The metrics listener's router: `GET /metrics`, rendering what the gauges hold. The health
+/// gauges are set by [`refresh_health`], never by a scrape.
+pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Scraped { metrics, service })
+        .with_state(Scraped { metrics })
 }
 
-async fn scrape(State(Scraped { metrics, service }): State<Scraped>) -> Response {
-    let health = service.probe_health().await;
-    metrics.set_health(health.hsm.is_ok(), health.database.is_ok());
-    metrics.set_keys_loaded(health.keys_loaded);
+/// Probe health now and every `interval` after, setting the health and key gauges; runs until
+/// the process ends. The one place the metrics listener touches the HSM or the database.
+pub async fn refresh_health(
+    metrics: Arc<Metrics>,
+    service: Arc<SigningService>,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    // A slow probe (a stalled disk) delays the next one instead of queueing a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let health = service.probe_health().await;
+        metrics.set_health(health.hsm.is_ok(), health.database.is_ok());
+        metrics.set_keys_loaded(health.keys_loaded);
+    }
+}
+
+async fn scrape(State(Scraped { metrics }): State<Scraped>) -> Response {
     (
         StatusCode::OK,
         [(
@@ -235,20 +258,23 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-/// Serve the metrics router until the process ends, through `crate::net::listen`.
+/// Serve the metrics router until the process ends, through `crate::net::listen`, with the
+/// health gauges refreshed in the background every [`HEALTH_REFRESH`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     service: Arc<SigningService>,
 ) {
+    let refresher = tokio::spawn(refresh_health(metrics.clone(), service, HEALTH_REFRESH));
     // The one accept loop, plain HTTP: the same connection cap and header timeout as the API.
     crate::net::listen::serve(
         listener,
         crate::net::listen::PlainHttp,
-        router(metrics, service),
+        router(metrics),
         std::future::pending::<()>(),
     )
     .await;
+    refresher.abort();
     tracing::error!("metrics listener stopped");
 }
 
@@ -279,5 +305,123 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// The real SoftHSM2 sealer, counting the health probes that reach it (each opens and uses an
+    /// HSM session).
+    struct CountingSealer {
+        inner: crate::hsm::pkcs11::Pkcs11Sealer,
+        health_checks: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::hsm::Sealer for CountingSealer {
+        fn seal(
+            &self,
+            secret: &zeroize::Zeroizing<[u8; crate::hsm::SHARE_LEN]>,
+            context: &crate::hsm::SealContext,
+        ) -> Result<crate::hsm::SealedShare, crate::hsm::SealError> {
+            self.inner.seal(secret, context)
+        }
+
+        fn unseal(
+            &self,
+            sealed: &crate::hsm::SealedShare,
+            context: &crate::hsm::SealContext,
+        ) -> Result<zeroize::Zeroizing<[u8; crate::hsm::SHARE_LEN]>, crate::hsm::SealError>
+        {
+            self.inner.unseal(sealed, context)
+        }
+
+        fn health_check(&self) -> Result<(), crate::hsm::SealError> {
+            self.health_checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.health_check()
+        }
+
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    /// `GET /metrics` over a real socket; the response body.
+    async fn scrape_once(address: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.read_to_string(&mut response),
+        )
+        .await
+        .expect("scrape answered")
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// Issue 17: scraping as fast as possible opens no HSM session and never waits for the
+    /// database's write lock; only the timer probes. Real SoftHSM2 token, real SQLite file, real
+    /// socket. Before the fix every scrape ran the probe (one HSM session each, and up to 2 s
+    /// waiting for the lock held below).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_open_no_hsm_session_and_wait_for_no_database_lock() {
+        use crate::hsm::pkcs11::test_support::fresh_sealer;
+        use std::sync::atomic::Ordering;
+        let (_config, inner) = fresh_sealer("metrics-scrape");
+        let sealer = Arc::new(CountingSealer {
+            inner,
+            health_checks: Default::default(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("signer.sqlite");
+        let store = Arc::new(crate::store::Store::open(&database).unwrap());
+        let service = Arc::new(
+            SigningService::new(
+                store,
+                sealer.clone(),
+                keystake_core::consensus::Network::mainnet(),
+            )
+            .unwrap(),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let socket = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = socket.local_addr().unwrap();
+        let server = tokio::spawn(serve(socket, metrics, service));
+        // The first timer probe has run: the gauges are set.
+        for _ in 0..200 {
+            if sealer.health_checks.load(Ordering::SeqCst) >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = scrape_once(address).await;
+        assert!(first.contains("keystake_hsm_session_up 1"), "{first}");
+        assert!(first.contains("keystake_slashing_db_up 1"), "{first}");
+
+        // Another process holds the write lock while someone scrapes as fast as it can.
+        let locker = rusqlite::Connection::open(&database).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let started = std::time::Instant::now();
+        let before = sealer.health_checks.load(Ordering::SeqCst);
+        const SCRAPES: usize = 40;
+        for _ in 0..SCRAPES {
+            scrape_once(address).await;
+        }
+        let probes = sealer.health_checks.load(Ordering::SeqCst) - before;
+        // One probe per HEALTH_REFRESH elapsed, plus one in flight.
+        let timer_probes = (started.elapsed().as_secs() / HEALTH_REFRESH.as_secs() + 1) as usize;
+        assert!(
+            probes <= timer_probes && probes < SCRAPES,
+            "{probes} HSM health probes for {SCRAPES} scrapes"
+        );
+        locker.execute_batch("COMMIT").unwrap();
+        server.abort();
     }
 }

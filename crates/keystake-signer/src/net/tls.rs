@@ -76,6 +76,8 @@ pub enum TlsError {
     NoCrl(PathBuf),
     #[error("CRL {} is unusable: {reason}", path.display())]
     BadCrl { path: PathBuf, reason: String },
+    #[error("CRL {} is stale: its nextUpdate {next_update} has passed; issue a fresh one (`keystake-signer certs revoke`)", path.display())]
+    StaleCrl { path: PathBuf, next_update: String },
     #[error("CRL {} was not issued by CA certificate {}", crl.display(), ca.display())]
     CrlFromOtherCa { crl: PathBuf, ca: PathBuf },
     #[error("TLS configuration rejected: {0}")]
@@ -99,7 +101,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     if let Some(crl_path) = &files.crl {
         let crls = load_crls(crl_path)?;
         check_crl_issuers(crl_path, &crls, &files.ca_cert, &ca_certs)?;
-        verifier = verifier.with_crls(crls);
+        // A CRL past its nextUpdate no longer says who is revoked: refuse new connections
+        // with it (webpki checks at every handshake) rather than trust a stale list.
+        verifier = verifier.with_crls(crls).enforce_revocation_expiration();
     }
     let verifier = verifier.build().map_err(|err| match (&files.crl, err) {
         (Some(crl), rustls::server::VerifierBuilderError::InvalidCrl(reason)) => TlsError::BadCrl {
@@ -307,6 +311,15 @@ fn check_crl_issuers(
             path: crl_path.to_path_buf(),
             reason: err.to_string(),
         })?;
+        if let Some(next_update) = parsed.next_update() {
+            let now = x509_parser::time::ASN1Time::now();
+            if next_update < now {
+                return Err(TlsError::StaleCrl {
+                    path: crl_path.to_path_buf(),
+                    next_update: next_update.to_string(),
+                });
+            }
+        }
         let issuer = parsed.issuer().as_raw();
         let authority_key_id =
             parsed

@@ -2,12 +2,15 @@
 //! on request (SIGHUP, admin call), decides requests with the pure [`keystake_core::policy`] rules and
 //! logs every refusal with the client identity.
 //!
-//! Without a policy file the appliance keeps its original behaviour — any client whose
-//! certificate chains to the CA may do everything — and says so in a startup warning.
+//! Deny by default: `serve` refuses to start without a policy file unless the configuration
+//! says `allow_any_client = true`, in which case any client whose certificate chains to the CA
+//! may do everything and a loud warning says so at start-up.
 //!
-//! Refuses: a policy file that does not parse (at start-up: the appliance does not start; on
-//! reload: the old policy stays in force and the reload reports the error), and, with a policy,
-//! any request without a client identity.
+//! Refuses: a missing policy (unless explicitly allowed), a policy file that does not parse (at
+//! start-up: the appliance does not start; on reload: the old policy **and** the old TLS
+//! configuration stay in force and the reload reports the error), and, with a policy, any
+//! request without a client identity, and any request of a client that is unnamed or named
+//! with no grant, before its body is read.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -106,8 +109,10 @@ pub enum AuthzError {
     },
     #[error("policy file {}: {source}", path.display())]
     Invalid { path: PathBuf, source: PolicyError },
-    #[error("reloading the TLS configuration (CRL): {0}")]
+    #[error("reloading the TLS configuration (CRL): {0}; the previous policy and TLS configuration stay in force")]
     Tls(#[source] ReloadError),
+    #[error("no policy_file configured: refusing to serve every client of the CA with every key; write a policy (docs/authorization.md) or set allow_any_client = true")]
+    NoPolicy,
 }
 
 /// Why a [`Reloadable`] could not reload (its own error type, whatever adapter it is).
@@ -183,20 +188,25 @@ impl Authorizer {
         })
     }
 
-    /// From the configuration: a file if one is named, else open (with the startup warning).
-    pub fn from_config(policy_file: Option<&Path>) -> Result<Self, AuthzError> {
+    /// From the configuration: a file if one is named; else open only when `allow_any_client`
+    /// says so explicitly (with a loud warning), else refuse ([`AuthzError::NoPolicy`]).
+    pub fn from_config(
+        policy_file: Option<&Path>,
+        allow_any_client: bool,
+    ) -> Result<Self, AuthzError> {
         match policy_file {
             Some(path) => {
                 let authorizer = Self::from_file(path)?;
                 tracing::info!(policy = %path.display(), clients = authorizer.client_count(), "authorization policy loaded");
                 Ok(authorizer)
             }
-            None => {
+            None if allow_any_client => {
                 tracing::warn!(
-                    "no policy_file configured: every client whose certificate chains to the CA may sign with every key (see docs/authorization.md)"
+                    "allow_any_client = true and no policy_file: EVERY client whose certificate chains to the CA may sign with EVERY key, exits and deposits included (see docs/authorization.md)"
                 );
                 Ok(Self::open())
             }
+            None => Err(AuthzError::NoPolicy),
         }
     }
 
@@ -220,15 +230,15 @@ impl Authorizer {
         self.policy().map_or(0, |p| p.clients.len())
     }
 
-    /// Re-read the policy file and the TLS configuration. On any error the previous policy
-    /// stays in force.
+    /// Re-read the policy file and the TLS configuration. Both are read and checked before
+    /// either is installed: on any error the previous policy **and** TLS configuration stay in
+    /// force. (The TLS reloader installs its configuration only when it built; the policy is
+    /// swapped after it, and swapping cannot fail.)
     pub fn reload(&self) -> Result<ReloadSummary, AuthzError> {
-        if let Some(path) = &self.policy_file {
-            let policy = read_policy(path)?;
-            let clients = policy.clients.len();
-            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(policy));
-            tracing::info!(policy = %path.display(), clients, "authorization policy reloaded");
-        }
+        let policy = match &self.policy_file {
+            Some(path) => Some(read_policy(path)?),
+            None => None,
+        };
         let tls_reloaded = match self.tls.get() {
             Some(tls) => {
                 tls.reload().map_err(AuthzError::Tls)?;
@@ -236,6 +246,11 @@ impl Authorizer {
             }
             None => false,
         };
+        if let (Some(path), Some(policy)) = (&self.policy_file, policy) {
+            let clients = policy.clients.len();
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(policy));
+            tracing::info!(policy = %path.display(), clients, "authorization policy reloaded");
+        }
         Ok(ReloadSummary {
             enforced: self.enforced(),
             clients: self.client_count(),
@@ -284,16 +299,17 @@ impl Authorizer {
         }
     }
 
-    /// Refuse a client the policy does not name at all, before looking at its request.
+    /// Refuse a client the policy does not name at all, or names with no grant, before looking
+    /// at its request.
     pub fn check_known(&self, caller: &Caller) -> Result<(), Denial> {
         let Some(policy) = self.policy() else {
             return Ok(());
         };
-        let known = caller.subject().is_some_and(|s| policy.knows(&s));
-        if known {
-            return Ok(());
-        }
-        let denial = match caller.identity {
+        let denial = match caller.subject() {
+            Some(s) if policy.grants_anything(&s) => return Ok(()),
+            Some(s) if policy.knows(&s) => Denial::NothingGranted {
+                client: caller.name(),
+            },
             Some(_) => Denial::UnknownClient {
                 client: caller.name(),
             },
@@ -307,6 +323,17 @@ impl Authorizer {
             "authorization refused"
         );
         Err(denial)
+    }
+
+    /// Whether the client holds `operation` on any key (no logging: the header-time check;
+    /// the caller records the refusal).
+    pub fn may_ever(&self, caller: &Caller, operation: Operation) -> bool {
+        match self.policy() {
+            None => true,
+            Some(policy) => caller
+                .subject()
+                .is_some_and(|s| policy.may_ever(&s, operation)),
+        }
     }
 
     /// Whether a key appears in this client's key listings.

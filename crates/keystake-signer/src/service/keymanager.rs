@@ -4,8 +4,12 @@
 //! first, then its slashing data is exported into the answer; slashing data is never deleted).
 //! The HTTP adapter is `crate::net::rest::keymanager`; statuses are mapped in `crate::net::error`.
 //!
+//! Rights are per key: a caller's `keymanager` grant decides which keys it lists, and an
+//! import or delete naming any key outside its grant is refused whole (403) before anything is
+//! changed — a grant on key A does not let its holder delete key B or read B's history.
+//!
 //! Refuses: requests without a bearer token (401) or with a wrong one (403, compared in
-//! constant time), token files shorter than 256 bits or not hex, `keystores`/`passwords` of
+//! constant time), any key the caller's `keymanager` grant does not cover (403), token files shorter than 256 bits or not hex, `keystores`/`passwords` of
 //! different lengths, malformed public keys, and slashing data that is not a valid EIP-3076
 //! interchange for this appliance's network (nothing is imported then).
 #![forbid(unsafe_code)]
@@ -21,10 +25,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::service::authz::Caller;
 use crate::service::{self, ServiceError, SigningService};
 use crate::store::{InsertOutcome, ShareOrigin, StoreError};
 use keystake_core::bls;
 use keystake_core::keystore;
+use keystake_core::policy::Operation;
 use keystake_core::slashing::interchange::Interchange;
 use keystake_core::types::{BlsPublicKey, Root};
 
@@ -45,6 +51,10 @@ pub enum KeymanagerError {
     TokenFile { path: PathBuf, reason: String },
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// An imported keystore's key that the caller's `keymanager` grant does not cover (the
+    /// refusal is audited by `Keymanager::import` and answered as 403).
+    #[error("forbidden: keymanager on {0} is not granted to this client; nothing was imported")]
+    Ungranted(BlsPublicKey),
 }
 
 /// The keymanager API token. Compared in constant time; never printed.
@@ -334,10 +344,19 @@ impl Keymanager {
         self.token.verify(authorization)
     }
 
-    pub fn list(&self) -> Vec<ListedKey> {
+    /// The keys `caller`'s `keymanager` grant covers.
+    pub fn list(&self, caller: &Caller) -> Vec<ListedKey> {
+        let authorizer = self.service.authorizer();
         self.service
             .public_keys()
             .into_iter()
+            .filter(|key| {
+                authorizer.allows(
+                    caller,
+                    &self.service.admin_target(*key),
+                    Operation::Keymanager,
+                )
+            })
             .map(|validating_pubkey| ListedKey {
                 validating_pubkey,
                 readonly: false,
@@ -348,6 +367,7 @@ impl Keymanager {
     /// Import keystores; one status per keystore, in request order.
     pub async fn import(
         &self,
+        caller: &Caller,
         request: ImportRequest,
     ) -> Result<Vec<ImportStatus>, KeymanagerError> {
         if request.keystores.len() != request.passwords.len() {
@@ -360,16 +380,43 @@ impl Keymanager {
         let _one_at_a_time = self.operations.lock().await;
         let service = self.service.clone();
         let workers = self.workers;
-        tokio::task::spawn_blocking(move || import_blocking(&service, &request, workers))
-            .await
-            .map_err(ServiceError::TaskFailed)?
+        let who = caller.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || import_blocking(&service, &who, &request, workers))
+                .await
+                .map_err(ServiceError::TaskFailed)?;
+        if let Err(KeymanagerError::Ungranted(key)) = &outcome {
+            // The same decision again, through the path that audits and counts refusals.
+            let target = self.service.admin_target(*key);
+            self.service
+                .authorize(caller, &target, Operation::Keymanager)
+                .await?;
+        }
+        outcome
+    }
+
+    /// Refuse the whole request unless `caller` holds `keymanager` on every key (audited).
+    async fn check_every_key(
+        &self,
+        caller: &Caller,
+        keys: &[BlsPublicKey],
+    ) -> Result<(), KeymanagerError> {
+        for key in keys {
+            let target = self.service.admin_target(*key);
+            self.service
+                .authorize(caller, &target, Operation::Keymanager)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Delete keys: each stops signing, then the slashing data of all of them is exported.
     pub async fn delete(
         &self,
+        caller: &Caller,
         public_keys: &[BlsPublicKey],
     ) -> Result<DeleteOutcome, KeymanagerError> {
+        self.check_every_key(caller, public_keys).await?;
         let _one_at_a_time = self.operations.lock().await;
         let mut statuses = Vec::with_capacity(public_keys.len());
         for public_key in public_keys {
@@ -480,6 +527,7 @@ fn parse_slashing_protection(
 /// new keys (the HSM seals each; the plaintext never leaves memory), then reload.
 fn import_blocking(
     service: &SigningService,
+    caller: &Caller,
     request: &ImportRequest,
     workers: usize,
 ) -> Result<Vec<ImportStatus>, KeymanagerError> {
@@ -494,6 +542,8 @@ fn import_blocking(
     tracing::info!(total, workers, "keystore import: decrypting");
     let decrypted = parallel_map(&jobs, workers, |&i| {
         let result = decrypt_keystore(&request.keystores[i], &request.passwords[i]);
+        // The KDF and cipher frames below held the derived key and the plaintext secret.
+        keystake_core::wipe::wipe_stack();
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         match &result {
             Ok(_) => tracing::info!(done, total, "keystore import: decrypted {done}/{total}"),
@@ -503,6 +553,19 @@ fn import_blocking(
         }
         result
     });
+
+    // Per-key rights before anything is stored: one key outside the grant refuses the whole
+    // request (the caller may not even learn whether the others would have been imported).
+    for secret in decrypted.iter().flatten() {
+        let key = secret.public_key();
+        let target = service.admin_target(key);
+        if !service
+            .authorizer()
+            .allows(caller, &target, Operation::Keymanager)
+        {
+            return Err(KeymanagerError::Ungranted(key));
+        }
+    }
 
     let active: HashSet<BlsPublicKey> = service.public_keys().into_iter().collect();
     let mut seen = HashSet::new();
@@ -552,12 +615,14 @@ fn import_blocking(
     // Seal in parallel (HSM round trips), then store in request order in one transaction, so
     // the listing order is the request order and the batch costs one fsync.
     let sealed = parallel_map(&candidates, workers, |(_, secret)| {
-        service::seal_record(
+        let record = service::seal_record(
             service.sealer().as_ref(),
             secret,
             ShareOrigin::Keystore,
             None,
-        )
+        );
+        keystake_core::wipe::wipe_stack();
+        record
     });
     let mut records = Vec::new();
     let mut stored_for = Vec::new();

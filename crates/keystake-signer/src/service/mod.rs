@@ -66,6 +66,8 @@ pub enum ServiceError {
     Forbidden(#[from] Denial),
     #[error("cannot combine: {0}")]
     Combine(#[from] keystake_core::threshold::ThresholdError),
+    #[error("refused: {0}")]
+    FarFuture(#[from] keystake_core::clock::FarFuture),
 }
 
 /// A key this appliance can sign with: the sealed share and what binds it.
@@ -133,6 +135,14 @@ pub struct SigningService {
     authorizer: Arc<Authorizer>,
     observer: Arc<dyn Observer>,
     reload_state: Mutex<ReloadState>,
+    /// The generation of the key index in force, and the lock that serializes every rebuild
+    /// of it with the store change that caused it: a reload reads the store and installs its
+    /// index under this lock, and `deactivate` disables the key and rebuilds under it too, so
+    /// a reload that read the store before a DELETE can never install its stale index after.
+    index_generation: Mutex<u64>,
+    /// Duties further ahead of the wall clock than this many epochs are refused before they
+    /// are recorded (`crate::config::SlashingSection::future_margin_epochs`).
+    future_margin_epochs: u64,
 }
 
 /// The sealing context of a record: the share's identity that the HSM binds the blob to.
@@ -159,6 +169,8 @@ impl SigningService {
             authorizer: Arc::new(Authorizer::open()),
             observer: Arc::new(Unobserved),
             reload_state: Mutex::new(ReloadState::Idle),
+            index_generation: Mutex::new(0),
+            future_margin_epochs: keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS,
         };
         service.reload()?;
         Ok(service)
@@ -173,6 +185,25 @@ impl SigningService {
 
     pub fn authorizer(&self) -> &Arc<Authorizer> {
         &self.authorizer
+    }
+
+    /// Refuse duties more than `epochs` ahead of the wall clock (default
+    /// [`keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS`]).
+    pub fn with_future_margin_epochs(mut self, epochs: u64) -> Self {
+        self.future_margin_epochs = epochs;
+        self
+    }
+
+    pub fn future_margin_epochs(&self) -> u64 {
+        self.future_margin_epochs
+    }
+
+    /// How many times the key index has been rebuilt (reloads, imports, deletes).
+    pub fn index_generation(&self) -> u64 {
+        *self
+            .index_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Report phase timings, outcomes and refusals to `observer` (the metrics adapter).
@@ -195,8 +226,18 @@ impl SigningService {
     }
 
     /// Re-read the keys from the store (after an import or delete by another process). Returns
-    /// the number of keys loaded.
+    /// the number of keys loaded. Serialized with every other rebuild (see `index_generation`).
     pub fn reload(&self) -> Result<usize, ServiceError> {
+        let mut generation = self
+            .index_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.rebuild_index(&mut generation)
+    }
+
+    /// Read the enabled keys from the store and install them as the next generation. Only
+    /// called with the `index_generation` lock held (the `&mut u64` is its guard's value).
+    fn rebuild_index(&self, generation: &mut u64) -> Result<usize, ServiceError> {
         let previous = self.index();
         let mut index = KeyIndex::default();
         for record in self.store.shares()? {
@@ -235,6 +276,7 @@ impl SigningService {
         }
         let count = index.order.len();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
+        *generation += 1;
         self.observer.keys_loaded(count);
         Ok(count)
     }
@@ -276,7 +318,7 @@ impl SigningService {
             identifier
                 .parse()
                 .map_err(|_| ServiceError::InvalidIdentifier {
-                    identifier: identifier.to_owned(),
+                    identifier: keystake_core::text::echo(identifier),
                 })?;
         let index = self.index();
         if let Some(key) = index.by_public_key.get(&public_key) {
@@ -312,18 +354,23 @@ impl SigningService {
         let sealer = self.sealer.clone();
         let observer = self.observer.clone();
         tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let secret = sealer.unseal(&key.sealed, &key.context)?;
-            observer.phase(Phase::Unseal, started.elapsed());
-            let started = std::time::Instant::now();
-            let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
-                ServiceError::InvalidUnsealedShare {
-                    public_key: key.public_key,
-                }
-            })?;
-            let signature = secret_key.sign(&signing_root.0);
-            observer.phase(Phase::Bls, started.elapsed());
-            Ok(signature)
+            let signed = (|| {
+                let started = std::time::Instant::now();
+                let secret = sealer.unseal(&key.sealed, &key.context)?;
+                observer.phase(Phase::Unseal, started.elapsed());
+                let started = std::time::Instant::now();
+                let secret_key = bls::SecretKey::from_zeroizing(secret).map_err(|_| {
+                    ServiceError::InvalidUnsealedShare {
+                        public_key: key.public_key,
+                    }
+                })?;
+                let signature = secret_key.sign(&signing_root.0);
+                observer.phase(Phase::Bls, started.elapsed());
+                Ok(signature)
+            })();
+            // The unseal and blst's signing left copies of the share in the frames below.
+            keystake_core::wipe::wipe_stack();
+            signed
         })
         .await?
     }
@@ -347,8 +394,17 @@ impl SigningService {
     /// was active. Its slashing history stays.
     pub async fn deactivate(&self, public_key: &BlsPublicKey) -> Result<bool, ServiceError> {
         let held = self.index().by_public_key.get(public_key).cloned();
-        let was_active = self.store.disable_share(public_key)?;
-        self.reload()?;
+        let was_active = {
+            // Disable and rebuild under the index lock: no reload can read the store before
+            // the disable and install its index after this rebuild (which would resurrect it).
+            let mut generation = self
+                .index_generation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let was_active = self.store.disable_share(public_key)?;
+            self.rebuild_index(&mut generation)?;
+            was_active
+        };
         if let Some(key) = held {
             let deadline = tokio::time::Instant::now() + DEACTIVATE_DRAIN_TIMEOUT;
             // Ours is the only reference left once every in-flight request has finished.

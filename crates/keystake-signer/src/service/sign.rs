@@ -26,8 +26,9 @@ use keystake_core::policy::{Operation, Target};
 use keystake_core::request::SignKind;
 use keystake_core::slashing::Safe;
 
-/// Longest identifier copied into an audit entry verbatim (a client could send anything).
-const MAX_AUDITED_IDENTIFIER: usize = 120;
+/// Longest reason written into an audit entry: server-made text around at most a few
+/// client strings, each already cut to `keystake_core::text::MAX_ECHOED_BYTES`.
+const MAX_AUDITED_REASON: usize = 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -44,19 +45,19 @@ struct Draft {
 
 impl Draft {
     fn new(caller: &Caller, key: &str, kind: &str) -> Draft {
-        let key: String = key.chars().take(MAX_AUDITED_IDENTIFIER).collect();
+        let key = keystake_core::text::echo(key);
         Draft {
             record: Record {
                 time_ms: now_ms(),
                 api: caller.api.as_str().to_owned(),
-                client: caller.name(),
+                client: keystake_core::text::echo(&caller.name()),
                 fingerprint: caller
                     .identity
                     .as_ref()
                     .map(|i| i.fingerprint_hex())
                     .unwrap_or_default(),
                 key,
-                kind: kind.to_owned(),
+                kind: keystake_core::text::echo(kind),
                 signing_root: String::new(),
                 outcome: Outcome::Signed,
                 reason: String::new(),
@@ -68,7 +69,7 @@ impl Draft {
     fn with(&self, outcome: Outcome, reason: String) -> Record {
         Record {
             outcome,
-            reason,
+            reason: keystake_core::text::bounded(&reason, MAX_AUDITED_REASON),
             ..self.record.clone()
         }
     }
@@ -144,6 +145,10 @@ impl SigningService {
             &Target::Key(key.key_ref()),
             Operation::of_sign_kind(intent.kind),
         )?;
+        if let (Some(check), Some(clock)) = (&intent.slashing, self.network.clock()) {
+            // Before anything is recorded: a far-future record would block the key for good.
+            clock.check_duty(check, now_ms() / 1000, self.future_margin_epochs)?;
+        }
         let signed_entry = draft.with(Outcome::Signed, String::new());
         match intent.slashing {
             Some(check) => {

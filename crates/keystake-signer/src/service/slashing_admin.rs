@@ -16,7 +16,7 @@ use keystake_core::types::BlsPublicKey;
 impl SigningService {
     /// The policy target for a key named in an administrative call: with its group key when it
     /// is a loaded threshold share (so group grants apply), else the bare key.
-    fn admin_target(&self, public_key: BlsPublicKey) -> Target {
+    pub(crate) fn admin_target(&self, public_key: BlsPublicKey) -> Target {
         let group_public_key = self
             .key_infos()
             .into_iter()

@@ -9,14 +9,23 @@
 //! batch; nothing was released, so nothing is lost. No lock is held while signing: the slow
 //! parts (unseal, BLS) run outside, after the record is durable.
 //!
-//! When a transaction fails (disk full, read-only file system, I/O error) the writer drops its
-//! connection and opens a fresh one for the next batch, so the appliance recovers by itself once
-//! the fault is gone. Group commit can be switched off ([`StoreOptions::group_commit`]) to measure
+//! Fail closed (issue 17): when a slashing transaction fails with a storage fault (disk full, I/O
+//! error, read-only file system, corruption — anything but a lock held by another process) the
+//! store **latches**: every later check-and-record is refused with
+//! [`StoreFault::Latched`] (503) and `/healthcheck` is DOWN until an operator has run
+//! `keystake-signer slashing verify` and restarted the signer. Records written near an I/O error
+//! may be lost or damaged, so carrying on after the fault went away could sign against a history
+//! that silently lacks a record. Before every batch the writer also checks that the file at the
+//! configured path is still the one it opened (device, inode — one `stat` per batch): a database
+//! moved or replaced underneath latches the same way, since records committed to an unlinked file
+//! vanish at restart. Group commit can be switched off ([`StoreOptions::group_commit`]) to measure
 //! what it buys.
 //!
 //! EIP-3076 interchange import and export live in [`interchange`].
 //!
-//! Refuses: opening a file that fails `PRAGMA quick_check`, a schema newer than this build, a
+//! Refuses: opening a file that fails `PRAGMA integrity_check` (which, unlike `quick_check`,
+//! compares every index with its table: the surround queries are forced through an index, so a
+//! stale index page would hide a record from them), a schema newer than this build, a
 //! second network (signing requests or interchange files whose genesis validators root differs
 //! from the one the database is bound to).
 #![forbid(unsafe_code)]
@@ -32,7 +41,7 @@ pub use keystake_core::slashing::{CheckOutcome, Refusal, SlashingRequest};
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -53,8 +62,9 @@ const MAX_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be used right now (I/O error, disk full, read-only, locked).
-    /// Requests are refused with 503; the appliance recovers when the cause is gone.
+    /// The database cannot be used (I/O error, disk full, read-only, replaced, locked). Requests
+    /// are refused with 503. Only a lock held by another process clears by itself; every other
+    /// fault latches the store ([`StoreFault::Latched`]) until a restart.
     #[error("slashing-protection database unavailable: {0}")]
     Unavailable(#[from] StoreFault),
     #[error("database {path} is corrupted ({detail}); refusing to use it — restore it from a backup or an EIP-3076 export")]
@@ -98,8 +108,31 @@ pub enum StoreFault {
     Replaced { path: PathBuf },
     #[error("cannot start writer thread: {0}")]
     WriterThread(Arc<std::io::Error>),
-    #[error("cannot reopen the database after a fault: {0}")]
-    Reopen(Arc<StoreError>),
+    /// A fault latched the store: signing stays stopped until an operator intervenes.
+    #[error("signing stopped after a storage fault ({0}); slashing records near the fault may be lost — fix the cause, run `keystake-signer slashing verify` and restart the signer")]
+    Latched(Box<StoreFault>),
+}
+
+impl StoreFault {
+    /// Whether this fault stops signing for good (until restart). A database locked by another
+    /// process (`busy`) is the one fault that clears by itself without any record at risk.
+    fn latches(&self) -> bool {
+        !matches!(
+            self,
+            StoreFault::Sqlite {
+                kind: FaultKind::Busy,
+                ..
+            }
+        )
+    }
+}
+
+/// The first latching fault of this process, shared by the writer thread (which sets it) and the
+/// [`Store`] handle (which refuses new jobs and fails the health check while it is set).
+type Latch = Arc<OnceLock<StoreFault>>;
+
+fn latched(fault: &StoreFault) -> StoreError {
+    StoreError::Unavailable(StoreFault::Latched(Box::new(fault.clone())))
 }
 
 /// The class of an SQLite failure an operator can act on.
@@ -266,6 +299,8 @@ pub struct Store {
     jobs: mpsc::Sender<Job>,
     /// (device, inode) of the file opened, to notice it being deleted or replaced underneath.
     file_identity: Option<(u64, u64)>,
+    /// Set after a latching fault; see the module docs.
+    latch: Latch,
 }
 
 impl std::fmt::Debug for Store {
@@ -370,18 +405,26 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `PRAGMA integrity_check`: the b-tree structure (what `quick_check` covers) **and** that every
+/// index holds exactly its table's rows. A stale index page (a restored or half-written page of
+/// `signed_attestations_by_target`, say) passes `quick_check` but would hide records from the
+/// surround queries, which are forced through those indexes. Costs a full read of the file:
+/// measured in docs/performance.md ("Integrity check at start").
 fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let result: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| StoreError::Corrupted {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if result != "ok" {
-        return Err(StoreError::Corrupted {
-            path: path.to_owned(),
-            detail: result,
-        });
+    let corrupted = |detail: String| StoreError::Corrupted {
+        path: path.to_owned(),
+        detail,
+    };
+    // At most a few findings: enough to name the damage, bounded however bad it is.
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check(5)")
+        .map_err(|e| corrupted(e.to_string()))?;
+    let findings = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| corrupted(e.to_string()))?;
+    if findings != ["ok"] {
+        return Err(corrupted(findings.join("; ")));
     }
     Ok(())
 }
@@ -428,19 +471,27 @@ impl Store {
         migrate(&admin, path)?;
         audit::create_table(&admin)?;
         let writer = open_connection(path)?;
+        let identity = file_identity(path);
+        let latch = Latch::default();
         let (jobs, queue) = mpsc::channel::<Job>();
-        let writer_path = path.to_owned();
-        let max_batch = if options.group_commit { MAX_BATCH } else { 1 };
+        let writer = Writer {
+            path: path.to_owned(),
+            conn: writer,
+            identity,
+            latch: latch.clone(),
+            max_batch: if options.group_commit { MAX_BATCH } else { 1 },
+        };
         thread::Builder::new()
             .name("slashing-db-writer".into())
-            .spawn(move || writer_loop(writer_path, writer, queue, max_batch))
+            .spawn(move || writer.run(queue))
             .map_err(|e| StoreError::Unavailable(StoreFault::WriterThread(Arc::new(e))))?;
         Ok(Store {
             path: path.to_owned(),
             options,
             admin: Mutex::new(admin),
             jobs,
-            file_identity: file_identity(path),
+            file_identity: identity,
+            latch,
         })
     }
 
@@ -630,6 +681,7 @@ impl Store {
         request: SlashingRequest,
         record: bool,
     ) -> Result<oneshot::Receiver<Result<CheckOutcome, StoreError>>, StoreError> {
+        self.refuse_if_latched()?;
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -650,6 +702,7 @@ impl Store {
     /// can start within [`HEALTH_WRITE_PROBE_TIMEOUT`] (not read-only, not locked by another
     /// process). The probe writes nothing.
     pub fn health_check(&self) -> Result<(), StoreError> {
+        self.refuse_if_latched()?;
         if file_identity(&self.path) != self.file_identity {
             return Err(StoreError::Unavailable(StoreFault::Replaced {
                 path: self.path.clone(),
@@ -665,6 +718,44 @@ impl Store {
         }
         probe?;
         Ok(())
+    }
+}
+
+/// How many rows the slashing history holds (`slashing verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub validators: u64,
+    pub blocks: u64,
+    pub attestations: u64,
+}
+
+impl Store {
+    /// Row counts of the slashing history.
+    pub fn record_counts(&self) -> Result<RecordCounts, StoreError> {
+        let conn = self.admin();
+        let count = |table: &str| -> Result<u64, rusqlite::Error> {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+        };
+        Ok(RecordCounts {
+            validators: count("validators")?,
+            blocks: count("signed_blocks")?,
+            attestations: count("signed_attestations")?,
+        })
+    }
+
+    /// The latched fault, if a storage fault has stopped signing in this process.
+    pub fn latched_fault(&self) -> Option<&StoreFault> {
+        self.latch.get()
+    }
+
+    fn refuse_if_latched(&self) -> Result<(), StoreError> {
+        match self.latch.get() {
+            Some(fault) => Err(latched(fault)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -824,7 +915,10 @@ fn ensure_validator(conn: &Connection, public_key: &BlsPublicKey) -> Result<i64,
 }
 
 /// Refuse a record that would give one validator a second signing key here: a second share of
-/// the same group, a whole key next to a share of it, or the reverse.
+/// the same group, a whole key next to a share of it, or the reverse. Deleted (disabled) rows
+/// count too: a deleted key keeps its slashing history here and can come back, so another key of
+/// its validator — with no history — must not take its place (issue 17). Re-importing the
+/// deleted key itself is allowed (its history applies again).
 fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<(), StoreError> {
     // Refuse when `sql` (an `EXISTS` query) finds a conflicting share.
     let refuse_if_found = |sql: &str,
@@ -844,26 +938,26 @@ fn check_one_key_per_validator(tx: &Connection, record: &ShareRecord) -> Result<
     let key = record.public_key.0.to_vec();
     // The new key is the group key of a share stored here.
     refuse_if_found(
-        "SELECT EXISTS(SELECT 1 FROM shares WHERE enabled = 1 AND group_pubkey = ?1)",
+        "SELECT EXISTS(SELECT 1 FROM shares WHERE group_pubkey = ?1)",
         &[&key],
         record.public_key,
-        "a share of this key is already stored",
+        "a share of this key is stored (active or deleted)",
     )?;
     if let Some(info) = &record.threshold {
         let group = info.group_public_key.0.to_vec();
         refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
-                           WHERE s.enabled = 1 AND s.group_pubkey = ?1 AND v.pubkey != ?2)",
+                           WHERE s.group_pubkey = ?1 AND v.pubkey != ?2)",
             &[&group, &key],
             info.group_public_key,
-            "another share of this validator is already stored",
+            "another share of this validator is stored (active or deleted)",
         )?;
         refuse_if_found(
             "SELECT EXISTS(SELECT 1 FROM shares s JOIN validators v ON v.id = s.validator_id
-                           WHERE s.enabled = 1 AND v.pubkey = ?1)",
+                           WHERE v.pubkey = ?1)",
             &[&group],
             info.group_public_key,
-            "the validator's whole key is already stored",
+            "the validator's whole key is stored (active or deleted)",
         )?;
     }
     Ok(())
@@ -1080,54 +1174,80 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
     Ok(verdict.map_err(Refusal::Slashable))
 }
 
-/// Group commit: take every queued job (up to `max_batch`), process them in one transaction,
-/// commit once (one fsync), then answer them all. After a failed transaction the connection is
-/// dropped and a fresh one opened for the next batch, so a fault that has gone away (space
-/// freed, file system writable again) leaves nothing stuck behind.
-fn writer_loop(path: PathBuf, conn: Connection, queue: mpsc::Receiver<Job>, max_batch: usize) {
-    let mut conn = Some(conn);
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// The writer thread's state: the one writing connection, the identity of the file it opened and
+/// the latch it sets after a storage fault.
+struct Writer {
+    path: PathBuf,
+    conn: Connection,
+    identity: Option<(u64, u64)>,
+    latch: Latch,
+    max_batch: usize,
+}
+
+impl Writer {
+    /// Group commit: take every queued job (up to `max_batch`), process them in one transaction,
+    /// commit once (one fsync), then answer them all. A failed transaction rolls back and
+    /// refuses its whole batch; unless the fault was only a lock held elsewhere it also latches
+    /// the store, and every later batch is refused without touching the database.
+    fn run(mut self, queue: mpsc::Receiver<Job>) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-        }
-        if conn.is_none() {
-            match open_connection(&path) {
-                Ok(fresh) => conn = Some(fresh),
-                Err(error) => {
-                    tracing::error!(%error, jobs = batch.len(), "slashing-protection database cannot be reopened; requests refused");
-                    let fault = match error {
-                        StoreError::Unavailable(fault) => fault,
-                        other => StoreFault::Reopen(Arc::new(other)),
-                    };
-                    for job in batch {
-                        let _ = job.reply.send(Err(StoreError::Unavailable(fault.clone())));
+            match self.commit(&batch) {
+                Ok(outcomes) => {
+                    for (job, outcome) in batch.into_iter().zip(outcomes) {
+                        // The requester may have gone away (client disconnected); the record stays.
+                        let _ = job.reply.send(Ok(outcome));
                     }
-                    continue;
+                }
+                Err(error) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(error.clone_for_batch()));
+                    }
                 }
             }
         }
-        let Some(connection) = conn.as_mut() else {
-            continue;
+    }
+
+    fn commit(&mut self, batch: &[Job]) -> Result<Vec<CheckOutcome>, StoreError> {
+        if let Some(fault) = self.latch.get() {
+            return Err(latched(fault));
+        }
+        // One stat per batch: records committed to a moved or deleted file would be gone at the
+        // next start, and a replaced file is another history.
+        let fault = if file_identity(&self.path) != self.identity {
+            StoreFault::Replaced {
+                path: self.path.clone(),
+            }
+        } else {
+            match run_batch(&mut self.conn, batch) {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(error) => StoreFault::from(error),
+            }
         };
-        match run_batch(connection, &batch) {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    // The requester may have gone away (client disconnected); the record stays.
-                    let _ = job.reply.send(Ok(outcome));
-                }
+        if fault.latches() {
+            if self.latch.set(fault.clone()).is_ok() {
+                tracing::error!(error = %fault, jobs = batch.len(), "slashing-protection database fault: signing stopped until `keystake-signer slashing verify` and a restart; nothing signed");
             }
-            Err(error) => {
-                let fault = StoreFault::from(error);
-                tracing::error!(error = %fault, jobs = batch.len(), "slashing-protection transaction failed; requests refused, nothing signed");
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(fault.clone())));
-                }
-                conn = None;
-            }
+        } else {
+            tracing::warn!(error = %fault, jobs = batch.len(), "slashing-protection database busy; requests refused, nothing signed");
+        }
+        Err(StoreError::Unavailable(fault))
+    }
+}
+
+impl StoreError {
+    /// The same error for every job of a failed batch (only [`StoreError::Unavailable`] occurs
+    /// there; anything else would be a bug and is reported as the writer having stopped).
+    fn clone_for_batch(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(fault) => StoreError::Unavailable(fault.clone()),
+            _ => StoreError::WriterGone,
         }
     }
 }
@@ -1385,6 +1505,27 @@ mod tests {
         // Nothing of the refused records was stored.
         assert_eq!(store.shares().unwrap().len(), 1);
         assert_eq!(other.shares().unwrap().len(), 1);
+        // A deleted share still holds its validator's place: another share (no history here)
+        // is refused, the deleted one itself may come back with its history.
+        assert!(store.disable_share(&key(6)).unwrap());
+        assert!(matches!(
+            store.insert_share(&share(7, 2)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        assert!(matches!(
+            store.insert_share(&whole(9)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
+        assert_eq!(
+            store.insert_share(&share(6, 1)).unwrap(),
+            InsertOutcome::Reenabled
+        );
+        // The reverse: a deleted whole key keeps its shares out.
+        assert!(other.disable_share(&key(9)).unwrap());
+        assert!(matches!(
+            other.insert_share(&share(6, 1)),
+            Err(StoreError::SecondKeyOfValidator { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,8 +33,10 @@ use pb::signer_server::{Signer, SignerServer};
 
 /// Most items one `SignBatch` call may carry.
 pub const MAX_BATCH_ITEMS: usize = 1024;
-/// Largest gRPC message accepted or sent (a batch of full blocks fits).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest gRPC message accepted or sent. A signing request is at most
+/// `crate::net::rest::body::MAX_BODY_BYTES` (1 MiB) on REST; a batch is bounded by this and by
+/// [`MAX_BATCH_ITEMS`], so one call can no longer make the appliance hold 64 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The gRPC services as an axum router (paths `/keystake.v1.Signer/*`, `/keystake.v1.Admin/*`).
 pub fn router(service: Arc<SigningService>) -> axum::Router {
@@ -43,7 +45,9 @@ pub fn router(service: Arc<SigningService>) -> axum::Router {
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServer::new(GrpcAdmin { service });
+    let admin = AdminServer::new(GrpcAdmin { service })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::service::Routes::new(signer)
         .add_service(admin)
         .prepare()
@@ -334,7 +338,7 @@ impl Admin for GrpcAdmin {
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let caller = caller(&request);
         self.service
-            .authorize(&caller, &Target::None, Operation::Keymanager)
+            .authorize(&caller, &Target::AllKeys, Operation::Operator)
             .await?;
         let summary = self.service.authorizer().reload().map_err(ApiError::from)?;
         Ok(Response::new(pb::ReloadPolicyResponse {

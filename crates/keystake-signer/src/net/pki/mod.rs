@@ -341,6 +341,26 @@ pub fn write_crl(
     overwrite: Overwrite,
 ) -> Result<PathBuf, CertError> {
     let (this_update, next_update) = validity_from_now(validity_days)?;
+    write_crl_between(
+        ca_dir,
+        revoked_certs,
+        out,
+        this_update,
+        next_update,
+        overwrite,
+    )
+}
+
+/// [`write_crl`] with explicit `thisUpdate`/`nextUpdate` (a CRL whose nextUpdate has passed is
+/// how tests show that a stale CRL is refused).
+pub fn write_crl_between(
+    ca_dir: &Path,
+    revoked_certs: &[PathBuf],
+    out: &Path,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+    overwrite: Overwrite,
+) -> Result<PathBuf, CertError> {
     let ca = LoadedCa::load(ca_dir)?;
     let mut revoked = Vec::with_capacity(revoked_certs.len());
     for cert_path in revoked_certs {

@@ -7,7 +7,9 @@
 //! rules of each kind of route — limit, content type, what an admission refusal is recorded as,
 //! the shape of the error body — are a [`BodyRules`] type, so no handler reads a body its own way.
 //!
-//! Refuses: unknown clients (403), a non-JSON `Content-Type` on routes that demand JSON (415),
+//! Refuses: unknown clients and clients named with no grant (403), clients without any grant
+//! of the route's operation (403, operator and keymanager routes), a missing or non-JSON
+//! `Content-Type` on routes that demand JSON (415),
 //! bodies over the route's limit (413), bodies that do not arrive within the route's time
 //! ([`BODY_READ_TIMEOUT`], 408), bodies the client breaks off (400). The keymanager API answers
 //! every unreadable body with 400, the only client error its specification has besides 401/403.
@@ -29,6 +31,7 @@ use crate::service::authz::{Api, Caller};
 use crate::service::keymanager::Keymanager;
 use crate::service::sign::Admission;
 use crate::service::{ServiceError, SigningService};
+use keystake_core::policy::{Operation, Target};
 
 /// Largest signing request body. A full Electra block body is far below this.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -94,14 +97,17 @@ pub trait BodyRules: Send + Sync + 'static {
     const LIMIT: usize;
     /// How long the body may take to arrive.
     const TIMEOUT: Duration = BODY_READ_TIMEOUT;
-    /// Refuse a `Content-Type` other than `application/json` (an absent one is accepted, as
-    /// Web3Signer does).
+    /// Refuse a `Content-Type` other than `application/json`, and an absent one (Web3Signer
+    /// accepts that; a browser can send it cross-origin without a preflight).
     const JSON_ONLY: bool = false;
     /// The shape of the error body.
     const SHAPE: ErrorShape = ErrorShape::Web3Signer;
     /// What an unknown client's refusal is recorded as (audit entry, metrics): this operation,
     /// or, for `None`, a signing request for the route's `{identifier}`.
     const OPERATION: Option<&'static str>;
+    /// An operation the caller must hold on some key before its body is read (the per-key
+    /// decision comes after): a client without any such grant is refused on its headers.
+    const NEEDS: Option<Operation> = None;
 }
 
 fn admission<R: BodyRules>(parts: &Parts) -> Admission {
@@ -148,9 +154,11 @@ impl BodyRules for DryRun {
 impl BodyRules for Operator {
     const LIMIT: usize = MAX_OPERATOR_BODY_BYTES;
     const OPERATION: Option<&'static str> = Some("operator");
+    const NEEDS: Option<Operation> = Some(Operation::SlashingAdmin);
 }
 
 impl BodyRules for KeymanagerApi {
+    const NEEDS: Option<Operation> = Some(Operation::Keymanager);
     const LIMIT: usize = MAX_KEYMANAGER_BODY_BYTES;
     const TIMEOUT: Duration = KEYMANAGER_BODY_READ_TIMEOUT;
     const SHAPE: ErrorShape = ErrorShape::Keymanager;
@@ -195,6 +203,16 @@ impl<S: RestState, R: BodyRules> FromRequest<S> for ClientBody<R> {
             .admit(&caller, admission::<R>(&parts))
             .await
             .map_err(|e| reject(e.into()))?;
+        if let Some(operation) = R::NEEDS {
+            if !state.service().authorizer().may_ever(&caller, operation) {
+                // Decided again through the path that audits and counts the refusal.
+                state
+                    .service()
+                    .authorize(&caller, &Target::None, operation)
+                    .await
+                    .map_err(|e| reject(e.into()))?;
+            }
+        }
         if R::JSON_ONLY {
             check_content_type(&parts.headers).map_err(reject)?;
         }
@@ -210,8 +228,10 @@ impl<S: RestState, R: BodyRules> FromRequest<S> for ClientBody<R> {
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), BodyError> {
+    // Absent is refused too: a web page can send a "simple" cross-origin POST without a
+    // preflight only as text/plain, form data or with no type; JSON needs the header.
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Err(BodyError::UnsupportedMediaType(String::new()));
     };
     let media = value
         .to_str()
@@ -261,7 +281,7 @@ mod tests {
         assert!(matches!(large, Err(BodyError::TooLarge { limit: 8 })));
 
         let mut headers = HeaderMap::new();
-        assert!(check_content_type(&headers).is_ok());
+        assert!(check_content_type(&headers).is_err(), "absent: 415");
         headers.insert(
             header::CONTENT_TYPE,
             "Application/JSON; charset=utf-8".parse().unwrap(),

@@ -5,8 +5,10 @@
 //! adapter over the service's one health probe (`crate::service::health`); statuses come from
 //! `crate::net::error`.
 //!
-//! Refuses: a second reload while one is running (409). Nothing here signs or changes keys; a
-//! reload only re-reads what `keys import` or the keymanager API stored.
+//! Refuses: `POST /reload` and `GET /reload` without an `operator` grant on all keys (403,
+//! audited); a second reload while one is running (409). Nothing here signs or changes keys; a
+//! reload only re-reads what `keys import` or the keymanager API stored, serialized with key
+//! deletion (`SigningService::reload`), so it cannot bring a deleted key back.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -17,9 +19,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::body::RestCaller;
 use crate::net::error::{self, ApiError};
 use crate::service::health::{HealthError, HealthReport, ReloadState};
 use crate::service::SigningService;
+use keystake_core::policy::{Operation, Target};
 
 /// Web3Signer's check ids (its `HealthCheckNames`), plus ours for the HSM session.
 pub const CHECK_DEFAULT: &str = "default-check";
@@ -75,7 +79,13 @@ async fn healthcheck(State(service): State<Arc<SigningService>>) -> Response {
     (error::health_status(&report), Json(health_body(&report))).into_response()
 }
 
-async fn reload(State(service): State<Arc<SigningService>>) -> Result<Response, ApiError> {
+async fn reload(
+    State(service): State<Arc<SigningService>>,
+    RestCaller(caller): RestCaller,
+) -> Result<Response, ApiError> {
+    service
+        .authorize(&caller, &Target::AllKeys, Operation::Operator)
+        .await?;
     service.start_reload()?;
     Ok((
         error::ACCEPTED,
@@ -103,8 +113,14 @@ pub fn reload_body(state: &ReloadState) -> Value {
     }
 }
 
-async fn reload_status(State(service): State<Arc<SigningService>>) -> Json<Value> {
-    Json(reload_body(&service.reload_state()))
+async fn reload_status(
+    State(service): State<Arc<SigningService>>,
+    RestCaller(caller): RestCaller,
+) -> Result<Json<Value>, ApiError> {
+    service
+        .authorize(&caller, &Target::AllKeys, Operation::Operator)
+        .await?;
+    Ok(Json(reload_body(&service.reload_state())))
 }
 
 /// Web3Signer's global high watermark is an operator-set ceiling; this signer has none (its

@@ -4,7 +4,8 @@
 //! the one body extractor of [`super::body`]. Errors answer with the keymanager spec's
 //! `{"message": …}` (mapped in `crate::net::error`).
 //!
-//! Refuses: no token (401), a wrong token (403), bodies over
+//! Refuses: no token (401), a wrong token (403), keys outside the caller's `keymanager` grant
+//! (403, the whole request), bodies over
 //! [`super::body::MAX_KEYMANAGER_BODY_BYTES`] (413) or not the JSON object the spec describes
 //! (400).
 #![forbid(unsafe_code)]
@@ -19,7 +20,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use super::body::{ClientBody, KeymanagerApi};
+use super::body::{ClientBody, KeymanagerApi, RestCaller};
 use crate::net::error::ApiError;
 use crate::service::keymanager::{
     DeleteRequest, ImportRequest, Keymanager, KeymanagerError, StatusEntry,
@@ -66,9 +67,10 @@ fn decode<T: DeserializeOwned>(body: &ClientBody<KeymanagerApi>) -> Result<T, Ke
 
 async fn list(
     State(keymanager): State<Arc<Keymanager>>,
+    RestCaller(caller): RestCaller,
     _: Bearer,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": keymanager.list() })))
+    Ok(Json(json!({ "data": keymanager.list(&caller) })))
 }
 
 async fn import(
@@ -76,10 +78,27 @@ async fn import(
     _: Bearer,
     body: ClientBody<KeymanagerApi>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ImportRequest = decode(&body)?;
-    let statuses = keymanager.import(request).await?;
+    let request = decode::<ImportRequest>(&body);
+    let caller = body.caller.clone();
+    // The body carries the keystore passwords in plain text: wipe it once decoded (issue 17).
+    wipe_body(body.bytes);
+    let statuses = keymanager.import(&caller, request?).await?;
     let data: Vec<StatusEntry> = statuses.iter().map(StatusEntry::from).collect();
     Ok(Json(json!({ "data": data })))
+}
+
+/// Overwrite a request body that carried secrets. The buffer is wiped in place when this is its
+/// only owner (the body extractor's collected copy); a buffer still shared cannot be written and
+/// is only dropped.
+fn wipe_body(bytes: axum::body::Bytes) {
+    use zeroize::Zeroize;
+    match bytes.try_into_mut() {
+        Ok(mut owned) => owned.as_mut().zeroize(),
+        Err(shared) => tracing::debug!(
+            len = shared.len(),
+            "request body still shared; dropped without wiping"
+        ),
+    }
 }
 
 async fn delete(
@@ -89,7 +108,7 @@ async fn delete(
 ) -> Result<Json<Value>, ApiError> {
     let request: DeleteRequest = decode(&body)?;
     let public_keys = request.public_keys()?;
-    let outcome = keymanager.delete(&public_keys).await?;
+    let outcome = keymanager.delete(&body.caller, &public_keys).await?;
     let data: Vec<StatusEntry> = outcome.statuses.iter().map(StatusEntry::from).collect();
     Ok(Json(json!({
         "data": data,

@@ -1,8 +1,8 @@
 //! KeyStake's own administrative REST routes and the authorization guard for the keymanager
 //! API. Thin adapter: decisions are the authorizer's, statuses come from [`super::error`].
 //!
-//! Routes: `POST /keystake/v1/admin/reload` re-reads the policy file and the CRL (needs a
-//! `keymanager` grant on any keys); `POST /keystake/v1/admin/slashing/export` (body
+//! Routes: `POST /keystake/v1/admin/reload` re-reads the policy file and the CRL (needs an
+//! `operator` grant on all keys); `POST /keystake/v1/admin/slashing/export` (body
 //! `{"public_keys": ["0x…"]}`, empty or absent for all keys) answers an EIP-3076 interchange;
 //! `POST /keystake/v1/admin/slashing/import` (body: an interchange) imports it atomically — both
 //! need `slashing_admin` on every key concerned. Guard: every request under `/eth/v1/` (the keymanager API,
@@ -45,7 +45,7 @@ async fn reload(
     RestCaller(caller): RestCaller,
 ) -> Result<Response, ApiError> {
     service
-        .authorize(&caller, &Target::None, Operation::Keymanager)
+        .authorize(&caller, &Target::AllKeys, Operation::Operator)
         .await?;
     let summary = service.authorizer().reload().map_err(ApiError::from)?;
     Ok(Json(json!({
