@@ -68,6 +68,7 @@ data_dir = "/var/lib/keystake/store"
 listen = "0.0.0.0:9000"
 network = "mainnet"
 metrics_listen = "0.0.0.0:9464"
+policy_file = "/var/lib/keystake/config/policy.toml"
 
 [tls]
 ca_cert = "/var/lib/keystake/config/certs/ca.pem"
@@ -91,7 +92,10 @@ PROV=$W/provision.img
 mkfs.vfat -C -n KSPROV -i 4b535056 "$PROV" 8192 >/dev/null
 export MTOOLS_SKIP_CHECK=1
 mmd -i "$PROV" ::certs ::keystores
+# The demo client may do everything with every key (docs/authorization.md).
+printf '[[client]]\ncn = "boot-test"\n[[client.grant]]\nkeys = "all"\noperations = ["all"]\n' > "$W/policy.toml"
 mcopy -i "$PROV" "$W/signer.toml" ::signer.toml
+mcopy -i "$PROV" "$W/policy.toml" ::policy.toml
 mcopy -i "$PROV" "$W/pki/ca.pem" "$W/pki/server.pem" "$W/pki/server.key" ::certs/
 for i in "${!KEYSTORES[@]}"; do
   mcopy -i "$PROV" "${KEYSTORES[$i]}" "::keystores/key$i.json"

@@ -38,6 +38,7 @@ cat > "$W/etc/signer.toml" <<EOF
 data_dir = "/var/lib/keystake/store"
 listen = "127.0.0.1:$PORT"
 network = "mainnet"
+policy_file = "/etc/keystake/policy.toml"
 [tls]
 ca_cert = "/etc/keystake/certs/ca.pem"
 server_cert = "/etc/keystake/certs/server.pem"
@@ -56,6 +57,7 @@ token_file = "/var/lib/keystake/store/keymanager.token"
 cert = "/etc/keystake/certs/ct.pem"
 key = "/etc/keystake/certs/ct.key"
 EOF
+printf '[[client]]\ncn = "ct"\n[[client.grant]]\nkeys = "all"\noperations = ["all"]\n' > "$W/etc/policy.toml"
 # One key to sign with: the first Web3Signer vector key when the shared vectors are there (the
 # signature is then checked), else a throw-away key.
 VECTOR=$REPO/../shared/vectors/web3signer/attestation__key0.json
