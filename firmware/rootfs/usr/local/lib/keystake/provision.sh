@@ -5,7 +5,8 @@
 #   signer.toml                       the signer configuration (paths under /var/lib/keystake)
 #   certs/ca.pem                      the CA client certificates must chain to
 #   certs/server.pem, certs/server.key  the appliance's TLS certificate and key
-#   policy.toml                       optional authorization policy
+#   policy.toml                       the authorization policy (serve refuses to start without one
+#                                     unless signer.toml sets allow_any_client = true)
 #   keystores/NAME.json + NAME.pass   EIP-2335 keystores to import, with their passwords
 # and then, as the unprivileged keystake user: `keystake-signer init` (SoftHSM2 token, sealing
 # key, random PINs, store), `keys import` of each keystore (sealed by the HSM). Finally it wipes
