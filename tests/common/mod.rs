@@ -87,10 +87,11 @@ impl Appliance {
         self.path().join("certs")
     }
 
-    /// `certs generate` + signer.toml + `init`.
+    /// signer.toml + `init` + `certs generate --config` (the server certificate issued to the
+    /// TLS key `init` generated in the HSM) + `init` again (the first policy, naming the client
+    /// certificate).
     pub fn create() -> Appliance {
         let dir = tempfile::tempdir().unwrap();
-        certs_generate(&dir.path().join("certs"), "client");
         let config = dir.path().join("signer.toml");
         std::fs::write(
             &config,
@@ -103,6 +104,12 @@ impl Appliance {
             <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
         )
         .unwrap();
+        run_ok(&["init", "--config", config.to_str().unwrap()]);
+        certs_generate_with(
+            &dir.path().join("certs"),
+            &["--client", "client", "--config", config.to_str().unwrap()],
+        );
+        // Again, now that the client certificate exists: `init` writes the first policy.
         run_ok(&["init", "--config", config.to_str().unwrap()]);
         Appliance { dir, config }
     }

@@ -25,6 +25,7 @@ use rand::RngCore;
 #[cfg(feature = "yubihsm")]
 use crate::config::YubiHsmConnectorSetting;
 use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
+use crate::hsm::check::CheckReport;
 use crate::hsm::enrolment::EnrolmentError;
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::hsm::signing_key::{HsmSigningKey, KeyRole, Pkcs11SigningKey};
@@ -33,7 +34,7 @@ use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
 use crate::net::metrics::Metrics;
-use crate::net::tls::TlsFiles;
+use crate::net::tls::{HsmTlsKey, ServerKey, TlsFiles};
 use crate::service::authz::Authorizer;
 use crate::service::SigningService;
 use crate::store::{Store, StoreOptions};
@@ -102,7 +103,7 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     let tls = Arc::new(TlsReloader::from_files(TlsFiles {
         ca_cert: config.tls.ca_cert.clone(),
         server_cert: config.tls.server_cert.clone(),
-        server_key: config.tls.server_key.clone(),
+        server_key: server_key(config)?,
         crl: config.tls.crl.clone(),
     })?);
     authorizer.also_reload(tls.clone());
@@ -116,6 +117,24 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         tls,
         listener,
     })
+}
+
+/// The TLS server key: the HSM's `Tls` key unless `[tls] server_key` names a file (opt-out).
+pub fn server_key(config: &Config) -> Result<ServerKey> {
+    match &config.tls.server_key {
+        Some(path) => {
+            tracing::warn!(
+                file = %path.display(),
+                "the TLS server key is a file ([tls] server_key): whoever reads it can \
+                 impersonate this appliance; remove the setting to use the key in the HSM"
+            );
+            Ok(ServerKey::File(path.clone()))
+        }
+        None => Ok(ServerKey::Hsm(HsmTlsKey(open_signing_key(
+            config,
+            KeyRole::Tls,
+        )?))),
+    }
 }
 
 /// Run the appliance until SIGINT or SIGTERM.
@@ -416,6 +435,30 @@ pub fn open_signing_key_with(
     Ok(Arc::new(key))
 }
 
+/// `hsm check`: ask the configured HSM about every mechanism the appliance needs.
+pub fn hsm_check(config: &Config) -> Result<CheckReport> {
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => crate::hsm::check::check_pkcs11(&pkcs11_config(section))
+            .with_context(|| format!("asking HSM token {:?}", section.token_label)),
+        HsmSection::YubiHsm(section) => yubihsm_check(section),
+    }
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm_check(section: &YubiHsmSection) -> Result<CheckReport> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
+    let query =
+        crate::hsm::check::YubiHsmAlgorithms::from_client(sealer.client(), sealer.describe())?;
+    Ok(CheckReport::run(&query)?)
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn yubihsm_check(_: &YubiHsmSection) -> Result<CheckReport> {
+    Err(without_yubihsm_feature())
+}
+
 /// The PKCS#11 settings of the enrolment key, which only that backend has.
 fn enrolment_token(config: &Config) -> Result<&Pkcs11Section, EnrolmentError> {
     match &config.hsm {
@@ -653,7 +696,7 @@ mod tests {
             tls: TlsSection {
                 ca_cert: dir.join("ca.pem"),
                 server_cert: dir.join("server.pem"),
-                server_key: dir.join("server.key"),
+                server_key: Some(dir.join("server.key")),
                 crl: None,
             },
             hsm,

@@ -138,7 +138,11 @@ pub struct TlsSection {
     /// CA that client certificates must chain to.
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
-    pub server_key: PathBuf,
+    /// The server certificate's private key as a PEM file: an explicit opt-out. Absent (the
+    /// default) means the TLS key inside the HSM that `init` generates, which never leaves it
+    /// (docs/hsm.md); the certificate is then issued with `certs generate --config` or `certs csr`.
+    #[serde(default)]
+    pub server_key: Option<PathBuf>,
     /// Optional certificate revocation list (PEM) for client certificates.
     #[serde(default)]
     pub crl: Option<PathBuf>,
@@ -478,7 +482,9 @@ impl Config {
         }
         fix(&mut self.tls.ca_cert);
         fix(&mut self.tls.server_cert);
-        fix(&mut self.tls.server_key);
+        if let Some(p) = self.tls.server_key.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.tls.crl.as_mut() {
             fix(p);
         }
@@ -582,8 +588,8 @@ policy_file = "policy.toml"
 
 [tls]
 ca_cert = "certs/ca.pem"          # client certificates must chain to this CA
-server_cert = "certs/server.pem"
-server_key = "certs/server.key"
+server_cert = "certs/server.pem"  # issued to the HSM's TLS key (`certs generate --config`)
+# server_key = "certs/server.key" # opt-out: a key FILE instead of the key inside the HSM
 # crl = "certs/crl.pem"           # optional revocation list for client certificates
 
 [hsm]

@@ -1,9 +1,16 @@
-//! Arithmetic in the BLS12-381 scalar field F_r — the only raw `blst` FFI in the crate.
+//! Arithmetic in the BLS12-381 scalar field F_r, and signing split into its two halves — the
+//! only raw `blst` FFI in the crate.
 //!
 //! blst's safe Rust API offers signing, verification and multi-scalar multiplication of points, but
 //! no addition, multiplication or inversion of scalars, which Shamir splitting (evaluating a secret
 //! polynomial) and Lagrange interpolation need. This module wraps the few `blst_fr_*` and
 //! `blst_scalar_*` C functions it needs behind the safe [`Scalar`] type; no pointer leaves it.
+//!
+//! The safe API also signs only in one step (hash-to-G2 of the message, then the scalar
+//! multiplication). [`MessagePoint`] holds the first half (`blst_hash_to_g2`, public data, so it
+//! can be shared between keys signing the same root) and [`sign_message_point`] does the second
+//! (`blst_sign_pk2_in_g1`), exactly the two calls blst's own `SecretKey::sign` makes, so the
+//! signature is byte-identical.
 //!
 //! Refuses: non-canonical encodings (a big-endian value `>= r`) in
 //! [`Scalar::from_be_bytes_canonical`]; inverting zero ([`Scalar::invert`] returns `None`).
@@ -15,7 +22,7 @@
 
 use std::fmt;
 
-use blst::{blst_fr, blst_scalar};
+use blst::{blst_fr, blst_p2, blst_p2_affine, blst_scalar};
 use zeroize::{Zeroize, Zeroizing};
 
 /// An element of the scalar field F_r of BLS12-381 (`r` = the G1/G2 subgroup order).
@@ -167,6 +174,60 @@ impl fmt::Debug for Scalar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Scalar(<redacted>)")
     }
+}
+
+/// `hash_to_G2(message)` under a domain separation tag (RFC 9380 `hash_to_curve`, the
+/// `BLS12381G2_XMD:SHA-256_SSWU_RO_` suite blst implements): the message half of a signature.
+/// Public data (it depends only on the message), about half the cost of a signature.
+#[derive(Clone, Copy)]
+pub struct MessagePoint {
+    /// Jacobian coordinates, the form `blst_sign_pk2_in_g1` reads.
+    point: blst_p2,
+}
+
+impl MessagePoint {
+    /// Hash `message` to G2 under `dst`, with no augmentation (as `SecretKey::sign` does).
+    pub fn hash(message: &[u8], dst: &[u8]) -> Self {
+        let mut point = blst_p2::default();
+        // SAFETY: `point` is a valid, exclusively borrowed `blst_p2`; `message` and `dst` are live
+        // slices whose pointers and lengths are passed together; the augmentation is the empty
+        // slice (a dangling-but-aligned pointer with length 0, which blst never reads).
+        unsafe {
+            blst::blst_hash_to_g2(
+                &mut point,
+                message.as_ptr(),
+                message.len(),
+                dst.as_ptr(),
+                dst.len(),
+                [].as_ptr(),
+                0,
+            )
+        };
+        Self { point }
+    }
+}
+
+impl fmt::Debug for MessagePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MessagePoint(..)")
+    }
+}
+
+/// `key · point`: the signature of the message `point` was hashed from, as blst's
+/// `SecretKey::sign` computes it (same C function, same affine conversion).
+pub(super) fn sign_message_point(
+    key: &blst::min_pk::SecretKey,
+    point: &MessagePoint,
+) -> blst::min_pk::Signature {
+    // blst's safe conversion: a borrowed view of the key's canonical scalar, no copy.
+    let raw: &blst_scalar = key.into();
+    let mut signature = blst_p2_affine::default();
+    // SAFETY: `signature` is a valid, exclusively borrowed `blst_p2_affine`; the serialized
+    // output is not requested (null, which blst checks before writing); `point.point` is an
+    // initialised `blst_p2` produced by `blst_hash_to_g2`; `raw` is a valid scalar in `[1, r)`.
+    // blst's scalar multiplication here is constant-time in the key.
+    unsafe { blst::blst_sign_pk2_in_g1(std::ptr::null_mut(), &mut signature, &point.point, raw) };
+    blst::min_pk::Signature::from(signature)
 }
 
 /// Property tests: every operation agrees with arbitrary-precision arithmetic mod `r`

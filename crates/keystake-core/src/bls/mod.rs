@@ -18,10 +18,18 @@
 //! (F_r, in the FFI submodule — the crate's only `unsafe`) and multi-scalar multiplication in G1
 //! and G2 through blst's safe `MultiPoint` API ([`g1_linear_combination`],
 //! [`g2_linear_combination`]).
+//!
+//! For the request path it also signs in two halves: [`MessagePoint::hash`] (hash-to-G2, public,
+//! shareable between keys signing the same root — see [`message_cache`]) and
+//! [`SecretKey::sign_hashed`], byte-identical to [`SecretKey::sign`]. For threshold combining it
+//! checks many signatures of one message at once ([`verify_same_message_batch`], a random linear
+//! combination: two pairings and two multi-scalar multiplications for any number of signatures),
+//! over points decoded and validated once ([`ValidPublicKey`], [`ValidSignature`]).
 // `deny`, not `forbid`: the `ffi` child module must be able to `allow` unsafe code.
 #![deny(unsafe_code)]
 
 mod ffi;
+pub mod message_cache;
 
 use std::fmt;
 
@@ -29,7 +37,7 @@ use blst::min_pk;
 use blst::{MultiPoint, BLST_ERROR};
 use zeroize::Zeroizing;
 
-pub use self::ffi::Scalar;
+pub use self::ffi::{MessagePoint, Scalar};
 use crate::types::{BlsPublicKey, BlsSignature};
 
 /// Domain separation tag of Ethereum's BLS signatures (proof-of-possession scheme, G2 signatures).
@@ -135,6 +143,12 @@ impl SecretKey {
     /// Sign `message` (callers pass the 32-byte signing root) under [`DST`].
     pub fn sign(&self, message: &[u8]) -> BlsSignature {
         BlsSignature(self.inner.sign(message, DST, &[]).compress())
+    }
+
+    /// Sign the message `point` was hashed from ([`MessagePoint::hash`] under [`DST`]): the same
+    /// bytes as [`SecretKey::sign`] of that message, at about half the cost.
+    pub fn sign_hashed(&self, point: &MessagePoint) -> BlsSignature {
+        BlsSignature(ffi::sign_message_point(&self.inner, point).compress())
     }
 }
 
@@ -246,6 +260,99 @@ fn linear_combination<P, D>(
     Ok(combined)
 }
 
+/// Bits of the random weights of a batch check: a forged batch passes with probability at most
+/// 2^-64 per attempt (the weights are drawn after the signatures are fixed).
+const BATCH_WEIGHT_BITS: usize = 64;
+
+/// A public key decoded and validated once (on curve, in subgroup, not infinity), for checks
+/// that use it more than once.
+#[derive(Clone, Copy)]
+pub struct ValidPublicKey(min_pk::PublicKey);
+
+impl ValidPublicKey {
+    pub fn decode(public_key: &BlsPublicKey) -> Result<Self, BlsError> {
+        decode_public_key(public_key).map(Self)
+    }
+}
+
+/// A signature decoded and validated once (on curve, in subgroup, not infinity).
+#[derive(Clone, Copy)]
+pub struct ValidSignature(min_pk::Signature);
+
+impl ValidSignature {
+    pub fn decode(signature: &BlsSignature) -> Result<Self, BlsError> {
+        decode_signature(signature).map(Self)
+    }
+
+    pub fn to_bytes(&self) -> BlsSignature {
+        BlsSignature(self.0.compress())
+    }
+
+    /// `Σ scalars[i]·points[i]` over validated points; refuses a result at infinity. Same rules
+    /// as [`g2_linear_combination`], without decoding the points again.
+    pub fn linear_combination(
+        points: &[ValidSignature],
+        scalars: &[Scalar],
+    ) -> Result<Self, BlsError> {
+        check_lengths(points.len(), scalars.len())?;
+        let inner: Vec<min_pk::Signature> = points.iter().map(|p| p.0).collect();
+        let sum = inner
+            .mult(&scalar_bytes(scalars), SCALAR_BITS)
+            .to_signature();
+        // A combination of subgroup points is in the subgroup; only infinity needs a check.
+        sum.validate(true)?;
+        Ok(Self(sum))
+    }
+}
+
+/// [`verify`] over points already decoded and validated.
+pub fn verify_valid(
+    public_key: &ValidPublicKey,
+    message: &[u8],
+    signature: &ValidSignature,
+) -> bool {
+    signature
+        .0
+        .verify(false, message, DST, &[], &public_key.0, false)
+        == BLST_ERROR::BLST_SUCCESS
+}
+
+/// Whether `signatures[i]` is a valid signature of `message` under `public_keys[i]` for every i,
+/// checked at once: with fresh random 64-bit weights `r_i` from `rng`,
+/// `e(Σ r_i·σ_i, G1) == e(H(m), Σ r_i·P_i)`. `true` means all are valid except with
+/// probability 2^-64; `false` means at least one is invalid (or the lengths differ / are zero)
+/// — check them one by one ([`verify`]) to find which.
+pub fn verify_same_message_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
+    message: &[u8],
+    public_keys: &[ValidPublicKey],
+    signatures: &[ValidSignature],
+    rng: &mut R,
+) -> bool {
+    if public_keys.is_empty() || public_keys.len() != signatures.len() {
+        return false;
+    }
+    let bytes_per_weight = BATCH_WEIGHT_BITS / 8;
+    let mut weights = Vec::with_capacity(bytes_per_weight * public_keys.len());
+    for _ in public_keys {
+        // A zero weight would drop its pair from the check.
+        let weight = loop {
+            let candidate = rng.next_u64();
+            if candidate != 0 {
+                break candidate;
+            }
+        };
+        weights.extend_from_slice(&weight.to_le_bytes());
+    }
+    let keys: Vec<min_pk::PublicKey> = public_keys.iter().map(|k| k.0).collect();
+    let sigs: Vec<min_pk::Signature> = signatures.iter().map(|s| s.0).collect();
+    let key_sum = keys.mult(&weights, BATCH_WEIGHT_BITS).to_public_key();
+    let signature_sum = sigs.mult(&weights, BATCH_WEIGHT_BITS).to_signature();
+    // Every input point was validated; the sums are in the subgroups by construction. A sum at
+    // infinity (negligible probability) makes blst answer an error: reported as a failed batch,
+    // and the caller's one-by-one check decides.
+    signature_sum.verify(false, message, DST, &[], &key_sum, false) == BLST_ERROR::BLST_SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -271,6 +378,8 @@ mod tests {
                     let key = SecretKey::from_bytes(&key_bytes).unwrap();
                     let signature = key.sign(&message);
                     assert_eq!(signature.0.to_vec(), unhex(expected), "{name}");
+                    let hashed = key.sign_hashed(&MessagePoint::hash(&message, DST));
+                    assert_eq!(hashed, signature, "{name}: sign_hashed");
                     assert!(verify(&key.public_key(), &message, &signature), "{name}");
                 }
                 None => assert_eq!(
@@ -280,6 +389,99 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// The Web3Signer vectors' signatures (one per request type and key) through the cache
+    /// path, and every vector key signing every vector root through the cache (one hash per
+    /// root) byte-identical to blst's one-step `sign`.
+    #[test]
+    fn web3signer_vectors_sign_hashed() {
+        let cache = message_cache::MessageCache::new(256);
+        let cases = test_vectors::load_folder("web3signer");
+        let mut keys = Vec::new();
+        let mut roots = std::collections::BTreeSet::new();
+        for (name, case) in &cases {
+            let secret = unhex(case["secret_key"].as_str().unwrap());
+            let key = SecretKey::from_bytes(&secret).unwrap();
+            let root: [u8; 32] = unhex(case["signing_root"].as_str().unwrap())
+                .try_into()
+                .unwrap();
+            let expected = unhex(case["signature"].as_str().unwrap());
+            assert_eq!(
+                key.sign_hashed(&cache.point(&root, DST)).0.to_vec(),
+                expected,
+                "{name}"
+            );
+            roots.insert(root);
+            if !keys.contains(&secret) {
+                keys.push(secret);
+            }
+        }
+        assert!(cases.len() > 50 && keys.len() >= 3);
+        for secret in &keys {
+            let key = SecretKey::from_bytes(secret).unwrap();
+            for root in &roots {
+                assert_eq!(key.sign_hashed(&cache.point(root, DST)), key.sign(root));
+            }
+        }
+        assert_eq!(
+            cache.stats().hashes as usize,
+            roots.len(),
+            "{:?}",
+            cache.stats()
+        );
+    }
+
+    #[test]
+    fn batch_verification_accepts_valid_and_refuses_any_bad_signature() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let message = [0x17u8; 32];
+        let keys: Vec<SecretKey> = (0..6).map(|_| SecretKey::random(&mut rng)).collect();
+        let public_keys: Vec<ValidPublicKey> = keys
+            .iter()
+            .map(|k| ValidPublicKey::decode(&k.public_key()).unwrap())
+            .collect();
+        let signatures: Vec<ValidSignature> = keys
+            .iter()
+            .map(|k| ValidSignature::decode(&k.sign(&message)).unwrap())
+            .collect();
+        assert!(verify_same_message_batch(
+            &message,
+            &public_keys,
+            &signatures,
+            &mut rng
+        ));
+        assert!(!verify_same_message_batch(
+            &[0x18; 32],
+            &public_keys,
+            &signatures,
+            &mut rng
+        ));
+        // Swapping two signatures breaks two pairs.
+        let mut swapped = signatures.clone();
+        swapped.swap(0, 1);
+        assert!(!verify_same_message_batch(
+            &message,
+            &public_keys,
+            &swapped,
+            &mut rng
+        ));
+        // A signature of another message.
+        let mut other = signatures.clone();
+        other[3] = ValidSignature::decode(&keys[3].sign(&[0x19; 32])).unwrap();
+        assert!(!verify_same_message_batch(
+            &message,
+            &public_keys,
+            &other,
+            &mut rng
+        ));
+        assert!(!verify_same_message_batch(&message, &[], &[], &mut rng));
+        assert!(!verify_same_message_batch(
+            &message,
+            &public_keys[..2],
+            &signatures,
+            &mut rng
+        ));
     }
 
     #[test]

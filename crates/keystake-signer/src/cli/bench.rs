@@ -66,12 +66,20 @@ pub struct LoadArgs {
     /// Write per-request samples as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// Send exactly N requests at once (one per key in turn) and report when the last is answered.
+    /// Send exactly N requests at once (one per key in turn) and report when the last is answered;
+    /// with --mix mainnet, the requests of the first N slots.
     #[arg(long)]
     pub burst: Option<u64>,
     /// Also sign with keys that are not demo keys (test appliances only).
     #[arg(long)]
     pub allow_non_demo_keys: bool,
+    /// `distinct`: every request a different message; `mainnet`: the slot-structured duties of
+    /// an operator with --keys keys (most signing roots shared across keys).
+    #[arg(long, value_enum, default_value_t = crate::tools::loadgen::Mix::Distinct)]
+    pub mix: crate::tools::loadgen::Mix,
+    /// The appliance's process id, for its CPU time (default: the pid its /healthcheck reports).
+    #[arg(long)]
+    pub appliance_pid: Option<u32>,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -107,6 +115,8 @@ fn load(args: LoadArgs) -> Result<()> {
         csv: args.csv,
         burst: args.burst,
         allow_non_demo_keys: args.allow_non_demo_keys,
+        mix: args.mix,
+        appliance_pid: args.appliance_pid,
     };
     let report = runtime()?.block_on(crate::tools::loadgen::run(
         &config,

@@ -1,7 +1,10 @@
-//! `keystake-signer certs generate|revoke`: the certificates for mutual TLS. `generate` writes a
+//! `keystake-signer certs generate|csr|revoke`: the certificates for mutual TLS. `generate` writes a
 //! demo/test PKI (CA, server certificate with the given names as SANs, client certificates), or
 //! with `--ca-dir` issues further client certificates from an existing CA; `revoke` writes a CRL
-//! signed by the CA.
+//! signed by the CA. With `--config`, `generate` issues the server certificate to the TLS key
+//! inside the configured HSM (created by `init`) and writes no server key file; without it the
+//! server key is a file (the opt-out, for test PKIs). `csr --config` writes a certificate
+//! signing request signed by the HSM's TLS key, for an operator's own CA.
 //!
 //! Refuses: issuing into a directory that already holds the files (nothing is written then), CA
 //! directories without `ca.pem` + `ca.key` (or whose key does not match), `--ca-dir` without any
@@ -12,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::config::Config;
+use crate::hsm::signing_key::KeyRole;
 use crate::net::pki::{self as certs, IssuedCert, Overwrite};
+use crate::net::tls::HsmTlsKey;
 
 /// `keystake-signer certs …`.
 #[derive(Debug, clap::Subcommand)]
@@ -32,6 +38,22 @@ pub enum CertsCommand {
         /// (ca.pem + ca.key), into --out.
         #[arg(long)]
         ca_dir: Option<PathBuf>,
+        /// Issue the server certificate to the TLS key in this configuration's HSM (run `init`
+        /// first); no server key file is written.
+        #[arg(long, conflicts_with = "ca_dir")]
+        config: Option<PathBuf>,
+    },
+    /// Write a certificate signing request for the server certificate, signed by the TLS key in
+    /// the configured HSM, for an operator's own CA (install the issued chain as tls.server_cert).
+    Csr {
+        #[arg(long)]
+        config: PathBuf,
+        /// Name clients use to reach the appliance (repeatable; default: localhost, 127.0.0.1).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Where to write the PEM CSR.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a certificate revocation list (signed by the CA) revoking the given certificates.
     Revoke {
@@ -54,6 +76,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
             clients,
             server_names: _,
             ca_dir: Some(ca_dir),
+            config: _,
         } => {
             for issued in issue_clients(&ca_dir, &out, &clients)? {
                 println!("{} {}", issued.cert.display(), issued.key.display());
@@ -64,9 +87,40 @@ pub fn run(command: CertsCommand) -> Result<()> {
             clients,
             ca_dir: None,
             server_names,
+            config: None,
         } => {
             generate_certs_for_servers(&out, &server_names, &clients)?;
             println!("certificates written to {}", out.display());
+        }
+        CertsCommand::Generate {
+            out,
+            clients,
+            ca_dir: None,
+            server_names,
+            config: Some(config),
+        } => {
+            let config = super::load_config(&config)?;
+            generate_certs_for_hsm_key(&config, &out, &server_names, &clients)?;
+            println!(
+                "certificates written to {} (server certificate issued to the HSM's TLS key)",
+                out.display()
+            );
+        }
+        CertsCommand::Csr {
+            config,
+            server_names,
+            out,
+        } => {
+            let config = super::load_config(&config)?;
+            let key = crate::app::open_signing_key(&config, KeyRole::Tls)?;
+            let pem = certs::server_csr(&server_names, key.as_ref())?;
+            crate::files::write_file(
+                &out,
+                pem.as_bytes(),
+                crate::files::PUBLIC_FILE_MODE,
+                Overwrite::Refuse,
+            )?;
+            println!("certificate signing request written to {}", out.display());
         }
         CertsCommand::Revoke { ca_dir, certs, out } => {
             revoke(&ca_dir, &certs, &out)?;
@@ -102,6 +156,31 @@ pub fn generate_certs_for_servers(
         &clients,
         DEMO_CERT_VALIDITY_DAYS,
         certs::Overwrite::Refuse,
+    )?;
+    Ok(())
+}
+
+/// `certs generate --config C`: a demo/test PKI whose server certificate certifies the TLS key
+/// in the configured HSM (no server key file). `server_names` empty means loopback.
+pub fn generate_certs_for_hsm_key(
+    config: &Config,
+    out: &Path,
+    server_names: &[String],
+    clients: &[String],
+) -> Result<()> {
+    let clients = if clients.is_empty() {
+        vec!["client".to_owned()]
+    } else {
+        clients.to_vec()
+    };
+    let key = crate::app::open_signing_key(config, KeyRole::Tls)?;
+    certs::generate_with_server_key(
+        out,
+        server_names,
+        &clients,
+        DEMO_CERT_VALIDITY_DAYS,
+        certs::Overwrite::Refuse,
+        Some(HsmTlsKey(key)),
     )?;
     Ok(())
 }

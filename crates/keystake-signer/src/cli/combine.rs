@@ -164,6 +164,7 @@ pub fn combine(args: &CombineArgs) -> Result<Combined> {
         signing_root.as_bytes(),
         &partials,
         !args.optimistic,
+        &mut rand::rngs::OsRng,
     )
     .map_err(|source| CombineFailure { source }.into())
 }

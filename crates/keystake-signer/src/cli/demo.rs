@@ -1,7 +1,9 @@
-//! `keystake-signer demo --dir DIR`: a complete appliance in DIR — demo PKI, `signer.toml`,
-//! SoftHSM2 token, sealing key, three random validator keys sealed by the HSM (generated in
+//! `keystake-signer demo --dir DIR`: a complete appliance in DIR — `signer.toml`, SoftHSM2
+//! token with the sealing key and the TLS key, a demo PKI whose server certificate is issued to
+//! that TLS key (no server key file), three random validator keys sealed by the HSM (generated in
 //! memory, never written unsealed), a policy naming only the demo client certificate (by
-//! fingerprint: any other certificate of the demo CA is refused) — then the instructions (keys and a ready-to-paste curl
+//! fingerprint: any other certificate of the demo CA is refused) — then the instructions (keys
+//! and a ready-to-paste curl
 //! command) and, unless `--no-serve`, `serve` on `--listen`. Reuses what an earlier run left in
 //! DIR (certificates, configuration, keys).
 //!
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::certs::generate_certs;
+use super::certs::{generate_certs, generate_certs_for_hsm_key};
 use super::init::init;
 use crate::config::{self, Config};
 use crate::service;
@@ -63,10 +65,6 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
         .with_context(|| format!("resolving {}", dir.display()))?;
     let config_path = dir.join("signer.toml");
     if !config_path.exists() {
-        let certs_dir = dir.join("certs");
-        if !certs_dir.join("ca.pem").exists() {
-            generate_certs(&certs_dir, &["client".to_owned()])?;
-        }
         crate::files::write_file(
             &config_path,
             config::example(&dir, listen).as_bytes(),
@@ -76,7 +74,18 @@ pub fn prepare_demo(dir: &Path, listen: SocketAddr) -> Result<Demo> {
     }
     let config = Config::load(&config_path)?;
     crate::app::prepare_hsm_environment(&config);
+    // `init` first: it generates the TLS key in the HSM that the server certificate is for.
     init(&config)?;
+    let certs_dir = dir.join("certs");
+    if !certs_dir.join("ca.pem").exists() {
+        match &config.tls.server_key {
+            None => generate_certs_for_hsm_key(&config, &certs_dir, &[], &["client".to_owned()])?,
+            Some(_) => generate_certs(&certs_dir, &["client".to_owned()])?,
+        }
+        // Again, now that the client certificate exists: `init` writes the first policy naming
+        // it (idempotent otherwise).
+        init(&config)?;
+    }
     let store = crate::app::open_store(&config)?;
     let mut public_keys: Vec<BlsPublicKey> = store
         .shares()?

@@ -18,6 +18,7 @@ pub mod connect;
 pub mod demo;
 pub mod enrolment;
 pub mod healthcheck;
+pub mod hsm;
 pub mod init;
 pub mod keys;
 pub mod manifest;
@@ -82,6 +83,11 @@ pub enum Command {
         #[command(subcommand)]
         command: enrolment::EnrolmentCommand,
     },
+    /// The HSM: check that it offers what the appliance needs.
+    Hsm {
+        #[command(subcommand)]
+        command: hsm::HsmCommand,
+    },
     /// Trusted dealer: split a keystore t-of-n into a cluster manifest and one sealed package per appliance.
     Split(split::SplitArgs),
     /// Combine t partial signatures into the group signature (prints 0x…; names culprits on failure).
@@ -124,6 +130,7 @@ pub fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "tools")]
         Command::Bench { command } => bench::run(command),
         Command::Enrolment { command } => enrolment::run(command),
+        Command::Hsm { command } => hsm::run(command),
         Command::Split(args) => split::run(args),
         Command::Combine(args) => combine::run(args),
         Command::Manifest { command } => manifest::run(command),

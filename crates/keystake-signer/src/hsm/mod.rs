@@ -19,6 +19,7 @@
 //! `Zeroizing<[u8; 32]>` of [`Sealer::unseal`]; errors never carry secret bytes.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod enrolment;
 pub mod pkcs11;
 pub mod signing_key;

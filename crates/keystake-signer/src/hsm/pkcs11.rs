@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
@@ -192,6 +192,40 @@ pub fn write_softhsm2_conf(dir: &Path) -> std::io::Result<PathBuf> {
 struct LoadedModule {
     context: Pkcs11,
     initialization: Mutex<()>,
+    /// When [`reinitialize_module`] last ran (it is rate-limited).
+    last_reinitialization: Mutex<Option<Instant>>,
+}
+
+/// At most one module re-initialization per this interval: it invalidates every session of the
+/// process on this module, so a token that stays gone must not make it run on every call.
+const REINITIALIZE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `C_Finalize` + `C_Initialize` the module, so it scans its slots and tokens again. Some
+/// modules only discover a token that came back this way: SoftHSM2 keeps a slot whose token
+/// directory vanished answering `CKR_GENERAL_ERROR`, and finds the restored directory only when
+/// initialized again; vendor modules document the same for a device that was reset or
+/// re-attached. Every session of the process on this module becomes invalid: their pools see
+/// the failure once and reconnect (and log in again). Returns whether it ran.
+fn reinitialize_module(module: &LoadedModule) -> bool {
+    let _one_at_a_time = lock_ignoring_poison(&module.initialization);
+    let mut last = lock_ignoring_poison(&module.last_reinitialization);
+    if last.is_some_and(|at| at.elapsed() < REINITIALIZE_INTERVAL) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    // Errors are moot: a module that was not initialized any more finalizes with an error,
+    // and a failed initialize shows up at the next call as the token being unavailable.
+    let _ = module.context.clone().finalize();
+    match module
+        .context
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+    {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            tracing::warn!("re-initialized the PKCS#11 module to find the token again");
+        }
+        Err(error) => tracing::warn!(%error, "re-initializing the PKCS#11 module failed"),
+    }
+    true
 }
 
 fn loaded_module(module: &Path) -> Result<Arc<LoadedModule>, SealError> {
@@ -222,6 +256,7 @@ fn loaded_module(module: &Path) -> Result<Arc<LoadedModule>, SealError> {
     let loaded = Arc::new(LoadedModule {
         context,
         initialization: Mutex::new(()),
+        last_reinitialization: Mutex::new(None),
     });
     modules.insert(key, Arc::clone(&loaded));
     Ok(loaded)
@@ -244,16 +279,27 @@ fn find_token(context: &Pkcs11, label: &str) -> Result<Option<Slot>, SealError> 
         .get_slots_with_token()
         .map_err(|e| unavailable("listing slots", &e))?;
     let mut matches = Vec::new();
+    // A slot whose token cannot be read (SoftHSM2 keeps a slot whose token directory vanished,
+    // answering CKR_GENERAL_ERROR for ever; the directory back shows up as a new slot) is
+    // skipped: the token may be in another slot now. If none matches, the error is the answer.
+    let mut unreadable = None;
     for slot in slots {
-        let info = context
-            .get_token_info(slot)
-            .map_err(|e| unavailable("reading token info", &e))?;
+        let info = match context.get_token_info(slot) {
+            Ok(info) => info,
+            Err(e) => {
+                unreadable = Some(e);
+                continue;
+            }
+        };
         if info.token_initialized() && info.label() == label {
             matches.push(slot);
         }
     }
     match matches.as_slice() {
-        [] => Ok(None),
+        [] => match unreadable {
+            Some(e) => Err(unavailable("reading token info", &e)),
+            None => Ok(None),
+        },
         [slot] => Ok(Some(*slot)),
         _ => Err(SealError::AmbiguousToken {
             label: label.to_string(),
@@ -532,6 +578,15 @@ fn require_mechanism(context: &Pkcs11, slot: Slot) -> Result<(), SealError> {
     Ok(())
 }
 
+/// The loaded module and the slot of the configured token (no session, no login): what
+/// `hsm check` asks about mechanisms.
+pub(crate) fn token_slot(config: &Pkcs11Config) -> Result<(Pkcs11, Slot), SealError> {
+    config.validate()?;
+    let module = loaded_module(&config.module)?;
+    let slot = require_token(&module.context, &config.token_label)?;
+    Ok((module.context.clone(), slot))
+}
+
 /// A logged-in read-write session on the configured token, for the other key objects this
 /// appliance keeps on the same token (the enrolment key pair of [`crate::hsm::enrolment`]). The caller
 /// owns the session; the sealer's pool is not involved.
@@ -698,12 +753,21 @@ impl Pkcs11Sealer {
         Ok(sealer)
     }
 
-    /// The token's slot: cached, or found by label.
+    /// The token's slot: cached, or found by label. Once the sealer is open (the token was
+    /// there), a token that cannot be found or read makes the module scan again
+    /// ([`reinitialize_module`], rate-limited) before the sealer gives up for this call.
     fn slot(&self) -> Result<Slot, SealError> {
         if let Some(slot) = lock_ignoring_poison(&self.pool).slot {
             return Ok(slot);
         }
-        let slot = require_token(&self.module.context, &self.config.token_label)?;
+        let slot = match require_token(&self.module.context, &self.config.token_label) {
+            Err(SealError::TokenNotFound { .. } | SealError::Unavailable(_))
+                if self.canary.is_some() && reinitialize_module(&self.module) =>
+            {
+                require_token(&self.module.context, &self.config.token_label)?
+            }
+            other => other?,
+        };
         lock_ignoring_poison(&self.pool).slot = Some(slot);
         Ok(slot)
     }
@@ -911,7 +975,7 @@ impl Canary {
         rand::rngs::OsRng.fill_bytes(&mut plaintext);
         let mut iv = [0u8; IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
-        let ciphertext = gcm_encrypt(session, key, iv, CANARY_AAD, &plaintext)?;
+        let (iv, ciphertext) = gcm_encrypt(session, key, iv, CANARY_AAD, &plaintext)?;
         Ok(Canary {
             iv,
             ciphertext,
@@ -926,17 +990,24 @@ impl Canary {
     }
 }
 
+/// AES-GCM encryption in the token; returns the IV actually used with the ciphertext. The IV
+/// buffer holds our random IV on input, and PKCS#11 lets the token write the IV it used back
+/// into it: tokens that generate the IV themselves (AWS CloudHSM mandates it; Luna in some FIPS
+/// configurations) return theirs there, so the IV stored in the blob is the buffer's content
+/// after the call, not the one we drew.
 fn gcm_encrypt(
     session: &Session,
     key: ObjectHandle,
     iv: [u8; IV_LEN],
     aad: &[u8],
     plaintext: &[u8],
-) -> Result<Vec<u8>, CryptokiError> {
-    // The token may write to the IV buffer (PKCS#11 allows it); ours is a copy.
+) -> Result<([u8; IV_LEN], Vec<u8>), CryptokiError> {
     let mut iv = iv;
-    let params = GcmParams::new(&mut iv, aad, ((TAG_LEN * 8) as u64).into())?;
-    session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+    let ciphertext = {
+        let params = GcmParams::new(&mut iv, aad, ((TAG_LEN * 8) as u64).into())?;
+        session.encrypt(&Mechanism::AesGcm(params), key, plaintext)?
+    };
+    Ok((iv, ciphertext))
 }
 
 fn gcm_decrypt(
@@ -1002,7 +1073,7 @@ impl Sealer for Pkcs11Sealer {
         let aad = gcm_aad(context);
         let mut iv = [0u8; IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
-        let ciphertext = self.with_session("sealing", |session, key| {
+        let (iv, ciphertext) = self.with_session("sealing", |session, key| {
             Ok(gcm_encrypt(session, key, iv, &aad, secret.as_slice())?)
         })?;
         if ciphertext.len() != SHARE_LEN + TAG_LEN {

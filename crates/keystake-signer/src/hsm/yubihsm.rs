@@ -260,6 +260,11 @@ impl YubiHsmSealer {
         })
     }
 
+    /// The authenticated client (for `hsm check`'s device query).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// `init`: generate the signing key of `role` on the device unless it exists (in the
     /// sealing key's domain); check it either way.
     pub fn ensure_signing_key(

@@ -29,10 +29,94 @@ use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 use zeroize::Zeroizing;
 
+use crate::hsm::signing_key::HsmSigningKey;
+
 /// ALPN identifier for HTTP/2 (gRPC).
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN identifier for HTTP/1.1 (REST).
 pub const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
+
+/// Where the server certificate's private key is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerKey {
+    /// The `Tls` signing key inside the HSM (the default): handshakes are signed by the HSM
+    /// through [`HsmTlsKey`]; no key file exists.
+    Hsm(HsmTlsKey),
+    /// A PEM private key file (PKCS#8, PKCS#1 or SEC1): the documented opt-out
+    /// (`[tls] server_key = "…"`), for test PKIs and operators without an HSM-capable setup.
+    File(PathBuf),
+}
+
+/// The HSM's TLS key as rustls sees it: `choose_scheme` offers ECDSA_NISTP256_SHA256 only;
+/// the handshake transcript is hashed (SHA-256) on the host and the digest signed in the HSM
+/// (`CKM_ECDSA`, `r || s`), then DER-encoded as TLS wants. Signing blocks the calling thread
+/// for one HSM operation (a pooled session: concurrent handshakes do not wait on each other
+/// unless every session is busy).
+#[derive(Clone)]
+pub struct HsmTlsKey(pub Arc<dyn HsmSigningKey>);
+
+impl std::fmt::Debug for HsmTlsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HsmTlsKey({})", self.0.describe())
+    }
+}
+
+/// The same key object (configurations compare equal when they use the same HSM key).
+impl PartialEq for HsmTlsKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for HsmTlsKey {}
+
+impl HsmTlsKey {
+    /// The key's SubjectPublicKeyInfo (id-ecPublicKey, prime256v1).
+    pub fn spki(&self) -> rustls_pki_types::SubjectPublicKeyInfoDer<'static> {
+        rustls::sign::public_key_to_spki(
+            &rustls_pki_types::alg_id::ECDSA_P256,
+            self.0.public_key().as_sec1(),
+        )
+    }
+}
+
+impl rustls::sign::SigningKey for HsmTlsKey {
+    fn choose_scheme(
+        &self,
+        offered: &[rustls::SignatureScheme],
+    ) -> Option<Box<dyn rustls::sign::Signer>> {
+        offered
+            .contains(&rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+            .then(|| Box::new(self.clone()) as Box<dyn rustls::sign::Signer>)
+    }
+
+    fn public_key(&self) -> Option<rustls_pki_types::SubjectPublicKeyInfoDer<'_>> {
+        Some(self.spki())
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+impl rustls::sign::Signer for HsmTlsKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        match self.0.sign_sha256(message) {
+            Ok(signature) => Ok(signature.to_der()),
+            Err(error) => {
+                // The handshake fails (the client sees an internal-error alert); the reason
+                // goes to the log, and /healthcheck reports the HSM.
+                tracing::warn!(%error, "the HSM did not sign a TLS handshake");
+                Err(rustls::Error::General(format!(
+                    "the HSM did not sign the handshake: {error}"
+                )))
+            }
+        }
+    }
+
+    fn scheme(&self) -> rustls::SignatureScheme {
+        rustls::SignatureScheme::ECDSA_NISTP256_SHA256
+    }
+}
 
 /// Files the server side of mutual TLS is built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,8 +125,8 @@ pub struct TlsFiles {
     pub ca_cert: PathBuf,
     /// PEM server certificate chain, end-entity first.
     pub server_cert: PathBuf,
-    /// PEM private key of the server certificate (PKCS#8, PKCS#1 or SEC1).
-    pub server_key: PathBuf,
+    /// The server certificate's private key: in the HSM, or a file (opt-out).
+    pub server_key: ServerKey,
     /// Optional PEM CRL(s) issued by the CA.
     pub crl: Option<PathBuf>,
 }
@@ -70,6 +154,8 @@ pub enum TlsError {
     BadPrivateKey { path: PathBuf, reason: String },
     #[error("private key {} does not match certificate {}", key.display(), cert.display())]
     KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("certificate {} was not issued for the HSM's TLS key ({key}); issue it with `keystake-signer certs generate --config …` or `certs csr`", cert.display())]
+    HsmKeyMismatch { key: String, cert: PathBuf },
     #[error("CA certificate {} cannot be a trust anchor: {reason}", path.display())]
     BadCaCertificate { path: PathBuf, reason: String },
     #[error("no CRL in {}", .0.display())]
@@ -117,13 +203,29 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     })?;
 
     let chain = load_certificates(&files.server_cert, "server certificate")?;
-    let key = load_private_key(&files.server_key)?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|err| key_error(err, &files.server_key, &files.server_cert))?;
+        .with_client_cert_verifier(verifier);
+    let mut config = match &files.server_key {
+        ServerKey::File(path) => {
+            let key = load_private_key(path)?;
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|err| key_error(err, path, &files.server_cert))?
+        }
+        ServerKey::Hsm(key) => {
+            let certified = rustls::sign::CertifiedKey::new(chain, Arc::new(key.clone()));
+            // The certificate must be the HSM key's: compared by SubjectPublicKeyInfo.
+            certified
+                .keys_match()
+                .map_err(|_| TlsError::HsmKeyMismatch {
+                    key: key.0.describe(),
+                    cert: files.server_cert.clone(),
+                })?;
+            builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+        }
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()];
     Ok(Arc::new(config))
 }
@@ -496,6 +598,14 @@ mod tests {
         client.request(hyper::Method::GET, "/", &[], None).await
     }
 
+    /// The server key file of a file-key PKI.
+    fn file_key(pki: &GeneratedPki) -> &PathBuf {
+        match &pki.server_key {
+            ServerKey::File(path) => path,
+            ServerKey::Hsm(_) => panic!("a file-key PKI"),
+        }
+    }
+
     fn cert_der(path: &Path) -> Vec<u8> {
         load_certificates(path, "test certificate").expect("certificate")[0].to_vec()
     }
@@ -829,7 +939,7 @@ mod tests {
             // A certificate file where the key should be.
             (
                 TlsFiles {
-                    server_key: pki.server_cert.clone(),
+                    server_key: ServerKey::File(pki.server_cert.clone()),
                     ..pki.tls_files()
                 },
                 format!("no private key in {}", pki.server_cert.display()),
@@ -849,7 +959,7 @@ mod tests {
                 },
                 format!(
                     "private key {} does not match certificate {}",
-                    other.server_key.display(),
+                    file_key(&other).display(),
                     pki.server_cert.display()
                 ),
             ),
@@ -874,9 +984,110 @@ mod tests {
         assert!(error_text(&files).contains(&foreign_crl.display().to_string()));
 
         let alice = pki.client("alice").expect("alice");
-        let err = client_config(&pki.ca_cert, &alice.cert, &pki.server_key)
+        let err = client_config(&pki.ca_cert, &alice.cert, file_key(&pki))
             .expect_err("mismatched client key");
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
         client_config(&pki.ca_cert, &alice.cert, &alice.key).expect("matching client key");
+    }
+
+    /// The TLS key in SoftHSM2: the server certificate is issued to the token's public key, no
+    /// key file is written, real handshakes are signed by the token; a certificate for another
+    /// key is refused at configuration time; with the HSM's login lost a handshake fails (no
+    /// signature), and the next one works again.
+    #[tokio::test]
+    async fn handshakes_are_signed_by_the_key_in_softhsm2() {
+        use crate::hsm::pkcs11::test_support::{fresh_sealer, user_pin};
+        use crate::hsm::signing_key::{ensure_pkcs11_key, KeyRole, Pkcs11SigningKey};
+
+        let (hsm, sealer) = fresh_sealer("tls-hsm");
+        ensure_pkcs11_key(&hsm, &user_pin(), KeyRole::Tls).expect("TLS key");
+        let key = HsmTlsKey(Arc::new(
+            Pkcs11SigningKey::open(Arc::new(sealer), KeyRole::Tls).expect("open TLS key"),
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = certs::generate_with_server_key(
+            dir.path(),
+            &[],
+            &names(&["alice"]),
+            1,
+            Overwrite::Refuse,
+            Some(key.clone()),
+        )
+        .expect("PKI for the HSM key");
+        assert!(!dir.path().join("server.key").exists());
+        let server_der = cert_der(&pki.server_cert);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&server_der).expect("parse");
+        assert_eq!(parsed.public_key().raw, key.spki().as_ref());
+
+        let server = TestServer::start(server_config(&pki.tls_files()).expect("config")).await;
+        let client = client_for(&pki, "alice", &server);
+        for _ in 0..3 {
+            // A fresh connection each time: a full handshake signed by the token.
+            let client = client_for(&pki, "alice", &server);
+            assert_eq!(get(&client).await.expect("request").status, 200);
+        }
+        assert_eq!(get(&client).await.expect("request").status, 200);
+
+        // A certificate for another key (a file-key PKI's server certificate) is refused.
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = make_pki(other_dir.path(), &[]);
+        let mismatched = TlsFiles {
+            server_cert: other.server_cert.clone(),
+            ..pki.tls_files()
+        };
+        assert!(matches!(
+            server_config(&mismatched),
+            Err(TlsError::HsmKeyMismatch { .. })
+        ));
+
+        // The token's login is lost under the signer: the handshake fails, nothing is signed;
+        // the next handshake opens fresh sessions and succeeds.
+        let intruder = crate::hsm::pkcs11::user_session(&hsm, &user_pin()).expect("session");
+        intruder.logout().expect("logout");
+        drop(intruder);
+        let during = client_for(&pki, "alice", &server);
+        assert!(get(&during).await.is_err(), "handshake without the HSM");
+        let after = client_for(&pki, "alice", &server);
+        assert_eq!(
+            get(&after).await.expect("request after recovery").status,
+            200
+        );
+    }
+
+    #[test]
+    fn the_csr_is_signed_by_the_hsm_key_and_names_the_servers() {
+        use crate::hsm::pkcs11::test_support::{fresh_sealer, user_pin};
+        use crate::hsm::signing_key::{ensure_pkcs11_key, KeyRole, Pkcs11SigningKey};
+        use x509_parser::prelude::FromDer;
+
+        let (hsm, sealer) = fresh_sealer("tls-csr");
+        ensure_pkcs11_key(&hsm, &user_pin(), KeyRole::Tls).expect("TLS key");
+        let key = Pkcs11SigningKey::open(Arc::new(sealer), KeyRole::Tls).expect("open");
+        let pem = certs::server_csr(&names(&["signer.example", "10.0.0.7"]), &key).expect("csr");
+        let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+            .expect("PEM CSR");
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .expect("parse CSR");
+        // The self-signature verifies under the token's key (ring, independently of rcgen).
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &key.public_key().as_sec1()[..],
+        )
+        .verify(
+            csr.certification_request_info.raw,
+            csr.signature_value.as_ref(),
+        )
+        .expect("CSR signed by the HSM key");
+        let spki = HsmTlsKey(Arc::new(key)).spki();
+        assert_eq!(
+            csr.certification_request_info.subject_pki.raw,
+            spki.as_ref()
+        );
+        assert!(csr
+            .certification_request_info
+            .subject
+            .to_string()
+            .contains("signer.example"));
     }
 }

@@ -8,6 +8,14 @@
 //! pairs and strictly increasing block slots, so a correct signer answers every one with 200. Any
 //! other status is counted as an error and reported.
 //!
+//! Two mixes: `distinct` (every request a different message: per-key increasing attestations,
+//! optionally blocks) and `mainnet` (the slot-structured load of an operator with N keys, where
+//! most signing roots repeat across keys: [`super::mainnet_mix`]). With the appliance's process
+//! id (from its `/healthcheck` `pid`, or given), the tool also reads the appliance's CPU time
+//! before and after and reports CPU-µs per signature and `cpu_efficiency` = raw blst CPU-µs per
+//! signature ÷ the appliance's — a figure that does not depend on the load generator sharing
+//! the cores.
+//!
 //! Two modes: max-throughput (each connection sends its next request when the previous answer
 //! arrives) and fixed-rate (an open-loop schedule; latency is measured from the moment a request
 //! is due — including any wait for a free connection, so a stalled server cannot hide its
@@ -51,6 +59,20 @@ pub struct LoadOptions {
     /// Burst mode: send exactly this many requests at once (spread over the connections, one
     /// key after another) and report the time until the last answer; ignores duration and rate.
     pub burst: Option<u64>,
+    /// Which requests to send.
+    pub mix: Mix,
+    /// The appliance's process id for its CPU time (default: the `pid` of its `/healthcheck`).
+    pub appliance_pid: Option<u32>,
+}
+
+/// What the load consists of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mix {
+    /// Every request signs a different message (per-key increasing attestations, blocks).
+    #[default]
+    Distinct,
+    /// Slot-structured mainnet duties of an operator with `--keys` keys.
+    Mainnet,
 }
 
 /// The figures of one run.
@@ -65,6 +87,10 @@ pub struct LoadReport {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// The appliance's CPU time per answered request (NaN when it could not be read).
+    pub cpu_per_sig_us: f64,
+    /// Raw blst CPU time per signature on this machine, measured in the same run.
+    pub raw_cpu_per_sig_us: f64,
 }
 
 impl LoadReport {
@@ -76,28 +102,37 @@ impl LoadReport {
         }
     }
 
+    /// Raw blst CPU-µs per signature ÷ the appliance's CPU-µs per signature.
+    pub fn cpu_efficiency(&self) -> f64 {
+        self.raw_cpu_per_sig_us / self.cpu_per_sig_us
+    }
+
     /// The summary line scripts parse: always the last line of the tool's output.
     pub fn summary_line(&self) -> String {
         format!(
-            "throughput={:.1} raw_blst={:.1} ratio={:.3} p50_ms={:.3} p99_ms={:.3}",
+            "throughput={:.1} raw_blst={:.1} ratio={:.3} p50_ms={:.3} p99_ms={:.3} cpu_per_sig_us={:.1} cpu_efficiency={:.3}",
             self.throughput,
             self.raw_blst,
             self.ratio(),
             self.p50_ms,
-            self.p99_ms
+            self.p99_ms,
+            self.cpu_per_sig_us,
+            self.cpu_efficiency()
         )
     }
 }
 
-/// Signatures per second of plain blst on `threads` threads for about `duration`.
-pub fn raw_blst_rate(threads: usize, duration: Duration) -> f64 {
-    let counts: Vec<u64> = std::thread::scope(|scope| {
+/// Plain blst on `threads` threads for about `duration`: (signatures per second, CPU-µs per
+/// signature from the threads' own CPU clocks, so a shared machine does not inflate it).
+pub fn raw_blst_rate(threads: usize, duration: Duration) -> (f64, f64) {
+    let results: Vec<(u64, f64, Duration)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
                     let key = bls::SecretKey::random(&mut rand::rngs::OsRng);
                     let mut message = [0u8; 32];
                     message[0] = t as u8;
+                    let cpu_start = thread_cpu_time();
                     let start = Instant::now();
                     let mut n = 0u64;
                     while start.elapsed() < duration {
@@ -105,23 +140,35 @@ pub fn raw_blst_rate(threads: usize, duration: Duration) -> f64 {
                         std::hint::black_box(key.sign(&message));
                         n += 1;
                     }
-                    (n, start.elapsed())
+                    let elapsed = start.elapsed();
+                    (
+                        n,
+                        n as f64 / elapsed.as_secs_f64(),
+                        thread_cpu_time() - cpu_start,
+                    )
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                let (n, elapsed) = h.join().unwrap_or((0, duration));
-                (n as f64 / elapsed.as_secs_f64()) as u64
-            })
+            .map(|h| h.join().unwrap_or((0, 0.0, Duration::ZERO)))
             .collect()
     });
-    counts.iter().sum::<u64>() as f64
+    let rate = results.iter().map(|r| r.1).sum::<f64>();
+    let signatures = results.iter().map(|r| r.0).sum::<u64>().max(1);
+    let cpu = results.iter().map(|r| r.2).sum::<Duration>();
+    (rate, cpu.as_secs_f64() * 1e6 / signatures as f64)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Mainnet's genesis validators root, used when the appliance's network has none configured.
-const MAINNET_GVR: &str = "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
+pub(crate) const MAINNET_GVR: &str =
+    "0x4b363db94e286120d76eb905340fdd4e54bfe9f06bf33ff6cf5ad27f511bfe95";
 
 /// An ATTESTATION for `source → source+1` on the network with genesis validators root `gvr`.
 pub fn attestation_body(gvr: &str, source: u64, block_root_byte: u8) -> Vec<u8> {
@@ -194,6 +241,24 @@ impl Duties {
     }
 }
 
+/// Where requests come from: the mix.
+enum Source {
+    Distinct { duties: Duties, block_fraction: f64 },
+    Mainnet(super::mainnet_mix::SlotMix),
+}
+
+impl Source {
+    fn next(&self) -> (String, Vec<u8>, &'static str) {
+        match self {
+            Source::Distinct {
+                duties,
+                block_fraction,
+            } => duties.next(*block_fraction),
+            Source::Mainnet(mix) => mix.next(),
+        }
+    }
+}
+
 struct Sample {
     send_offset: Duration,
     latency: Duration,
@@ -205,13 +270,12 @@ struct Sample {
 /// start), and its latency counts from `counted_from` until the answer.
 async fn send_and_record(
     client: &MtlsClient,
-    duties: &Duties,
-    block_fraction: f64,
+    source: &Source,
     send_offset: Duration,
     counted_from: Instant,
     tx: &tokio::sync::mpsc::UnboundedSender<Sample>,
 ) {
-    let (status, kind) = send(client, duties, block_fraction).await;
+    let (status, kind) = send(client, source).await;
     let _ = tx.send(Sample {
         send_offset,
         latency: counted_from.elapsed(),
@@ -220,8 +284,8 @@ async fn send_and_record(
     });
 }
 
-async fn send(client: &MtlsClient, duties: &Duties, block_fraction: f64) -> (u16, &'static str) {
-    let (path, body, kind) = duties.next(block_fraction);
+async fn send(client: &MtlsClient, source: &Source) -> (u16, &'static str) {
+    let (path, body, kind) = source.next();
     let status = match client
         .request(
             http::Method::POST,
@@ -313,6 +377,12 @@ pub async fn run(
         .map(|k| k.parse())
         .collect::<Result<_, _>>()?;
     if let Some(limit) = options.keys {
+        if options.mix == Mix::Mainnet && keys.len() < limit {
+            bail!(
+                "--mix mainnet --keys {limit}: the appliance holds only {} keys (bench populate adds more)",
+                keys.len()
+            );
+        }
         keys.truncate(limit);
     }
     if keys.is_empty() {
@@ -321,9 +391,20 @@ pub async fn run(
     if !options.allow_non_demo_keys {
         refuse_real_keys(&probe, &keys).await?;
     }
+    let pid = match options.appliance_pid {
+        Some(pid) => Some(pid),
+        None => appliance_pid(&probe).await,
+    };
+    let mix = match options.mix {
+        Mix::Distinct => format!(
+            "distinct messages, {:.0}% blocks",
+            options.block_fraction * 100.0
+        ),
+        Mix::Mainnet => "mainnet slots".to_owned(),
+    };
     writeln!(
         out,
-        "load: {url}, {} keys, {} connections, {}, {:.0}% blocks, {:?}",
+        "load: {url}, {} keys, {} connections, {}, {mix}, {:?}",
         keys.len(),
         options.connections,
         match (options.burst, options.rate) {
@@ -331,13 +412,26 @@ pub async fn run(
             (None, Some(r)) => format!("fixed rate {r}/s"),
             (None, None) => "max throughput".to_owned(),
         },
-        options.block_fraction * 100.0,
         options.duration
     )?;
     let gvr = crate::app::network(config)?
         .genesis_validators_root
         .map_or(MAINNET_GVR.to_owned(), |root| root.to_hex());
-    let duties = Arc::new(Duties::new(keys, gvr));
+    let burst = match (options.mix, options.burst) {
+        // N slots' bursts at once: every request of the run's first N slots.
+        (Mix::Mainnet, Some(slots)) => {
+            let mix = super::mainnet_mix::SlotMix::new(&keys, &gvr);
+            Some((0..slots).map(|i| mix.slot_requests(i).len() as u64).sum())
+        }
+        (_, burst) => burst,
+    };
+    let source = Arc::new(match options.mix {
+        Mix::Distinct => Source::Distinct {
+            duties: Duties::new(keys, gvr),
+            block_fraction: options.block_fraction,
+        },
+        Mix::Mainnet => Source::Mainnet(super::mainnet_mix::SlotMix::new(&keys, &gvr)),
+    });
     // One client (one keep-alive connection) per simulated connection.
     let clients: Vec<MtlsClient> = (0..options.connections.max(1))
         .map(|_| MtlsClient::new(tls.clone(), &url))
@@ -349,16 +443,16 @@ pub async fn run(
             .await?;
     }
 
+    let cpu_before = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     let start = Instant::now();
     let deadline = start + options.duration;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let mut tasks = Vec::new();
-    let block_fraction = options.block_fraction;
-    let remaining = Arc::new(AtomicU64::new(options.burst.unwrap_or(u64::MAX)));
+    let remaining = Arc::new(AtomicU64::new(burst.unwrap_or(u64::MAX)));
     match options.rate {
-        _ if options.burst.is_some() => {
+        _ if burst.is_some() => {
             for client in clients {
-                let duties = duties.clone();
+                let source = source.clone();
                 let tx = tx.clone();
                 let remaining = remaining.clone();
                 tasks.push(tokio::spawn(async move {
@@ -369,21 +463,19 @@ pub async fn run(
                     {
                         let sent = Instant::now();
                         // Latency from the burst's start: "answered within" is what counts.
-                        send_and_record(&client, &duties, block_fraction, sent - start, start, &tx)
-                            .await;
+                        send_and_record(&client, &source, sent - start, start, &tx).await;
                     }
                 }));
             }
         }
         None => {
             for client in clients {
-                let duties = duties.clone();
+                let source = source.clone();
                 let tx = tx.clone();
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        send_and_record(&client, &duties, block_fraction, sent - start, sent, &tx)
-                            .await;
+                        send_and_record(&client, &source, sent - start, sent, &tx).await;
                     }
                 }));
             }
@@ -409,12 +501,12 @@ pub async fn run(
                 let Some(client) = client else {
                     continue;
                 };
-                let duties = duties.clone();
+                let source = source.clone();
                 let tx = tx.clone();
                 let clients = clients.clone();
                 tasks.push(tokio::spawn(async move {
                     let offset = scheduled - start;
-                    send_and_record(&client, &duties, block_fraction, offset, ready, &tx).await;
+                    send_and_record(&client, &source, offset, ready, &tx).await;
                     clients.lock().await.push(client);
                     drop(permit);
                 }));
@@ -458,6 +550,7 @@ pub async fn run(
         task.await?;
     }
     let elapsed = start.elapsed();
+    let cpu_after = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     if let Some(mut file) = csv {
         file.flush()?;
     }
@@ -467,8 +560,20 @@ pub async fn run(
         .raw_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     writeln!(out, "measuring raw blst signing on {threads} threads ...")?;
-    let raw_blst =
+    let (raw_blst, raw_cpu_per_sig_us) =
         tokio::task::spawn_blocking(move || raw_blst_rate(threads, Duration::from_secs(3))).await?;
+    let cpu_per_sig_us = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if ok > 0 => {
+            (after.saturating_sub(before)).as_secs_f64() * 1e6 / ok as f64
+        }
+        _ => {
+            writeln!(
+                out,
+                "appliance CPU time unknown (no pid from /healthcheck, no --appliance-pid, or /proc not readable)"
+            )?;
+            f64::NAN
+        }
+    };
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     let report = LoadReport {
         requests,
@@ -480,6 +585,8 @@ pub async fn run(
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: histogram.max() as f64 / 1000.0,
+        cpu_per_sig_us,
+        raw_cpu_per_sig_us,
     };
     writeln!(
         out,
@@ -491,8 +598,36 @@ pub async fn run(
         report.p999_ms,
         report.max_ms
     )?;
+    writeln!(
+        out,
+        "raw_cpu_per_sig_us={:.1} appliance_pid={}",
+        report.raw_cpu_per_sig_us,
+        pid.map_or("unknown".to_owned(), |p| p.to_string())
+    )?;
+    if burst.is_some() {
+        // How long naive blst on these cores needs for as many signatures.
+        let raw_s = ok as f64 / report.raw_blst.max(f64::MIN_POSITIVE);
+        writeln!(
+            out,
+            "burst: requests={} answered_s={:.4} raw_blst_s={:.4} burst_vs_raw={:.3}",
+            ok,
+            elapsed.as_secs_f64(),
+            raw_s,
+            elapsed.as_secs_f64() / raw_s
+        )?;
+    }
     writeln!(out, "{}", report.summary_line())?;
     Ok(report)
+}
+
+/// The appliance's process id from its `/healthcheck` (`pid`), when it gives one.
+async fn appliance_pid(probe: &MtlsClient) -> Option<u32> {
+    let response = probe
+        .request(http::Method::GET, "/healthcheck", &[], None)
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+    body["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
 #[cfg(test)]
@@ -552,10 +687,12 @@ mod tests {
             p99_ms: 2.0,
             p999_ms: 3.0,
             max_ms: 4.0,
+            cpu_per_sig_us: 400.0,
+            raw_cpu_per_sig_us: 300.0,
         };
         assert_eq!(
             report.summary_line(),
-            "throughput=3000.0 raw_blst=4000.0 ratio=0.750 p50_ms=0.500 p99_ms=2.000"
+            "throughput=3000.0 raw_blst=4000.0 ratio=0.750 p50_ms=0.500 p99_ms=2.000 cpu_per_sig_us=400.0 cpu_efficiency=0.750"
         );
     }
 }

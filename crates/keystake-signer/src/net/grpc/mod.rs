@@ -252,6 +252,23 @@ impl Signer for GrpcSigner {
         let request = request.into_inner();
         let t = Threshold::new(request.threshold)
             .map_err(|e| bad_argument(format!("threshold: {e}")))?;
+        // Refuse oversized input before parsing any of it (the core checks again, with the rest).
+        for (what, got) in [
+            ("threshold", request.threshold as usize),
+            ("share public keys", request.share_public_keys.len()),
+            ("partial signatures", request.partials.len()),
+        ] {
+            if got > threshold::MAX_COMBINE_SHARES {
+                return Err(
+                    ServiceError::from(threshold::ThresholdError::CombineTooLarge {
+                        what,
+                        got,
+                        max: threshold::MAX_COMBINE_SHARES,
+                    })
+                    .into(),
+                );
+            }
+        }
         let group = public_key(&request.group_public_key, "group_public_key")?;
         let mut share_public_keys = BTreeMap::new();
         for (i, bytes) in request.share_public_keys.iter().enumerate() {
@@ -276,14 +293,21 @@ impl Signer for GrpcSigner {
             })?;
             partials.push((index, signature));
         }
-        let combined = threshold::combine(
-            t,
-            &share_public_keys,
-            &group,
-            &request.message,
-            &partials,
-            request.verify_partials,
-        )
+        // Milliseconds of pairings and multi-scalar multiplications: on the blocking pool, so
+        // concurrent combines never stall the runtime's workers (health, signing).
+        let combined = tokio::task::spawn_blocking(move || {
+            threshold::combine(
+                t,
+                &share_public_keys,
+                &group,
+                &request.message,
+                &partials,
+                request.verify_partials,
+                &mut rand::rngs::OsRng,
+            )
+        })
+        .await
+        .map_err(ServiceError::from)?
         .map_err(ServiceError::from)?;
         Ok(Response::new(pb::CombineResponse {
             signature: combined.signature.0.to_vec(),

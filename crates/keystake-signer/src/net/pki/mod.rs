@@ -43,7 +43,8 @@ use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::x509::X509Name;
 use zeroize::Zeroizing;
 
-use crate::net::tls::TlsFiles;
+use crate::hsm::signing_key::HsmSigningKey;
+use crate::net::tls::{HsmTlsKey, ServerKey, TlsFiles};
 
 /// Server names used when the caller gives none: loopback by name and by IP address.
 pub const DEFAULT_SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
@@ -86,8 +87,8 @@ pub struct GeneratedPki {
     pub ca_key: PathBuf,
     /// `server.pem`
     pub server_cert: PathBuf,
-    /// `server.key` (mode 0600)
-    pub server_key: PathBuf,
+    /// The server certificate's key: the HSM's TLS key, or `server.key` (mode 0600).
+    pub server_key: ServerKey,
     /// One entry per requested client, in the order given.
     pub clients: Vec<IssuedCert>,
 }
@@ -158,6 +159,32 @@ pub enum CertError {
     },
 }
 
+/// An HSM signing key as rcgen sees it: the certificate (or CSR) names its public key, and a
+/// CSR is signed by it in the HSM.
+pub struct RcgenHsmKey<'a>(pub &'a dyn HsmSigningKey);
+
+impl PublicKeyData for RcgenHsmKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.public_key().as_sec1()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for RcgenHsmKey<'_> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0
+            .sign_sha256(message)
+            .map(|signature| signature.to_der())
+            .map_err(|error| {
+                tracing::warn!(%error, "the HSM did not sign the certificate request");
+                rcgen::Error::RemoteKeyError
+            })
+    }
+}
+
 /// Generate a complete PKI in `out_dir`: `ca.pem`, `ca.key`, `server.pem`, `server.key` and
 /// `<client>.pem`, `<client>.key` for every client. `server_names` empty means
 /// [`DEFAULT_SERVER_NAMES`]; entries that parse as IP addresses become IP SANs, others DNS SANs,
@@ -168,6 +195,26 @@ pub fn generate(
     clients: &[String],
     validity_days: u32,
     overwrite: Overwrite,
+) -> Result<GeneratedPki, CertError> {
+    generate_with_server_key(
+        out_dir,
+        server_names,
+        clients,
+        validity_days,
+        overwrite,
+        None,
+    )
+}
+
+/// [`generate`], with the server certificate issued to `hsm_key` (the HSM's TLS key) when
+/// given: then no `server.key` is written, the key never exists outside the HSM.
+pub fn generate_with_server_key(
+    out_dir: &Path,
+    server_names: &[String],
+    clients: &[String],
+    validity_days: u32,
+    overwrite: Overwrite,
+    hsm_key: Option<HsmTlsKey>,
 ) -> Result<GeneratedPki, CertError> {
     let (not_before, not_after) = validity_from_now(validity_days)?;
     let server_names: Vec<String> = if server_names.is_empty() {
@@ -194,13 +241,19 @@ pub fn generate(
         ca_cert: out_dir.join(CA_CERT_FILE),
         ca_key: out_dir.join(CA_KEY_FILE),
         server_cert: out_dir.join(SERVER_CERT_FILE),
-        server_key: out_dir.join(SERVER_KEY_FILE),
+        server_key: match &hsm_key {
+            Some(key) => ServerKey::Hsm(key.clone()),
+            None => ServerKey::File(out_dir.join(SERVER_KEY_FILE)),
+        },
         clients: clients
             .iter()
             .map(|name| client_paths(out_dir, name))
             .collect(),
     };
-    let mut targets = vec![&pki.ca_cert, &pki.ca_key, &pki.server_cert, &pki.server_key];
+    let mut targets = vec![&pki.ca_cert, &pki.ca_key, &pki.server_cert];
+    if let ServerKey::File(path) = &pki.server_key {
+        targets.push(path);
+    }
     for client in &pki.clients {
         targets.push(&client.cert);
         targets.push(&client.key);
@@ -241,11 +294,20 @@ pub fn generate(
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::from_params(&ca_params, &ca_key);
 
-    let server_key = KeyPair::generate()?;
     let mut server_params = leaf_params(&server_names[0], not_before, not_after);
     server_params.subject_alt_names = server_sans;
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &issuer)?;
+    let server_key = match &hsm_key {
+        Some(key) => {
+            let cert = server_params.signed_by(&RcgenHsmKey(key.0.as_ref()), &issuer)?;
+            (None, cert)
+        }
+        None => {
+            let key = KeyPair::generate()?;
+            let cert = server_params.signed_by(&key, &issuer)?;
+            (Some(key), cert)
+        }
+    };
 
     let mut client_material = Vec::with_capacity(clients.len());
     for client in clients {
@@ -257,13 +319,17 @@ pub fn generate(
     // Keys are written before their certificates so a crash never leaves a certificate whose key
     // is missing.
     write_key_and_cert(&pki.ca_key, &ca_key, &pki.ca_cert, &ca_cert, overwrite)?;
-    write_key_and_cert(
-        &pki.server_key,
-        &server_key,
-        &pki.server_cert,
-        &server_cert,
-        overwrite,
-    )?;
+    match (&pki.server_key, &server_key) {
+        (ServerKey::File(path), (Some(key), cert)) => {
+            write_key_and_cert(path, key, &pki.server_cert, cert, overwrite)?
+        }
+        (_, (_, cert)) => files::write_file(
+            &pki.server_cert,
+            cert.pem().as_bytes(),
+            PUBLIC_FILE_MODE,
+            overwrite,
+        )?,
+    }
     for (paths, (cert, key)) in pki.clients.iter().zip(&client_material) {
         write_key_and_cert(&paths.key, key, &paths.cert, cert, overwrite)?;
         let (file, password_file) = pkcs12_paths(out_dir, &paths.name);
@@ -286,6 +352,29 @@ pub fn generate(
         })?;
     write_pkcs12(&file, &password_file, &p12, &password, overwrite)?;
     Ok(pki)
+}
+
+/// A PEM certificate signing request for the server certificate, signed in the HSM by
+/// `key` (the TLS key), for an operator's own CA: CN = the first server name, every name a SAN,
+/// extended key usage serverAuth. `server_names` empty means [`DEFAULT_SERVER_NAMES`].
+pub fn server_csr(server_names: &[String], key: &dyn HsmSigningKey) -> Result<String, CertError> {
+    let server_names: Vec<String> = if server_names.is_empty() {
+        DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect()
+    } else {
+        server_names.to_vec()
+    };
+    let sans = server_names
+        .iter()
+        .map(|name| server_san(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (not_before, not_after) = validity_from_now(1)?;
+    let mut params = leaf_params(&server_names[0], not_before, not_after);
+    // The CA chooses these; a CSR cannot carry them.
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params.serialize_request(&RcgenHsmKey(key))?.pem()?)
 }
 
 /// Issue one more client certificate (valid from now for `validity_days`) from the CA in
@@ -943,7 +1032,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = generate_for(dir.path(), &["alice"]).expect("generate");
         let mode = |path: &Path| fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
-        for key in [&pki.ca_key, &pki.server_key, &pki.clients[0].key] {
+        let ServerKey::File(server_key) = &pki.server_key else {
+            panic!("generate writes a server key file");
+        };
+        for key in [&pki.ca_key, server_key, &pki.clients[0].key] {
             assert_eq!(mode(key), 0o600, "{}", key.display());
         }
         assert_eq!(mode(&pki.ca_cert), 0o644);

@@ -1,6 +1,9 @@
-//! Combining partial signatures (issue #5): combines per second for t = 3, 5, 7, with every
-//! partial verified first (the default of `combine`, which names culprits) and optimistically
-//! (interpolate t partials, verify only the result). Run with `cargo bench --bench threshold`.
+//! Combining partial signatures (issue #5): combines per second for t = 3, 7, 16, with every
+//! partial verified first (the default of `combine`, which names culprits; one batch check over
+//! all partials and the result) and optimistically
+//! (interpolate t partials, verify only the result); and checking t partials of one message in one
+//! batch (`verify_partials_batch`) against one pairing check each. Run with
+//! `cargo bench -p keystake-core --bench threshold`.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -46,10 +49,11 @@ fn combine(c: &mut Criterion) {
     let message = [0x5au8; 32];
     let mut group = c.benchmark_group("combine");
     group.throughput(Throughput::Elements(1));
-    for t in [3u32, 5, 7] {
+    for t in [3u32, 7, 16] {
         let case = case(t, &message);
         for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
             group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
+                let mut rng = StdRng::seed_from_u64(1);
                 b.iter(|| {
                     threshold::combine(
                         case.t,
@@ -58,6 +62,7 @@ fn combine(c: &mut Criterion) {
                         &message,
                         &case.partials,
                         verify_partials,
+                        &mut rng,
                     )
                     .unwrap()
                 })
@@ -67,5 +72,31 @@ fn combine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, combine);
+fn verify_partials(c: &mut Criterion) {
+    let message = [0x5bu8; 32];
+    let mut group = c.benchmark_group("verify_partials");
+    for t in [3u32, 7, 16] {
+        let case = case(t, &message);
+        let pairs: Vec<(BlsPublicKey, BlsSignature)> = case
+            .partials
+            .iter()
+            .map(|(index, signature)| (case.share_public_keys[index], *signature))
+            .collect();
+        group.throughput(Throughput::Elements(u64::from(t)));
+        group.bench_with_input(BenchmarkId::new("batch", t), &pairs, |b, pairs| {
+            let mut rng = StdRng::seed_from_u64(2);
+            b.iter(|| threshold::verify_partials_batch(&message, pairs, &mut rng).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("one-by-one", t), &pairs, |b, pairs| {
+            b.iter(|| {
+                assert!(pairs
+                    .iter()
+                    .all(|(key, signature)| keystake_core::bls::verify(key, &message, signature)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, combine, verify_partials);
 criterion_main!(benches);

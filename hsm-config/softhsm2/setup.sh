@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a SoftHSM2 software token directory for keystake-signer (development, CI, demos).
 #
-# Usage:   hsm-config/setup-softhsm.sh DIR
-#          eval "$(hsm-config/setup-softhsm.sh /var/lib/keystake/softhsm)"
+# Usage:   hsm-config/softhsm2/setup.sh DIR
+#          eval "$(hsm-config/softhsm2/setup.sh /var/lib/keystake/softhsm)"
 #
 # What it does (non-interactive, idempotent):
 #   1. installs the `softhsm2` package with apt-get if the module is missing (needs root; on other
