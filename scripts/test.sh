@@ -27,3 +27,9 @@ KEYSTAKE_SIGNER_BIN="$PWD/target/debug/keystake-signer" ./scripts/api-fuzz.sh
 # target/tmp is cold), one at a time and after the parallel suite so slots are not starved of CPU.
 echo "== Lodestar devnet through keystake-signer connect (serial)"
 cargo test --locked --test main interop::lodestar -- --ignored --test-threads=1
+# The appliance: disk image built twice (reproducible), booted under qemu TCG (provisions, signs a
+# vector over mutual TLS, boots again), and the container built with podman and run (firmware/ci.sh).
+if [ "${CI:-}" = true ] || [ "${KEYSTAKE_APPLIANCE_TEST:-}" = 1 ]; then
+  echo "== appliance image, boot and container (firmware/ci.sh)"
+  ./firmware/ci.sh
+fi

@@ -17,6 +17,7 @@ mod metrics;
 mod operator_api;
 mod perf;
 mod reshare;
+mod sandbox;
 mod security_access;
 mod slashing;
 mod threshold;

@@ -133,7 +133,8 @@ fn fill(dir: &Path) -> PathBuf {
 fn appliance_with_data_in(data_dir: &Path) -> (Appliance, String) {
     let appliance = Appliance::create();
     let key = appliance.import_vector_key(0);
-    std::fs::create_dir_all(data_dir).unwrap();
+    // `serve` refuses a data directory other users may enter.
+    keystake_signer::files::create_private_dir(data_dir).unwrap();
     for entry in std::fs::read_dir(appliance.path().join("data")).unwrap() {
         let entry = entry.unwrap();
         let target = data_dir.join(entry.file_name());
@@ -424,7 +425,7 @@ fn corrupted_database_or_read_only_file_system_refuses_to_start() {
         Err(reason) => return skip(&format!("cannot mount a tmpfs ({reason})")),
     };
     let data = mount.path.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    keystake_signer::files::create_private_dir(&data).unwrap();
     std::fs::copy(&database, data.join("signer.sqlite")).unwrap();
     let config = std::fs::read_to_string(&appliance.config).unwrap().replace(
         "data_dir = \"data\"",

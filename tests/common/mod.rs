@@ -98,6 +98,12 @@ impl Appliance {
             keystake_signer::config::example(dir.path(), "127.0.0.1:0".parse().unwrap()),
         )
         .unwrap();
+        // `serve` refuses a configuration other users may read.
+        std::fs::set_permissions(
+            &config,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
         run_ok(&["init", "--config", config.to_str().unwrap()]);
         certs_generate_with(
             &dir.path().join("certs"),

@@ -85,6 +85,9 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         );
     }
     let sealer = open_sealer(config)?;
+    // Before anything listens: an HSM or pairing library that misbehaves must not serve.
+    crate::service::health::startup_self_test(sealer.as_ref())?;
+    tracing::info!("start-up self-test passed (HSM seal/unseal, BLS sign/verify)");
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(
         SigningService::new(store, sealer, network)?
@@ -170,8 +173,37 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
         token,
     ));
     let app = api::app(service, crate::net::rest::keymanager::router(keymanager));
+    // Start-up is over (HSM open and self-tested, files read, listeners bound): from here on only
+    // the calls serving needs (crate::sandbox).
+    if config.sandbox.seccomp {
+        crate::sandbox::confine_serving_process().context("confining the serving process")?;
+        tracing::info!("seccomp allow-list installed on every thread");
+    } else {
+        tracing::warn!("[sandbox] seccomp = false: the serving process is not confined");
+    }
     api::serve_mtls(appliance.listener, appliance.tls, app, shutdown_signal()).await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `serve`'s start-up refusal of files other users could read: the configuration file, the data
+/// directory, the keymanager token file and the HSM PIN / password files (the same check
+/// [`config::read_secret_file`] makes). A world-readable configuration names where the secrets
+/// are and who may sign; a group-readable data directory exposes the slashing history and the
+/// SoftHSM2 token.
+pub fn check_private_files(config_path: &Path, config: &Config) -> Result<()> {
+    let mut paths = vec![
+        config_path.to_owned(),
+        config.data_dir.clone(),
+        config.keymanager_token_path(),
+    ];
+    match &config.hsm {
+        HsmSection::Pkcs11(section) => paths.push(section.user_pin_file.clone()),
+        HsmSection::YubiHsm(section) => paths.push(section.password_file.clone()),
+    }
+    for path in paths {
+        config::check_private(&path).context("refusing to start")?;
+    }
     Ok(())
 }
 
@@ -703,6 +735,7 @@ mod tests {
             metrics_listen: None,
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),
+            sandbox: Default::default(),
         }
     }
 

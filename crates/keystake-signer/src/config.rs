@@ -29,6 +29,8 @@ pub enum ConfigError {
     EmptySecret { path: PathBuf },
     #[error("secret file {path} is readable or writable by other users (mode {mode:o}); run: chmod 600 {path}")]
     InsecureSecret { path: PathBuf, mode: u32 },
+    #[error("directory {path} is open to other users (mode {mode:o}); run: chmod 700 {path}")]
+    InsecureDirectory { path: PathBuf, mode: u32 },
 }
 
 /// Default listen address: loopback, as the demo asks; production configs set their own.
@@ -71,6 +73,28 @@ pub struct Config {
     /// The Ethereum keymanager API (`/eth/v1/keystores`).
     #[serde(default)]
     pub keymanager: KeymanagerSection,
+    /// Process sandbox of `serve` (see `crate::sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+}
+
+/// `[sandbox]`: `seccomp = false` leaves the serving process's seccomp allow-list off (for
+/// debugging with strace or gdb only; on by default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        SandboxSection { seccomp: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[slashing]`: the low watermark given to a key installed with no slashing history here
@@ -506,18 +530,7 @@ impl Config {
 /// contain spaces); an empty secret is refused, and so is a file that group or others may read or
 /// write — a PIN that anyone on the host can read protects nothing.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ConfigError::InsecureSecret {
-            path: path.to_owned(),
-            mode,
-        });
-    }
+    check_private(path)?;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
         ConfigError::Read {
             path: path.to_owned(),
@@ -531,6 +544,27 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
         });
     }
     Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// Refuse a file or directory that group or others may read, write or enter (any bit of 0o077):
+/// the one mode check behind [`read_secret_file`] and `serve`'s start-up checks
+/// (`app::check_private_files`).
+pub fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let path = path.to_owned();
+    Err(if metadata.is_dir() {
+        ConfigError::InsecureDirectory { path, mode }
+    } else {
+        ConfigError::InsecureSecret { path, mode }
+    })
 }
 
 /// A commented example configuration, written by `demo` and shown in the README.
@@ -584,6 +618,10 @@ softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 # Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
 [keymanager]
 token_file = "data/keymanager.token"
+
+# The serving process's seccomp allow-list (docs/security.md); off only for debugging.
+# [sandbox]
+# seccomp = false
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]

@@ -14,6 +14,7 @@ pub mod files;
 pub mod forwarder;
 pub mod hsm;
 pub mod net;
+pub mod sandbox;
 pub mod service;
 pub mod store;
 #[cfg(feature = "tools")]

@@ -18,6 +18,7 @@ pub mod connect;
 pub mod demo;
 pub mod dkg;
 pub mod enrolment;
+pub mod healthcheck;
 pub mod hsm;
 pub mod init;
 pub mod keys;
@@ -113,6 +114,15 @@ pub enum Command {
         #[command(subcommand)]
         command: slashing::SlashingCommand,
     },
+    /// Probe a running appliance: GET /upcheck over mutual TLS (exit 0 when it answers 200).
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Test hook (hidden): install the serving seccomp filter, then make a forbidden call.
+    #[command(hide = true)]
+    SeccompProbe {
+        /// Skip the filter (the control case).
+        #[arg(long)]
+        no_filter: bool,
+    },
 }
 
 /// Run the parsed command line.
@@ -135,6 +145,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Connect(args) => connect::run(args),
         Command::Dkg { command } => dkg::run(command),
         Command::Slashing { command } => slashing::run(command),
+        Command::Healthcheck(args) => healthcheck::run(args),
+        Command::SeccompProbe { no_filter } => {
+            let outcome = crate::sandbox::probe_forbidden_call(!no_filter)?;
+            println!("chroot was let through to the kernel: {outcome:?}");
+            Ok(())
+        }
     }
 }
 

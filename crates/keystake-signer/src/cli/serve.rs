@@ -3,7 +3,8 @@
 //! the policy and the CRL (composed by `crate::app`). `--listen` and `--metrics-listen` override
 //! the configuration (port 0 picks a free port; the bound addresses are printed).
 //!
-//! Refuses to start when the configuration does not load, when the policy file or any TLS file
+//! Refuses to start when the configuration does not load, when the configuration file, the data
+//! directory, the keymanager token or a PIN file is open to group or others, when the policy file or any TLS file
 //! is unusable (the error names the file), when the database belongs to another network, and
 //! when an address cannot be bound.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = load_config(&args.config)?;
+    crate::app::check_private_files(&args.config, &config)?;
     runtime()?.block_on(crate::app::serve(
         &config,
         crate::app::Listen {

@@ -1,10 +1,12 @@
 //! The one health probe behind REST `/healthcheck`, gRPC `Health` and the metrics gauges: the
 //! HSM session, the slashing-protection database, the keys loaded, and whether the last key
 //! reload failed. Also the background key reload (`POST /reload`) whose outcome the probe
-//! reports.
+//! reports, and the start-up self-test ([`startup_self_test`]: HSM seal/unseal round trip, a
+//! fixed BLS vector signed and verified) that `app::build` runs before anything listens.
 //!
 //! Refuses: a second reload while one is running ([`ReloadBusy`]). The probe itself refuses
-//! nothing; it reports, with a typed cause for every check that is down.
+//! nothing; it reports, with a typed cause for every check that is down. The self-test refuses
+//! to let the appliance serve when any of its checks fails ([`SelfTestError`]).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -158,4 +160,79 @@ impl SigningService {
         });
         Ok(())
     }
+}
+
+/// Why the start-up self-test refused to let the appliance serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfTestError {
+    #[error("self-test: the HSM could not seal a test buffer: {0}")]
+    Seal(#[source] SealError),
+    #[error("self-test: the HSM could not unseal its own test blob: {0}")]
+    Unseal(#[source] SealError),
+    #[error("self-test: the HSM unsealed its test blob to different bytes")]
+    UnsealMismatch,
+    #[error("self-test: the HSM opened a test blob under another context (AAD not bound)")]
+    ContextNotBound,
+    #[error("self-test: BLS signing gave a wrong signature for the fixed test vector")]
+    SignatureMismatch,
+    #[error("self-test: BLS verification refused the fixed test vector's signature")]
+    VerifyFailed,
+    #[error("self-test: BLS verification accepted a signature of another message")]
+    VerifyAcceptedWrongMessage,
+}
+
+/// One `sign` case of the consensus-spec BLS tests (`shared/vectors/bls/sign`), compiled in so
+/// the self-test needs no file: secret key, message, expected signature.
+const SELF_TEST_SECRET_KEY: &str =
+    "47b8192d77bf871b62e87859d653922725724a5c031afeabc60bcef5ff665138";
+const SELF_TEST_MESSAGE: [u8; 32] = [0u8; 32];
+const SELF_TEST_SIGNATURE: &str = "b23c46be3a001c63ca711f87a005c200cc550b9429d5f4eb38d74322144f1b63926da3388979e5321012fb1a0526bcd100b5ef5fe72628ce4cd5e904aeaa3279527843fae5ca9ca675f4f51ed8f83bbf7155da9ecc9663100a885d5dc6df96d9";
+
+/// The start-up self-test, run once before the appliance listens (`app::build`): a random
+/// buffer sealed and unsealed through the HSM (and refused under another context), and a fixed
+/// BLS vector signed and verified with blst (and a wrong message refused). Any failure refuses
+/// to serve: an appliance whose HSM or pairing library misbehaves must not sign.
+pub fn startup_self_test(sealer: &dyn crate::hsm::Sealer) -> Result<(), SelfTestError> {
+    use keystake_core::bls::{self, SecretKey};
+    use rand::RngCore;
+    use subtle::ConstantTimeEq;
+
+    let secret = SecretKey::from_bytes(&hex::decode(SELF_TEST_SECRET_KEY).expect("constant hex"))
+        .expect("the spec vector's key is valid");
+    let public_key = secret.public_key();
+    let signature = secret.sign(&SELF_TEST_MESSAGE);
+    if hex::encode(signature.as_bytes()) != SELF_TEST_SIGNATURE {
+        return Err(SelfTestError::SignatureMismatch);
+    }
+    if !bls::verify(&public_key, &SELF_TEST_MESSAGE, &signature) {
+        return Err(SelfTestError::VerifyFailed);
+    }
+    if bls::verify(&public_key, &[1u8; 32], &signature) {
+        return Err(SelfTestError::VerifyAcceptedWrongMessage);
+    }
+
+    let mut buffer = zeroize::Zeroizing::new([0u8; crate::hsm::SHARE_LEN]);
+    rand::rngs::OsRng.fill_bytes(buffer.as_mut());
+    let context = crate::hsm::SealContext {
+        share_public_key: public_key,
+        share_index: None,
+        group_public_key: None,
+    };
+    let sealed = sealer
+        .seal(&buffer, &context)
+        .map_err(SelfTestError::Seal)?;
+    let opened = sealer
+        .unseal(&sealed, &context)
+        .map_err(SelfTestError::Unseal)?;
+    if !bool::from(opened.as_slice().ct_eq(buffer.as_slice())) {
+        return Err(SelfTestError::UnsealMismatch);
+    }
+    let other = crate::hsm::SealContext {
+        group_public_key: Some(public_key),
+        ..context
+    };
+    if sealer.unseal(&sealed, &other).is_ok() {
+        return Err(SelfTestError::ContextNotBound);
+    }
+    Ok(())
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The appliance steps of the test command (scripts/test.sh runs this when CI=true, or with
+# KEYSTAKE_APPLIANCE_TEST=1): the disk image built twice and compared byte for byte, a qemu TCG
+# boot that provisions, signs a test vector over mutual TLS and boots again without the
+# provisioning volume, then the container (hadolint runs earlier in test.sh).
+#
+# The Debian tree and the downloaded .debs are cached in KEYSTAKE_APPLIANCE_CACHE, by default
+# ~/.cache/keystake-appliance here: CI runs in a fresh clone whose target/ is empty, and the
+# cache (keyed by the package list) is what keeps debootstrap out of every run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KEYSTAKE_APPLIANCE_CACHE=${KEYSTAKE_APPLIANCE_CACHE:-$HOME/.cache/keystake-appliance}
+T0=$(date +%s)
+OUT=target/appliance
+echo "== appliance image (firmware/build-image.sh)"
+./firmware/build-image.sh "$OUT/out-a"
+T_BUILD=$(( $(date +%s) - T0 ))
+echo "== appliance image again, for reproducibility"
+./firmware/build-image.sh "$OUT/out-b" | tail -n 1
+if ! cmp -s "$OUT/out-a/SHA256SUMS" "$OUT/out-b/SHA256SUMS"; then
+  diff "$OUT/out-a/SHA256SUMS" "$OUT/out-b/SHA256SUMS" >&2 || true
+  echo "appliance: two builds from the same inputs differ" >&2
+  exit 1
+fi
+echo "reproducible: two builds give sha256 $(grep ' keystake-appliance.img$' "$OUT/out-a/SHA256SUMS" | cut -d' ' -f1)"
+rm -rf "$OUT/out-b"
+
+echo "== boot test (firmware/boot-test.sh, qemu TCG)"
+VECTOR=../shared/vectors/web3signer/attestation__key0.json
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+read -r SECRET PUBKEY EXPECTED < <(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["secret_key"], c["pubkey"], c["signature"])' "$VECTOR")
+python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["request"], open(sys.argv[2], "w"))' "$VECTOR" "$W/request.json"
+echo "boot test password" > "$W/key0.pass"
+python3 firmware/make-keystore.py "$SECRET" "$PUBKEY" "boot test password" "$W/key0.json"
+./firmware/boot-test.sh "$OUT/out-a" --keystore "$W/key0.json" --password-file "$W/key0.pass" \
+  --sign "$PUBKEY=$W/request.json" | tee "$W/boot.log"
+grep -qx "signature $EXPECTED" "$W/boot.log" || { echo "appliance: the signature is not the vector's $EXPECTED" >&2; exit 1; }
+T_BOOT=$(( $(date +%s) - T0 - T_BUILD ))
+
+echo "== container (firmware/container-test.sh, podman)"
+./firmware/container-test.sh
+echo "appliance: image ${T_BUILD} s, boot test ${T_BOOT} s, all appliance steps $(( $(date +%s) - T0 )) s"
