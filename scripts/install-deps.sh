@@ -29,3 +29,19 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install the Rust toolchain (https://rustup.rs, Rust >= 1.85)" >&2
   exit 1
 fi
+
+# py_ecc (pinned, scripts/py-ecc-requirements.txt) in a venv under target/, for
+# scripts/verify-deposits.py (tests/dkg.rs checks deposits with code that is not ours). Cached:
+# reinstalled only when the requirements change; the stamp is written last.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY_ECC_VENV="$ROOT/target/py-ecc/venv"
+if ! cmp -s "$ROOT/scripts/py-ecc-requirements.txt" "$PY_ECC_VENV/requirements.stamp" ||
+  ! "$PY_ECC_VENV/bin/python" -c 'import py_ecc.bls' 2>/dev/null; then
+  echo "installing py_ecc into $PY_ECC_VENV"
+  rm -rf "$PY_ECC_VENV"
+  mkdir -p "$(dirname "$PY_ECC_VENV")"
+  python3 -m venv "$PY_ECC_VENV"
+  "$PY_ECC_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    -r "$ROOT/scripts/py-ecc-requirements.txt"
+  cp "$ROOT/scripts/py-ecc-requirements.txt" "$PY_ECC_VENV/requirements.stamp"
+fi

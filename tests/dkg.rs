@@ -271,6 +271,107 @@ fn assert_no_plaintext_shares(cluster: &Cluster) {
     }
 }
 
+/// The Python that has py_ecc (scripts/install-deps.sh makes the venv): `KEYSTAKE_PY_ECC_PYTHON`
+/// (scripts/test.sh sets it), else the venv's default place under target/. Missing in CI is a
+/// failure; elsewhere the check is skipped with a `SKIPPED:` line.
+fn py_ecc_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("KEYSTAKE_PY_ECC_PYTHON") {
+        let python = PathBuf::from(python);
+        assert!(
+            python.exists(),
+            "KEYSTAKE_PY_ECC_PYTHON={} does not exist: run scripts/install-deps.sh",
+            python.display()
+        );
+        return Some(python);
+    }
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-ecc/venv/bin/python");
+    if default.exists() {
+        return Some(default);
+    }
+    let message = format!(
+        "no py_ecc venv ({} missing, KEYSTAKE_PY_ECC_PYTHON unset): run scripts/install-deps.sh",
+        default.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+    println!("SKIPPED: independent deposit check: {message}");
+    None
+}
+
+/// Runs scripts/verify-deposits.py (py_ecc and the consensus-spec SSZ rules, none of our code).
+fn verify_deposits_py(python: &Path, deposit_data: &Path) -> (bool, String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify-deposits.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(deposit_data)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `deposit-data.json` verifies with code that is not ours, and tampered copies are refused by
+/// that same code for the right reason (so the check cannot pass vacuously).
+fn verify_deposits_independently(deposit_path: &Path, deposits: &serde_json::Value, work: &Path) {
+    let Some(python) = py_ecc_python() else {
+        return;
+    };
+    let started = Instant::now();
+    let (ok, stdout, stderr) = verify_deposits_py(&python, deposit_path);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("verify-deposits: 10 deposits OK"),
+        "{stdout}"
+    );
+    println!("py_ecc verified 10 deposits in {:?}", started.elapsed());
+
+    // Each tampering is at entry 0, so each refusal costs at most one pairing check.
+    let flip_last_byte = |value: &serde_json::Value| {
+        let hex_text = value.as_str().unwrap();
+        let (head, last) = hex_text.split_at(hex_text.len() - 2);
+        serde_json::Value::from(format!(
+            "{head}{:02x}",
+            u8::from_str_radix(last, 16).unwrap() ^ 1
+        ))
+    };
+    for (name, reason) in [
+        ("amount", "deposit_message_root"),
+        ("signature-byte", "the BLS signature does not verify"),
+        (
+            "signature-of-another-validator",
+            "the BLS signature does not verify",
+        ),
+        ("data-root", "deposit_data_root"),
+    ] {
+        let mut tampered = deposits.clone();
+        match name {
+            "amount" => {
+                tampered[0]["amount"] = (deposits[0]["amount"].as_u64().unwrap() - 1).into()
+            }
+            "signature-byte" => {
+                tampered[0]["signature"] = flip_last_byte(&deposits[0]["signature"])
+            }
+            "signature-of-another-validator" => {
+                tampered[0]["signature"] = deposits[1]["signature"].clone();
+                tampered[1]["signature"] = deposits[0]["signature"].clone();
+            }
+            "data-root" => {
+                tampered[0]["deposit_data_root"] = flip_last_byte(&deposits[0]["deposit_data_root"])
+            }
+            _ => unreachable!("{name}"),
+        }
+        let path = work.join(format!("tampered-deposit-data-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
+        let (ok, stdout, stderr) = verify_deposits_py(&python, &path);
+        assert!(
+            !ok && stderr.contains("entry 0 (pubkey ") && stderr.contains(reason),
+            "{name}: {stdout}\n{stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn four_appliances_generate_ten_validators_and_sign_with_them() {
     let mut cluster = Cluster::start();
@@ -308,6 +409,7 @@ async fn four_appliances_generate_ten_validators_and_sign_with_them() {
         *"01"
     );
     assert_eq!(deposits[0]["network_name"], "mainnet");
+    verify_deposits_independently(&deposit_path, &deposits, cluster.work.path());
 
     // A tampered lock is refused by `dkg verify`.
     let mut tampered = locks[0].clone();
