@@ -354,13 +354,11 @@ fn hand_over(
         }
         keys.push((share, new_key));
     }
-    if !interchange.data.is_empty() {
-        parts.store.import_interchange(&interchange, None)?;
-    }
-    // The new shares replace the old ones in one transaction (`Store::supersede_shares`): the
-    // store holds at most one share of a validator, and the old shares are removed — a share
-    // of a polynomial the group handed over must not sign again (drand #1190); their slashing
-    // history stays under their keys and was copied to the new keys above.
+    // The new keys' history, the removal of the old shares and the new shares land in ONE
+    // transaction (`Store::supersede_shares`): the store holds at most one share of a validator,
+    // and the old shares are removed — a share of a polynomial the group handed over must not
+    // sign again (drand #1190); their slashing history stays under their keys and is copied to
+    // the new keys. A crash before the commit leaves the old shares signing as before.
     let mut records = Vec::with_capacity(keys.len());
     for (share, _) in &keys {
         let validator = &lock.validators[share.validator as usize];
@@ -386,7 +384,8 @@ fn hand_over(
             .collect(),
         None => Vec::new(),
     };
-    let (removed, _) = parts.store.supersede_shares(&old_keys, &records)?;
+    let history = (!interchange.data.is_empty()).then_some(&interchange);
+    let (removed, _) = parts.store.supersede_shares(&old_keys, &records, history)?;
     let sealed: Vec<BlsPublicKey> = records.iter().map(|r| r.public_key).collect();
     let retired = if removed > 0 { old_keys } else { Vec::new() };
     let ignored = success

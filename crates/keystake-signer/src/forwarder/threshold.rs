@@ -41,7 +41,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use keystake_core::bls;
 use keystake_core::cluster::ClusterPlan;
 use keystake_core::consensus::Network;
 use keystake_core::request;
@@ -487,15 +486,18 @@ impl ThresholdForwarder {
         let t = self.plan.threshold().get() as usize;
         let mut pending = self.appliances.len();
         let mut tally = Tally::default();
-        while let Some((index, outcome)) = receiver.recv().await {
-            pending -= 1;
-            self.record(
-                &mut tally,
-                &validator.share_public_keys,
-                index,
-                outcome,
-                message.as_bytes(),
-            );
+        while let Some(first) = receiver.recv().await {
+            // Whatever else has already arrived is verified together with it: one batch check
+            // (two pairings) instead of one pairing check per partial.
+            let mut batch = vec![first];
+            while let Ok(more) = receiver.try_recv() {
+                batch.push(more);
+            }
+            pending -= batch.len();
+            let validity = verify_arrived(&validator.share_public_keys, &batch, message.as_bytes());
+            for ((index, outcome), valid) in batch.into_iter().zip(validity) {
+                self.record(&mut tally, index, outcome, valid);
+            }
             if tally.valid.len() >= t {
                 let combined = threshold::combine(
                     self.plan.threshold(),
@@ -597,14 +599,8 @@ impl ThresholdForwarder {
     }
 
     /// Verify and file one appliance's outcome.
-    fn record(
-        &self,
-        tally: &mut Tally,
-        share_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
-        index: ShareIndex,
-        outcome: Outcome,
-        message: &[u8],
-    ) {
+    /// `valid` is the verdict of [`verify_arrived`] on a partial (ignored for other outcomes).
+    fn record(&self, tally: &mut Tally, index: ShareIndex, outcome: Outcome, valid: bool) {
         let url = self.url_of(index).to_owned();
         let label = index.get().to_string();
         let fail = |reason: &str| {
@@ -615,9 +611,6 @@ impl ThresholdForwarder {
         };
         let report = match outcome {
             Outcome::Partial(signature) => {
-                let valid = share_keys
-                    .get(&index)
-                    .is_some_and(|key| bls::verify(key, message, &signature));
                 if valid {
                     tally.valid.push((index, signature));
                     (url, "signed", String::new())
@@ -650,6 +643,34 @@ impl ThresholdForwarder {
         };
         tally.reports.insert(index, report);
     }
+}
+
+/// Verify the partials among `arrived` against their appliances' share keys in one
+/// random-linear-combination check (`threshold::verify_partials_batch`, which falls back to
+/// one check per partial only when the batch fails, so a bad partial is still pinned to its
+/// appliance). One verdict per entry of `arrived`; entries that are not partials get `false`.
+fn verify_arrived(
+    share_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
+    arrived: &[(ShareIndex, Outcome)],
+    message: &[u8],
+) -> Vec<bool> {
+    let mut validity = vec![false; arrived.len()];
+    let mut positions = Vec::with_capacity(arrived.len());
+    let mut pairs = Vec::with_capacity(arrived.len());
+    for (position, (index, outcome)) in arrived.iter().enumerate() {
+        if let (Outcome::Partial(signature), Some(key)) = (outcome, share_keys.get(index)) {
+            positions.push(position);
+            pairs.push((*key, *signature));
+        }
+    }
+    let bad = match threshold::verify_partials_batch(message, &pairs, &mut rand::rngs::OsRng) {
+        Ok(()) => Vec::new(),
+        Err(bad) => bad,
+    };
+    for (slot, position) in positions.iter().enumerate() {
+        validity[*position] = !bad.contains(&slot);
+    }
+    validity
 }
 
 fn refusers(tally: &Tally) -> String {

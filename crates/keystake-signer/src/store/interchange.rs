@@ -50,26 +50,9 @@ impl Store {
         interchange: &Interchange,
         only: Option<&[BlsPublicKey]>,
     ) -> Result<ImportSummary, StoreError> {
-        interchange.validate()?;
-        let chosen: Option<HashSet<BlsPublicKey>> = only.map(|keys| keys.iter().copied().collect());
         let mut conn = self.admin();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        bind_gvr(&tx, interchange.metadata.genesis_validators_root)?;
-        let mut summary = ImportSummary::default();
-        let mut skipped = HashSet::new();
-        let mut by_key: BTreeMap<BlsPublicKey, Vec<&InterchangeRecord>> = BTreeMap::new();
-        for record in &interchange.data {
-            if chosen.as_ref().is_some_and(|c| !c.contains(&record.pubkey)) {
-                skipped.insert(record.pubkey);
-                continue;
-            }
-            by_key.entry(record.pubkey).or_default().push(record);
-        }
-        summary.validators_skipped = skipped.len();
-        for (public_key, records) in by_key {
-            import_key(&tx, &public_key, &records, &mut summary)?;
-            summary.validators += 1;
-        }
+        let summary = import_in(&tx, interchange, only)?;
         // Nothing is visible to the signing path until this commit; a failure above rolls the
         // whole file back when `tx` drops.
         tx.commit()?;
@@ -128,6 +111,34 @@ impl Store {
         tx.commit()?;
         Ok(interchange)
     }
+}
+
+/// The import itself, inside a transaction the caller owns (and commits): `import_interchange`
+/// and `Store::supersede_shares` (a reshare's history and new shares land in one commit).
+pub(super) fn import_in(
+    tx: &rusqlite::Transaction<'_>,
+    interchange: &Interchange,
+    only: Option<&[BlsPublicKey]>,
+) -> Result<ImportSummary, StoreError> {
+    interchange.validate()?;
+    let chosen: Option<HashSet<BlsPublicKey>> = only.map(|keys| keys.iter().copied().collect());
+    bind_gvr(tx, interchange.metadata.genesis_validators_root)?;
+    let mut summary = ImportSummary::default();
+    let mut skipped = HashSet::new();
+    let mut by_key: BTreeMap<BlsPublicKey, Vec<&InterchangeRecord>> = BTreeMap::new();
+    for record in &interchange.data {
+        if chosen.as_ref().is_some_and(|c| !c.contains(&record.pubkey)) {
+            skipped.insert(record.pubkey);
+            continue;
+        }
+        by_key.entry(record.pubkey).or_default().push(record);
+    }
+    summary.validators_skipped = skipped.len();
+    for (public_key, records) in by_key {
+        import_key(tx, &public_key, &records, &mut summary)?;
+        summary.validators += 1;
+    }
+    Ok(summary)
 }
 
 fn all_validators(conn: &Connection) -> Result<Vec<(BlsPublicKey, i64)>, StoreError> {
@@ -316,6 +327,57 @@ mod tests {
             target: Epoch(target),
             signing_root: Root([0xee; 32]),
         }
+    }
+
+    /// A reshare's history, retirement and new shares commit together: when the history cannot
+    /// be imported (here: another chain's genesis validators root) nothing changes — the old
+    /// share still signs and no new share or history appears.
+    #[test]
+    fn supersede_with_history_is_all_or_nothing() {
+        use crate::store::{ShareOrigin, ShareRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let share = |own: u8| ShareRecord {
+            public_key: key(own),
+            sealed: vec![own],
+            origin: ShareOrigin::Dkg,
+            threshold: None,
+            enabled: true,
+        };
+        store.insert_share(&share(1)).unwrap();
+        store
+            .import_interchange(&document(vec![record(1, &[5], &[(1, 2)])]), None)
+            .unwrap();
+        let mut foreign = document(vec![record(2, &[5], &[(1, 2)])]);
+        foreign.metadata.genesis_validators_root = Root([0x22; 32]);
+        assert!(store
+            .supersede_shares(&[key(1)], &[share(2)], Some(&foreign))
+            .is_err());
+        let keys: Vec<_> = store
+            .shares()
+            .unwrap()
+            .iter()
+            .map(|r| r.public_key)
+            .collect();
+        assert_eq!(keys, vec![key(1)], "the old share stays, no new share");
+        assert!(
+            store.history(&key(2)).unwrap().is_none(),
+            "no history imported"
+        );
+        // The same hand-over with this chain's history lands whole.
+        let history = document(vec![record(2, &[5], &[(1, 2)])]);
+        let (removed, _) = store
+            .supersede_shares(&[key(1)], &[share(2)], Some(&history))
+            .unwrap();
+        assert_eq!(removed, 1);
+        let keys: Vec<_> = store
+            .shares()
+            .unwrap()
+            .iter()
+            .map(|r| r.public_key)
+            .collect();
+        assert_eq!(keys, vec![key(2)]);
+        assert!(store.history(&key(2)).unwrap().is_some());
     }
 
     #[test]

@@ -543,9 +543,16 @@ impl Store {
         &self,
         retired: &[BlsPublicKey],
         records: &[ShareRecord],
+        history: Option<&keystake_core::slashing::interchange::Interchange>,
     ) -> Result<(usize, Vec<InsertOutcome>), StoreError> {
         let mut conn = self.admin();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The new keys' slashing history first, in the same transaction: a crash leaves either
+        // the old shares with nothing imported, or the new shares with their history — never a
+        // new share without its history, nor the history without the share.
+        if let Some(history) = history {
+            interchange::import_in(&tx, history, None)?;
+        }
         let mut removed = 0;
         for key in retired {
             removed += tx.execute(
