@@ -51,6 +51,10 @@ cleanup() {
 trap cleanup EXIT
 KEYSTAKE_LOG=warn "$BIN" demo --dir "$APPLIANCE" --listen 127.0.0.1:0 --no-serve >/dev/null
 CONFIG="$APPLIANCE/signer.toml"
+# The files exist before the server starts: the background child opens them itself, and the
+# loop below may read before it has (awk on a missing file would end the script under set -e).
+: >"$WORK/serve.out"
+: >"$WORK/serve.log"
 KEYSTAKE_LOG=info "$BIN" serve --config "$CONFIG" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.log" &
 SERVER_PID=$!
 URL=""
