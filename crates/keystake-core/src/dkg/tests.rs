@@ -276,6 +276,16 @@ fn honest_ceremony(t: u32, n: u32, validators: u32, seed: u64, max_subsets: usiz
         assert_eq!(result.lock.lock_hash, results[0].lock.lock_hash);
         verify_lock(&result.lock).unwrap();
         assert_eq!(result.shares.len(), validators as usize);
+        // `Success` and `ValidatorShare` derive Debug: the share inside must print redacted.
+        let printed = format!("{result:?}");
+        for share in &result.shares {
+            let secret = hex::encode(share.share.secret_key().to_bytes().as_slice());
+            assert!(
+                !printed.contains(&secret),
+                "a share's bytes reached Debug output"
+            );
+        }
+        assert!(printed.contains("<redacted>"));
     }
     let entries = deposit_data_entries(&results[0].lock);
     verify_deposit_data(&results[0].lock, &entries).unwrap();
