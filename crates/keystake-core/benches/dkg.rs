@@ -13,6 +13,19 @@ use keystake_core::dkg::{local_setup, run_local};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+/// V = 1 and 100; `KEYSTAKE_BENCH_VALIDATORS=10` (comma-separated) picks others, e.g. for a
+/// quick profile.
+fn bench_validators() -> Vec<u32> {
+    std::env::var("KEYSTAKE_BENCH_VALIDATORS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 100])
+}
+
 fn ceremonies(c: &mut Criterion) {
     let mut group = c.benchmark_group("dkg_ceremony");
     group.sample_size(10);
@@ -20,7 +33,7 @@ fn ceremonies(c: &mut Criterion) {
     group.warm_up_time(Duration::from_millis(1));
     for n in [4u32, 7, 16] {
         let t = 2 * n / 3 + 1;
-        for validators in [1u32, 100] {
+        for validators in bench_validators() {
             let mut rng = StdRng::seed_from_u64(u64::from(n * 1000 + validators));
             let (definition, parties) =
                 local_setup(t, n, validators, "hoodi", &mut rng).expect("definition");

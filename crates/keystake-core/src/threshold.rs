@@ -132,29 +132,101 @@ impl fmt::Debug for SecretShare {
 /// Feldman commitments `a_k·G1`, `k = 0..t-1`: `[0]` is the group public key and the count is
 /// the threshold. Every point is a valid, non-infinity G1 point (checked on construction and
 /// deserialization). Serialized as a JSON list of `0x` hex public keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The decoded points are kept beside the bytes (decoding and the subgroup check are most of
+/// the cost of using a commitment; they are done once, here).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "Vec<BlsPublicKey>", into = "Vec<BlsPublicKey>")]
 pub struct FeldmanCommitments {
     commitments: Vec<BlsPublicKey>,
+    #[serde(skip)]
+    decoded: Vec<bls::ValidPublicKey>,
     threshold: Threshold,
+}
+
+impl PartialEq for FeldmanCommitments {
+    fn eq(&self, other: &Self) -> bool {
+        // The decoded points are a function of the bytes.
+        self.commitments == other.commitments
+    }
+}
+
+impl Eq for FeldmanCommitments {}
+
+impl fmt::Debug for FeldmanCommitments {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeldmanCommitments")
+            .field("commitments", &self.commitments)
+            .field("threshold", &self.threshold)
+            .finish()
+    }
+}
+
+fn commitment_threshold(count: usize) -> Result<Threshold, ThresholdError> {
+    u32::try_from(count)
+        .ok()
+        .filter(|t| *t <= MAX_SHARES)
+        .and_then(|t| Threshold::new(t).ok())
+        .ok_or(ThresholdError::CommitmentCount(count))
 }
 
 impl FeldmanCommitments {
     pub fn new(commitments: Vec<BlsPublicKey>) -> Result<Self, ThresholdError> {
-        let count = commitments.len();
-        let threshold = u32::try_from(count)
-            .ok()
-            .filter(|t| *t <= MAX_SHARES)
-            .and_then(|t| Threshold::new(t).ok())
-            .ok_or(ThresholdError::CommitmentCount(count))?;
-        for (position, commitment) in commitments.iter().enumerate() {
-            bls::validate_public_key(commitment)
-                .map_err(|source| ThresholdError::InvalidCommitment { position, source })?;
-        }
+        let threshold = commitment_threshold(commitments.len())?;
+        let decoded = commitments
+            .iter()
+            .enumerate()
+            .map(|(position, commitment)| {
+                bls::ValidPublicKey::decode(commitment)
+                    .map_err(|source| ThresholdError::InvalidCommitment { position, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             commitments,
+            decoded,
             threshold,
         })
+    }
+
+    /// Commitments that are already points (sums of validated commitments): no decoding.
+    /// Refuses a point at infinity like [`FeldmanCommitments::new`].
+    pub fn from_points(points: &[bls::G1Point]) -> Result<Self, ThresholdError> {
+        let threshold = commitment_threshold(points.len())?;
+        let decoded = points
+            .iter()
+            .enumerate()
+            .map(|(position, point)| {
+                bls::ValidPublicKey::from_point(point)
+                    .map_err(|source| ThresholdError::InvalidCommitment { position, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let commitments =
+            bls::g1_compress_all(points).map_err(|source| ThresholdError::InvalidCommitment {
+                position: 0,
+                source,
+            })?;
+        Ok(Self {
+            commitments,
+            decoded,
+            threshold,
+        })
+    }
+
+    /// The validated points, `[k]` = `a_k·G1`.
+    pub fn points(&self) -> &[bls::ValidPublicKey] {
+        &self.decoded
+    }
+
+    /// `Σ_k C_k · index^k` as a point, by Horner's rule with the small public index (a few
+    /// doublings per commitment instead of a full multi-scalar multiplication).
+    pub fn evaluate(&self, index: ShareIndex) -> bls::G1Point {
+        let x = u64::from(index.get());
+        self.decoded
+            .iter()
+            .rev()
+            .fold(bls::G1Point::infinity(), |acc, c| {
+                acc.mul_u64(x).add(&c.point())
+            })
     }
 
     /// `a_0·G1 = s·G1`, the validator's public key.
@@ -270,15 +342,8 @@ pub fn share_public_key_from_commitments(
     commitments: &FeldmanCommitments,
     index: ShareIndex,
 ) -> Result<BlsPublicKey, ThresholdError> {
-    let x = index_scalar(index);
-    let mut powers = Vec::with_capacity(commitments.as_slice().len());
-    let mut power = Scalar::one();
-    for _ in commitments.as_slice() {
-        let next = power.mul(&x);
-        powers.push(power);
-        power = next;
-    }
-    Ok(bls::g1_linear_combination(commitments.as_slice(), &powers)?)
+    let point = commitments.evaluate(index);
+    Ok(bls::ValidPublicKey::from_point(&point)?.to_bytes())
 }
 
 /// Feldman check: `share·G1 == Σ_k C_k · index^k`.

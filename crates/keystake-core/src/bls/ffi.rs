@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use blst::{blst_fr, blst_p2, blst_p2_affine, blst_scalar};
+use blst::{blst_fr, blst_p1, blst_p1_affine, blst_p2, blst_p2_affine, blst_scalar};
 use zeroize::{Zeroize, Zeroizing};
 
 /// An element of the scalar field F_r of BLS12-381 (`r` = the G1/G2 subgroup order).
@@ -228,6 +228,173 @@ pub(super) fn sign_message_point(
     // blst's scalar multiplication here is constant-time in the key.
     unsafe { blst::blst_sign_pk2_in_g1(std::ptr::null_mut(), &mut signature, &point.point, raw) };
     blst::min_pk::Signature::from(signature)
+}
+
+/// A G1 point in projective coordinates, for the public-key arithmetic of Feldman commitments
+/// (sums, evaluation "in the exponent" at a small index, random linear combinations).
+///
+/// Why here and not blst's safe `MultiPoint`: that API has no point addition or small-scalar
+/// multiplication, and every `mult` call locks blst's global thread-pool mutex and, for fewer
+/// than 32 points, fans the work out to every CPU and waits on a barrier — on a machine whose
+/// cores are all busy (n appliances on two cores) that costs more than the arithmetic. Every
+/// function here runs on the calling thread.
+///
+/// Only public values belong here: [`G1Point::mul_u64`] and [`g1_msm`] are variable-time in
+/// their scalars. [`G1Point::mul`] (blst's constant-time ladder) is for a secret-free but full
+/// 255-bit scalar such as a proof response.
+#[derive(Clone, Copy)]
+pub struct G1Point {
+    point: blst_p1,
+}
+
+impl G1Point {
+    /// The point at infinity (blst's all-zero projective point).
+    pub fn infinity() -> Self {
+        Self {
+            point: blst_p1::default(),
+        }
+    }
+
+    /// The generator of G1.
+    pub fn generator() -> Self {
+        // SAFETY: blst returns a pointer to its static, initialised generator.
+        Self {
+            point: unsafe { *blst::blst_p1_generator() },
+        }
+    }
+
+    pub(super) fn from_affine(affine: &blst_p1_affine) -> Self {
+        let mut point = blst_p1::default();
+        // SAFETY: both are valid, initialised blst structures; `point` is exclusively borrowed.
+        unsafe { blst::blst_p1_from_affine(&mut point, affine) };
+        Self { point }
+    }
+
+    pub(super) fn to_affine(&self) -> blst_p1_affine {
+        let mut affine = blst_p1_affine::default();
+        // SAFETY: as above.
+        unsafe { blst::blst_p1_to_affine(&mut affine, &self.point) };
+        affine
+    }
+
+    /// `self + other` (doubling when they are equal, as the formula requires).
+    pub fn add(&self, other: &G1Point) -> G1Point {
+        let mut out = blst_p1::default();
+        // SAFETY: valid, initialised inputs; `out` is a distinct, exclusively borrowed output.
+        unsafe { blst::blst_p1_add_or_double(&mut out, &self.point, &other.point) };
+        Self { point: out }
+    }
+
+    /// `-self`.
+    pub fn neg(&self) -> G1Point {
+        let mut out = *self;
+        // SAFETY: `out.point` is a valid, exclusively borrowed point negated in place.
+        unsafe { blst::blst_p1_cneg(&mut out.point, true) };
+        out
+    }
+
+    /// `x·self` for a small public `x` (a share index): as many doublings as `x` has bits.
+    pub fn mul_u64(&self, x: u64) -> G1Point {
+        let bits = (64 - x.leading_zeros()) as usize;
+        if bits == 0 {
+            return Self::infinity();
+        }
+        let bytes = x.to_le_bytes();
+        let mut out = blst_p1::default();
+        // SAFETY: `bytes` holds at least `bits` bits, little-endian, as blst reads them.
+        unsafe { blst::blst_p1_mult(&mut out, &self.point, bytes.as_ptr(), bits) };
+        Self { point: out }
+    }
+
+    /// `s·self` with blst's constant-time ladder over all 255 bits.
+    pub fn mul(&self, s: &Scalar) -> G1Point {
+        let bytes = s.to_le_bytes();
+        let mut out = blst_p1::default();
+        // SAFETY: `bytes` is 32 little-endian bytes, covering the 255 bits read.
+        unsafe { blst::blst_p1_mult(&mut out, &self.point, bytes.as_ptr(), 255) };
+        Self { point: out }
+    }
+
+    pub fn is_infinity(&self) -> bool {
+        // SAFETY: a valid, initialised point.
+        unsafe { blst::blst_p1_is_inf(&self.point) }
+    }
+
+    /// The 48-byte compressed encoding (infinity included: `0xc0 00…`).
+    pub fn compress(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        // SAFETY: `out` is 48 writable bytes, the size of a compressed G1 point.
+        unsafe { blst::blst_p1_compress(out.as_mut_ptr(), &self.point) };
+        out
+    }
+}
+
+impl PartialEq for G1Point {
+    fn eq(&self, other: &Self) -> bool {
+        // SAFETY: valid, initialised points; compares in projective coordinates.
+        unsafe { blst::blst_p1_is_equal(&self.point, &other.point) }
+    }
+}
+
+impl fmt::Debug for G1Point {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "G1Point({})", hex::encode(self.compress()))
+    }
+}
+
+/// Affine forms of many projective points with one field inversion (blst's batch conversion).
+pub(super) fn g1_batch_affine(points: &[G1Point]) -> Vec<blst_p1_affine> {
+    let mut out = vec![blst_p1_affine::default(); points.len()];
+    if points.is_empty() {
+        return out;
+    }
+    let pointers: Vec<*const blst_p1> = points.iter().map(|p| &p.point as *const blst_p1).collect();
+    let mut terminated = pointers;
+    terminated.push(std::ptr::null());
+    // SAFETY: `terminated` lists `points.len()` valid points then a null (blst's array-of-
+    // pointers convention); `out` has room for exactly that many affine points.
+    unsafe { blst::blst_p1s_to_affine(out.as_mut_ptr(), terminated.as_ptr(), points.len()) };
+    out
+}
+
+/// `Σ scalars[i]·points[i]` on the calling thread (blst's Pippenger with its own scratch), the
+/// scalars `nbits` wide, little-endian, `(nbits+7)/8` bytes each. Variable-time: public
+/// scalars (or random batch weights) only.
+pub(super) fn g1_msm(points: &[blst_p1_affine], scalars: &[u8], nbits: usize) -> G1Point {
+    let nbytes = nbits.div_ceil(8);
+    assert!(scalars.len() >= nbytes * points.len(), "scalar bytes");
+    match points.len() {
+        0 => G1Point::infinity(),
+        1 => {
+            let mut out = blst_p1::default();
+            let base = G1Point::from_affine(&points[0]);
+            // SAFETY: `scalars` holds at least `nbits` bits for the one point.
+            unsafe { blst::blst_p1_mult(&mut out, &base.point, scalars.as_ptr(), nbits) };
+            G1Point { point: out }
+        }
+        npoints => {
+            let p: [*const blst_p1_affine; 2] = [points.as_ptr(), std::ptr::null()];
+            let s: [*const u8; 2] = [scalars.as_ptr(), std::ptr::null()];
+            // SAFETY: blst's sizing function for the scratch of `npoints` points.
+            let words = unsafe { blst::blst_p1s_mult_pippenger_scratch_sizeof(npoints) } / 8;
+            let mut scratch = vec![0u64; words.max(1)];
+            let mut out = blst_p1::default();
+            // SAFETY: `p` and `s` are null-terminated one-element arrays pointing at `npoints`
+            // contiguous affine points and `npoints·nbytes` contiguous scalar bytes (asserted);
+            // `scratch` has the size blst asked for; `out` is exclusively borrowed.
+            unsafe {
+                blst::blst_p1s_mult_pippenger(
+                    &mut out,
+                    p.as_ptr(),
+                    npoints,
+                    s.as_ptr(),
+                    nbits,
+                    scratch.as_mut_ptr(),
+                )
+            };
+            G1Point { point: out }
+        }
+    }
 }
 
 /// Property tests: every operation agrees with arbitrary-precision arithmetic mod `r`

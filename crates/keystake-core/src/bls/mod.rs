@@ -37,7 +37,7 @@ use blst::min_pk;
 use blst::{MultiPoint, BLST_ERROR};
 use zeroize::Zeroizing;
 
-pub use self::ffi::{MessagePoint, Scalar};
+pub use self::ffi::{G1Point, MessagePoint, Scalar};
 use crate::types::{BlsPublicKey, BlsSignature};
 
 /// Domain separation tag of Ethereum's BLS signatures (proof-of-possession scheme, G2 signatures).
@@ -221,13 +221,10 @@ pub fn g1_linear_combination(
     points: &[BlsPublicKey],
     scalars: &[Scalar],
 ) -> Result<BlsPublicKey, BlsError> {
+    // On the calling thread (see [`G1Point`] for why not blst's pooled `MultiPoint::mult`).
     let sum = |decoded: &[min_pk::PublicKey], scalars: &[u8]| {
-        BlsPublicKey(
-            decoded
-                .mult(scalars, SCALAR_BITS)
-                .to_public_key()
-                .compress(),
-        )
+        let affine: Vec<blst::blst_p1_affine> = decoded.iter().map(|p| (*p).into()).collect();
+        BlsPublicKey(ffi::g1_msm(&affine, scalars, SCALAR_BITS).compress())
     };
     linear_combination(points, scalars, decode_public_key, sum, validate_public_key)
 }
@@ -273,6 +270,56 @@ impl ValidPublicKey {
     pub fn decode(public_key: &BlsPublicKey) -> Result<Self, BlsError> {
         decode_public_key(public_key).map(Self)
     }
+
+    /// The point, for arithmetic.
+    pub fn point(&self) -> G1Point {
+        G1Point::from_affine(&self.0.into())
+    }
+
+    /// A key from the result of point arithmetic. Every [`G1Point`] is built from the generator
+    /// and validated keys, so it is on the curve and in the subgroup; only infinity (never a
+    /// usable key) is refused.
+    pub fn from_point(point: &G1Point) -> Result<Self, BlsError> {
+        if point.is_infinity() {
+            return Err(BlsError::Infinity);
+        }
+        Ok(Self(min_pk::PublicKey::from(point.to_affine())))
+    }
+
+    pub fn to_bytes(&self) -> BlsPublicKey {
+        BlsPublicKey(self.0.compress())
+    }
+}
+
+/// `Σ weights[i]·points[i]` with 64-bit public weights (random batch weights): one conversion
+/// to affine and one multi-scalar multiplication, on the calling thread.
+pub fn g1_weighted_sum(points: &[G1Point], weights: &[u64]) -> Result<G1Point, BlsError> {
+    check_lengths(points.len(), weights.len())?;
+    let affine = ffi::g1_batch_affine(points);
+    let bytes: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+    Ok(ffi::g1_msm(&affine, &bytes, 64))
+}
+
+/// `Σ scalars[i]·points[i]` over validated keys with full public scalars (Lagrange
+/// coefficients), on the calling thread; the result may be infinity (the caller decides).
+pub fn g1_combine_valid(
+    points: &[ValidPublicKey],
+    scalars: &[Scalar],
+) -> Result<G1Point, BlsError> {
+    check_lengths(points.len(), scalars.len())?;
+    let affine: Vec<blst::blst_p1_affine> = points.iter().map(|p| p.0.into()).collect();
+    Ok(ffi::g1_msm(&affine, &scalar_bytes(scalars), SCALAR_BITS))
+}
+
+/// Compressed encodings of many points with one field inversion; infinity is refused.
+pub fn g1_compress_all(points: &[G1Point]) -> Result<Vec<BlsPublicKey>, BlsError> {
+    if points.iter().any(G1Point::is_infinity) {
+        return Err(BlsError::Infinity);
+    }
+    Ok(ffi::g1_batch_affine(points)
+        .into_iter()
+        .map(|affine| BlsPublicKey(min_pk::PublicKey::from(affine).compress()))
+        .collect())
 }
 
 /// A signature decoded and validated once (on curve, in subgroup, not infinity).
@@ -351,6 +398,48 @@ pub fn verify_same_message_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
     // infinity (negligible probability) makes blst answer an error: reported as a failed batch,
     // and the caller's one-by-one check decides.
     signature_sum.verify(false, message, DST, &[], &key_sum, false) == BLST_ERROR::BLST_SUCCESS
+}
+
+/// Bits of the weights of [`verify_distinct_batch`]: enough that weights derived from a hash
+/// of the inputs (Fiat–Shamir, no randomness at hand) leave no room for grinding.
+const DISTINCT_BATCH_WEIGHT_BITS: usize = 128;
+
+/// Whether `signatures[i]` is a valid signature of `messages[i]` under `public_keys[i]` for every
+/// i (messages may repeat or differ), checked at once with non-zero 128-bit weights from `rng`:
+/// one Miller loop per pair and a single final exponentiation. `false` when the lengths differ
+/// or are zero, or when any is invalid — check them one by one ([`verify`]) to find which.
+pub fn verify_distinct_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
+    messages: &[&[u8]],
+    public_keys: &[ValidPublicKey],
+    signatures: &[ValidSignature],
+    rng: &mut R,
+) -> bool {
+    let count = messages.len();
+    if count == 0 || public_keys.len() != count || signatures.len() != count {
+        return false;
+    }
+    let weights: Vec<blst::blst_scalar> = (0..count)
+        .map(|_| loop {
+            let mut b = [0u8; 32];
+            rng.fill_bytes(&mut b[..DISTINCT_BATCH_WEIGHT_BITS / 8]);
+            if b.iter().any(|byte| *byte != 0) {
+                break blst::blst_scalar { b };
+            }
+        })
+        .collect();
+    let keys: Vec<&min_pk::PublicKey> = public_keys.iter().map(|k| &k.0).collect();
+    let sigs: Vec<&min_pk::Signature> = signatures.iter().map(|s| &s.0).collect();
+    // Every point was validated on decoding: no second subgroup check.
+    min_pk::Signature::verify_multiple_aggregate_signatures(
+        messages,
+        DST,
+        &keys,
+        false,
+        &sigs,
+        false,
+        &weights,
+        DISTINCT_BATCH_WEIGHT_BITS,
+    ) == BLST_ERROR::BLST_SUCCESS
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::bls::{self, Scalar, SecretKey};
+use crate::bls::{Scalar, SecretKey};
 use crate::threshold::{self, FeldmanCommitments, SecretShare};
 use crate::types::{fixed_bytes, BlsPublicKey, BlsSignature, Root, ShareIndex};
 
@@ -30,7 +30,7 @@ use super::evidence::{Abort, Fault};
 use super::lock::{
     self, Lock, LockDeposit, LockEntry, LockHash, LockValidator, ParticipantSignature,
 };
-use super::{DkgError, ParticipantIndex};
+use super::{verify, DkgError, ParticipantIndex};
 
 fixed_bytes!(
     /// SHA-256 of a message body.
@@ -256,6 +256,8 @@ pub struct Ceremony {
     phase: Phase,
     /// Dealers' commitments `[dealer-1][validator]`, once the deals are agreed and checked.
     commitments: Option<Vec<Vec<FeldmanCommitments>>>,
+    /// The dealings those commitments came from, parsed once (public data).
+    dealings: BTreeMap<ParticipantIndex, Dealing>,
     /// `Σ_i f_i(me)` per validator, once every own share opened and checked.
     share_sums: Option<Vec<Scalar>>,
     prepared: Option<Prepared>,
@@ -298,6 +300,7 @@ impl Ceremony {
             messages: BTreeMap::new(),
             phase: Phase::Deal,
             commitments: None,
+            dealings: BTreeMap::new(),
             share_sums: None,
             prepared: None,
             ended: None,
@@ -594,6 +597,11 @@ impl Ceremony {
     fn check_echoes(&self, phase: Phase, abort: &mut Abort) {
         let echoed = PHASES[phase as usize - 1];
         let mut equivocators = BTreeSet::new();
+        let held_hashes = verify::body_hashes(
+            self.definition
+                .indices()
+                .filter_map(|sender| self.messages.get(&(echoed, sender))),
+        );
         for (echoer, body) in self.parsed(phase) {
             let echo_message = self.messages[&(phase, echoer)].clone();
             let entries = match body {
@@ -636,7 +644,7 @@ impl Ceremony {
             }
             for entry in entries {
                 let held = &self.messages[&(echoed, entry.sender)];
-                if held.body_hash() == entry.body_hash {
+                if held_hashes.get(&entry.sender) == Some(&entry.body_hash) {
                     continue;
                 }
                 let digest = message_digest(&self.id, echoed, entry.sender, &entry.body_hash.0);
@@ -674,25 +682,31 @@ impl Ceremony {
     /// Public checks of every deal; keeps the commitments.
     fn check_deals(&mut self, abort: &mut Abort) {
         let mut all = Vec::with_capacity(self.definition.participants.len());
+        let mut dealings = BTreeMap::new();
         for (dealer, body) in self.parsed(Phase::Deal) {
-            let message = self.messages[&(Phase::Deal, dealer)].clone();
             let result = match body {
-                Ok(Body::Deal(dealing)) => self.check_dealing(dealer, &dealing),
+                Ok(Body::Deal(dealing)) => self
+                    .check_dealing(dealer, &dealing)
+                    .map(|commitments| (commitments, dealing)),
                 Ok(_) => Err("not a deal".to_owned()),
                 Err(reason) => Err(reason),
             };
             match result {
-                Ok(commitments) => all.push(commitments),
+                Ok((commitments, dealing)) => {
+                    all.push(commitments);
+                    dealings.insert(dealer, dealing);
+                }
                 Err(reason) => abort.blame(
                     &self.definition,
                     dealer,
                     Fault::InvalidDeal { reason },
-                    vec![message],
+                    vec![self.messages[&(Phase::Deal, dealer)].clone()],
                 ),
             }
         }
         if abort.culprits.is_empty() {
             self.commitments = Some(all);
+            self.dealings = dealings;
         }
     }
 
@@ -718,14 +732,19 @@ impl Ceremony {
             .collect()
     }
 
-    fn dealing(&self, dealer: ParticipantIndex) -> Option<Dealing> {
+    /// A dealer's dealing: parsed once when the deals are checked, kept until the end.
+    fn dealing(&self, dealer: ParticipantIndex) -> Option<std::borrow::Cow<'_, Dealing>> {
+        if let Some(dealing) = self.dealings.get(&dealer) {
+            return Some(std::borrow::Cow::Borrowed(dealing));
+        }
         match self.messages.get(&(Phase::Deal, dealer)).map(body_of) {
-            Some(Ok(Body::Deal(dealing))) => Some(dealing),
+            Some(Ok(Body::Deal(dealing))) => Some(std::borrow::Cow::Owned(dealing)),
             _ => None,
         }
     }
 
     /// Open and check every share dealt to this participant; keep their sums; list complaints.
+    /// All opened shares are checked in one batch (`verify::check_received_shares`).
     fn open_own_shares(
         &mut self,
         decryptor: &dyn ShareDecryptor,
@@ -735,8 +754,9 @@ impl Ceremony {
             .as_ref()
             .ok_or(DkgError::Message("deals not checked yet".into()))?;
         let v_count = self.definition.validators as usize;
-        let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
-        let mut complaints = Vec::new();
+        // (dealer, validator, opened share) in dealer-then-validator order.
+        let mut opened: Vec<(ParticipantIndex, usize, Option<Zeroizing<[u8; 32]>>)> =
+            Vec::with_capacity(v_count * self.definition.participants.len());
         for dealer in self.definition.indices() {
             let dealing = self
                 .dealing(dealer)
@@ -753,38 +773,49 @@ impl Ceremony {
                     v as u32,
                     &encrypted.ephemeral_public_key,
                 );
-                let opened = decryptor.open(
+                let share = decryptor.open(
                     &encrypted.ephemeral_public_key,
                     &iv,
                     &aad,
                     &encrypted.ciphertext,
                 )?;
-                let reason = match &opened {
-                    None => Some(ComplaintReason::Undecryptable),
-                    Some(share)
-                        if !deal::share_matches(
-                            &commitments[dealer.get() as usize - 1][v],
-                            self.me,
-                            share,
-                        ) =>
-                    {
-                        Some(ComplaintReason::FeldmanMismatch)
-                    }
-                    Some(_) => None,
-                };
-                match (reason, opened) {
-                    (Some(reason), _) => complaints.push(Complaint {
-                        dealer,
-                        validator: v as u32,
-                        reason,
-                    }),
-                    (None, Some(share)) => {
-                        let scalar = Scalar::from_be_bytes_canonical(&share)
-                            .ok_or(DkgError::Message("share encoding".into()))?;
-                        sums[v] = sums[v].add(&scalar);
-                    }
-                    (None, None) => unreachable!("no reason means it opened"),
+                opened.push((dealer, v, share));
+            }
+        }
+        let received: Vec<verify::Received<'_>> = opened
+            .iter()
+            .filter_map(|(dealer, v, share)| {
+                share.as_ref().map(|share| verify::Received {
+                    commitments: &commitments[dealer.get() as usize - 1][*v],
+                    share,
+                })
+            })
+            .collect();
+        let mut weights = super::encoding::SeedStream::new(&self.seed, b"feldman-batch-weights");
+        let mut verdicts =
+            verify::check_received_shares(self.me, &received, &mut weights).into_iter();
+        let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
+        let mut complaints = Vec::new();
+        for (dealer, v, share) in &opened {
+            let reason = match share {
+                None => Some(ComplaintReason::Undecryptable),
+                Some(_) if !verdicts.next().unwrap_or(false) => {
+                    Some(ComplaintReason::FeldmanMismatch)
                 }
+                Some(_) => None,
+            };
+            match (reason, share) {
+                (Some(reason), _) => complaints.push(Complaint {
+                    dealer: *dealer,
+                    validator: *v as u32,
+                    reason,
+                }),
+                (None, Some(share)) => {
+                    let scalar = Scalar::from_be_bytes_canonical(share)
+                        .ok_or(DkgError::Message("share encoding".into()))?;
+                    sums[*v] = sums[*v].add(&scalar);
+                }
+                (None, None) => unreachable!("no reason means it opened"),
             }
         }
         self.share_sums = complaints.is_empty().then_some(sums);
@@ -1005,27 +1036,13 @@ impl Ceremony {
             .deposit_fork_version()
             .ok_or(DkgError::Definition("unknown network".into()))?;
         let t = self.definition.threshold.get() as usize;
-        let n = self.definition.participants.len();
-        let ones: Vec<Scalar> = (0..n).map(|_| Scalar::one()).collect();
+        let n = self.definition.participants.len() as u32;
         let mut validators = Vec::with_capacity(self.definition.validators as usize);
         for v in 0..self.definition.validators as usize {
-            let mut group = Vec::with_capacity(t);
-            for k in 0..t {
-                let points: Vec<BlsPublicKey> =
-                    commitments.iter().map(|c| c[v].as_slice()[k]).collect();
-                group.push(
-                    bls::g1_linear_combination(&points, &ones)
-                        .map_err(|e| DkgError::Message(format!("group commitment: {e}")))?,
-                );
-            }
-            let group_commitments = FeldmanCommitments::new(group.clone())
-                .map_err(|e| DkgError::Message(e.to_string()))?;
-            let public_shares = self
-                .definition
-                .indices()
-                .map(|j| threshold::share_public_key_from_commitments(&group_commitments, j))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| DkgError::Message(e.to_string()))?;
+            let dealt: Vec<&FeldmanCommitments> = commitments.iter().map(|c| &c[v]).collect();
+            let group_commitments = verify::combine_commitments(&dealt, None)?;
+            let public_shares = verify::public_shares(&group_commitments, n)?;
+            let group = group_commitments.as_slice().to_vec();
             let (deposit_message, deposit_message_root, deposit_signing_root) =
                 lock::deposit_message(&self.definition, fork_version, group[0]);
             validators.push(PreparedValidator {

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::bls::{self, Scalar, SecretKey};
 use crate::manifest::EnrolmentPublicKey;
-use crate::threshold::{self, FeldmanCommitments};
+use crate::threshold::FeldmanCommitments;
 use crate::types::{BlsPublicKey, ShareIndex};
 
 use super::crypto::{self, share_aad, SHARE_CIPHERTEXT_LEN, SHARE_IV_LEN};
@@ -235,6 +235,7 @@ pub fn deal_validator(
 
 /// Verify a proof of knowledge of `commitments[0]`'s discrete log for (ceremony, dealer,
 /// validator).
+#[cfg(test)]
 pub(crate) fn verify_proof(
     ceremony: &CeremonyId,
     dealer: ParticipantIndex,
@@ -242,13 +243,26 @@ pub(crate) fn verify_proof(
     constant_commitment: &BlsPublicKey,
     proof: &KnowledgeProof,
 ) -> bool {
+    bls::ValidPublicKey::decode(constant_commitment).is_ok_and(|c0| {
+        verify_proof_decoded(ceremony, dealer, validator, constant_commitment, &c0, proof)
+    })
+}
+
+/// [`verify_proof`] with the constant commitment already decoded. `z·G = R + c·C_0` is checked
+/// as `compress(z·G − c·C_0) == R` (and not infinity): the same equation without decoding `R`
+/// (a canonical encoding equal to that of a subgroup point is that point).
+fn verify_proof_decoded(
+    ceremony: &CeremonyId,
+    dealer: ParticipantIndex,
+    validator: u32,
+    constant_commitment: &BlsPublicKey,
+    c0: &bls::ValidPublicKey,
+    proof: &KnowledgeProof,
+) -> bool {
     let Ok(response) = <[u8; 32]>::try_from(proof.response.as_slice()) else {
         return false;
     };
-    let Some(z) = Scalar::from_be_bytes_canonical(&response) else {
-        return false;
-    };
-    let Ok(left) = SecretKey::from_scalar(&z).map(|key| key.public_key()) else {
+    let Some(z) = Scalar::from_be_bytes_canonical(&response).filter(|z| !z.is_zero()) else {
         return false;
     };
     let c = challenge(
@@ -258,13 +272,12 @@ pub(crate) fn verify_proof(
         constant_commitment,
         &proof.nonce_commitment,
     );
-    match bls::g1_linear_combination(
-        &[proof.nonce_commitment, *constant_commitment],
-        &[Scalar::one(), c],
-    ) {
-        Ok(right) => right == left,
-        Err(_) => false,
-    }
+    let Ok(generator) = bls::ValidPublicKey::from_point(&bls::G1Point::generator()) else {
+        return false;
+    };
+    bls::g1_combine_valid(&[generator, *c0], &[z, Scalar::zero().sub(&c)]).is_ok_and(|r| {
+        !r.is_infinity() && r.compress().as_slice() == proof.nonce_commitment.as_bytes()
+    })
 }
 
 /// The public checks of a deal any participant (or third party) runs (module doc). `Err` says
@@ -285,11 +298,12 @@ pub(crate) fn check_validator_deal(
     }
     let commitments = FeldmanCommitments::new(deal.commitments.clone())
         .map_err(|e| format!("validator {validator}: {e}"))?;
-    if !verify_proof(
+    if !verify_proof_decoded(
         ceremony,
         dealer,
         validator,
         &deal.commitments[0],
+        &commitments.points()[0],
         &deal.proof,
     ) {
         return Err(format!(
@@ -320,20 +334,17 @@ pub(crate) fn check_validator_deal(
     Ok(commitments)
 }
 
-/// Whether `share` (32 big-endian bytes) is `f(index)` for these commitments.
+/// Whether `share` (32 big-endian bytes) is `f(index)` for these commitments (one share; a
+/// participant's own shares are checked together by `verify::check_received_shares`).
 pub(crate) fn share_matches(
     commitments: &FeldmanCommitments,
     index: ShareIndex,
     share: &[u8; 32],
 ) -> bool {
-    let Some(scalar) = Scalar::from_be_bytes_canonical(share) else {
+    let Some(scalar) = Scalar::from_be_bytes_canonical(share).filter(|s| !s.is_zero()) else {
         return false;
     };
-    let Ok(key) = SecretKey::from_scalar(&scalar) else {
-        return false;
-    };
-    threshold::share_public_key_from_commitments(commitments, index)
-        .is_ok_and(|expected| expected == key.public_key())
+    bls::G1Point::generator().mul(&scalar) == commitments.evaluate(index)
 }
 
 impl EncryptedShare {

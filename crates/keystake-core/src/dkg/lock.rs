@@ -22,12 +22,12 @@ use crate::consensus::{
     phase0::{DepositData, DepositMessage},
     root_of, Bytes32, DOMAIN_DEPOSIT, ZERO_ROOT,
 };
-use crate::threshold::{self, FeldmanCommitments};
-use crate::types::{fixed_bytes, BlsPublicKey, BlsSignature, ForkVersion, Root, ShareIndex};
+use crate::threshold::FeldmanCommitments;
+use crate::types::{fixed_bytes, BlsPublicKey, BlsSignature, ForkVersion, Root};
 
 use super::crypto::IdentitySignature;
 use super::definition::{CeremonyId, Definition};
-use super::encoding::{sha256, Canonical};
+use super::encoding::{sha256, Canonical, SeedStream};
 use super::{DkgError, ParticipantIndex};
 
 /// `format` of a lock file.
@@ -157,6 +157,45 @@ pub(crate) fn deposit_data_root(message: &DepositMessage, signature: BlsSignatur
     })
 }
 
+/// The first validator whose `(message, signature)` does not verify under its group key, or
+/// `None` when all do. All are checked in one batch ([`bls::verify_distinct_batch`]) whose
+/// 128-bit weights come from a hash of every key, message and signature checked (Fiat–Shamir:
+/// a verifier has no randomness source here, and the weights are fixed only by everything they
+/// weigh); one by one only when the batch fails.
+fn first_bad_signature(
+    group_keys: &[bls::ValidPublicKey],
+    checks: &[(&[u8], &BlsSignature)],
+) -> Option<usize> {
+    if checks.is_empty() {
+        return None;
+    }
+    let decoded: Vec<Option<bls::ValidSignature>> = checks
+        .iter()
+        .map(|(_, signature)| bls::ValidSignature::decode(signature).ok())
+        .collect();
+    if let Some(v) = decoded.iter().position(Option::is_none) {
+        return Some(v);
+    }
+    let signatures: Vec<bls::ValidSignature> = decoded.into_iter().flatten().collect();
+    let messages: Vec<&[u8]> = checks.iter().map(|(message, _)| *message).collect();
+    // Everything the weights weigh goes into their seed: each key, message and signature.
+    let mut transcript = Canonical::new("keystake-lock-verify-batch-v1");
+    for (key, (message, signature)) in group_keys.iter().zip(checks) {
+        transcript
+            .bytes(key.to_bytes().as_bytes())
+            .bytes(message)
+            .bytes(signature.as_bytes());
+    }
+    let seed = transcript.finish();
+    let mut weights = SeedStream::new(&seed, b"weights");
+    if bls::verify_distinct_batch(&messages, group_keys, &signatures, &mut weights) {
+        return None;
+    }
+    (0..checks.len())
+        .find(|v| !bls::verify_valid(&group_keys[*v], messages[*v], &signatures[*v]))
+        .or(Some(0))
+}
+
 /// Check everything of the module doc; `Ok` means the lock is what an honest ceremony produced.
 pub fn verify_lock(lock: &Lock) -> Result<(), DkgError> {
     let bad = |why: String| Err(DkgError::Lock(why));
@@ -188,6 +227,7 @@ pub fn verify_lock(lock: &Lock) -> Result<(), DkgError> {
     let n = definition.participants.len();
     let mut entries = Vec::with_capacity(lock.validators.len());
     let mut signing_roots = Vec::with_capacity(lock.validators.len());
+    let mut group_keys = Vec::with_capacity(lock.validators.len());
     for (v, validator) in lock.validators.iter().enumerate() {
         let commitments = FeldmanCommitments::new(validator.commitments.clone())
             .map_err(|e| DkgError::Lock(format!("validator {v}: {e}")))?;
@@ -202,14 +242,15 @@ pub fn verify_lock(lock: &Lock) -> Result<(), DkgError> {
         if validator.public_shares.len() != n {
             return bad(format!("validator {v}: not {n} public shares"));
         }
-        for (position, share) in validator.public_shares.iter().enumerate() {
-            let index = ShareIndex::new(position as u32 + 1)
-                .map_err(|_| DkgError::Lock("share index".into()))?;
-            let expected = threshold::share_public_key_from_commitments(&commitments, index)
-                .map_err(|e| DkgError::Lock(format!("validator {v}: {e}")))?;
-            if expected != *share {
+        let expected = super::verify::public_shares(&commitments, n as u32)
+            .map_err(|e| DkgError::Lock(format!("validator {v}: {e}")))?;
+        for (position, (share, expected)) in
+            validator.public_shares.iter().zip(&expected).enumerate()
+        {
+            if expected != share {
                 return bad(format!(
-                    "validator {v}: public share {index} is not on the commitments"
+                    "validator {v}: public share {} is not on the commitments",
+                    position + 1
                 ));
             }
         }
@@ -229,17 +270,22 @@ pub fn verify_lock(lock: &Lock) -> Result<(), DkgError> {
         if deposit.deposit_data_root != deposit_data_root(&message, deposit.signature) {
             return bad(format!("validator {v}: wrong deposit data root"));
         }
-        if !bls::verify(
-            &validator.group_public_key,
-            &signing_root.0,
-            &deposit.signature,
-        ) {
-            return bad(format!(
-                "validator {v}: the deposit signature does not verify under the group key"
-            ));
-        }
+        group_keys.push(commitments.points()[0]);
         signing_roots.push(signing_root);
         entries.push((validator, message_root));
+    }
+    // The deposit signatures, then (below) the lock signatures: each set in one batch, one by
+    // one only to name the first that fails.
+    let deposits: Vec<(&[u8], &BlsSignature)> = lock
+        .validators
+        .iter()
+        .zip(&signing_roots)
+        .map(|(validator, root)| (root.0.as_slice(), &validator.deposit.signature))
+        .collect();
+    if let Some(v) = first_bad_signature(&group_keys, &deposits) {
+        return bad(format!(
+            "validator {v}: the deposit signature does not verify under the group key"
+        ));
     }
     let lock_entries: Vec<LockEntry<'_>> = entries
         .iter()
@@ -255,16 +301,15 @@ pub fn verify_lock(lock: &Lock) -> Result<(), DkgError> {
     if lock_hash != lock.lock_hash {
         return bad("the lock hash does not recompute".into());
     }
-    for (v, validator) in lock.validators.iter().enumerate() {
-        if !bls::verify(
-            &validator.group_public_key,
-            &lock_hash.0,
-            &validator.lock_signature,
-        ) {
-            return bad(format!(
-                "validator {v}: the group signature of the lock hash does not verify"
-            ));
-        }
+    let lock_signatures: Vec<(&[u8], &BlsSignature)> = lock
+        .validators
+        .iter()
+        .map(|validator| (lock_hash.0.as_slice(), &validator.lock_signature))
+        .collect();
+    if let Some(v) = first_bad_signature(&group_keys, &lock_signatures) {
+        return bad(format!(
+            "validator {v}: the group signature of the lock hash does not verify"
+        ));
     }
     let digest = lock_digest(&lock_hash);
     let mut seen = vec![false; n];

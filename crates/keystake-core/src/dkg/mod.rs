@@ -41,6 +41,7 @@ mod reshare_local;
 mod reshare_tests;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 pub use ceremony::{Ceremony, Step, Success, ValidatorShare};
 pub use crypto::{

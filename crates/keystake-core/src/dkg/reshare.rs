@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::bls::{self, Scalar, SecretKey};
+use crate::bls::{Scalar, SecretKey};
 use crate::threshold::{self, FeldmanCommitments, SecretShare};
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
@@ -62,7 +62,7 @@ use super::evidence::{Abort, Fault};
 use super::lock::{
     self, verify_lock, Lock, LockEntry, LockHash, LockValidator, ParticipantSignature, LOCK_FORMAT,
 };
-use super::{DkgError, ParticipantIndex};
+use super::{verify, DkgError, ParticipantIndex};
 
 /// `format` of a reshare definition file.
 pub const RESHARE_DEFINITION_FORMAT: &str = "keystake-reshare-definition/1";
@@ -418,6 +418,8 @@ pub struct Reshare {
     phase: Phase,
     /// Per dealer seat, per validator, once the deals are agreed and checked.
     commitments: Option<BTreeMap<ParticipantIndex, Vec<FeldmanCommitments>>>,
+    /// The dealings those commitments came from, parsed once (public data).
+    dealings: BTreeMap<ParticipantIndex, ReshareDealing>,
     floors: Option<(Vec<SlashingMaxima>, Vec<IgnoredReport>)>,
     share_sums: Option<Vec<Scalar>>,
     prepared: Option<Prepared>,
@@ -535,6 +537,7 @@ impl Reshare {
             messages: BTreeMap::new(),
             phase: Phase::Deal,
             commitments: None,
+            dealings: BTreeMap::new(),
             floors: None,
             share_sums: None,
             prepared: None,
@@ -877,6 +880,11 @@ impl Reshare {
         let echoed = PHASES[phase as usize - 1];
         let expected = self.senders(echoed);
         let mut equivocators = BTreeSet::new();
+        let held_hashes = verify::body_hashes(
+            expected
+                .iter()
+                .filter_map(|sender| self.messages.get(&(echoed, *sender))),
+        );
         for (echoer, body) in self.parsed(phase) {
             let echo_message = self.messages[&(phase, echoer)].clone();
             let malformed = |abort: &mut Abort, reason: String| {
@@ -908,7 +916,7 @@ impl Reshare {
             }
             for entry in entries {
                 let held = &self.messages[&(echoed, entry.sender)];
-                if held.body_hash() == entry.body_hash {
+                if held_hashes.get(&entry.sender) == Some(&entry.body_hash) {
                     continue;
                 }
                 let digest =
@@ -945,27 +953,32 @@ impl Reshare {
     fn check_deals(&mut self, abort: &mut Abort) -> Result<(), DkgError> {
         let v_count = self.definition.previous.validators.len();
         let mut all = BTreeMap::new();
+        let mut dealings = BTreeMap::new();
         let mut reports: Vec<(ParticipantIndex, Vec<SlashingMaxima>)> = Vec::new();
         for (dealer, body) in self.parsed(Phase::Deal) {
-            let message = self.messages[&(Phase::Deal, dealer)].clone();
             let result = match body {
                 Ok(ReshareBody::Deal(dealing)) => self
                     .check_dealing(dealer, &dealing)
-                    .inspect(|_| reports.push((dealer, dealing.slashing.clone()))),
+                    .inspect(|_| reports.push((dealer, dealing.slashing.clone())))
+                    .map(|commitments| (commitments, dealing)),
                 Ok(_) => Err("not a deal".to_owned()),
                 Err(reason) => Err(reason),
             };
             match result {
-                Ok(commitments) => {
+                Ok((commitments, dealing)) => {
                     all.insert(dealer, commitments);
+                    dealings.insert(dealer, dealing);
                 }
                 Err(reason) => abort.blame(
                     &self.seats_definition,
                     dealer,
                     Fault::InvalidDeal { reason },
-                    vec![message],
+                    vec![self.messages[&(Phase::Deal, dealer)].clone()],
                 ),
             }
+        }
+        if abort.culprits.is_empty() {
+            self.dealings = dealings;
         }
         if !abort.culprits.is_empty() {
             return Ok(());
@@ -1067,9 +1080,13 @@ impl Reshare {
             .collect()
     }
 
-    fn dealing(&self, dealer: ParticipantIndex) -> Option<ReshareDealing> {
+    /// A dealer's dealing: parsed once when the deals are checked, kept until the end.
+    fn dealing(&self, dealer: ParticipantIndex) -> Option<std::borrow::Cow<'_, ReshareDealing>> {
+        if let Some(dealing) = self.dealings.get(&dealer) {
+            return Some(std::borrow::Cow::Borrowed(dealing));
+        }
         match self.messages.get(&(Phase::Deal, dealer)).map(body_of) {
-            Some(Ok(ReshareBody::Deal(dealing))) => Some(dealing),
+            Some(Ok(ReshareBody::Deal(dealing))) => Some(std::borrow::Cow::Owned(dealing)),
             _ => None,
         }
     }
@@ -1088,8 +1105,8 @@ impl Reshare {
             .as_ref()
             .ok_or(DkgError::Message("deals not checked yet".into()))?;
         let v_count = self.definition.previous.validators.len();
-        let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
-        let mut complaints = Vec::new();
+        // (dealer, its Lagrange weight, validator, opened share), dealer-then-validator order.
+        let mut opened = Vec::new();
         for (dealer, weight) in self.dealer_seats().into_iter().zip(&self.weights) {
             let dealing = self
                 .dealing(dealer)
@@ -1106,32 +1123,48 @@ impl Reshare {
                     v as u32,
                     &encrypted.ephemeral_public_key,
                 );
-                let opened = decryptor.open(
+                let share = decryptor.open(
                     &encrypted.ephemeral_public_key,
                     &iv,
                     &aad,
                     &encrypted.ciphertext,
                 )?;
-                let reason = match &opened {
-                    None => Some(ComplaintReason::Undecryptable),
-                    Some(share)
-                        if !deal::share_matches(&commitments[&dealer][v], new_index, share) =>
-                    {
-                        Some(ComplaintReason::FeldmanMismatch)
-                    }
-                    Some(_) => None,
-                };
-                match (reason, opened) {
-                    (Some(reason), _) => complaints.push(Complaint {
-                        dealer,
-                        validator: v as u32,
-                        reason,
-                    }),
-                    (None, Some(share)) => {
-                        sums[v] = sums[v].add(&scalar_of(&share)?.mul(weight));
-                    }
-                    (None, None) => unreachable!("no reason means it opened"),
+                opened.push((dealer, weight, v, share));
+            }
+        }
+        let received: Vec<verify::Received<'_>> = opened
+            .iter()
+            .filter_map(|(dealer, _, v, share)| {
+                share.as_ref().map(|share| verify::Received {
+                    commitments: &commitments[dealer][*v],
+                    share,
+                })
+            })
+            .collect();
+        let mut batch_weights =
+            super::encoding::SeedStream::new(&self.seed, b"reshare-feldman-batch-weights");
+        let mut verdicts =
+            verify::check_received_shares(new_index, &received, &mut batch_weights).into_iter();
+        let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
+        let mut complaints = Vec::new();
+        for (dealer, weight, v, share) in &opened {
+            let reason = match share {
+                None => Some(ComplaintReason::Undecryptable),
+                Some(_) if !verdicts.next().unwrap_or(false) => {
+                    Some(ComplaintReason::FeldmanMismatch)
                 }
+                Some(_) => None,
+            };
+            match (reason, share) {
+                (Some(reason), _) => complaints.push(Complaint {
+                    dealer: *dealer,
+                    validator: *v as u32,
+                    reason,
+                }),
+                (None, Some(share)) => {
+                    sums[*v] = sums[*v].add(&scalar_of(share)?.mul(weight));
+                }
+                (None, None) => unreachable!("no reason means it opened"),
             }
         }
         self.share_sums = complaints.is_empty().then_some(sums);
@@ -1357,31 +1390,20 @@ impl Reshare {
         let mut all_public_shares = Vec::with_capacity(previous.validators.len());
         let mut mismatch = None;
         for (v, old) in previous.validators.iter().enumerate() {
-            let mut group = Vec::with_capacity(t_new);
-            for k in 0..t_new {
-                let points: Vec<BlsPublicKey> = dealers
-                    .iter()
-                    .map(|d| commitments[d][v].as_slice()[k])
-                    .collect();
-                group.push(
-                    bls::g1_linear_combination(&points, &self.weights)
-                        .map_err(|e| DkgError::Message(format!("new commitment: {e}")))?,
-                );
-            }
-            if group[0] != old.group_public_key {
+            let dealt: Vec<&FeldmanCommitments> =
+                dealers.iter().map(|d| &commitments[d][v]).collect();
+            let group_commitments = verify::combine_commitments(&dealt, Some(&self.weights))?;
+            let group = group_commitments.as_slice().to_vec();
+            if group.len() != t_new || group[0] != old.group_public_key {
                 // Unreachable with ≥ t dealers whose constant terms passed the check against a
                 // verified lock; kept because handing over another key would lose the validator.
                 mismatch = Some(v);
                 break;
             }
-            let group_commitments = FeldmanCommitments::new(group.clone())
-                .map_err(|e| DkgError::Message(e.to_string()))?;
-            let public_shares = self
-                .new_definition
-                .indices()
-                .map(|j| threshold::share_public_key_from_commitments(&group_commitments, j))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| DkgError::Message(e.to_string()))?;
+            let public_shares = verify::public_shares(
+                &group_commitments,
+                self.new_definition.participants.len() as u32,
+            )?;
             all_commitments.push(group);
             all_public_shares.push(public_shares);
         }
