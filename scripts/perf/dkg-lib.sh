@@ -50,6 +50,15 @@ appliances() {
   for i in $(seq "$1" "$2"); do appliance "$i"; done
 }
 
+# dkg_definition N T V: a T-of-N mainnet definition of appliances 1..N for V validators.
+dkg_definition() {
+  local ids=() i
+  for i in $(seq "$1"); do ids+=("$W/id$i.json"); done
+  "$BIN" dkg definition --threshold "$2" --validators "$3" --network mainnet \
+    --withdrawal-address "0x$(printf 'ab%.0s' $(seq 20))" --fee-recipient "0x$(printf 'cd%.0s' $(seq 20))" \
+    --identity "${ids[@]}" --out "$W/definition.json" > /dev/null
+}
+
 kib() { awk -v k="$1" 'BEGIN { printf "%.0f MB", k / 1024 }'; }
 # Peak resident memory (VmHWM) of a live process, in KiB.
 hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
@@ -91,7 +100,7 @@ ceremony() {
     "$name" "$(sub "$last" "$start")" "$(sub "$end" "$start")"
   echo "load average (1/5/15 min) before: $load0, after: $load1; $(nproc) cores, all appliances on this machine"
   printf '%-4s %-30s %-28s\n' "app" "ceremony process (dkg …)" "serve process (during it)"
-  local max_run=0 max_serve=0 rss cpu
+  local max_run=0 max_serve=0 rss cpu cpu_sum=0 serve_sum=0
   for i in $(seq "$from" "$to"); do
     rss=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$W/$name-time$i")
     cpu=$(awk -F': ' '/User time/ { u = $2 } /System time/ { s = $2 } END { printf "%.1f", u + s }' "$W/$name-time$i")
@@ -99,8 +108,12 @@ ceremony() {
     s_rss=$(hwm "${SERVE_PIDS[$i]}")
     s_cpu=$(sub "$(cpu_secs "${SERVE_PIDS[$i]}")" "${serve_cpu0[$i]}")
     printf '%-4s %-30s %-28s\n' "$i" "peak RSS $(kib "$rss"), CPU ${cpu} s" "peak RSS $(kib "$s_rss"), CPU $(printf %.1f "$s_cpu") s"
+    cpu_sum=$(awk -v a="$cpu_sum" -v b="$cpu" 'BEGIN { print a + b }')
+    serve_sum=$(awk -v a="$serve_sum" -v b="$s_cpu" 'BEGIN { print a + b }')
     [ "$rss" -gt "$max_run" ] && max_run=$rss
     [ "$s_rss" -gt "$max_serve" ] && max_serve=$s_rss
   done
+  awk -v c="$cpu_sum" -v s="$serve_sum" -v n=$((to - from + 1)) \
+    'BEGIN { printf "CPU per appliance (mean): ceremony process %.1f s, serve %.1f s; all appliances together %.1f s\n", c / n, s / n, c + s }'
   echo "max peak RSS: ceremony process $(kib "$max_run"), serve $(kib "$max_serve") (serve's VmHWM covers its whole life)"
 }

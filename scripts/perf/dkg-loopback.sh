@@ -14,10 +14,7 @@ N=${1:?usage: dkg-loopback.sh N V [T]}; V=${2:?usage: dkg-loopback.sh N V [T]}
 T=${3:-$((2 * N / 3 + 1))}
 
 appliances 1 "$N"
-ids=(); for i in $(seq "$N"); do ids+=("$W/id$i.json"); done
-"$BIN" dkg definition --threshold "$T" --validators "$V" --network mainnet \
-  --withdrawal-address "0x$(printf 'ab%.0s' $(seq 20))" --fee-recipient "0x$(printf 'cd%.0s' $(seq 20))" \
-  --identity "${ids[@]}" --out "$W/definition.json" > /dev/null
+dkg_definition "$N" "$T" "$V"
 echo "DKG $T-of-$N, V=$V, $BIN"
 ceremony dkg 1 "$N" dkg run --definition "$W/definition.json"
 "$BIN" dkg verify --lock "$W/dkg-out1/lock.json" --deposit-data "$W/dkg-out1/deposit-data.json" > /dev/null

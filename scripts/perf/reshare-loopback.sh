@@ -16,15 +16,12 @@ T=$((2 * N / 3 + 1)); T2=${4:-$T}
 [ "$M" -ge "$N" ] || { echo "M must be at least N (this script adds members)" >&2; exit 2; }
 
 appliances 1 "$N"
-ids=(); for i in $(seq "$N"); do ids+=("$W/id$i.json"); done
-"$BIN" dkg definition --threshold "$T" --validators "$V" --network mainnet \
-  --withdrawal-address "0x$(printf 'ab%.0s' $(seq 20))" --fee-recipient "0x$(printf 'cd%.0s' $(seq 20))" \
-  --identity "${ids[@]}" --out "$W/definition.json" > /dev/null
+dkg_definition "$N" "$T" "$V"
 echo "set-up: DKG $T-of-$N, V=$V (not the figure this script is for)"
 ceremony dkg 1 "$N" dkg run --definition "$W/definition.json"
 
 [ "$M" -gt "$N" ] && appliances $((N + 1)) "$M"
-for i in $(seq $((N + 1)) "$M"); do ids+=("$W/id$i.json"); done
+ids=(); for i in $(seq "$M"); do ids+=("$W/id$i.json"); done
 "$BIN" dkg reshare-definition --lock "$W/dkg-out1/lock.json" --threshold "$T2" \
   --identity "${ids[@]}" --out "$W/reshare.json" > /dev/null
 echo

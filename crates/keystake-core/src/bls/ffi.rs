@@ -270,7 +270,7 @@ impl G1Point {
         Self { point }
     }
 
-    pub(super) fn to_affine(&self) -> blst_p1_affine {
+    pub(super) fn to_affine(self) -> blst_p1_affine {
         let mut affine = blst_p1_affine::default();
         // SAFETY: as above.
         unsafe { blst::blst_p1_to_affine(&mut affine, &self.point) };

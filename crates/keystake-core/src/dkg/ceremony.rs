@@ -22,7 +22,7 @@ use crate::bls::{Scalar, SecretKey};
 use crate::threshold::{self, FeldmanCommitments, SecretShare};
 use crate::types::{fixed_bytes, BlsPublicKey, BlsSignature, Root, ShareIndex};
 
-use super::crypto::{self, share_aad, BroadcastSigner, IdentitySignature, ShareDecryptor};
+use super::crypto::{BroadcastSigner, IdentitySignature, ShareDecryptor};
 use super::deal::{self, Dealing};
 use super::definition::{CeremonyId, Definition};
 use super::encoding::{sha256, Canonical};
@@ -754,68 +754,31 @@ impl Ceremony {
             .as_ref()
             .ok_or(DkgError::Message("deals not checked yet".into()))?;
         let v_count = self.definition.validators as usize;
-        // (dealer, validator, opened share) in dealer-then-validator order.
-        let mut opened: Vec<(ParticipantIndex, usize, Option<Zeroizing<[u8; 32]>>)> =
-            Vec::with_capacity(v_count * self.definition.participants.len());
+        let mut opened = Vec::with_capacity(v_count * self.definition.participants.len());
         for dealer in self.definition.indices() {
             let dealing = self
                 .dealing(dealer)
                 .ok_or(DkgError::Message("deal missing".into()))?;
             for (v, deal) in dealing.validators.iter().enumerate() {
                 let encrypted = &deal.shares[self.me.get() as usize - 1];
-                let iv = encrypted
-                    .iv_array()
-                    .ok_or(DkgError::Message("iv length".into()))?;
-                let aad = share_aad(
-                    &self.id,
-                    dealer,
-                    self.me,
-                    v as u32,
-                    &encrypted.ephemeral_public_key,
-                );
-                let share = decryptor.open(
-                    &encrypted.ephemeral_public_key,
-                    &iv,
-                    &aad,
-                    &encrypted.ciphertext,
-                )?;
-                opened.push((dealer, v, share));
+                opened.push(verify::open_share(
+                    decryptor, &self.id, dealer, self.me, v, encrypted,
+                )?);
             }
         }
-        let received: Vec<verify::Received<'_>> = opened
-            .iter()
-            .filter_map(|(dealer, v, share)| {
-                share.as_ref().map(|share| verify::Received {
-                    commitments: &commitments[dealer.get() as usize - 1][*v],
-                    share,
-                })
-            })
-            .collect();
         let mut weights = super::encoding::SeedStream::new(&self.seed, b"feldman-batch-weights");
-        let mut verdicts =
-            verify::check_received_shares(self.me, &received, &mut weights).into_iter();
+        let (complaints, accepted) = verify::complaints_about(
+            self.me,
+            &opened,
+            |o| &commitments[o.dealer.get() as usize - 1][o.validator],
+            &mut weights,
+        );
         let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
-        let mut complaints = Vec::new();
-        for (dealer, v, share) in &opened {
-            let reason = match share {
-                None => Some(ComplaintReason::Undecryptable),
-                Some(_) if !verdicts.next().unwrap_or(false) => {
-                    Some(ComplaintReason::FeldmanMismatch)
-                }
-                Some(_) => None,
-            };
-            match (reason, share) {
-                (Some(reason), _) => complaints.push(Complaint {
-                    dealer: *dealer,
-                    validator: *v as u32,
-                    reason,
-                }),
-                (None, Some(share)) => {
-                    let scalar = Scalar::from_be_bytes_canonical(share)
-                        .ok_or(DkgError::Message("share encoding".into()))?;
-                    sums[*v] = sums[*v].add(&scalar);
-                }
-                (None, None) => unreachable!("no reason means it opened"),
+        for (o, accepted) in opened.iter().zip(accepted) {
+            if let (true, Some(share)) = (accepted, &o.share) {
+                let scalar = Scalar::from_be_bytes_canonical(share)
+                    .ok_or(DkgError::Message("share encoding".into()))?;
+                sums[o.validator] = sums[o.validator].add(&scalar);
             }
         }
         self.share_sums = complaints.is_empty().then_some(sums);
@@ -943,22 +906,6 @@ impl Ceremony {
                 continue;
             };
             let encrypted = &dealing.validators[v as usize].shares[recipient.get() as usize - 1];
-            let secret: Option<[u8; 32]> = secret.as_slice().try_into().ok();
-            let valid_secret = secret.filter(|s| {
-                crypto::ephemeral_public(s).as_ref() == Some(&encrypted.ephemeral_public_key)
-            });
-            let Some(secret) = valid_secret.map(Zeroizing::new) else {
-                abort.blame(
-                    &self.definition,
-                    dealer,
-                    Fault::InvalidReveal {
-                        recipient,
-                        validator: v,
-                    },
-                    evidence,
-                );
-                continue;
-            };
             let Some(recipient_key) = self
                 .definition
                 .participant(recipient)
@@ -966,50 +913,21 @@ impl Ceremony {
             else {
                 continue;
             };
-            let aad = share_aad(
-                &self.id,
+            let dealt = verify::Dealt {
+                dealer,
+                index: recipient,
+                validator: v,
+                encrypted,
+                commitments: &commitments[dealer.get() as usize - 1][v as usize],
+            };
+            verify::judge_revealed_share(&self.id, dealt, secret, &recipient_key).blame(
+                abort,
+                &self.definition,
                 dealer,
                 recipient,
                 v,
-                &encrypted.ephemeral_public_key,
+                evidence,
             );
-            let opened = encrypted.iv_array().and_then(|iv| {
-                crypto::open_revealed(&secret, &recipient_key, &iv, &aad, &encrypted.ciphertext)
-            });
-            let verdict = match opened {
-                None => Some("the share does not decrypt".to_owned()),
-                Some(share)
-                    if !deal::share_matches(
-                        &commitments[dealer.get() as usize - 1][v as usize],
-                        recipient,
-                        &share,
-                    ) =>
-                {
-                    Some("the share is not on the dealer's commitments".to_owned())
-                }
-                Some(_) => None,
-            };
-            match verdict {
-                Some(reason) => abort.blame(
-                    &self.definition,
-                    dealer,
-                    Fault::BadShare {
-                        recipient,
-                        validator: v,
-                        reason,
-                    },
-                    evidence,
-                ),
-                None => abort.blame(
-                    &self.definition,
-                    recipient,
-                    Fault::FalseComplaint {
-                        dealer,
-                        validator: v,
-                    },
-                    evidence,
-                ),
-            }
         }
     }
 

@@ -50,11 +50,9 @@ use crate::bls::{Scalar, SecretKey};
 use crate::threshold::{self, FeldmanCommitments, SecretShare};
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
-use super::ceremony::{
-    Complaint, ComplaintReason, EchoEntry, Phase, Reveal, SignedMessage, ValidatorShare, PHASES,
-};
+use super::ceremony::{Complaint, EchoEntry, Phase, Reveal, SignedMessage, ValidatorShare, PHASES};
 use super::crypto::ShareDecryptor;
-use super::crypto::{self, share_aad, BroadcastSigner, IdentityPublicKey, IdentitySignature};
+use super::crypto::{BroadcastSigner, IdentityPublicKey, IdentitySignature};
 use super::deal::{self, ValidatorDeal};
 use super::definition::{CeremonyId, Definition, Participant, DEFINITION_FORMAT};
 use super::encoding::{sha256, Canonical};
@@ -1105,66 +1103,34 @@ impl Reshare {
             .as_ref()
             .ok_or(DkgError::Message("deals not checked yet".into()))?;
         let v_count = self.definition.previous.validators.len();
-        // (dealer, its Lagrange weight, validator, opened share), dealer-then-validator order.
         let mut opened = Vec::new();
-        for (dealer, weight) in self.dealer_seats().into_iter().zip(&self.weights) {
+        for dealer in self.dealer_seats() {
             let dealing = self
                 .dealing(dealer)
                 .ok_or(DkgError::Message("deal missing".into()))?;
             for (v, validator_deal) in dealing.validators.iter().enumerate() {
                 let encrypted = &validator_deal.shares[new_index.get() as usize - 1];
-                let iv = encrypted
-                    .iv_array()
-                    .ok_or(DkgError::Message("iv length".into()))?;
-                let aad = share_aad(
-                    &self.id,
-                    dealer,
-                    new_index,
-                    v as u32,
-                    &encrypted.ephemeral_public_key,
-                );
-                let share = decryptor.open(
-                    &encrypted.ephemeral_public_key,
-                    &iv,
-                    &aad,
-                    &encrypted.ciphertext,
-                )?;
-                opened.push((dealer, weight, v, share));
+                opened.push(verify::open_share(
+                    decryptor, &self.id, dealer, new_index, v, encrypted,
+                )?);
             }
         }
-        let received: Vec<verify::Received<'_>> = opened
-            .iter()
-            .filter_map(|(dealer, _, v, share)| {
-                share.as_ref().map(|share| verify::Received {
-                    commitments: &commitments[dealer][*v],
-                    share,
-                })
-            })
-            .collect();
         let mut batch_weights =
             super::encoding::SeedStream::new(&self.seed, b"reshare-feldman-batch-weights");
-        let mut verdicts =
-            verify::check_received_shares(new_index, &received, &mut batch_weights).into_iter();
+        let (complaints, accepted) = verify::complaints_about(
+            new_index,
+            &opened,
+            |o| &commitments[&o.dealer][o.validator],
+            &mut batch_weights,
+        );
+        // Each dealer's Lagrange weight, by seat.
+        let weights: BTreeMap<ParticipantIndex, &Scalar> =
+            self.dealer_seats().into_iter().zip(&self.weights).collect();
         let mut sums: Vec<Scalar> = (0..v_count).map(|_| Scalar::zero()).collect();
-        let mut complaints = Vec::new();
-        for (dealer, weight, v, share) in &opened {
-            let reason = match share {
-                None => Some(ComplaintReason::Undecryptable),
-                Some(_) if !verdicts.next().unwrap_or(false) => {
-                    Some(ComplaintReason::FeldmanMismatch)
-                }
-                Some(_) => None,
-            };
-            match (reason, share) {
-                (Some(reason), _) => complaints.push(Complaint {
-                    dealer: *dealer,
-                    validator: *v as u32,
-                    reason,
-                }),
-                (None, Some(share)) => {
-                    sums[*v] = sums[*v].add(&scalar_of(share)?.mul(weight));
-                }
-                (None, None) => unreachable!("no reason means it opened"),
+        for (o, accepted) in opened.iter().zip(accepted) {
+            if let (true, Some(share), Some(weight)) = (accepted, &o.share, weights.get(&o.dealer))
+            {
+                sums[o.validator] = sums[o.validator].add(&scalar_of(share)?.mul(weight));
             }
         }
         self.share_sums = complaints.is_empty().then_some(sums);
@@ -1298,69 +1264,24 @@ impl Reshare {
                 continue;
             };
             let encrypted = &dealing.validators[v as usize].shares[new_index.get() as usize - 1];
-            let secret: Option<[u8; 32]> = secret.as_slice().try_into().ok();
-            let valid_secret = secret.filter(|s| {
-                crypto::ephemeral_public(s).as_ref() == Some(&encrypted.ephemeral_public_key)
-            });
-            let Some(secret) = valid_secret.map(Zeroizing::new) else {
-                abort.blame(
-                    &self.seats_definition,
-                    dealer,
-                    Fault::InvalidReveal {
-                        recipient,
-                        validator: v,
-                    },
-                    evidence,
-                );
-                continue;
-            };
             let recipient_key = self.seats[recipient.get() as usize - 1]
                 .participant
                 .enrolment_public_key;
-            let aad = share_aad(
-                &self.id,
+            let dealt = verify::Dealt {
                 dealer,
-                new_index,
-                v,
-                &encrypted.ephemeral_public_key,
-            );
-            let opened = encrypted.iv_array().and_then(|iv| {
-                crypto::open_revealed(&secret, &recipient_key, &iv, &aad, &encrypted.ciphertext)
-            });
-            let verdict = match opened {
-                None => Some("the share does not decrypt".to_owned()),
-                Some(share)
-                    if !deal::share_matches(
-                        &commitments[&dealer][v as usize],
-                        new_index,
-                        &share,
-                    ) =>
-                {
-                    Some("the share is not on the dealer's commitments".to_owned())
-                }
-                Some(_) => None,
+                index: new_index,
+                validator: v,
+                encrypted,
+                commitments: &commitments[&dealer][v as usize],
             };
-            match verdict {
-                Some(reason) => abort.blame(
-                    &self.seats_definition,
-                    dealer,
-                    Fault::BadShare {
-                        recipient,
-                        validator: v,
-                        reason,
-                    },
-                    evidence,
-                ),
-                None => abort.blame(
-                    &self.seats_definition,
-                    recipient,
-                    Fault::FalseComplaint {
-                        dealer,
-                        validator: v,
-                    },
-                    evidence,
-                ),
-            }
+            verify::judge_revealed_share(&self.id, dealt, secret, &recipient_key).blame(
+                abort,
+                &self.seats_definition,
+                dealer,
+                recipient,
+                v,
+                evidence,
+            );
         }
     }
 

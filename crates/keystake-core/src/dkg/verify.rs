@@ -1,7 +1,7 @@
 //! The checks the DKG ([`super::Ceremony`]) and the reshare ([`super::Reshare`]) share, written
-//! once: the Feldman check of every share a participant receives, the group commitments and
-//! public shares derived from the dealers' commitments, and the body hashes an echo is compared
-//! against.
+//! once: opening the shares dealt to a participant and the Feldman check of all of them, the
+//! public judgement of a complaint from a revealed key, the group commitments and public shares
+//! derived from the dealers' commitments, and the body hashes an echo is compared against.
 //!
 //! Speed without weakening: a participant's shares (all dealers, all validators) are checked in
 //! one random linear combination — with secret random 64-bit weights `ρ` (from the
@@ -16,13 +16,19 @@
 #![forbid(unsafe_code)]
 
 use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
 
 use crate::bls::{self, G1Point, Scalar};
+use crate::manifest::EnrolmentPublicKey;
 use crate::threshold::FeldmanCommitments;
 use crate::types::{BlsPublicKey, ShareIndex};
 
-use super::ceremony::{BodyHash, SignedMessage};
-use super::DkgError;
+use super::ceremony::{BodyHash, Complaint, ComplaintReason, SignedMessage};
+use super::crypto::{self, share_aad, ShareDecryptor};
+use super::deal::{self, EncryptedShare};
+use super::definition::{CeremonyId, Definition};
+use super::evidence::{Abort, Fault};
+use super::{DkgError, ParticipantIndex};
 
 /// One received share to check: the dealer's commitments and the opened share `f_i(j)`.
 pub(crate) struct Received<'a> {
@@ -135,16 +141,180 @@ pub(crate) fn body_hashes<'a>(
     held.map(|m| (m.sender, m.body_hash())).collect()
 }
 
+/// One share dealt to this participant, opened with its enrolment key (`None`: it does not
+/// decrypt).
+pub(crate) struct Opened {
+    pub dealer: ParticipantIndex,
+    pub validator: usize,
+    pub share: Option<Zeroizing<[u8; 32]>>,
+}
+
+/// Open the share `dealer` dealt to share index `index` for `validator` (AAD as dealt).
+pub(crate) fn open_share(
+    decryptor: &dyn ShareDecryptor,
+    id: &CeremonyId,
+    dealer: ParticipantIndex,
+    index: ShareIndex,
+    validator: usize,
+    encrypted: &EncryptedShare,
+) -> Result<Opened, DkgError> {
+    let iv = encrypted
+        .iv_array()
+        .ok_or(DkgError::Message("iv length".into()))?;
+    let aad = share_aad(
+        id,
+        dealer,
+        index,
+        validator as u32,
+        &encrypted.ephemeral_public_key,
+    );
+    let share = decryptor.open(
+        &encrypted.ephemeral_public_key,
+        &iv,
+        &aad,
+        &encrypted.ciphertext,
+    )?;
+    Ok(Opened {
+        dealer,
+        validator,
+        share,
+    })
+}
+
+/// The complaints about `opened` (undecryptable, or off the dealer's commitments — all checked
+/// in one batch by [`check_received_shares`]) in their order, and for each opened share whether
+/// it is accepted.
+pub(crate) fn complaints_about<'a, R: RngCore + CryptoRng>(
+    index: ShareIndex,
+    opened: &[Opened],
+    commitments: impl Fn(&Opened) -> &'a FeldmanCommitments,
+    rng: &mut R,
+) -> (Vec<Complaint>, Vec<bool>) {
+    let received: Vec<Received<'_>> = opened
+        .iter()
+        .filter_map(|o| {
+            o.share.as_ref().map(|share| Received {
+                commitments: commitments(o),
+                share,
+            })
+        })
+        .collect();
+    let mut verdicts = check_received_shares(index, &received, rng).into_iter();
+    let mut complaints = Vec::new();
+    let mut accepted = Vec::with_capacity(opened.len());
+    for o in opened {
+        let reason = match &o.share {
+            None => Some(ComplaintReason::Undecryptable),
+            Some(_) if !verdicts.next().unwrap_or(false) => Some(ComplaintReason::FeldmanMismatch),
+            Some(_) => None,
+        };
+        accepted.push(reason.is_none());
+        if let Some(reason) = reason {
+            complaints.push(Complaint {
+                dealer: o.dealer,
+                validator: o.validator as u32,
+                reason,
+            });
+        }
+    }
+    (complaints, accepted)
+}
+
+/// Who a judged complaint blames.
+pub(crate) enum Verdict {
+    /// The dealer revealed a secret that is not the share's ephemeral key.
+    InvalidReveal,
+    /// The revealed share does not decrypt or is off the dealer's commitments.
+    BadShare(String),
+    /// The revealed share is good: the complainer lied.
+    FalseComplaint,
+}
+
+/// A complained-about share: `dealer` dealt `encrypted` to share index `index` for
+/// `validator`, against `commitments`.
+pub(crate) struct Dealt<'a> {
+    pub dealer: ParticipantIndex,
+    pub index: ShareIndex,
+    pub validator: u32,
+    pub encrypted: &'a EncryptedShare,
+    pub commitments: &'a FeldmanCommitments,
+}
+
+/// Judge a complaint about `dealt` from the dealer's revealed ephemeral `secret`, as anyone can
+/// (module doc of `dkg`).
+pub(crate) fn judge_revealed_share(
+    id: &CeremonyId,
+    dealt: Dealt<'_>,
+    secret: &[u8],
+    recipient_key: &EnrolmentPublicKey,
+) -> Verdict {
+    let encrypted = dealt.encrypted;
+    let secret: Option<[u8; 32]> = secret.try_into().ok();
+    let valid_secret = secret
+        .filter(|s| crypto::ephemeral_public(s).as_ref() == Some(&encrypted.ephemeral_public_key));
+    let Some(secret) = valid_secret.map(Zeroizing::new) else {
+        return Verdict::InvalidReveal;
+    };
+    let aad = share_aad(
+        id,
+        dealt.dealer,
+        dealt.index,
+        dealt.validator,
+        &encrypted.ephemeral_public_key,
+    );
+    let opened = encrypted.iv_array().and_then(|iv| {
+        crypto::open_revealed(&secret, recipient_key, &iv, &aad, &encrypted.ciphertext)
+    });
+    match opened {
+        None => Verdict::BadShare("the share does not decrypt".to_owned()),
+        Some(share) if !deal::share_matches(dealt.commitments, dealt.index, &share) => {
+            Verdict::BadShare("the share is not on the dealer's commitments".to_owned())
+        }
+        Some(_) => Verdict::FalseComplaint,
+    }
+}
+
+impl Verdict {
+    /// Blame whoever the verdict names (`recipient`: the complainer, by seat).
+    pub(crate) fn blame(
+        self,
+        abort: &mut Abort,
+        definition: &Definition,
+        dealer: ParticipantIndex,
+        recipient: ParticipantIndex,
+        validator: u32,
+        evidence: Vec<SignedMessage>,
+    ) {
+        let (culprit, fault) = match self {
+            Verdict::InvalidReveal => (
+                dealer,
+                Fault::InvalidReveal {
+                    recipient,
+                    validator,
+                },
+            ),
+            Verdict::BadShare(reason) => (
+                dealer,
+                Fault::BadShare {
+                    recipient,
+                    validator,
+                    reason,
+                },
+            ),
+            Verdict::FalseComplaint => (recipient, Fault::FalseComplaint { dealer, validator }),
+        };
+        abort.blame(definition, culprit, fault, evidence);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-    use zeroize::Zeroizing;
-
     use super::*;
     use crate::bls::SecretKey;
     use crate::dkg::deal;
     use crate::threshold;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     /// `count` random degree-2 polynomials: commitments and the share each deals to `j`.
     fn dealings(count: usize, j: u32, rng: &mut StdRng) -> Vec<(FeldmanCommitments, [u8; 32])> {
