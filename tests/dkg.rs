@@ -19,20 +19,20 @@ use keystake_signer::hsm::SealContext;
 
 use crate::common::*;
 
-fn s(path: &Path) -> &str {
+pub(crate) fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-struct Cluster {
-    appliances: Vec<Appliance>,
-    servers: Vec<Server>,
-    identities: Vec<PathBuf>,
-    work: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) appliances: Vec<Appliance>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) identities: Vec<PathBuf>,
+    pub(crate) work: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Four appliances, each with its own CA, serving; their identity files.
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
         let appliances: Vec<Appliance> = (0..4).map(|_| Appliance::create()).collect();
         let servers: Vec<Server> = appliances.iter().map(Server::start).collect();
         let work = tempfile::tempdir().unwrap();
@@ -58,7 +58,7 @@ impl Cluster {
     }
 
     /// A 3-of-4 definition for `validators` (each scenario its own: a new ceremony id).
-    fn definition(&self, name: &str, validators: u32) -> PathBuf {
+    pub(crate) fn definition(&self, name: &str, validators: u32) -> PathBuf {
         let out = self.work.path().join(format!("{name}.definition.json"));
         let mut args = vec![
             "dkg".to_owned(),
@@ -81,12 +81,12 @@ impl Cluster {
         out
     }
 
-    fn out_dir(&self, name: &str, participant: usize) -> PathBuf {
+    pub(crate) fn out_dir(&self, name: &str, participant: usize) -> PathBuf {
         self.work.path().join(format!("{name}-out{participant}"))
     }
 
     /// `dkg run` of participant `i` (1-based) as a child process.
-    fn run(&self, i: usize, definition: &Path, name: &str, timeout_secs: u64) -> Child {
+    pub(crate) fn run(&self, i: usize, definition: &Path, name: &str, timeout_secs: u64) -> Child {
         Command::new(BIN)
             .args([
                 "dkg",
@@ -107,12 +107,12 @@ impl Cluster {
             .unwrap()
     }
 
-    fn endpoint(&self, i: usize) -> String {
+    pub(crate) fn endpoint(&self, i: usize) -> String {
         self.servers[i - 1].url.clone()
     }
 
     /// The DKG shares `keys list` shows on appliance `i`.
-    fn dkg_shares(&self, i: usize) -> Vec<String> {
+    pub(crate) fn dkg_shares(&self, i: usize) -> Vec<String> {
         self.appliances[i - 1]
             .cli_ok(&["keys", "list"], &[])
             .lines()
@@ -123,7 +123,7 @@ impl Cluster {
 
     /// Wait until appliance `i`'s database holds its own message for `phase` (0 = deal) of the
     /// ceremony of `definition`.
-    fn wait_for_own_message(&self, i: usize, definition: &Path, phase: u32) {
+    pub(crate) fn wait_for_own_message(&self, i: usize, definition: &Path, phase: u32) {
         let definition: keystake_core::dkg::Definition =
             serde_json::from_str(&std::fs::read_to_string(definition).unwrap()).unwrap();
         let id = definition.ceremony_id();
@@ -149,7 +149,7 @@ impl Cluster {
     }
 }
 
-fn finish(child: Child) -> (bool, String, String) {
+pub(crate) fn finish(child: Child) -> (bool, String, String) {
     let output = child.wait_with_output().unwrap();
     (
         output.status.success(),
@@ -158,13 +158,13 @@ fn finish(child: Child) -> (bool, String, String) {
     )
 }
 
-fn read_lock(path: &Path) -> Lock {
+pub(crate) fn read_lock(path: &Path) -> Lock {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Every honest participant failed, named `culprit` with its endpoint, wrote failure.json
 /// naming it, and kept no DKG share.
-fn assert_aborted(
+pub(crate) fn assert_aborted(
     cluster: &Cluster,
     name: &str,
     outcomes: &[(usize, (bool, String, String))],

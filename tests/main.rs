@@ -7,6 +7,7 @@ mod common;
 mod conformance;
 mod custody;
 mod dkg;
+mod dkg_faults;
 mod e2e;
 mod forwarder_threshold;
 mod grpc;

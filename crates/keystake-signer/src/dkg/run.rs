@@ -108,6 +108,36 @@ impl Transport for GrpcTransport {
     }
 }
 
+/// What this appliance publishes of its own messages. Production runs use [`Honest`] (every
+/// message as the state machine made it); the fault tests (tests/dkg_faults.rs) build a cheating
+/// participant from this library with a tampering implementation, so no cheating code is in the
+/// shipped binary's paths: the runner only *offers* the hook.
+pub trait Outgoing: Send + Sync {
+    /// The message to publish instead of `own` (this appliance's own message, not yet
+    /// persisted), signed with `signer`; `None` publishes `own` unchanged.
+    fn replace(
+        &self,
+        definition: &Definition,
+        own: &SignedMessage,
+        signer: &dyn BroadcastSigner,
+    ) -> Option<SignedMessage>;
+}
+
+/// Publish every own message as made (the identity hook; what `dkg run` uses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Honest;
+
+impl Outgoing for Honest {
+    fn replace(
+        &self,
+        _: &Definition,
+        _: &SignedMessage,
+        _: &dyn BroadcastSigner,
+    ) -> Option<SignedMessage> {
+        None
+    }
+}
+
 /// Timing of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
@@ -208,25 +238,41 @@ fn seed_for(
         .unseal(&SealedShare(row.sealed_seed), &context)?)
 }
 
-/// Run (or resume) the ceremony of `definition` to its end.
+/// A ceremony state machine rebuilt from the seed and every message persisted for it (a
+/// restart, or after [`Outgoing`] replaced an own message: the machine must hold what was
+/// published, and re-derives the rest identically from the seed).
+fn resume(
+    definition: &Definition,
+    me: ParticipantIndex,
+    seed: &Zeroizing<[u8; 32]>,
+    dkg: &DkgStore,
+) -> Result<(Ceremony, BTreeSet<(Phase, ParticipantIndex)>), DkgAdapterError> {
+    let id = definition.ceremony_id();
+    let mut ceremony = Ceremony::new(definition.clone(), me, seed.clone())?;
+    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
+    for message in dkg.messages(&id)? {
+        persisted.insert((message.phase, message.sender));
+        // Refused ones (none should be: they were checked before being stored) are skipped.
+        let _ = ceremony.receive(message);
+    }
+    Ok((ceremony, persisted))
+}
+
+/// Run (or resume) the ceremony of `definition` to its end; own messages pass through
+/// `outgoing` before they are persisted (and so published).
 pub async fn run_ceremony<T: Transport>(
     definition: Definition,
     parts: Parts<'_>,
     enrolment: &keystake_core::manifest::EnrolmentPublicKey,
     transport: &T,
     options: RunOptions,
+    outgoing: &dyn Outgoing,
 ) -> Result<RunOutcome, DkgAdapterError> {
     definition.validate()?;
     let me = own_index(&definition, parts.signer, enrolment)?;
     let id = definition.ceremony_id();
     let seed = seed_for(&parts, &definition, me)?;
-    let mut ceremony = Ceremony::new(definition.clone(), me, seed)?;
-    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
-    for message in parts.dkg.messages(&id)? {
-        persisted.insert((message.phase, message.sender));
-        // Refused ones (none should be: they were checked before being stored) are skipped.
-        let _ = ceremony.receive(message);
-    }
+    let (mut ceremony, mut persisted) = resume(&definition, me, &seed, parts.dkg)?;
     let mut phase = ceremony.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
@@ -234,10 +280,25 @@ pub async fn run_ceremony<T: Transport>(
     loop {
         let step = tokio::task::block_in_place(|| ceremony.poll(parts.signer, parts.decryptor))?;
         // Own (and relayed) messages are durable before a peer can fetch them.
+        let mut replaced = false;
         for message in ceremony.messages() {
-            if persisted.insert((message.phase, message.sender)) {
-                parts.dkg.insert_message(message)?;
+            if persisted.contains(&(message.phase, message.sender)) {
+                continue;
             }
+            if message.sender == me {
+                if let Some(other) = outgoing.replace(&definition, message, parts.signer) {
+                    parts.dkg.insert_message(&other)?;
+                    replaced = true;
+                    // Later own messages were derived from the replaced one: made again below.
+                    break;
+                }
+            }
+            persisted.insert((message.phase, message.sender));
+            parts.dkg.insert_message(message)?;
+        }
+        if replaced {
+            (ceremony, persisted) = resume(&definition, me, &seed, parts.dkg)?;
+            continue;
         }
         match step {
             Step::Finished(success) => {
