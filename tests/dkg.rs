@@ -33,7 +33,12 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Four appliances, each with its own CA, serving; their identity files.
     pub(crate) fn start() -> Cluster {
-        let appliances: Vec<Appliance> = (0..4).map(|_| Appliance::create()).collect();
+        Cluster::start_with(4)
+    }
+
+    /// `n` appliances, each with its own CA, serving; their identity files.
+    pub(crate) fn start_with(n: usize) -> Cluster {
+        let appliances: Vec<Appliance> = (0..n).map(|_| Appliance::create()).collect();
         let servers: Vec<Server> = appliances.iter().map(Server::start).collect();
         let work = tempfile::tempdir().unwrap();
         let identities = appliances
@@ -59,6 +64,12 @@ impl Cluster {
 
     /// A 3-of-4 definition for `validators` (each scenario its own: a new ceremony id).
     pub(crate) fn definition(&self, name: &str, validators: u32) -> PathBuf {
+        let all: Vec<usize> = (1..=self.identities.len()).collect();
+        self.definition_of(name, validators, &all)
+    }
+
+    /// A 3-of-n definition of the appliances `set` (1-based, in index order).
+    pub(crate) fn definition_of(&self, name: &str, validators: u32, set: &[usize]) -> PathBuf {
         let out = self.work.path().join(format!("{name}.definition.json"));
         let mut args = vec![
             "dkg".to_owned(),
@@ -75,7 +86,7 @@ impl Cluster {
             format!("0x{}", "cd".repeat(20)),
             "--identity".into(),
         ];
-        args.extend(self.identities.iter().map(|p| s(p).to_owned()));
+        args.extend(set.iter().map(|i| s(&self.identities[i - 1]).to_owned()));
         args.extend(["--out".into(), s(&out).to_owned()]);
         run_ok(&args);
         out

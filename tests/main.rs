@@ -18,6 +18,7 @@ mod metrics;
 mod operator_api;
 mod perf;
 mod reshare;
+mod reshare_faults;
 mod sandbox;
 mod security_access;
 mod slashing;

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::identity::seed_context;
-use super::run::{fetch_missing, Parts, RunOptions, Transport};
+use super::run::{fetch_missing, Outgoing, Parts, RunOptions, Transport};
 use super::DkgAdapterError;
 use crate::hsm::SealedShare;
 use crate::service::seal_context;
@@ -191,13 +191,39 @@ fn seed_for(
         .unseal(&SealedShare(row.sealed_seed), &context)?)
 }
 
-/// Run (or resume) the reshare of `definition` to its end.
+/// A reshare state machine rebuilt from the seed and every message persisted for it (a
+/// restart, or after [`Outgoing`] replaced an own message), as `run::resume` for a DKG.
+fn resume(
+    definition: &ReshareDefinition,
+    parts: &Parts<'_>,
+    old: Option<OldHolding>,
+    seed: &Zeroizing<[u8; 32]>,
+    epoch: u64,
+) -> Result<(Reshare, BTreeSet<(Phase, ParticipantIndex)>), DkgAdapterError> {
+    let mut reshare = Reshare::new(
+        definition.clone(),
+        &parts.signer.identity(),
+        seed.clone(),
+        old,
+        epoch,
+    )?;
+    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
+    for message in parts.dkg.messages(&definition.reshare_id())? {
+        persisted.insert((message.phase, message.sender));
+        let _ = reshare.receive(message);
+    }
+    Ok((reshare, persisted))
+}
+
+/// Run (or resume) the reshare of `definition` to its end; own messages pass through
+/// `outgoing` (given the seats as a definition) before they are persisted.
 pub async fn run_reshare<T: Transport>(
     definition: ReshareDefinition,
     parts: Parts<'_>,
     enrolment: &keystake_core::manifest::EnrolmentPublicKey,
     transport: &T,
     options: RunOptions,
+    outgoing: &dyn Outgoing,
 ) -> Result<ReshareOutcome, DkgAdapterError> {
     definition.validate()?;
     let network = definition
@@ -209,25 +235,18 @@ pub async fn run_reshare<T: Transport>(
     let (me, seat) = own_seat(&definition, &parts, enrolment)?;
     let id = definition.reshare_id();
     let seats = definition.seats_as_definition();
-    let old = match (seat.deals, seat.old_index) {
-        (true, Some(old_index)) => Some(tokio::task::block_in_place(|| {
-            old_holding(&parts, &definition, old_index)
-        })?),
-        _ => None,
+    // A dealer missing one of its old shares is refused before anything is stored.
+    let holding = || -> Result<Option<OldHolding>, DkgAdapterError> {
+        match (seat.deals, seat.old_index) {
+            (true, Some(old_index)) => Ok(Some(tokio::task::block_in_place(|| {
+                old_holding(&parts, &definition, old_index)
+            })?)),
+            _ => Ok(None),
+        }
     };
+    let old = holding()?;
     let seed = seed_for(&parts, &definition, me)?;
-    let mut reshare = Reshare::new(
-        definition.clone(),
-        &parts.signer.identity(),
-        seed,
-        old,
-        epoch,
-    )?;
-    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
-    for message in parts.dkg.messages(&id)? {
-        persisted.insert((message.phase, message.sender));
-        let _ = reshare.receive(message);
-    }
+    let (mut reshare, mut persisted) = resume(&definition, &parts, old, &seed, epoch)?;
     let mut phase = reshare.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
@@ -242,10 +261,24 @@ pub async fn run_reshare<T: Transport>(
                 return Err(error.into());
             }
         };
+        let mut replaced = false;
         for message in reshare.messages() {
-            if persisted.insert((message.phase, message.sender)) {
-                parts.dkg.insert_message(message)?;
+            if persisted.contains(&(message.phase, message.sender)) {
+                continue;
             }
+            if message.sender == me {
+                if let Some(other) = outgoing.replace(&seats, message, parts.signer) {
+                    parts.dkg.insert_message(&other)?;
+                    replaced = true;
+                    break;
+                }
+            }
+            persisted.insert((message.phase, message.sender));
+            parts.dkg.insert_message(message)?;
+        }
+        if replaced {
+            (reshare, persisted) = resume(&definition, &parts, holding()?, &seed, epoch)?;
+            continue;
         }
         match step {
             ReshareStep::Finished(success) => {
