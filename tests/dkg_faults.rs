@@ -22,7 +22,7 @@ use keystake_core::dkg::{
 use keystake_core::types::ShareIndex;
 use keystake_signer::dkg::run::Outgoing;
 
-use crate::dkg::{assert_aborted, finish, s, Cluster};
+use crate::dkg::{assert_aborted, assert_nowhere_in_plaintext, finish, s, Cluster};
 
 /// `KIND|CONFIG|DEFINITION|OUT|DATABASE` for [`cheating_participant`].
 const CHEAT: &str = "KEYSTAKE_TEST_CHEAT";
@@ -42,16 +42,20 @@ enum Cheat {
     Equivocation,
     /// It complains about participant 3's good share for validator 1.
     FalseComplaint,
+    /// Its finish message carries a partial signature of the wrong message (the honest
+    /// appliances have sealed their new shares by then: they must drop them).
+    BadFinish,
 }
 
 impl Cheat {
-    const ALL: [Cheat; 6] = [
+    const ALL: [Cheat; 7] = [
         Cheat::BadShare,
         Cheat::WrongCommitment,
         Cheat::InvalidProof,
         Cheat::MissingProof,
         Cheat::Equivocation,
         Cheat::FalseComplaint,
+        Cheat::BadFinish,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Cheat {
             Cheat::MissingProof => "missing-proof",
             Cheat::Equivocation => "equivocation",
             Cheat::FalseComplaint => "false-complaint",
+            Cheat::BadFinish => "bad-finish",
         }
     }
 
@@ -86,6 +91,7 @@ impl Cheat {
                 fault,
                 Fault::FalseComplaint { dealer, validator: 1 } if dealer.get() == 3
             ),
+            Cheat::BadFinish => matches!(fault, Fault::BadFinish { .. }),
         }
     }
 }
@@ -157,6 +163,10 @@ impl Outgoing for Tamper {
                     &Body::Complaints { complaints },
                     signer,
                 ))
+            }
+            (Cheat::BadFinish, Phase::Finish, Body::Finish(mut finish)) => {
+                finish.deposit_signatures[0] = finish.lock_signatures[0];
+                Some(signed(definition, own, &Body::Finish(finish), signer))
             }
             _ => None,
         }
@@ -253,6 +263,11 @@ fn check_evidence(definition: &Definition, blame: &Blame, cheat: Cheat) {
             let key = &definition.participant(culprit).unwrap().identity_public_key;
             assert!(key.verify(&digest, &entry.signature));
         }
+        Cheat::BadFinish => {
+            let Ok(Body::Finish(_)) = serde_json::from_slice(&own(Phase::Finish).body) else {
+                panic!("not a finish")
+            };
+        }
         Cheat::FalseComplaint => {
             let Ok(Body::Complaints { complaints }) =
                 serde_json::from_slice(&own(Phase::Complaints).body)
@@ -326,7 +341,141 @@ fn cheaters_are_named_by_every_honest_appliance() {
             );
             check_evidence(&definition, blame, cheat);
         }
-        // The cheater kept nothing of the aborted ceremony either.
+        // The cheater kept nothing of the aborted ceremony either; no pending sealed share of
+        // it stays anywhere.
         assert!(cluster.dkg_shares(4).is_empty(), "{name}");
+        for i in 1..=3 {
+            assert_eq!(
+                pending_count(&cluster, i, &definition),
+                0,
+                "{name}: appliance {i}"
+            );
+        }
     }
+}
+
+/// How many pending sealed shares appliance `i` holds for the ceremony of `definition`.
+fn pending_count(cluster: &Cluster, i: usize, definition: &Definition) -> i64 {
+    let database = cluster.appliances[i - 1].path().join("data/signer.sqlite");
+    let conn = rusqlite::Connection::open(database).unwrap();
+    // Before `dkg run` first opens the DKG tables, none exist: nothing is pending.
+    conn.query_row(
+        "SELECT count(*) FROM dkg_pending_shares WHERE ceremony_id = ?1",
+        rusqlite::params![definition.ceremony_id().0.as_slice()],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+/// `CONFIG|CEREMONY_ID_HEX` for [`print_pending_shares`].
+const PENDING: &str = "KEYSTAKE_TEST_PENDING";
+
+/// Test-only helper run in a child process by [`shares_are_sealed_when_computed`]: unseal the
+/// pending shares of a ceremony with the appliance's HSM, check each opens to its public key,
+/// and print it.
+#[test]
+#[ignore = "helper run in a child process by shares_are_sealed_when_computed"]
+fn print_pending_shares() {
+    let Ok(spec) = std::env::var(PENDING) else {
+        return;
+    };
+    let (config, id) = spec.split_once('|').unwrap();
+    let config = keystake_signer::config::Config::load(Path::new(config)).unwrap();
+    keystake_signer::app::prepare_hsm_environment(&config);
+    let sealer = keystake_signer::app::open_sealer(&config).unwrap();
+    let dkg = keystake_signer::app::open_dkg_store(&config).unwrap();
+    let id = keystake_core::dkg::CeremonyId(hex::decode(id).unwrap().try_into().unwrap());
+    let me = dkg.ceremony(&id).unwrap().unwrap().me;
+    for pending in dkg.pending_shares(&id).unwrap() {
+        let context = keystake_signer::hsm::SealContext {
+            share_public_key: pending.public_key,
+            share_index: Some(me),
+            group_public_key: Some(pending.group_public_key),
+        };
+        let secret = sealer
+            .unseal(&keystake_signer::hsm::SealedShare(pending.sealed), &context)
+            .unwrap();
+        let key = keystake_core::bls::SecretKey::from_bytes(secret.as_slice()).unwrap();
+        assert_eq!(key.public_key(), pending.public_key);
+        println!(
+            "PENDING {} {}",
+            pending.public_key.to_hex(),
+            hex::encode(*secret)
+        );
+    }
+}
+
+/// A participant killed after computing its shares but before the lock: its shares are in its
+/// database sealed (and only sealed — no plaintext in any file of its directory), not signable;
+/// restarted, it resumes, and the very shares sealed then become its signing shares.
+#[test]
+fn shares_are_sealed_when_computed() {
+    let cluster = Cluster::start();
+    let definition_path = cluster.definition("sealed", 10);
+    let definition: Definition =
+        serde_json::from_str(&std::fs::read_to_string(&definition_path).unwrap()).unwrap();
+    let mut children: Vec<Child> = (1..=4)
+        .map(|i| cluster.run(i, &definition_path, "sealed", 60))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pending_count(&cluster, 3, &definition) < 10 {
+        assert!(std::time::Instant::now() < deadline, "no pending shares");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    children[2].kill().unwrap();
+    let _ = children[2].wait();
+    let lock_at_kill = cluster.out_dir("sealed", 3).join("lock.json").exists();
+    assert!(!lock_at_kill, "participant 3 finished before it was killed");
+    assert!(
+        cluster.dkg_shares(3).is_empty(),
+        "pending shares must not be signable"
+    );
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "dkg_faults::print_pending_shares",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(
+            PENDING,
+            format!(
+                "{}|{}",
+                s(&cluster.appliances[2].config),
+                hex::encode(definition.ceremony_id().0)
+            ),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pending: Vec<(String, [u8; 32])> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("PENDING "))
+        .map(|rest| {
+            let (key, secret) = rest.split_once(' ').unwrap();
+            (
+                key.to_owned(),
+                hex::decode(secret).unwrap().try_into().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pending.len(), 10, "{stdout}");
+    let secrets: Vec<[u8; 32]> = pending.iter().map(|(_, s)| *s).collect();
+    assert_nowhere_in_plaintext(vec![cluster.appliances[2].path().to_owned()], &secrets);
+
+    // Restarted, it resumes; the shares it sealed when it computed them are the ones it keeps.
+    children[2] = cluster.run(3, &definition_path, "sealed", 60);
+    for (i, child) in children.into_iter().enumerate() {
+        let (ok, stdout, stderr) = finish(child);
+        assert!(ok, "participant {}: {stdout}\n{stderr}", i + 1);
+    }
+    let listed = cluster.dkg_shares(3).join("\n");
+    for (key, _) in &pending {
+        assert!(listed.contains(key.as_str()), "{key} not in {listed}");
+    }
+    for i in 1..=4 {
+        assert_eq!(cluster.dkg_shares(i).len(), 10);
+        assert_eq!(pending_count(&cluster, i, &definition), 0);
+    }
+    assert_nowhere_in_plaintext(vec![cluster.appliances[2].path().to_owned()], &secrets);
 }

@@ -14,8 +14,8 @@ use super::DkgAdapterError;
 use crate::hsm::{SealedShare, Sealer};
 use crate::net::grpc::dkg::{peer_client, DkgClient};
 use crate::net::grpc::pb;
-use crate::store::dkg::{CeremonyState, DkgStore};
-use crate::store::{ShareOrigin, Store, ThresholdInfo};
+use crate::store::dkg::{CeremonyState, DkgStore, PendingShare};
+use crate::store::{ShareOrigin, ShareRecord, Store, ThresholdInfo};
 use keystake_core::dkg::{
     Abort, BroadcastSigner, Ceremony, CeremonyId, Definition, Lock, ParticipantIndex, Phase,
     ShareDecryptor, SignedMessage, Step,
@@ -273,12 +273,21 @@ pub async fn run_ceremony<T: Transport>(
     let id = definition.ceremony_id();
     let seed = seed_for(&parts, &definition, me)?;
     let (mut ceremony, mut persisted) = resume(&definition, me, &seed, parts.dkg)?;
+    let mut pending_sealed = false;
     let mut phase = ceremony.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
     let mut attempts: u32 = 0;
     loop {
         let step = tokio::task::block_in_place(|| ceremony.poll(parts.signer, parts.decryptor))?;
+        // The new shares are sealed the moment the state machine has computed them, before
+        // the finish message that proves them leaves (plaintext only in its zeroizing memory).
+        if let Some(shares) = ceremony.pending_shares() {
+            if !pending_sealed {
+                tokio::task::block_in_place(|| seal_pending(&parts, &definition, shares))?;
+                pending_sealed = true;
+            }
+        }
         // Own (and relayed) messages are durable before a peer can fetch them.
         let mut replaced = false;
         for message in ceremony.messages() {
@@ -391,13 +400,50 @@ pub(crate) async fn fetch_missing<T: Transport>(
         .collect()
 }
 
-/// Seal every new share into the share store (origin `dkg`), with its threshold metadata.
+/// Seal this appliance's new shares into the ceremony's state (`dkg_pending_shares`), not
+/// signable yet, under the seal context they keep in the share store (a restart that computes
+/// them again keeps the first seal).
+fn seal_pending(
+    parts: &Parts<'_>,
+    definition: &Definition,
+    shares: &[keystake_core::dkg::ValidatorShare],
+) -> Result<(), DkgAdapterError> {
+    let id = definition.ceremony_id();
+    if parts.dkg.pending_shares(&id)?.len() == shares.len() {
+        return Ok(());
+    }
+    let mut pending = Vec::with_capacity(shares.len());
+    for share in shares {
+        let public_key = share.share.public_key();
+        let context = crate::hsm::SealContext {
+            share_public_key: public_key,
+            share_index: Some(share.share.index()),
+            group_public_key: Some(share.group_public_key),
+        };
+        let sealed = parts
+            .sealer
+            .seal(&share.share.secret_key().to_bytes(), &context)?;
+        pending.push(PendingShare {
+            validator: share.validator,
+            public_key,
+            group_public_key: share.group_public_key,
+            sealed: sealed.0,
+        });
+    }
+    parts.dkg.insert_pending_shares(&id, &pending)?;
+    Ok(())
+}
+
+/// The lock verified: the pending sealed shares become signable — moved into the share store
+/// (origin `dkg`, with their threshold metadata) in one transaction. Each must be the share the
+/// state machine finished with; its seal is opened once to prove it.
 fn seal_shares(
     parts: &Parts<'_>,
     success: &keystake_core::dkg::Success,
 ) -> Result<Vec<BlsPublicKey>, DkgAdapterError> {
     let lock = &success.lock;
-    let mut keys = Vec::with_capacity(success.shares.len());
+    let pending = parts.dkg.pending_shares(&lock.ceremony_id)?;
+    let mut records = Vec::with_capacity(success.shares.len());
     for share in &success.shares {
         let validator = &lock.validators[share.validator as usize];
         let info = ThresholdInfo {
@@ -407,16 +453,36 @@ fn seal_shares(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        let (public_key, _) = crate::service::import_key(
-            parts.store,
-            parts.sealer,
-            share.share.secret_key(),
-            ShareOrigin::Dkg,
-            Some(info),
+        let public_key = share.share.public_key();
+        let sealed = pending
+            .iter()
+            .find(|p| p.validator == share.validator && p.public_key == public_key)
+            .ok_or_else(|| {
+                DkgAdapterError::Transport(format!(
+                    "validator {}: the share was not sealed when computed",
+                    share.validator
+                ))
+            })?;
+        let reopened = parts.sealer.unseal(
+            &SealedShare(sealed.sealed.clone()),
+            &crate::service::seal_context(public_key, Some(&info)),
         )?;
-        keys.push(public_key);
+        if reopened.as_slice() != share.share.secret_key().to_bytes().as_slice() {
+            return Err(DkgAdapterError::Transport(format!(
+                "validator {}: the pending seal does not open to the share",
+                share.validator
+            )));
+        }
+        records.push(ShareRecord {
+            public_key,
+            sealed: sealed.sealed.clone(),
+            origin: ShareOrigin::Dkg,
+            threshold: Some(info),
+            enabled: true,
+        });
     }
-    Ok(keys)
+    parts.store.insert_shares(&records)?;
+    Ok(records.iter().map(|r| r.public_key).collect())
 }
 
 /// An in-memory transport between adapters of one process (tests): peers' databases read
