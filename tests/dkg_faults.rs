@@ -229,12 +229,20 @@ fn check_evidence(definition: &Definition, blame: &Blame, cheat: Cheat) {
             };
             match cheat {
                 Cheat::BadShare => {
-                    // The complaint and the reveal of the share's ephemeral key are evidence.
-                    assert!(blame.evidence.iter().any(|m| m.phase == Phase::Reveals));
+                    // Participant 3's complaint and the culprit's reveal are evidence; with the
+                    // revealed key anyone sees that the share does not open.
                     assert!(blame
                         .evidence
                         .iter()
                         .any(|m| m.phase == Phase::Complaints && m.sender.get() == 3));
+                    let opened = open_revealed_independently(
+                        definition,
+                        own(Phase::Deal),
+                        own(Phase::Reveals),
+                        ShareIndex::new(3).unwrap(),
+                        1,
+                    );
+                    assert_eq!(opened, Ok(None), "the bad share opened");
                 }
                 Cheat::MissingProof => assert!(dealing.validators[0].proof.response.is_empty()),
                 _ => {}
@@ -277,8 +285,92 @@ fn check_evidence(definition: &Definition, blame: &Blame, cheat: Cheat) {
             assert!(complaints
                 .iter()
                 .any(|c| c.dealer.get() == 3 && c.validator == 1));
+            // Participant 3's deal and reveal are evidence too: the share opens with the
+            // revealed key (the Feldman check of the opened share is the core's).
+            let dealer = |phase: Phase| {
+                blame
+                    .evidence
+                    .iter()
+                    .find(|m| m.sender.get() == 3 && m.phase == phase)
+                    .unwrap_or_else(|| panic!("no {phase:?} of participant 3"))
+            };
+            let opened = open_revealed_independently(
+                definition,
+                dealer(Phase::Deal),
+                dealer(Phase::Reveals),
+                culprit,
+                1,
+            )
+            .unwrap();
+            assert_eq!(
+                opened.map(|s| s.len()),
+                Some(32),
+                "the good share does not open"
+            );
         }
     }
+}
+
+/// Open the share `dealer` dealt `recipient` for validator `v` with the ephemeral secret the
+/// dealer revealed, written out from the protocol's text (docs/dkg.md) rather than with the
+/// core's code: checks `e·G = E`, derives `K = x(e·P_recipient)` and AES-256-GCM-decrypts with
+/// AAD `"keystake-dkg-share-v1" ‖ ceremony id ‖ dealer ‖ recipient ‖ validator ‖ E`. `Err` when
+/// the reveal is not the secret of `E`; `Ok(None)` when the share does not open.
+fn open_revealed_independently(
+    definition: &Definition,
+    deal: &SignedMessage,
+    reveal: &SignedMessage,
+    recipient: ShareIndex,
+    v: u32,
+) -> Result<Option<Vec<u8>>, String> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use p256::elliptic_curve::point::AffineCoordinates;
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let Ok(Body::Deal(dealing)) = serde_json::from_slice(&deal.body) else {
+        return Err("not a deal".into());
+    };
+    let Ok(Body::Reveals { reveals }) = serde_json::from_slice(&reveal.body) else {
+        return Err("not a reveal".into());
+    };
+    let secret = reveals
+        .iter()
+        .find(|r| r.recipient == recipient && r.validator == v)
+        .ok_or("no reveal for that share")?;
+    let encrypted = &dealing.validators[v as usize].shares[recipient.get() as usize - 1];
+    let e = p256::SecretKey::from_slice(&secret.ephemeral_secret).map_err(|e| e.to_string())?;
+    let ephemeral = encrypted.ephemeral_public_key.as_sec1();
+    if e.public_key().to_encoded_point(false).as_bytes() != ephemeral.as_slice() {
+        return Err("the revealed secret is not the one of E".into());
+    }
+    let recipient_key = definition
+        .participant(recipient)
+        .ok_or("no such recipient")?
+        .enrolment_public_key;
+    let point =
+        p256::PublicKey::from_sec1_bytes(recipient_key.as_sec1()).map_err(|e| e.to_string())?;
+    let shared = (point.to_projective() * *e.to_nonzero_scalar()).to_affine();
+    let key: [u8; 32] = shared.x().into();
+    let mut aad = b"keystake-dkg-share-v1".to_vec();
+    aad.extend_from_slice(&definition.ceremony_id().0);
+    aad.extend_from_slice(&deal.sender.get().to_be_bytes());
+    aad.extend_from_slice(&recipient.get().to_be_bytes());
+    aad.extend_from_slice(&v.to_be_bytes());
+    aad.extend_from_slice(ephemeral);
+    let iv: [u8; 12] = encrypted
+        .iv
+        .as_slice()
+        .try_into()
+        .map_err(|_| "iv length")?;
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).map_err(|e| e.to_string())?;
+    Ok(cipher
+        .decrypt(
+            &aes_gcm::Nonce::from(iv),
+            Payload {
+                msg: &encrypted.ciphertext,
+                aad: &aad,
+            },
+        )
+        .ok())
 }
 
 fn spawn_cheater(cluster: &Cluster, cheat: Cheat, definition: &Path, name: &str) -> Child {
