@@ -398,5 +398,13 @@ fn reshare_cheaters_are_named_and_a_restarted_member_resumes() {
     assert!(verified.contains("same group keys"), "{verified}");
     for i in 1..=5 {
         assert_eq!(cluster.dkg_shares(i).len(), 1, "appliance {i}");
+        // The new shares were sealed when computed (pending) and moved at hand-over: no
+        // pending row stays.
+        let database = cluster.appliances[i - 1].path().join("data/signer.sqlite");
+        let pending: i64 = rusqlite::Connection::open(database)
+            .unwrap()
+            .query_row("SELECT count(*) FROM dkg_pending_shares", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(pending, 0, "appliance {i}");
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! * old shares: a dealer unseals its shares of the previous lock's validators only to deal
 //!   them; they stay sealed and enabled in the store **until the new lock verifies**;
+//! * new shares: sealed by the HSM the moment they are computed, into the reshare's state
+//!   (pending, not signable, as in a DKG: `run::seal_pending`), before the finish message that
+//!   proves them is published; stored as signing shares from those seals at hand-over;
 //! * slashing: a dealer reports its per-validator maxima from its history; on success every new
 //!   member imports (EIP-3076, atomically) the reshare's bounded floors for its new share key, and
 //!   a member keeping the validator also imports its old share's complete history under the new
@@ -26,12 +29,14 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::identity::seed_context;
-use super::run::{fetch_missing, Outgoing, Parts, RunOptions, Transport};
+use super::run::{
+    fetch_missing, pending_record, seal_pending, Outgoing, Parts, RunOptions, Transport,
+};
 use super::DkgAdapterError;
 use crate::hsm::SealedShare;
 use crate::service::seal_context;
 use crate::store::dkg::CeremonyState;
-use crate::store::{ShareOrigin, ThresholdInfo};
+use crate::store::ThresholdInfo;
 use keystake_core::bls::SecretKey;
 use keystake_core::consensus::Network;
 use keystake_core::dkg::{
@@ -247,6 +252,7 @@ pub async fn run_reshare<T: Transport>(
     let old = holding()?;
     let seed = seed_for(&parts, &definition, me)?;
     let (mut reshare, mut persisted) = resume(&definition, &parts, old, &seed, epoch)?;
+    let mut pending_sealed = false;
     let mut phase = reshare.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
@@ -261,6 +267,14 @@ pub async fn run_reshare<T: Transport>(
                 return Err(error.into());
             }
         };
+        // New shares are sealed the moment they are computed (pending, not signable), before
+        // the finish message that proves them is published — as in a DKG (run.rs).
+        if let Some(shares) = reshare.pending_shares() {
+            if !pending_sealed {
+                tokio::task::block_in_place(|| seal_pending(&parts, id, shares))?;
+                pending_sealed = true;
+            }
+        }
         let mut replaced = false;
         for message in reshare.messages() {
             if persisted.contains(&(message.phase, message.sender)) {
@@ -392,6 +406,7 @@ fn hand_over(
     // and the old shares are removed — a share of a polynomial the group handed over must not
     // sign again (drand #1190); their slashing history stays under their keys and is copied to
     // the new keys. A crash before the commit leaves the old shares signing as before.
+    let pending = parts.dkg.pending_shares(&definition.reshare_id())?;
     let mut records = Vec::with_capacity(keys.len());
     for (share, _) in &keys {
         let validator = &lock.validators[share.validator as usize];
@@ -402,12 +417,7 @@ fn hand_over(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        records.push(crate::service::seal_record(
-            parts.sealer,
-            share.share.secret_key(),
-            ShareOrigin::Dkg,
-            Some(info),
-        )?);
+        records.push(pending_record(parts, &pending, share, info)?);
     }
     let old_keys: Vec<BlsPublicKey> = match seat.old_index {
         Some(old_index) => previous

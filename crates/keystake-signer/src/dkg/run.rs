@@ -284,7 +284,7 @@ pub async fn run_ceremony<T: Transport>(
         // the finish message that proves them leaves (plaintext only in its zeroizing memory).
         if let Some(shares) = ceremony.pending_shares() {
             if !pending_sealed {
-                tokio::task::block_in_place(|| seal_pending(&parts, &definition, shares))?;
+                tokio::task::block_in_place(|| seal_pending(&parts, id, shares))?;
                 pending_sealed = true;
             }
         }
@@ -403,12 +403,11 @@ pub(crate) async fn fetch_missing<T: Transport>(
 /// Seal this appliance's new shares into the ceremony's state (`dkg_pending_shares`), not
 /// signable yet, under the seal context they keep in the share store (a restart that computes
 /// them again keeps the first seal).
-fn seal_pending(
+pub(crate) fn seal_pending(
     parts: &Parts<'_>,
-    definition: &Definition,
+    id: CeremonyId,
     shares: &[keystake_core::dkg::ValidatorShare],
 ) -> Result<(), DkgAdapterError> {
-    let id = definition.ceremony_id();
     if parts.dkg.pending_shares(&id)?.len() == shares.len() {
         return Ok(());
     }
@@ -453,36 +452,47 @@ fn seal_shares(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        let public_key = share.share.public_key();
-        let sealed = pending
-            .iter()
-            .find(|p| p.validator == share.validator && p.public_key == public_key)
-            .ok_or_else(|| {
-                DkgAdapterError::Transport(format!(
-                    "validator {}: the share was not sealed when computed",
-                    share.validator
-                ))
-            })?;
-        let reopened = parts.sealer.unseal(
-            &SealedShare(sealed.sealed.clone()),
-            &crate::service::seal_context(public_key, Some(&info)),
-        )?;
-        if reopened.as_slice() != share.share.secret_key().to_bytes().as_slice() {
-            return Err(DkgAdapterError::Transport(format!(
-                "validator {}: the pending seal does not open to the share",
-                share.validator
-            )));
-        }
-        records.push(ShareRecord {
-            public_key,
-            sealed: sealed.sealed.clone(),
-            origin: ShareOrigin::Dkg,
-            threshold: Some(info),
-            enabled: true,
-        });
+        records.push(pending_record(parts, &pending, share, info)?);
     }
     parts.store.insert_shares(&records)?;
     Ok(records.iter().map(|r| r.public_key).collect())
+}
+
+/// The share-store record of `share` from its pending seal (opened once and compared with the
+/// share the state machine finished with; never sealed again).
+pub(crate) fn pending_record(
+    parts: &Parts<'_>,
+    pending: &[PendingShare],
+    share: &keystake_core::dkg::ValidatorShare,
+    info: ThresholdInfo,
+) -> Result<ShareRecord, DkgAdapterError> {
+    let public_key = share.share.public_key();
+    let sealed = pending
+        .iter()
+        .find(|p| p.validator == share.validator && p.public_key == public_key)
+        .ok_or_else(|| {
+            DkgAdapterError::Transport(format!(
+                "validator {}: the share was not sealed when computed",
+                share.validator
+            ))
+        })?;
+    let reopened = parts.sealer.unseal(
+        &SealedShare(sealed.sealed.clone()),
+        &crate::service::seal_context(public_key, Some(&info)),
+    )?;
+    if reopened.as_slice() != share.share.secret_key().to_bytes().as_slice() {
+        return Err(DkgAdapterError::Transport(format!(
+            "validator {}: the pending seal does not open to the share",
+            share.validator
+        )));
+    }
+    Ok(ShareRecord {
+        public_key,
+        sealed: sealed.sealed.clone(),
+        origin: ShareOrigin::Dkg,
+        threshold: Some(info),
+        enabled: true,
+    })
 }
 
 /// An in-memory transport between adapters of one process (tests): peers' databases read
