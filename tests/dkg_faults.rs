@@ -15,11 +15,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keystake_core::bls::Scalar;
 use keystake_core::dkg::{
     message_digest, Abort, Blame, Body, BroadcastSigner, Complaint, ComplaintReason, Definition,
     Fault, Phase, SignedMessage,
 };
-use keystake_core::types::ShareIndex;
+use keystake_core::types::{BlsPublicKey, ShareIndex};
 use keystake_signer::dkg::run::Outgoing;
 
 use crate::dkg::{assert_aborted, assert_nowhere_in_plaintext, finish, s, Cluster};
@@ -244,6 +245,27 @@ fn check_evidence(definition: &Definition, blame: &Blame, cheat: Cheat) {
                     );
                     assert_eq!(opened, Ok(None), "the bad share opened");
                 }
+                Cheat::WrongCommitment => {
+                    // The named recipient's share opens with the revealed key but is off the
+                    // dealer's commitments.
+                    let Fault::BadShare { recipient, .. } = blame.fault else {
+                        panic!("not a bad share")
+                    };
+                    let share = open_revealed_independently(
+                        definition,
+                        own(Phase::Deal),
+                        own(Phase::Reveals),
+                        recipient,
+                        0,
+                    )
+                    .unwrap()
+                    .expect("the share opens");
+                    assert!(!feldman_holds(
+                        &dealing.validators[0].commitments,
+                        recipient,
+                        &share
+                    ));
+                }
                 Cheat::MissingProof => assert!(dealing.validators[0].proof.response.is_empty()),
                 _ => {}
             }
@@ -301,12 +323,16 @@ fn check_evidence(definition: &Definition, blame: &Blame, cheat: Cheat) {
                 culprit,
                 1,
             )
-            .unwrap();
-            assert_eq!(
-                opened.map(|s| s.len()),
-                Some(32),
-                "the good share does not open"
-            );
+            .unwrap()
+            .expect("the good share does not open");
+            let Ok(Body::Deal(dealing)) = serde_json::from_slice(&dealer(Phase::Deal).body) else {
+                panic!("not a deal")
+            };
+            assert!(feldman_holds(
+                &dealing.validators[1].commitments,
+                culprit,
+                &opened
+            ));
         }
     }
 }
@@ -371,6 +397,20 @@ fn open_revealed_independently(
             },
         )
         .ok())
+}
+
+/// The Feldman check, with the generic G1 arithmetic of `keystake_core::bls` (not the DKG's own
+/// check): `share·G == Σ_k j^k·C_k` for recipient `j`.
+fn feldman_holds(commitments: &[BlsPublicKey], recipient: ShareIndex, share: &[u8]) -> bool {
+    let j = u64::from(recipient.get());
+    let powers: Vec<Scalar> = (0..commitments.len() as u32)
+        .map(|k| Scalar::from_u64(j.pow(k)))
+        .collect();
+    let expected = keystake_core::bls::g1_linear_combination(commitments, &powers).unwrap();
+    keystake_core::bls::SecretKey::from_bytes(share)
+        .unwrap()
+        .public_key()
+        == expected
 }
 
 fn spawn_cheater(cluster: &Cluster, cheat: Cheat, definition: &Path, name: &str) -> Child {
