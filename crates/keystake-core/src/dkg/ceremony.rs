@@ -467,6 +467,12 @@ impl Ceremony {
                 self.sign_own(self.phase, &body, signer)?;
                 continue;
             }
+            if self.phase == Phase::Finish && self.prepared.is_none() {
+                // Restarted after its own finish message was persisted: that message is
+                // restored, but the preparation it came from (memory only) must be redone —
+                // deterministically, so the shares and the lock hash are the same.
+                self.prepare(decryptor)?;
+            }
             let missing = self.missing(self.phase);
             if !missing.is_empty() {
                 return Ok(Step::Waiting {

@@ -645,6 +645,62 @@ fn restarted_participant_resumes_with_identical_messages() {
     assert_eq!(restored.message(Phase::Deal, index(1)), Some(&deal));
 }
 
+/// A participant killed after its finish message was persisted (its shares computed and
+/// sealed by the adapter, the lock not yet assembled) resumes from its messages: it redoes the
+/// preparation it kept only in memory and finishes with the group's lock.
+#[test]
+fn restarted_after_its_own_finish_message_it_finishes() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let (definition, parties) = setup(2, 3, 2, &mut rng);
+    let mut machines: Vec<Ceremony> = parties
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ceremony::new(
+                definition.clone(),
+                index(i as u32 + 1),
+                Zeroizing::new(p.seed),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut locks = Vec::new();
+    for _ in 0..20 {
+        for (machine, p) in machines.iter_mut().zip(&parties) {
+            if let Step::Finished(success) = machine.poll(&p.signer, &p.decryptor).unwrap() {
+                locks.push(success.lock);
+            }
+        }
+        let all: Vec<SignedMessage> = machines
+            .iter()
+            .flat_map(|m| m.messages().cloned().collect::<Vec<_>>())
+            .collect();
+        if (1..=3).all(|i| machines[0].message(Phase::Finish, index(i)).is_some()) {
+            break;
+        }
+        for machine in &mut machines {
+            for message in &all {
+                let _ = machine.receive(message.clone());
+            }
+        }
+    }
+    // Participant 1 as restored from its database: every message it held, its own finish
+    // message included, and nothing in memory.
+    let p = &parties[0];
+    let mut restored = Ceremony::new(definition.clone(), index(1), Zeroizing::new(p.seed)).unwrap();
+    for message in machines[0].messages() {
+        restored.receive(message.clone()).unwrap();
+    }
+    let Step::Finished(success) = restored.poll(&p.signer, &p.decryptor).unwrap() else {
+        panic!("the restored participant did not finish");
+    };
+    verify_lock(&success.lock).unwrap();
+    for lock in &locks {
+        assert_eq!(lock.lock_hash, success.lock.lock_hash);
+    }
+    assert_eq!(success.shares.len(), 2);
+}
+
 #[test]
 fn forged_or_foreign_messages_are_refused() {
     let mut rng = StdRng::seed_from_u64(21);
