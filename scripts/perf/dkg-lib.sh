@@ -13,6 +13,7 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/keystake-dkg-perf.XXXXXX")
 PIDS=()
 SERVE_PIDS=()
 cleanup() {
+  trap '' INT TERM # a second signal must not cut the clean-up short
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ -n "${KEEP:-}" ] && { echo "kept $W" >&2; return; }
@@ -26,13 +27,31 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 now() { date +%s.%N; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
 
-# appliance I: create (demo PKI + token), identity file, start `serve`; records its port and PID.
-appliance() {
+# create I: appliance I (demo PKI + token) and its identity file, endpoint on a free port.
+create() {
   local i=$1 port
   port=$(free_port)
   "$BIN" demo --dir "$W/a$i" --listen "127.0.0.1:$port" --no-serve > "$W/a$i.demo.log" 2>&1
   "$BIN" dkg identity --config "$W/a$i/signer.toml" --endpoint "https://127.0.0.1:$port" \
     --out "$W/id$i.json" > /dev/null
+}
+
+# grant_peers FROM TO: every appliance's policy grants the `dkg` operation to every other one's
+# pinned certificate (docs/dkg.md "Granting the peers"), named by its SHA-256 fingerprint.
+grant_peers() {
+  local i j fp
+  for j in $(seq "$1" "$2"); do
+    fp=$(python3 -c 'import hashlib, json, sys; c = json.load(open(sys.argv[1]))["tls_certificate"]; print(hashlib.sha256(bytes.fromhex(c.removeprefix("0x"))).hexdigest())' "$W/id$j.json")
+    for i in $(seq "$1" "$2"); do
+      [ "$i" = "$j" ] && continue
+      printf '\n[[client]]\nfingerprint = "%s"\n[[client.grant]]\nkeys = "all"\noperations = ["dkg"]\n' "$fp" >> "$W/a$i/policy.toml"
+    done
+  done
+}
+
+# serve_start I: start appliance I's `serve`, wait until it listens; records its PID.
+serve_start() {
+  local i=$1
   "$BIN" serve --config "$W/a$i/signer.toml" > "$W/serve$i.out" 2> "$W/serve$i.err" &
   PIDS+=($!)
   SERVE_PIDS[$i]=$!
@@ -44,10 +63,13 @@ appliance() {
   echo "appliance $i did not start:" >&2; cat "$W/serve$i.err" >&2; exit 1
 }
 
-# appliances FROM TO: create and start them one after the other (set-up is not timed).
+# appliances COUNT: appliances 1..COUNT created, granting each other `dkg`, serving (set-up is
+# not timed).
 appliances() {
   local i
-  for i in $(seq "$1" "$2"); do appliance "$i"; done
+  for i in $(seq "$1"); do create "$i"; done
+  grant_peers 1 "$1"
+  for i in $(seq "$1"); do serve_start "$i"; done
 }
 
 # dkg_definition N T V: a T-of-N mainnet definition of appliances 1..N for V validators.

@@ -13,7 +13,7 @@ source "$(dirname "$0")/dkg-lib.sh"
 N=${1:?usage: dkg-loopback.sh N V [T]}; V=${2:?usage: dkg-loopback.sh N V [T]}
 T=${3:-$((2 * N / 3 + 1))}
 
-appliances 1 "$N"
+appliances "$N"
 dkg_definition "$N" "$T" "$V"
 echo "DKG $T-of-$N, V=$V, $BIN"
 ceremony dkg 1 "$N" dkg run --definition "$W/definition.json"

@@ -15,12 +15,11 @@ N=${1:?$USAGE}; V=${2:?$USAGE}; M=${3:?$USAGE}
 T=$((2 * N / 3 + 1)); T2=${4:-$T}
 [ "$M" -ge "$N" ] || { echo "M must be at least N (this script adds members)" >&2; exit 2; }
 
-appliances 1 "$N"
+appliances "$M" # the joining ones too: every policy must grant every peer before serve starts
 dkg_definition "$N" "$T" "$V"
 echo "set-up: DKG $T-of-$N, V=$V (not the figure this script is for)"
 ceremony dkg 1 "$N" dkg run --definition "$W/definition.json"
 
-[ "$M" -gt "$N" ] && appliances $((N + 1)) "$M"
 ids=(); for i in $(seq "$M"); do ids+=("$W/id$i.json"); done
 "$BIN" dkg reshare-definition --lock "$W/dkg-out1/lock.json" --threshold "$T2" \
   --identity "${ids[@]}" --out "$W/reshare.json" > /dev/null
