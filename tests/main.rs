@@ -16,6 +16,7 @@ mod keymanager_api;
 mod metrics;
 mod operator_api;
 mod perf;
+mod provisioning;
 mod reshare;
 mod sandbox;
 mod security_access;
