@@ -166,7 +166,7 @@ if [ "$CSR_ROUND" = 1 ]; then
   # (b) No issuing CA: first boot writes server.csr to the volume and stops without serving.
   T_CSR=$(date +%s)
   boot "$W/serial0.log" -drive "file=$PROV,format=raw,if=virtio"
-  until grep -aq 'keystake-provision: .*wrote server.csr' "$W/serial0.log"; do
+  until grep -aqs 'keystake-provision: .*wrote server.csr' "$W/serial0.log"; do
     kill -0 "$QEMU_PID" 2>/dev/null || { cp "$W/serial0.log" "$W/serial.log"; fail "qemu exited before the CSR"; }
     [ $(( $(date +%s) - T_CSR )) -lt "$BOOT_TIMEOUT" ] || { cp "$W/serial0.log" "$W/serial.log"; fail "no server.csr after ${BOOT_TIMEOUT} s"; }
     sleep 2
