@@ -86,6 +86,10 @@ chroot "$ROOT" useradd --system --no-create-home --home-dir /var/lib/keystake --
 KS_UID=$(chroot "$ROOT" id -u keystake) KS_GID=$(chroot "$ROOT" id -g keystake)
 # No password anywhere: root is locked, the console only serves recovery (init=/bin/sh).
 chroot "$ROOT" passwd -q -l root
+# /etc/shadow's "last changed" field is the day each account was made (debootstrap's, passwd's):
+# the build's own day unless set, so every entry gets SOURCE_DATE_EPOCH's day.
+awk -F: -v day=$(( SOURCE_DATE_EPOCH / 86400 )) 'BEGIN { OFS = ":" } $3 != "" { $3 = day } { print }' \
+  "$ROOT/etc/shadow" > "$WORK/shadow" && cat "$WORK/shadow" > "$ROOT/etc/shadow"
 sed -i "s/@DATA_PART@/$DATA_PART/; s/@ROOT_PART@/$ROOT_PART/" "$ROOT/etc/fstab"
 echo keystake-appliance > "$ROOT/etc/hostname"
 # Empty machine-id: systemd makes a transient one on the read-only root at every boot.

@@ -23,11 +23,15 @@ SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CACHE=${KEYSTAKE_APPLIANCE_CACHE:-$REPO/target/appliance}
 LOCK=$HERE/packages.lock
+# The tree's own timestamp: the initrd is made with it (mkinitramfs clamps and uses cpio
+# --reproducible then) and no file of the tree is newer, so two debootstraps of the same locked
+# versions, on different days, give the same tree (build-image.sh clamps to the commit's time).
+TREE_EPOCH=1700000000
 UPDATE=${KEYSTAKE_LOCK_UPDATE:-0}
 export LC_ALL=C TZ=UTC
 PACKAGES=$(grep -v '^#' "$HERE/packages.txt" | paste -sd, -)
 tree_key() {
-  { cat "$HERE/packages.txt" "$HERE/initramfs-modules" "$LOCK"; echo "$SUITE $MIRROR stage1-v2"; } | sha256sum | cut -c1-16
+  { cat "$HERE/packages.txt" "$HERE/initramfs-modules" "$LOCK"; echo "$SUITE $MIRROR stage1-v3 $TREE_EPOCH"; } | sha256sum | cut -c1-16
 }
 [ -f "$LOCK" ] || { [ "$UPDATE" = 1 ] && : > "$LOCK"; } || { echo "no $LOCK: make one with firmware/update-lock.sh" >&2; exit 1; }
 mkdir -p "$CACHE/debs"
@@ -70,8 +74,10 @@ fi
 # far smaller than MODULES=most, which matters when qemu TCG decompresses it.
 sed -i 's/^MODULES=.*/MODULES=list/; s/^COMPRESS=.*/COMPRESS=gzip/' "$STAGE/root/etc/initramfs-tools/initramfs.conf"
 grep -v '^#' "$HERE/initramfs-modules" > "$STAGE/root/etc/initramfs-tools/modules"
-chroot "$STAGE/root" update-initramfs -u -k all >&2
-rm -rf "$STAGE"/root/var/cache/apt/archives/*.deb "$STAGE"/root/var/lib/apt/lists/*
+chroot "$STAGE/root" env SOURCE_DATE_EPOCH=$TREE_EPOCH update-initramfs -u -k all >&2
+rm -rf "$STAGE"/root/var/cache/apt/archives/*.deb "$STAGE"/root/var/lib/apt/lists/* \
+  "$STAGE"/root/var/log/* "$STAGE"/root/var/cache/debconf/*-old "$STAGE"/root/boot/initrd.img-*.old-dkms
+find "$STAGE/root" -newermt "@$TREE_EPOCH" -print0 | xargs -0r touch -h -d "@$TREE_EPOCH"
 tar -C "$STAGE/root" --numeric-owner --xattrs -cf "$TREE_TAR.tmp" .
 mv "$TREE_TAR.tmp" "$TREE_TAR"
 echo "$TREE_TAR"
