@@ -80,4 +80,6 @@ rm -rf "$STAGE"/root/var/cache/apt/archives/*.deb "$STAGE"/root/var/lib/apt/list
 find "$STAGE/root" -newermt "@$TREE_EPOCH" -print0 | xargs -0r touch -h -d "@$TREE_EPOCH"
 tar -C "$STAGE/root" --numeric-owner --xattrs -cf "$TREE_TAR.tmp" .
 mv "$TREE_TAR.tmp" "$TREE_TAR"
+# One tree per cache: trees of an older list or lock are not used again (≈ 600 MB each).
+find "$CACHE" -maxdepth 1 -name "rootfs-$SUITE-*.tar" ! -name "$(basename "$TREE_TAR")" -delete
 echo "$TREE_TAR"
