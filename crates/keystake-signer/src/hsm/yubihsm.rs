@@ -52,6 +52,16 @@ const SEALING_KEY_CAPABILITIES: Capability = Capability::SIGN_HMAC;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What the signer's authentication key must be allowed to do to serve: seal and unseal (and
+/// derive the enrolment key) with `sign-hmac`, sign TLS handshakes and the audit head with
+/// `sign-ecdsa`. Checked when the sealer opens, so a key set up with too little fails at start
+/// with the missing capability named, not at the first request.
+pub const SERVING_CAPABILITIES: Capability = Capability::SIGN_HMAC.union(Capability::SIGN_ECDSA);
+
+// What `init` needs on top, only for keys it has to create: `generate-hmac-key` (sealing and
+// enrolment keys, delegating `sign-hmac`) and `generate-asymmetric-key` (the P-256 keys,
+// delegating `sign-ecdsa`); checked before each generation (`check_auth_key`).
+
 /// How to reach the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum YubiHsmConnector {
@@ -138,6 +148,12 @@ impl YubiHsmConfig {
                 "YubiHSM2 object id 0 is reserved".to_string(),
             ));
         }
+        if self.key_id == crate::hsm::yubihsm_enrolment::ENROLMENT_KEY_ID {
+            return Err(SealError::InvalidConfig(format!(
+                "YubiHSM2 key_id {:#06x} is the enrolment key's; the sealing key needs its own",
+                self.key_id
+            )));
+        }
         Domain::at(usize::from(self.domain)).map_err(|_| {
             SealError::InvalidConfig(format!(
                 "YubiHSM2 domain must be 1 to 16, got {}",
@@ -150,6 +166,7 @@ impl YubiHsmConfig {
 /// A [`Sealer`] backed by an HMAC-SHA256 key inside a YubiHSM2 (see the module doc).
 pub struct YubiHsmSealer {
     client: Client,
+    config: YubiHsmConfig,
     key_id: object::Id,
     /// Where `init` creates the appliance's other keys (signing keys).
     domain: Domain,
@@ -180,6 +197,7 @@ impl YubiHsmSealer {
     ) -> Result<(), SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
+        check_auth_key(&client, config, domain, SERVING_CAPABILITIES, Capability::empty())?;
         match client.get_object_info(config.key_id, object::Type::HmacKey) {
             Ok(info) => return check_sealing_key(&info, config),
             Err(e) if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) => {}
@@ -197,6 +215,15 @@ impl YubiHsmSealer {
                 count: same_label.len(),
             });
         }
+        // Only now, when there is something to create: an auth key set up by setup.sh (which
+        // created the keys already) may lack these.
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            Capability::GENERATE_HMAC_KEY,
+            Capability::SIGN_HMAC,
+        )?;
         client
             .generate_hmac_key(
                 config.key_id,
@@ -243,6 +270,7 @@ impl YubiHsmSealer {
     ) -> Result<Self, SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
+        check_auth_key(&client, config, domain, SERVING_CAPABILITIES, Capability::empty())?;
         let info = client
             .get_object_info(config.key_id, object::Type::HmacKey)
             .map_err(|e| match e.device_error() {
@@ -254,6 +282,7 @@ impl YubiHsmSealer {
         check_sealing_key(&info, config)?;
         Ok(YubiHsmSealer {
             client,
+            config: config.clone(),
             key_id: config.key_id,
             domain,
             description,
@@ -271,7 +300,31 @@ impl YubiHsmSealer {
         &self,
         role: crate::hsm::signing_key::KeyRole,
     ) -> Result<(), SealError> {
+        let id = crate::hsm::signing_key::yubihsm::object_id(role);
+        if let Err(e) = self.client.get_object_info(id, object::Type::AsymmetricKey) {
+            if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) {
+                self.require_capabilities(
+                    Capability::GENERATE_ASYMMETRIC_KEY,
+                    Capability::SIGN_ECDSA,
+                )?;
+            }
+        }
         crate::hsm::signing_key::yubihsm::ensure_key(&self.client, role, self.domain)
+    }
+
+    /// Refuse, naming what is missing, when the authentication key lacks `needed` or cannot
+    /// delegate `delegated` (before `init` creates a key).
+    pub(crate) fn require_capabilities(
+        &self,
+        needed: Capability,
+        delegated: Capability,
+    ) -> Result<(), SealError> {
+        check_auth_key(&self.client, &self.config, self.domain, needed, delegated)
+    }
+
+    /// The domain the appliance's keys live in.
+    pub(crate) fn domain(&self) -> Domain {
+        self.domain
     }
 
     /// Open the signing key of `role` on this sealer's authenticated client (one session to
@@ -327,6 +380,40 @@ fn connect(
     Client::open(connector, credentials, true).map_err(|e| hsm_error("connecting", e))
 }
 
+/// Refuse an authentication key that lacks a capability, delegated capability or the domain the
+/// signer needs, naming what is missing (the device would refuse the first command that needs
+/// it with a bare "insufficient permissions"; `hsm-config/yubihsm2/setup.sh` creates a key with
+/// exactly what is needed).
+fn check_auth_key(
+    client: &Client,
+    config: &YubiHsmConfig,
+    domain: Domain,
+    needed: Capability,
+    delegated: Capability,
+) -> Result<(), SealError> {
+    let info = client
+        .get_object_info(config.auth_key_id, object::Type::AuthenticationKey)
+        .map_err(|e| hsm_error("reading the authentication key's capabilities", e))?;
+    let missing = needed.difference(info.capabilities);
+    let missing_delegated = delegated.difference(info.delegated_capabilities);
+    if !missing.is_empty() || !missing_delegated.is_empty() {
+        return Err(SealError::InvalidConfig(format!(
+            "YubiHSM2 authentication key {:#06x} lacks capabilities the signer needs: \
+             missing {missing:?}, missing delegated {missing_delegated:?} \
+             (create it with hsm-config/yubihsm2/setup.sh)",
+            config.auth_key_id
+        )));
+    }
+    if !info.domains.contains(domain) {
+        return Err(SealError::InvalidConfig(format!(
+            "YubiHSM2 authentication key {:#06x} is not in domain {} where the keys live \
+             (its domains: {:?})",
+            config.auth_key_id, config.domain, info.domains
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError {
     use yubihsm::client::ErrorKind;
     use yubihsm::device::ErrorKind as DeviceErrorKind;
@@ -344,14 +431,25 @@ pub(crate) fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError
 }
 
 fn check_sealing_key(info: &object::Info, config: &YubiHsmConfig) -> Result<(), SealError> {
+    check_hmac_key(info, config.key_id, &config.key_label)
+}
+
+/// An HMAC-SHA256 key fit to seal or derive from: labelled `expected_label`, generated on this
+/// device, capability `sign-hmac` only, not exportable under wrap (the sealing key and the
+/// enrolment key, `hsm::yubihsm_enrolment`, get the same check).
+pub(crate) fn check_hmac_key(
+    info: &object::Info,
+    id: object::Id,
+    expected_label: &str,
+) -> Result<(), SealError> {
     let unsuitable = |reason: String| SealError::UnsuitableKey {
-        label: config.key_label.clone(),
+        label: expected_label.to_owned(),
         reason,
     };
-    if info.label != label(&config.key_label) {
+    if info.label != label(expected_label) {
         return Err(unsuitable(format!(
-            "object {:#06x} is labelled '{}'",
-            config.key_id, info.label
+            "object {id:#06x} is labelled '{}'",
+            info.label
         )));
     }
     if info.algorithm != yubihsm::Algorithm::Hmac(yubihsm::hmac::Algorithm::Sha256) {
