@@ -692,7 +692,6 @@ fn initialize_yubihsm(section: &YubiHsmSection) -> Result<()> {
     let sealer = YubiHsmSealer::open(&yubihsm, &password)
         .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
     ensure_yubihsm_signing_keys(&sealer)
-
 }
 
 #[cfg(not(feature = "yubihsm"))]
@@ -1145,8 +1144,7 @@ mod tests {
         // And the mock's package does not open on another mock device, even forced past the
         // address check.
         let package: keystake_core::manifest::SharePackage =
-            serde_json::from_str(&std::fs::read_to_string(&outcome.packages[1]).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(&outcome.packages[1]).unwrap()).unwrap();
         let checked = package.check(Some(&outcome.manifest)).unwrap();
         assert!(matches!(
             crate::hsm::enrolment::decrypt_and_check(other_key.as_ref(), &checked),

@@ -625,7 +625,11 @@ pub struct EnrolmentDecryptor {
 
 impl std::fmt::Debug for EnrolmentDecryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EnrolmentDecryptor({})", self.key.public_key().fingerprint())
+        write!(
+            f,
+            "EnrolmentDecryptor({})",
+            self.key.public_key().fingerprint()
+        )
     }
 }
 
@@ -663,6 +667,73 @@ impl keystake_core::dkg::ShareDecryptor for EnrolmentDecryptor {
             Err(EnrolmentError::Integrity) => Ok(None),
             Err(other) => Err(keystake_core::dkg::SignerError(other.to_string())),
         }
+    }
+}
+
+/// Test bodies every backend's [`EnrolmentKey`] runs (SoftHSM2 in `tests` below, the YubiHSM2
+/// mock in `hsm::yubihsm_enrolment`).
+#[cfg(test)]
+pub(crate) mod contract_tests {
+    use super::*;
+    use keystake_core::manifest::Manifest;
+    use keystake_core::types::{BlsPublicKey, Threshold};
+
+    /// A 2-of-2 split to `key` and `other`, the package for `key` opened by it and refused by
+    /// `other` (by address and cryptographically), tampering refused, an off-curve ephemeral
+    /// key refused, and the self-test passing; the key stays usable after every refusal.
+    pub(crate) fn opens_only_what_was_made_for_it(
+        key: &dyn EnrolmentKey,
+        other: &dyn EnrolmentKey,
+    ) {
+        self_test(key).unwrap();
+        let mut rng = rand::rngs::OsRng;
+        let secret = SecretKey::random(&mut rng);
+        let split = threshold::split(&secret, Threshold::new(2).unwrap(), 2, &mut rng).unwrap();
+        let share_keys: Vec<BlsPublicKey> = split.shares.iter().map(|s| s.public_key()).collect();
+        let manifest = Manifest::for_split(
+            split.commitments.clone(),
+            &share_keys,
+            &[key.public_key(), other.public_key()],
+        )
+        .unwrap();
+        let package = seal_package(&split.shares[0], &manifest, &key.public_key()).unwrap();
+        let checked = package.clone().check(Some(&manifest)).unwrap();
+        let opened = open_package_with(key, &checked).unwrap();
+        assert_eq!(opened.public_key(), share_keys[0]);
+        assert_eq!(
+            opened.secret_key().to_bytes().as_slice(),
+            split.shares[0].secret_key().to_bytes().as_slice()
+        );
+
+        assert!(matches!(
+            open_package_with(other, &checked),
+            Err(EnrolmentError::WrongRecipient { .. })
+        ));
+        assert!(matches!(
+            decrypt_and_check(other, &checked),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        let mut flipped = package.clone();
+        flipped.ciphertext[3] ^= 0x10;
+        assert!(matches!(
+            open_package_with(key, &flipped.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+        let mut bad_iv = package.clone();
+        bad_iv.iv[11] ^= 1;
+        assert!(matches!(
+            open_package_with(key, &bad_iv.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+        let mut off_curve = package.clone();
+        off_curve.ephemeral_public_key[40] ^= 1;
+        assert!(matches!(
+            open_package_with(key, &off_curve.check(None).unwrap()),
+            Err(EnrolmentError::Integrity) | Err(EnrolmentError::Hsm { .. })
+        ));
+        assert!(open_package_with(key, &checked).is_ok());
+        assert!(!key.describe().is_empty());
     }
 }
 
@@ -762,6 +833,15 @@ mod tests {
                 ManifestError::RecipientMismatch { .. }
             ))
         ));
+    }
+
+    #[test]
+    fn the_enrolment_key_contract_on_softhsm2() {
+        let (config_a, _) = fresh_appliance("enrol-contract-a");
+        let (config_b, _) = fresh_appliance("enrol-contract-b");
+        let a = Pkcs11EnrolmentKey::open(&config_a, &user_pin()).unwrap();
+        let b = Pkcs11EnrolmentKey::open(&config_b, &user_pin()).unwrap();
+        contract_tests::opens_only_what_was_made_for_it(&a, &b);
     }
 
     #[test]

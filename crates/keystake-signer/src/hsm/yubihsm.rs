@@ -197,7 +197,13 @@ impl YubiHsmSealer {
     ) -> Result<(), SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
-        check_auth_key(&client, config, domain, SERVING_CAPABILITIES, Capability::empty())?;
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            SERVING_CAPABILITIES,
+            Capability::empty(),
+        )?;
         match client.get_object_info(config.key_id, object::Type::HmacKey) {
             Ok(info) => return check_sealing_key(&info, config),
             Err(e) if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) => {}
@@ -270,7 +276,13 @@ impl YubiHsmSealer {
     ) -> Result<Self, SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
-        check_auth_key(&client, config, domain, SERVING_CAPABILITIES, Capability::empty())?;
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            SERVING_CAPABILITIES,
+            Capability::empty(),
+        )?;
         let info = client
             .get_object_info(config.key_id, object::Type::HmacKey)
             .map_err(|e| match e.device_error() {
@@ -564,6 +576,10 @@ impl Sealer for YubiHsmSealer {
 /// The crate's in-memory YubiHSM2 for tests (debug builds only): a fresh device per call.
 #[cfg(test)]
 pub(crate) mod test_support {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use secrecy::SecretString;
     use yubihsm::Connector;
 
@@ -587,6 +603,116 @@ pub(crate) mod test_support {
             key_id: 0x0064,
             key_label: "keystake-seal".to_string(),
             domain: 1,
+        }
+    }
+
+    /// A mock device behind a `yubihsm-connector`-compatible HTTP server (the crate's own
+    /// `http::Server`, what production talks to), reached through a TCP relay on 127.0.0.1:
+    /// [`unplug`](Self::unplug) closes every connection and the port, as a pulled device under a
+    /// dying connector does; [`plug_in`](Self::plug_in) opens the port again. The device's state
+    /// (the crate's `mockhsm`) survives, as a real device's objects survive being unplugged.
+    pub(crate) struct Cable {
+        port: u16,
+        server_port: u16,
+        relay: Option<Relay>,
+    }
+
+    struct Relay {
+        stop: Arc<AtomicBool>,
+        streams: Arc<Mutex<Vec<TcpStream>>>,
+        accept: std::thread::JoinHandle<()>,
+    }
+
+    impl Cable {
+        pub(crate) fn new() -> Self {
+            let free_port = || {
+                TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            };
+            let server_port = free_port();
+            let server = yubihsm::connector::http::Server::new(
+                &yubihsm::HttpConfig {
+                    addr: "127.0.0.1".to_string(),
+                    port: server_port,
+                    timeout_ms: 5000,
+                },
+                Connector::mockhsm(),
+            )
+            .unwrap();
+            // Serves until the test process ends (one idle thread per cable).
+            std::thread::spawn(move || while server.handle_request().is_ok() {});
+            let mut cable = Cable {
+                port: free_port(),
+                server_port,
+                relay: None,
+            };
+            cable.plug_in();
+            cable
+        }
+
+        /// A connector to the device, as `[hsm] connector = "http"` builds it.
+        pub(crate) fn connector(&self) -> Connector {
+            Connector::http(&yubihsm::HttpConfig {
+                addr: "127.0.0.1".to_string(),
+                port: self.port,
+                timeout_ms: 2000,
+            })
+        }
+
+        pub(crate) fn plug_in(&mut self) {
+            assert!(self.relay.is_none(), "already plugged in");
+            let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let streams = Arc::new(Mutex::new(Vec::new()));
+            let (stopped, open, server_port) = (stop.clone(), streams.clone(), self.server_port);
+            let accept = std::thread::spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let server = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                    let mut open = open.lock().unwrap();
+                    open.push(client);
+                    open.push(server);
+                }
+            });
+            self.relay = Some(Relay {
+                stop,
+                streams,
+                accept,
+            });
+        }
+
+        pub(crate) fn unplug(&mut self) {
+            let relay = self.relay.take().expect("plugged in");
+            relay.stop.store(true, Ordering::SeqCst);
+            relay.accept.join().unwrap();
+            for stream in relay.streams.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    impl Drop for Cable {
+        fn drop(&mut self) {
+            if self.relay.is_some() {
+                self.unplug();
+            }
         }
     }
 
@@ -786,6 +912,123 @@ mod tests {
         match YubiHsmSealer::open(&config, &mock_password()) {
             Err(SealError::Unavailable(_)) => {}
             other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unplugged_device_is_unavailable_then_recovers_when_plugged_in() {
+        let mut cable = Cable::new();
+        YubiHsmSealer::initialize_with(cable.connector(), &config(), &mock_password()).unwrap();
+        let sealer =
+            YubiHsmSealer::open_with(cable.connector(), &config(), &mock_password()).unwrap();
+        use crate::hsm::signing_key::{HsmSigningKey, KeyRole};
+        sealer.ensure_signing_key(KeyRole::Tls).unwrap();
+        let tls_key = sealer.signing_key(KeyRole::Tls).unwrap();
+        let ctx = contract_tests::context(1);
+        let sealed = sealer.seal(&contract_tests::secret(1), &ctx).unwrap();
+        cable.unplug();
+        for outcome in [
+            sealer.unseal(&sealed, &ctx).map(|_| ()),
+            sealer.seal(&contract_tests::secret(1), &ctx).map(|_| ()),
+            sealer.health_check(),
+            tls_key.sign_sha256(b"handshake").map(|_| ()),
+        ] {
+            match outcome {
+                Err(SealError::Unavailable(_)) => {}
+                other => panic!("unplugged: expected Unavailable, got {other:?}"),
+            }
+        }
+        // Opening while unplugged (a restart without the device) is refused the same way.
+        assert!(matches!(
+            YubiHsmSealer::open_with(cable.connector(), &config(), &mock_password()),
+            Err(SealError::Unavailable(_))
+        ));
+        cable.plug_in();
+        // The same sealer recovers without being reopened: the client opens a new session
+        // (the old one was aborted with the connection) on the next call.
+        sealer.health_check().unwrap();
+        assert_eq!(
+            *sealer.unseal(&sealed, &ctx).unwrap(),
+            *contract_tests::secret(1)
+        );
+        let again = sealer.seal(&contract_tests::secret(1), &ctx).unwrap();
+        assert_eq!(
+            *sealer.unseal(&again, &ctx).unwrap(),
+            *contract_tests::secret(1)
+        );
+        let signature = tls_key.sign_sha256(b"handshake").unwrap();
+        assert!(tls_key.public_key().verify_sha256(b"handshake", &signature));
+    }
+
+    #[test]
+    fn an_auth_key_without_the_capabilities_is_refused_by_name() {
+        // The mock does not enforce capabilities, so the signer checks its own key's at open.
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let admin = admin_client(&connector);
+        let limited = |id: u16, capabilities: Capability, domains: Domain| {
+            admin
+                .put_authentication_key(
+                    id,
+                    label("limited"),
+                    domains,
+                    capabilities,
+                    Capability::empty(),
+                    yubihsm::authentication::Algorithm::YubicoAes,
+                    yubihsm::authentication::Key::derive_from_password(b"limited"),
+                )
+                .unwrap();
+            let mut config = config();
+            config.auth_key_id = id;
+            config
+        };
+        let no_ecdsa = limited(0x0010, Capability::SIGN_HMAC, Domain::DOM1);
+        match YubiHsmSealer::open_with(connector.clone(), &no_ecdsa, &SecretString::from("limited"))
+        {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("0x0010"), "{message}");
+                assert!(message.contains("SIGN_ECDSA"), "{message}");
+                assert!(!message.contains("SIGN_HMAC"), "{message}");
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        let other_domain = limited(0x0011, SERVING_CAPABILITIES, Domain::DOM2);
+        match YubiHsmSealer::open_with(
+            connector.clone(),
+            &other_domain,
+            &SecretString::from("limited"),
+        ) {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("not in domain 1"), "{message}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        // setup.sh's serving key (sign-hmac + sign-ecdsa, delegating nothing) opens, and `init`
+        // with it succeeds when the keys exist: it has nothing to create.
+        let serving = limited(0x0012, SERVING_CAPABILITIES, Domain::DOM1);
+        YubiHsmSealer::open_with(connector.clone(), &serving, &SecretString::from("limited"))
+            .unwrap();
+        YubiHsmSealer::initialize_with(connector.clone(), &serving, &SecretString::from("limited"))
+            .unwrap();
+        // But on a device without the sealing key, `init` with it names what is missing.
+        let empty = Connector::mockhsm();
+        let admin = admin_client(&empty);
+        admin
+            .put_authentication_key(
+                0x0012,
+                label("limited"),
+                Domain::DOM1,
+                SERVING_CAPABILITIES,
+                Capability::empty(),
+                yubihsm::authentication::Algorithm::YubicoAes,
+                yubihsm::authentication::Key::derive_from_password(b"limited"),
+            )
+            .unwrap();
+        match YubiHsmSealer::initialize_with(empty, &serving, &SecretString::from("limited")) {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("GENERATE_HMAC_KEY"), "{message}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }
 

@@ -275,3 +275,121 @@ impl EnrolmentKey for YubiHsmEnrolmentKey {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::enrolment::contract_tests;
+    use crate::hsm::yubihsm::test_support::{config, mock_password};
+    use yubihsm::{Connector, Credentials, Domain};
+
+    fn fresh_device() -> (Connector, YubiHsmSealer) {
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let sealer =
+            YubiHsmSealer::open_with(connector.clone(), &config(), &mock_password()).unwrap();
+        (connector, sealer)
+    }
+
+    #[test]
+    fn the_enrolment_key_contract_on_the_mock() {
+        let (_, device_a) = fresh_device();
+        let (_, device_b) = fresh_device();
+        let a = YubiHsmEnrolmentKey::ensure(&device_a).unwrap();
+        let b = YubiHsmEnrolmentKey::ensure(&device_b).unwrap();
+        contract_tests::opens_only_what_was_made_for_it(&a, &b);
+    }
+
+    #[test]
+    fn the_key_is_derived_the_same_each_time_and_only_the_hmac_key_is_stored() {
+        let (connector, sealer) = fresh_device();
+        assert!(matches!(
+            YubiHsmEnrolmentKey::open(&sealer),
+            Err(EnrolmentError::Missing { .. })
+        ));
+        let first = YubiHsmEnrolmentKey::ensure(&sealer).unwrap().public_key();
+        assert_eq!(
+            YubiHsmEnrolmentKey::ensure(&sealer).unwrap().public_key(),
+            first
+        );
+        assert_eq!(
+            YubiHsmEnrolmentKey::open(&sealer).unwrap().public_key(),
+            first
+        );
+        let admin = Client::open(connector, Credentials::default(), true).unwrap();
+        let info = admin
+            .get_object_info(ENROLMENT_KEY_ID, object::Type::HmacKey)
+            .unwrap();
+        assert_eq!(info.capabilities, Capability::SIGN_HMAC);
+        assert_eq!(info.origin, object::Origin::Generated);
+        // Nothing else was created for it: no asymmetric key, no opaque object.
+        let objects = admin.list_objects(&[]).unwrap();
+        let kinds: Vec<_> = objects
+            .iter()
+            .map(|entry| (entry.object_type, entry.object_id))
+            .collect();
+        assert!(
+            kinds.contains(&(object::Type::HmacKey, ENROLMENT_KEY_ID)),
+            "{kinds:?}"
+        );
+        assert!(!kinds.iter().any(|(kind, _)| *kind == object::Type::Opaque));
+        // The scalar matches the HMAC the device computes, by the documented derivation.
+        let serial = device_serial(&admin).unwrap();
+        let scalar = derive_scalar(&admin, &serial).unwrap();
+        assert_eq!(public_key_of(&scalar).unwrap(), first);
+    }
+
+    #[test]
+    fn an_unsuitable_enrolment_hmac_key_is_refused() {
+        let (connector, sealer) = fresh_device();
+        let admin = Client::open(connector, Credentials::default(), true).unwrap();
+        admin
+            .generate_hmac_key(
+                ENROLMENT_KEY_ID,
+                object::Label::from(ENROLMENT_KEY_LABEL),
+                Domain::DOM1,
+                Capability::SIGN_HMAC | Capability::EXPORTABLE_UNDER_WRAP,
+                yubihsm::hmac::Algorithm::Sha256,
+            )
+            .unwrap();
+        for refused in [
+            YubiHsmEnrolmentKey::ensure(&sealer),
+            YubiHsmEnrolmentKey::open(&sealer),
+        ] {
+            match refused {
+                Err(EnrolmentError::Unsuitable { reason, .. }) => {
+                    assert!(reason.contains("exportable"), "{reason}")
+                }
+                other => panic!("expected Unsuitable, got {other:?}"),
+            }
+        }
+        // The sealing key's id cannot be configured onto the enrolment key's.
+        let mut clash = config();
+        clash.key_id = ENROLMENT_KEY_ID;
+        assert!(matches!(
+            YubiHsmSealer::open_with(Connector::mockhsm(), &clash, &mock_password()),
+            Err(SealError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn rejection_sampling_refuses_values_at_or_above_the_group_order() {
+        // n itself and n + 1 are not canonical scalars; n − 1 is.
+        let order: [u8; 32] =
+            hex::decode("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let candidate = |bytes: [u8; 32]| {
+            Option::<p256::Scalar>::from(p256::Scalar::from_repr(p256::FieldBytes::from(bytes)))
+        };
+        assert!(candidate(order).is_none());
+        let mut above = order;
+        above[31] += 1;
+        assert!(candidate(above).is_none());
+        assert!(candidate([0xff; 32]).is_none());
+        let mut below = order;
+        below[31] -= 1;
+        assert!(candidate(below).is_some());
+    }
+}
