@@ -86,7 +86,15 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             "the network file gives no genesis_time: duties far ahead of the wall clock are NOT refused (a far-future attestation would block its key); add genesis_time to the network file"
         );
     }
-    let sealer = open_sealer(config)?;
+    // One HSM connection for sealing and the TLS key (the PKCS#11 session pool, or the
+    // YubiHSM2 session), unless the TLS key is a file.
+    let (sealer, tls_key) = match &config.tls.server_key {
+        Some(_) => (open_sealer(config)?, None),
+        None => {
+            let (sealer, key) = open_sealer_with_signing_key(config, KeyRole::Tls)?;
+            (sealer, Some(key))
+        }
+    };
     // Before anything listens: an HSM or pairing library that misbehaves must not serve.
     crate::service::health::startup_self_test(sealer.as_ref())?;
     tracing::info!("start-up self-test passed (HSM seal/unseal, BLS sign/verify)");
@@ -111,7 +119,7 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         TlsFiles {
             ca_cert: config.tls.ca_cert.clone(),
             server_cert: config.tls.server_cert.clone(),
-            server_key: server_key(config)?,
+            server_key: server_key_with(config, tls_key)?,
             crl: config.tls.crl.clone(),
         },
         Some(pins),
@@ -131,6 +139,15 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
 
 /// The TLS server key: the HSM's `Tls` key unless `[tls] server_key` names a file (opt-out).
 pub fn server_key(config: &Config) -> Result<ServerKey> {
+    server_key_with(config, None)
+}
+
+/// [`server_key`] with the HSM key already opened (by `build`, on the sealer's connection);
+/// `None` opens it here.
+fn server_key_with(config: &Config, opened: Option<Arc<dyn HsmSigningKey>>) -> Result<ServerKey> {
+    if let (None, Some(key)) = (&config.tls.server_key, opened) {
+        return Ok(ServerKey::Hsm(HsmTlsKey(key)));
+    }
     match &config.tls.server_key {
         Some(path) => {
             tracing::warn!(
@@ -392,41 +409,67 @@ fn without_yubihsm_feature() -> anyhow::Error {
     )
 }
 
-/// Open the HSM signing key of `role` (the TLS server key or the identity key that signs DKG
-/// broadcasts and the audit head), created by `init`. Refuses a missing or unfit key and
-/// self-tests it (a signature verified in software). PKCS#11: signs on its own pool of
-/// `[hsm] sessions` logged-in sessions; YubiHSM2: on its own authenticated session.
-pub fn open_signing_key(config: &Config, role: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+/// The sealer and the signing key of `role` on **one** connection to the HSM: for PKCS#11 the
+/// key signs on the sealer's bounded session pool (`[hsm] sessions`; a signature borrows one
+/// session for one `C_Sign`, no lock is held across it), for a YubiHSM2 on the sealer's
+/// authenticated session. What `serve` uses for the TLS key, so unseals and handshakes share
+/// the token's sessions instead of opening a second pool.
+pub fn open_sealer_with_signing_key(
+    config: &Config,
+    role: KeyRole,
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     match &config.hsm {
         HsmSection::Pkcs11(section) => {
-            let pin = config::read_secret_file(&section.user_pin_file)?;
-            let sealer = Pkcs11Sealer::open(&pkcs11_config(section), &pin)
-                .with_context(|| format!("opening HSM token {:?}", section.token_label))?;
-            let key = Pkcs11SigningKey::open(Arc::new(sealer), role)
-                .with_context(|| format!("opening the {role} in the HSM"))?;
-            Ok(Arc::new(key))
+            let (sealer, key) = open_pkcs11_with_signing_key(section, role)?;
+            Ok((sealer, key))
         }
-        HsmSection::YubiHsm(section) => open_yubihsm_signing_key(section, role),
+        HsmSection::YubiHsm(section) => open_yubihsm_with_signing_key(section, role),
     }
 }
 
+fn open_pkcs11_with_signing_key(
+    section: &Pkcs11Section,
+    role: KeyRole,
+) -> Result<(Arc<Pkcs11Sealer>, Arc<Pkcs11SigningKey>)> {
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    let sealer = Arc::new(
+        Pkcs11Sealer::open(&pkcs11_config(section), &pin)
+            .with_context(|| format!("opening HSM token {:?}", section.token_label))?,
+    );
+    let key = Pkcs11SigningKey::open(Arc::clone(&sealer), role)
+        .with_context(|| format!("opening the {role} in the HSM"))?;
+    Ok((sealer, Arc::new(key)))
+}
+
 #[cfg(feature = "yubihsm")]
-fn open_yubihsm_signing_key(
+fn open_yubihsm_with_signing_key(
     section: &YubiHsmSection,
     role: KeyRole,
-) -> Result<Arc<dyn HsmSigningKey>> {
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     let password = yubihsm_password(section)?;
     let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
         .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
     let key = sealer
         .signing_key(role)
         .with_context(|| format!("opening the {role} on the YubiHSM2"))?;
-    Ok(Arc::new(key))
+    Ok((Arc::new(sealer), Arc::new(key)))
 }
 
 #[cfg(not(feature = "yubihsm"))]
-fn open_yubihsm_signing_key(_: &YubiHsmSection, _: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+fn open_yubihsm_with_signing_key(
+    _: &YubiHsmSection,
+    _: KeyRole,
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     Err(without_yubihsm_feature())
+}
+
+/// Open the HSM signing key of `role` (the TLS server key or the identity key that signs DKG
+/// broadcasts and the audit head), created by `init`. Refuses a missing or unfit key and
+/// self-tests it (a signature verified in software). For commands that need only the key;
+/// `serve` opens it with the sealer ([`open_sealer_with_signing_key`]).
+pub fn open_signing_key(config: &Config, role: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+    // The sealer is dropped; the key keeps the connection (pool or session) it needs.
+    Ok(open_sealer_with_signing_key(config, role)?.1)
 }
 
 /// [`open_signing_key`] on a YubiHSM2 reached through `connector` (tests: the crate's mock
