@@ -166,6 +166,21 @@ fn server_key_with(config: &Config, opened: Option<Arc<dyn HsmSigningKey>>) -> R
 
 /// Run the appliance until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
+    // Before the PIN is read and anything is unsealed: every page from here on is locked.
+    match crate::memlock::lock_process_memory(config.process.lock_memory)
+        .context("refusing to start")?
+    {
+        crate::memlock::MemoryLock::Locked => {
+            tracing::info!("process memory locked against swap (mlockall)")
+        }
+        crate::memlock::MemoryLock::Unlocked(reason) => tracing::warn!(
+            "process memory NOT locked against swap: unsealed shares may be paged out; {reason} \
+             ([process] lock_memory = \"required\" refuses to start instead)"
+        ),
+        crate::memlock::MemoryLock::Disabled => {
+            tracing::warn!("[process] lock_memory = \"off\": memory not locked against swap")
+        }
+    }
     let appliance = build(config, listen).await?;
     let address = appliance.listener.local_addr()?;
     let service = appliance.service.clone();
@@ -803,6 +818,7 @@ mod tests {
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),
             sandbox: Default::default(),
+            process: Default::default(),
         }
     }
 

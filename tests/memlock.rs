@@ -1,0 +1,124 @@
+//! `serve` locks its memory against swap (`crate::memlock`): with the limit allowing it the
+//! serving process's pages are locked (`VmLck` in /proc/PID/status) and it still serves; with
+//! `[process] lock_memory = "required"` and an `RLIMIT_MEMLOCK` too small (set in the child by
+//! util-linux `prlimit`, and `CAP_IPC_LOCK` dropped by `setpriv` when the tests run as root) it
+//! refuses to start and says why.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{Appliance, Server, BIN};
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(field).map(|rest| rest.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn kib(value: &str) -> u64 {
+    value.trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// Whether this process could lock everything: CAP_IPC_LOCK, or a large enough limit.
+fn can_lock_here() -> bool {
+    let caps = u64::from_str_radix(&status_field(std::process::id(), "CapEff:"), 16).unwrap();
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::MEMLOCK).unwrap();
+    caps & (1 << 14) != 0 || soft == rlimit::INFINITY || soft >= 1 << 30
+}
+
+#[test]
+fn serve_locks_its_memory_and_refuses_core_dumps() {
+    let appliance = Appliance::create();
+    let server = Server::start(&appliance);
+    let pid = server.child.id();
+    let log = || std::fs::read_to_string(&server.log).unwrap();
+    if can_lock_here() {
+        let locked = kib(&status_field(pid, "VmLck:"));
+        assert!(locked > 0, "VmLck is {locked} kB\n{}", log());
+        assert!(
+            log().contains("process memory locked against swap"),
+            "{}",
+            log()
+        );
+    } else {
+        // Not allowed to lock here: the default (best-effort) says so and serves anyway.
+        println!("NOTE: RLIMIT_MEMLOCK too small and no CAP_IPC_LOCK: checking the warning");
+        assert!(log().contains("process memory NOT locked"), "{}", log());
+    }
+    // RLIMIT_CORE = 0 (hard and soft), as `disable_core_dumps` sets it with PR_SET_DUMPABLE.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().collect::<Vec<_>>()[4..6],
+        ["0", "0"],
+        "{core}"
+    );
+}
+
+#[test]
+fn lock_memory_required_refuses_to_start_under_a_small_limit() {
+    let appliance = Appliance::create();
+    let config = appliance.path().join("signer.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[process]\nlock_memory = \"required\"\n");
+    std::fs::write(&config, text).unwrap();
+    let root = status_field(std::process::id(), "Uid:").starts_with("0\t");
+    let mut command = Command::new("prlimit");
+    command.arg("--memlock=65536:65536");
+    if root {
+        // Root holds CAP_IPC_LOCK, which lifts the limit: drop it for the child.
+        command.args(["setpriv", "--bounding-set", "-ipc_lock", "--"]);
+    }
+    let output = command
+        .args([BIN, "serve", "--config", config.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KEYSTAKE_LOG", "info")
+        .output()
+        .expect("prlimit (util-linux) runs the signer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+        "it must not serve"
+    );
+    assert!(
+        stderr.contains("refusing to start")
+            && stderr.contains("lock_memory = \"required\"")
+            && stderr.contains("RLIMIT_MEMLOCK is 64 KiB")
+            && stderr.contains("LimitMEMLOCK=infinity"),
+        "{stderr}"
+    );
+
+    // The same limit with the default (best-effort): a warning, and it serves.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "lock_memory = \"required\"",
+        "lock_memory = \"best-effort\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut command = Command::new("prlimit");
+    command.arg("--memlock=65536:65536");
+    if root {
+        command.args(["setpriv", "--bounding-set", "-ipc_lock", "--"]);
+    }
+    let log = appliance.path().join("best-effort.log");
+    let mut child = command
+        .args([BIN, "serve", "--config", config.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("KEYSTAKE_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = crate::common::StdoutLines::of(&mut child);
+    let listening = stdout.wait_for("listening on ", Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(listening.is_some(), "best-effort must serve:\n{text}");
+    assert!(text.contains("process memory NOT locked"), "{text}");
+}
