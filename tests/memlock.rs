@@ -2,7 +2,7 @@
 //! serving process's pages are locked (`VmLck` in /proc/PID/status) and it still serves; with
 //! `[process] lock_memory = "required"` and an `RLIMIT_MEMLOCK` too small (set in the child by
 //! util-linux `prlimit`, and `CAP_IPC_LOCK` dropped by `setpriv` when the tests run as root) it
-//! refuses to start and says why.
+//! refuses to start and says why; and the serving process is not dumpable.
 
 use std::process::Command;
 use std::time::Duration;
@@ -130,4 +130,72 @@ fn lock_memory_required_refuses_to_start_under_a_small_limit() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(listening.is_some(), "best-effort must serve:\n{text}");
     assert!(text.contains("process memory NOT locked"), "{text}");
+}
+
+/// PR_SET_DUMPABLE = 0 seen from outside: the kernel hands a non-dumpable process's /proc files
+/// to root. Run `serve` as `nobody` (its appliance directory given to that user) and compare
+/// the owner of /proc/PID/status with a dumpable `sleep` run the same way. Needs root to switch
+/// users; skipped (with a note) otherwise.
+#[test]
+fn serve_is_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    if !status_field(std::process::id(), "Uid:").starts_with("0\t") {
+        println!("SKIPPED: switching to nobody needs root");
+        return;
+    }
+    let appliance = Appliance::create();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(appliance.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_nobody = |program: &str| {
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            program,
+        ]);
+        command
+    };
+    let mut control = as_nobody("sleep").arg("30").spawn().unwrap();
+    let log = appliance.path().join("nobody.log");
+    let config = appliance.path().join("signer.toml");
+    let mut child = as_nobody(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = crate::common::StdoutLines::of(&mut child);
+    let listening = stdout.wait_for("listening on ", Duration::from_secs(30));
+    let owner = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/status"))
+            .unwrap()
+            .uid()
+    };
+    let (serve_owner, control_owner) = (owner(child.id()), owner(control.id()));
+    let serve_uid = status_field(child.id(), "Uid:");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = control.kill();
+    let _ = control.wait();
+    assert!(
+        listening.is_some(),
+        "serve as nobody did not start:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(serve_uid.starts_with("65534"), "{serve_uid}");
+    assert_eq!(
+        control_owner, 65534,
+        "a dumpable process's /proc files are its own"
+    );
+    assert_eq!(
+        serve_owner, 0,
+        "serve's /proc files belong to root: it is not dumpable"
+    );
 }
