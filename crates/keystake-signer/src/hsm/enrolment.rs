@@ -143,7 +143,7 @@ fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
 
 /// AES-256-GCM of `plaintext` to `recipient` (ECIES of the module doc); `aad` is computed from
 /// the ephemeral public key. Returns `(ephemeral public key, IV, ciphertext || tag)`.
-fn encrypt_to(
+pub(crate) fn encrypt_to(
     recipient: &EnrolmentPublicKey,
     plaintext: &[u8],
     aad_for: impl FnOnce(&EnrolmentPublicKey) -> Vec<u8>,

@@ -339,6 +339,33 @@ mod tests {
         assert_eq!(public_key_of(&scalar).unwrap(), first);
     }
 
+    /// `dkg run` on a YubiHSM2: the ceremony's share decryptor over the derived key opens a
+    /// share encrypted to the published key and answers `None` (dealer to blame) for a
+    /// tampered one.
+    #[test]
+    fn the_dkg_share_decryptor_works_on_the_mock() {
+        use keystake_core::dkg::ShareDecryptor;
+        let (_, sealer) = fresh_device();
+        let key = YubiHsmEnrolmentKey::ensure(&sealer).unwrap();
+        let public = key.public_key();
+        let decryptor = crate::hsm::enrolment::EnrolmentDecryptor::new(Box::new(key));
+        assert_eq!(decryptor.public_key(), public);
+        let share = [0x42u8; 32];
+        let aad = b"dkg share aad".to_vec();
+        let (ephemeral, iv, mut ciphertext) =
+            crate::hsm::enrolment::encrypt_to(&public, &share, |_| aad.clone()).unwrap();
+        let opened = decryptor
+            .open(&ephemeral, &iv, &aad, &ciphertext)
+            .unwrap()
+            .expect("opens");
+        assert_eq!(*opened, share);
+        ciphertext[0] ^= 1;
+        assert!(decryptor
+            .open(&ephemeral, &iv, &aad, &ciphertext)
+            .unwrap()
+            .is_none());
+    }
+
     #[test]
     fn an_unsuitable_enrolment_hmac_key_is_refused() {
         let (connector, sealer) = fresh_device();
