@@ -14,6 +14,7 @@ mod grpc;
 mod hsm;
 mod interop;
 mod keymanager_api;
+mod memlock;
 mod metrics;
 mod operator_api;
 mod perf;
