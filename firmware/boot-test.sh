@@ -2,7 +2,7 @@
 # Boots the appliance image under qemu (TCG: no KVM needed) with a provisioning volume made
 # here, and checks it as an operator would:
 #
-#   firmware/boot-test.sh OUT_DIR [--keystore F --password-file F]… [--sign PUBKEY=REQUEST.json]…
+#   firmware/boot-test.sh OUT_DIR [--keystore F --password-file F]… [--sign PUBKEY=REQUEST.json]… [--csr-round]
 #
 # OUT_DIR is what firmware/build-image.sh wrote. The provisioning volume (vfat, label KSPROV,
 # made with mkfs.vfat + mtools, no mounts) carries signer.toml (no server key file), the demo CA
