@@ -219,7 +219,9 @@ for option in nodev nosuid noexec; do
 done
 case "$STATUS" in *" listening=9000,9464 "*) ;; *) fail "unexpected listening ports" ;; esac
 case "$STATUS" in *" nftables=active "*) ;; *) fail "the firewall is not active" ;; esac
-case "$STATUS" in *" keyfiles=0 "*|*" keyfiles=0") ;; *) fail "a private key file is on the data partition" ;; esac
+case "$STATUS" in *" keyfiles=0 "*) ;; *) fail "a private key file is on the data partition" ;; esac
+case "$STATUS" in *" memlocked=yes "*) ;; *) fail "the signer's memory is not locked against swap" ;; esac
+case "$STATUS" in *" seccomp=2") ;; *) fail "the signer runs without its seccomp filter" ;; esac
 
 power_off
 

@@ -2,7 +2,9 @@
 # Prints one KEYSTAKE-STATUS line on the console once the signer listens on 9000 (or after two
 # minutes without): mount options of / and of the data partition, the TCP ports anything listens
 # on, the state of the firewall and the signer, and how many PEM private key files the data
-# partition holds (none: the TLS key is inside the token). firmware/boot-test.sh checks this line.
+# partition holds (none: the TLS key is inside the token), and from the signer's /proc status
+# whether its memory is locked against swap (VmLck) and its seccomp mode (2 = filter).
+# firmware/boot-test.sh checks this line.
 listening() {
   for table in /proc/net/tcp /proc/net/tcp6; do
     [ -r "$table" ] || continue
@@ -15,4 +17,9 @@ for _ in $(seq 1 240); do
   case ",$(listening)," in *,9000,*) break ;; esac
   sleep 0.5
 done
-echo "KEYSTAKE-STATUS root=$(findmnt -no OPTIONS /) data=$(findmnt -no OPTIONS /var/lib/keystake) listening=$(listening) nftables=$(systemctl is-active nftables) signer=$(systemctl is-active keystake-signer) provisioned=$([ -e /var/lib/keystake/.provisioned ] && echo yes || echo no) keyfiles=$(grep -rlsE -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY' /var/lib/keystake | wc -l)"
+signer_status() {
+  pid=$(systemctl show -p MainPID --value keystake-signer)
+  [ -n "$pid" ] && [ "$pid" != 0 ] && awk -v field="$1:" '$1 == field { print $2 }' "/proc/$pid/status"
+}
+locked_kb=$(signer_status VmLck)
+echo "KEYSTAKE-STATUS root=$(findmnt -no OPTIONS /) data=$(findmnt -no OPTIONS /var/lib/keystake) listening=$(listening) nftables=$(systemctl is-active nftables) signer=$(systemctl is-active keystake-signer) provisioned=$([ -e /var/lib/keystake/.provisioned ] && echo yes || echo no) keyfiles=$(grep -rlsE -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY' /var/lib/keystake | wc -l) memlocked=$([ "${locked_kb:-0}" -gt 0 ] && echo yes || echo no) seccomp=$(signer_status Seccomp)"
