@@ -192,6 +192,20 @@ pub struct Pkcs11Section {
     /// Number of logged-in HSM sessions used in parallel (default: number of CPUs).
     #[serde(default)]
     pub sessions: Option<usize>,
+    /// The unseal policy (off when absent): see [`UnsealCacheSetting`].
+    #[serde(default)]
+    pub unseal_cache: Option<UnsealCacheSetting>,
+}
+
+/// `[hsm] unseal_cache = { ttl_secs = 60, max_entries = 10000 }`: keep unsealed shares in memory
+/// for at most `ttl_secs` after their unseal, at most `max_entries` of them (oldest out first),
+/// zeroized when they leave (`crate::service::unseal_cache`). Absent: every signature unseals
+/// in the HSM (the default). For slow devices; docs/hsm.md weighs the trade.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealCacheSetting {
+    pub ttl_secs: u64,
+    pub max_entries: usize,
 }
 
 /// `[hsm]` with `backend = "yubihsm"`.
@@ -219,6 +233,9 @@ pub struct YubiHsmSection {
     /// Domain (1–16) the sealing key is created in; the authentication key must have it.
     #[serde(default = "default_domain")]
     pub domain: u8,
+    /// The unseal policy (off when absent): see [`UnsealCacheSetting`].
+    #[serde(default)]
+    pub unseal_cache: Option<UnsealCacheSetting>,
 }
 
 /// How to reach a YubiHSM2: `"http://HOST:PORT"` or `"usb"` in the file.
@@ -345,6 +362,7 @@ const PKCS11_KEYS: &[&str] = &[
     "so_pin_file",
     "softhsm2_conf",
     "sessions",
+    "unseal_cache",
 ];
 const YUBIHSM_KEYS: &[&str] = &[
     "connector",
@@ -355,6 +373,7 @@ const YUBIHSM_KEYS: &[&str] = &[
     "key_id",
     "key_label",
     "domain",
+    "unseal_cache",
 ];
 
 impl<'de> Deserialize<'de> for HsmSection {
@@ -408,6 +427,24 @@ impl<'de> Deserialize<'de> for HsmSection {
 }
 
 impl HsmSection {
+    /// The unseal policy, checked (`None`: unseal for every signature).
+    pub fn unseal_cache(
+        &self,
+    ) -> Result<
+        Option<crate::service::unseal_cache::UnsealCachePolicy>,
+        crate::service::unseal_cache::UnsealPolicyError,
+    > {
+        let setting = match self {
+            HsmSection::Pkcs11(section) => section.unseal_cache,
+            HsmSection::YubiHsm(section) => section.unseal_cache,
+        };
+        setting
+            .map(|s| {
+                crate::service::unseal_cache::UnsealCachePolicy::new(s.ttl_secs, s.max_entries)
+            })
+            .transpose()
+    }
+
     /// The backend's name as `backend` spells it.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -723,6 +760,7 @@ softhsm2_conf = "hsm/softhsm2.conf"
                 key_id: 0x64,
                 key_label: "keystake-sealing-key".into(),
                 domain: 1,
+                unseal_cache: None,
             })
         );
         assert_eq!(
@@ -889,6 +927,10 @@ domain = 4
             so_pin_file: Some("s".into()),
             softhsm2_conf: Some("c".into()),
             sessions: Some(1),
+            unseal_cache: Some(UnsealCacheSetting {
+                ttl_secs: 1,
+                max_entries: 1,
+            }),
         };
         let yubihsm = YubiHsmSection {
             connector: YubiHsmConnectorSetting::Usb,
@@ -899,6 +941,10 @@ domain = 4
             key_id: 1,
             key_label: "k".into(),
             domain: 1,
+            unseal_cache: Some(UnsealCacheSetting {
+                ttl_secs: 1,
+                max_entries: 1,
+            }),
         };
         assert_eq!(
             keys(toml::Value::try_from(&pkcs11).unwrap()),
