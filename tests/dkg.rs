@@ -19,21 +19,27 @@ use keystake_signer::hsm::SealContext;
 
 use crate::common::*;
 
-fn s(path: &Path) -> &str {
+pub(crate) fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-struct Cluster {
-    appliances: Vec<Appliance>,
-    servers: Vec<Server>,
-    identities: Vec<PathBuf>,
-    work: tempfile::TempDir,
+pub(crate) struct Cluster {
+    pub(crate) appliances: Vec<Appliance>,
+    pub(crate) servers: Vec<Server>,
+    pub(crate) identities: Vec<PathBuf>,
+    pub(crate) work: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Four appliances, each with its own CA, serving; their identity files.
-    fn start() -> Cluster {
-        let appliances: Vec<Appliance> = (0..4).map(|_| Appliance::create()).collect();
+    pub(crate) fn start() -> Cluster {
+        Cluster::start_with(4)
+    }
+
+    /// `n` appliances, each with its own CA, serving; their identity files.
+    pub(crate) fn start_with(n: usize) -> Cluster {
+        let appliances: Vec<Appliance> = (0..n).map(|_| Appliance::create()).collect();
+        grant_dkg_peers(&appliances);
         let servers: Vec<Server> = appliances.iter().map(Server::start).collect();
         let work = tempfile::tempdir().unwrap();
         let identities = appliances
@@ -58,7 +64,13 @@ impl Cluster {
     }
 
     /// A 3-of-4 definition for `validators` (each scenario its own: a new ceremony id).
-    fn definition(&self, name: &str, validators: u32) -> PathBuf {
+    pub(crate) fn definition(&self, name: &str, validators: u32) -> PathBuf {
+        let all: Vec<usize> = (1..=self.identities.len()).collect();
+        self.definition_of(name, validators, &all)
+    }
+
+    /// A 3-of-n definition of the appliances `set` (1-based, in index order).
+    pub(crate) fn definition_of(&self, name: &str, validators: u32, set: &[usize]) -> PathBuf {
         let out = self.work.path().join(format!("{name}.definition.json"));
         let mut args = vec![
             "dkg".to_owned(),
@@ -75,18 +87,18 @@ impl Cluster {
             format!("0x{}", "cd".repeat(20)),
             "--identity".into(),
         ];
-        args.extend(self.identities.iter().map(|p| s(p).to_owned()));
+        args.extend(set.iter().map(|i| s(&self.identities[i - 1]).to_owned()));
         args.extend(["--out".into(), s(&out).to_owned()]);
         run_ok(&args);
         out
     }
 
-    fn out_dir(&self, name: &str, participant: usize) -> PathBuf {
+    pub(crate) fn out_dir(&self, name: &str, participant: usize) -> PathBuf {
         self.work.path().join(format!("{name}-out{participant}"))
     }
 
     /// `dkg run` of participant `i` (1-based) as a child process.
-    fn run(&self, i: usize, definition: &Path, name: &str, timeout_secs: u64) -> Child {
+    pub(crate) fn run(&self, i: usize, definition: &Path, name: &str, timeout_secs: u64) -> Child {
         Command::new(BIN)
             .args([
                 "dkg",
@@ -107,12 +119,12 @@ impl Cluster {
             .unwrap()
     }
 
-    fn endpoint(&self, i: usize) -> String {
+    pub(crate) fn endpoint(&self, i: usize) -> String {
         self.servers[i - 1].url.clone()
     }
 
     /// The DKG shares `keys list` shows on appliance `i`.
-    fn dkg_shares(&self, i: usize) -> Vec<String> {
+    pub(crate) fn dkg_shares(&self, i: usize) -> Vec<String> {
         self.appliances[i - 1]
             .cli_ok(&["keys", "list"], &[])
             .lines()
@@ -123,7 +135,7 @@ impl Cluster {
 
     /// Wait until appliance `i`'s database holds its own message for `phase` (0 = deal) of the
     /// ceremony of `definition`.
-    fn wait_for_own_message(&self, i: usize, definition: &Path, phase: u32) {
+    pub(crate) fn wait_for_own_message(&self, i: usize, definition: &Path, phase: u32) {
         let definition: keystake_core::dkg::Definition =
             serde_json::from_str(&std::fs::read_to_string(definition).unwrap()).unwrap();
         let id = definition.ceremony_id();
@@ -149,7 +161,42 @@ impl Cluster {
     }
 }
 
-fn finish(child: Child) -> (bool, String, String) {
+/// SHA-256 fingerprint (hex) of the certificate an appliance presents to DKG peers (its server
+/// certificate, the one `dkg identity` pins).
+pub(crate) fn dkg_fingerprint(appliance: &Appliance) -> String {
+    let config = keystake_signer::config::Config::load(&appliance.config).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&config.tls.server_cert).unwrap();
+    keystake_signer::net::tls::ClientIdentity::from_der(&der)
+        .unwrap()
+        .fingerprint_hex()
+}
+
+/// Append a `dkg` grant for `fingerprint` to `appliance`'s policy (docs/dkg.md: what an operator
+/// does for each peer before a ceremony; a running `serve` needs a reload to see it).
+pub(crate) fn grant_dkg(appliance: &Appliance, fingerprint: &str) {
+    let config = keystake_signer::config::Config::load(&appliance.config).unwrap();
+    let path = config.policy_file.unwrap();
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[[client]]\nfingerprint = \"{fingerprint}\"\n[[client.grant]]\nkeys = \"all\"\noperations = [\"dkg\"]\n"
+    ));
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Every appliance grants `dkg` to every other one's certificate (before `serve` starts).
+pub(crate) fn grant_dkg_peers(appliances: &[Appliance]) {
+    let fingerprints: Vec<String> = appliances.iter().map(dkg_fingerprint).collect();
+    for (i, appliance) in appliances.iter().enumerate() {
+        for (j, fingerprint) in fingerprints.iter().enumerate() {
+            if i != j {
+                grant_dkg(appliance, fingerprint);
+            }
+        }
+    }
+}
+
+pub(crate) fn finish(child: Child) -> (bool, String, String) {
     let output = child.wait_with_output().unwrap();
     (
         output.status.success(),
@@ -158,13 +205,13 @@ fn finish(child: Child) -> (bool, String, String) {
     )
 }
 
-fn read_lock(path: &Path) -> Lock {
+pub(crate) fn read_lock(path: &Path) -> Lock {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Every honest participant failed, named `culprit` with its endpoint, wrote failure.json
 /// naming it, and kept no DKG share.
-fn assert_aborted(
+pub(crate) fn assert_aborted(
     cluster: &Cluster,
     name: &str,
     outcomes: &[(usize, (bool, String, String))],
@@ -249,6 +296,11 @@ fn assert_no_plaintext_shares(cluster: &Cluster) {
     }
     let mut files = vec![cluster.work.path().to_owned()];
     files.extend(cluster.appliances.iter().map(|a| a.path().to_owned()));
+    assert_nowhere_in_plaintext(files, &secrets);
+}
+
+/// No file under `files` (recursively) holds any of `secrets`, raw or as hex.
+pub(crate) fn assert_nowhere_in_plaintext(mut files: Vec<PathBuf>, secrets: &[[u8; 32]]) {
     while let Some(path) = files.pop() {
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
@@ -256,7 +308,7 @@ fn assert_no_plaintext_shares(cluster: &Cluster) {
         }
         let bytes = std::fs::read(&path).unwrap();
         let text = String::from_utf8_lossy(&bytes).to_lowercase();
-        for secret in &secrets {
+        for secret in secrets {
             assert!(
                 !bytes.windows(32).any(|w| w == secret.as_slice()),
                 "share bytes in {}",
@@ -598,6 +650,60 @@ fn faults_name_the_culprit_and_transient_failures_are_survived() {
         .await
         .is_err());
     });
+    // The pinned fifth participant without a `dkg` grant in appliance 2's policy is refused
+    // by the DKG service itself; granted (and the policy reloaded), it is answered.
+    let fetch = |tls: std::sync::Arc<rustls::ClientConfig>| {
+        let endpoint = cluster.endpoint(2);
+        let definition: keystake_core::dkg::Definition =
+            serde_json::from_str(&std::fs::read_to_string(&pinned_definition).unwrap()).unwrap();
+        // tonic speaks HTTP/2 only: announce it like the DKG peer channels do.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = std::sync::Arc::new(tls);
+        runtime.block_on(async move {
+            let mut client = keystake_signer::net::grpc::dkg::peer_client(&endpoint, tls).unwrap();
+            client
+                .fetch(keystake_signer::net::grpc::pb::FetchRequest {
+                    ceremony_id: definition.ceremony_id().0.to_vec(),
+                    phase: 0,
+                    sender: 2,
+                })
+                .await
+                .map(|r| r.into_inner().found)
+        })
+    };
+    let refused = fetch(identity_config(&ca2, &fifth.certs(), "client")).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not named in the authorization policy"),
+        "{refused:?}"
+    );
+    let fifth_client_fingerprint = keystake_signer::net::tls::ClientIdentity::from_der(&pinned_der)
+        .unwrap()
+        .fingerprint_hex();
+    grant_dkg(&cluster.appliances[1], &fifth_client_fingerprint);
+    let pid = cluster.servers[1].child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match fetch(identity_config(&ca2, &fifth.certs(), "client")) {
+            Ok(found) => {
+                assert!(found, "participant 2's deal is stored");
+                break;
+            }
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(status) => panic!("still refused after the grant: {status:?}"),
+        }
+    }
     waiting.kill().unwrap();
     let _ = waiting.wait();
 

@@ -202,6 +202,7 @@ fn signing_root_of(duty: &serde_json::Value) -> keystake_core::types::Root {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_appliances_reshare_a_dkg_validator() {
     let appliances: Vec<Appliance> = (0..5).map(|_| Appliance::create()).collect();
+    crate::dkg::grant_dkg_peers(&appliances);
     let mut servers: Vec<Server> = appliances.iter().map(Server::start).collect();
     let work = tempfile::tempdir().unwrap();
     let path = |name: &str| work.path().join(name);

@@ -10,12 +10,15 @@
 #
 # Creates (idempotently refuses to overwrite: yubihsm-shell fails on an existing id):
 #   0x0064  HMAC-SHA256 sealing key        capability sign-hmac only, domain 1, generated on device
+#   0x0103  HMAC-SHA256 enrolment key      capability sign-hmac only: the P-256 enrolment scalar
+#           that opens share packages is derived from it per package (docs/security.md)
 #   0x0101  ecp256 TLS key                 capability sign-ecdsa only, not exportable under wrap
 #   0x0102  ecp256 identity key            capability sign-ecdsa only (DKG broadcasts, audit head)
 #   0x0002  the signer's authentication key: sign-hmac + sign-ecdsa, delegated nothing,
-#           domain 1 — it cannot generate, delete, export or import anything.
-# The signer's `init` then finds and checks these keys and creates nothing.
-# Not created: an enrolment key — the YubiHSM2 backend has none (docs/hsm.md, "YubiHSM2").
+#           domain 1 — it cannot generate, delete, export or import anything. The signer checks
+#           these capabilities and the domain at every start and names what is missing.
+# The signer's `init` then finds and checks these keys and creates nothing; `enrolment show`
+# prints the enrolment public key derived from 0x0103.
 set -euo pipefail
 
 die() { echo "yubihsm2-setup: $*" >&2; exit 1; }
@@ -41,6 +44,8 @@ shell() {
 }
 
 shell -a generate-hmac-key -i 0x0064 -l keystake-sealing-key -d "$DOMAIN" \
+    -c sign-hmac -A hmac-sha256
+shell -a generate-hmac-key -i 0x0103 -l keystake-enrolment-key -d "$DOMAIN" \
     -c sign-hmac -A hmac-sha256
 shell -a generate-asymmetric-key -i 0x0101 -l keystake-tls-key -d "$DOMAIN" \
     -c sign-ecdsa -A ecp256

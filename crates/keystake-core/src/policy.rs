@@ -44,10 +44,14 @@ pub enum Operation {
     /// Appliance-wide administration: reloading keys, the policy and the TLS configuration, the
     /// reload status. Only a grant on `keys = "all"` covers it (see `Target::AllKeys`).
     Operator,
+    /// Taking part in a DKG ceremony or reshare with this appliance (`keystake.v1.Dkg`): granted
+    /// to a peer's pinned certificate (usually by `fingerprint`); the ceremony's definition must
+    /// pin it too. Key-less (any grant of it covers it); `"all"` never includes it.
+    Dkg,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 11] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Block,
         Operation::Attestation,
         Operation::Aggregation,
@@ -59,6 +63,7 @@ impl Operation {
         Operation::Keymanager,
         Operation::SlashingAdmin,
         Operation::Operator,
+        Operation::Dkg,
     ];
 
     /// The spelling used in policy files, logs, metrics and the audit log.
@@ -75,6 +80,7 @@ impl Operation {
             Operation::Keymanager => "keymanager",
             Operation::SlashingAdmin => "slashing_admin",
             Operation::Operator => "operator",
+            Operation::Dkg => "dkg",
         }
     }
 
@@ -82,10 +88,14 @@ impl Operation {
         Self::ALL.into_iter().find(|op| op.as_str() == name)
     }
 
-    /// Operations that a wildcard (`"all"`) never grants: they move or lock up stake, so a
-    /// client gets them only by naming them.
+    /// Operations that a wildcard (`"all"`) never grants: exits and deposits move or lock up
+    /// stake, and `dkg` makes a certificate a ceremony peer, so a client gets them only by naming
+    /// them.
     pub fn needs_explicit_grant(self) -> bool {
-        matches!(self, Operation::VoluntaryExit | Operation::Deposit)
+        matches!(
+            self,
+            Operation::VoluntaryExit | Operation::Deposit | Operation::Dkg
+        )
     }
 
     /// The operation a Web3Signer signing request type performs.
@@ -514,7 +524,7 @@ mod tests {
             cn = "b"
             [[client.grant]]
             keys = ["{K2}"]
-            operations = ["all", "voluntary_exit", "deposit"]
+            operations = ["all", "voluntary_exit", "deposit", "dkg"]
 
             [[client]]
             cn = "wild"
@@ -597,6 +607,42 @@ mod tests {
                 Operation::Keymanager
             )
             .is_ok());
+    }
+
+    #[test]
+    fn dkg_is_granted_only_by_name() {
+        let text = r#"
+[[client]]
+cn = "operator"
+[[client.grant]]
+keys = "all"
+operations = ["all", "voluntary_exit", "deposit"]
+[[client]]
+cn = "peer"
+[[client.grant]]
+keys = "all"
+operations = ["dkg"]
+"#;
+        let p = Policy::from_toml_str(text).unwrap();
+        let operator = Who::cn("operator");
+        assert!(matches!(
+            p.authorize(
+                &operator.subject(),
+                "operator",
+                &Target::None,
+                Operation::Dkg
+            ),
+            Err(Denial::NotGranted { .. })
+        ));
+        let peer = Who::cn("peer");
+        assert!(p
+            .authorize(&peer.subject(), "peer", &Target::None, Operation::Dkg)
+            .is_ok());
+        // The grant makes it a ceremony peer, nothing more.
+        assert!(p
+            .authorize(&peer.subject(), "peer", &one(K1), Operation::Attestation)
+            .is_err());
+        assert_eq!(Operation::parse("dkg"), Some(Operation::Dkg));
     }
 
     #[test]

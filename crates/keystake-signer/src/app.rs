@@ -5,9 +5,9 @@
 //! listener — and runs it until SIGINT/SIGTERM. SIGHUP re-reads the policy file and the CRL.
 //!
 //! The HSM functions here are the only place that names a backend: [`open_sealer`] and
-//! [`initialize_hsm`] dispatch on `[hsm] backend` (PKCS#11 or YubiHSM2), and the enrolment key
-//! ([`enrolment_public_key`], [`open_share_package`]) is PKCS#11-only, so a YubiHSM2 appliance
-//! refuses those with a specific error instead of trying a PKCS#11 token.
+//! [`initialize_hsm`] dispatch on `[hsm] backend` (PKCS#11 or YubiHSM2), and so does the
+//! enrolment key ([`open_enrolment_key`]: a key pair in the PKCS#11 token, a scalar derived from
+//! an on-device HMAC key on a YubiHSM2).
 //!
 //! Refuses to start when the policy file or any TLS file is unusable (the error names the file),
 //! when the database belongs to another network, when core dumps cannot be disabled, and when
@@ -26,11 +26,13 @@ use rand::RngCore;
 use crate::config::YubiHsmConnectorSetting;
 use crate::config::{self, Config, HsmSection, Pkcs11Section, YubiHsmSection};
 use crate::hsm::check::CheckReport;
-use crate::hsm::enrolment::EnrolmentError;
+use crate::hsm::enrolment::{EnrolmentKey, Pkcs11EnrolmentKey};
 use crate::hsm::pkcs11::{Pkcs11Config, Pkcs11Sealer};
 use crate::hsm::signing_key::{HsmSigningKey, KeyRole, Pkcs11SigningKey};
 #[cfg(feature = "yubihsm")]
 use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
+#[cfg(feature = "yubihsm")]
+use crate::hsm::yubihsm_enrolment::YubiHsmEnrolmentKey;
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
 use crate::net::metrics::Metrics;
@@ -84,7 +86,15 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
             "the network file gives no genesis_time: duties far ahead of the wall clock are NOT refused (a far-future attestation would block its key); add genesis_time to the network file"
         );
     }
-    let sealer = open_sealer(config)?;
+    // One HSM connection for sealing and the TLS key (the PKCS#11 session pool, or the
+    // YubiHSM2 session), unless the TLS key is a file.
+    let (sealer, tls_key) = match &config.tls.server_key {
+        Some(_) => (open_sealer(config)?, None),
+        None => {
+            let (sealer, key) = open_sealer_with_signing_key(config, KeyRole::Tls)?;
+            (sealer, Some(key))
+        }
+    };
     // Before anything listens: an HSM or pairing library that misbehaves must not serve.
     crate::service::health::startup_self_test(sealer.as_ref())?;
     tracing::info!("start-up self-test passed (HSM seal/unseal, BLS sign/verify)");
@@ -123,7 +133,7 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
         TlsFiles {
             ca_cert: config.tls.ca_cert.clone(),
             server_cert: config.tls.server_cert.clone(),
-            server_key: server_key(config)?,
+            server_key: server_key_with(config, tls_key)?,
             crl: config.tls.crl.clone(),
         },
         Some(pins),
@@ -143,6 +153,15 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
 
 /// The TLS server key: the HSM's `Tls` key unless `[tls] server_key` names a file (opt-out).
 pub fn server_key(config: &Config) -> Result<ServerKey> {
+    server_key_with(config, None)
+}
+
+/// [`server_key`] with the HSM key already opened (by `build`, on the sealer's connection);
+/// `None` opens it here.
+fn server_key_with(config: &Config, opened: Option<Arc<dyn HsmSigningKey>>) -> Result<ServerKey> {
+    if let (None, Some(key)) = (&config.tls.server_key, opened) {
+        return Ok(ServerKey::Hsm(HsmTlsKey(key)));
+    }
     match &config.tls.server_key {
         Some(path) => {
             tracing::warn!(
@@ -161,6 +180,21 @@ pub fn server_key(config: &Config) -> Result<ServerKey> {
 
 /// Run the appliance until SIGINT or SIGTERM.
 pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
+    // Before the PIN is read and anything is unsealed: every page from here on is locked.
+    match crate::memlock::lock_process_memory(config.process.lock_memory)
+        .context("refusing to start")?
+    {
+        crate::memlock::MemoryLock::Locked => {
+            tracing::info!("process memory locked against swap (mlockall)")
+        }
+        crate::memlock::MemoryLock::Unlocked(reason) => tracing::warn!(
+            "process memory NOT locked against swap: unsealed shares may be paged out; {reason} \
+             ([process] lock_memory = \"required\" refuses to start instead)"
+        ),
+        crate::memlock::MemoryLock::Disabled => {
+            tracing::warn!("[process] lock_memory = \"off\": memory not locked against swap")
+        }
+    }
     let appliance = build(config, listen).await?;
     let address = appliance.listener.local_addr()?;
     let service = appliance.service.clone();
@@ -369,6 +403,8 @@ fn ensure_yubihsm_signing_keys(sealer: &YubiHsmSealer) -> Result<()> {
             .ensure_signing_key(role)
             .with_context(|| format!("creating the {role} on the YubiHSM2"))?;
     }
+    // The key share packages of a trusted split are encrypted to (docs/threshold.md).
+    YubiHsmEnrolmentKey::ensure(sealer).context("creating the enrolment key on the YubiHSM2")?;
     Ok(())
 }
 
@@ -402,41 +438,67 @@ fn without_yubihsm_feature() -> anyhow::Error {
     )
 }
 
-/// Open the HSM signing key of `role` (the TLS server key or the identity key that signs DKG
-/// broadcasts and the audit head), created by `init`. Refuses a missing or unfit key and
-/// self-tests it (a signature verified in software). PKCS#11: signs on its own pool of
-/// `[hsm] sessions` logged-in sessions; YubiHSM2: on its own authenticated session.
-pub fn open_signing_key(config: &Config, role: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+/// The sealer and the signing key of `role` on **one** connection to the HSM: for PKCS#11 the
+/// key signs on the sealer's bounded session pool (`[hsm] sessions`; a signature borrows one
+/// session for one `C_Sign`, no lock is held across it), for a YubiHSM2 on the sealer's
+/// authenticated session. What `serve` uses for the TLS key, so unseals and handshakes share
+/// the token's sessions instead of opening a second pool.
+pub fn open_sealer_with_signing_key(
+    config: &Config,
+    role: KeyRole,
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     match &config.hsm {
         HsmSection::Pkcs11(section) => {
-            let pin = config::read_secret_file(&section.user_pin_file)?;
-            let sealer = Pkcs11Sealer::open(&pkcs11_config(section), &pin)
-                .with_context(|| format!("opening HSM token {:?}", section.token_label))?;
-            let key = Pkcs11SigningKey::open(Arc::new(sealer), role)
-                .with_context(|| format!("opening the {role} in the HSM"))?;
-            Ok(Arc::new(key))
+            let (sealer, key) = open_pkcs11_with_signing_key(section, role)?;
+            Ok((sealer, key))
         }
-        HsmSection::YubiHsm(section) => open_yubihsm_signing_key(section, role),
+        HsmSection::YubiHsm(section) => open_yubihsm_with_signing_key(section, role),
     }
 }
 
+fn open_pkcs11_with_signing_key(
+    section: &Pkcs11Section,
+    role: KeyRole,
+) -> Result<(Arc<Pkcs11Sealer>, Arc<Pkcs11SigningKey>)> {
+    let pin = config::read_secret_file(&section.user_pin_file)?;
+    let sealer = Arc::new(
+        Pkcs11Sealer::open(&pkcs11_config(section), &pin)
+            .with_context(|| format!("opening HSM token {:?}", section.token_label))?,
+    );
+    let key = Pkcs11SigningKey::open(Arc::clone(&sealer), role)
+        .with_context(|| format!("opening the {role} in the HSM"))?;
+    Ok((sealer, Arc::new(key)))
+}
+
 #[cfg(feature = "yubihsm")]
-fn open_yubihsm_signing_key(
+fn open_yubihsm_with_signing_key(
     section: &YubiHsmSection,
     role: KeyRole,
-) -> Result<Arc<dyn HsmSigningKey>> {
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     let password = yubihsm_password(section)?;
     let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
         .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
     let key = sealer
         .signing_key(role)
         .with_context(|| format!("opening the {role} on the YubiHSM2"))?;
-    Ok(Arc::new(key))
+    Ok((Arc::new(sealer), Arc::new(key)))
 }
 
 #[cfg(not(feature = "yubihsm"))]
-fn open_yubihsm_signing_key(_: &YubiHsmSection, _: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+fn open_yubihsm_with_signing_key(
+    _: &YubiHsmSection,
+    _: KeyRole,
+) -> Result<(Arc<dyn Sealer>, Arc<dyn HsmSigningKey>)> {
     Err(without_yubihsm_feature())
+}
+
+/// Open the HSM signing key of `role` (the TLS server key or the identity key that signs DKG
+/// broadcasts and the audit head), created by `init`. Refuses a missing or unfit key and
+/// self-tests it (a signature verified in software). For commands that need only the key;
+/// `serve` opens it with the sealer ([`open_sealer_with_signing_key`]).
+pub fn open_signing_key(config: &Config, role: KeyRole) -> Result<Arc<dyn HsmSigningKey>> {
+    // The sealer is dropped; the key keeps the connection (pool or session) it needs.
+    Ok(open_sealer_with_signing_key(config, role)?.1)
 }
 
 /// [`open_signing_key`] on a YubiHSM2 reached through `connector` (tests: the crate's mock
@@ -481,25 +543,51 @@ fn yubihsm_check(_: &YubiHsmSection) -> Result<CheckReport> {
     Err(without_yubihsm_feature())
 }
 
-/// The PKCS#11 settings of the enrolment key, which only that backend has.
-fn enrolment_token(config: &Config) -> Result<&Pkcs11Section, EnrolmentError> {
+/// The configured backend's enrolment key: the key pair in the PKCS#11 token, or on a YubiHSM2
+/// the scalar derived from the on-device enrolment HMAC key (`hsm::yubihsm_enrolment`).
+pub fn open_enrolment_key(config: &Config) -> Result<Box<dyn EnrolmentKey>> {
     match &config.hsm {
-        HsmSection::Pkcs11(section) => Ok(section),
-        HsmSection::YubiHsm(_) => Err(EnrolmentError::NoEnrolmentKey {
-            backend: "YubiHSM2",
-        }),
+        HsmSection::Pkcs11(section) => {
+            let pin = config::read_secret_file(&section.user_pin_file)?;
+            Ok(Box::new(Pkcs11EnrolmentKey::open(
+                &pkcs11_config(section),
+                &pin,
+            )?))
+        }
+        HsmSection::YubiHsm(section) => open_yubihsm_enrolment_key(section),
     }
 }
 
+#[cfg(feature = "yubihsm")]
+fn open_yubihsm_enrolment_key(section: &YubiHsmSection) -> Result<Box<dyn EnrolmentKey>> {
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open(&yubihsm_config(section), &password)
+        .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
+    Ok(Box::new(YubiHsmEnrolmentKey::open(&sealer)?))
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn open_yubihsm_enrolment_key(_: &YubiHsmSection) -> Result<Box<dyn EnrolmentKey>> {
+    Err(without_yubihsm_feature())
+}
+
+/// [`open_enrolment_key`] on a YubiHSM2 reached through `connector` (tests: the crate's mock).
+#[cfg(feature = "yubihsm")]
+pub fn open_enrolment_key_with(
+    config: &Config,
+    connector: yubihsm::Connector,
+) -> Result<Box<dyn EnrolmentKey>> {
+    let section = yubihsm_section(config)?;
+    let password = yubihsm_password(section)?;
+    let sealer = YubiHsmSealer::open_with(connector, &yubihsm_config(section), &password)
+        .context("opening the YubiHSM2")?;
+    Ok(Box::new(YubiHsmEnrolmentKey::open(&sealer)?))
+}
+
 /// `enrolment show`: this appliance's enrolment public key (what share packages are encrypted
-/// to). PKCS#11 only; on a YubiHSM2 appliance, [`EnrolmentError::NoEnrolmentKey`].
+/// to), on either backend.
 pub fn enrolment_public_key(config: &Config) -> Result<EnrolmentPublicKey> {
-    let section = enrolment_token(config)?;
-    let pin = config::read_secret_file(&section.user_pin_file)?;
-    Ok(crate::hsm::enrolment::public_key(
-        &pkcs11_config(section),
-        &pin,
-    )?)
+    Ok(open_enrolment_key(config)?.public_key())
 }
 
 /// The DKG tables of the database (`store::dkg`), after the store itself is opened (and
@@ -511,30 +599,29 @@ pub fn open_dkg_store(config: &Config) -> Result<crate::store::dkg::DkgStore> {
         .with_context(|| format!("opening the DKG tables of {}", path.display()))
 }
 
-/// `dkg run`: the enrolment key as a DKG share decryptor (PKCS#11 only, like share packages).
+/// `dkg run`: the enrolment key as a DKG share decryptor (either backend, like share packages).
 pub fn open_enrolment_decryptor(
     config: &Config,
 ) -> Result<crate::hsm::enrolment::EnrolmentDecryptor> {
-    let section = enrolment_token(config)?;
-    let pin = config::read_secret_file(&section.user_pin_file)?;
-    Ok(crate::hsm::enrolment::EnrolmentDecryptor::open(
-        &pkcs11_config(section),
-        &pin,
-    )?)
+    Ok(crate::hsm::enrolment::EnrolmentDecryptor::new(
+        open_enrolment_key(config)?,
+    ))
 }
 
 /// `keys import-share`: open a checked share package with this appliance's enrolment key and
-/// check the share against the manifest. PKCS#11 only; on a YubiHSM2 appliance,
-/// [`EnrolmentError::NoEnrolmentKey`] before any HSM is asked.
+/// check the share against the manifest.
 pub fn open_share_package(config: &Config, package: &CheckedPackage) -> Result<SecretShare> {
-    let section = enrolment_token(config)?;
+    open_share_package_with_key(open_enrolment_key(config)?.as_ref(), package)
+}
+
+/// [`open_share_package`] with an enrolment key already opened (tests: on the mock YubiHSM2,
+/// through [`open_enrolment_key_with`]).
+pub fn open_share_package_with_key(
+    key: &dyn EnrolmentKey,
+    package: &CheckedPackage,
+) -> Result<SecretShare> {
     check_ephemeral_point(&package.ephemeral_public_key)?;
-    let pin = config::read_secret_file(&section.user_pin_file)?;
-    Ok(crate::hsm::enrolment::open_package(
-        &pkcs11_config(section),
-        &pin,
-        package,
-    )?)
+    Ok(crate::hsm::enrolment::open_package_with(key, package)?)
 }
 
 /// Refuse a share package whose ephemeral key is not a point of P-256 before the token derives
@@ -618,8 +705,8 @@ pub fn open_store(config: &Config) -> Result<Store> {
 
 /// Create what the HSM needs for `init`, idempotently. PKCS#11: the SoftHSM2 configuration
 /// (when one is configured and missing), random PINs (when their files are missing), the token
-/// with its sealing key, and the enrolment key pair. YubiHSM2: the HMAC sealing key (when absent;
-/// capability `sign-hmac` only), logging in with the configured authentication key, whose
+/// with its sealing key, and the enrolment key pair. YubiHSM2: the HMAC sealing key and the enrolment
+/// HMAC key (when absent; capability `sign-hmac` only) and the P-256 signing keys, logging in with the configured authentication key, whose
 /// password file must exist — the signer cannot choose that password.
 pub fn initialize_hsm(config: &Config) -> Result<()> {
     match &config.hsm {
@@ -676,12 +763,7 @@ fn initialize_yubihsm(section: &YubiHsmSection) -> Result<()> {
     })?;
     let sealer = YubiHsmSealer::open(&yubihsm, &password)
         .with_context(|| format!("opening the YubiHSM2 at {}", section.connector))?;
-    ensure_yubihsm_signing_keys(&sealer)?;
-    tracing::info!(
-        "YubiHSM2 backend: no enrolment key, so this appliance cannot receive share packages \
-         (split / keys import-share); see issue 14"
-    );
-    Ok(())
+    ensure_yubihsm_signing_keys(&sealer)
 }
 
 #[cfg(not(feature = "yubihsm"))]
@@ -750,6 +832,7 @@ mod tests {
             slashing: SlashingSection::default(),
             keymanager: KeymanagerSection::default(),
             sandbox: Default::default(),
+            process: Default::default(),
         }
     }
 
@@ -1042,42 +1125,129 @@ mod tests {
         assert!(error.contains("backend = \"pkcs11\""), "{error}");
     }
 
-    #[test]
-    fn the_yubihsm_backend_has_no_enrolment_key() {
-        let mock = yubihsm_appliance();
-        let expected = "share packages need the enrolment key, which the YubiHSM2 backend does \
-                        not have yet: see issue 14";
-        let error = enrolment_public_key(&mock.config).unwrap_err();
-        assert!(matches!(
-            error.downcast_ref::<EnrolmentError>(),
-            Some(EnrolmentError::NoEnrolmentKey { .. })
-        ));
-        assert_eq!(error.to_string(), expected);
-
-        // A real package, for a PKCS#11 appliance: the YubiHSM2 appliance refuses it by backend
-        // before any HSM is asked (no PKCS#11 token is tried).
+    /// `split` (the CLI function) to a SoftHSM2 appliance and a mock-YubiHSM2 appliance, then
+    /// `keys import-share` (the CLI function) on each, then a partial signature from each:
+    /// they combine into the vector's signature by the unsplit key.
+    #[tokio::test]
+    async fn split_then_import_share_on_softhsm2_and_on_the_yubihsm_mock() {
+        use crate::cli::split::{split, SplitArgs};
+        use keystake_core::keystore::{self, KdfChoice};
         let softhsm = pkcs11_appliance();
-        let enrolment_key = enrolment_public_key(&softhsm.config).unwrap();
-        let mut rng = rand::rngs::OsRng;
-        let secret = SecretKey::random(&mut rng);
-        let threshold = keystake_core::types::Threshold::new(1).unwrap();
-        let split = keystake_core::threshold::split(&secret, threshold, 1, &mut rng).unwrap();
-        let share_keys: Vec<_> = split.shares.iter().map(|s| s.public_key()).collect();
-        let manifest = keystake_core::manifest::Manifest::for_split(
-            split.commitments.clone(),
-            &share_keys,
-            &[enrolment_key],
+        let dir = tempfile::tempdir().unwrap();
+        let config = yubihsm_config(dir.path());
+        write_password(&config);
+        let device = yubihsm::Connector::mockhsm();
+        initialize_hsm_with(&config, device.clone()).unwrap();
+        let mock = TestAppliance {
+            _dir: dir,
+            sealer: open_sealer_with(&config, device.clone()).unwrap(),
+            config,
+        };
+        let mock_key = open_enrolment_key_with(&mock.config, device.clone()).unwrap();
+        // `init` again finds the same enrolment key (nothing stored but the HMAC key).
+        initialize_hsm_with(&mock.config, device.clone()).unwrap();
+        assert_eq!(
+            open_enrolment_key_with(&mock.config, device.clone())
+                .unwrap()
+                .public_key(),
+            mock_key.public_key()
+        );
+        // Another mock device has another enrolment key.
+        let other = tempfile::tempdir().unwrap();
+        let other_config = yubihsm_config(other.path());
+        write_password(&other_config);
+        let other_device = yubihsm::Connector::mockhsm();
+        initialize_hsm_with(&other_config, other_device.clone()).unwrap();
+        let other_key = open_enrolment_key_with(&other_config, other_device).unwrap();
+        assert_ne!(other_key.public_key(), mock_key.public_key());
+
+        let work = tempfile::tempdir().unwrap();
+        let (secret, body, expected) = vector();
+        let password = secrecy::SecretString::from("split-password");
+        let store = keystore::encrypt(
+            &secret,
+            &password,
+            KdfChoice::Pbkdf2 { c: 2 },
+            &mut rand::rngs::OsRng,
         )
         .unwrap();
-        let package =
-            crate::hsm::enrolment::seal_package(&split.shares[0], &manifest, &enrolment_key)
-                .unwrap()
-                .check(Some(&manifest))
+        let keystore_path = work.path().join("keystore.json");
+        std::fs::write(&keystore_path, serde_json::to_string(&store).unwrap()).unwrap();
+        let password_path = work.path().join("password.txt");
+        std::fs::write(&password_path, "split-password").unwrap();
+        let mut enrolment_files = Vec::new();
+        for (name, key) in [
+            ("softhsm", enrolment_public_key(&softhsm.config).unwrap()),
+            ("mock", mock_key.public_key()),
+        ] {
+            let path = work.path().join(format!("{name}.enrolment"));
+            std::fs::write(&path, format!("{key}\n")).unwrap();
+            enrolment_files.push(path);
+        }
+        let out = work.path().join("split");
+        let outcome = split(&SplitArgs {
+            keystore: keystore_path,
+            password_file: password_path,
+            threshold: 2,
+            enrolment_keys: enrolment_files,
+            out: out.clone(),
+        })
+        .unwrap();
+        let manifest = &outcome.manifest_path;
+
+        for appliance in [&softhsm, &mock] {
+            std::fs::create_dir_all(&appliance.config.data_dir).unwrap();
+        }
+        let on_softhsm =
+            crate::cli::keys::import_share(&softhsm.config, &outcome.packages[0], manifest)
                 .unwrap();
-        let error = open_share_package(&mock.config, &package).err().unwrap();
-        assert_eq!(error.to_string(), expected);
-        // The PKCS#11 appliance it was made for opens it.
-        let share = open_share_package(&softhsm.config, &package).unwrap();
-        assert_eq!(share.public_key(), share_keys[0]);
+        let mock_sealer = mock.sealer.clone();
+        let import_on_mock = |package: &Path| {
+            crate::cli::keys::import_share_using(
+                &mock.config,
+                package,
+                manifest,
+                &|checked| open_share_package_with_key(mock_key.as_ref(), checked),
+                &|| Ok(mock_sealer.clone()),
+            )
+        };
+        // The SoftHSM2 appliance's package does not open on the mock: refused by address.
+        let refused = format!("{:#}", import_on_mock(&outcome.packages[0]).unwrap_err());
+        assert!(refused.contains("not for this appliance"), "{refused}");
+        let on_mock = import_on_mock(&outcome.packages[1]).unwrap();
+        assert_eq!(on_mock.index.get(), 2);
+        assert_eq!(on_mock.group_public_key, secret.public_key());
+        // And the mock's package does not open on another mock device, even forced past the
+        // address check.
+        let package: keystake_core::manifest::SharePackage =
+            serde_json::from_str(&std::fs::read_to_string(&outcome.packages[1]).unwrap()).unwrap();
+        let checked = package.check(Some(&outcome.manifest)).unwrap();
+        assert!(matches!(
+            crate::hsm::enrolment::decrypt_and_check(other_key.as_ref(), &checked),
+            Err(crate::hsm::enrolment::EnrolmentError::Integrity)
+        ));
+
+        let mut partials = Vec::new();
+        for (appliance, imported) in [(&softhsm, &on_softhsm), (&mock, &on_mock)] {
+            let signed = sign_locally(&service(appliance), &imported.public_key, &body)
+                .await
+                .unwrap();
+            partials.push((imported.index, signed.signature));
+            assert_ne!(signed.signature.to_hex(), expected);
+            partials.sort_by_key(|(index, _)| index.get());
+            if partials.len() == 2 {
+                let combined = keystake_core::threshold::combine(
+                    outcome.manifest.threshold(),
+                    &outcome.manifest.share_public_keys(),
+                    &outcome.manifest.group_public_key(),
+                    signed.signing_root.as_bytes(),
+                    &partials,
+                    true,
+                    &mut rand::rngs::OsRng,
+                )
+                .unwrap();
+                assert_eq!(combined.signature.to_hex(), expected);
+            }
+        }
     }
 }

@@ -76,6 +76,19 @@ pub struct Config {
     /// Process sandbox of `serve` (see `crate::sandbox`).
     #[serde(default)]
     pub sandbox: SandboxSection,
+    /// Process-wide protections of `serve` (see `crate::memlock`).
+    #[serde(default)]
+    pub process: ProcessSection,
+}
+
+/// `[process]`: `lock_memory = "best-effort" | "required" | "off"` — lock every page of the
+/// serving process against swap (`mlockall`) when `RLIMIT_MEMLOCK` allows (default
+/// best-effort: warn and serve unlocked otherwise; required: refuse to start).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSection {
+    #[serde(default)]
+    pub lock_memory: crate::memlock::LockMemory,
 }
 
 /// `[sandbox]`: `seccomp = false` leaves the serving process's seccomp allow-list off (for
@@ -659,6 +672,11 @@ token_file = "data/keymanager.token"
 # The serving process's seccomp allow-list (docs/security.md); off only for debugging.
 # [sandbox]
 # seccomp = false
+
+# Lock the serving process's memory against swap (mlockall; needs LimitMEMLOCK=infinity or
+# CAP_IPC_LOCK): "best-effort" warns and serves unlocked when it cannot, "required" refuses.
+# [process]
+# lock_memory = "best-effort"
 
 # Client identity used by the bundled tools (bench load) to reach this appliance.
 [client]

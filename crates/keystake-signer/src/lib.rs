@@ -13,6 +13,7 @@ pub mod dkg;
 pub mod files;
 pub mod forwarder;
 pub mod hsm;
+pub mod memlock;
 pub mod net;
 pub mod sandbox;
 pub mod service;

@@ -24,7 +24,9 @@ use anyhow::{bail, Context, Result};
 
 use super::{load_config, read_json, runtime};
 use crate::dkg::identity::HsmIdentity;
-use crate::dkg::run::{run_ceremony, GrpcTransport, Parts, RunOptions, RunOutcome};
+use crate::dkg::run::{
+    run_ceremony, GrpcTransport, Honest, Outgoing, Parts, RunOptions, RunOutcome,
+};
 use crate::files::{write_file, Overwrite};
 use crate::hsm::signing_key::KeyRole;
 use keystake_core::consensus::ExecutionAddress;
@@ -242,6 +244,18 @@ fn run_command(
     out: &Path,
     phase_timeout: Duration,
 ) -> Result<()> {
+    run_command_with(config_path, definition, out, phase_timeout, &Honest)
+}
+
+/// `dkg run` with the own-message hook given (`dkg run` itself passes [`Honest`]; the fault
+/// tests pass a tampering one to play a cheating participant with real parts).
+pub fn run_command_with(
+    config_path: &Path,
+    definition: Definition,
+    out: &Path,
+    phase_timeout: Duration,
+    outgoing: &dyn Outgoing,
+) -> Result<()> {
     definition.validate()?;
     let config = load_config(config_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -273,6 +287,7 @@ fn run_command(
             &enrolment,
             &transport,
             options,
+            outgoing,
         )
         .await
     })?;

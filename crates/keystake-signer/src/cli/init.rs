@@ -66,6 +66,14 @@ fingerprint = "{fingerprint}"
 [[client.grant]]
 keys = "all"
 operations = ["all", "voluntary_exit", "deposit"]
+
+# DKG and resharing peers (docs/dkg.md, "Granting the peers"): "all" never includes `dkg`;
+# grant it to each peer's certificate pinned in its identity file, by SHA-256 fingerprint:
+# [[client]]
+# fingerprint = "<sha256 of the peer's tls_certificate>"
+# [[client.grant]]
+# keys = "all"
+# operations = ["dkg"]
 "#,
         path = cert_path.display(),
         cn = identity.common_name.clone().unwrap_or_default(),

@@ -21,10 +21,12 @@ use super::manifest::load_manifest;
 use super::{load_config, read_json, read_password_file};
 use crate::app::open_sealer;
 use crate::config::Config;
+use crate::hsm::Sealer;
 use crate::service;
 use crate::store::{InsertOutcome, ShareOrigin, ThresholdInfo};
 use keystake_core::keystore;
-use keystake_core::manifest::SharePackage;
+use keystake_core::manifest::{CheckedPackage, SharePackage};
+use keystake_core::threshold::SecretShare;
 use keystake_core::types::{BlsPublicKey, ShareIndex, Threshold};
 
 /// `keystake-signer keys …`.
@@ -147,12 +149,30 @@ pub fn import_share(
     package_path: &Path,
     manifest_path: &Path,
 ) -> Result<ImportedShare> {
+    import_share_using(
+        config,
+        package_path,
+        manifest_path,
+        &|checked| crate::app::open_share_package(config, checked),
+        &|| open_sealer(config),
+    )
+}
+
+/// [`import_share`] with the HSM parts supplied by the caller (tests: the mock YubiHSM2 through
+/// `app::open_share_package_with_key` and `app::open_sealer_with`).
+pub fn import_share_using(
+    config: &Config,
+    package_path: &Path,
+    manifest_path: &Path,
+    open_package: &dyn Fn(&CheckedPackage) -> Result<SecretShare>,
+    open_sealer: &dyn Fn() -> Result<std::sync::Arc<dyn Sealer>>,
+) -> Result<ImportedShare> {
     let expected = load_manifest(manifest_path)?;
     let package: SharePackage = read_json(package_path, "share package")?;
     let checked = package
         .check(Some(&expected))
         .with_context(|| format!("share package {}", package_path.display()))?;
-    let share = crate::app::open_share_package(config, &checked)
+    let share = open_package(&checked)
         .with_context(|| format!("opening share package {}", package_path.display()))?;
     let manifest = &checked.manifest;
     let info = ThresholdInfo {
@@ -164,7 +184,7 @@ pub fn import_share(
     };
     // With the configured watermark for keys installed without slashing history.
     let store = crate::app::open_store(config)?;
-    let sealer = open_sealer(config)?;
+    let sealer = open_sealer()?;
     let (public_key, outcome) = service::import_key(
         &store,
         sealer.as_ref(),

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use super::{load_config, read_json, runtime};
 use crate::dkg::identity::HsmIdentity;
 use crate::dkg::reshare::{run_reshare, ReshareOutcome};
-use crate::dkg::run::{GrpcTransport, Parts, RunOptions};
+use crate::dkg::run::{GrpcTransport, Honest, Outgoing, Parts, RunOptions};
 use crate::files::{write_file, Overwrite};
 use crate::hsm::signing_key::KeyRole;
 use keystake_core::dkg::{
@@ -83,6 +83,18 @@ pub fn reshare_command(
     out: &Path,
     phase_timeout: Duration,
 ) -> Result<()> {
+    reshare_command_with(config_path, definition, out, phase_timeout, &Honest)
+}
+
+/// `dkg reshare` with the own-message hook given (`dkg reshare` passes [`Honest`]; the fault
+/// tests pass a tampering one).
+pub fn reshare_command_with(
+    config_path: &Path,
+    definition: &Path,
+    out: &Path,
+    phase_timeout: Duration,
+    outgoing: &dyn Outgoing,
+) -> Result<()> {
     let definition: ReshareDefinition = read_json(definition, "reshare definition")?;
     definition.validate()?;
     let config = load_config(config_path)?;
@@ -118,6 +130,7 @@ pub fn reshare_command(
             &enrolment,
             &transport,
             options,
+            outgoing,
         )
         .await
     })?;

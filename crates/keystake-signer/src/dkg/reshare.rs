@@ -4,6 +4,9 @@
 //!
 //! * old shares: a dealer unseals its shares of the previous lock's validators only to deal
 //!   them; they stay sealed and enabled in the store **until the new lock verifies**;
+//! * new shares: sealed by the HSM the moment they are computed, into the reshare's state
+//!   (pending, not signable, as in a DKG: `run::seal_pending`), before the finish message that
+//!   proves them is published; stored as signing shares from those seals at hand-over;
 //! * slashing: a dealer reports its per-validator maxima from its history; on success every new
 //!   member imports (EIP-3076, atomically) the reshare's bounded floors for its new share key, and
 //!   a member keeping the validator also imports its old share's complete history under the new
@@ -26,12 +29,14 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::identity::seed_context;
-use super::run::{fetch_missing, Parts, RunOptions, Transport};
+use super::run::{
+    fetch_missing, pending_record, seal_pending, Outgoing, Parts, RunOptions, Transport,
+};
 use super::DkgAdapterError;
 use crate::hsm::SealedShare;
 use crate::service::seal_context;
 use crate::store::dkg::CeremonyState;
-use crate::store::{ShareOrigin, ThresholdInfo};
+use crate::store::ThresholdInfo;
 use keystake_core::bls::SecretKey;
 use keystake_core::consensus::Network;
 use keystake_core::dkg::{
@@ -191,13 +196,39 @@ fn seed_for(
         .unseal(&SealedShare(row.sealed_seed), &context)?)
 }
 
-/// Run (or resume) the reshare of `definition` to its end.
+/// A reshare state machine rebuilt from the seed and every message persisted for it (a
+/// restart, or after [`Outgoing`] replaced an own message), as `run::resume` for a DKG.
+fn resume(
+    definition: &ReshareDefinition,
+    parts: &Parts<'_>,
+    old: Option<OldHolding>,
+    seed: &Zeroizing<[u8; 32]>,
+    epoch: u64,
+) -> Result<(Reshare, BTreeSet<(Phase, ParticipantIndex)>), DkgAdapterError> {
+    let mut reshare = Reshare::new(
+        definition.clone(),
+        &parts.signer.identity(),
+        seed.clone(),
+        old,
+        epoch,
+    )?;
+    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
+    for message in parts.dkg.messages(&definition.reshare_id())? {
+        persisted.insert((message.phase, message.sender));
+        let _ = reshare.receive(message);
+    }
+    Ok((reshare, persisted))
+}
+
+/// Run (or resume) the reshare of `definition` to its end; own messages pass through
+/// `outgoing` (given the seats as a definition) before they are persisted.
 pub async fn run_reshare<T: Transport>(
     definition: ReshareDefinition,
     parts: Parts<'_>,
     enrolment: &keystake_core::manifest::EnrolmentPublicKey,
     transport: &T,
     options: RunOptions,
+    outgoing: &dyn Outgoing,
 ) -> Result<ReshareOutcome, DkgAdapterError> {
     definition.validate()?;
     let network = definition
@@ -209,25 +240,19 @@ pub async fn run_reshare<T: Transport>(
     let (me, seat) = own_seat(&definition, &parts, enrolment)?;
     let id = definition.reshare_id();
     let seats = definition.seats_as_definition();
-    let old = match (seat.deals, seat.old_index) {
-        (true, Some(old_index)) => Some(tokio::task::block_in_place(|| {
-            old_holding(&parts, &definition, old_index)
-        })?),
-        _ => None,
+    // A dealer missing one of its old shares is refused before anything is stored.
+    let holding = || -> Result<Option<OldHolding>, DkgAdapterError> {
+        match (seat.deals, seat.old_index) {
+            (true, Some(old_index)) => Ok(Some(tokio::task::block_in_place(|| {
+                old_holding(&parts, &definition, old_index)
+            })?)),
+            _ => Ok(None),
+        }
     };
+    let old = holding()?;
     let seed = seed_for(&parts, &definition, me)?;
-    let mut reshare = Reshare::new(
-        definition.clone(),
-        &parts.signer.identity(),
-        seed,
-        old,
-        epoch,
-    )?;
-    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
-    for message in parts.dkg.messages(&id)? {
-        persisted.insert((message.phase, message.sender));
-        let _ = reshare.receive(message);
-    }
+    let (mut reshare, mut persisted) = resume(&definition, &parts, old, &seed, epoch)?;
+    let mut pending_sealed = false;
     let mut phase = reshare.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
@@ -242,10 +267,32 @@ pub async fn run_reshare<T: Transport>(
                 return Err(error.into());
             }
         };
-        for message in reshare.messages() {
-            if persisted.insert((message.phase, message.sender)) {
-                parts.dkg.insert_message(message)?;
+        // New shares are sealed the moment they are computed (pending, not signable), before
+        // the finish message that proves them is published — as in a DKG (run.rs).
+        if let Some(shares) = reshare.pending_shares() {
+            if !pending_sealed {
+                tokio::task::block_in_place(|| seal_pending(&parts, id, shares))?;
+                pending_sealed = true;
             }
+        }
+        let mut replaced = false;
+        for message in reshare.messages() {
+            if persisted.contains(&(message.phase, message.sender)) {
+                continue;
+            }
+            if message.sender == me {
+                if let Some(other) = outgoing.replace(&seats, message, parts.signer) {
+                    parts.dkg.insert_message(&other)?;
+                    replaced = true;
+                    break;
+                }
+            }
+            persisted.insert((message.phase, message.sender));
+            parts.dkg.insert_message(message)?;
+        }
+        if replaced {
+            (reshare, persisted) = resume(&definition, &parts, holding()?, &seed, epoch)?;
+            continue;
         }
         match step {
             ReshareStep::Finished(success) => {
@@ -359,6 +406,7 @@ fn hand_over(
     // and the old shares are removed — a share of a polynomial the group handed over must not
     // sign again (drand #1190); their slashing history stays under their keys and is copied to
     // the new keys. A crash before the commit leaves the old shares signing as before.
+    let pending = parts.dkg.pending_shares(&definition.reshare_id())?;
     let mut records = Vec::with_capacity(keys.len());
     for (share, _) in &keys {
         let validator = &lock.validators[share.validator as usize];
@@ -369,12 +417,7 @@ fn hand_over(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        records.push(crate::service::seal_record(
-            parts.sealer,
-            share.share.secret_key(),
-            ShareOrigin::Dkg,
-            Some(info),
-        )?);
+        records.push(pending_record(parts, &pending, share, info)?);
     }
     let old_keys: Vec<BlsPublicKey> = match seat.old_index {
         Some(old_index) => previous

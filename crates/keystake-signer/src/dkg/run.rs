@@ -14,8 +14,8 @@ use super::DkgAdapterError;
 use crate::hsm::{SealedShare, Sealer};
 use crate::net::grpc::dkg::{peer_client, DkgClient};
 use crate::net::grpc::pb;
-use crate::store::dkg::{CeremonyState, DkgStore};
-use crate::store::{ShareOrigin, Store, ThresholdInfo};
+use crate::store::dkg::{CeremonyState, DkgStore, PendingShare};
+use crate::store::{ShareOrigin, ShareRecord, Store, ThresholdInfo};
 use keystake_core::dkg::{
     Abort, BroadcastSigner, Ceremony, CeremonyId, Definition, Lock, ParticipantIndex, Phase,
     ShareDecryptor, SignedMessage, Step,
@@ -105,6 +105,36 @@ impl Transport for GrpcTransport {
         serde_json::from_str(&response.message_json)
             .map(Some)
             .map_err(|e| format!("undecodable message: {e}"))
+    }
+}
+
+/// What this appliance publishes of its own messages. Production runs use [`Honest`] (every
+/// message as the state machine made it); the fault tests (tests/dkg_faults.rs) build a cheating
+/// participant from this library with a tampering implementation, so no cheating code is in the
+/// shipped binary's paths: the runner only *offers* the hook.
+pub trait Outgoing: Send + Sync {
+    /// The message to publish instead of `own` (this appliance's own message, not yet
+    /// persisted), signed with `signer`; `None` publishes `own` unchanged.
+    fn replace(
+        &self,
+        definition: &Definition,
+        own: &SignedMessage,
+        signer: &dyn BroadcastSigner,
+    ) -> Option<SignedMessage>;
+}
+
+/// Publish every own message as made (the identity hook; what `dkg run` uses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Honest;
+
+impl Outgoing for Honest {
+    fn replace(
+        &self,
+        _: &Definition,
+        _: &SignedMessage,
+        _: &dyn BroadcastSigner,
+    ) -> Option<SignedMessage> {
+        None
     }
 }
 
@@ -208,36 +238,76 @@ fn seed_for(
         .unseal(&SealedShare(row.sealed_seed), &context)?)
 }
 
-/// Run (or resume) the ceremony of `definition` to its end.
+/// A ceremony state machine rebuilt from the seed and every message persisted for it (a
+/// restart, or after [`Outgoing`] replaced an own message: the machine must hold what was
+/// published, and re-derives the rest identically from the seed).
+fn resume(
+    definition: &Definition,
+    me: ParticipantIndex,
+    seed: &Zeroizing<[u8; 32]>,
+    dkg: &DkgStore,
+) -> Result<(Ceremony, BTreeSet<(Phase, ParticipantIndex)>), DkgAdapterError> {
+    let id = definition.ceremony_id();
+    let mut ceremony = Ceremony::new(definition.clone(), me, seed.clone())?;
+    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
+    for message in dkg.messages(&id)? {
+        persisted.insert((message.phase, message.sender));
+        // Refused ones (none should be: they were checked before being stored) are skipped.
+        let _ = ceremony.receive(message);
+    }
+    Ok((ceremony, persisted))
+}
+
+/// Run (or resume) the ceremony of `definition` to its end; own messages pass through
+/// `outgoing` before they are persisted (and so published).
 pub async fn run_ceremony<T: Transport>(
     definition: Definition,
     parts: Parts<'_>,
     enrolment: &keystake_core::manifest::EnrolmentPublicKey,
     transport: &T,
     options: RunOptions,
+    outgoing: &dyn Outgoing,
 ) -> Result<RunOutcome, DkgAdapterError> {
     definition.validate()?;
     let me = own_index(&definition, parts.signer, enrolment)?;
     let id = definition.ceremony_id();
     let seed = seed_for(&parts, &definition, me)?;
-    let mut ceremony = Ceremony::new(definition.clone(), me, seed)?;
-    let mut persisted: BTreeSet<(Phase, ParticipantIndex)> = BTreeSet::new();
-    for message in parts.dkg.messages(&id)? {
-        persisted.insert((message.phase, message.sender));
-        // Refused ones (none should be: they were checked before being stored) are skipped.
-        let _ = ceremony.receive(message);
-    }
+    let (mut ceremony, mut persisted) = resume(&definition, me, &seed, parts.dkg)?;
+    let mut pending_sealed = false;
     let mut phase = ceremony.phase();
     let mut deadline = Instant::now() + options.phase_timeout;
     let mut backoff = Duration::from_millis(10);
     let mut attempts: u32 = 0;
     loop {
         let step = tokio::task::block_in_place(|| ceremony.poll(parts.signer, parts.decryptor))?;
-        // Own (and relayed) messages are durable before a peer can fetch them.
-        for message in ceremony.messages() {
-            if persisted.insert((message.phase, message.sender)) {
-                parts.dkg.insert_message(message)?;
+        // The new shares are sealed the moment the state machine has computed them, before
+        // the finish message that proves them leaves (plaintext only in its zeroizing memory).
+        if let Some(shares) = ceremony.pending_shares() {
+            if !pending_sealed {
+                tokio::task::block_in_place(|| seal_pending(&parts, id, shares))?;
+                pending_sealed = true;
             }
+        }
+        // Own (and relayed) messages are durable before a peer can fetch them.
+        let mut replaced = false;
+        for message in ceremony.messages() {
+            if persisted.contains(&(message.phase, message.sender)) {
+                continue;
+            }
+            if message.sender == me {
+                if let Some(other) = outgoing.replace(&definition, message, parts.signer) {
+                    parts.dkg.insert_message(&other)?;
+                    replaced = true;
+                    // Later own messages were derived from the replaced one: made again below.
+                    break;
+                }
+            }
+            persisted.insert((message.phase, message.sender));
+            parts.dkg.insert_message(message)?;
+        }
+        if replaced {
+            (ceremony, persisted) = resume(&definition, me, &seed, parts.dkg)?;
+            continue;
         }
         match step {
             Step::Finished(success) => {
@@ -330,13 +400,49 @@ pub(crate) async fn fetch_missing<T: Transport>(
         .collect()
 }
 
-/// Seal every new share into the share store (origin `dkg`), with its threshold metadata.
+/// Seal this appliance's new shares into the ceremony's state (`dkg_pending_shares`), not
+/// signable yet, under the seal context they keep in the share store (a restart that computes
+/// them again keeps the first seal).
+pub(crate) fn seal_pending(
+    parts: &Parts<'_>,
+    id: CeremonyId,
+    shares: &[keystake_core::dkg::ValidatorShare],
+) -> Result<(), DkgAdapterError> {
+    if parts.dkg.pending_shares(&id)?.len() == shares.len() {
+        return Ok(());
+    }
+    let mut pending = Vec::with_capacity(shares.len());
+    for share in shares {
+        let public_key = share.share.public_key();
+        let context = crate::hsm::SealContext {
+            share_public_key: public_key,
+            share_index: Some(share.share.index()),
+            group_public_key: Some(share.group_public_key),
+        };
+        let sealed = parts
+            .sealer
+            .seal(&share.share.secret_key().to_bytes(), &context)?;
+        pending.push(PendingShare {
+            validator: share.validator,
+            public_key,
+            group_public_key: share.group_public_key,
+            sealed: sealed.0,
+        });
+    }
+    parts.dkg.insert_pending_shares(&id, &pending)?;
+    Ok(())
+}
+
+/// The lock verified: the pending sealed shares become signable — moved into the share store
+/// (origin `dkg`, with their threshold metadata) in one transaction. Each must be the share the
+/// state machine finished with; its seal is opened once to prove it.
 fn seal_shares(
     parts: &Parts<'_>,
     success: &keystake_core::dkg::Success,
 ) -> Result<Vec<BlsPublicKey>, DkgAdapterError> {
     let lock = &success.lock;
-    let mut keys = Vec::with_capacity(success.shares.len());
+    let pending = parts.dkg.pending_shares(&lock.ceremony_id)?;
+    let mut records = Vec::with_capacity(success.shares.len());
     for share in &success.shares {
         let validator = &lock.validators[share.validator as usize];
         let info = ThresholdInfo {
@@ -346,16 +452,47 @@ fn seal_shares(
             group_public_key: validator.group_public_key,
             share_public_keys: validator.public_shares.clone(),
         };
-        let (public_key, _) = crate::service::import_key(
-            parts.store,
-            parts.sealer,
-            share.share.secret_key(),
-            ShareOrigin::Dkg,
-            Some(info),
-        )?;
-        keys.push(public_key);
+        records.push(pending_record(parts, &pending, share, info)?);
     }
-    Ok(keys)
+    parts.store.insert_shares(&records)?;
+    Ok(records.iter().map(|r| r.public_key).collect())
+}
+
+/// The share-store record of `share` from its pending seal (opened once and compared with the
+/// share the state machine finished with; never sealed again).
+pub(crate) fn pending_record(
+    parts: &Parts<'_>,
+    pending: &[PendingShare],
+    share: &keystake_core::dkg::ValidatorShare,
+    info: ThresholdInfo,
+) -> Result<ShareRecord, DkgAdapterError> {
+    let public_key = share.share.public_key();
+    let sealed = pending
+        .iter()
+        .find(|p| p.validator == share.validator && p.public_key == public_key)
+        .ok_or_else(|| {
+            DkgAdapterError::Transport(format!(
+                "validator {}: the share was not sealed when computed",
+                share.validator
+            ))
+        })?;
+    let reopened = parts.sealer.unseal(
+        &SealedShare(sealed.sealed.clone()),
+        &crate::service::seal_context(public_key, Some(&info)),
+    )?;
+    if reopened.as_slice() != share.share.secret_key().to_bytes().as_slice() {
+        return Err(DkgAdapterError::Transport(format!(
+            "validator {}: the pending seal does not open to the share",
+            share.validator
+        )));
+    }
+    Ok(ShareRecord {
+        public_key,
+        sealed: sealed.sealed.clone(),
+        origin: ShareOrigin::Dkg,
+        threshold: Some(info),
+        enabled: true,
+    })
 }
 
 /// An in-memory transport between adapters of one process (tests): peers' databases read

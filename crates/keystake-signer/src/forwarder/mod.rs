@@ -365,17 +365,35 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Serve plain HTTP/1.1 on `listener` through the one accept loop (`crate::net::listen`) until
-/// `shutdown` resolves.
-pub async fn serve(
+/// Bind `listen` after `check_listen_address` allowed it as `exposure`; a forced non-loopback
+/// listener is announced loudly here, so both forwarders warn the same way.
+pub(crate) async fn bind(
+    listen: SocketAddr,
+    exposure: Exposure,
+) -> Result<(TcpListener, SocketAddr), ForwarderError> {
+    let bind_error = |source| ForwarderError::Bind {
+        address: listen,
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+    let address = listener.local_addr().map_err(bind_error)?;
+    if exposure == Exposure::NonLoopbackForced {
+        warn_non_loopback(address);
+    }
+    Ok((listener, address))
+}
+
+/// Serve plain HTTP/1.1 on `listener` through the one accept loop (`crate::net::listen`), every
+/// request answered by `handle`, until `shutdown` resolves. Both forwarders serve through here.
+pub(crate) async fn serve<H, F>(
     listener: TcpListener,
-    forwarder: Arc<Forwarder>,
+    handle: H,
     shutdown: impl Future<Output = ()>,
-) {
-    let app = axum::Router::new().fallback(move |request: Request<Body>| {
-        let forwarder = forwarder.clone();
-        async move { forwarder.handle(request).await }
-    });
+) where
+    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let app = axum::Router::new().fallback(move |request: Request<Body>| handle(request));
     crate::net::listen::serve(listener, crate::net::listen::PlainHttp, app, shutdown).await
 }
 
@@ -388,24 +406,9 @@ pub async fn run(
 ) -> Result<(), ForwarderError> {
     let exposure = check_listen_address(options.listen, options.allow_non_loopback)?;
     let mut forwarder = Forwarder::new(options)?;
-    let listener =
-        TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| ForwarderError::Bind {
-                address: options.listen,
-                source,
-            })?;
-    let address = listener
-        .local_addr()
-        .map_err(|source| ForwarderError::Bind {
-            address: options.listen,
-            source,
-        })?;
+    let (listener, address) = bind(options.listen, exposure).await?;
     forwarder.listen = address;
     let forwarder = Arc::new(forwarder);
-    if exposure == Exposure::NonLoopbackForced {
-        warn_non_loopback(address);
-    }
     tracing::info!(%address, upstream = forwarder.upstream(), "forwarding plain HTTP to the appliance over mutual TLS");
     match forwarder.probe().await {
         Ok(()) => tracing::info!(upstream = forwarder.upstream(), "appliance reachable"),
@@ -414,7 +417,11 @@ pub async fn run(
         }
     }
     println!("forwarding on http://{address} to {}", forwarder.upstream());
-    serve(listener, forwarder, shutdown).await;
+    let handle = move |request| {
+        let forwarder = forwarder.clone();
+        async move { forwarder.handle(request).await }
+    };
+    serve(listener, handle, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

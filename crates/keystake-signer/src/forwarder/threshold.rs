@@ -48,11 +48,10 @@ use keystake_core::threshold;
 use keystake_core::types::{BlsPublicKey, BlsSignature, ShareIndex};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 use super::cluster::{self, ApplianceLink};
 use super::error::{ApplianceReport, NotCombined};
-use super::{check_browser_headers, check_listen_address, Exposure, ForwardError, ForwarderError};
+use super::{check_browser_headers, check_listen_address, ForwardError, ForwarderError};
 use crate::net::client::{ClientError, FailureKind};
 
 /// Largest signing request accepted (a full block with many transactions fits).
@@ -783,19 +782,6 @@ pub fn classify(status: u16, body: &[u8]) -> Outcome {
     }
 }
 
-/// Serve the threshold forwarder on `listener` through the one accept loop until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    forwarder: Arc<ThresholdForwarder>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let app = axum::Router::new().fallback(move |request: Request<Body>| {
-        let forwarder = forwarder.clone();
-        async move { forwarder.handle(request).await }
-    });
-    crate::net::listen::serve(listener, crate::net::listen::PlainHttp, app, shutdown).await
-}
-
 /// `connect --cluster`: load and check the cluster, bind, probe the appliances once (logged,
 /// not fatal), print `forwarding on http://ADDR to N appliances (t-of-n)`, serve until
 /// `shutdown`.
@@ -805,22 +791,7 @@ pub async fn run(
 ) -> Result<(), ForwarderError> {
     let exposure = check_listen_address(options.listen, options.allow_non_loopback)?;
     let loaded = cluster::load(&options.cluster)?;
-    let listener =
-        TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| ForwarderError::Bind {
-                address: options.listen,
-                source,
-            })?;
-    let address = listener
-        .local_addr()
-        .map_err(|source| ForwarderError::Bind {
-            address: options.listen,
-            source,
-        })?;
-    if exposure == Exposure::NonLoopbackForced {
-        super::warn_non_loopback(address);
-    }
+    let (listener, address) = super::bind(options.listen, exposure).await?;
     let forwarder = Arc::new(ThresholdForwarder::new(options, loaded)?.bound(address));
     let t = forwarder.plan.threshold().get();
     let n = forwarder.plan.participants();
@@ -841,7 +812,11 @@ pub async fn run(
         "forwarding on http://{address} to {} appliances ({t}-of-{n})",
         forwarder.appliances.len()
     );
-    serve(listener, forwarder, shutdown).await;
+    let handle = move |request| {
+        let forwarder = forwarder.clone();
+        async move { forwarder.handle(request).await }
+    };
+    super::serve(listener, handle, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -282,13 +282,15 @@ impl YubiHsmAlgorithms {
 #[cfg(feature = "yubihsm")]
 impl MechanismQuery for YubiHsmAlgorithms {
     fn support(&self, need: Need) -> Result<Support, SealError> {
-        use ::yubihsm::{asymmetric, ecdh, ecdsa, hmac, Algorithm};
+        use ::yubihsm::{asymmetric, ecdsa, hmac, Algorithm};
         let wanted = match need {
             // The YubiHSM2 seals with a device-held HMAC-SHA256 key (hsm::yubihsm).
             Need::AesKeyGen | Need::AesGcm => Algorithm::Hmac(hmac::Algorithm::Sha256),
             Need::EcKeyPairGen => Algorithm::Asymmetric(asymmetric::Algorithm::EcP256),
             Need::Ecdsa => Algorithm::Ecdsa(ecdsa::Algorithm::Sha256),
-            Need::Ecdh1Derive => Algorithm::Ecdh(ecdh::Algorithm::Ecdh),
+            // The enrolment scalar is derived from a device-held HMAC-SHA256 key and the ECDH
+            // runs on the host (hsm::yubihsm_enrolment); the device's own ECDH is not used.
+            Need::Ecdh1Derive => Algorithm::Hmac(hmac::Algorithm::Sha256),
         };
         Ok(if self.algorithms.contains(&wanted) {
             Support::Supported
@@ -420,5 +422,7 @@ mod tests {
         };
         assert!(supported(Need::AesGcm), "{}", report.text());
         assert!(supported(Need::Ecdsa), "{}", report.text());
+        // Enrolment needs only HMAC-SHA256 on a YubiHSM2, which the mock has.
+        assert!(supported(Need::Ecdh1Derive), "{}", report.text());
     }
 }

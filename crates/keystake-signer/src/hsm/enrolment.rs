@@ -35,8 +35,11 @@
 //! manifest hash) is bound by the AAD instead. A later format version can add a KDF once the
 //! supported tokens implement one.
 //!
-//! Only the PKCS#11 backend has an enrolment key: on a YubiHSM2 appliance, `enrolment show` and
-//! `keys import-share` answer [`EnrolmentError::NoEnrolmentKey`] (`app` decides, by backend).
+//! Both backends implement [`EnrolmentKey`] ("open this ECIES ciphertext"): [`Pkcs11EnrolmentKey`]
+//! here, and on a YubiHSM2 a P-256 scalar derived on demand from an on-device HMAC key
+//! (`hsm::yubihsm_enrolment`, whose module doc gives the construction and how it differs from a
+//! device-resident key). Package opening, its checks and the DKG decryptor are written once
+//! over the trait.
 //!
 //! What this module refuses: a token holding half a key pair, two objects with the label, a
 //! private key that is extractable, was ever readable, or may sign/decrypt/unwrap; a recipient
@@ -106,10 +109,26 @@ pub enum EnrolmentError {
     Manifest(#[from] ManifestError),
     #[error("encrypting the package failed: {0}")]
     Crypto(&'static str),
-    /// The configured backend has no enrolment key (today: the YubiHSM2 backend, whose mock
-    /// device lacks ECDH, so it could not be built and tested yet).
-    #[error("share packages need the enrolment key, which the {backend} backend does not have yet: see issue 14")]
-    NoEnrolmentKey { backend: &'static str },
+}
+
+/// An appliance's enrolment key: its public half, and opening an ECIES ciphertext made to it
+/// (`K = x(d·E)`, AES-256-GCM) without the private half leaving the backend's control. Only the
+/// plaintext comes out, in a zeroizing buffer.
+pub trait EnrolmentKey: Send {
+    fn public_key(&self) -> EnrolmentPublicKey;
+
+    /// Decrypt `ciphertext || tag` made with the ephemeral key `ephemeral_public_key`;
+    /// [`EnrolmentError::Integrity`] when it does not authenticate or the point is refused.
+    fn open(
+        &self,
+        ephemeral_public_key: &EnrolmentPublicKey,
+        iv: &[u8; PACKAGE_IV_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnrolmentError>;
+
+    /// Where the key lives (no secrets).
+    fn describe(&self) -> String;
 }
 
 fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
@@ -124,7 +143,7 @@ fn hsm(doing: &'static str) -> impl FnOnce(CryptokiError) -> EnrolmentError {
 
 /// AES-256-GCM of `plaintext` to `recipient` (ECIES of the module doc); `aad` is computed from
 /// the ephemeral public key. Returns `(ephemeral public key, IV, ciphertext || tag)`.
-fn encrypt_to(
+pub(crate) fn encrypt_to(
     recipient: &EnrolmentPublicKey,
     plaintext: &[u8],
     aad_for: impl FnOnce(&EnrolmentPublicKey) -> Vec<u8>,
@@ -408,21 +427,78 @@ fn is_tag_failure(rv: &RvError) -> bool {
     }
 }
 
-/// Seal a random value to the pair's public key in software and open it in the token: proves
-/// the two halves belong together and the token can derive and decrypt.
-fn self_test(session: &Session, pair: &KeyPair) -> Result<(), EnrolmentError> {
+/// The enrolment key of a PKCS#11 token: ECDH and AES-GCM inside the token (the derived key
+/// never leaves it), on one logged-in session.
+pub struct Pkcs11EnrolmentKey {
+    session: Session,
+    pair: KeyPair,
+    token_label: String,
+}
+
+impl std::fmt::Debug for Pkcs11EnrolmentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pkcs11EnrolmentKey({})", self.pair.public.fingerprint())
+    }
+}
+
+impl Pkcs11EnrolmentKey {
+    /// Log in to the configured token and find (and check) the enrolment key pair.
+    pub fn open(config: &Pkcs11Config, user_pin: &SecretString) -> Result<Self, EnrolmentError> {
+        let session = pkcs11::user_session(config, user_pin)?;
+        let pair = existing_key_pair(&session)?;
+        Ok(Self {
+            session,
+            pair,
+            token_label: config.token_label.clone(),
+        })
+    }
+}
+
+impl EnrolmentKey for Pkcs11EnrolmentKey {
+    fn public_key(&self) -> EnrolmentPublicKey {
+        self.pair.public
+    }
+
+    fn open(
+        &self,
+        ephemeral_public_key: &EnrolmentPublicKey,
+        iv: &[u8; PACKAGE_IV_LEN],
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnrolmentError> {
+        open_in_token(
+            &self.session,
+            self.pair.private,
+            ephemeral_public_key,
+            iv,
+            aad,
+            ciphertext,
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "enrolment key '{ENROLMENT_KEY_LABEL}' in pkcs11 token '{}'",
+            self.token_label
+        )
+    }
+}
+
+/// Seal a random value to the key's public half in software and open it with the key: proves
+/// the two halves belong together and the backend can derive and decrypt.
+pub(crate) fn self_test(key: &dyn EnrolmentKey) -> Result<(), EnrolmentError> {
     let mut probe = Zeroizing::new([0u8; 32]);
     SystemRandom::new()
         .fill(probe.as_mut_slice())
         .map_err(|_| EnrolmentError::Crypto("drawing the self-test value"))?;
     let aad = b"keystake-enrolment-self-test".to_vec();
-    let (ephemeral, iv, ciphertext) = encrypt_to(&pair.public, probe.as_slice(), |_| aad.clone())?;
-    let opened = open_in_token(session, pair.private, &ephemeral, &iv, &aad, &ciphertext)
+    let (ephemeral, iv, ciphertext) =
+        encrypt_to(&key.public_key(), probe.as_slice(), |_| aad.clone())?;
+    let opened = key
+        .open(&ephemeral, &iv, &aad, &ciphertext)
         .map_err(|e| inconsistent(format!("self-test failed: {e}")))?;
     if opened.as_slice() != probe.as_slice() {
-        return Err(inconsistent(
-            "self-test: the token opened a different value",
-        ));
+        return Err(inconsistent("self-test: the key opened a different value"));
     }
     Ok(())
 }
@@ -443,8 +519,13 @@ pub fn ensure_key_pair(
             })?
         }
     };
-    self_test(&session, &pair)?;
-    Ok(pair.public)
+    let key = Pkcs11EnrolmentKey {
+        session,
+        pair,
+        token_label: config.token_label.clone(),
+    };
+    self_test(&key)?;
+    Ok(key.public_key())
 }
 
 fn existing_key_pair(session: &Session) -> Result<KeyPair, EnrolmentError> {
@@ -462,39 +543,36 @@ pub fn public_key(
     Ok(existing_key_pair(&session)?.public)
 }
 
-/// Open a checked package with this appliance's enrolment key and check the share it holds
-/// against the manifest's Feldman commitments and share public key. The share exists only in
-/// memory (zeroized on drop).
+/// Open a checked package with this appliance's PKCS#11 enrolment key (see [`open_package_with`]).
 pub fn open_package(
     config: &Pkcs11Config,
     user_pin: &SecretString,
     package: &CheckedPackage,
 ) -> Result<SecretShare, EnrolmentError> {
-    let session = pkcs11::user_session(config, user_pin)?;
-    let pair = existing_key_pair(&session)?;
-    open_with(&session, &pair, package)
+    open_package_with(&Pkcs11EnrolmentKey::open(config, user_pin)?, package)
 }
 
-fn open_with(
-    session: &Session,
-    pair: &KeyPair,
+/// Open a checked package with `key` and check the share it holds against the manifest's
+/// Feldman commitments and share public key. Refuses a package addressed to another key before
+/// the backend is asked. The share exists only in memory (zeroized on drop).
+pub fn open_package_with(
+    key: &dyn EnrolmentKey,
     package: &CheckedPackage,
 ) -> Result<SecretShare, EnrolmentError> {
-    let appliance = pair.public.fingerprint();
+    let appliance = key.public_key().fingerprint();
     if package.recipient != appliance {
         return Err(EnrolmentError::WrongRecipient {
             package: package.recipient,
             appliance,
         });
     }
-    decrypt_and_check(session, pair.private, package)
+    decrypt_and_check(key, package)
 }
 
 /// The cryptographic part of opening, without the recipient pre-check (so tests can show that a
-/// foreign token cannot open a package even when the check is bypassed).
-fn decrypt_and_check(
-    session: &Session,
-    private: ObjectHandle,
+/// foreign key cannot open a package even when the check is bypassed).
+pub(crate) fn decrypt_and_check(
+    key: &dyn EnrolmentKey,
     package: &CheckedPackage,
 ) -> Result<SecretShare, EnrolmentError> {
     let aad = manifest::package_aad(
@@ -503,9 +581,7 @@ fn decrypt_and_check(
         &package.recipient,
         &package.ephemeral_public_key,
     );
-    let plaintext = open_in_token(
-        session,
-        private,
+    let plaintext = key.open(
         &package.ephemeral_public_key,
         &package.iv,
         &aad,
@@ -518,11 +594,11 @@ fn decrypt_and_check(
     }
     let mut bytes: Zeroizing<[u8; 32]> = Zeroizing::new([0u8; 32]);
     bytes.copy_from_slice(&plaintext);
-    let key = SecretKey::from_zeroizing(bytes).map_err(|e| EnrolmentError::ShareMismatch {
+    let secret = SecretKey::from_zeroizing(bytes).map_err(|e| EnrolmentError::ShareMismatch {
         index: package.index,
         source: ThresholdError::Bls(e),
     })?;
-    let share = SecretShare::new(package.index, key);
+    let share = SecretShare::new(package.index, secret);
     let mismatch = |source| EnrolmentError::ShareMismatch {
         index: package.index,
         source,
@@ -540,30 +616,38 @@ fn decrypt_and_check(
 // ---------------------------------------------------------------------------------------------
 // DKG: the recipient side of a ceremony's encrypted shares (issue 12).
 
-/// Opens the shares a DKG ceremony encrypted to this appliance's enrolment key: ECDH and
-/// AES-256-GCM inside the token, exactly as for a share package (the derived key never leaves
-/// it); only the 32-byte share comes out, zeroized on drop. One PKCS#11 session for the whole
-/// ceremony.
+/// Opens the shares a DKG ceremony encrypted to this appliance's enrolment key, exactly as for
+/// a share package (on a PKCS#11 token the derived key never leaves it); only the 32-byte share
+/// comes out, zeroized on drop. One backend handle for the whole ceremony.
 pub struct EnrolmentDecryptor {
-    session: Session,
-    pair: KeyPair,
+    key: Box<dyn EnrolmentKey>,
 }
 
 impl std::fmt::Debug for EnrolmentDecryptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EnrolmentDecryptor({})", self.pair.public.fingerprint())
+        write!(
+            f,
+            "EnrolmentDecryptor({})",
+            self.key.public_key().fingerprint()
+        )
     }
 }
 
 impl EnrolmentDecryptor {
+    /// The PKCS#11 token's enrolment key.
     pub fn open(config: &Pkcs11Config, user_pin: &SecretString) -> Result<Self, EnrolmentError> {
-        let session = pkcs11::user_session(config, user_pin)?;
-        let pair = existing_key_pair(&session)?;
-        Ok(Self { session, pair })
+        Ok(Self::new(Box::new(Pkcs11EnrolmentKey::open(
+            config, user_pin,
+        )?)))
+    }
+
+    /// Any backend's enrolment key.
+    pub fn new(key: Box<dyn EnrolmentKey>) -> Self {
+        Self { key }
     }
 
     pub fn public_key(&self) -> EnrolmentPublicKey {
-        self.pair.public
+        self.key.public_key()
     }
 }
 
@@ -575,21 +659,81 @@ impl keystake_core::dkg::ShareDecryptor for EnrolmentDecryptor {
         aad: &[u8],
         ciphertext: &[u8],
     ) -> Result<Option<Zeroizing<[u8; 32]>>, keystake_core::dkg::SignerError> {
-        match open_in_token(
-            &self.session,
-            self.pair.private,
-            ephemeral,
-            iv,
-            aad,
-            ciphertext,
-        ) {
+        match self.key.open(ephemeral, iv, aad, ciphertext) {
             Ok(plain) => Ok(<[u8; 32]>::try_from(plain.as_slice())
                 .ok()
                 .map(Zeroizing::new)),
-            // Not authentic (or a point the token refuses): the dealer is to answer for it.
+            // Not authentic (or a point the backend refuses): the dealer is to answer for it.
             Err(EnrolmentError::Integrity) => Ok(None),
             Err(other) => Err(keystake_core::dkg::SignerError(other.to_string())),
         }
+    }
+}
+
+/// Test bodies every backend's [`EnrolmentKey`] runs (SoftHSM2 in `tests` below, the YubiHSM2
+/// mock in `hsm::yubihsm_enrolment`).
+#[cfg(test)]
+pub(crate) mod contract_tests {
+    use super::*;
+    use keystake_core::manifest::Manifest;
+    use keystake_core::types::{BlsPublicKey, Threshold};
+
+    /// A 2-of-2 split to `key` and `other`, the package for `key` opened by it and refused by
+    /// `other` (by address and cryptographically), tampering refused, an off-curve ephemeral
+    /// key refused, and the self-test passing; the key stays usable after every refusal.
+    pub(crate) fn opens_only_what_was_made_for_it(
+        key: &dyn EnrolmentKey,
+        other: &dyn EnrolmentKey,
+    ) {
+        self_test(key).unwrap();
+        let mut rng = rand::rngs::OsRng;
+        let secret = SecretKey::random(&mut rng);
+        let split = threshold::split(&secret, Threshold::new(2).unwrap(), 2, &mut rng).unwrap();
+        let share_keys: Vec<BlsPublicKey> = split.shares.iter().map(|s| s.public_key()).collect();
+        let manifest = Manifest::for_split(
+            split.commitments.clone(),
+            &share_keys,
+            &[key.public_key(), other.public_key()],
+        )
+        .unwrap();
+        let package = seal_package(&split.shares[0], &manifest, &key.public_key()).unwrap();
+        let checked = package.clone().check(Some(&manifest)).unwrap();
+        let opened = open_package_with(key, &checked).unwrap();
+        assert_eq!(opened.public_key(), share_keys[0]);
+        assert_eq!(
+            opened.secret_key().to_bytes().as_slice(),
+            split.shares[0].secret_key().to_bytes().as_slice()
+        );
+
+        assert!(matches!(
+            open_package_with(other, &checked),
+            Err(EnrolmentError::WrongRecipient { .. })
+        ));
+        assert!(matches!(
+            decrypt_and_check(other, &checked),
+            Err(EnrolmentError::Integrity)
+        ));
+
+        let mut flipped = package.clone();
+        flipped.ciphertext[3] ^= 0x10;
+        assert!(matches!(
+            open_package_with(key, &flipped.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+        let mut bad_iv = package.clone();
+        bad_iv.iv[11] ^= 1;
+        assert!(matches!(
+            open_package_with(key, &bad_iv.check(None).unwrap()),
+            Err(EnrolmentError::Integrity)
+        ));
+        let mut off_curve = package.clone();
+        off_curve.ephemeral_public_key[40] ^= 1;
+        assert!(matches!(
+            open_package_with(key, &off_curve.check(None).unwrap()),
+            Err(EnrolmentError::Integrity) | Err(EnrolmentError::Hsm { .. })
+        ));
+        assert!(open_package_with(key, &checked).is_ok());
+        assert!(!key.describe().is_empty());
     }
 }
 
@@ -676,10 +820,9 @@ mod tests {
             }
             other => panic!("expected WrongRecipient, got {other:?}"),
         }
-        let session_b = pkcs11::user_session(&config_b, &user_pin()).unwrap();
-        let pair_b = existing_key_pair(&session_b).unwrap();
+        let key_b_in_token = Pkcs11EnrolmentKey::open(&config_b, &user_pin()).unwrap();
         assert!(matches!(
-            decrypt_and_check(&session_b, pair_b.private, &checked),
+            decrypt_and_check(&key_b_in_token, &checked),
             Err(EnrolmentError::Integrity)
         ));
 
@@ -690,6 +833,15 @@ mod tests {
                 ManifestError::RecipientMismatch { .. }
             ))
         ));
+    }
+
+    #[test]
+    fn the_enrolment_key_contract_on_softhsm2() {
+        let (config_a, _) = fresh_appliance("enrol-contract-a");
+        let (config_b, _) = fresh_appliance("enrol-contract-b");
+        let a = Pkcs11EnrolmentKey::open(&config_a, &user_pin()).unwrap();
+        let b = Pkcs11EnrolmentKey::open(&config_b, &user_pin()).unwrap();
+        contract_tests::opens_only_what_was_made_for_it(&a, &b);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! `yubihsm` (YubiHSM2 through the `yubihsm` crate, behind the cargo feature `yubihsm`, on by
 //! default). The service only sees `dyn Sealer`; `app::open_sealer` picks the backend from
 //! `[hsm] backend`. The enrolment key that opens share packages ([`enrolment`]) exists on
-//! PKCS#11 tokens only.
+//! both: a key pair in the PKCS#11 token, a scalar derived from an on-device HMAC key on a
+//! YubiHSM2 (`yubihsm_enrolment`).
 //!
 //! Blob layout ([`SealedShare`]): `format version (1) || backend tag (1) || backend body`, where the
 //! body carries its own IV/nonce, the ciphertext and the authentication tag. This module refuses
@@ -25,6 +26,8 @@ pub mod pkcs11;
 pub mod signing_key;
 #[cfg(feature = "yubihsm")]
 pub mod yubihsm;
+#[cfg(feature = "yubihsm")]
+pub mod yubihsm_enrolment;
 
 use std::fmt;
 

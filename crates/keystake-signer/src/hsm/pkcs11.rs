@@ -898,6 +898,12 @@ impl Pkcs11Sealer {
         }
     }
 
+    /// Sessions open now (idle and borrowed): never more than `sessions`.
+    #[cfg(test)]
+    pub(crate) fn open_sessions(&self) -> usize {
+        lock_ignoring_poison(&self.pool).open
+    }
+
     /// The configuration this sealer was opened with.
     pub(crate) fn config(&self) -> &Pkcs11Config {
         &self.config

@@ -712,6 +712,29 @@ mod tests {
         }
     }
 
+    /// The body both backends run (SoftHSM2 below, the YubiHSM2 mock in
+    /// `yubihsm_mock_generates_checks_and_signs`): signatures verify under the public key (r‖s
+    /// and DER, ring as the independent verifier), and 4 threads signing at once all verify.
+    fn signing_key_contract(key: Arc<dyn HsmSigningKey>) {
+        assert_signs(key.as_ref());
+        let handles: Vec<_> = (0..4u8)
+            .map(|thread| {
+                let key = Arc::clone(&key);
+                std::thread::spawn(move || {
+                    for round in 0..10u8 {
+                        let message = [thread, round, 0x5a];
+                        let signature = key.sign_sha256(&message).unwrap();
+                        assert!(key.public_key().verify_sha256(&message, &signature));
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert!(key.describe().contains(key.role().label()));
+    }
+
     #[test]
     fn der_integers_are_minimal_and_positive() {
         let mut rs = [0u8; 64];
@@ -783,8 +806,7 @@ mod tests {
         }
         let key = Pkcs11SigningKey::open(Arc::clone(&sealer), KeyRole::Tls).unwrap();
         assert_eq!(key.public_key(), &tls);
-        assert_signs(&key);
-        assert!(key.describe().contains("keystake-tls-key"));
+        signing_key_contract(Arc::new(key));
     }
 
     #[test]
@@ -875,8 +897,8 @@ mod tests {
         let tls = yubihsm::YubiHsmSigningKey::open(client.clone(), KeyRole::Tls).unwrap();
         let identity = yubihsm::YubiHsmSigningKey::open(client.clone(), KeyRole::Identity).unwrap();
         assert_ne!(tls.public_key(), identity.public_key());
-        assert_signs(&tls);
-        assert_signs(&identity);
+        signing_key_contract(Arc::new(tls));
+        signing_key_contract(Arc::new(identity));
         // A key with more than sign-ecdsa under the role's id is refused.
         client
             .delete_object(

@@ -52,6 +52,16 @@ const SEALING_KEY_CAPABILITIES: Capability = Capability::SIGN_HMAC;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What the signer's authentication key must be allowed to do to serve: seal and unseal (and
+/// derive the enrolment key) with `sign-hmac`, sign TLS handshakes and the audit head with
+/// `sign-ecdsa`. Checked when the sealer opens, so a key set up with too little fails at start
+/// with the missing capability named, not at the first request.
+pub const SERVING_CAPABILITIES: Capability = Capability::SIGN_HMAC.union(Capability::SIGN_ECDSA);
+
+// What `init` needs on top, only for keys it has to create: `generate-hmac-key` (sealing and
+// enrolment keys, delegating `sign-hmac`) and `generate-asymmetric-key` (the P-256 keys,
+// delegating `sign-ecdsa`); checked before each generation (`check_auth_key`).
+
 /// How to reach the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum YubiHsmConnector {
@@ -138,6 +148,12 @@ impl YubiHsmConfig {
                 "YubiHSM2 object id 0 is reserved".to_string(),
             ));
         }
+        if self.key_id == crate::hsm::yubihsm_enrolment::ENROLMENT_KEY_ID {
+            return Err(SealError::InvalidConfig(format!(
+                "YubiHSM2 key_id {:#06x} is the enrolment key's; the sealing key needs its own",
+                self.key_id
+            )));
+        }
         Domain::at(usize::from(self.domain)).map_err(|_| {
             SealError::InvalidConfig(format!(
                 "YubiHSM2 domain must be 1 to 16, got {}",
@@ -150,6 +166,7 @@ impl YubiHsmConfig {
 /// A [`Sealer`] backed by an HMAC-SHA256 key inside a YubiHSM2 (see the module doc).
 pub struct YubiHsmSealer {
     client: Client,
+    config: YubiHsmConfig,
     key_id: object::Id,
     /// Where `init` creates the appliance's other keys (signing keys).
     domain: Domain,
@@ -180,6 +197,13 @@ impl YubiHsmSealer {
     ) -> Result<(), SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            SERVING_CAPABILITIES,
+            Capability::empty(),
+        )?;
         match client.get_object_info(config.key_id, object::Type::HmacKey) {
             Ok(info) => return check_sealing_key(&info, config),
             Err(e) if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) => {}
@@ -197,6 +221,15 @@ impl YubiHsmSealer {
                 count: same_label.len(),
             });
         }
+        // Only now, when there is something to create: an auth key set up by setup.sh (which
+        // created the keys already) may lack these.
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            Capability::GENERATE_HMAC_KEY,
+            Capability::SIGN_HMAC,
+        )?;
         client
             .generate_hmac_key(
                 config.key_id,
@@ -243,6 +276,13 @@ impl YubiHsmSealer {
     ) -> Result<Self, SealError> {
         let domain = config.validate()?;
         let client = connect(connector, config, password)?;
+        check_auth_key(
+            &client,
+            config,
+            domain,
+            SERVING_CAPABILITIES,
+            Capability::empty(),
+        )?;
         let info = client
             .get_object_info(config.key_id, object::Type::HmacKey)
             .map_err(|e| match e.device_error() {
@@ -254,6 +294,7 @@ impl YubiHsmSealer {
         check_sealing_key(&info, config)?;
         Ok(YubiHsmSealer {
             client,
+            config: config.clone(),
             key_id: config.key_id,
             domain,
             description,
@@ -271,7 +312,31 @@ impl YubiHsmSealer {
         &self,
         role: crate::hsm::signing_key::KeyRole,
     ) -> Result<(), SealError> {
+        let id = crate::hsm::signing_key::yubihsm::object_id(role);
+        if let Err(e) = self.client.get_object_info(id, object::Type::AsymmetricKey) {
+            if e.device_error() == Some(yubihsm::device::ErrorKind::ObjectNotFound) {
+                self.require_capabilities(
+                    Capability::GENERATE_ASYMMETRIC_KEY,
+                    Capability::SIGN_ECDSA,
+                )?;
+            }
+        }
         crate::hsm::signing_key::yubihsm::ensure_key(&self.client, role, self.domain)
+    }
+
+    /// Refuse, naming what is missing, when the authentication key lacks `needed` or cannot
+    /// delegate `delegated` (before `init` creates a key).
+    pub(crate) fn require_capabilities(
+        &self,
+        needed: Capability,
+        delegated: Capability,
+    ) -> Result<(), SealError> {
+        check_auth_key(&self.client, &self.config, self.domain, needed, delegated)
+    }
+
+    /// The domain the appliance's keys live in.
+    pub(crate) fn domain(&self) -> Domain {
+        self.domain
     }
 
     /// Open the signing key of `role` on this sealer's authenticated client (one session to
@@ -327,6 +392,40 @@ fn connect(
     Client::open(connector, credentials, true).map_err(|e| hsm_error("connecting", e))
 }
 
+/// Refuse an authentication key that lacks a capability, delegated capability or the domain the
+/// signer needs, naming what is missing (the device would refuse the first command that needs
+/// it with a bare "insufficient permissions"; `hsm-config/yubihsm2/setup.sh` creates a key with
+/// exactly what is needed).
+fn check_auth_key(
+    client: &Client,
+    config: &YubiHsmConfig,
+    domain: Domain,
+    needed: Capability,
+    delegated: Capability,
+) -> Result<(), SealError> {
+    let info = client
+        .get_object_info(config.auth_key_id, object::Type::AuthenticationKey)
+        .map_err(|e| hsm_error("reading the authentication key's capabilities", e))?;
+    let missing = needed.difference(info.capabilities);
+    let missing_delegated = delegated.difference(info.delegated_capabilities);
+    if !missing.is_empty() || !missing_delegated.is_empty() {
+        return Err(SealError::InvalidConfig(format!(
+            "YubiHSM2 authentication key {:#06x} lacks capabilities the signer needs: \
+             missing {missing:?}, missing delegated {missing_delegated:?} \
+             (create it with hsm-config/yubihsm2/setup.sh)",
+            config.auth_key_id
+        )));
+    }
+    if !info.domains.contains(domain) {
+        return Err(SealError::InvalidConfig(format!(
+            "YubiHSM2 authentication key {:#06x} is not in domain {} where the keys live \
+             (its domains: {:?})",
+            config.auth_key_id, config.domain, info.domains
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError {
     use yubihsm::client::ErrorKind;
     use yubihsm::device::ErrorKind as DeviceErrorKind;
@@ -344,14 +443,25 @@ pub(crate) fn hsm_error(doing: &str, error: yubihsm::client::Error) -> SealError
 }
 
 fn check_sealing_key(info: &object::Info, config: &YubiHsmConfig) -> Result<(), SealError> {
+    check_hmac_key(info, config.key_id, &config.key_label)
+}
+
+/// An HMAC-SHA256 key fit to seal or derive from: labelled `expected_label`, generated on this
+/// device, capability `sign-hmac` only, not exportable under wrap (the sealing key and the
+/// enrolment key, `hsm::yubihsm_enrolment`, get the same check).
+pub(crate) fn check_hmac_key(
+    info: &object::Info,
+    id: object::Id,
+    expected_label: &str,
+) -> Result<(), SealError> {
     let unsuitable = |reason: String| SealError::UnsuitableKey {
-        label: config.key_label.clone(),
+        label: expected_label.to_owned(),
         reason,
     };
-    if info.label != label(&config.key_label) {
+    if info.label != label(expected_label) {
         return Err(unsuitable(format!(
-            "object {:#06x} is labelled '{}'",
-            config.key_id, info.label
+            "object {id:#06x} is labelled '{}'",
+            info.label
         )));
     }
     if info.algorithm != yubihsm::Algorithm::Hmac(yubihsm::hmac::Algorithm::Sha256) {
@@ -466,6 +576,10 @@ impl Sealer for YubiHsmSealer {
 /// The crate's in-memory YubiHSM2 for tests (debug builds only): a fresh device per call.
 #[cfg(test)]
 pub(crate) mod test_support {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use secrecy::SecretString;
     use yubihsm::Connector;
 
@@ -489,6 +603,116 @@ pub(crate) mod test_support {
             key_id: 0x0064,
             key_label: "keystake-seal".to_string(),
             domain: 1,
+        }
+    }
+
+    /// A mock device behind a `yubihsm-connector`-compatible HTTP server (the crate's own
+    /// `http::Server`, what production talks to), reached through a TCP relay on 127.0.0.1:
+    /// [`unplug`](Self::unplug) closes every connection and the port, as a pulled device under a
+    /// dying connector does; [`plug_in`](Self::plug_in) opens the port again. The device's state
+    /// (the crate's `mockhsm`) survives, as a real device's objects survive being unplugged.
+    pub(crate) struct Cable {
+        port: u16,
+        server_port: u16,
+        relay: Option<Relay>,
+    }
+
+    struct Relay {
+        stop: Arc<AtomicBool>,
+        streams: Arc<Mutex<Vec<TcpStream>>>,
+        accept: std::thread::JoinHandle<()>,
+    }
+
+    impl Cable {
+        pub(crate) fn new() -> Self {
+            let free_port = || {
+                TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            };
+            let server_port = free_port();
+            let server = yubihsm::connector::http::Server::new(
+                &yubihsm::HttpConfig {
+                    addr: "127.0.0.1".to_string(),
+                    port: server_port,
+                    timeout_ms: 5000,
+                },
+                Connector::mockhsm(),
+            )
+            .unwrap();
+            // Serves until the test process ends (one idle thread per cable).
+            std::thread::spawn(move || while server.handle_request().is_ok() {});
+            let mut cable = Cable {
+                port: free_port(),
+                server_port,
+                relay: None,
+            };
+            cable.plug_in();
+            cable
+        }
+
+        /// A connector to the device, as `[hsm] connector = "http"` builds it.
+        pub(crate) fn connector(&self) -> Connector {
+            Connector::http(&yubihsm::HttpConfig {
+                addr: "127.0.0.1".to_string(),
+                port: self.port,
+                timeout_ms: 2000,
+            })
+        }
+
+        pub(crate) fn plug_in(&mut self) {
+            assert!(self.relay.is_none(), "already plugged in");
+            let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let streams = Arc::new(Mutex::new(Vec::new()));
+            let (stopped, open, server_port) = (stop.clone(), streams.clone(), self.server_port);
+            let accept = std::thread::spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        continue;
+                    };
+                    client.set_nonblocking(false).unwrap();
+                    let server = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                        (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    }
+                    let mut open = open.lock().unwrap();
+                    open.push(client);
+                    open.push(server);
+                }
+            });
+            self.relay = Some(Relay {
+                stop,
+                streams,
+                accept,
+            });
+        }
+
+        pub(crate) fn unplug(&mut self) {
+            let relay = self.relay.take().expect("plugged in");
+            relay.stop.store(true, Ordering::SeqCst);
+            relay.accept.join().unwrap();
+            for stream in relay.streams.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    impl Drop for Cable {
+        fn drop(&mut self) {
+            if self.relay.is_some() {
+                self.unplug();
+            }
         }
     }
 
@@ -688,6 +912,123 @@ mod tests {
         match YubiHsmSealer::open(&config, &mock_password()) {
             Err(SealError::Unavailable(_)) => {}
             other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unplugged_device_is_unavailable_then_recovers_when_plugged_in() {
+        let mut cable = Cable::new();
+        YubiHsmSealer::initialize_with(cable.connector(), &config(), &mock_password()).unwrap();
+        let sealer =
+            YubiHsmSealer::open_with(cable.connector(), &config(), &mock_password()).unwrap();
+        use crate::hsm::signing_key::{HsmSigningKey, KeyRole};
+        sealer.ensure_signing_key(KeyRole::Tls).unwrap();
+        let tls_key = sealer.signing_key(KeyRole::Tls).unwrap();
+        let ctx = contract_tests::context(1);
+        let sealed = sealer.seal(&contract_tests::secret(1), &ctx).unwrap();
+        cable.unplug();
+        for outcome in [
+            sealer.unseal(&sealed, &ctx).map(|_| ()),
+            sealer.seal(&contract_tests::secret(1), &ctx).map(|_| ()),
+            sealer.health_check(),
+            tls_key.sign_sha256(b"handshake").map(|_| ()),
+        ] {
+            match outcome {
+                Err(SealError::Unavailable(_)) => {}
+                other => panic!("unplugged: expected Unavailable, got {other:?}"),
+            }
+        }
+        // Opening while unplugged (a restart without the device) is refused the same way.
+        assert!(matches!(
+            YubiHsmSealer::open_with(cable.connector(), &config(), &mock_password()),
+            Err(SealError::Unavailable(_))
+        ));
+        cable.plug_in();
+        // The same sealer recovers without being reopened: the client opens a new session
+        // (the old one was aborted with the connection) on the next call.
+        sealer.health_check().unwrap();
+        assert_eq!(
+            *sealer.unseal(&sealed, &ctx).unwrap(),
+            *contract_tests::secret(1)
+        );
+        let again = sealer.seal(&contract_tests::secret(1), &ctx).unwrap();
+        assert_eq!(
+            *sealer.unseal(&again, &ctx).unwrap(),
+            *contract_tests::secret(1)
+        );
+        let signature = tls_key.sign_sha256(b"handshake").unwrap();
+        assert!(tls_key.public_key().verify_sha256(b"handshake", &signature));
+    }
+
+    #[test]
+    fn an_auth_key_without_the_capabilities_is_refused_by_name() {
+        // The mock does not enforce capabilities, so the signer checks its own key's at open.
+        let connector = Connector::mockhsm();
+        YubiHsmSealer::initialize_with(connector.clone(), &config(), &mock_password()).unwrap();
+        let admin = admin_client(&connector);
+        let limited = |id: u16, capabilities: Capability, domains: Domain| {
+            admin
+                .put_authentication_key(
+                    id,
+                    label("limited"),
+                    domains,
+                    capabilities,
+                    Capability::empty(),
+                    yubihsm::authentication::Algorithm::YubicoAes,
+                    yubihsm::authentication::Key::derive_from_password(b"limited"),
+                )
+                .unwrap();
+            let mut config = config();
+            config.auth_key_id = id;
+            config
+        };
+        let no_ecdsa = limited(0x0010, Capability::SIGN_HMAC, Domain::DOM1);
+        match YubiHsmSealer::open_with(connector.clone(), &no_ecdsa, &SecretString::from("limited"))
+        {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("0x0010"), "{message}");
+                assert!(message.contains("SIGN_ECDSA"), "{message}");
+                assert!(!message.contains("SIGN_HMAC"), "{message}");
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        let other_domain = limited(0x0011, SERVING_CAPABILITIES, Domain::DOM2);
+        match YubiHsmSealer::open_with(
+            connector.clone(),
+            &other_domain,
+            &SecretString::from("limited"),
+        ) {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("not in domain 1"), "{message}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        // setup.sh's serving key (sign-hmac + sign-ecdsa, delegating nothing) opens, and `init`
+        // with it succeeds when the keys exist: it has nothing to create.
+        let serving = limited(0x0012, SERVING_CAPABILITIES, Domain::DOM1);
+        YubiHsmSealer::open_with(connector.clone(), &serving, &SecretString::from("limited"))
+            .unwrap();
+        YubiHsmSealer::initialize_with(connector.clone(), &serving, &SecretString::from("limited"))
+            .unwrap();
+        // But on a device without the sealing key, `init` with it names what is missing.
+        let empty = Connector::mockhsm();
+        let admin = admin_client(&empty);
+        admin
+            .put_authentication_key(
+                0x0012,
+                label("limited"),
+                Domain::DOM1,
+                SERVING_CAPABILITIES,
+                Capability::empty(),
+                yubihsm::authentication::Algorithm::YubicoAes,
+                yubihsm::authentication::Key::derive_from_password(b"limited"),
+            )
+            .unwrap();
+        match YubiHsmSealer::initialize_with(empty, &serving, &SecretString::from("limited")) {
+            Err(SealError::InvalidConfig(message)) => {
+                assert!(message.contains("GENERATE_HMAC_KEY"), "{message}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }
 

@@ -85,9 +85,21 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
             async move {
                 let grpc_request = is_grpc(request.headers());
                 let identity = request.extensions().get::<ClientIdentity>().cloned();
-                // DKG peers are authorized by the ceremony's pins (net::grpc::dkg), not by the
-                // policy; a peer let in by its pin may call nothing else.
+                // DKG peers need both: the policy's `dkg` grant for their certificate (here,
+                // the one authorization path) and a pin by a ceremony of this appliance
+                // (net::grpc::dkg). A peer let in by its pin may call nothing else.
                 if grpc_request && request.uri().path().starts_with(DKG_PATH) {
+                    let caller = Caller::new(identity, Api::Grpc);
+                    if let Err(refused) = service
+                        .authorize(
+                            &caller,
+                            &keystake_core::policy::Target::None,
+                            keystake_core::policy::Operation::Dkg,
+                        )
+                        .await
+                    {
+                        return Ok(tonic::Status::from(refused).into_http());
+                    }
                     return dkg.oneshot(request).await;
                 }
                 if identity.as_ref().is_some_and(|i| i.pinned_peer) {

@@ -1111,6 +1111,72 @@ mod tests {
         );
     }
 
+    /// `serve`'s composition: sealing and the TLS key on ONE bounded pool of 2 sessions
+    /// (`app::open_sealer_with_signing_key`). 16 concurrent full handshakes while 4 threads
+    /// unseal: every handshake verifies (the client checks the server's signature), every
+    /// share opens, and the pool never holds more than its 2 sessions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn handshakes_and_unseals_share_one_bounded_pool() {
+        use crate::hsm::contract_tests;
+        use crate::hsm::pkcs11::test_support::{fresh_config, so_pin, user_pin};
+        use crate::hsm::pkcs11::Pkcs11Sealer;
+        use crate::hsm::signing_key::{ensure_pkcs11_key, KeyRole, Pkcs11SigningKey};
+        use crate::hsm::Sealer;
+
+        let mut hsm = fresh_config("tls-shared-pool");
+        hsm.sessions = 2;
+        Pkcs11Sealer::initialize(&hsm, &so_pin(), &user_pin()).expect("init");
+        ensure_pkcs11_key(&hsm, &user_pin(), KeyRole::Tls).expect("TLS key");
+        let sealer = Arc::new(Pkcs11Sealer::open(&hsm, &user_pin()).expect("open"));
+        let key = HsmTlsKey(Arc::new(
+            Pkcs11SigningKey::open(Arc::clone(&sealer), KeyRole::Tls).expect("open TLS key"),
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = certs::generate_with_server_key(
+            dir.path(),
+            &[],
+            &names(&["alice"]),
+            1,
+            Overwrite::Refuse,
+            Some(key),
+        )
+        .expect("PKI for the HSM key");
+        let server = TestServer::start(server_config(&pki.tls_files()).expect("config")).await;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let unsealers: Vec<_> = (0..4u8)
+            .map(|seed| {
+                let sealer = Arc::clone(&sealer);
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let ctx = contract_tests::context(seed);
+                    let sealed = sealer.seal(&contract_tests::secret(seed), &ctx).unwrap();
+                    let mut opened = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) || opened < 10 {
+                        let share = sealer.unseal(&sealed, &ctx).unwrap();
+                        assert_eq!(*share, *contract_tests::secret(seed));
+                        opened += 1;
+                    }
+                    opened
+                })
+            })
+            .collect();
+        let handshakes: Vec<_> = (0..16)
+            .map(|_| {
+                let client = client_for(&pki, "alice", &server);
+                tokio::spawn(async move { get(&client).await.expect("request").status })
+            })
+            .collect();
+        for handshake in handshakes {
+            assert_eq!(handshake.await.expect("task"), 200);
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for unsealer in unsealers {
+            assert!(unsealer.join().expect("unsealer") >= 10);
+        }
+        assert!(sealer.open_sessions() <= 2, "{}", sealer.open_sessions());
+    }
+
     #[test]
     fn the_csr_is_signed_by_the_hsm_key_and_names_the_servers() {
         use crate::hsm::pkcs11::test_support::{fresh_sealer, user_pin};

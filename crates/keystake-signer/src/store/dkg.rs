@@ -1,7 +1,9 @@
 //! DKG round state in the appliance's SQLite database (issue 12): each ceremony's definition,
 //! this appliance's index and its **sealed** seed (the only secret of a running ceremony:
 //! polynomials, proof nonces and deal keys are derived from it), and every signed message held
-//! (public). `dkg run` writes it; `serve` reads it to answer peers' `Fetch`
+//! (public), and — from the moment this appliance computes them — its new shares **sealed** by
+//! the HSM (`dkg_pending_shares`: not signable; moved into the share store when the lock
+//! verifies, erased when the ceremony ends either way). `dkg run` writes it; `serve` reads it to answer peers' `Fetch`
 //! calls and to pin their certificates; a restarted `dkg run` resumes from it.
 //!
 //! Its own tables (created if missing, not part of the slashing schema's version), its own
@@ -19,7 +21,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
 use keystake_core::dkg::{CeremonyId, Definition, Phase, SignedMessage};
-use keystake_core::types::ShareIndex;
+use keystake_core::types::{BlsPublicKey, ShareIndex};
+
+/// One new share of a running ceremony, sealed by the HSM under its final seal context (share
+/// key, index, group key), waiting for the lock to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingShare {
+    pub validator: u32,
+    pub public_key: BlsPublicKey,
+    pub group_public_key: BlsPublicKey,
+    pub sealed: Vec<u8>,
+}
 
 /// State of a ceremony row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +109,14 @@ impl DkgStore {
                  sender INTEGER NOT NULL,
                  message TEXT NOT NULL,
                  PRIMARY KEY (ceremony_id, phase, sender)
+             );
+             CREATE TABLE IF NOT EXISTS dkg_pending_shares (
+                 ceremony_id BLOB NOT NULL REFERENCES dkg_ceremonies(ceremony_id),
+                 validator INTEGER NOT NULL,
+                 public_key BLOB NOT NULL,
+                 group_public_key BLOB NOT NULL,
+                 sealed BLOB NOT NULL,
+                 PRIMARY KEY (ceremony_id, validator)
              );",
         )?;
         Ok(Self {
@@ -169,13 +189,80 @@ impl DkgStore {
         Ok(())
     }
 
-    /// End a ceremony: its sealed seed is erased either way.
+    /// End a ceremony: its sealed seed and its pending sealed shares are erased either way (on
+    /// success the shares are in the share store by then), in one transaction.
     pub fn finish_ceremony(&self, id: &CeremonyId, state: CeremonyState) -> Result<(), StoreError> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM dkg_pending_shares WHERE ceremony_id = ?1",
+            params![id.0.as_slice()],
+        )?;
+        tx.execute(
             "UPDATE dkg_ceremonies SET state = ?2, sealed_seed = x'' WHERE ceremony_id = ?1",
             params![id.0.as_slice(), state.as_str()],
         )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Keep this appliance's new shares of a running ceremony, sealed (all in one transaction;
+    /// a restart that computes them again keeps the first ones).
+    pub fn insert_pending_shares(
+        &self,
+        id: &CeremonyId,
+        shares: &[PendingShare],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for share in shares {
+            tx.execute(
+                "INSERT OR IGNORE INTO dkg_pending_shares
+                     (ceremony_id, validator, public_key, group_public_key, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id.0.as_slice(),
+                    share.validator,
+                    share.public_key.as_bytes().as_slice(),
+                    share.group_public_key.as_bytes().as_slice(),
+                    share.sealed
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The pending sealed shares of a ceremony, by validator.
+    pub fn pending_shares(&self, id: &CeremonyId) -> Result<Vec<PendingShare>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT validator, public_key, group_public_key, sealed FROM dkg_pending_shares
+             WHERE ceremony_id = ?1 ORDER BY validator",
+        )?;
+        let rows = statement.query_map(params![id.0.as_slice()], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut shares = Vec::new();
+        for row in rows {
+            let (validator, public_key, group_public_key, sealed) = row?;
+            let key = |bytes: &[u8]| {
+                BlsPublicKey::from_slice(bytes)
+                    .map_err(|_| StoreError::InvalidData("pending share public key".into()))
+            };
+            shares.push(PendingShare {
+                validator,
+                public_key: key(&public_key)?,
+                group_public_key: key(&group_public_key)?,
+                sealed,
+            });
+        }
+        Ok(shares)
     }
 
     /// Keep a message (the first one per (ceremony, phase, sender)).
@@ -225,11 +312,15 @@ impl DkgStore {
             .optional()?)
     }
 
-    /// DER certificates of the participants of every running ceremony (the TLS pins).
+    /// DER certificates of the participants of every running or successfully finished
+    /// ceremony (the TLS pins). Finished ones stay pinned: a participant that crashed after its
+    /// peers had finished must still fetch their finish messages to resume (they are public,
+    /// pinned peers reach only the DKG service, and the `dkg` policy grant is what an operator
+    /// withdraws to stop serving them). Aborted ceremonies are not pinned.
     pub fn pinned_certificates(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let conn = self.conn();
-        let mut statement =
-            conn.prepare("SELECT definition FROM dkg_ceremonies WHERE state = 'running'")?;
+        let mut statement = conn
+            .prepare("SELECT definition FROM dkg_ceremonies WHERE state IN ('running', 'done')")?;
         let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for text in rows {
