@@ -489,6 +489,9 @@ impl SigningService {
             // Ours is the only reference left once every in-flight request has finished.
             while Arc::strong_count(&key) > 1 {
                 if tokio::time::Instant::now() >= deadline {
+                    if let Some(cache) = &self.unsealed {
+                        cache.remove(public_key);
+                    }
                     return Err(ServiceError::DrainTimeout {
                         public_key: *public_key,
                     });
