@@ -650,6 +650,8 @@ key_label = "keystake-sealing-key"
 user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
+# Keep unsealed shares in memory for slow HSMs (off when absent; either backend; docs/hsm.md):
+# unseal_cache = {{ ttl_secs = 60, max_entries = 10000 }}
 # A YubiHSM2 instead (hsm-config/yubihsm2/README.md): replace the [hsm] keys above by
 # backend = "yubihsm"
 # connector = "http://127.0.0.1:12345"  # yubihsm-connector; or "usb" (+ usb_serial = "0012345678")
