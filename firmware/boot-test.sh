@@ -2,12 +2,18 @@
 # Boots the appliance image under qemu (TCG: no KVM needed) with a provisioning volume made
 # here, and checks it as an operator would:
 #
-#   firmware/boot-test.sh OUT_DIR [--keystore F --password-file F]… [--sign PUBKEY=REQUEST.json]…
+#   firmware/boot-test.sh OUT_DIR [--keystore F --password-file F]… [--sign PUBKEY=REQUEST.json]… [--csr-round]
 #
 # OUT_DIR is what firmware/build-image.sh wrote. The provisioning volume (vfat, label KSPROV,
-# made with mkfs.vfat + mtools, no mounts) carries a demo PKI made by `keystake-signer certs
-# generate` (CA, server certificate for 127.0.0.1, one client), signer.toml, and the keystores
-# given (none given: one throw-away demo key). The guest's mTLS port is forwarded to 127.0.0.1.
+# made with mkfs.vfat + mtools, no mounts) carries signer.toml (no server key file), the demo CA
+# made by `keystake-signer certs generate` as the client CA and as the issuing CA with which first
+# boot certifies the TLS key it generates inside the token (the CA key is wiped afterwards), the
+# server names (127.0.0.1, localhost), and the keystores given (none given: one throw-away demo
+# key). The guest's mTLS port is forwarded to 127.0.0.1.
+#
+# --csr-round: no issuing CA on the volume instead; first boot must write server.csr and stop,
+# the host signs it (openssl, as an operator's CA would), and the boot after that installs the
+# certificate and serves (the two-step round for a CA whose key never travels).
 #
 # Prints, one line each: `provisioned`, `serving`, `signature 0x…` per --sign (signed over
 # mutual TLS from the host with curl and the demo client certificate), the guest's status line,
@@ -19,12 +25,13 @@ OUT=${1:?usage: boot-test.sh OUT_DIR [--keystore F --password-file F]… [--sign
 shift
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-KEYSTORES=() PASSWORDS=() SIGNS=()
+KEYSTORES=() PASSWORDS=() SIGNS=() CSR_ROUND=0
 while [ $# -gt 0 ]; do
   case $1 in
     --keystore) KEYSTORES+=("${2:?--keystore needs a file}"); shift 2 ;;
     --password-file) PASSWORDS+=("${2:?--password-file needs a file}"); shift 2 ;;
     --sign) SIGNS+=("${2:?--sign needs PUBKEY=REQUEST.json}"); shift 2 ;;
+    --csr-round) CSR_ROUND=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -51,8 +58,8 @@ fail() {
   exit 1
 }
 
-# Demo PKI: the CA key stays on the host; the appliance gets the CA certificate, its own
-# certificate and key.
+# Demo PKI: the appliance gets the CA certificate (clients chain to it) and, once, the CA key to
+# issue its own server certificate; the demo server.key is never used (the key is the token's).
 "$BIN" certs generate --out "$W/pki" --client boot-test --server-name 127.0.0.1 --server-name localhost >/dev/null
 if [ ${#KEYSTORES[@]} = 0 ]; then
   # A throw-away demo key: 32 random bytes below the group order (top byte < 0x73).
@@ -73,7 +80,6 @@ policy_file = "/var/lib/keystake/config/policy.toml"
 [tls]
 ca_cert = "/var/lib/keystake/config/certs/ca.pem"
 server_cert = "/var/lib/keystake/config/certs/server.pem"
-server_key = "/var/lib/keystake/config/certs/server.key"
 
 [hsm]
 backend = "pkcs11"
@@ -91,12 +97,15 @@ EOF
 PROV=$W/provision.img
 mkfs.vfat -C -n KSPROV -i 4b535056 "$PROV" 8192 >/dev/null
 export MTOOLS_SKIP_CHECK=1
-mmd -i "$PROV" ::certs ::keystores
+mmd -i "$PROV" ::certs ::keystores ::issuing-ca
 # The demo client may do everything with every key (docs/authorization.md).
 printf '[[client]]\ncn = "boot-test"\n[[client.grant]]\nkeys = "all"\noperations = ["all"]\n' > "$W/policy.toml"
 mcopy -i "$PROV" "$W/signer.toml" ::signer.toml
 mcopy -i "$PROV" "$W/policy.toml" ::policy.toml
-mcopy -i "$PROV" "$W/pki/ca.pem" "$W/pki/server.pem" "$W/pki/server.key" ::certs/
+mcopy -i "$PROV" "$W/pki/ca.pem" ::certs/
+printf '127.0.0.1\nlocalhost\n' > "$W/server-names"
+mcopy -i "$PROV" "$W/server-names" ::server-names
+[ "$CSR_ROUND" = 1 ] || mcopy -i "$PROV" "$W/pki/ca.pem" "$W/pki/ca.key" ::issuing-ca/
 for i in "${!KEYSTORES[@]}"; do
   mcopy -i "$PROV" "${KEYSTORES[$i]}" "::keystores/key$i.json"
   mcopy -i "$PROV" "${PASSWORDS[$i]}" "::keystores/key$i.pass"
@@ -145,12 +154,50 @@ wait_serving() {
   echo $(( $(date +%s) - t0 ))
 }
 
+# SHA-256 (16 hex digits) of the public key in the certificate the guest serves.
+served_key() {
+  openssl s_client -connect "127.0.0.1:$PORT" -CAfile "$W/pki/ca.pem" -cert "$W/pki/boot-test.pem" \
+    -key "$W/pki/boot-test.key" -verify_return_error </dev/null 2>/dev/null \
+    | openssl x509 -pubkey -noout | sha256sum | cut -c1-16
+}
+DEMO_FILE_KEY=$(openssl x509 -in "$W/pki/server.pem" -pubkey -noout | sha256sum | cut -c1-16)
+
+if [ "$CSR_ROUND" = 1 ]; then
+  # (b) No issuing CA: first boot writes server.csr to the volume and stops without serving.
+  T_CSR=$(date +%s)
+  boot "$W/serial0.log" -drive "file=$PROV,format=raw,if=virtio"
+  until grep -aqs 'keystake-provision: .*wrote server.csr' "$W/serial0.log"; do
+    kill -0 "$QEMU_PID" 2>/dev/null || { cp "$W/serial0.log" "$W/serial.log"; fail "qemu exited before the CSR"; }
+    [ $(( $(date +%s) - T_CSR )) -lt "$BOOT_TIMEOUT" ] || { cp "$W/serial0.log" "$W/serial.log"; fail "no server.csr after ${BOOT_TIMEOUT} s"; }
+    sleep 2
+  done
+  if "${CURL[@]}" -o /dev/null "$BASE/upcheck" 2>/dev/null; then fail "the signer serves without a certificate"; fi
+  power_off
+  grep -aq 'keystake-provision: provisioned' "$W/serial0.log" && fail "provisioned without a server certificate"
+  mcopy -i "$PROV" ::server.csr "$W/server.csr"
+  # The operator's CA signs the request (here openssl with the demo CA; its key stays here).
+  openssl x509 -req -in "$W/server.csr" -CA "$W/pki/ca.pem" -CAkey "$W/pki/ca.key" -CAcreateserial \
+    -copy_extensions copy -days 30 -out "$W/server.crt" 2>/dev/null
+  mcopy -i "$PROV" "$W/server.crt" ::certs/server.crt
+  echo "csr round: server.csr written by the guest in $(( $(date +%s) - T_CSR )) s, signed on the host, returned as certs/server.crt"
+fi
+
 T0=$(date +%s)
 boot "$W/serial.log" -drive "file=$PROV,format=raw,if=virtio"
 BOOT_S=$(wait_serving "$T0")
 grep -q "keystake-provision: provisioned" "$W/serial.log" || fail "no provisioning message on the console"
+if [ "$CSR_ROUND" = 1 ]; then
+  grep -aq 'keystake-provision: installed certs/server.crt' "$W/serial.log" || fail "certs/server.crt was not installed"
+else
+  grep -aq "keystake-provision: issued the server certificate to the token's TLS key" "$W/serial.log" \
+    || fail "first boot did not issue the server certificate to the token's key"
+fi
 echo "provisioned"
 echo "serving on $BASE after $BOOT_S s"
+TLS_KEY=$(served_key)
+[ -n "$TLS_KEY" ] && [ "$TLS_KEY" != "$(printf '' | sha256sum | cut -c1-16)" ] || fail "could not read the served certificate"
+[ "$TLS_KEY" != "$DEMO_FILE_KEY" ] || fail "the guest serves the demo PKI's file key"
+echo "tls key $TLS_KEY (generated in the token at first boot)"
 
 for request in "${SIGNS[@]}"; do
   pubkey=${request%%=*} file=${request#*=}
@@ -172,13 +219,14 @@ for option in nodev nosuid noexec; do
 done
 case "$STATUS" in *" listening=9000,9464 "*) ;; *) fail "unexpected listening ports" ;; esac
 case "$STATUS" in *" nftables=active "*) ;; *) fail "the firewall is not active" ;; esac
+case "$STATUS" in *" keyfiles=0 "*|*" keyfiles=0") ;; *) fail "a private key file is on the data partition" ;; esac
 
 power_off
 
 # The provisioning secrets are gone from the volume (what is left: config and certificates).
 left=$(mdir -i "$PROV" -b ::keystores 2>/dev/null | grep -c . || true)
 [ "$left" = 0 ] || fail "$left file(s) left in keystores/ on the provisioning volume"
-if mdir -i "$PROV" -b ::certs 2>/dev/null | grep -q 'server.key'; then fail "server.key left on the provisioning volume"; fi
+if mdir -i "$PROV" -b ::issuing-ca 2>/dev/null | grep -q 'ca.key'; then fail "the issuing CA key was left on the provisioning volume"; fi
 echo "wiped"
 
 # Second boot, without the provisioning volume: the appliance serves from its data partition.
@@ -189,7 +237,8 @@ if [ "${BOOT_TWICE:-1}" = 1 ]; then
   keys=$("${CURL[@]}" "$BASE/api/v1/eth2/publicKeys" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
   [ "$keys" = "${#KEYSTORES[@]}" ] || fail "second boot serves $keys key(s), not ${#KEYSTORES[@]}"
   if grep -aq 'keystake-provision:' "$W/serial2.log"; then fail "the second boot provisioned again"; fi
-  echo "second boot: serving $keys key(s) after $SECOND_S s, no provisioning"
+  [ "$(served_key)" = "$TLS_KEY" ] || fail "the second boot serves another TLS key"
+  echo "second boot: serving $keys key(s) after $SECOND_S s with the same token TLS key, no provisioning"
   power_off
 fi
 IMG_MB=$(( $(stat -c %s "$OUT/keystake-appliance.img") / 1024 / 1024 ))

@@ -28,10 +28,11 @@
 # Reproducibility: SOURCE_DATE_EPOCH (default: the last commit's time) fixes every timestamp,
 # file system UUIDs and hash seeds and the GPT GUIDs are derived from it, and the debootstrap
 # tree is cached (KEYSTAKE_APPLIANCE_CACHE, default target/appliance) keyed by the package list,
-# suite and mirror, so two builds from the same inputs give the same bytes
-# (firmware/repro-test.sh checks it). Versions: the installed set is written to
-# OUT_DIR/packages.lock and compared with firmware/packages.lock; a difference is reported, and
-# fails the build with KEYSTAKE_PIN_STRICT=1 (the mirror moves with Debian point releases).
+# the version lock, suite and mirror, so two builds from the same inputs give the same bytes
+# (firmware/ci.sh checks it). Versions: firmware/debian-tree.sh refuses a tree whose packages are
+# not exactly those of firmware/packages.lock, and this script checks the finished root against
+# it again (written to OUT_DIR/packages.lock); any difference fails the build
+# (firmware/update-lock.sh refreshes the lock on purpose, docs/appliance.md).
 set -euo pipefail
 OUT=${1:?usage: build-image.sh OUT_DIR}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -85,6 +86,10 @@ chroot "$ROOT" useradd --system --no-create-home --home-dir /var/lib/keystake --
 KS_UID=$(chroot "$ROOT" id -u keystake) KS_GID=$(chroot "$ROOT" id -g keystake)
 # No password anywhere: root is locked, the console only serves recovery (init=/bin/sh).
 chroot "$ROOT" passwd -q -l root
+# /etc/shadow's "last changed" field is the day each account was made (debootstrap's, passwd's):
+# the build's own day unless set, so every entry gets SOURCE_DATE_EPOCH's day.
+awk -F: -v day=$(( SOURCE_DATE_EPOCH / 86400 )) 'BEGIN { OFS = ":" } $3 != "" { $3 = day } { print }' \
+  "$ROOT/etc/shadow" > "$WORK/shadow" && cat "$WORK/shadow" > "$ROOT/etc/shadow"
 sed -i "s/@DATA_PART@/$DATA_PART/; s/@ROOT_PART@/$ROOT_PART/" "$ROOT/etc/fstab"
 echo keystake-appliance > "$ROOT/etc/hostname"
 # Empty machine-id: systemd makes a transient one on the read-only root at every boot.
@@ -153,13 +158,12 @@ dd if="$WORK/root.ext4" of="$IMG" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$WORK/data.ext4" of="$IMG" bs=1M seek=$((1 + ROOT_MB)) conv=notrunc,sparse status=none
 cp "$WORK/cmdline" "$WORK/packages.lock" "$OUT/"
 
-# 5. Versions against the reviewed snapshot.
-if [ -f "$HERE/packages.lock" ]; then
-  if ! diff -u "$HERE/packages.lock" "$OUT/packages.lock" > "$WORK/lock.diff"; then
-    echo "warning: installed package versions differ from firmware/packages.lock:" >&2
-    grep '^[-+][^-+]' "$WORK/lock.diff" >&2 || true
-    [ "${KEYSTAKE_PIN_STRICT:-0}" = 1 ] && { echo "KEYSTAKE_PIN_STRICT=1: refusing" >&2; exit 1; }
-  fi
+# 5. Versions: exactly the lock (debian-tree.sh checked the tree; nothing since installed any).
+if ! diff -u "$HERE/packages.lock" "$OUT/packages.lock" > "$WORK/lock.diff"; then
+  echo "refusing: the image's packages differ from firmware/packages.lock:" >&2
+  grep '^[-+][^-+]' "$WORK/lock.diff" >&2 || true
+  rm -f "$IMG"
+  exit 1
 fi
 (cd "$OUT" && sha256sum keystake-appliance.img vmlinuz initrd.img cmdline packages.lock > SHA256SUMS)
 echo "image $IMG: $(( $(stat -c %s "$IMG") / 1024 / 1024 )) MiB (root ${ROOT_MB} MiB read-only, data ${DATA_MB} MiB), built in $(( $(date +%s) - T0 )) s"

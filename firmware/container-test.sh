@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The container, end to end without a Docker daemon: the local Debian base (build-base.sh), a
 # real `podman build` of the Dockerfile, then the container with a read-only root as an operator
-# runs it — `init` and `keys import` once into the data volume, then `serve` — signs one request
+# runs it — `init` (the TLS key generated in the token), `certs generate --ca-dir --config` (the
+# server certificate for that key, from a CA mounted for that run only) and `keys import` once
+# into the data volume, then `serve`; no server key file exists — signs one request
 # over mutual TLS from the host (curl with a client certificate), and `podman healthcheck run`
 # must pass (the image's HEALTHCHECK: `keystake-signer healthcheck` over mutual TLS).
 #
@@ -32,8 +34,12 @@ fail() {
 }
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$W/etc" "$W/data" "$W/import"
-"$BIN" certs generate --out "$W/etc/certs" --client ct --server-name 127.0.0.1 >/dev/null
+mkdir -p "$W/etc/certs" "$W/data" "$W/import"
+# Demo PKI on the host; the container gets the CA certificate and the probe's client identity,
+# and the CA (certificate + key) only for the one run that certifies the token's TLS key.
+"$BIN" certs generate --out "$W/pki" --client ct --server-name 127.0.0.1 >/dev/null
+mkdir -p "$W/ca" && cp "$W/pki/ca.pem" "$W/pki/ca.key" "$W/ca/"
+cp "$W/pki/ca.pem" "$W/pki/ct.pem" "$W/pki/ct.key" "$W/etc/certs/"
 cat > "$W/etc/signer.toml" <<EOF
 data_dir = "/var/lib/keystake/store"
 listen = "127.0.0.1:$PORT"
@@ -41,8 +47,8 @@ network = "mainnet"
 policy_file = "/etc/keystake/policy.toml"
 [tls]
 ca_cert = "/etc/keystake/certs/ca.pem"
-server_cert = "/etc/keystake/certs/server.pem"
-server_key = "/etc/keystake/certs/server.key"
+# Issued at setup to the TLS key \`init\` generates in the token (no server key file).
+server_cert = "/var/lib/keystake/certs/server.pem"
 [hsm]
 backend = "pkcs11"
 module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -71,11 +77,14 @@ fi
 echo "container test" > "$W/import/key.pass"
 python3 "$HERE/make-keystore.py" "$SECRET" "$PUBKEY" "container test" "$W/import/key.json"
 # The container runs as uid 10001 and refuses files other users may read.
-chown -R 10001:10001 "$W/etc" "$W/data" "$W/import"
-chmod -R go-rwx "$W/etc" "$W/data" "$W/import"
+chown -R 10001:10001 "$W/etc" "$W/data" "$W/import" "$W/ca"
+chmod -R go-rwx "$W/etc" "$W/data" "$W/import" "$W/ca"
 
 RUN=(podman run --rm --read-only --network host -v "$W/etc:/etc/keystake:ro" -v "$W/data:/var/lib/keystake")
 "${RUN[@]}" "$IMAGE" init --config /etc/keystake/signer.toml >/dev/null 2>&1 || fail "init in the container"
+"${RUN[@]}" -v "$W/ca:/ca:ro" "$IMAGE" certs generate --ca-dir /ca --config /etc/keystake/signer.toml \
+  --out /var/lib/keystake/certs --server-name 127.0.0.1 >/dev/null 2>&1 || fail "issuing the server certificate to the token key"
+rm -rf "$W/ca"
 imported=$("${RUN[@]}" -v "$W/import:/import:ro" "$IMAGE" keys import --config /etc/keystake/signer.toml \
   --keystore /import/key.json --password-file /import/key.pass 2>/dev/null) || fail "keys import in the container"
 PUBKEY=${imported%% *}
@@ -83,7 +92,7 @@ rm -f "$W/import/key.json" "$W/import/key.pass"
 
 podman run -d --name "$NAME" --read-only --network host -v "$W/etc:/etc/keystake:ro" \
   -v "$W/data:/var/lib/keystake" "$IMAGE" >/dev/null 2>"$W/run.err" || { cat "$W/run.err" >&2; fail "podman run"; }
-CURL=(curl -sS --max-time 10 --cacert "$W/etc/certs/ca.pem" --cert "$W/etc/certs/ct.pem" --key "$W/etc/certs/ct.key")
+CURL=(curl -sS --max-time 10 --cacert "$W/pki/ca.pem" --cert "$W/pki/ct.pem" --key "$W/pki/ct.key")
 for _ in $(seq 1 60); do
   [ "$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://127.0.0.1:$PORT/upcheck" 2>/dev/null)" = 200 ] && break
   [ "$(podman inspect -f '{{.State.Running}}' "$NAME")" = true ] || fail "the container stopped"

@@ -18,6 +18,7 @@ mod memlock;
 mod metrics;
 mod operator_api;
 mod perf;
+mod provisioning;
 mod reshare;
 mod reshare_faults;
 mod sandbox;

@@ -190,8 +190,11 @@ fn reshare(cluster: &Cluster, i: usize, definition: &Path, name: &str) -> Child 
             s(definition),
             "--out",
             s(&cluster.out_dir(name, i)),
+            // Generous: no case here waits for a timeout to expire (cheaters are named from
+            // their evidence, the restarted member comes back), and under CI load a debug
+            // child that opens its token slowly must not be mistaken for a silent seat.
             "--timeout-secs",
-            "20",
+            "60",
         ])
         .env("KEYSTAKE_LOG", "info")
         .stdout(Stdio::piped())

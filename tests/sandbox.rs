@@ -35,6 +35,38 @@ fn a_forbidden_call_after_the_filter_kills_the_child_with_sigsys() {
     assert!(String::from_utf8_lossy(&free.stdout).contains("let through to the kernel"));
 }
 
+#[test]
+fn starting_a_process_under_the_filter_kills_the_child_but_threads_and_sqlite_work() {
+    // fork/posix_spawn: a clone without CLONE_THREAD (clone3 answers ENOSYS first).
+    let confined = probe(&["--call", "fork"]);
+    assert_eq!(
+        confined.status.signal(),
+        Some(libc::SIGSYS),
+        "expected death by SIGSYS, got {:?}; stdout {}",
+        confined.status,
+        String::from_utf8_lossy(&confined.stdout)
+    );
+    assert!(confined.stdout.is_empty(), "the spawn must not return");
+
+    // Control: the same allow-list with `clone` unconditional lets the process start (its
+    // exec of /bin/true is then refused in the new process, which the probe reports and
+    // survives), so the threads-only clone rule is what stops it above.
+    let control = probe(&["--call", "fork", "--filter", "clone-anything"]);
+    assert!(control.status.success(), "{control:?}");
+    let stdout = String::from_utf8_lossy(&control.stdout);
+    assert!(stdout.contains("a process was started"), "{stdout}");
+
+    // What serving needs still works under the serving filter: std threads, tokio workers and
+    // its blocking pool, SQLite on them.
+    let threads = probe(&["--call", "threads"]);
+    let stdout = String::from_utf8_lossy(&threads.stdout);
+    assert!(threads.status.success(), "{threads:?}");
+    assert!(
+        stdout.contains("threads ok: std thread Ok(42), 16 blocking SQLite tasks Ok(136)"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_self_tests_then_confines_itself_and_still_signs_and_probes() {
     let appliance = Appliance::create();

@@ -5,21 +5,30 @@
 //! policy/CRL reload, memory management, time, randomness — and kills the whole process
 //! (`SECCOMP_RET_KILL_PROCESS`, SIGSYS) on anything else.
 //!
+//! Threads, not processes: `clone` is allowed only with `CLONE_THREAD` in its flags (a new thread
+//! of this process; `fork`, `vfork` and `posix_spawn` lack it and kill the process), and
+//! `clone3` — whose flags live in a struct in memory, out of a BPF filter's reach — fails with
+//! `ENOSYS`, so glibc's `pthread_create` falls back to `clone`, where the flags are checked.
+//! That second rule is its own filter (installed first; seccomp applies the strictest answer of
+//! all filters, and `ERRNO` is stricter than `ALLOW`).
+//!
 //! What it refuses, by omission: `execve`/`execveat` (no shell, no helper program), `ptrace`,
 //! `process_vm_*`, `mount`/`umount2`/`pivot_root`/`chroot`, `setuid`-family and capability
 //! changes, `bpf`, `perf_event_open`, module loading, `kexec_*`, `reboot`, `swapon`, keyring
 //! calls, `io_uring_*`, `userfaultfd`, and every other call not listed. It does not stop what
 //! the listed calls allow: a compromised process can still read and write the files it may open
 //! and talk on its sockets (the systemd unit's `ReadWritePaths=` and `RestrictAddressFamilies=`
-//! narrow those), and `clone`/`clone3` stay allowed for threads (their flags cannot be filtered
-//! reliably), so a fork without `execve` is possible.
+//! narrow those); a new thread it starts runs under the same filter.
 //!
 //! `[sandbox] seccomp = false` in `signer.toml` leaves it off (debugging with strace or gdb).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// Why the filter could not be built or installed (`serve` then refuses to serve).
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +112,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_eventfd2,
     libc::SYS_ppoll,
     libc::SYS_futex,
-    libc::SYS_clone,
+    // `clone` only with CLONE_THREAD (CLONED_THREAD_ONLY); `clone3` answers ENOSYS (NO_CLONE3)
     libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_get_robust_list,
@@ -182,47 +191,173 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getdents,
 ];
 
-/// The compiled allow-list for this architecture.
+fn target_arch() -> Result<TargetArch, SandboxError> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| SandboxError::Architecture(std::env::consts::ARCH.to_owned()))
+}
+
+/// `clone(flags, …)` is allowed when `flags & CLONE_THREAD == CLONE_THREAD` (argument 0 on every
+/// architecture seccompiler supports): a thread, never a new process.
+fn cloned_thread_only() -> Result<SeccompRule, SandboxError> {
+    let thread = libc::CLONE_THREAD as u64;
+    let condition = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(thread),
+        thread,
+    )
+    .map_err(SandboxError::Build)?;
+    SeccompRule::new(vec![condition]).map_err(SandboxError::Build)
+}
+
+/// The compiled allow-list for this architecture: [`ALLOWED`] unconditionally, `clone` with
+/// `CLONE_THREAD` only, anything else kills the process.
 pub fn serving_filter() -> Result<BpfProgram, SandboxError> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| SandboxError::Architecture(std::env::consts::ARCH.to_owned()))?;
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+    allow_list(true)
+}
+
+/// [`ALLOWED`] with `clone` limited to threads (`threads_only`, what serving installs) or, for
+/// the probe's control case only, unconditional.
+fn allow_list(threads_only: bool) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&number| (number, Vec::new())).collect();
+    let clone = if threads_only {
+        vec![cloned_thread_only()?]
+    } else {
+        Vec::new()
+    };
+    rules.insert(libc::SYS_clone, clone);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
-        arch,
+        target_arch()?,
     )
     .map_err(SandboxError::Build)?;
     filter.try_into().map_err(SandboxError::Compile)
 }
 
-/// Install [`serving_filter`] on every thread of this process (and `no_new_privs`). Irrevocable:
-/// from here on a call outside the list kills the process.
-pub fn confine_serving_process() -> Result<(), SandboxError> {
-    let program = serving_filter()?;
-    seccompiler::apply_filter_all_threads(&program).map_err(SandboxError::Install)
+/// The filter installed before [`serving_filter`]: `clone3` fails with `ENOSYS` (glibc then
+/// uses `clone`, whose flags the allow-list checks); every other call is left to the allow-list.
+pub fn no_clone3_filter() -> Result<BpfProgram, SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, Vec::new())].into();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        target_arch()?,
+    )
+    .map_err(SandboxError::Build)?;
+    filter.try_into().map_err(SandboxError::Compile)
 }
 
-/// The hidden `seccomp-probe` command's body, for the test that the filter kills a forbidden
-/// call (tests/sandbox.rs): optionally confine, then call `chroot("/")` — which serving never
-/// needs — from another thread than the one that installed the filter. Returns only when the
-/// call was let through to the kernel (with its result).
-pub fn probe_forbidden_call(confine: bool) -> Result<std::io::Result<()>, SandboxError> {
-    // A thread started before the filter: TSYNC must confine it too.
+/// Install [`no_clone3_filter`] and then [`serving_filter`] on every thread of this process (and
+/// `no_new_privs`). Irrevocable: from here on a call outside the list kills the process. The
+/// order matters: `seccomp(2)` itself is not on the allow-list.
+pub fn confine_serving_process() -> Result<(), SandboxError> {
+    let no_clone3 = no_clone3_filter()?;
+    let serving = serving_filter()?;
+    seccompiler::apply_filter_all_threads(&no_clone3).map_err(SandboxError::Install)?;
+    seccompiler::apply_filter_all_threads(&serving).map_err(SandboxError::Install)
+}
+
+/// What the hidden `seccomp-probe` command does once confined (tests/sandbox.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeCall {
+    /// `chroot("/")`, which serving never needs, from a thread started before the filter.
+    Chroot,
+    /// Start a process (`std::process::Command::spawn`: posix_spawn/fork, then exec of
+    /// `/bin/true`), without waiting for it.
+    Fork,
+    /// What serving does: new threads (std and a tokio runtime's workers and blocking pool) and
+    /// SQLite on them; returns normally when all of it works under the filter.
+    Threads,
+}
+
+/// How the probe confines itself first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeFilter {
+    /// No filter (the control case).
+    None,
+    /// The serving filter, as `serve` installs it.
+    Serving,
+    /// Control for `fork`: the allow-list with `clone` unconditional and `clone3` allowed (the
+    /// filter before threads-only `clone`), so that the clone rule is shown to be what stops it.
+    CloneAnything,
+}
+
+/// The hidden `seccomp-probe` command's body: confine as `filter` says, then make `call` from
+/// another thread than the one that installed the filter (a thread started before it: TSYNC
+/// must confine it too). Returns only when the call came back (with what it returned).
+pub fn probe(call: ProbeCall, filter: ProbeFilter) -> Result<String, SandboxError> {
     let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (ready, started) = std::sync::mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
+        // Like `serve`: the runtime exists before the filter; its blocking pool grows after.
+        let runtime = (call == ProbeCall::Threads).then(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(4)
+                .enable_all()
+                .build()
+        });
+        ready.send(()).ok();
         wait.recv().ok();
-        std::os::unix::fs::chroot("/")
+        match call {
+            ProbeCall::Chroot => format!(
+                "chroot was let through to the kernel: {:?}",
+                std::os::unix::fs::chroot("/")
+            ),
+            // Not waited for: wait4 is not on the allow-list either (serving starts no process).
+            ProbeCall::Fork => format!(
+                "a process was started: {:?}",
+                std::process::Command::new("/bin/true")
+                    .spawn()
+                    .map(|child| child.id())
+            ),
+            ProbeCall::Threads => match runtime {
+                Some(Ok(runtime)) => threads_and_sqlite(&runtime),
+                Some(Err(error)) => format!("no tokio runtime: {error}"),
+                None => "no tokio runtime was built".to_owned(),
+            },
+        }
     });
-    if confine {
-        confine_serving_process()?;
+    started.recv().ok();
+    match filter {
+        ProbeFilter::None => {}
+        ProbeFilter::Serving => confine_serving_process()?,
+        ProbeFilter::CloneAnything => seccompiler::apply_filter_all_threads(&allow_list(false)?)
+            .map_err(SandboxError::Install)?,
     }
     go.send(()).ok();
     Ok(worker
         .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("probe thread panicked"))))
+        .unwrap_or_else(|_| "probe thread panicked".to_owned()))
+}
+
+/// Threads started after the filter — a std thread and 16 tasks on the (pre-existing) tokio
+/// runtime's blocking pool, which starts its threads now, each opening an SQLite database and
+/// querying it — and what they computed.
+fn threads_and_sqlite(runtime: &tokio::runtime::Runtime) -> String {
+    let std_thread = std::thread::spawn(|| 6 * 7).join();
+    let sums: Vec<Result<i64, String>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..16i64)
+            .map(|i| {
+                tokio::task::spawn_blocking(move || {
+                    let db = rusqlite::Connection::open_in_memory().map_err(|e| e.to_string())?;
+                    db.query_row("SELECT ?1 + 1", [i], |row| row.get::<_, i64>(0))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let mut sums = Vec::new();
+        for task in tasks {
+            sums.push(task.await.map_err(|e| e.to_string()).and_then(|r| r));
+        }
+        sums
+    });
+    let total: Result<i64, String> = sums.into_iter().sum();
+    format!("threads ok: std thread {std_thread:?}, 16 blocking SQLite tasks {total:?}")
 }
 
 #[cfg(test)]
@@ -246,11 +381,16 @@ mod tests {
             libc::SYS_setuid,
             libc::SYS_bpf,
             libc::SYS_process_vm_readv,
+            // `clone` has its own rule (threads only), never an unconditional entry
+            libc::SYS_clone,
+            libc::SYS_fork,
+            libc::SYS_vfork,
         ] {
             assert!(
                 !ALLOWED.contains(&forbidden),
                 "{forbidden} must stay forbidden"
             );
         }
+        assert!(no_clone3_filter().unwrap().len() > 1);
     }
 }

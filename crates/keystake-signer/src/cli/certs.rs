@@ -4,11 +4,16 @@
 //! signed by the CA. With `--config`, `generate` issues the server certificate to the TLS key
 //! inside the configured HSM (created by `init`) and writes no server key file; without it the
 //! server key is a file (the opt-out, for test PKIs). `csr --config` writes a certificate
-//! signing request signed by the HSM's TLS key, for an operator's own CA.
+//! signing request signed by the HSM's TLS key, for an operator's own CA. `generate --ca-dir CA
+//! --config C` issues the server certificate to that HSM key from an existing CA (what the
+//! appliance's first boot does with the issuing CA on its provisioning volume), and `install
+//! --config C --cert F` puts a certificate an operator's CA issued where `serve` reads it.
 //!
 //! Refuses: issuing into a directory that already holds the files (nothing is written then), CA
 //! directories without `ca.pem` + `ca.key` (or whose key does not match), `--ca-dir` without any
-//! `--client`, invalid client or server names, and revoking certificates another CA issued.
+//! `--client` (unless `--config` asks for the server certificate), invalid client or server
+//! names, installing a certificate that is not for the HSM's TLS key (nothing is replaced then),
+//! and revoking certificates another CA issued.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -35,12 +40,13 @@ pub enum CertsCommand {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Issue only the named client certificates, from the existing CA in this directory
-        /// (ca.pem + ca.key), into --out.
+        /// (ca.pem + ca.key), into --out; with --config, the server certificate (--out/server.pem)
+        /// for the HSM's TLS key as well.
         #[arg(long)]
         ca_dir: Option<PathBuf>,
         /// Issue the server certificate to the TLS key in this configuration's HSM (run `init`
         /// first); no server key file is written.
-        #[arg(long, conflicts_with = "ca_dir")]
+        #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Write a certificate signing request for the server certificate, signed by the TLS key in
@@ -54,6 +60,15 @@ pub enum CertsCommand {
         /// Where to write the PEM CSR.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Install a server certificate (PEM chain, end-entity first) at the configuration's
+    /// tls.server_cert, after checking it certifies the TLS key in the configured HSM.
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+        /// The certificate the operator's CA issued for `certs csr`'s request.
+        #[arg(long)]
+        cert: PathBuf,
     },
     /// Write a certificate revocation list (signed by the CA) revoking the given certificates.
     Revoke {
@@ -74,9 +89,25 @@ pub fn run(command: CertsCommand) -> Result<()> {
         CertsCommand::Generate {
             out,
             clients,
+            server_names,
+            ca_dir: Some(ca_dir),
+            config: Some(config),
+        } => {
+            let config = super::load_config(&config)?;
+            let server = issue_server_for_hsm_key(&config, &ca_dir, &out, &server_names)?;
+            println!("{} (issued to the HSM's TLS key)", server.display());
+            if !clients.is_empty() {
+                for issued in issue_clients(&ca_dir, &out, &clients)? {
+                    println!("{} {}", issued.cert.display(), issued.key.display());
+                }
+            }
+        }
+        CertsCommand::Generate {
+            out,
+            clients,
             server_names: _,
             ca_dir: Some(ca_dir),
-            config: _,
+            config: None,
         } => {
             for issued in issue_clients(&ca_dir, &out, &clients)? {
                 println!("{} {}", issued.cert.display(), issued.key.display());
@@ -121,6 +152,14 @@ pub fn run(command: CertsCommand) -> Result<()> {
                 Overwrite::Refuse,
             )?;
             println!("certificate signing request written to {}", out.display());
+        }
+        CertsCommand::Install { config, cert } => {
+            let config = super::load_config(&config)?;
+            let installed = install_server_cert(&config, &cert)?;
+            println!(
+                "{} installed (it certifies the HSM's TLS key)",
+                installed.display()
+            );
         }
         CertsCommand::Revoke { ca_dir, certs, out } => {
             revoke(&ca_dir, &certs, &out)?;
@@ -183,6 +222,51 @@ pub fn generate_certs_for_hsm_key(
         Some(HsmTlsKey(key)),
     )?;
     Ok(())
+}
+
+/// `certs generate --ca-dir CA --config C --out DIR`: `DIR/server.pem`, issued by the CA in
+/// `ca_dir` to the TLS key in the configured HSM. `server_names` empty means loopback.
+pub fn issue_server_for_hsm_key(
+    config: &Config,
+    ca_dir: &Path,
+    out: &Path,
+    server_names: &[String],
+) -> Result<PathBuf> {
+    let key = crate::app::open_signing_key(config, KeyRole::Tls)?;
+    let path = certs::issue_server(
+        ca_dir,
+        &out.join(certs::SERVER_CERT_FILE),
+        server_names,
+        DEMO_CERT_VALIDITY_DAYS,
+        Overwrite::Refuse,
+        key.as_ref(),
+    )
+    .with_context(|| format!("issuing the server certificate from {}", ca_dir.display()))?;
+    Ok(path)
+}
+
+/// `certs install --config C --cert F`: `F` replaces the configuration's `tls.server_cert` once
+/// it is known to certify the HSM's TLS key (a certificate for any other key would only make
+/// `serve` refuse to start, or, with a key file configured, be served with the wrong key).
+pub fn install_server_cert(config: &Config, cert: &Path) -> Result<PathBuf> {
+    if let Some(file) = &config.tls.server_key {
+        anyhow::bail!(
+            "the configuration names a server key file ({}): `certs install` installs \
+             certificates for the HSM's TLS key only",
+            file.display()
+        );
+    }
+    let key = crate::app::open_signing_key(config, KeyRole::Tls)?;
+    certs::check_certifies(cert, key.as_ref())?;
+    let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let target = &config.tls.server_cert;
+    crate::files::write_file(
+        target,
+        &pem,
+        crate::files::PUBLIC_FILE_MODE,
+        Overwrite::Replace,
+    )?;
+    Ok(target.clone())
 }
 
 /// `certs generate --out DIR --ca-dir CA --client NAME…`: more client certificates from an

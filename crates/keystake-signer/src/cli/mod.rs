@@ -116,12 +116,19 @@ pub enum Command {
     },
     /// Probe a running appliance: GET /upcheck over mutual TLS (exit 0 when it answers 200).
     Healthcheck(healthcheck::HealthcheckArgs),
-    /// Test hook (hidden): install the serving seccomp filter, then make a forbidden call.
+    /// Test hook (hidden): install the serving seccomp filter, then make a call from another
+    /// thread (crate::sandbox::probe).
     #[command(hide = true)]
     SeccompProbe {
         /// Skip the filter (the control case).
         #[arg(long)]
         no_filter: bool,
+        /// Which filter (default: the serving filter; --no-filter means none).
+        #[arg(long, value_enum, default_value = "serving")]
+        filter: crate::sandbox::ProbeFilter,
+        /// What to call once confined.
+        #[arg(long, value_enum, default_value = "chroot")]
+        call: crate::sandbox::ProbeCall,
     },
 }
 
@@ -146,9 +153,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Dkg { command } => dkg::run(command),
         Command::Slashing { command } => slashing::run(command),
         Command::Healthcheck(args) => healthcheck::run(args),
-        Command::SeccompProbe { no_filter } => {
-            let outcome = crate::sandbox::probe_forbidden_call(!no_filter)?;
-            println!("chroot was let through to the kernel: {outcome:?}");
+        Command::SeccompProbe {
+            no_filter,
+            filter,
+            call,
+        } => {
+            let filter = if no_filter {
+                crate::sandbox::ProbeFilter::None
+            } else {
+                filter
+            };
+            println!("{}", crate::sandbox::probe(call, filter)?);
             Ok(())
         }
     }

@@ -148,6 +148,8 @@ pub enum CertError {
     CaKeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("cannot reuse the subject name of CA certificate {}: {reason}", path.display())]
     UnsupportedCaName { path: PathBuf, reason: &'static str },
+    #[error("certificate {} is not for {key}: its public key differs", cert.display())]
+    KeyMismatch { cert: PathBuf, key: String },
     #[error("certificate {} was not issued by the CA in {}", cert.display(), ca.display())]
     ForeignCertificate { cert: PathBuf, ca: PathBuf },
     #[error("certificate generation failed: {0}")]
@@ -375,6 +377,62 @@ pub fn server_csr(server_names: &[String], key: &dyn HsmSigningKey) -> Result<St
     params.subject_alt_names = sans;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     Ok(params.serialize_request(&RcgenHsmKey(key))?.pem()?)
+}
+
+/// Issue the server certificate to `key` (the HSM's TLS key) from the existing CA in `ca_dir`
+/// (`ca.pem` + `ca.key`), valid from now for `validity_days`, and write it (PEM) to `out`:
+/// CN = the first server name, every name a SAN, extended key usage serverAuth. `server_names`
+/// empty means [`DEFAULT_SERVER_NAMES`]. What first-boot provisioning runs with the issuing CA
+/// it carries (the CA key is wiped afterwards); no server key file exists at any point.
+pub fn issue_server(
+    ca_dir: &Path,
+    out: &Path,
+    server_names: &[String],
+    validity_days: u32,
+    overwrite: Overwrite,
+    key: &dyn HsmSigningKey,
+) -> Result<PathBuf, CertError> {
+    let (not_before, not_after) = validity_from_now(validity_days)?;
+    let server_names: Vec<String> = if server_names.is_empty() {
+        DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect()
+    } else {
+        server_names.to_vec()
+    };
+    let sans = server_names
+        .iter()
+        .map(|name| server_san(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca = LoadedCa::load(ca_dir)?;
+    if let Some(parent) = out.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        files::create_private_dir(parent)?;
+    }
+    refuse_existing(&[&out.to_path_buf()], overwrite)?;
+    let mut params = leaf_params(&server_names[0], not_before, not_after);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&RcgenHsmKey(key), &ca.issuer)?;
+    ca.check_issued_name(cert.der())?;
+    files::write_file(out, cert.pem().as_bytes(), PUBLIC_FILE_MODE, overwrite)?;
+    Ok(out.to_path_buf())
+}
+
+/// Check that the first certificate in `cert` (PEM, end-entity first) certifies `key`: the same
+/// SubjectPublicKeyInfo. What `certs install` checks before it puts a certificate an operator's
+/// CA issued (from `certs csr`) where `serve` reads it.
+pub fn check_certifies(cert: &Path, key: &dyn HsmSigningKey) -> Result<(), CertError> {
+    let der = read_first_certificate(cert, "server certificate")?;
+    let parsed = parse_certificate(cert, &der)?;
+    let spki = rustls::sign::public_key_to_spki(
+        &rustls_pki_types::alg_id::ECDSA_P256,
+        key.public_key().as_sec1(),
+    );
+    if parsed.public_key().raw != spki.as_ref() {
+        return Err(CertError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.describe(),
+        });
+    }
+    Ok(())
 }
 
 /// Issue one more client certificate (valid from now for `validity_days`) from the CA in
