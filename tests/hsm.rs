@@ -182,3 +182,72 @@ fn serve_refuses_a_wrong_pin() {
     std::fs::write(&pin, right).unwrap();
     let _server = Server::start(&appliance);
 }
+
+/// The unseal policy through the real binary (`[hsm] unseal_cache`, docs/hsm.md): a cached share
+/// signs the vector request like the HSM does; when the token disappears, the `/healthcheck`
+/// probe finds the HSM down and empties the cache, so signing answers 503 (never a signature from
+/// memory, never 500) well before the TTL; it recovers when the token is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseal_cache_signs_and_stops_with_the_hsm() {
+    let appliance = Appliance::create();
+    let config = std::fs::read_to_string(&appliance.config).unwrap();
+    assert!(config.contains("\n[hsm]\n"), "{config}");
+    std::fs::write(
+        &appliance.config,
+        config.replace(
+            "\n[hsm]\n",
+            "\n[hsm]\nunseal_cache = { ttl_secs = 3600, max_entries = 8 }\n",
+        ),
+    )
+    .unwrap();
+    let key = appliance.import_vector_key(0);
+    let (_server, client) = appliance.serve();
+    let first = sign(&client, &key, &attestation(10, 11, 1)).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    // The same data again: answered again, from the cached share this time.
+    let again = sign(&client, &key, &attestation(10, 11, 1)).await;
+    assert_eq!(again, first);
+
+    let tokens = appliance.path().join("hsm/tokens");
+    let away = appliance.path().join("hsm/tokens-away");
+    std::fs::rename(&tokens, &away).unwrap();
+    let (status, health) = get(&client, "/healthcheck").await;
+    assert_eq!(status, 503, "{health}");
+    let (status, body) = sign(&client, &key, &attestation(11, 12, 2)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().to_lowercase().contains("hsm"), "{body}");
+
+    std::fs::rename(&away, &tokens).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            block_on_local(get(&client, "/healthcheck")).0 == 200
+        }),
+        "health did not recover"
+    );
+    let (status, body) = sign(&client, &key, &attestation(11, 12, 2)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A policy out of bounds is refused when the signer starts, naming the setting.
+#[test]
+fn serve_refuses_an_unseal_cache_out_of_bounds() {
+    let appliance = Appliance::create();
+    let config = std::fs::read_to_string(&appliance.config).unwrap();
+    std::fs::write(
+        &appliance.config,
+        config.replace(
+            "\n[hsm]\n",
+            "\n[hsm]\nunseal_cache = { ttl_secs = 0, max_entries = 8 }\n",
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(&[
+        "serve",
+        "--config",
+        appliance.config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("hsm.unseal_cache.ttl_secs"), "{stderr}");
+}

@@ -1,6 +1,6 @@
 //! Where a BLS signature's time goes (issue 16): a whole `sign`, hash-to-G2 alone
 //! (`MessagePoint::hash`), and the signature on an already hashed message (`sign_hashed`, what the
-//! appliance does on a message-cache hit). Run with `cargo bench -p keystake-core --bench bls`.
+//! appliance does on a message-cache hit), and the stack wipe after it. Run with `cargo bench -p keystake-core --bench bls`.
 #![forbid(unsafe_code)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -26,6 +26,8 @@ fn signing(c: &mut Criterion) {
     group.bench_function("sign_hashed", |b| {
         b.iter(|| key.sign_hashed(std::hint::black_box(&point)))
     });
+    // What every signature pays after its secret work (issue 17 item 14's 64 KiB stack wipe).
+    group.bench_function("wipe_stack", |b| b.iter(keystake_core::wipe::wipe_stack));
     group.finish();
 }
 

@@ -2,7 +2,8 @@
 //! partial verified first (the default of `combine`, which names culprits; one batch check over
 //! all partials and the result) and optimistically
 //! (interpolate t partials, verify only the result); and checking t partials of one message in one
-//! batch (`verify_partials_batch`) against one pairing check each. Run with
+//! batch (`verify_partials_batch`) against one pairing check each; `combine_with_keys`: the same
+//! two modes with the share keys checked once (`ShareKeys`). Run with
 //! `cargo bench -p keystake-core --bench threshold`.
 #![forbid(unsafe_code)]
 
@@ -59,6 +60,33 @@ fn combine(c: &mut Criterion) {
                         case.t,
                         &case.share_public_keys,
                         &case.group_public_key,
+                        &message,
+                        &case.partials,
+                        verify_partials,
+                        &mut rng,
+                    )
+                    .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+
+    // The same with the share keys checked once per validator (a verified lock or manifest:
+    // `ShareKeys::verify` outside the loop), as a long-running combiner holds them.
+    let mut group = c.benchmark_group("combine_with_keys");
+    group.throughput(Throughput::Elements(1));
+    for t in [3u32, 7, 16] {
+        let case = case(t, &message);
+        let keys =
+            threshold::ShareKeys::verify(case.t, &case.share_public_keys, &case.group_public_key)
+                .unwrap();
+        for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
+            group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
+                let mut rng = StdRng::seed_from_u64(1);
+                b.iter(|| {
+                    threshold::combine_with_keys(
+                        &keys,
                         &message,
                         &case.partials,
                         verify_partials,

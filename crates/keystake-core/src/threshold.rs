@@ -73,6 +73,13 @@ pub enum ThresholdError {
     },
     #[error("{got} partial signatures for {shares} shares")]
     TooManyPartials { got: usize, shares: usize },
+    #[error(
+        "the share public keys interpolate to {interpolated}, not to the group public key {group}"
+    )]
+    GroupKeyMismatch {
+        interpolated: BlsPublicKey,
+        group: BlsPublicKey,
+    },
     #[error("BLS arithmetic failed: {0}")]
     Bls(#[from] BlsError),
 }
@@ -499,11 +506,10 @@ fn check_combine_bounds(
     Ok(())
 }
 
-/// A partial whose points decoded: its index, its signature (as sent and decoded) and its
+/// A partial whose points decoded: its index, its decoded signature and its
 /// share's public key (decoded), when known.
 struct Candidate {
     index: ShareIndex,
-    signature: BlsSignature,
     decoded: bls::ValidSignature,
     public_key: Option<bls::ValidPublicKey>,
 }
@@ -535,6 +541,9 @@ fn interpolate_candidates(chosen: &[&Candidate]) -> Result<bls::ValidSignature, 
 /// partials by index are combined optimistically, and only if that result fails to verify are
 /// the partials checked one by one as above — so a bad partial never yields a bad signature
 /// either way. The result always verifies under `group_public_key`.
+///
+/// Callers that combine many signatures of one validator should check its share keys once
+/// ([`ShareKeys::verify`]) and use [`combine_with_keys`].
 pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
     t: Threshold,
     share_public_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
@@ -547,6 +556,117 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
     check_combine_bounds(t, share_public_keys.len(), partials.len())?;
     let group = bls::ValidPublicKey::decode(group_public_key)
         .map_err(ThresholdError::InvalidGroupPublicKey)?;
+    let key_of = |index: &ShareIndex| {
+        share_public_keys
+            .get(index)
+            .and_then(|key| bls::ValidPublicKey::decode(key).ok())
+    };
+    combine_decoded(
+        t,
+        &key_of,
+        &group,
+        message,
+        partials,
+        verify_partials,
+        KeysChecked::No,
+        rng,
+    )
+}
+
+/// Share public keys checked once against their group key — what a verified DKG lock or a
+/// verified manifest guarantees: every key decoded and validated (on curve, in G1, not
+/// infinity), at least `t` of them, all on one polynomial of degree below `t` (the keys beyond
+/// the first `t` are interpolated from those), and that polynomial's value at zero equal to
+/// the group public key.
+#[derive(Clone)]
+pub struct ShareKeys {
+    t: Threshold,
+    group: bls::ValidPublicKey,
+    keys: BTreeMap<ShareIndex, bls::ValidPublicKey>,
+}
+
+impl ShareKeys {
+    /// Check `share_public_keys` against `group_public_key` (see the type). Refuses undecodable
+    /// keys, too few or too many keys, keys off the polynomial, and a polynomial whose value at
+    /// zero is another key.
+    pub fn verify(
+        t: Threshold,
+        share_public_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
+        group_public_key: &BlsPublicKey,
+    ) -> Result<Self, ThresholdError> {
+        check_combine_bounds(t, share_public_keys.len(), 0)?;
+        let group = bls::ValidPublicKey::decode(group_public_key)
+            .map_err(ThresholdError::InvalidGroupPublicKey)?;
+        let keys = share_public_keys
+            .iter()
+            .map(|(index, key)| Ok((*index, bls::ValidPublicKey::decode(key)?)))
+            .collect::<Result<BTreeMap<_, _>, BlsError>>()?;
+        let interpolated = interpolate_group_public_key(share_public_keys, t)?;
+        if interpolated != *group_public_key {
+            return Err(ThresholdError::GroupKeyMismatch {
+                interpolated,
+                group: *group_public_key,
+            });
+        }
+        Ok(ShareKeys { t, group, keys })
+    }
+
+    pub fn threshold(&self) -> Threshold {
+        self.t
+    }
+}
+
+/// [`combine`] with share keys checked once ([`ShareKeys::verify`]): no key is decoded again,
+/// and with `verify_partials` the batch check covers the partials alone.
+///
+/// Why the result needs no check of its own there: the batch check passed means every keyed
+/// partial is `σ_i = f(i)·H(m)` for the share key `P_i = f(i)·G1` (except with probability
+/// below 2^-64, the bound of the 64-bit random weights — [`bls::verify_same_message_batch`]);
+/// [`ShareKeys`] guarantees those `P_i` lie on one polynomial `f` of degree below `t` with
+/// `f(0)·G1` = the group key; so the Lagrange combination of any `t` of them is
+/// `Σ λ_i f(i)·H(m) = f(0)·H(m)`, the group signature. A bad partial fails the batch and falls
+/// back to the one-by-one checks (culprits named), whose result is verified as in [`combine`].
+pub fn combine_with_keys<R: rand_core::RngCore + rand_core::CryptoRng>(
+    keys: &ShareKeys,
+    message: &[u8],
+    partials: &[(ShareIndex, BlsSignature)],
+    verify_partials: bool,
+    rng: &mut R,
+) -> Result<Combined, ThresholdError> {
+    check_combine_bounds(keys.t, keys.keys.len(), partials.len())?;
+    let key_of = |index: &ShareIndex| keys.keys.get(index).copied();
+    combine_decoded(
+        keys.t,
+        &key_of,
+        &keys.group,
+        message,
+        partials,
+        verify_partials,
+        KeysChecked::AgainstGroupKey,
+        rng,
+    )
+}
+
+/// Whether the share keys are known to lie on the group key's polynomial ([`ShareKeys`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeysChecked {
+    No,
+    AgainstGroupKey,
+}
+
+/// The body of [`combine`] and [`combine_with_keys`], after the bounds: `key_of` gives the
+/// validated share key of an index.
+#[allow(clippy::too_many_arguments)]
+fn combine_decoded<R: rand_core::RngCore + rand_core::CryptoRng>(
+    t: Threshold,
+    key_of: &dyn Fn(&ShareIndex) -> Option<bls::ValidPublicKey>,
+    group: &bls::ValidPublicKey,
+    message: &[u8],
+    partials: &[(ShareIndex, BlsSignature)],
+    verify_partials: bool,
+    keys_checked: KeysChecked,
+    rng: &mut R,
+) -> Result<Combined, ThresholdError> {
     let mut by_index = BTreeMap::new();
     for (index, signature) in partials {
         if by_index.insert(*index, *signature).is_some() {
@@ -568,15 +688,8 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
         match bls::ValidSignature::decode(signature) {
             Ok(decoded) => candidates.push(Candidate {
                 index: *index,
-                signature: *signature,
                 decoded,
-                public_key: if verify_partials {
-                    share_public_keys
-                        .get(index)
-                        .and_then(|key| bls::ValidPublicKey::decode(key).ok())
-                } else {
-                    None
-                },
+                public_key: if verify_partials { key_of(index) } else { None },
             }),
             Err(_) => culprits.push(*index),
         }
@@ -585,7 +698,7 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
     if !verify_partials && culprits.is_empty() {
         let chosen: Vec<&Candidate> = candidates.iter().take(needed).collect();
         if let Ok(signature) = interpolate_candidates(&chosen) {
-            if bls::verify_valid(&group, message, &signature) {
+            if bls::verify_valid(group, message, &signature) {
                 return Ok(Combined {
                     signature: signature.to_bytes(),
                     culprits: Vec::new(),
@@ -599,13 +712,17 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
             candidates.iter().partition(|c| c.public_key.is_some());
         if keyed.len() >= needed {
             if let Ok(signature) = interpolate_candidates(&keyed[..needed]) {
-                // Every keyed partial, and the result under the group key, in one check.
+                // Every keyed partial in one check; the result too unless the keys are known
+                // to interpolate to the group key (see `combine_with_keys` for why that is
+                // enough).
                 let mut keys: Vec<bls::ValidPublicKey> =
                     keyed.iter().filter_map(|c| c.public_key).collect();
                 let mut signatures: Vec<bls::ValidSignature> =
                     keyed.iter().map(|c| c.decoded).collect();
-                keys.push(group);
-                signatures.push(signature);
+                if keys_checked == KeysChecked::No {
+                    keys.push(*group);
+                    signatures.push(signature);
+                }
                 if bls::verify_same_message_batch(message, &keys, &signatures, rng) {
                     culprits.extend(unkeyed.iter().map(|c| c.index));
                     culprits.sort_unstable();
@@ -621,9 +738,10 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
     // One by one: name every partial that does not verify.
     let mut valid = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
-        let verifies = share_public_keys
-            .get(&candidate.index)
-            .is_some_and(|public_key| bls::verify(public_key, message, &candidate.signature));
+        let verifies = candidate
+            .public_key
+            .or_else(|| key_of(&candidate.index))
+            .is_some_and(|public_key| bls::verify_valid(&public_key, message, &candidate.decoded));
         if verifies {
             valid.push(candidate);
         } else {
@@ -640,7 +758,7 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
     }
     // Any t valid partials give the same signature; more would only cost time.
     let signature = interpolate_candidates(&valid[..needed])?;
-    if !bls::verify_valid(&group, message, &signature) {
+    if !bls::verify_valid(group, message, &signature) {
         return Err(ThresholdError::CombinedSignatureInvalid);
     }
     Ok(Combined {
@@ -1283,6 +1401,73 @@ mod tests {
             proptest::prop_assert_eq!(combined.signature, secret.sign(&message));
             proptest::prop_assert_eq!(combined.culprits, vec![partials[position].0]);
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// With share keys checked once, both modes give the key's signature and the verified
+        /// one still names any single bad partial.
+        #[test]
+        fn combine_with_checked_keys_names_any_single_bad_partial(
+            seed in proptest::prelude::any::<u64>(),
+            t in 1u32..5,
+            extra in 1u32..3,
+            bad in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let message = [0x63u8; 32];
+            let (secret, keys, mut partials) = dealt(seed, t, t + extra, &message);
+            let checked = ShareKeys::verify(threshold(t), &keys, &secret.public_key()).unwrap();
+            let mut rng = StdRng::seed_from_u64(seed ^ 3);
+            for verify in [true, false] {
+                let ok = combine_with_keys(&checked, &message, &partials, verify, &mut rng).unwrap();
+                proptest::prop_assert_eq!(ok.signature, secret.sign(&message));
+                proptest::prop_assert!(ok.culprits.is_empty());
+            }
+            let position = bad.index(partials.len());
+            partials[position].1 = SecretKey::random(&mut rng).sign(&message);
+            let combined = combine_with_keys(&checked, &message, &partials, true, &mut rng);
+            if partials.len() > t as usize {
+                let combined = combined.unwrap();
+                proptest::prop_assert_eq!(combined.signature, secret.sign(&message));
+                proptest::prop_assert_eq!(combined.culprits, vec![partials[position].0]);
+            } else {
+                let refused = combined.unwrap_err();
+                proptest::prop_assert_eq!(refused.culprits(), &[partials[position].0][..]);
+            }
+        }
+    }
+
+    #[test]
+    fn share_keys_refuse_keys_of_another_polynomial_or_group() {
+        let message = [0x64u8; 32];
+        let (secret, keys, _) = dealt(7, 3, 5, &message);
+        assert!(ShareKeys::verify(threshold(3), &keys, &secret.public_key()).is_ok());
+        // Another validator's group key.
+        let other = SecretKey::random(&mut test_rng()).public_key();
+        assert!(matches!(
+            ShareKeys::verify(threshold(3), &keys, &other),
+            Err(ThresholdError::GroupKeyMismatch { .. })
+        ));
+        // One share key replaced by a key off the polynomial.
+        let mut swapped = keys.clone();
+        swapped.insert(idx(5), other);
+        assert!(matches!(
+            ShareKeys::verify(threshold(3), &swapped, &secret.public_key()),
+            Err(ThresholdError::InconsistentSharePublicKeys { .. })
+        ));
+        // Within the first t the polynomial changes: its value at zero is then another key.
+        let mut first = keys.clone();
+        first.insert(idx(1), other);
+        assert!(ShareKeys::verify(threshold(3), &first, &secret.public_key()).is_err());
+        // Not a point at all; too few keys for t.
+        let mut garbage = keys.clone();
+        garbage.insert(idx(2), BlsPublicKey([0x11; 48]));
+        assert!(matches!(
+            ShareKeys::verify(threshold(3), &garbage, &secret.public_key()),
+            Err(ThresholdError::Bls(_))
+        ));
+        let few: BTreeMap<_, _> = keys.iter().take(2).map(|(i, k)| (*i, *k)).collect();
+        assert!(ShareKeys::verify(threshold(3), &few, &secret.public_key()).is_err());
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub const STACK_WIPE_BYTES: usize = 64 * 1024;
 /// Overwrite [`STACK_WIPE_BYTES`] of stack below the caller's frame with zeros.
 #[inline(never)]
 pub fn wipe_stack() {
-    let mut scratch = [0xffu8; STACK_WIPE_BYTES];
+    // Words, not bytes: the same bytes overwritten with an eighth of the volatile stores
+    // (zeroize writes element by element), ~8× faster on the signing path's every request.
+    let mut scratch = [u64::MAX; STACK_WIPE_BYTES / 8];
     scratch.zeroize();
     std::hint::black_box(&scratch);
 }

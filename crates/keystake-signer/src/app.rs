@@ -99,8 +99,22 @@ pub async fn build(config: &Config, listen: Listen) -> Result<Appliance> {
     crate::service::health::startup_self_test(sealer.as_ref())?;
     tracing::info!("start-up self-test passed (HSM seal/unseal, BLS sign/verify)");
     let metrics = Arc::new(Metrics::new());
+    let unseal_policy = config.hsm.unseal_cache()?;
+    if let Some(policy) = unseal_policy {
+        tracing::warn!(
+            ttl_secs = policy.ttl.as_secs(),
+            max_entries = policy.max_entries,
+            "unseal cache on: unsealed shares stay in memory up to the TTL ([hsm] unseal_cache)"
+        );
+    }
+    let mut service = SigningService::new(store, sealer, network)?;
+    if let Some(policy) = unseal_policy {
+        service = service.with_unseal_cache(Arc::new(
+            crate::service::unseal_cache::UnsealCache::new(policy),
+        ));
+    }
     let service = Arc::new(
-        SigningService::new(store, sealer, network)?
+        service
             .with_authorizer(authorizer.clone())
             .with_observer(metrics.clone())
             .with_future_margin_epochs(
@@ -838,6 +852,7 @@ mod tests {
                 // The test process points SOFTHSM2_CONF at its own token directory.
                 softhsm2_conf: None,
                 sessions: Some(2),
+                unseal_cache: None,
             }),
         );
         initialize_hsm(&config).unwrap();
@@ -865,6 +880,7 @@ mod tests {
                 key_id: 0x0064,
                 key_label: "keystake-sealing-key".into(),
                 domain: 1,
+                unseal_cache: None,
             }),
         )
     }
@@ -1099,6 +1115,7 @@ mod tests {
                 so_pin_file: None,
                 softhsm2_conf: None,
                 sessions: None,
+                unseal_cache: None,
             }),
         );
         let error = open_sealer_with(&pkcs11, yubihsm::Connector::mockhsm())

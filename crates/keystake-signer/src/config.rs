@@ -205,6 +205,20 @@ pub struct Pkcs11Section {
     /// Number of logged-in HSM sessions used in parallel (default: number of CPUs).
     #[serde(default)]
     pub sessions: Option<usize>,
+    /// The unseal policy (off when absent): see [`UnsealCacheSetting`].
+    #[serde(default)]
+    pub unseal_cache: Option<UnsealCacheSetting>,
+}
+
+/// `[hsm] unseal_cache = { ttl_secs = 60, max_entries = 10000 }`: keep unsealed shares in memory
+/// for at most `ttl_secs` after their unseal, at most `max_entries` of them (oldest out first),
+/// zeroized when they leave (`crate::service::unseal_cache`). Absent: every signature unseals
+/// in the HSM (the default). For slow devices; docs/hsm.md weighs the trade.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealCacheSetting {
+    pub ttl_secs: u64,
+    pub max_entries: usize,
 }
 
 /// `[hsm]` with `backend = "yubihsm"`.
@@ -232,6 +246,9 @@ pub struct YubiHsmSection {
     /// Domain (1–16) the sealing key is created in; the authentication key must have it.
     #[serde(default = "default_domain")]
     pub domain: u8,
+    /// The unseal policy (off when absent): see [`UnsealCacheSetting`].
+    #[serde(default)]
+    pub unseal_cache: Option<UnsealCacheSetting>,
 }
 
 /// How to reach a YubiHSM2: `"http://HOST:PORT"` or `"usb"` in the file.
@@ -358,6 +375,7 @@ const PKCS11_KEYS: &[&str] = &[
     "so_pin_file",
     "softhsm2_conf",
     "sessions",
+    "unseal_cache",
 ];
 const YUBIHSM_KEYS: &[&str] = &[
     "connector",
@@ -368,6 +386,7 @@ const YUBIHSM_KEYS: &[&str] = &[
     "key_id",
     "key_label",
     "domain",
+    "unseal_cache",
 ];
 
 impl<'de> Deserialize<'de> for HsmSection {
@@ -421,6 +440,24 @@ impl<'de> Deserialize<'de> for HsmSection {
 }
 
 impl HsmSection {
+    /// The unseal policy, checked (`None`: unseal for every signature).
+    pub fn unseal_cache(
+        &self,
+    ) -> Result<
+        Option<crate::service::unseal_cache::UnsealCachePolicy>,
+        crate::service::unseal_cache::UnsealPolicyError,
+    > {
+        let setting = match self {
+            HsmSection::Pkcs11(section) => section.unseal_cache,
+            HsmSection::YubiHsm(section) => section.unseal_cache,
+        };
+        setting
+            .map(|s| {
+                crate::service::unseal_cache::UnsealCachePolicy::new(s.ttl_secs, s.max_entries)
+            })
+            .transpose()
+    }
+
     /// The backend's name as `backend` spells it.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -613,6 +650,8 @@ key_label = "keystake-sealing-key"
 user_pin_file = "hsm/user.pin"
 so_pin_file = "hsm/so.pin"        # read by `init` only
 softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
+# Keep unsealed shares in memory for slow HSMs (off when absent; either backend; docs/hsm.md):
+# unseal_cache = {{ ttl_secs = 60, max_entries = 10000 }}
 # A YubiHSM2 instead (hsm-config/yubihsm2/README.md): replace the [hsm] keys above by
 # backend = "yubihsm"
 # connector = "http://127.0.0.1:12345"  # yubihsm-connector; or "usb" (+ usb_serial = "0012345678")
@@ -741,6 +780,7 @@ softhsm2_conf = "hsm/softhsm2.conf"
                 key_id: 0x64,
                 key_label: "keystake-sealing-key".into(),
                 domain: 1,
+                unseal_cache: None,
             })
         );
         assert_eq!(
@@ -907,6 +947,10 @@ domain = 4
             so_pin_file: Some("s".into()),
             softhsm2_conf: Some("c".into()),
             sessions: Some(1),
+            unseal_cache: Some(UnsealCacheSetting {
+                ttl_secs: 1,
+                max_entries: 1,
+            }),
         };
         let yubihsm = YubiHsmSection {
             connector: YubiHsmConnectorSetting::Usb,
@@ -917,6 +961,10 @@ domain = 4
             key_id: 1,
             key_label: "k".into(),
             domain: 1,
+            unseal_cache: Some(UnsealCacheSetting {
+                ttl_secs: 1,
+                max_entries: 1,
+            }),
         };
         assert_eq!(
             keys(toml::Value::try_from(&pkcs11).unwrap()),

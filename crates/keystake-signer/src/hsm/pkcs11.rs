@@ -1201,6 +1201,15 @@ pub(crate) mod test_support {
         SecretString::from("user-pin-5678")
     }
 
+    /// Log the token's user out from a session of its own: every session of every sealer on
+    /// that token loses access to the key (as after a token reset), until a sealer logs in again.
+    pub(crate) fn log_out_token(config: &Pkcs11Config) {
+        let module = super::loaded_module(&config.module).unwrap();
+        let slot = super::require_token(&module.context, &config.token_label).unwrap();
+        let intruder = module.context.open_ro_session(slot).unwrap();
+        intruder.logout().unwrap();
+    }
+
     /// A fresh initialized token and a sealer opened on it.
     pub(crate) fn fresh_sealer(purpose: &str) -> (Pkcs11Config, Pkcs11Sealer) {
         let config = fresh_config(purpose);

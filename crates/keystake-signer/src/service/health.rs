@@ -110,6 +110,9 @@ impl SigningService {
             keys_loaded: self.public_keys().len(),
             reload: self.reload_state(),
         };
+        if report.hsm.is_err() {
+            self.hsm_down();
+        }
         if !report.is_up() {
             tracing::warn!(hsm = ?report.hsm.as_ref().err(), database = ?report.database.as_ref().err(), reload = ?report.reload_error(), "healthcheck: DOWN");
         }

@@ -807,13 +807,10 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 fn read_gvr(conn: &Connection) -> Result<Option<Root>, rusqlite::Error> {
-    conn.query_row(
-        "SELECT value FROM meta WHERE key = 'genesis_validators_root'",
-        [],
-        |r| r.get::<_, Vec<u8>>(0),
-    )
-    .optional()
-    .and_then(root_from_sql)
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'genesis_validators_root'")?
+        .query_row([], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .and_then(root_from_sql)
 }
 
 /// Bind to `root` unless already bound; refuse another root (the rule: `binding::bind`).
@@ -885,7 +882,7 @@ fn find_validator(
     public_key: &BlsPublicKey,
 ) -> Result<Option<i64>, rusqlite::Error> {
     conn.prepare_cached("SELECT id FROM validators WHERE pubkey = ?1")?
-        .query_row([public_key.0.to_vec()], |r| r.get(0))
+        .query_row([&public_key.0[..]], |r| r.get(0))
         .optional()
 }
 
@@ -1163,11 +1160,17 @@ fn attestation_from_row(r: &rusqlite::Row<'_>) -> Result<SignedAttestation, rusq
 }
 
 /// Check one request inside the open transaction and record it when safe and asked to.
-fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error> {
+/// `bound` is the network binding as this transaction sees it: read once per batch (the
+/// transaction holds the write lock, so only this function changes it until the commit).
+fn process(
+    conn: &Connection,
+    job: &Job,
+    bound: &mut Option<Root>,
+) -> Result<CheckOutcome, rusqlite::Error> {
     let Some(request) = job.request else {
         return Ok(Ok(Safe::Valid)); // audit-only job (issue 6)
     };
-    let binding = match binding::bind(read_gvr(conn)?, job.genesis_validators_root) {
+    let binding = match binding::bind(*bound, job.genesis_validators_root) {
         Ok(binding) => binding,
         Err(wrong) => return Ok(Err(wrong.into())),
     };
@@ -1180,6 +1183,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
         if let Binding::Bind(root) = binding {
             // The first recorded signature binds an unbound database to its network.
             write_gvr(conn, root)?;
+            *bound = Some(root);
         }
         let validator_id = match validator_id {
             Some(id) => id,
@@ -1190,7 +1194,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
                 conn.prepare_cached(
                     "INSERT INTO signed_blocks (validator_id, slot, signing_root) VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![validator_id, u64_to_sql(slot.0), signing_root.0.to_vec()])?;
+                .execute(params![validator_id, u64_to_sql(slot.0), &signing_root.0[..]])?;
             }
             SlashingRequest::Attestation {
                 source,
@@ -1205,7 +1209,7 @@ fn process(conn: &Connection, job: &Job) -> Result<CheckOutcome, rusqlite::Error
                     validator_id,
                     u64_to_sql(source.0),
                     u64_to_sql(target.0),
-                    signing_root.0.to_vec()
+                    &signing_root.0[..]
                 ])?;
             }
         }
@@ -1295,8 +1299,9 @@ fn run_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<CheckOutcome>, 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut audit_chain = audit::Chain::default();
+    let mut bound = read_gvr(&tx)?;
     for job in batch {
-        let outcome = process(&tx, job)?;
+        let outcome = process(&tx, job, &mut bound)?;
         if let Some(record) = &job.audit {
             audit_chain.append(&tx, audit::settle(record, &outcome))?;
         }
