@@ -202,6 +202,9 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
     // A line a script can wait for, whatever the log filter.
     println!("listening on https://{address}");
     tokio::spawn(reload_on_sighup(service.clone()));
+    if let Some(cache) = service.unseal_cache() {
+        tokio::spawn(sweep_unseal_cache(cache));
+    }
     if let Some(metrics_address) = listen.metrics.or(config.metrics_listen) {
         let metrics_listener = crate::net::metrics::bind(metrics_address)
             .await
@@ -256,6 +259,16 @@ pub fn check_private_files(config_path: &Path, config: &Config) -> Result<()> {
 }
 
 /// SIGHUP: re-read the policy and the CRL; a failed reload keeps the previous ones.
+/// Expired unsealed shares leave memory on a timer, not only when the next request looks.
+async fn sweep_unseal_cache(cache: Arc<crate::service::unseal_cache::UnsealCache>) {
+    let mut ticks = tokio::time::interval(crate::service::unseal_cache::SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        cache.sweep();
+    }
+}
+
 async fn reload_on_sighup(service: Arc<SigningService>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {

@@ -215,6 +215,11 @@ impl SigningService {
         self
     }
 
+    /// The unseal cache, when it is on (`app::serve` sweeps it on a timer).
+    pub fn unseal_cache(&self) -> Option<Arc<UnsealCache>> {
+        self.unsealed.clone()
+    }
+
     /// The unseal cache's counters, when the cache is on.
     pub fn unseal_cache_stats(&self) -> Option<UnsealCacheStats> {
         self.unsealed.as_ref().map(|cache| cache.stats())

@@ -28,6 +28,8 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::hsm::{SealContext, SealedShare, SHARE_LEN};
 use keystake_core::types::BlsPublicKey;
 
+/// How often `app::serve` sweeps expired shares out of an idle cache.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest TTL accepted: a day. Anything longer is a share kept in memory for good.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most entries accepted (≈ 200 bytes each with the blob and context kept for the hit check).
@@ -100,7 +102,9 @@ impl Clock {
 
 /// One unsealed share. Deliberately without `Debug`.
 struct Entry {
-    secret: Zeroizing<[u8; SHARE_LEN]>,
+    /// Boxed so the plaintext never moves: the map relocates its entries when it grows and
+    /// frees the old table without zeroizing it; only the pointer is copied then.
+    secret: Box<Zeroizing<[u8; SHARE_LEN]>>,
     /// What it was unsealed from: a hit must match both exactly.
     sealed: SealedShare,
     context: SealContext,
@@ -266,7 +270,7 @@ impl UnsealCache {
         let generation = inner.next_generation;
         inner.next_generation += 1;
         let expires = now + self.policy.ttl;
-        let mut copy = Zeroizing::new([0u8; SHARE_LEN]);
+        let mut copy = Box::new(Zeroizing::new([0u8; SHARE_LEN]));
         copy.copy_from_slice(secret.as_slice());
         inner.entries.insert(
             public_key,
@@ -280,6 +284,16 @@ impl UnsealCache {
         );
         inner.queue.push_back((public_key, generation, expires));
         inner.stats.inserted += 1;
+        inner.compact();
+    }
+
+    /// Drop (and zeroize) every share whose TTL has run out. `get` and `insert` do this too, but
+    /// an idle appliance calls neither: `app::serve` runs this on a timer ([`SWEEP_INTERVAL`]),
+    /// so a share leaves memory at most that long after its TTL even when no request comes.
+    pub fn sweep(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        inner.expire(now);
         inner.compact();
     }
 
@@ -430,6 +444,30 @@ mod tests {
         put(&cache, 1);
         advance(&now, Duration::from_secs(29));
         assert_eq!(fetch(&cache, 1), Some(*secret(1)));
+    }
+
+    #[test]
+    fn an_idle_cache_is_emptied_by_the_sweep_alone() {
+        let now = clock();
+        let cache = cache(30, 8, &now);
+        put(&cache, 1);
+        put(&cache, 2);
+        advance(&now, Duration::from_secs(29));
+        cache.sweep();
+        assert_eq!(cache.stats().entries, 2, "nothing expired yet");
+        advance(&now, Duration::from_secs(1));
+        // No get, no insert: only the timer's sweep runs on an idle appliance.
+        cache.sweep();
+        let stats = cache.stats();
+        assert_eq!(
+            (
+                stats.entries,
+                stats.expired,
+                stats.zeroized,
+                stats.hits + stats.misses
+            ),
+            (0, 2, 2, 0)
+        );
     }
 
     #[test]
