@@ -275,21 +275,14 @@ pub async fn run_reshare<T: Transport>(
                 pending_sealed = true;
             }
         }
-        let mut replaced = false;
-        for message in reshare.messages() {
-            if persisted.contains(&(message.phase, message.sender)) {
-                continue;
-            }
-            if message.sender == me {
-                if let Some(other) = outgoing.replace(&seats, message, parts.signer) {
-                    parts.dkg.insert_message(&other)?;
-                    replaced = true;
-                    break;
-                }
-            }
-            persisted.insert((message.phase, message.sender));
-            parts.dkg.insert_message(message)?;
-        }
+        let replaced = super::run::persist_messages(
+            reshare.messages(),
+            &mut persisted,
+            me,
+            &seats,
+            outgoing,
+            &parts,
+        )?;
         if replaced {
             (reshare, persisted) = resume(&definition, &parts, holding()?, &seed, epoch)?;
             continue;

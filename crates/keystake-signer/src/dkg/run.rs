@@ -238,6 +238,34 @@ fn seed_for(
         .unseal(&SealedShare(row.sealed_seed), &context)?)
 }
 
+/// Persist every message of the state machine not stored yet — own messages durable before a
+/// peer can fetch them — passing this appliance's own through `outgoing`. True when `outgoing`
+/// replaced one: it is stored instead and the caller rebuilds its state from the store, since
+/// later own messages were derived from the replaced one (DKG and reshare alike).
+pub(super) fn persist_messages<'m>(
+    messages: impl Iterator<Item = &'m SignedMessage>,
+    persisted: &mut BTreeSet<(Phase, ParticipantIndex)>,
+    me: ParticipantIndex,
+    definition: &Definition,
+    outgoing: &dyn Outgoing,
+    parts: &Parts<'_>,
+) -> Result<bool, DkgAdapterError> {
+    for message in messages {
+        if persisted.contains(&(message.phase, message.sender)) {
+            continue;
+        }
+        if message.sender == me {
+            if let Some(other) = outgoing.replace(definition, message, parts.signer) {
+                parts.dkg.insert_message(&other)?;
+                return Ok(true);
+            }
+        }
+        persisted.insert((message.phase, message.sender));
+        parts.dkg.insert_message(message)?;
+    }
+    Ok(false)
+}
+
 /// A ceremony state machine rebuilt from the seed and every message persisted for it (a
 /// restart, or after [`Outgoing`] replaced an own message: the machine must hold what was
 /// published, and re-derives the rest identically from the seed).
@@ -289,22 +317,14 @@ pub async fn run_ceremony<T: Transport>(
             }
         }
         // Own (and relayed) messages are durable before a peer can fetch them.
-        let mut replaced = false;
-        for message in ceremony.messages() {
-            if persisted.contains(&(message.phase, message.sender)) {
-                continue;
-            }
-            if message.sender == me {
-                if let Some(other) = outgoing.replace(&definition, message, parts.signer) {
-                    parts.dkg.insert_message(&other)?;
-                    replaced = true;
-                    // Later own messages were derived from the replaced one: made again below.
-                    break;
-                }
-            }
-            persisted.insert((message.phase, message.sender));
-            parts.dkg.insert_message(message)?;
-        }
+        let replaced = persist_messages(
+            ceremony.messages(),
+            &mut persisted,
+            me,
+            &definition,
+            outgoing,
+            &parts,
+        )?;
         if replaced {
             (ceremony, persisted) = resume(&definition, me, &seed, parts.dkg)?;
             continue;
