@@ -397,6 +397,57 @@ pub(super) fn g1_msm(points: &[blst_p1_affine], scalars: &[u8], nbits: usize) ->
     }
 }
 
+/// `Σ scalars[i]·points[i]` in G2 on the calling thread, the G2 twin of [`g1_msm`] (same scalar
+/// layout, same reason for not using blst's pooled `MultiPoint::mult`: combining a handful of
+/// partial signatures must not fan out to every CPU and wait on a barrier). Variable-time:
+/// public scalars (Lagrange coefficients) or random batch weights only. Returns the affine sum;
+/// [`g2_is_infinity`] tells whether it is the point at infinity.
+pub(super) fn g2_msm(points: &[blst_p2_affine], scalars: &[u8], nbits: usize) -> blst_p2_affine {
+    let nbytes = nbits.div_ceil(8);
+    assert!(scalars.len() >= nbytes * points.len(), "scalar bytes");
+    let mut out = blst_p2::default();
+    match points.len() {
+        0 => {}
+        1 => {
+            let mut base = blst_p2::default();
+            // SAFETY: valid, initialised affine input; `base` is exclusively borrowed.
+            unsafe { blst::blst_p2_from_affine(&mut base, &points[0]) };
+            // SAFETY: `scalars` holds at least `nbits` bits for the one point (asserted).
+            unsafe { blst::blst_p2_mult(&mut out, &base, scalars.as_ptr(), nbits) };
+        }
+        npoints => {
+            let p: [*const blst_p2_affine; 2] = [points.as_ptr(), std::ptr::null()];
+            let s: [*const u8; 2] = [scalars.as_ptr(), std::ptr::null()];
+            // SAFETY: blst's sizing function for the scratch of `npoints` points.
+            let words = unsafe { blst::blst_p2s_mult_pippenger_scratch_sizeof(npoints) } / 8;
+            let mut scratch = vec![0u64; words.max(1)];
+            // SAFETY: `p` and `s` are null-terminated one-element arrays pointing at `npoints`
+            // contiguous affine points and `npoints·nbytes` contiguous scalar bytes (asserted);
+            // `scratch` has the size blst asked for; `out` is exclusively borrowed.
+            unsafe {
+                blst::blst_p2s_mult_pippenger(
+                    &mut out,
+                    p.as_ptr(),
+                    npoints,
+                    s.as_ptr(),
+                    nbits,
+                    scratch.as_mut_ptr(),
+                )
+            };
+        }
+    }
+    let mut affine = blst_p2_affine::default();
+    // SAFETY: `out` is a valid, initialised point; `affine` is exclusively borrowed.
+    unsafe { blst::blst_p2_to_affine(&mut affine, &out) };
+    affine
+}
+
+/// Whether an affine G2 point is the point at infinity.
+pub(super) fn g2_is_infinity(point: &blst_p2_affine) -> bool {
+    // SAFETY: a valid, initialised affine point.
+    unsafe { blst::blst_p2_affine_is_inf(point) }
+}
+
 /// Property tests: every operation agrees with arbitrary-precision arithmetic mod `r`
 /// (`num-bigint`), so a wrong limb, a wrong modulus or a Montgomery slip shows up here.
 #[cfg(test)]

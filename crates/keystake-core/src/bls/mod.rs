@@ -34,7 +34,7 @@ pub mod message_cache;
 use std::fmt;
 
 use blst::min_pk;
-use blst::{MultiPoint, BLST_ERROR};
+use blst::BLST_ERROR;
 use zeroize::Zeroizing;
 
 pub use self::ffi::{G1Point, MessagePoint, Scalar};
@@ -236,7 +236,8 @@ pub fn g2_linear_combination(
     scalars: &[Scalar],
 ) -> Result<BlsSignature, BlsError> {
     let sum = |decoded: &[min_pk::Signature], scalars: &[u8]| {
-        BlsSignature(decoded.mult(scalars, SCALAR_BITS).to_signature().compress())
+        let affine: Vec<blst::blst_p2_affine> = decoded.iter().map(|p| (*p).into()).collect();
+        BlsSignature(min_pk::Signature::from(ffi::g2_msm(&affine, scalars, SCALAR_BITS)).compress())
     };
     linear_combination(points, scalars, decode_signature, sum, validate_signature)
 }
@@ -342,13 +343,15 @@ impl ValidSignature {
         scalars: &[Scalar],
     ) -> Result<Self, BlsError> {
         check_lengths(points.len(), scalars.len())?;
-        let inner: Vec<min_pk::Signature> = points.iter().map(|p| p.0).collect();
-        let sum = inner
-            .mult(&scalar_bytes(scalars), SCALAR_BITS)
-            .to_signature();
-        // A combination of subgroup points is in the subgroup; only infinity needs a check.
-        sum.validate(true)?;
-        Ok(Self(sum))
+        let affine: Vec<blst::blst_p2_affine> = points.iter().map(|p| p.0.into()).collect();
+        // On the calling thread (see [`G1Point`] for why not blst's pooled `MultiPoint::mult`).
+        let sum = ffi::g2_msm(&affine, &scalar_bytes(scalars), SCALAR_BITS);
+        // A combination of subgroup points is in the subgroup; only infinity needs a check (a
+        // second subgroup check here cost as much as a third of a combine).
+        if ffi::g2_is_infinity(&sum) {
+            return Err(BlsError::Infinity);
+        }
+        Ok(Self(min_pk::Signature::from(sum)))
     }
 }
 
@@ -390,10 +393,13 @@ pub fn verify_same_message_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
         };
         weights.extend_from_slice(&weight.to_le_bytes());
     }
-    let keys: Vec<min_pk::PublicKey> = public_keys.iter().map(|k| k.0).collect();
-    let sigs: Vec<min_pk::Signature> = signatures.iter().map(|s| s.0).collect();
-    let key_sum = keys.mult(&weights, BATCH_WEIGHT_BITS).to_public_key();
-    let signature_sum = sigs.mult(&weights, BATCH_WEIGHT_BITS).to_signature();
+    // Both sums on the calling thread (see [`G1Point`]): for the handful of partials of one
+    // combine, blst's pooled `MultiPoint::mult` cost more in hand-offs than in arithmetic.
+    let keys: Vec<blst::blst_p1_affine> = public_keys.iter().map(|k| k.0.into()).collect();
+    let sigs: Vec<blst::blst_p2_affine> = signatures.iter().map(|s| s.0.into()).collect();
+    let key_sum =
+        min_pk::PublicKey::from(ffi::g1_msm(&keys, &weights, BATCH_WEIGHT_BITS).to_affine());
+    let signature_sum = min_pk::Signature::from(ffi::g2_msm(&sigs, &weights, BATCH_WEIGHT_BITS));
     // Every input point was validated; the sums are in the subgroups by construction. A sum at
     // infinity (negligible probability) makes blst answer an error: reported as a failed batch,
     // and the caller's one-by-one check decides.
