@@ -23,14 +23,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::identity::seed_context;
 use super::run::{
-    fetch_missing, pending_record, seal_pending, Outgoing, Parts, RunOptions, Transport,
+    fetch_missing, pending_record, seal_pending, Outgoing, Pace, Parts, RunOptions, Transport,
 };
 use super::DkgAdapterError;
 use crate::hsm::SealedShare;
@@ -253,10 +251,7 @@ pub async fn run_reshare<T: Transport>(
     let seed = seed_for(&parts, &definition, me)?;
     let (mut reshare, mut persisted) = resume(&definition, &parts, old, &seed, epoch)?;
     let mut pending_sealed = false;
-    let mut phase = reshare.phase();
-    let mut deadline = Instant::now() + options.phase_timeout;
-    let mut backoff = Duration::from_millis(10);
-    let mut attempts: u32 = 0;
+    let mut pace = Pace::new(&options, reshare.phase());
     loop {
         let step = tokio::task::block_in_place(|| reshare.poll(parts.signer, parts.decryptor));
         let step = match step {
@@ -303,19 +298,13 @@ pub async fn run_reshare<T: Transport>(
                 phase: now,
                 missing,
             } => {
-                if now != phase {
-                    phase = now;
-                    deadline = Instant::now() + options.phase_timeout;
-                    attempts = 0;
-                }
-                if Instant::now() >= deadline {
+                let Some(attempt) = pace.next_attempt(now) else {
                     let abort = reshare.timeout();
                     parts.dkg.finish_ceremony(&id, CeremonyState::Aborted)?;
                     return Ok(ReshareOutcome::Aborted(abort));
-                }
-                attempts += 1;
+                };
                 let fetched =
-                    fetch_missing(transport, &seats, me, id, now, &missing, attempts).await;
+                    fetch_missing(transport, &seats, me, id, now, &missing, attempt).await;
                 let mut progress = false;
                 for message in fetched {
                     if reshare.message(message.phase, message.sender).is_none() {
@@ -325,12 +314,7 @@ pub async fn run_reshare<T: Transport>(
                         tracing::warn!(%error, "reshare message refused");
                     }
                 }
-                if progress {
-                    backoff = Duration::from_millis(10);
-                } else {
-                    tokio::time::sleep(backoff.min(deadline - Instant::now())).await;
-                    backoff = (backoff * 2).min(options.max_backoff);
-                }
+                pace.settle(progress).await;
             }
         }
     }

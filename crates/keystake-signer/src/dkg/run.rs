@@ -156,6 +156,60 @@ impl Default for RunOptions {
     }
 }
 
+/// The polling pace of a waiting ceremony, DKG and reshare alike: each phase gets
+/// `phase_timeout` from the moment it is first waited on (then the silent are blamed), fetch
+/// attempts are counted per phase (`fetch_missing` rotates relays with them), and while nothing
+/// new arrives the pause doubles from 10 ms up to `max_backoff`.
+pub(super) struct Pace {
+    phase: Phase,
+    deadline: Instant,
+    attempts: u32,
+    backoff: Duration,
+    phase_timeout: Duration,
+    max_backoff: Duration,
+}
+
+impl Pace {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+
+    pub(super) fn new(options: &RunOptions, phase: Phase) -> Self {
+        Pace {
+            phase,
+            deadline: Instant::now() + options.phase_timeout,
+            attempts: 0,
+            backoff: Self::FIRST_BACKOFF,
+            phase_timeout: options.phase_timeout,
+            max_backoff: options.max_backoff,
+        }
+    }
+
+    /// Waiting in `phase`: the number of the next fetch attempt, or `None` once the phase has
+    /// waited its whole timeout.
+    pub(super) fn next_attempt(&mut self, phase: Phase) -> Option<u32> {
+        if phase != self.phase {
+            self.phase = phase;
+            self.deadline = Instant::now() + self.phase_timeout;
+            self.attempts = 0;
+        }
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        self.attempts += 1;
+        Some(self.attempts)
+    }
+
+    /// After a round of fetches: go again at once if it brought something new, else pause
+    /// (never past the phase's deadline) and pause longer next time.
+    pub(super) async fn settle(&mut self, progress: bool) {
+        if progress {
+            self.backoff = Self::FIRST_BACKOFF;
+        } else {
+            tokio::time::sleep(self.backoff.min(self.deadline - Instant::now())).await;
+            self.backoff = (self.backoff * 2).min(self.max_backoff);
+        }
+    }
+}
+
 /// The appliance parts a run uses.
 pub struct Parts<'a> {
     pub store: &'a Store,
@@ -302,10 +356,7 @@ pub async fn run_ceremony<T: Transport>(
     let seed = seed_for(&parts, &definition, me)?;
     let (mut ceremony, mut persisted) = resume(&definition, me, &seed, parts.dkg)?;
     let mut pending_sealed = false;
-    let mut phase = ceremony.phase();
-    let mut deadline = Instant::now() + options.phase_timeout;
-    let mut backoff = Duration::from_millis(10);
-    let mut attempts: u32 = 0;
+    let mut pace = Pace::new(&options, ceremony.phase());
     loop {
         let step = tokio::task::block_in_place(|| ceremony.poll(parts.signer, parts.decryptor))?;
         // The new shares are sealed the moment the state machine has computed them, before
@@ -346,19 +397,13 @@ pub async fn run_ceremony<T: Transport>(
                 phase: now,
                 missing,
             } => {
-                if now != phase {
-                    phase = now;
-                    deadline = Instant::now() + options.phase_timeout;
-                    attempts = 0;
-                }
-                if Instant::now() >= deadline {
+                let Some(attempt) = pace.next_attempt(now) else {
                     let abort = ceremony.timeout();
                     parts.dkg.finish_ceremony(&id, CeremonyState::Aborted)?;
                     return Ok(RunOutcome::Aborted(abort));
-                }
-                attempts += 1;
+                };
                 let fetched =
-                    fetch_missing(transport, &definition, me, id, now, &missing, attempts).await;
+                    fetch_missing(transport, &definition, me, id, now, &missing, attempt).await;
                 let mut progress = false;
                 for message in fetched {
                     if ceremony.message(message.phase, message.sender).is_none() {
@@ -368,12 +413,7 @@ pub async fn run_ceremony<T: Transport>(
                         tracing::warn!(%error, "DKG message refused");
                     }
                 }
-                if progress {
-                    backoff = Duration::from_millis(10);
-                } else {
-                    tokio::time::sleep(backoff.min(deadline - Instant::now())).await;
-                    backoff = (backoff * 2).min(options.max_backoff);
-                }
+                pace.settle(progress).await;
             }
         }
     }
