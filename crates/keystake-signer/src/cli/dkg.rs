@@ -238,6 +238,46 @@ pub fn identity(config_path: &Path, endpoint: &str) -> Result<Participant> {
     Ok(participant)
 }
 
+/// What `dkg run` and `dkg reshare` open on this appliance: the share store, the ceremony
+/// store, the sealer, the identity key (signs broadcasts) and the enrolment key (opens dealt
+/// shares), all in the HSM, and the TLS identity this appliance presents to its peers.
+pub(super) struct CeremonyAppliance {
+    store: crate::store::Store,
+    dkg: crate::store::dkg::DkgStore,
+    sealer: std::sync::Arc<dyn crate::hsm::Sealer>,
+    pub(super) identity: HsmIdentity,
+    pub(super) decryptor: crate::hsm::enrolment::EnrolmentDecryptor,
+    pub(super) chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub(super) key: crate::net::tls::ServerKey,
+}
+
+impl CeremonyAppliance {
+    pub(super) fn open(config: &crate::config::Config) -> Result<Self> {
+        Ok(CeremonyAppliance {
+            store: crate::app::open_store(config)?,
+            dkg: crate::app::open_dkg_store(config)?,
+            sealer: crate::app::open_sealer(config)?,
+            identity: HsmIdentity::new(crate::app::open_signing_key(config, KeyRole::Identity)?)?,
+            decryptor: crate::app::open_enrolment_decryptor(config)?,
+            chain: crate::net::tls::load_certificates(
+                &config.tls.server_cert,
+                "server certificate",
+            )?,
+            key: crate::app::server_key(config)?,
+        })
+    }
+
+    pub(super) fn parts(&self) -> Parts<'_> {
+        Parts {
+            store: &self.store,
+            dkg: &self.dkg,
+            sealer: self.sealer.as_ref(),
+            signer: &self.identity,
+            decryptor: &self.decryptor,
+        }
+    }
+}
+
 fn run_command(
     config_path: &Path,
     definition: Definition,
@@ -259,34 +299,19 @@ pub fn run_command_with(
     definition.validate()?;
     let config = load_config(config_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let store = crate::app::open_store(&config)?;
-    let dkg = crate::app::open_dkg_store(&config)?;
-    let sealer = crate::app::open_sealer(&config)?;
-    let identity = HsmIdentity::new(crate::app::open_signing_key(&config, KeyRole::Identity)?)?;
-    let decryptor = crate::app::open_enrolment_decryptor(&config)?;
-    let enrolment = decryptor.public_key();
-    let me = crate::dkg::run::own_index(&definition, &identity, &enrolment)?;
-    let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
-    let key = crate::app::server_key(&config)?;
-    let options = RunOptions {
-        phase_timeout,
-        ..RunOptions::default()
-    };
+    let appliance = CeremonyAppliance::open(&config)?;
+    let enrolment = appliance.decryptor.public_key();
+    let me = crate::dkg::run::own_index(&definition, &appliance.identity, &enrolment)?;
     // The channels spawn their workers on the runtime: build them inside it.
     let outcome = runtime()?.block_on(async {
-        let transport = GrpcTransport::new(&definition, me, chain, &key)?;
+        let transport =
+            GrpcTransport::new(&definition, me, appliance.chain.clone(), &appliance.key)?;
         run_ceremony(
             definition,
-            Parts {
-                store: &store,
-                dkg: &dkg,
-                sealer: sealer.as_ref(),
-                signer: &identity,
-                decryptor: &decryptor,
-            },
+            appliance.parts(),
             &enrolment,
             &transport,
-            options,
+            RunOptions::with_phase_timeout(phase_timeout),
             outgoing,
         )
         .await

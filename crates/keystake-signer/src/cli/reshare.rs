@@ -15,11 +15,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::{load_config, read_json, runtime};
-use crate::dkg::identity::HsmIdentity;
 use crate::dkg::reshare::{run_reshare, ReshareOutcome};
-use crate::dkg::run::{GrpcTransport, Honest, Outgoing, Parts, RunOptions};
+use crate::dkg::run::{GrpcTransport, Honest, Outgoing, RunOptions};
 use crate::files::{write_file, Overwrite};
-use crate::hsm::signing_key::KeyRole;
 use keystake_core::dkg::{
     verify_reshared_lock, Lock, Participant, ReshareDefinition, RESHARE_DEFINITION_FORMAT,
 };
@@ -99,37 +97,23 @@ pub fn reshare_command_with(
     definition.validate()?;
     let config = load_config(config_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let store = crate::app::open_store(&config)?;
-    let dkg = crate::app::open_dkg_store(&config)?;
-    let sealer = crate::app::open_sealer(&config)?;
-    let identity = HsmIdentity::new(crate::app::open_signing_key(&config, KeyRole::Identity)?)?;
-    let decryptor = crate::app::open_enrolment_decryptor(&config)?;
-    let enrolment = decryptor.public_key();
+    let appliance = super::dkg::CeremonyAppliance::open(&config)?;
+    let enrolment = appliance.decryptor.public_key();
     let seats = definition.seats_as_definition();
     let me = seats
-        .index_of(&keystake_core::dkg::BroadcastSigner::identity(&identity))
+        .index_of(&keystake_core::dkg::BroadcastSigner::identity(
+            &appliance.identity,
+        ))
         .context("this appliance is not a seat of the reshare")?;
-    let chain = crate::net::tls::load_certificates(&config.tls.server_cert, "server certificate")?;
-    let key = crate::app::server_key(&config)?;
-    let options = RunOptions {
-        phase_timeout,
-        ..RunOptions::default()
-    };
     // The channels spawn their workers on the runtime: build them inside it.
     let outcome = runtime()?.block_on(async {
-        let transport = GrpcTransport::new(&seats, me, chain, &key)?;
+        let transport = GrpcTransport::new(&seats, me, appliance.chain.clone(), &appliance.key)?;
         run_reshare(
             definition,
-            Parts {
-                store: &store,
-                dkg: &dkg,
-                sealer: sealer.as_ref(),
-                signer: &identity,
-                decryptor: &decryptor,
-            },
+            appliance.parts(),
             &enrolment,
             &transport,
-            options,
+            RunOptions::with_phase_timeout(phase_timeout),
             outgoing,
         )
         .await

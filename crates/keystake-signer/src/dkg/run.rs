@@ -147,6 +147,16 @@ pub struct RunOptions {
     pub max_backoff: Duration,
 }
 
+impl RunOptions {
+    /// The defaults with another phase timeout (`--timeout-secs`).
+    pub fn with_phase_timeout(phase_timeout: Duration) -> Self {
+        RunOptions {
+            phase_timeout,
+            ..RunOptions::default()
+        }
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
