@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keystake_core::bls::{MessagePoint, SecretKey, DST};
+use keystake_core::bls::{MessagePoint, MessageTable, SecretKey, DST};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -18,6 +18,12 @@ fn signing(c: &mut Criterion) {
         key.sign_hashed(&point),
         "the two halves sign like blst"
     );
+    let table = MessageTable::build(&point);
+    assert_eq!(
+        key.sign(&root),
+        key.sign_with_table(&table),
+        "the table signs like blst"
+    );
     let mut group = c.benchmark_group("bls");
     group.bench_function("sign", |b| b.iter(|| key.sign(std::hint::black_box(&root))));
     group.bench_function("hash_to_g2", |b| {
@@ -25,6 +31,12 @@ fn signing(c: &mut Criterion) {
     });
     group.bench_function("sign_hashed", |b| {
         b.iter(|| key.sign_hashed(std::hint::black_box(&point)))
+    });
+    group.bench_function("build_table", |b| {
+        b.iter(|| MessageTable::build(std::hint::black_box(&point)))
+    });
+    group.bench_function("sign_with_table", |b| {
+        b.iter(|| key.sign_with_table(std::hint::black_box(&table)))
     });
     // What every signature pays after its secret work (issue 17 item 14's 64 KiB stack wipe).
     group.bench_function("wipe_stack", |b| b.iter(keystake_core::wipe::wipe_stack));

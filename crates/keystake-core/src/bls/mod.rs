@@ -37,7 +37,7 @@ use blst::min_pk;
 use blst::BLST_ERROR;
 use zeroize::Zeroizing;
 
-pub use self::ffi::{G1Point, MessagePoint, Scalar};
+pub use self::ffi::{G1Point, MessagePoint, MessageTable, Scalar};
 use crate::types::{BlsPublicKey, BlsSignature};
 
 /// Domain separation tag of Ethereum's BLS signatures (proof-of-possession scheme, G2 signatures).
@@ -149,6 +149,12 @@ impl SecretKey {
     /// bytes as [`SecretKey::sign`] of that message, at about half the cost.
     pub fn sign_hashed(&self, point: &MessagePoint) -> BlsSignature {
         BlsSignature(ffi::sign_message_point(&self.inner, point).compress())
+    }
+
+    /// Sign the message `table` was built for ([`MessageTable::build`] of its point): the same
+    /// bytes as [`SecretKey::sign`] of that message, without a scalar multiplication.
+    pub fn sign_with_table(&self, table: &MessageTable) -> BlsSignature {
+        BlsSignature(ffi::sign_with_table(&self.inner, table).compress())
     }
 }
 

@@ -29,7 +29,7 @@ use crate::store::{
     InsertOutcome, Refusal, ShareOrigin, ShareRecord, Store, StoreError, ThresholdInfo,
 };
 use keystake_core::bls;
-use keystake_core::bls::message_cache::{CacheStats, MessageCache};
+use keystake_core::bls::message_cache::{CacheStats, HashedMessage, MessageCache};
 use keystake_core::consensus::Network;
 use keystake_core::policy::{Denial, KeyRef};
 use keystake_core::request::{self, RequestError, SignKind, SigningIntent};
@@ -404,8 +404,8 @@ impl SigningService {
             .and_then(|cache| cache.get(&key.public_key, &key.sealed, &key.context))
         {
             let started = std::time::Instant::now();
-            let point = self.messages.point(&signing_root.0, bls::DST);
-            let signed = sign_unsealed(&key, secret, &point);
+            let message = self.messages.message(&signing_root.0, bls::DST);
+            let signed = sign_unsealed(&key, secret, &message);
             keystake_core::wipe::wipe_stack();
             self.observer.phase(Phase::Bls, started.elapsed());
             return signed;
@@ -418,7 +418,7 @@ impl SigningService {
             // The message half first (no secret involved): shared with every other request for
             // this root, and waited for here if one is hashing it right now.
             let hash_started = std::time::Instant::now();
-            let point = messages.point(&signing_root.0, bls::DST);
+            let message = messages.message(&signing_root.0, bls::DST);
             let hashing = hash_started.elapsed();
             let signed = (|| {
                 let started = std::time::Instant::now();
@@ -437,7 +437,7 @@ impl SigningService {
                     cache.insert(key.public_key, &key.sealed, &key.context, &secret);
                 }
                 let started = std::time::Instant::now();
-                let signature = sign_unsealed(&key, secret, &point).inspect_err(|_| {
+                let signature = sign_unsealed(&key, secret, &message).inspect_err(|_| {
                     // Not a valid scalar: nothing worth keeping.
                     if let Some(cache) = &cache {
                         cache.remove(&key.public_key);
@@ -517,13 +517,13 @@ impl SigningService {
 fn sign_unsealed(
     key: &LoadedKey,
     secret: zeroize::Zeroizing<[u8; crate::hsm::SHARE_LEN]>,
-    point: &bls::MessagePoint,
+    message: &HashedMessage,
 ) -> Result<BlsSignature, ServiceError> {
     let secret_key =
         bls::SecretKey::from_zeroizing(secret).map_err(|_| ServiceError::InvalidUnsealedShare {
             public_key: key.public_key,
         })?;
-    Ok(secret_key.sign_hashed(point))
+    Ok(message.sign(&secret_key))
 }
 
 /// Seal and store a key without a running service (CLI `keys import`).
