@@ -384,11 +384,12 @@ pub(super) fn sign_with_table(
         let negative = (digit >> 7) & 1; // 1 when the digit is negative, by arithmetic shift
         let magnitude = ((digit ^ -negative) + negative) as u8; // |digit| without a branch
         select_entry(&mut entry, table.row(window), magnitude);
-        let y = entry.y;
-        // SAFETY: `entry.y` is a valid field element (copied to `y` so input and output do not
-        // alias through Rust references); negating zero (the infinity entry) is never asked
-        // for, since a zero digit is never negative.
-        unsafe { blst::blst_fp2_cneg(&mut entry.y, &y, negative == 1) };
+        let y: *mut blst::blst_fp2 = &mut entry.y;
+        // SAFETY: `entry.y` is a valid field element, negated in place (blst reads each limb
+        // before writing it; one raw pointer, no Rust reference live across the call, and no
+        // copy of the selected coordinate left behind); negating zero (the infinity entry) is
+        // never asked for, since a zero digit is never negative.
+        unsafe { blst::blst_fp2_cneg(y, y, negative == 1) };
         let acc_ptr: *mut blst_p2 = &mut acc;
         if window < TABLE_INCOMPLETE_ADD_WINDOWS {
             // SAFETY: as below. The addition without the doubling case is correct here:
