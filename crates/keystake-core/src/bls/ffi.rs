@@ -246,9 +246,12 @@ const TABLE_WINDOWS: usize = 256 / TABLE_WINDOW_BITS + 1;
 /// and the entry is `d_i·2^(5i)·H` with `2^(5i) ≤ |d_i·2^(5i)| ≤ 2^(5i+4)`; while
 /// `2^(5i+5) < r` (`i ≤ 49`: `2^250 < r ≈ 2^254.9`) both sides are integers below r/2 in
 /// absolute value, so `S ≡ ±d_i·2^(5i) (mod r)` would need `S = ±d_i·2^(5i)`, impossible as
-/// `|S| < 2^(5i) ≤ |d_i·2^(5i)|` (a zero digit is the point at infinity, which is handled). The
-/// two top windows, where sums reach past r, keep the complete addition. Whether the cheaper
-/// addition is used depends only on the (public) window index.
+/// `|S| < 2^(5i) ≤ |d_i·2^(5i)|` (a zero digit is the point at infinity, which is handled;
+/// `the_incomplete_addition_bound_holds` checks the inequality for every such window). The two
+/// top windows are safe too by a finer argument (window 50: `|S| + |e| < 2^254.05 < r`; window
+/// 51 holds the carry only), but keep the complete addition, which does not depend on it and
+/// costs two additions' difference. Whether the cheaper addition is used depends only on the
+/// (public) window index.
 const TABLE_INCOMPLETE_ADD_WINDOWS: usize = 50;
 
 /// A fixed-base table for one message point `H`: row `i` holds `j·2^(5i)·H` for `j = 1..=16`,
@@ -402,9 +405,16 @@ pub(super) fn sign_with_table(
             unsafe { blst::blst_p2_add_or_double_affine(acc_ptr, acc_ptr, &entry) };
         }
     }
-    let mut signature = blst_p2_affine::default();
-    // SAFETY: `acc` is a valid, initialised point; `signature` is exclusively borrowed.
-    unsafe { blst::blst_p2_to_affine(&mut signature, &acc) };
+    // `blst_p2_to_affine` skips the inversion when Z is already one, which happens for keys
+    // with a single nonzero digit: a branch on the key. The Jacobian conversion always inverts
+    // (constant-time inversion), as blst's own signing does.
+    let mut normalized = blst_p2::default();
+    // SAFETY: `acc` is a valid, initialised point; `normalized` is exclusively borrowed.
+    unsafe { blst::blst_p2_from_jacobian(&mut normalized, &acc) };
+    let signature = blst_p2_affine {
+        x: normalized.x,
+        y: normalized.y,
+    };
     wipe_p2(&mut acc);
     for fp in entry.x.fp.iter_mut().chain(entry.y.fp.iter_mut()) {
         fp.l.zeroize();
@@ -783,6 +793,7 @@ mod tests {
             r() - 1u32,
             r() - 2u32,
             (one.clone() << 255u32) - r(),
+            (one.clone() << 256u32) % r(),
             one.clone() << 250u32,
             one.clone() << 254u32,
             (one.clone() << 254u32) - 1u32,
@@ -812,6 +823,21 @@ mod tests {
             let digits = signed_digits(&blst_scalar_of(&key));
             assert_eq!(from_digits(&digits[..]), key.clone().into(), "{key:x}");
             table_signature_matches_blst(&table, &root, &key);
+        }
+    }
+
+    /// The inequality `TABLE_INCOMPLETE_ADD_WINDOWS` rests on: before window `i`, the largest
+    /// accumulator multiple plus the largest entry multiple stays below r, and the accumulator
+    /// stays below the smallest nonzero entry.
+    #[test]
+    fn the_incomplete_addition_bound_holds() {
+        for i in 0..super::TABLE_INCOMPLETE_ADD_WINDOWS as u32 {
+            let base = BigUint::from(1u32) << (TABLE_WINDOW_BITS as u32 * i);
+            let half_row = BigUint::from(1u32 << (TABLE_WINDOW_BITS - 1));
+            let accumulator = (&base - 1u32) * &half_row / ((1u32 << TABLE_WINDOW_BITS) - 1);
+            let entry = &base * &half_row;
+            assert!(accumulator < base, "window {i}");
+            assert!(&accumulator + &entry < r(), "window {i}");
         }
     }
 

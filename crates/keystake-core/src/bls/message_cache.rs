@@ -9,14 +9,18 @@
 //! that result instead of hashing it too.
 //!
 //! A message that many keys sign gets more: after [`DEFAULT_TABLE_AFTER`] signatures its point's
-//! fixed-base [`MessageTable`] is built (by the request that reached the count, once; the others
+//! fixed-base [`MessageTable`] is built (once, for the request that reached the count; the others
 //! keep signing on the point meanwhile), and every later signature on it takes about 40 % of the
 //! time of a signature on the point alone (`benches/bls.rs`: `sign_with_table` against
 //! `sign_hashed`). A table costs about ten signatures to build and [`MessageTable::BYTES`]
-//! (160 KiB) to keep, so only messages that keep being signed get one, and at most
-//! [`DEFAULT_MAX_TABLES`] tables exist at once (the oldest is dropped first): under 3 MiB. On
-//! mainnet an operator's hot messages per slot are one attestation data, one slot (selection
-//! proofs) and one block root (sync committee), so that holds the last few slots' tables.
+//! (160 KiB) to keep, so only messages that keep being signed get one; at most
+//! [`DEFAULT_MAX_TABLES`] tables exist at once (under 3 MiB; the least recently used is dropped
+//! first, and a message whose table was dropped earns it back with as many signatures again),
+//! and at most [`MAX_BUILDS_IN_FLIGHT`] are being built at once. On mainnet an operator's hot
+//! messages per slot are one attestation data, one slot (selection proofs) and one block root
+//! (sync committee), so that holds the last few slots' tables, and a client that makes up roots
+//! to force builds pays [`DEFAULT_TABLE_AFTER`] audited signatures per build and cannot displace
+//! a table in use.
 //!
 //! What is cached is public: a function of the message only (the signing root a client sent or
 //! the appliance computed), never of a key. Bounded: least-recently-used eviction at
@@ -28,12 +32,14 @@
 //! grow a key.
 //!
 //! Pure: `std::sync` only (a `Mutex` held for the map operation, never while hashing or building
-//! a table; the wait of the single flight is a `OnceLock`), no I/O. Callers on an async runtime
-//! call it from the blocking pool, where the signing itself runs.
+//! a table; the wait of the single flight is a `OnceLock`), no I/O. [`MessageCache::lookup`]
+//! never builds a table (it may hash a new message, or wait for its hash: ~150 µs), so a caller
+//! on an async runtime can use it and hand a due [`TableBuild`] to its blocking pool;
+//! [`MessageCache::message`] builds in place (~1.5 ms) and belongs on a blocking thread.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::{BlsSignature, MessagePoint, MessageTable, SecretKey};
@@ -49,6 +55,10 @@ pub const DEFAULT_TABLE_AFTER: u32 = 16;
 
 /// Default number of tables kept at once.
 pub const DEFAULT_MAX_TABLES: usize = 16;
+
+/// Tables being built at once, at most (each holds ~400 KiB while it is built): beyond it the
+/// message is signed on its point and its table is due again at its next signature.
+pub const MAX_BUILDS_IN_FLIGHT: usize = 2;
 
 /// Approximate memory per entry without its table: the point (288-byte Jacobian G2 point), the
 /// counters and the table slot in an `Arc` (~360 B), the LRU node (72 B) and the hash-map slot
@@ -90,11 +100,13 @@ impl std::fmt::Debug for HashedMessage {
 struct Entry {
     /// Filled once, by the first request (the single flight).
     point: OnceLock<MessagePoint>,
-    /// Signatures asked for on this message so far.
+    /// Signatures asked for on this message since it was cached or its table was dropped.
     uses: AtomicU32,
-    /// Set by the one request that builds the table, never cleared: a table dropped to keep the
-    /// bound is not rebuilt for the same entry (a message that old has had its burst).
+    /// Set while this entry's table is due, being built or installed; cleared when a due build
+    /// is abandoned or the table is dropped, so the table can be earned again.
     building: AtomicBool,
+    /// The cache's lookup tick of the last signature on it: tables go least recently used first.
+    last_used: AtomicU64,
     table: Mutex<Option<Arc<MessageTable>>>,
 }
 
@@ -133,8 +145,8 @@ struct Lru {
     newest: usize,
     oldest: usize,
     capacity: usize,
-    /// The entries that hold a table, oldest first (at most `max_tables`).
-    tables: VecDeque<Arc<Entry>>,
+    /// The entries that hold a table (at most `max_tables`).
+    tables: Vec<Arc<Entry>>,
     max_tables: usize,
 }
 
@@ -146,20 +158,30 @@ impl Lru {
             newest: NIL,
             oldest: NIL,
             capacity,
-            tables: VecDeque::with_capacity(max_tables + 1),
+            tables: Vec::with_capacity(max_tables + 1),
             max_tables,
         }
     }
 
-    /// Give `entry` its table, dropping the oldest table beyond the bound.
-    fn install_table(&mut self, entry: &Arc<Entry>, table: Arc<MessageTable>) {
+    /// Give `entry` (the entry of `key`) its table, dropping the least recently used tables
+    /// beyond the bound. Nothing happens if `entry` has left the map meanwhile: its table would
+    /// only hold a slot (the request that built it still signs with it).
+    fn install_table(&mut self, key: &Key, entry: &Arc<Entry>, table: Arc<MessageTable>) {
+        let current = self
+            .map
+            .get(key)
+            .is_some_and(|&i| Arc::ptr_eq(&self.nodes[i].cell, entry));
+        if !current {
+            return;
+        }
         *entry.table() = Some(table);
-        self.tables.push_back(entry.clone());
+        self.tables.push(entry.clone());
         while self.tables.len() > self.max_tables {
-            if let Some(oldest) = self.tables.pop_front() {
-                // A signer holding this table keeps its own `Arc` until it is done.
-                *oldest.table() = None;
-            }
+            let least_recent = (0..self.tables.len())
+                .min_by_key(|&i| self.tables[i].last_used.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            let dropped = self.tables.swap_remove(least_recent);
+            drop_table(&dropped);
         }
     }
 
@@ -206,10 +228,15 @@ impl Lru {
             self.nodes.push(node);
             self.nodes.len() - 1
         } else {
-            // Evict: a request still waiting on the evicted cell keeps its own `Arc`.
+            // Evict: a request still waiting on the evicted cell keeps its own `Arc`. Its table
+            // goes with it (a slot of the bound must not be held by a message no longer cached).
             let i = self.oldest;
             self.unlink(i);
             self.map.remove(&self.nodes[i].key);
+            let evicted = &self.nodes[i].cell;
+            if let Some(at) = self.tables.iter().position(|e| Arc::ptr_eq(e, evicted)) {
+                drop_table(&self.tables.swap_remove(at));
+            }
             self.nodes[i] = node;
             i
         };
@@ -217,6 +244,50 @@ impl Lru {
         self.map.insert(key, i);
         (cell, false)
     }
+}
+
+/// Take `entry`'s table away (a signer holding it keeps its own `Arc` until it is done); the
+/// message earns it back with [`DEFAULT_TABLE_AFTER`]-many signatures again.
+fn drop_table(entry: &Entry) {
+    *entry.table() = None;
+    entry.uses.store(0, Ordering::Relaxed);
+    entry.building.store(false, Ordering::Release);
+}
+
+/// A table that is due: build it with [`MessageCache::build`] (on a blocking thread), or drop it
+/// to give the build up (the message's table is then due again at its next signature).
+pub struct TableBuild {
+    key: Key,
+    entry: Arc<Entry>,
+    point: MessagePoint,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for TableBuild {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.entry.table().is_none() {
+            // Abandoned (or installed nowhere): let a later signature try again.
+            self.entry.building.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl std::fmt::Debug for TableBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableBuild(..)")
+    }
+}
+
+/// What [`MessageCache::lookup`] found.
+// Returned by value once per signature; boxing would allocate per request (see HashedMessage).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Lookup {
+    /// Sign with this.
+    Ready(HashedMessage),
+    /// Sign this request with the point, and build the table (elsewhere) for the next ones.
+    BuildDue(HashedMessage, TableBuild),
 }
 
 /// Counters, for metrics and tests.
@@ -237,6 +308,9 @@ pub struct MessageCache {
     lru: Mutex<Lru>,
     table_after: u32,
     max_tables: usize,
+    /// Lookups so far: the clock of [`Entry::last_used`].
+    tick: AtomicU64,
+    builds_in_flight: Arc<AtomicUsize>,
     hits: AtomicU64,
     misses: AtomicU64,
     hashes: AtomicU64,
@@ -263,6 +337,8 @@ impl MessageCache {
             lru: Mutex::new(Lru::new(capacity.max(1), max_tables)),
             table_after: table_after.max(2),
             max_tables,
+            tick: AtomicU64::new(0),
+            builds_in_flight: Arc::new(AtomicUsize::new(0)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             hashes: AtomicU64::new(0),
@@ -303,42 +379,72 @@ impl MessageCache {
     /// `hash_to_G2(message)` under `dst`, from the cache or computed (once, however many threads
     /// ask for the same new message at the same time).
     pub fn point(&self, message: &[u8; 32], dst: &'static [u8]) -> MessagePoint {
-        let (entry, point) = self.entry_with(message, dst, MessagePoint::hash);
-        drop(entry);
-        point
+        self.entry_with(message, dst, MessagePoint::hash).2
     }
 
     /// The message ready for one more signature: its table if it has one, a new table if this
-    /// is the signature that reaches the count (built here, on the caller's thread), else its
-    /// point.
+    /// is the signature that reaches the count (built here, on the caller's thread: a blocking
+    /// thread, ~1.5 ms), else its point.
     pub fn message(&self, message: &[u8; 32], dst: &'static [u8]) -> HashedMessage {
-        self.message_with(message, dst, MessagePoint::hash)
+        match self.lookup(message, dst) {
+            Lookup::Ready(message) => message,
+            Lookup::BuildDue(_, build) => HashedMessage::Table(self.build(build)),
+        }
     }
 
-    /// [`MessageCache::message`] with the hash function passed in (tests count its calls).
-    fn message_with(
+    /// The message ready for one more signature, without building anything here: when its
+    /// table is due the answer carries the [`TableBuild`] for the caller to run elsewhere.
+    pub fn lookup(&self, message: &[u8; 32], dst: &'static [u8]) -> Lookup {
+        self.lookup_with(message, dst, MessagePoint::hash)
+    }
+
+    /// [`MessageCache::lookup`] with the hash function passed in (tests count its calls).
+    fn lookup_with(
         &self,
         message: &[u8; 32],
         dst: &'static [u8],
         hash: impl FnOnce(&[u8], &[u8]) -> MessagePoint,
-    ) -> HashedMessage {
-        let (entry, point) = self.entry_with(message, dst, hash);
+    ) -> Lookup {
+        let (key, entry, point) = self.entry_with(message, dst, hash);
         let uses = entry.uses.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         if uses < self.table_after {
-            return HashedMessage::Point(point);
+            return Lookup::Ready(HashedMessage::Point(point));
         }
         if let Some(table) = entry.table().clone() {
-            return HashedMessage::Table(table);
+            return Lookup::Ready(HashedMessage::Table(table));
         }
         if self.max_tables == 0 || entry.building.swap(true, Ordering::AcqRel) {
-            // Being built by another request (or dropped from the bound): sign on the point.
-            return HashedMessage::Point(point);
+            // Being built for another request: sign on the point.
+            return Lookup::Ready(HashedMessage::Point(point));
         }
+        if self.builds_in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_BUILDS_IN_FLIGHT {
+            self.builds_in_flight.fetch_sub(1, Ordering::AcqRel);
+            entry.building.store(false, Ordering::Release);
+            return Lookup::Ready(HashedMessage::Point(point));
+        }
+        Lookup::BuildDue(
+            HashedMessage::Point(point),
+            TableBuild {
+                key,
+                entry,
+                point,
+                in_flight: self.builds_in_flight.clone(),
+            },
+        )
+    }
+
+    /// Build a due table and give it to its message (if the message is still cached); the
+    /// table is returned either way, for the request that asked for it.
+    pub fn build(&self, build: TableBuild) -> Arc<MessageTable> {
         // Outside the lock, like the hashing: the other requests keep signing meanwhile.
-        let table = Arc::new(MessageTable::build(&point));
+        let table = Arc::new(MessageTable::build(&build.point));
         self.tables.fetch_add(1, Ordering::Relaxed);
-        self.lock().install_table(&entry, table.clone());
-        HashedMessage::Table(table)
+        // Installed as just used, or it could be the least recently used table at once.
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        build.entry.last_used.fetch_max(now, Ordering::Relaxed);
+        self.lock()
+            .install_table(&build.key, &build.entry, table.clone());
+        table
     }
 
     /// The entry of `message` (marked most recently used) and its point, hashed by the first
@@ -348,12 +454,14 @@ impl MessageCache {
         message: &[u8; 32],
         dst: &'static [u8],
         hash: impl FnOnce(&[u8], &[u8]) -> MessagePoint,
-    ) -> (Arc<Entry>, MessagePoint) {
+    ) -> (Key, Arc<Entry>, MessagePoint) {
         let key = Key {
             message: *message,
             dst,
         };
         let (entry, present) = self.lock().cell(key);
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        entry.last_used.fetch_max(now, Ordering::Relaxed);
         let counter = if present { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         // Outside the lock: other messages proceed while this one is hashed, and requests for
@@ -362,7 +470,7 @@ impl MessageCache {
             self.hashes.fetch_add(1, Ordering::Relaxed);
             hash(message, dst)
         });
-        (entry, point)
+        (key, entry, point)
     }
 }
 
@@ -443,7 +551,7 @@ mod tests {
             for _ in 0..threads {
                 scope.spawn(|| {
                     barrier.wait();
-                    let (_, point) = cache.entry_with(&root(7), DST, |message, dst| {
+                    let (_, _, point) = cache.entry_with(&root(7), DST, |message, dst| {
                         calls.fetch_add(1, Ordering::SeqCst);
                         // Long enough that the other threads arrive while it is in flight.
                         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -489,28 +597,89 @@ mod tests {
         assert_eq!((stats.hashes, stats.tables), (1, 1));
     }
 
+    fn is_table(message: &HashedMessage) -> bool {
+        matches!(message, HashedMessage::Table(_))
+    }
+
     #[test]
-    fn at_most_max_tables_exist_and_the_oldest_goes_first() {
+    fn at_most_max_tables_exist_and_the_least_recently_used_goes_first() {
         let cache = MessageCache::with_tables(8, 2, 2);
         let key = SecretKey::from_bytes(&[0x55; 32]).unwrap();
-        for byte in 1..=3u8 {
-            for _ in 0..3 {
-                let message = cache.message(&root(byte), DST);
-                assert_eq!(message.sign(&key), key.sign(&root(byte)));
-            }
-            assert!(entries_with_tables(&cache) <= 2);
-        }
-        assert_eq!(cache.stats().tables, 3);
-        // Root 1's table was dropped for root 3's, and is not rebuilt for the same entry.
-        assert!(matches!(
-            cache.message(&root(1), DST),
-            HashedMessage::Point(_)
-        ));
-        assert!(matches!(
-            cache.message(&root(3), DST),
-            HashedMessage::Table(_)
-        ));
-        assert_eq!(cache.stats().tables, 3);
+        let sign = |byte: u8| {
+            let message = cache.message(&root(byte), DST);
+            assert_eq!(message.sign(&key), key.sign(&root(byte)), "root {byte}");
+            is_table(&message)
+        };
+        assert!(
+            !sign(1) && sign(1),
+            "root 1 earns its table at its 2nd signature"
+        );
+        assert!(!sign(2) && sign(2));
+        assert!(sign(1), "root 1 is now used more recently than root 2");
+        assert!(!sign(3) && sign(3));
+        assert_eq!(entries_with_tables(&cache), 2);
+        assert!(sign(1), "root 1 kept its table");
+        // Root 2's table went (least recently used); it earns it back, and root 3 (now the
+        // least recently used) loses its own.
+        assert!(
+            !sign(2) && sign(2),
+            "root 2 is rebuilt after as many signatures"
+        );
+        assert!(sign(1));
+        assert!(!sign(3), "root 3's table was dropped");
+        assert_eq!(cache.stats().tables, 4);
+        assert!(entries_with_tables(&cache) <= 2);
+    }
+
+    #[test]
+    fn a_message_leaving_the_cache_takes_its_table_along() {
+        let cache = MessageCache::with_tables(2, 2, 4);
+        cache.message(&root(1), DST);
+        assert!(is_table(&cache.message(&root(1), DST)));
+        cache.message(&root(2), DST);
+        cache.message(&root(3), DST);
+        assert_eq!(entries_with_tables(&cache), 0);
+        assert!(
+            cache.lock().tables.is_empty(),
+            "no slot held for an evicted message"
+        );
+    }
+
+    #[test]
+    fn builds_in_flight_are_bounded_and_an_abandoned_build_is_due_again() {
+        let cache = MessageCache::with_tables(8, 2, 8);
+        let due = |byte: u8| match cache.lookup(&root(byte), DST) {
+            Lookup::Ready(_) => None,
+            Lookup::BuildDue(_, build) => Some(build),
+        };
+        assert!(due(1).is_none() && due(2).is_none() && due(3).is_none());
+        let first = due(1).expect("root 1's table is due");
+        let second = due(2).expect("root 2's table is due");
+        assert!(due(3).is_none(), "{MAX_BUILDS_IN_FLIGHT} builds at most");
+        drop(first);
+        let first = due(1).expect("an abandoned build is due again");
+        assert!(due(3).is_none());
+        let table = cache.build(second);
+        let key = SecretKey::from_bytes(&[0x66; 32]).unwrap();
+        assert_eq!(key.sign_with_table(&table), key.sign(&root(2)));
+        assert!(is_table(&cache.message(&root(2), DST)));
+        assert!(due(3).is_some(), "a slot is free again");
+        drop(first);
+    }
+
+    #[test]
+    fn a_build_for_a_message_evicted_meanwhile_is_not_kept() {
+        let cache = MessageCache::with_tables(1, 2, 4);
+        cache.message(&root(1), DST);
+        let Lookup::BuildDue(_, build) = cache.lookup(&root(1), DST) else {
+            panic!("root 1's table is due");
+        };
+        cache.message(&root(2), DST); // evicts root 1
+        let table = cache.build(build);
+        let key = SecretKey::from_bytes(&[0x27; 32]).unwrap();
+        assert_eq!(key.sign_with_table(&table), key.sign(&root(1)));
+        assert_eq!(entries_with_tables(&cache), 0);
+        assert!(cache.lock().tables.is_empty());
     }
 
     #[test]

@@ -152,7 +152,10 @@ impl SecretKey {
     }
 
     /// Sign the message `table` was built for ([`MessageTable::build`] of its point): the same
-    /// bytes as [`SecretKey::sign`] of that message, without a scalar multiplication.
+    /// bytes as [`SecretKey::sign`] of that message, without a scalar multiplication. Like every
+    /// signature, it leaves secret-dependent values in the stack frames below the caller (blst's
+    /// and the compiler's spills): a caller that must leave no trace calls
+    /// [`crate::wipe::wipe_stack`] afterwards, as the appliance's signing path does.
     pub fn sign_with_table(&self, table: &MessageTable) -> BlsSignature {
         BlsSignature(ffi::sign_with_table(&self.inner, table).compress())
     }
