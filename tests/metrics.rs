@@ -12,7 +12,7 @@ use crate::authz::{vector, PolicyAppliance};
 use crate::common::*;
 
 /// `serve` with a metrics listener on port 0: the server and the metrics address.
-fn start(appliance: &Appliance) -> (Server, String) {
+pub fn start(appliance: &Appliance) -> (Server, String) {
     let mut server = Server::start_with(appliance, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics = server
         .stdout

@@ -236,6 +236,7 @@ pub struct CacheStats {
 pub struct MessageCache {
     lru: Mutex<Lru>,
     table_after: u32,
+    max_tables: usize,
     hits: AtomicU64,
     misses: AtomicU64,
     hashes: AtomicU64,
@@ -261,6 +262,7 @@ impl MessageCache {
         Self {
             lru: Mutex::new(Lru::new(capacity.max(1), max_tables)),
             table_after: table_after.max(2),
+            max_tables,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             hashes: AtomicU64::new(0),
@@ -328,8 +330,7 @@ impl MessageCache {
         if let Some(table) = entry.table().clone() {
             return HashedMessage::Table(table);
         }
-        let max_tables = self.lock().max_tables;
-        if max_tables == 0 || entry.building.swap(true, Ordering::AcqRel) {
+        if self.max_tables == 0 || entry.building.swap(true, Ordering::AcqRel) {
             // Being built by another request (or dropped from the bound): sign on the point.
             return HashedMessage::Point(point);
         }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{load_config, runtime};
+use super::load_config;
 use crate::config::Config;
 use crate::tools::loadgen::LoadOptions;
 
@@ -123,7 +123,14 @@ fn load(args: LoadArgs) -> Result<()> {
         appliance_pid: args.appliance_pid,
         forwarder: args.forwarder,
     };
-    let report = runtime()?.block_on(crate::tools::loadgen::run(
+    // One thread drives every connection: a load generator on the appliance's own cores should
+    // take as little of them as it can, and a single-threaded runtime wakes no other thread per
+    // request (the pool's connection tasks and the request tasks share it). The raw blst
+    // measurement runs on its own threads either way.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::tools::loadgen::run(
         &config,
         &options,
         &mut std::io::stdout().lock(),

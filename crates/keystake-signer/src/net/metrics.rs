@@ -4,7 +4,8 @@
 //! Families (all prefixed `keystake_`): `requests_total{api,type,outcome}`,
 //! `signing_phase_seconds{phase}` (slashing_db, unseal, bls, total), `keys_loaded`,
 //! `hsm_session_up`, `slashing_db_up`, `authorization_refusals_total{api,operation}`,
-//! `build_info{version}`. Nothing secret is ever a label: keys and clients are not labels (the
+//! `message_cache{event}` (hits, misses, hashes, tables of the shared hash-to-G2 cache since
+//! start: whether hot roots get their fixed-base tables), `build_info{version}`. Nothing secret is ever a label: keys and clients are not labels (the
 //! audit log has them), so cardinality stays fixed.
 //!
 //! The listener answers `GET /metrics` only (404 otherwise) and refuses nothing else: it carries
@@ -25,6 +26,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use keystake_core::bls::message_cache::CacheStats;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -62,6 +64,7 @@ pub struct Metrics {
     hsm_up: IntGauge,
     db_up: IntGauge,
     refusals: IntCounterVec,
+    message_cache: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +120,14 @@ impl Metrics {
             &["api", "operation"],
         )
         .expect("valid metric");
+        let message_cache = IntGaugeVec::new(
+            Opts::new(
+                "message_cache",
+                "Shared message cache since start: lookups that hit or missed, hash-to-G2 computations, fixed-base tables built (refreshed every 5 s)",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build of the running signer (value 1)"),
             &["version"],
@@ -130,6 +141,7 @@ impl Metrics {
             Box::new(hsm_up.clone()),
             Box::new(db_up.clone()),
             Box::new(refusals.clone()),
+            Box::new(message_cache.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("names are unique");
@@ -142,6 +154,7 @@ impl Metrics {
             hsm_up,
             db_up,
             refusals,
+            message_cache,
         }
     }
 
@@ -164,6 +177,19 @@ impl Metrics {
     pub fn set_keys_loaded(&self, count: usize) {
         self.keys_loaded
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_message_cache(&self, stats: CacheStats) {
+        for (event, count) in [
+            ("hits", stats.hits),
+            ("misses", stats.misses),
+            ("hashes", stats.hashes),
+            ("tables", stats.tables),
+        ] {
+            self.message_cache
+                .with_label_values(&[event])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_health(&self, hsm_up: bool, db_up: bool) {
@@ -235,6 +261,7 @@ pub async fn refresh_health(
         let health = service.probe_health().await;
         metrics.set_health(health.hsm.is_ok(), health.database.is_ok());
         metrics.set_keys_loaded(health.keys_loaded);
+        metrics.set_message_cache(service.message_cache_stats());
     }
 }
 
@@ -291,6 +318,12 @@ mod tests {
         metrics.refusal("grpc", "deposit");
         metrics.set_keys_loaded(3);
         metrics.set_health(true, false);
+        metrics.set_message_cache(CacheStats {
+            hits: 40,
+            misses: 2,
+            hashes: 2,
+            tables: 1,
+        });
         let text = metrics.render();
         for line in [
             "keystake_requests_total{api=\"rest\",outcome=\"ok\",type=\"ATTESTATION\"} 1",
@@ -298,6 +331,8 @@ mod tests {
             "keystake_signing_phase_seconds_bucket{phase=\"bls\",le=\"0.001\"} 1",
             "keystake_signing_phase_seconds_bucket{phase=\"bls\",le=\"0.0005\"} 0",
             "keystake_authorization_refusals_total{api=\"grpc\",operation=\"deposit\"} 1",
+            "keystake_message_cache{event=\"hits\"} 40",
+            "keystake_message_cache{event=\"tables\"} 1",
             "keystake_keys_loaded 3",
             "keystake_hsm_session_up 1",
             "keystake_slashing_db_up 0",
