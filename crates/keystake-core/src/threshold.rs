@@ -534,7 +534,9 @@ fn interpolate_candidates(chosen: &[&Candidate]) -> Result<bls::ValidSignature, 
 ///
 /// With `verify_partials`, every partial is checked against its share public key: the first `t`
 /// are interpolated and one random-linear-combination check (weights from `rng`) covers all
-/// partials *and* the result under `group_public_key` — two pairings whatever the count. Only if
+/// partials *and* the result under `group_public_key` — two pairings whatever the count, and
+/// for fewer than 32 partials one table of multiples serves both the interpolation and the
+/// check's sum ([`bls::interpolate_and_verify_batch`] says why that is sound). Only if
 /// that fails is each partial checked alone: a partial that fails, or whose index has no public
 /// key, is set aside and named in [`Combined::culprits`] as long as `t` valid ones remain
 /// (otherwise [`ThresholdError::NotEnoughValidPartials`] names them). Without it, the first `t`
@@ -561,16 +563,7 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
             .get(index)
             .and_then(|key| bls::ValidPublicKey::decode(key).ok())
     };
-    combine_decoded(
-        t,
-        &key_of,
-        &group,
-        message,
-        partials,
-        verify_partials,
-        KeysChecked::No,
-        rng,
-    )
+    combine_decoded(t, &key_of, &group, message, partials, verify_partials, rng)
 }
 
 /// Share public keys checked once against their group key — what a verified DKG lock or a
@@ -616,16 +609,14 @@ impl ShareKeys {
     }
 }
 
-/// [`combine`] with share keys checked once ([`ShareKeys::verify`]): no key is decoded again,
-/// and with `verify_partials` the batch check covers the partials alone.
+/// [`combine`] with share keys checked once ([`ShareKeys::verify`]): no key is decoded again;
+/// the checks and what a result guarantees are [`combine`]'s.
 ///
-/// Why the result needs no check of its own there: the batch check passed means every keyed
-/// partial is `σ_i = f(i)·H(m)` for the share key `P_i = f(i)·G1` (except with probability
-/// below 2^-64, the bound of the 64-bit random weights — [`bls::verify_same_message_batch`]);
-/// [`ShareKeys`] guarantees those `P_i` lie on one polynomial `f` of degree below `t` with
-/// `f(0)·G1` = the group key; so the Lagrange combination of any `t` of them is
-/// `Σ λ_i f(i)·H(m) = f(0)·H(m)`, the group signature. A bad partial fails the batch and falls
-/// back to the one-by-one checks (culprits named), whose result is verified as in [`combine`].
+/// With `verify_partials` the one batch check ([`bls::interpolate_and_verify_batch`]) covers
+/// every keyed partial and the result under the group key, as in [`combine`]; the result
+/// costs that check one G1 and one G2 addition, not a multiplication, so it stays in even
+/// though [`ShareKeys`] already implies it (the partials verified, their keys on one
+/// polynomial whose value at zero is the group key: `Σ λ_i f(i)·H(m) = f(0)·H(m)`).
 pub fn combine_with_keys<R: rand_core::RngCore + rand_core::CryptoRng>(
     keys: &ShareKeys,
     message: &[u8],
@@ -642,21 +633,12 @@ pub fn combine_with_keys<R: rand_core::RngCore + rand_core::CryptoRng>(
         message,
         partials,
         verify_partials,
-        KeysChecked::AgainstGroupKey,
         rng,
     )
 }
 
-/// Whether the share keys are known to lie on the group key's polynomial ([`ShareKeys`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum KeysChecked {
-    No,
-    AgainstGroupKey,
-}
-
 /// The body of [`combine`] and [`combine_with_keys`], after the bounds: `key_of` gives the
 /// validated share key of an index.
-#[allow(clippy::too_many_arguments)]
 fn combine_decoded<R: rand_core::RngCore + rand_core::CryptoRng>(
     t: Threshold,
     key_of: &dyn Fn(&ShareIndex) -> Option<bls::ValidPublicKey>,
@@ -664,7 +646,6 @@ fn combine_decoded<R: rand_core::RngCore + rand_core::CryptoRng>(
     message: &[u8],
     partials: &[(ShareIndex, BlsSignature)],
     verify_partials: bool,
-    keys_checked: KeysChecked,
     rng: &mut R,
 ) -> Result<Combined, ThresholdError> {
     let mut by_index = BTreeMap::new();
@@ -711,26 +692,28 @@ fn combine_decoded<R: rand_core::RngCore + rand_core::CryptoRng>(
         let (keyed, unkeyed): (Vec<&Candidate>, Vec<&Candidate>) =
             candidates.iter().partition(|c| c.public_key.is_some());
         if keyed.len() >= needed {
-            if let Ok(signature) = interpolate_candidates(&keyed[..needed]) {
-                // Every keyed partial in one check; the result too unless the keys are known
-                // to interpolate to the group key (see `combine_with_keys` for why that is
-                // enough).
-                let mut keys: Vec<bls::ValidPublicKey> =
-                    keyed.iter().filter_map(|c| c.public_key).collect();
-                let mut signatures: Vec<bls::ValidSignature> =
-                    keyed.iter().map(|c| c.decoded).collect();
-                if keys_checked == KeysChecked::No {
-                    keys.push(*group);
-                    signatures.push(signature);
-                }
-                if bls::verify_same_message_batch(message, &keys, &signatures, rng) {
-                    culprits.extend(unkeyed.iter().map(|c| c.index));
-                    culprits.sort_unstable();
-                    return Ok(Combined {
-                        signature: signature.to_bytes(),
-                        culprits,
-                    });
-                }
+            // Every keyed partial and the interpolation of the first t in one check
+            // ([`bls::interpolate_and_verify_batch`]: one table of multiples for both sums, the
+            // result under the group key at no extra multiplication).
+            let indices: Vec<ShareIndex> = keyed[..needed].iter().map(|c| c.index).collect();
+            let coefficients = lagrange_coefficients_at(&Scalar::zero(), &indices)?;
+            let keys: Vec<bls::ValidPublicKey> =
+                keyed.iter().filter_map(|c| c.public_key).collect();
+            let signatures: Vec<bls::ValidSignature> = keyed.iter().map(|c| c.decoded).collect();
+            if let Some(signature) = bls::interpolate_and_verify_batch(
+                message,
+                group,
+                &keys,
+                &signatures,
+                &coefficients,
+                rng,
+            ) {
+                culprits.extend(unkeyed.iter().map(|c| c.index));
+                culprits.sort_unstable();
+                return Ok(Combined {
+                    signature: signature.to_bytes(),
+                    culprits,
+                });
             }
         }
     }
@@ -1434,6 +1417,47 @@ mod tests {
                 let refused = combined.unwrap_err();
                 proptest::prop_assert_eq!(refused.culprits(), &[partials[position].0][..]);
             }
+        }
+    }
+
+    /// Two bad partials whose errors cancel in the interpolation (σ'_1 = σ_1 + D,
+    /// σ'_2 = σ_2 + 2D: with λ_1 = 2, λ_2 = -1 the result is still the group signature, so a
+    /// check of the result alone passes) are both named, by both entry points, and the result
+    /// comes from the valid ones.
+    #[test]
+    fn cancelling_bad_partials_are_both_named() {
+        let message = [0x64u8; 32];
+        let (secret, keys, partials) = dealt(21, 2, 4, &message);
+        let mut rng = test_rng();
+        let d = SecretKey::random(&mut rng).sign(&message);
+        let mut tampered = partials.clone();
+        tampered[0].1 =
+            bls::g2_linear_combination(&[partials[0].1, d], &[Scalar::one(), Scalar::one()])
+                .unwrap();
+        tampered[1].1 =
+            bls::g2_linear_combination(&[partials[1].1, d], &[Scalar::one(), Scalar::from_u64(2)])
+                .unwrap();
+        assert_eq!(
+            interpolate_signature(&tampered[..2]).unwrap(),
+            secret.sign(&message)
+        );
+        let checked = ShareKeys::verify(threshold(2), &keys, &secret.public_key()).unwrap();
+        let results = [
+            combine(
+                threshold(2),
+                &keys,
+                &secret.public_key(),
+                &message,
+                &tampered,
+                true,
+                &mut rng,
+            )
+            .unwrap(),
+            combine_with_keys(&checked, &message, &tampered, true, &mut rng).unwrap(),
+        ];
+        for combined in results {
+            assert_eq!(combined.signature, secret.sign(&message));
+            assert_eq!(combined.culprits, vec![idx(1), idx(2)]);
         }
     }
 

@@ -24,7 +24,9 @@
 //! [`SecretKey::sign_hashed`], byte-identical to [`SecretKey::sign`]. For threshold combining it
 //! checks many signatures of one message at once ([`verify_same_message_batch`], a random linear
 //! combination: two pairings and two multi-scalar multiplications for any number of signatures),
-//! over points decoded and validated once ([`ValidPublicKey`], [`ValidSignature`]).
+//! over points decoded and validated once ([`ValidPublicKey`], [`ValidSignature`]), and
+//! interpolates and checks in one pass over one table of multiples
+//! ([`interpolate_and_verify_batch`]).
 // `deny`, not `forbid`: the `ffi` child module must be able to `allow` unsafe code.
 #![deny(unsafe_code)]
 
@@ -390,18 +392,7 @@ pub fn verify_same_message_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
     if public_keys.is_empty() || public_keys.len() != signatures.len() {
         return false;
     }
-    let bytes_per_weight = BATCH_WEIGHT_BITS / 8;
-    let mut weights = Vec::with_capacity(bytes_per_weight * public_keys.len());
-    for _ in public_keys {
-        // A zero weight would drop its pair from the check.
-        let weight = loop {
-            let candidate = rng.next_u64();
-            if candidate != 0 {
-                break candidate;
-            }
-        };
-        weights.extend_from_slice(&weight.to_le_bytes());
-    }
+    let weights = batch_weights(public_keys.len(), rng);
     // Both sums on the calling thread (see [`G1Point`]): for the handful of partials of one
     // combine, blst's pooled `MultiPoint::mult` cost more in hand-offs than in arithmetic.
     let keys: Vec<blst::blst_p1_affine> = public_keys.iter().map(|k| k.0.into()).collect();
@@ -413,6 +404,101 @@ pub fn verify_same_message_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
     // infinity (negligible probability) makes blst answer an error: reported as a failed batch,
     // and the caller's one-by-one check decides.
     signature_sum.verify(false, message, DST, &[], &key_sum, false) == BLST_ERROR::BLST_SUCCESS
+}
+
+/// `count` fresh non-zero 64-bit batch weights from `rng`, concatenated little-endian (the
+/// layout the multi-scalar multiplications read).
+fn batch_weights<R: rand_core::RngCore + rand_core::CryptoRng>(
+    count: usize,
+    rng: &mut R,
+) -> Vec<u8> {
+    let mut weights = Vec::with_capacity(BATCH_WEIGHT_BITS / 8 * count);
+    for _ in 0..count {
+        // A zero weight would drop its pair from the check.
+        let weight = loop {
+            let candidate = rng.next_u64();
+            if candidate != 0 {
+                break candidate;
+            }
+        };
+        weights.extend_from_slice(&weight.to_le_bytes());
+    }
+    weights
+}
+
+/// Interpolate and check at once, for threshold combining: `σ = Σ coefficients[j]·signatures[j]`
+/// over the first `coefficients.len()` signatures, returned only if `σ` is a valid signature of
+/// `message` under `group` *and* every `signatures[i]` is one under `public_keys[i]` (except
+/// with probability 2^-64). `None` when any is invalid, `σ` is infinity, or the lengths are
+/// wrong (no signature, more coefficients than signatures, keys and signatures of different
+/// counts) — the caller checks one by one to find which.
+///
+/// The check: with fresh non-zero 64-bit weights `r_i` from `rng`,
+/// `e(σ + Σ r_i·σ_i, G1) == e(H(m), group + Σ r_i·P_i)`. Writing `σ_i = s_i·H(m)`,
+/// `P_i = p_i·G1`, `group = p·G1` (every point validated, so in the prime-order groups), it
+/// holds iff `(Σ λ_j s_j − p) + Σ r_i (s_i − p_i) = 0 mod r`. If some `s_i ≠ p_i`, the weights
+/// are drawn after everything else is fixed, so at most one value of that `r_i` (of 2^64 − 1)
+/// satisfies it; if every `s_i = p_i`, it says `σ` is the group signature. So the result pair
+/// needs no random weight of its own: weight 1 costs no multiplication at all.
+///
+/// Why one function and not [`ValidSignature::linear_combination`] plus
+/// [`verify_same_message_batch`]: both multiplications run over the same points, so for fewer
+/// than 32 of them one table of multiples ([`ffi::G2Table`]) serves both, and the result enters
+/// the check as one addition instead of one more point in each sum. Above that, blst's
+/// Pippenger runs each sum as before.
+pub fn interpolate_and_verify_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
+    message: &[u8],
+    group: &ValidPublicKey,
+    public_keys: &[ValidPublicKey],
+    signatures: &[ValidSignature],
+    coefficients: &[Scalar],
+    rng: &mut R,
+) -> Option<ValidSignature> {
+    let count = signatures.len();
+    if count == 0
+        || public_keys.len() != count
+        || coefficients.is_empty()
+        || coefficients.len() > count
+    {
+        return None;
+    }
+    let weights = batch_weights(count, rng);
+    let coefficient_bytes = scalar_bytes(coefficients);
+    let points: Vec<blst::blst_p2_affine> = signatures.iter().map(|s| s.0.into()).collect();
+    let (interpolated, weighted) = if count < ffi::G2_TABLE_MAX_POINTS {
+        let table = ffi::G2Table::build(&points);
+        (
+            table.msm(coefficients.len(), &coefficient_bytes, SCALAR_BITS),
+            table.msm(count, &weights, BATCH_WEIGHT_BITS),
+        )
+    } else {
+        (
+            ffi::G2Projective::from_affine(&ffi::g2_msm(
+                &points[..coefficients.len()],
+                &coefficient_bytes,
+                SCALAR_BITS,
+            )),
+            ffi::G2Projective::from_affine(&ffi::g2_msm(&points, &weights, BATCH_WEIGHT_BITS)),
+        )
+    };
+    let combined = interpolated.to_affine();
+    // A combination of subgroup points is in the subgroup; only infinity needs a check.
+    if ffi::g2_is_infinity(&combined) {
+        return None;
+    }
+    let signature_sum = min_pk::Signature::from(interpolated.add(&weighted).to_affine());
+    let keys: Vec<blst::blst_p1_affine> = public_keys.iter().map(|k| k.0.into()).collect();
+    let key_sum = min_pk::PublicKey::from(
+        ffi::g1_msm(&keys, &weights, BATCH_WEIGHT_BITS)
+            .add(&group.point())
+            .to_affine(),
+    );
+    // Every input point was validated; the sums are in the subgroups by construction. A sum at
+    // infinity (negligible probability) makes blst answer an error: a failed batch, and the
+    // caller's one-by-one check decides.
+    let verifies =
+        signature_sum.verify(false, message, DST, &[], &key_sum, false) == BLST_ERROR::BLST_SUCCESS;
+    verifies.then(|| ValidSignature(min_pk::Signature::from(combined)))
 }
 
 /// Bits of the weights of [`verify_distinct_batch`]: enough that weights derived from a hash
@@ -460,7 +546,7 @@ pub fn verify_distinct_batch<R: rand_core::RngCore + rand_core::CryptoRng>(
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
-    use rand::SeedableRng;
+    use rand::{RngCore, SeedableRng};
     use serde_json::Value;
 
     use super::*;
@@ -586,6 +672,157 @@ mod tests {
             &signatures,
             &mut rng
         ));
+    }
+
+    /// `count` keys, their public keys and signatures of `message`.
+    fn signed(
+        rng: &mut StdRng,
+        count: usize,
+        message: &[u8],
+    ) -> (Vec<SecretKey>, Vec<ValidPublicKey>, Vec<ValidSignature>) {
+        let keys: Vec<SecretKey> = (0..count).map(|_| SecretKey::random(rng)).collect();
+        let public_keys = keys
+            .iter()
+            .map(|k| ValidPublicKey::decode(&k.public_key()).unwrap())
+            .collect();
+        let signatures = keys
+            .iter()
+            .map(|k| ValidSignature::decode(&k.sign(message)).unwrap())
+            .collect();
+        (keys, public_keys, signatures)
+    }
+
+    fn random_scalar(rng: &mut StdRng) -> Scalar {
+        SecretKey::random(rng).to_scalar()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+        /// The shared table's sums are blst's Pippenger sums (full scalars and 64-bit weights,
+        /// any prefix of the rows).
+        #[test]
+        fn table_sums_are_blsts(seed in proptest::prelude::any::<u64>(), count in 1usize..20) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (_, _, signatures) = signed(&mut rng, count, &[0x21; 32]);
+            let points: Vec<blst::blst_p2_affine> =
+                signatures.iter().map(|s| s.0.into()).collect();
+            let table = ffi::G2Table::build(&points);
+            let scalars: Vec<Scalar> = (0..count).map(|_| random_scalar(&mut rng)).collect();
+            let full = scalar_bytes(&scalars);
+            let weights = batch_weights(count, &mut rng);
+            for prefix in [1, count.div_ceil(2), count] {
+                proptest::prop_assert_eq!(
+                    table.msm(prefix, &full, SCALAR_BITS).to_affine(),
+                    ffi::g2_msm(&points[..prefix], &full, SCALAR_BITS)
+                );
+                proptest::prop_assert_eq!(
+                    table.msm(prefix, &weights, BATCH_WEIGHT_BITS).to_affine(),
+                    ffi::g2_msm(&points[..prefix], &weights, BATCH_WEIGHT_BITS)
+                );
+            }
+        }
+
+        /// Interpolating and checking at once gives exactly the generic combination and accepts
+        /// every valid set, on both sides of the table / Pippenger switch; a bad signature, a
+        /// wrong group key, or two bad partials whose errors cancel in the result are refused.
+        #[test]
+        fn interpolate_and_verify_batch_is_the_generic_combination(
+            seed in proptest::prelude::any::<u64>(),
+            count in 2usize..40,
+            prefix in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let message = [0x22u8; 32];
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (_, public_keys, signatures) = signed(&mut rng, count, &message);
+            let prefix = 1 + prefix.index(count);
+            let coefficients: Vec<Scalar> = (0..prefix).map(|_| random_scalar(&mut rng)).collect();
+            // The group key the coefficients make of the first `prefix` keys, so the
+            // combination of their signatures is its signature.
+            let group = ValidPublicKey::from_point(
+                &g1_combine_valid(&public_keys[..prefix], &coefficients).unwrap(),
+            )
+            .unwrap();
+            let expected =
+                ValidSignature::linear_combination(&signatures[..prefix], &coefficients).unwrap();
+            let combined = interpolate_and_verify_batch(
+                &message, &group, &public_keys, &signatures, &coefficients, &mut rng,
+            );
+            proptest::prop_assert_eq!(combined.map(|s| s.to_bytes()), Some(expected.to_bytes()));
+
+            let position = rng.next_u64() as usize % count;
+            let mut bad = signatures.clone();
+            bad[position] = signed(&mut rng, 1, &[0x23; 32]).2[0];
+            proptest::prop_assert!(interpolate_and_verify_batch(
+                &message, &group, &public_keys, &bad, &coefficients, &mut rng,
+            ).is_none());
+            let other = ValidPublicKey::decode(&SecretKey::random(&mut rng).public_key()).unwrap();
+            proptest::prop_assert!(interpolate_and_verify_batch(
+                &message, &other, &public_keys, &signatures, &coefficients, &mut rng,
+            ).is_none());
+
+            if prefix >= 2 {
+                // σ'_0 = σ_0 + D, σ'_1 = σ_1 - (c_0/c_1)·D: the combination is unchanged (a
+                // check of the result alone passes), both partials are wrong.
+                let d = signed(&mut rng, 1, &message).2[0];
+                let ratio = Scalar::zero()
+                    .sub(&coefficients[0].mul(&coefficients[1].invert().unwrap()));
+                let mut cancelling = signatures.clone();
+                cancelling[0] = ValidSignature::linear_combination(
+                    &[signatures[0], d], &[Scalar::one(), Scalar::one()],
+                ).unwrap();
+                cancelling[1] = ValidSignature::linear_combination(
+                    &[signatures[1], d], &[Scalar::one(), ratio],
+                ).unwrap();
+                let result = ValidSignature::linear_combination(
+                    &cancelling[..prefix], &coefficients,
+                ).unwrap();
+                proptest::prop_assert_eq!(result.to_bytes(), expected.to_bytes());
+                proptest::prop_assert!(verify_valid(&group, &message, &result));
+                proptest::prop_assert!(interpolate_and_verify_batch(
+                    &message, &group, &public_keys, &cancelling, &coefficients, &mut rng,
+                ).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn interpolate_and_verify_batch_refuses_wrong_lengths() {
+        let message = [0x24u8; 32];
+        let mut rng = StdRng::seed_from_u64(12);
+        let (keys, public_keys, signatures) = signed(&mut rng, 3, &message);
+        let group = public_keys[0];
+        let one = [Scalar::one()];
+        // The valid base case: coefficient 1 on the first signature, its key as the group.
+        assert_eq!(
+            interpolate_and_verify_batch(
+                &message,
+                &group,
+                &public_keys,
+                &signatures,
+                &one,
+                &mut rng
+            )
+            .map(|s| s.to_bytes()),
+            Some(keys[0].sign(&message))
+        );
+        let four: Vec<Scalar> = (0..4).map(|_| Scalar::one()).collect();
+        for (keys, signatures, coefficients) in [
+            (&public_keys[..], &signatures[..], &[][..]),
+            (&public_keys[..], &signatures[..], &four[..]),
+            (&public_keys[..2], &signatures[..], &one[..]),
+            (&[][..], &[][..], &one[..]),
+        ] {
+            assert!(interpolate_and_verify_batch(
+                &message,
+                &group,
+                keys,
+                signatures,
+                coefficients,
+                &mut rng
+            )
+            .is_none());
+        }
     }
 
     #[test]
