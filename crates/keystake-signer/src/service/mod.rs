@@ -139,7 +139,8 @@ pub struct SigningService {
     observer: Arc<dyn Observer>,
     reload_state: Mutex<ReloadState>,
     /// Hash-to-G2 points of recent signing roots, shared by every key (public data; see
-    /// `keystake_core::bls::message_cache`): a root many keys sign in one slot is hashed once.
+    /// `keystake_core::bls::message_cache`): a root many keys sign in one slot is hashed once,
+    /// and from its 16th signature on it is signed through its fixed-base table.
     messages: Arc<MessageCache>,
     /// The generation of the key index in force, and the lock that serializes every rebuild
     /// of it with the store change that caused it: a reload reads the store and installs its
