@@ -25,7 +25,7 @@ use keystake_signer::dkg::run::Outgoing;
 
 use crate::dkg::{assert_aborted, assert_nowhere_in_plaintext, finish, s, Cluster};
 
-/// `KIND|CONFIG|DEFINITION|OUT|DATABASE` for [`cheating_participant`].
+/// `KIND|CONFIG|DEFINITION|OUT` for [`cheating_participant`].
 const CHEAT: &str = "KEYSTAKE_TEST_CHEAT";
 
 /// How the cheater departs from the protocol.
@@ -175,9 +175,8 @@ impl Outgoing for Tamper {
 }
 
 /// Test-only helper run in a child process by [`cheaters_are_named_by_every_honest_appliance`]:
-/// participant 4's side of the ceremony with the tampering hook. When its own state machine has
-/// ended, it marks the ceremony running again so its `serve` keeps answering (a cheater need not
-/// stop when it has been caught), and waits to be killed.
+/// participant 4's side of the ceremony with the tampering hook, then asleep until killed (its
+/// `serve` keeps answering for the ceremony, aborted or not).
 #[test]
 #[ignore = "helper run in a child process by cheaters_are_named_by_every_honest_appliance"]
 fn cheating_participant() {
@@ -188,7 +187,6 @@ fn cheating_participant() {
     let cheat = Cheat::parse(parts[0]);
     let definition: Definition =
         serde_json::from_str(&std::fs::read_to_string(parts[2]).unwrap()).unwrap();
-    let id = definition.ceremony_id();
     let result = keystake_signer::cli::dkg::run_command_with(
         Path::new(parts[1]),
         definition,
@@ -197,12 +195,6 @@ fn cheating_participant() {
         &Tamper(cheat),
     );
     println!("CHEATER ENDED {result:?}");
-    let conn = rusqlite::Connection::open(parts[4]).unwrap();
-    conn.execute(
-        "UPDATE dkg_ceremonies SET state = 'running' WHERE ceremony_id = ?1",
-        rusqlite::params![id.0.as_slice()],
-    )
-    .unwrap();
     std::thread::sleep(Duration::from_secs(120));
 }
 
@@ -420,7 +412,6 @@ fn spawn_cheater(cluster: &Cluster, cheat: Cheat, definition: &Path, name: &str)
         s(&appliance.config),
         s(definition),
         s(&cluster.out_dir(name, 4)),
-        s(&appliance.path().join("data/signer.sqlite")),
     ]
     .join("|");
     Command::new(std::env::current_exe().unwrap())

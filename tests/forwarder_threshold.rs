@@ -198,14 +198,6 @@ fn cluster_file(
     path
 }
 
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threshold_forwarder_combines_any_three_of_four_names_culprits_and_reports_refusals() {
     // Five appliances, each with its own token and CA.

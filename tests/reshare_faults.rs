@@ -3,7 +3,10 @@
 //! first four.
 //!
 //! * an old member (appliance 2) deals a polynomial whose constant term is not its share: every
-//!   honest seat names it (invalid deal, "constant-term commitment"), nothing changes;
+//!   honest seat names it (invalid deal, "constant-term commitment"), nothing changes — also the
+//!   one paused (SIGSTOP) after its echo until every other seat had aborted: the aborted seats
+//!   still serve it what they hold (aborted ceremonies stay pinned), so it reaches the same
+//!   verdict instead of blaming them for silence;
 //! * a new member (appliance 5) lies in a complaint about a good share: every honest seat names
 //!   it (false complaint), nothing changes;
 //! * a member killed mid-reshare (after its deal is stored) and restarted resumes, and the
@@ -12,6 +15,7 @@
 //! The cheaters run as in tests/dkg_faults.rs: in a child process of this test binary, through
 //! the library's `dkg reshare` path with a tampering [`Outgoing`] hook.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use rand::RngCore;
 use crate::common::*;
 use crate::dkg::{finish, read_lock, s, Cluster};
 
-/// `KIND|CONFIG|DEFINITION|OUT|DATABASE` for [`cheating_reshare_member`].
+/// `KIND|CONFIG|DEFINITION|OUT` for [`cheating_reshare_member`].
 const CHEAT: &str = "KEYSTAKE_TEST_RESHARE_CHEAT";
 
 /// Whether `message` is signed under the reshare tag by its seat's identity key.
@@ -120,8 +124,8 @@ impl Outgoing for Tamper {
 
 /// Test-only helper run in a child process by
 /// [`reshare_cheaters_are_named_and_a_restarted_member_resumes`]: one seat's side of the
-/// reshare with a tampering hook; afterwards it keeps its `serve` answering (ceremony marked
-/// running again) until killed.
+/// reshare with a tampering hook, then asleep until killed (its `serve` keeps answering for the
+/// ceremony, aborted or not).
 #[test]
 #[ignore = "helper run in a child process by reshare_cheaters_are_named_and_a_restarted_member_resumes"]
 fn cheating_reshare_member() {
@@ -131,7 +135,6 @@ fn cheating_reshare_member() {
     let parts: Vec<&str> = spec.split('|').collect();
     let definition: ReshareDefinition =
         serde_json::from_str(&std::fs::read_to_string(parts[2]).unwrap()).unwrap();
-    let id = definition.reshare_id();
     let tamper = match parts[0] {
         "forged-constant" => Tamper::ForgedConstant {
             definition: Box::new(definition),
@@ -147,12 +150,6 @@ fn cheating_reshare_member() {
         &tamper,
     );
     println!("CHEATER ENDED {result:?}");
-    let conn = rusqlite::Connection::open(parts[4]).unwrap();
-    conn.execute(
-        "UPDATE dkg_ceremonies SET state = 'running' WHERE ceremony_id = ?1",
-        rusqlite::params![id.0.as_slice()],
-    )
-    .unwrap();
     std::thread::sleep(Duration::from_secs(120));
 }
 
@@ -210,7 +207,6 @@ fn spawn_cheater(cluster: &Cluster, i: usize, kind: &str, definition: &Path, nam
         s(&appliance.config),
         s(definition),
         s(&cluster.out_dir(name, i)),
-        s(&appliance.path().join("data/signer.sqlite")),
     ]
     .join("|");
     Command::new(std::env::current_exe().unwrap())
@@ -227,8 +223,18 @@ fn spawn_cheater(cluster: &Cluster, i: usize, kind: &str, definition: &Path, nam
         .unwrap()
 }
 
+/// An order of events forced on one reshare: seat `late` starts only once seat `paused` has
+/// stored its deal echo and been stopped (SIGSTOP); `paused` is continued only after every other
+/// honest seat has ended. So `paused` certainly lacks `late`'s echo while every seat that holds
+/// it has already aborted.
+struct Slow {
+    paused: usize,
+    late: usize,
+}
+
 /// One reshare with seat `culprit` cheating: every honest seat fails naming exactly it, for
 /// `expected`, with evidence signed under the reshare tag; no seat's shares changed.
+#[allow(clippy::too_many_arguments)]
 fn cheat_and_check(
     cluster: &Cluster,
     name: &str,
@@ -237,17 +243,35 @@ fn cheat_and_check(
     kind: &str,
     expected: impl Fn(&Fault) -> bool,
     shares_before: &[usize],
+    slow: Option<Slow>,
 ) {
     let parsed: ReshareDefinition =
         serde_json::from_str(&std::fs::read_to_string(definition).unwrap()).unwrap();
     let seats = parsed.seats_as_definition();
     let mut cheater = spawn_cheater(cluster, culprit, kind, definition, name);
     let honest: Vec<usize> = (1..=5).filter(|i| *i != culprit).collect();
-    let children: Vec<Child> = honest
+    let late = slow.as_ref().map(|slow| slow.late);
+    let mut children: BTreeMap<usize, Child> = honest
         .iter()
-        .map(|i| reshare(cluster, *i, definition, name))
+        .filter(|i| Some(**i) != late)
+        .map(|i| (*i, reshare(cluster, *i, definition, name)))
         .collect();
-    let outcomes: Vec<_> = children.into_iter().map(finish).collect();
+    let mut outcomes: BTreeMap<usize, (bool, String, String)> = BTreeMap::new();
+    if let Some(Slow { paused, late }) = slow {
+        wait_for_own_message(cluster, paused, definition, Phase::DealEcho);
+        let paused_child = children.remove(&paused).unwrap();
+        signal(&paused_child, "-STOP");
+        children.insert(late, reshare(cluster, late, definition, name));
+        for (i, child) in std::mem::take(&mut children) {
+            outcomes.insert(i, finish(child));
+        }
+        signal(&paused_child, "-CONT");
+        children.insert(paused, paused_child);
+    }
+    for (i, child) in children {
+        outcomes.insert(i, finish(child));
+    }
+    let outcomes: Vec<_> = honest.iter().map(|i| outcomes.remove(i).unwrap()).collect();
     let _ = cheater.kill();
     let output = cheater.wait_with_output().unwrap();
     let cheater_log = format!(
@@ -261,9 +285,23 @@ fn cheat_and_check(
     );
     // Seat k is appliance k here (the old members 1–4 first, then the joiner 5).
     let named = format!("participant {culprit} ({})", cluster.endpoint(culprit));
-    for (i, (ok, stdout, stderr)) in honest.iter().zip(&outcomes) {
-        assert!(!ok, "{name}: appliance {i} succeeded: {stdout}");
-        assert!(stderr.contains(&named), "{name}: appliance {i}: {stderr}");
+    // Every seat's output, for a failure message that shows who went wrong first.
+    let all_outputs = honest
+        .iter()
+        .zip(&outcomes)
+        .map(|(i, (ok, stdout, stderr))| format!("appliance {i} (ok={ok}):\n{stdout}\n{stderr}"))
+        .chain(cluster.servers.iter().map(|server| server.report(30)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (i, (ok, _, stderr)) in honest.iter().zip(&outcomes) {
+        assert!(
+            !ok,
+            "{name}: appliance {i} succeeded:\n{all_outputs}\ncheater: {cheater_log}"
+        );
+        assert!(
+            stderr.contains(&named),
+            "{name}: appliance {i} did not name {named}:\n{all_outputs}\ncheater: {cheater_log}"
+        );
         let failure: Abort = serde_json::from_str(
             &std::fs::read_to_string(cluster.out_dir(name, *i).join("failure.json")).unwrap(),
         )
@@ -303,8 +341,9 @@ fn cheat_and_check(
     }
 }
 
-/// Wait until appliance `i`'s database holds seat `i`'s deal of the reshare `definition`.
-fn wait_for_own_deal(cluster: &Cluster, i: usize, definition: &Path) {
+/// Wait until appliance `i`'s database holds seat `i`'s `phase` message of the reshare
+/// `definition`.
+fn wait_for_own_message(cluster: &Cluster, i: usize, definition: &Path, phase: Phase) {
     let parsed: ReshareDefinition =
         serde_json::from_str(&std::fs::read_to_string(definition).unwrap()).unwrap();
     let id = parsed.reshare_id();
@@ -315,8 +354,8 @@ fn wait_for_own_deal(cluster: &Cluster, i: usize, definition: &Path) {
             let count: i64 = conn
                 .query_row(
                     "SELECT count(*) FROM dkg_messages
-                     WHERE ceremony_id = ?1 AND phase = 0 AND sender = ?2",
-                    rusqlite::params![id.0.as_slice(), i as u32],
+                     WHERE ceremony_id = ?1 AND phase = ?2 AND sender = ?3",
+                    rusqlite::params![id.0.as_slice(), phase.number(), i as u32],
                     |r| r.get(0),
                 )
                 .unwrap_or(0);
@@ -326,7 +365,7 @@ fn wait_for_own_deal(cluster: &Cluster, i: usize, definition: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("appliance {i} never stored its deal");
+    panic!("appliance {i} never stored its {} message", phase.name());
 }
 
 #[test]
@@ -344,7 +383,9 @@ fn reshare_cheaters_are_named_and_a_restarted_member_resumes() {
     let old_lock = read_lock(&lock_path);
     let before = [1, 1, 1, 1, 0];
 
-    // An old member deals a polynomial whose constant term is not its share.
+    // An old member deals a polynomial whose constant term is not its share. Seat 1 is paused
+    // after its echo and continued only once seats 3–5 have aborted; it still gets seat 5's echo
+    // (from 5 or a relay, all aborted) and names the same culprit.
     let forged = reshare_definition(&cluster, "forged", &lock_path, 3, &[2, 3, 4, 5]);
     cheat_and_check(
         &cluster,
@@ -354,6 +395,7 @@ fn reshare_cheaters_are_named_and_a_restarted_member_resumes() {
         "forged-constant",
         |f| matches!(f, Fault::InvalidDeal { reason } if reason.contains("constant-term commitment")),
         &before,
+        Some(Slow { paused: 1, late: 5 }),
     );
 
     // A new member lies in a complaint about old member 1's good share.
@@ -366,6 +408,7 @@ fn reshare_cheaters_are_named_and_a_restarted_member_resumes() {
         "false-complaint",
         |f| matches!(f, Fault::FalseComplaint { dealer, validator: 0 } if dealer.get() == 1),
         &before,
+        None,
     );
 
     // A member killed mid-reshare (its deal stored) and restarted resumes; the reshare to all
@@ -374,7 +417,7 @@ fn reshare_cheaters_are_named_and_a_restarted_member_resumes() {
     let mut children: Vec<Child> = (1..=5)
         .map(|i| reshare(&cluster, i, &resumed, "resume"))
         .collect();
-    wait_for_own_deal(&cluster, 3, &resumed);
+    wait_for_own_message(&cluster, 3, &resumed, Phase::Deal);
     children[2].kill().unwrap();
     let _ = children[2].wait();
     children[2] = reshare(&cluster, 3, &resumed, "resume");

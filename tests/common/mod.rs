@@ -377,6 +377,33 @@ impl Server {
         self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// For a failure message: whether the process is still running (a dead child stays a zombie
+    /// until waited for, so its state shows here) and the last `lines` lines of its own log.
+    pub fn report(&self, lines: usize) -> String {
+        let pid = self.child.id();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(") ")?.1.to_owned();
+                after_name.split(' ').next().map(str::to_owned)
+            })
+            .unwrap_or_else(|| "gone".into());
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // The HTTP/2 and TLS crates' frame-by-frame debug lines are left out.
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .filter(|line| !line.contains(" h2::") && !line.contains(" rustls::"))
+            .take(lines)
+            .collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "serve {} (pid {pid}, state {state}; Z = died), last {lines} log lines:\n{}",
+            self.url,
+            tail.join("\n")
+        )
+    }
+
     /// SIGKILL and wait.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -388,6 +415,16 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Send `signal` (`-STOP`, `-CONT`, …) to `child` with kill(1): a deterministic pause of one
+/// process where a test needs an order of events.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {}", child.id());
 }
 
 /// Mainnet's genesis validators root, which the requests built here carry.

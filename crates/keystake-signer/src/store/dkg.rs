@@ -312,15 +312,17 @@ impl DkgStore {
             .optional()?)
     }
 
-    /// DER certificates of the participants of every running or successfully finished
-    /// ceremony (the TLS pins). Finished ones stay pinned: a participant that crashed after its
-    /// peers had finished must still fetch their finish messages to resume (they are public,
-    /// pinned peers reach only the DKG service, and the `dkg` policy grant is what an operator
-    /// withdraws to stop serving them). Aborted ceremonies are not pinned.
+    /// DER certificates of the participants of every ceremony held here, running or ended (the
+    /// TLS pins). Ended ones stay pinned, aborted ones too: a participant slower than this one
+    /// still needs the messages this appliance holds (its own and relayed ones) — finish
+    /// messages to resume after a crash, or the echoes that let it name the same culprit with
+    /// the same evidence after this appliance already aborted. Unpinning on abort let the
+    /// fastest seats lock a slow honest one out, which then blamed them for silence. The
+    /// messages are public and signed, pinned peers reach only the DKG service, and the `dkg`
+    /// policy grant is what an operator withdraws to stop serving them.
     pub fn pinned_certificates(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn
-            .prepare("SELECT definition FROM dkg_ceremonies WHERE state IN ('running', 'done')")?;
+        let mut statement = conn.prepare("SELECT definition FROM dkg_ceremonies")?;
         let rows = statement.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for text in rows {
