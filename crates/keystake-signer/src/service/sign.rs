@@ -4,10 +4,17 @@
 //! transaction) → unseal + sign → audit a failure. Also the authorization (and its audit) of
 //! the calls that are not signatures.
 //!
+//! The record and the signature overlap: once the store's writer has found a request safe inside
+//! its open transaction (`PendingCheck::tentative`), the share is unsealed and the signature
+//! computed while the transaction commits; the signature is released only on the committed
+//! outcome (`PendingCheck::durable`) and dropped unseen when the commit fails. A request the
+//! writer refuses is never signed. A signature slashing protection does not cover is computed
+//! while its audit entry commits, and released only once the entry is durable.
+//!
 //! Every signing request leaves exactly one audit entry before its answer leaves, plus a second
 //! one if signing fails after it was allowed: a slashable request's entry is chained in the
 //! slashing record's own transaction (signed, or refused by slashing protection); any other
-//! signature's entry is committed before the signature is computed; every other refusal
+//! signature's entry is committed before the signature is released; every other refusal
 //! (unknown client, not granted, unknown key, malformed request, database down) gets its own
 //! entry. For non-signing calls (listing, dry run, combine, administration) authorization
 //! refusals are audited.
@@ -150,34 +157,69 @@ impl SigningService {
             clock.check_duty(check, now_ms() / 1000, self.future_margin_epochs)?;
         }
         let signed_entry = draft.with(Outcome::Signed, String::new());
-        match intent.slashing {
+        // The signature is computed while its record (slashing record and audit entry) commits —
+        // the fsync is I/O wait, signing is CPU — and released only once that record is durable.
+        // A commit that fails drops the computed signature unseen (design: a signature leaves
+        // the appliance only after the record that allows it is on disk).
+        let db_started = Instant::now();
+        let signature = match intent.slashing {
             Some(check) => {
                 let request = check.with_signing_root(intent.signing_root);
-                let db_started = Instant::now();
-                let verdict = self
-                    .store
-                    .check_and_record_audited(
-                        key.public_key,
-                        intent.genesis_validators_root,
-                        request,
-                        signed_entry,
-                    )
-                    .await?;
-                self.observer.phase(Phase::SlashingDb, db_started.elapsed());
-                draft.recorded = true;
-                match verdict {
+                let mut pending = self.store.check_and_record_audited(
+                    key.public_key,
+                    intent.genesis_validators_root,
+                    request,
+                    signed_entry,
+                )?;
+                let early = match pending.tentative().await {
+                    // Only a request the writer found safe is signed early; a refusal is not.
+                    Some(Ok(Safe::Valid | Safe::SameData)) => {
+                        Some(self.sign_root(key.clone(), intent.signing_root))
+                    }
+                    _ => None,
+                };
+                let durable = async {
+                    let verdict = pending.durable().await;
+                    self.observer.phase(Phase::SlashingDb, db_started.elapsed());
+                    verdict
+                };
+                let (verdict, early) = match early {
+                    Some(signing) => {
+                        let (verdict, signature) = tokio::join!(durable, signing);
+                        (verdict, Some(signature))
+                    }
+                    None => (durable.await, None),
+                };
+                // Released below only when durable and safe; otherwise `early` is dropped here.
+                match verdict? {
                     Ok(Safe::Valid) | Ok(Safe::SameData) => {}
-                    Err(refusal) => return Err(ServiceError::Refused(refusal)),
+                    Err(refusal) => {
+                        draft.recorded = true;
+                        return Err(ServiceError::Refused(refusal));
+                    }
+                }
+                draft.recorded = true;
+                match early {
+                    Some(signature) => signature,
+                    // Not reached (the writer decides every request before it commits), but a
+                    // durable safe verdict is what signing needs.
+                    None => self.sign_root(key.clone(), intent.signing_root).await,
                 }
             }
             None => {
-                let db_started = Instant::now();
-                self.store.record_audit(signed_entry).await?;
-                self.observer.phase(Phase::SlashingDb, db_started.elapsed());
+                let audited = async {
+                    let audited = self.store.record_audit(signed_entry).await;
+                    self.observer.phase(Phase::SlashingDb, db_started.elapsed());
+                    audited
+                };
+                let (audited, signature) =
+                    tokio::join!(audited, self.sign_root(key.clone(), intent.signing_root));
+                audited?;
                 draft.recorded = true;
+                signature
             }
-        }
-        match self.sign_root(key.clone(), intent.signing_root).await {
+        };
+        match signature {
             Ok(signature) => Ok(Signed {
                 signature,
                 kind: intent.kind,

@@ -13,7 +13,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::{CheckOutcome, Job, Refusal, Store, StoreError};
+use super::{CheckOutcome, Job, PendingCheck, Refusal, Store, StoreError};
 use keystake_core::audit::{Entry, Head, Outcome, Record};
 use keystake_core::slashing::Safe;
 use keystake_core::types::BlsPublicKey;
@@ -178,44 +178,52 @@ pub fn read_entries(conn: &Connection) -> Result<Vec<Entry>, StoreError> {
 
 impl Store {
     /// Check and record a slashable signing request, chaining `audit` (its outcome settled by
-    /// the verdict) into the same transaction.
-    pub async fn check_and_record_audited(
+    /// the verdict) into the same transaction. The verdict comes twice (see [`PendingCheck`]):
+    /// tentatively once decided, to start signing, and durably once committed, to release.
+    pub fn check_and_record_audited(
         &self,
         public_key: BlsPublicKey,
         genesis_validators_root: Option<keystake_core::types::Root>,
         request: super::SlashingRequest,
         audit: Record,
-    ) -> Result<CheckOutcome, StoreError> {
-        self.send(Job {
-            public_key,
-            genesis_validators_root,
-            request: Some(request),
-            record: true,
-            audit: Some(audit),
-            reply: oneshot::channel().0,
+    ) -> Result<PendingCheck, StoreError> {
+        let (tentative, tentative_answer) = oneshot::channel();
+        let (reply, durable) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                public_key,
+                genesis_validators_root,
+                request: Some(request),
+                record: true,
+                audit: Some(audit),
+                tentative: Some(tentative),
+                reply,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(PendingCheck {
+            tentative: Some(tentative_answer),
+            durable,
         })
-        .await
     }
 
     /// Append one audit entry in its own (group-committed) transaction; returns once durable.
     pub async fn record_audit(&self, audit: Record) -> Result<(), StoreError> {
-        self.send(Job {
-            public_key: BlsPublicKey([0; 48]),
-            genesis_validators_root: None,
-            request: None,
-            record: false,
-            audit: Some(audit),
-            reply: oneshot::channel().0,
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn send(&self, mut job: Job) -> Result<CheckOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        job.reply = reply;
-        self.jobs.send(job).map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        self.jobs
+            .send(Job {
+                public_key: BlsPublicKey([0; 48]),
+                genesis_validators_root: None,
+                request: None,
+                record: false,
+                audit: Some(audit),
+                tentative: None,
+                reply,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+            .map(|_| ())
     }
 
     /// Every audit entry, in sequence order (for `audit verify` / `audit export`).
@@ -261,16 +269,16 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store.record_audit(record("first")).await.unwrap();
-            let outcome = store
+            let mut pending = store
                 .check_and_record_audited(key, None, att(1, 2, 1), record(""))
-                .await
                 .unwrap();
-            assert_eq!(outcome, Ok(Safe::Valid));
-            let outcome = store
+            assert_eq!(pending.tentative().await, Some(Ok(Safe::Valid)));
+            assert_eq!(pending.durable().await.unwrap(), Ok(Safe::Valid));
+            let mut pending = store
                 .check_and_record_audited(key, None, att(1, 2, 2), record(""))
-                .await
                 .unwrap();
-            assert!(outcome.is_err());
+            assert!(pending.tentative().await.unwrap().is_err());
+            assert!(pending.durable().await.unwrap().is_err());
         }
         let store = Store::open(&path).unwrap();
         store.record_audit(record("after reopen")).await.unwrap();
@@ -283,5 +291,38 @@ mod tests {
         // The refused request left an audit entry but no slashing record.
         let history = store.history(&key).unwrap().unwrap();
         assert_eq!(history.attestations.len(), 1);
+    }
+
+    /// The case the tentative verdict exists for and must survive: the writer decides a request
+    /// is safe, and then its transaction fails to commit. The durable outcome is the fault, and
+    /// nothing of the request stays (the signature computed on the tentative verdict is never
+    /// released: `service::sign`). The commit is made to fail with a deferred foreign key, which
+    /// SQLite checks only at `COMMIT`.
+    #[tokio::test]
+    async fn a_commit_that_fails_after_a_safe_verdict_refuses_and_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.sqlite");
+        let key = BlsPublicKey([2; 48]);
+        let store = Store::open(&path).unwrap();
+        store
+            .admin()
+            .execute_batch(
+                "CREATE TABLE poison (validator INTEGER REFERENCES validators(id)
+                     DEFERRABLE INITIALLY DEFERRED);
+                 CREATE TRIGGER poison_every_attestation AFTER INSERT ON signed_attestations
+                 BEGIN INSERT INTO poison VALUES (-1); END;",
+            )
+            .unwrap();
+        let mut pending = store
+            .check_and_record_audited(key, None, att(1, 2, 1), record(""))
+            .unwrap();
+        assert_eq!(pending.tentative().await, Some(Ok(Safe::Valid)));
+        let durable = pending.durable().await;
+        assert!(
+            matches!(durable, Err(StoreError::Unavailable(_))),
+            "{durable:?}"
+        );
+        assert!(store.history(&key).unwrap().is_none());
+        assert!(store.audit_entries().unwrap().is_empty());
     }
 }

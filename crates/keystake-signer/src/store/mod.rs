@@ -7,7 +7,10 @@
 //! left by the requests before it in the same transaction, and nobody gets an answer before the
 //! commit — with `synchronous=FULL` — is on disk. A failed commit refuses every request of the
 //! batch; nothing was released, so nothing is lost. No lock is held while signing: the slow
-//! parts (unseal, BLS) run outside, after the record is durable.
+//! parts (unseal, BLS) run outside. A signing request may ask for the verdict as soon as the
+//! writer has decided it inside the open transaction ([`PendingCheck::tentative`]), to compute
+//! its signature while the batch commits; the signature is released only on the committed
+//! outcome ([`PendingCheck::durable`]), and dropped unseen when the commit fails.
 //!
 //! Fail closed (issue 17): when a slashing transaction fails with a storage fault (disk full, I/O
 //! error, read-only file system, corruption — anything but a lock held by another process) the
@@ -287,7 +290,37 @@ struct Job {
     record: bool,
     /// The audit entry to chain in the same transaction (issue 6; see `audit.rs`).
     audit: Option<keystake_core::audit::Record>,
+    /// The verdict as decided inside the open transaction, before it commits (see
+    /// [`PendingCheck`]); `None` when the caller waits for the commit only.
+    tentative: Option<oneshot::Sender<CheckOutcome>>,
     reply: oneshot::Sender<Result<CheckOutcome, StoreError>>,
+}
+
+/// A check-and-record in flight on the writer thread.
+///
+/// [`tentative`](Self::tentative) gives the verdict the writer decided inside its open
+/// transaction, before the commit: enough to *start* computing a signature, never to release
+/// one — the batch may still fail to commit, and then every request of it is refused.
+/// [`durable`](Self::durable) gives the outcome once the transaction is on disk (or the fault that
+/// refused it); only that outcome may release a signature.
+#[must_use = "only the durable outcome may release a signature"]
+pub struct PendingCheck {
+    tentative: Option<oneshot::Receiver<CheckOutcome>>,
+    durable: oneshot::Receiver<Result<CheckOutcome, StoreError>>,
+}
+
+impl PendingCheck {
+    /// The verdict before the commit; `None` when the writer refused the whole batch before
+    /// deciding this request (a latched store, a replaced file, a failed `BEGIN`), or when it was
+    /// already taken. [`durable`](Self::durable) then says why.
+    pub async fn tentative(&mut self) -> Option<CheckOutcome> {
+        self.tentative.take()?.await.ok()
+    }
+
+    /// The outcome once committed: the only answer a signature may be released on.
+    pub async fn durable(self) -> Result<CheckOutcome, StoreError> {
+        self.durable.await.map_err(|_| StoreError::WriterGone)?
+    }
 }
 
 /// The database. Cheap to share behind an `Arc`.
@@ -729,6 +762,7 @@ impl Store {
                 request: Some(request),
                 record,
                 audit: None,
+                tentative: None,
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -1241,7 +1275,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.commit(&batch) {
+            match self.commit(&mut batch) {
                 Ok(outcomes) => {
                     for (job, outcome) in batch.into_iter().zip(outcomes) {
                         // The requester may have gone away (client disconnected); the record stays.
@@ -1257,7 +1291,7 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &[Job]) -> Result<Vec<CheckOutcome>, StoreError> {
+    fn commit(&mut self, batch: &mut [Job]) -> Result<Vec<CheckOutcome>, StoreError> {
         if let Some(fault) = self.latch.get() {
             return Err(latched(fault));
         }
@@ -1295,15 +1329,23 @@ impl StoreError {
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: &[Job]) -> Result<Vec<CheckOutcome>, rusqlite::Error> {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Job],
+) -> Result<Vec<CheckOutcome>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut audit_chain = audit::Chain::default();
     let mut bound = read_gvr(&tx)?;
-    for job in batch {
+    for job in batch.iter_mut() {
         let outcome = process(&tx, job, &mut bound)?;
         if let Some(record) = &job.audit {
             audit_chain.append(&tx, audit::settle(record, &outcome))?;
+        }
+        // Lets the requester compute its signature while the rest of the batch is checked and
+        // committed; it releases nothing before the reply below (PendingCheck).
+        if let Some(tentative) = job.tentative.take() {
+            let _ = tentative.send(outcome);
         }
         outcomes.push(outcome);
     }
