@@ -474,6 +474,52 @@ async fn database_moved_away_while_serving_latches_signing_until_restart() {
     drop(server);
 }
 
+/// Every attestation record the writer inserts also inserts a row whose foreign key SQLite checks
+/// only at `COMMIT` (deferred), and that check fails: the writer finds the request safe, hands the
+/// service its tentative verdict (signing starts), and then the transaction cannot commit.
+const FAILING_COMMIT: &str = "CREATE TABLE failing_commit (validator INTEGER
+         REFERENCES validators(id) DEFERRABLE INITIALLY DEFERRED);
+     CREATE TRIGGER failing_commit_on_attestation AFTER INSERT ON signed_attestations
+     BEGIN INSERT INTO failing_commit VALUES (-1); END;";
+
+/// Issue 16 signs while the record commits: a commit that fails after a safe verdict answers 503
+/// without the signature computed meanwhile, records nothing, and latches like any storage
+/// fault; after the fault is removed, verified and restarted, a different attestation for the
+/// same target signs (it would be a double vote had the failed one left its record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_failing_after_a_safe_verdict_answers_503_and_releases_no_signature() {
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(0);
+    let database = appliance.path().join("data/signer.sqlite");
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute_batch(FAILING_COMMIT)
+        .unwrap();
+    let (mut server, client) = appliance.serve();
+    let sign = sign_path(&key);
+    let (status, body) = post(&client, &sign, &attestation(1, 2, 1)).await;
+    assert_unavailable(status, &body, "FOREIGN KEY constraint failed");
+    // A signature slashing protection does not cover is refused too (latched), never signed.
+    let randao_reveal = json!({
+        "type": "RANDAO_REVEAL",
+        "fork_info": attestation(1, 2, 1)["fork_info"].clone(),
+        "randao_reveal": {"epoch": "5"}
+    });
+    let (status, body) = post(&client, &sign, &randao_reveal).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.get("signature").is_none(), "{body}");
+    assert_latched(&client, &sign, 3, "FOREIGN KEY constraint failed").await;
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute_batch("DROP TRIGGER failing_commit_on_attestation; DROP TABLE failing_commit;")
+        .unwrap();
+    let (server, client) = verify_and_restart(&appliance, &mut server);
+    let (status, body) = post(&client, &sign, &attestation(1, 2, 2)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(targets(&appliance.export_slashing(&[])), vec![2]);
+    drop(server);
+}
+
 /// Fold the write-ahead log into the main file, so every page is in one place.
 fn checkpoint_into_main_file(database: &Path) {
     rusqlite::Connection::open(database)

@@ -28,10 +28,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::{KeyInfo, ServiceError, Signed, SigningService, SlashableAnswer};
 use crate::service::authz::Caller;
 use crate::service::observe::Phase;
+use crate::store::StoreError;
 use keystake_core::audit::{Outcome, Record};
 use keystake_core::policy::{Operation, Target};
 use keystake_core::request::SignKind;
-use keystake_core::slashing::Safe;
+use keystake_core::slashing::{CheckOutcome, Safe};
 
 /// Longest reason written into an audit entry: server-made text around at most a few
 /// client strings, each already cut to `keystake_core::text::MAX_ECHOED_BYTES`.
@@ -157,67 +158,50 @@ impl SigningService {
             clock.check_duty(check, now_ms() / 1000, self.future_margin_epochs)?;
         }
         let signed_entry = draft.with(Outcome::Signed, String::new());
-        // The signature is computed while its record (slashing record and audit entry) commits —
-        // the fsync is I/O wait, signing is CPU — and released only once that record is durable.
-        // A commit that fails drops the computed signature unseen (design: a signature leaves
+        // The signature is computed while its record (slashing record and audit entry, or the
+        // audit entry alone) commits — the fsync is I/O wait, signing is CPU — and released only
+        // once that record is durable. Signing starts only on the writer's tentative safe
+        // verdict, so nothing is unsealed for a request it refuses or while the store is
+        // latched; a commit that fails drops the signature unseen (design: a signature leaves
         // the appliance only after the record that allows it is on disk).
         let db_started = Instant::now();
-        let signature = match intent.slashing {
-            Some(check) => {
-                let request = check.with_signing_root(intent.signing_root);
-                let mut pending = self.store.check_and_record_audited(
-                    key.public_key,
-                    intent.genesis_validators_root,
-                    request,
-                    signed_entry,
-                )?;
-                let early = match pending.tentative().await {
-                    // Only a request the writer found safe is signed early; a refusal is not.
-                    Some(Ok(Safe::Valid | Safe::SameData)) => {
-                        Some(self.sign_root(key.clone(), intent.signing_root))
-                    }
-                    _ => None,
-                };
-                let durable = async {
-                    let verdict = pending.durable().await;
-                    self.observer.phase(Phase::SlashingDb, db_started.elapsed());
-                    verdict
-                };
-                let (verdict, early) = match early {
-                    Some(signing) => {
-                        let (verdict, signature) = tokio::join!(durable, signing);
-                        (verdict, Some(signature))
-                    }
-                    None => (durable.await, None),
-                };
-                // Released below only when durable and safe; otherwise `early` is dropped here.
-                match verdict? {
-                    Ok(Safe::Valid) | Ok(Safe::SameData) => {}
-                    Err(refusal) => {
-                        draft.recorded = true;
-                        return Err(ServiceError::Refused(refusal));
-                    }
-                }
-                draft.recorded = true;
-                match early {
-                    Some(signature) => signature,
-                    // Not reached (the writer decides every request before it commits), but a
-                    // durable safe verdict is what signing needs.
-                    None => self.sign_root(key.clone(), intent.signing_root).await,
-                }
+        let mut pending = match intent.slashing {
+            Some(check) => self.store.check_and_record_audited(
+                key.public_key,
+                intent.genesis_validators_root,
+                check.with_signing_root(intent.signing_root),
+                signed_entry,
+            )?,
+            None => self.store.record_audit_pending(signed_entry)?,
+        };
+        let early = match pending.tentative().await {
+            Some(Ok(Safe::Valid | Safe::SameData)) => {
+                Some(self.sign_root(key.clone(), intent.signing_root))
             }
-            None => {
-                let audited = async {
-                    let audited = self.store.record_audit(signed_entry).await;
-                    self.observer.phase(Phase::SlashingDb, db_started.elapsed());
-                    audited
-                };
-                let (audited, signature) =
-                    tokio::join!(audited, self.sign_root(key.clone(), intent.signing_root));
-                audited?;
+            _ => None,
+        };
+        let durable = async {
+            let verdict = pending.durable().await;
+            self.observer.phase(Phase::SlashingDb, db_started.elapsed());
+            verdict
+        };
+        let (verdict, early) = match early {
+            Some(signing) => released_after(durable, signing).await,
+            None => (durable.await, None),
+        };
+        match verdict? {
+            Ok(Safe::Valid) | Ok(Safe::SameData) => {}
+            Err(refusal) => {
                 draft.recorded = true;
-                signature
+                return Err(ServiceError::Refused(refusal));
             }
+        }
+        draft.recorded = true;
+        let signature = match early {
+            Some(signature) => signature,
+            // Not reached (the writer decides every job before it commits), but a durable safe
+            // verdict is all signing needs.
+            None => self.sign_root(key.clone(), intent.signing_root).await,
         };
         match signature {
             Ok(signature) => Ok(Signed {
@@ -323,5 +307,34 @@ impl SigningService {
         )
         .await?;
         self.check_slashable(identifier, body).await
+    }
+}
+
+/// Run `signing` alongside the `durable` outcome of its record: the signature is handed back
+/// only with a durable outcome that is safe; when the commit fails first, `signing` is dropped
+/// unfinished (a blocking-pool job still running finishes detached and zeroizes its share) and
+/// the refusal is not held back by the HSM.
+async fn released_after<D, S>(durable: D, signing: S) -> (D::Output, Option<S::Output>)
+where
+    D: std::future::Future<Output = Result<CheckOutcome, StoreError>>,
+    S: std::future::Future,
+{
+    let mut durable = std::pin::pin!(durable);
+    let mut signing = std::pin::pin!(signing);
+    enum First<V, T> {
+        Durable(V),
+        Signed(T),
+    }
+    let first = tokio::select! {
+        verdict = &mut durable => First::Durable(verdict),
+        signature = &mut signing => First::Signed(signature),
+    };
+    match first {
+        First::Durable(verdict @ Ok(Ok(_))) => {
+            let signature = signing.await;
+            (verdict, Some(signature))
+        }
+        First::Durable(refused) => (refused, None),
+        First::Signed(signature) => (durable.await, Some(signature)),
     }
 }

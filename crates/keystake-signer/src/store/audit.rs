@@ -11,9 +11,8 @@
 #![forbid(unsafe_code)]
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::oneshot;
 
-use super::{CheckOutcome, Job, PendingCheck, Refusal, Store, StoreError};
+use super::{CheckOutcome, PendingCheck, Refusal, Store, StoreError};
 use keystake_core::audit::{Entry, Head, Outcome, Record};
 use keystake_core::slashing::Safe;
 use keystake_core::types::BlsPublicKey;
@@ -187,42 +186,29 @@ impl Store {
         request: super::SlashingRequest,
         audit: Record,
     ) -> Result<PendingCheck, StoreError> {
-        let (tentative, tentative_answer) = oneshot::channel();
-        let (reply, durable) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                public_key,
-                genesis_validators_root,
-                request: Some(request),
-                record: true,
-                audit: Some(audit),
-                tentative: Some(tentative),
-                reply,
-            })
-            .map_err(|_| StoreError::WriterGone)?;
-        Ok(PendingCheck {
-            tentative: Some(tentative_answer),
-            durable,
-        })
+        self.submit(
+            public_key,
+            genesis_validators_root,
+            Some(request),
+            true,
+            Some(audit),
+            true,
+        )
+    }
+
+    /// The audit entry of a signature slashing protection does not cover, as a [`PendingCheck`]:
+    /// tentatively `Ok(Safe::Valid)` once the writer has taken it into a transaction (the store
+    /// is not latched, the file is the one opened, the write lock is held: signing may start),
+    /// durably once committed (the signature may leave).
+    pub fn record_audit_pending(&self, audit: Record) -> Result<PendingCheck, StoreError> {
+        self.submit(BlsPublicKey([0; 48]), None, None, false, Some(audit), true)
     }
 
     /// Append one audit entry in its own (group-committed) transaction; returns once durable.
     pub async fn record_audit(&self, audit: Record) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                public_key: BlsPublicKey([0; 48]),
-                genesis_validators_root: None,
-                request: None,
-                record: false,
-                audit: Some(audit),
-                tentative: None,
-                reply,
-            })
-            .map_err(|_| StoreError::WriterGone)?;
-        answer
+        self.submit(BlsPublicKey([0; 48]), None, None, false, Some(audit), false)?
+            .durable()
             .await
-            .map_err(|_| StoreError::WriterGone)?
             .map(|_| ())
     }
 
@@ -324,5 +310,10 @@ mod tests {
         );
         assert!(store.history(&key).unwrap().is_none());
         assert!(store.audit_entries().unwrap().is_empty());
+        // Rolled back, not left open: a fresh connection after the writer has gone sees nothing.
+        drop(store);
+        let reopened = Store::open(&path).unwrap();
+        assert!(reopened.history(&key).unwrap().is_none());
+        assert!(reopened.audit_entries().unwrap().is_empty());
     }
 }

@@ -716,9 +716,16 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.enqueue(public_key, genesis_validators_root, request, true)?
-            .await
-            .map_err(|_| StoreError::WriterGone)?
+        self.submit(
+            public_key,
+            genesis_validators_root,
+            Some(request),
+            true,
+            None,
+            false,
+        )?
+        .durable()
+        .await
     }
 
     /// The same check without recording anything (dry run).
@@ -728,9 +735,16 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.enqueue(public_key, genesis_validators_root, request, false)?
-            .await
-            .map_err(|_| StoreError::WriterGone)?
+        self.submit(
+            public_key,
+            genesis_validators_root,
+            Some(request),
+            false,
+            None,
+            false,
+        )?
+        .durable()
+        .await
     }
 
     /// Blocking variant for synchronous callers (CLI, tests).
@@ -740,33 +754,55 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.enqueue(public_key, genesis_validators_root, request, true)?
-            .blocking_recv()
-            .map_err(|_| StoreError::WriterGone)?
+        self.submit(
+            public_key,
+            genesis_validators_root,
+            Some(request),
+            true,
+            None,
+            false,
+        )?
+        .durable
+        .blocking_recv()
+        .map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Hand a check to the writer thread; its outcome arrives on the returned channel.
-    fn enqueue(
+    /// Hand a job to the writer thread (the one way in): a slashing check (`request`, recorded
+    /// when `record`), an audit entry chained in the same transaction, or an audit entry alone;
+    /// with `tentative`, the writer also answers as soon as it has decided the job, before the
+    /// commit ([`PendingCheck`]). A latched store refuses at once.
+    pub(super) fn submit(
         &self,
         public_key: BlsPublicKey,
         genesis_validators_root: Option<Root>,
-        request: SlashingRequest,
+        request: Option<SlashingRequest>,
         record: bool,
-    ) -> Result<oneshot::Receiver<Result<CheckOutcome, StoreError>>, StoreError> {
+        audit: Option<keystake_core::audit::Record>,
+        tentative: bool,
+    ) -> Result<PendingCheck, StoreError> {
         self.refuse_if_latched()?;
-        let (reply, answer) = oneshot::channel();
+        let (tentative_sender, tentative_answer) = if tentative {
+            let (sender, answer) = oneshot::channel();
+            (Some(sender), Some(answer))
+        } else {
+            (None, None)
+        };
+        let (reply, durable) = oneshot::channel();
         self.jobs
             .send(Job {
                 public_key,
                 genesis_validators_root,
-                request: Some(request),
+                request,
                 record,
-                audit: None,
-                tentative: None,
+                audit,
+                tentative: tentative_sender,
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
-        Ok(answer)
+        Ok(PendingCheck {
+            tentative: tentative_answer,
+            durable,
+        })
     }
 
     /// Whether the database can take a slashing record right now (for `/healthcheck`): the file
