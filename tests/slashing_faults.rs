@@ -508,6 +508,15 @@ async fn a_commit_failing_after_a_safe_verdict_answers_503_and_releases_no_signa
     let (status, body) = post(&client, &sign, &randao_reveal).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.get("signature").is_none(), "{body}");
+    // Its audit entry cannot go into the database that refuses it: the log accounts for it.
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("audit entry could not be written")
+                && line.contains("RANDAO_REVEAL")
+                && line.contains("refused")),
+        "{log}"
+    );
     assert_latched(&client, &sign, 3, "FOREIGN KEY constraint failed").await;
     rusqlite::Connection::open(&database)
         .unwrap()

@@ -96,8 +96,22 @@ impl SigningService {
     /// Append an entry; a database that cannot take it is logged (the request is answered with
     /// its own error either way).
     async fn audit(&self, record: Record) {
+        // The entry is public data; when the database refuses it (a latched store), the log is
+        // the only place the refusal is accounted for, so it carries the entry's fields.
+        let logged = record.clone();
         if let Err(error) = self.store.record_audit(record).await {
-            tracing::error!(%error, "audit entry could not be written");
+            tracing::error!(
+                %error,
+                api = logged.api,
+                client = logged.client,
+                fingerprint = logged.fingerprint,
+                key = logged.key,
+                kind = logged.kind,
+                signing_root = logged.signing_root,
+                outcome = logged.outcome.as_str(),
+                reason = logged.reason,
+                "audit entry could not be written"
+            );
         }
     }
 
