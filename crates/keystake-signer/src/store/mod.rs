@@ -296,6 +296,13 @@ struct Job {
     reply: oneshot::Sender<Result<CheckOutcome, StoreError>>,
 }
 
+/// Whether a slashing check records the request when safe (a dry run does not).
+#[derive(Clone, Copy)]
+enum Recording {
+    Yes,
+    No,
+}
+
 /// A check-and-record in flight on the writer thread.
 ///
 /// [`tentative`](Self::tentative) gives the verdict the writer decided inside its open
@@ -716,16 +723,9 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.submit(
-            public_key,
-            genesis_validators_root,
-            Some(request),
-            true,
-            None,
-            false,
-        )?
-        .durable()
-        .await
+        self.submit_check(public_key, genesis_validators_root, request, Recording::Yes)?
+            .durable()
+            .await
     }
 
     /// The same check without recording anything (dry run).
@@ -735,16 +735,9 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
-        self.submit(
-            public_key,
-            genesis_validators_root,
-            Some(request),
-            false,
-            None,
-            false,
-        )?
-        .durable()
-        .await
+        self.submit_check(public_key, genesis_validators_root, request, Recording::No)?
+            .durable()
+            .await
     }
 
     /// Blocking variant for synchronous callers (CLI, tests).
@@ -754,17 +747,29 @@ impl Store {
         genesis_validators_root: Option<Root>,
         request: SlashingRequest,
     ) -> Result<CheckOutcome, StoreError> {
+        self.submit_check(public_key, genesis_validators_root, request, Recording::Yes)?
+            .durable
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// A slashing check without an audit entry, answered once durable (no tentative verdict).
+    fn submit_check(
+        &self,
+        public_key: BlsPublicKey,
+        genesis_validators_root: Option<Root>,
+        request: SlashingRequest,
+        record: Recording,
+    ) -> Result<PendingCheck, StoreError> {
+        let record = matches!(record, Recording::Yes);
         self.submit(
             public_key,
             genesis_validators_root,
             Some(request),
-            true,
+            record,
             None,
             false,
-        )?
-        .durable
-        .blocking_recv()
-        .map_err(|_| StoreError::WriterGone)?
+        )
     }
 
     /// Hand a job to the writer thread (the one way in): a slashing check (`request`, recorded
