@@ -473,6 +473,20 @@ async fn threshold_forwarder_combines_any_three_of_four_names_culprits_and_repor
         metrics.contains("keystake_forwarder_appliance_seconds_count{appliance=\"4\"}"),
         "{metrics}"
     );
+
+    // Appliances 3 and 4 silent: only the honest partial of 1 and the invalid one of "2" arrive,
+    // fewer than t, so no batch check is ever run for a combination. The invalid partial is
+    // still named (the partials of a request that could not be combined are checked too). The
+    // same duty again: the appliances sign the same signing root again, never a conflicting one.
+    signal(&servers[2].child, "-STOP");
+    signal(&servers[3].child, "-STOP");
+    let (status, headers, body) = sign_through(tampered.address, &group_key, &duty2).await;
+    signal(&servers[2].child, "-CONT");
+    signal(&servers[3].child, "-CONT");
+    assert_eq!(status, 503, "{body}\n{}", tampered.log_text());
+    assert_eq!(reports_of(&body, 1)["outcome"], "signed", "{body}");
+    assert_eq!(reports_of(&body, 2)["outcome"], "invalid_partial", "{body}");
+    assert_eq!(headers["x-keystake-culprits"], "2", "{body}");
     drop(tampered);
 
     // One appliance refuses (it signed another vote for that target), three sign: the answer is

@@ -3,7 +3,9 @@
 # fixed rate against (1) the appliance directly over mutual TLS, (2) `connect --upstream` (the
 # single-appliance forwarder), (3) `connect --cluster` over a 1-of-1 cluster on the same appliance
 # (the threshold path: decode, fan-out, partial verification, combine, group verification), and
-# (4) `connect --cluster` over a 3-of-4 cluster of four appliances on this machine.
+# (4) `connect --cluster` over a 3-of-4 cluster of four appliances on this machine. For the three
+# forwarder targets `cpu_per_sig_us` is the forwarder's own CPU time per signature (its pid is
+# given as --appliance-pid), for the direct target the appliance's.
 # usage: forwarder-latency.sh [SECONDS] [RATE]          prints one summary line per target
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,10 +64,13 @@ for i in 1 2 3 4; do start "serve$i" "$BIN" serve --config "$W/a$i/signer.toml";
 FP=$(free_port); C=$W/a1/certs
 start single "$BIN" connect --listen "127.0.0.1:$FP" --upstream "https://127.0.0.1:${PORTS[0]}" \
   --ca "$C/ca.pem" --client-cert "$C/client.pem" --client-key "$C/client.key"
+PID_SINGLE=${PIDS[-1]}
 T1=$(free_port); start one "$BIN" connect --cluster "$W/one.toml" --listen "127.0.0.1:$T1"
+PID_ONE=${PIDS[-1]}
 T4=$(free_port); start four "$BIN" connect --cluster "$W/four.toml" --listen "127.0.0.1:$T4"
+PID_FOUR=${PIDS[-1]}
 
 echo "direct (mTLS to the appliance):        $(load)"
-echo "connect --upstream (one appliance):    $(load --forwarder "http://127.0.0.1:$FP")"
-echo "connect --cluster, 1-of-1:             $(load --forwarder "http://127.0.0.1:$T1")"
-echo "connect --cluster, 3-of-4 (4 on host): $(load --forwarder "http://127.0.0.1:$T4")"
+echo "connect --upstream (one appliance):    $(load --forwarder "http://127.0.0.1:$FP" --appliance-pid "$PID_SINGLE")"
+echo "connect --cluster, 1-of-1:             $(load --forwarder "http://127.0.0.1:$T1" --appliance-pid "$PID_ONE")"
+echo "connect --cluster, 3-of-4 (4 on host): $(load --forwarder "http://127.0.0.1:$T4" --appliance-pid "$PID_FOUR")"

@@ -5,12 +5,15 @@
 //! `POST /api/v1/eth2/sign/{group key}`: the request is decoded here first (its signing root is
 //! computed on the cluster's network, so a request the appliances would refuse as malformed is
 //! refused at once, 400), then sent unchanged to every appliance concurrently, addressed by the
-//! group key. Each partial is verified against that appliance's share public key as it arrives; as
-//! soon as `t` are valid they are combined (Lagrange at zero, [`threshold::combine`]), the result
-//! is verified under the group key, and the answer goes out in Web3Signer's format. Later partials
-//! are discarded (their requests finish in the background). An invalid partial names its
+//! group key. As soon as `t` partials have arrived they are combined (Lagrange at zero,
+//! [`threshold::combine_with_keys`]) and checked in one random-linear-combination check that
+//! covers every partial under its appliance's share public key and the result under the group
+//! key (two pairings, whatever `t`); the answer goes out in Web3Signer's format. The share keys
+//! of a validator are decoded and checked against its group key once, on its first signature,
+//! not on every one. Later partials are discarded (their requests finish in the background).
+//! Only when the batch check fails is each partial checked alone: an invalid partial names its
 //! appliance (warning, `keystake_forwarder_partial_failures_total`, `X-KeyStake-Culprits`) and
-//! does not stop a combination that still reaches `t`.
+//! does not stop a combination that still reaches `t` with the partials that arrive later.
 //!
 //! Without `t` valid partials the answer says exactly why (see [`verdict`]): 412 when so many
 //! appliances refused for slashing protection that no `t` can sign, 503 when fewer than `t`
@@ -32,7 +35,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -41,7 +44,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use keystake_core::cluster::ClusterPlan;
+use keystake_core::cluster::{ClusterPlan, ClusterValidator};
 use keystake_core::consensus::Network;
 use keystake_core::request;
 use keystake_core::threshold;
@@ -190,6 +193,10 @@ pub struct ThresholdForwarder {
     timeout: Duration,
     listen: SocketAddr,
     metrics: ForwarderMetrics,
+    /// Each validator's share keys, decoded and checked against its group key on its first
+    /// signature (a cluster of thousands of validators starts at once; every later signature
+    /// of that validator decodes no key).
+    share_keys: BTreeMap<BlsPublicKey, OnceLock<threshold::ShareKeys>>,
 }
 
 impl std::fmt::Debug for ThresholdForwarder {
@@ -201,9 +208,10 @@ impl std::fmt::Debug for ThresholdForwarder {
     }
 }
 
-/// The verified partials and every appliance's outcome, as the answers arrive.
+/// The partials and every appliance's outcome, as the answers arrive.
 #[derive(Default)]
 struct Tally {
+    /// Partials not (yet) found invalid: checked together once `t` have arrived.
     valid: Vec<(ShareIndex, BlsSignature)>,
     reports: BTreeMap<ShareIndex, (String, &'static str, String)>,
     culprits: Vec<ShareIndex>,
@@ -216,7 +224,13 @@ impl ThresholdForwarder {
         options: &ClusterOptions,
         loaded: cluster::LoadedCluster,
     ) -> Result<Self, ForwarderError> {
+        let share_keys = loaded
+            .plan
+            .validators()
+            .map(|validator| (validator.group_public_key, OnceLock::new()))
+            .collect();
         Ok(ThresholdForwarder {
+            share_keys,
             plan: loaded.plan,
             appliances: loaded.appliances,
             network: loaded.network,
@@ -415,6 +429,9 @@ impl ThresholdForwarder {
         let intent = request::parse_sign_request(&body, &self.network)
             .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
         let message = intent.signing_root;
+        // Before any appliance is asked: a validator whose keys cannot be checked is never
+        // signed for.
+        let keys = self.share_keys_of(&validator)?;
 
         let (sender, mut receiver) = tokio::sync::mpsc::channel(self.appliances.len().max(1));
         // Set once the group signature is answered, so a refusal arriving later is still
@@ -486,66 +503,87 @@ impl ThresholdForwarder {
         let mut pending = self.appliances.len();
         let mut tally = Tally::default();
         while let Some(first) = receiver.recv().await {
-            // Whatever else has already arrived is verified together with it: one batch check
-            // (two pairings) instead of one pairing check per partial.
+            // Whatever else has already arrived is filed with it.
             let mut batch = vec![first];
             while let Ok(more) = receiver.try_recv() {
                 batch.push(more);
             }
             pending -= batch.len();
-            let validity = verify_arrived(&validator.share_public_keys, &batch, message.as_bytes());
-            for ((index, outcome), valid) in batch.into_iter().zip(validity) {
-                self.record(&mut tally, index, outcome, valid);
+            for (index, outcome) in batch {
+                self.record(&mut tally, index, outcome);
             }
-            if tally.valid.len() >= t {
-                let combined = threshold::combine(
-                    self.plan.threshold(),
-                    &validator.share_public_keys,
-                    &group_key,
-                    message.as_bytes(),
-                    &tally.valid,
-                    false,
-                    &mut rand::rngs::OsRng,
+            if tally.valid.len() < t {
+                if tally.valid.len() + pending < t {
+                    break;
+                }
+                continue;
+            }
+            // One check covers every partial so far and the result (two pairings); only if
+            // it fails is each partial checked alone, and the invalid ones are set aside.
+            let combined = match threshold::combine_with_keys(
+                keys,
+                message.as_bytes(),
+                &tally.valid,
+                true,
+                &mut rand::rngs::OsRng,
+            ) {
+                Ok(combined) => combined,
+                Err(threshold::ThresholdError::NotEnoughValidPartials { culprits, .. }) => {
+                    self.set_aside(&mut tally, &culprits);
+                    if tally.valid.len() + pending < t {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ForwardError::Broken {
+                        upstream: "the combination".to_owned(),
+                        detail: e.to_string(),
+                    })
+                }
+            };
+            self.set_aside(&mut tally, &combined.culprits);
+            // From here on an appliance's answer cannot be delivered (its task sees the flag and
+            // warns about a refusal itself); answers already queued are filed, so that a
+            // refusal among them is reported below.
+            combined_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            receiver.close();
+            while let Ok((index, outcome)) = receiver.try_recv() {
+                self.record(&mut tally, index, outcome);
+            }
+            self.metrics
+                .combinations
+                .with_label_values(&["combined"])
+                .inc();
+            if tally.refused > 0 {
+                tracing::warn!(
+                    group_key = %group_key,
+                    refused = %refusers(&tally),
+                    "an appliance refused for slashing protection while others signed: their \
+                     slashing histories now differ"
+                );
+            }
+            let signature = combined.signature.to_hex();
+            let mut response = if wants_json {
+                axum::Json(json!({ "signature": signature })).into_response()
+            } else {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    signature,
                 )
-                .map_err(|e| ForwardError::Broken {
-                    upstream: "the combination".to_owned(),
-                    detail: e.to_string(),
-                })?;
-                combined_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                self.metrics
-                    .combinations
-                    .with_label_values(&["combined"])
-                    .inc();
-                if tally.refused > 0 {
-                    tracing::warn!(
-                        group_key = %group_key,
-                        refused = %refusers(&tally),
-                        "an appliance refused for slashing protection while others signed: their \
-                         slashing histories now differ"
-                    );
-                }
-                let signature = combined.signature.to_hex();
-                let mut response = if wants_json {
-                    axum::Json(json!({ "signature": signature })).into_response()
-                } else {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                        signature,
-                    )
-                        .into_response()
-                };
-                if let Some(value) = culprits_value(&tally.culprits) {
-                    response.headers_mut().insert(CULPRITS_HEADER, value);
-                }
-                tracing::debug!(group_key = %group_key, elapsed = ?arrived.elapsed(), "combined");
-                return Ok(response);
+                    .into_response()
+            };
+            if let Some(value) = culprits_value(&tally.culprits) {
+                response.headers_mut().insert(CULPRITS_HEADER, value);
             }
-            if tally.valid.len() + pending < t {
-                break;
-            }
+            tracing::debug!(group_key = %group_key, elapsed = ?arrived.elapsed(), "combined");
+            return Ok(response);
         }
 
-        // No combination: everything still pending was not awaited.
+        // No combination. Partials never checked (fewer than t arrived) are checked now, so
+        // that an invalid one is still named; everything still pending was not awaited.
+        let unchecked = invalid_partials(&validator, &tally.valid, message.as_bytes());
+        self.set_aside(&mut tally, &unchecked);
         for link in &self.appliances {
             tally.reports.entry(link.index).or_insert_with(|| {
                 (
@@ -597,38 +635,71 @@ impl ThresholdForwarder {
         })))
     }
 
-    /// Verify and file one appliance's outcome.
-    /// `valid` is the verdict of [`verify_arrived`] on a partial (ignored for other outcomes).
-    fn record(&self, tally: &mut Tally, index: ShareIndex, outcome: Outcome, valid: bool) {
-        let url = self.url_of(index).to_owned();
-        let label = index.get().to_string();
-        let fail = |reason: &str| {
+    /// The share keys of `validator`, checked on its first signature (see the field).
+    fn share_keys_of(
+        &self,
+        validator: &ClusterValidator,
+    ) -> Result<&threshold::ShareKeys, ForwardError> {
+        let broken = |detail: String| ForwardError::Broken {
+            upstream: "the cluster's share public keys".to_owned(),
+            detail,
+        };
+        let cell = self
+            .share_keys
+            .get(&validator.group_public_key)
+            .ok_or_else(|| broken(format!("no entry for {}", validator.group_public_key)))?;
+        if let Some(keys) = cell.get() {
+            return Ok(keys);
+        }
+        let keys = threshold::ShareKeys::verify(
+            validator.threshold,
+            &validator.share_public_keys,
+            &validator.group_public_key,
+        )
+        .map_err(|e| broken(e.to_string()))?;
+        // Two first signatures at once may both check; either result is the same.
+        Ok(cell.get_or_init(|| keys))
+    }
+
+    /// Set aside the partials of `culprits` as invalid: each is named (warning, metric, report,
+    /// culprits header) and no longer counts towards `t`.
+    fn set_aside(&self, tally: &mut Tally, culprits: &[ShareIndex]) {
+        for index in culprits {
+            let Some(position) = tally.valid.iter().position(|(i, _)| i == index) else {
+                continue;
+            };
+            tally.valid.remove(position);
+            tally.culprits.push(*index);
+            let url = self.url_of(*index).to_owned();
             self.metrics
                 .partial_failures
-                .with_label_values(&[label.as_str(), reason])
+                .with_label_values(&[index.get().to_string().as_str(), "invalid_partial"])
                 .inc();
-        };
+            tracing::warn!(
+                appliance = index.get(),
+                %url,
+                "invalid partial signature: it does not verify under the appliance's share \
+                 public key; discarded"
+            );
+            tally.reports.insert(
+                *index,
+                (
+                    url,
+                    "invalid_partial",
+                    "the partial signature does not verify under its share public key".to_owned(),
+                ),
+            );
+        }
+        tally.culprits.sort_unstable();
+    }
+
+    /// File one appliance's outcome; a partial counts as valid until a check says otherwise.
+    fn record(&self, tally: &mut Tally, index: ShareIndex, outcome: Outcome) {
+        let url = self.url_of(index).to_owned();
         let report = match outcome {
             Outcome::Partial(signature) => {
-                if valid {
-                    tally.valid.push((index, signature));
-                    (url, "signed", String::new())
-                } else {
-                    fail("invalid_partial");
-                    tally.culprits.push(index);
-                    tracing::warn!(
-                        appliance = index.get(),
-                        %url,
-                        "invalid partial signature: it does not verify under the appliance's \
-                         share public key; discarded"
-                    );
-                    (
-                        url,
-                        "invalid_partial",
-                        "the partial signature does not verify under its share public key"
-                            .to_owned(),
-                    )
-                }
+                tally.valid.push((index, signature));
+                (url, "signed", String::new())
             }
             Outcome::Refused(reason) => {
                 tally.refused += 1;
@@ -644,32 +715,31 @@ impl ThresholdForwarder {
     }
 }
 
-/// Verify the partials among `arrived` against their appliances' share keys in one
-/// random-linear-combination check (`threshold::verify_partials_batch`, which falls back to
+/// The indices among `partials` that do not verify under their appliance's share public key:
+/// one random-linear-combination check (`threshold::verify_partials_batch`, which falls back to
 /// one check per partial only when the batch fails, so a bad partial is still pinned to its
-/// appliance). One verdict per entry of `arrived`; entries that are not partials get `false`.
-fn verify_arrived(
-    share_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
-    arrived: &[(ShareIndex, Outcome)],
+/// appliance). For the partials of a request that could not be combined.
+fn invalid_partials(
+    validator: &ClusterValidator,
+    partials: &[(ShareIndex, BlsSignature)],
     message: &[u8],
-) -> Vec<bool> {
-    let mut validity = vec![false; arrived.len()];
-    let mut positions = Vec::with_capacity(arrived.len());
-    let mut pairs = Vec::with_capacity(arrived.len());
-    for (position, (index, outcome)) in arrived.iter().enumerate() {
-        if let (Outcome::Partial(signature), Some(key)) = (outcome, share_keys.get(index)) {
-            positions.push(position);
-            pairs.push((*key, *signature));
+) -> Vec<ShareIndex> {
+    let mut indices = Vec::with_capacity(partials.len());
+    let mut pairs = Vec::with_capacity(partials.len());
+    let mut invalid = Vec::new();
+    for (index, signature) in partials {
+        match validator.share_public_keys.get(index) {
+            Some(key) => {
+                indices.push(*index);
+                pairs.push((*key, *signature));
+            }
+            None => invalid.push(*index),
         }
     }
-    let bad = match threshold::verify_partials_batch(message, &pairs, &mut rand::rngs::OsRng) {
-        Ok(()) => Vec::new(),
-        Err(bad) => bad,
-    };
-    for (slot, position) in positions.iter().enumerate() {
-        validity[*position] = !bad.contains(&slot);
+    if let Err(bad) = threshold::verify_partials_batch(message, &pairs, &mut rand::rngs::OsRng) {
+        invalid.extend(bad.into_iter().map(|position| indices[position]));
     }
-    validity
+    invalid
 }
 
 fn refusers(tally: &Tally) -> String {
