@@ -70,6 +70,6 @@ echo "1000 req/s p50 / p99 ms (goal <= 1 / <= 5): $(field rate1000 p50_ms) / $(f
 echo "10k-key slot burst vs naive raw (goal <= 0.6): cache off $(field burst burst_vs_raw), cache on (cold, as on mainnet) $(field burst-cache burst_vs_raw), shares cached $(field burst-warm burst_vs_raw)"
 if [ -s "$WORK/combine.txt" ]; then
   for t in 3 7 16; do
-    echo "combine t=$t verified/optimistic rate (goal >= 0.9): stateless $(ratio "$(crit combine/verify-partials/$t)" "$(crit combine/optimistic/$t)"), checked keys $(ratio "$(crit combine_with_keys/verify-partials/$t)" "$(crit combine_with_keys/optimistic/$t)")"
+    echo "combine t=$t verified/optimistic rate (goal >= 0.9): stateless $(ratio "$(crit combine/verify-partials/$t)" "$(crit combine/optimistic/$t)"), checked keys $(ratio "$(crit combine_with_keys/verify-partials/$t)" "$(crit combine_with_keys/optimistic/$t)"), gRPC Combine (key sets cached) $(ratio "$(crit combine_cached/verify-partials/$t)" "$(crit combine_cached/optimistic/$t)")"
   done
 fi

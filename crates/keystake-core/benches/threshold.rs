@@ -3,7 +3,8 @@
 //! all partials and the result) and optimistically
 //! (interpolate t partials, verify only the result); and checking t partials of one message in one
 //! batch (`verify_partials_batch`) against one pairing check each; `combine_with_keys`: the same
-//! two modes with the share keys checked once (`ShareKeys`). Run with
+//! two modes with the share keys checked once (`ShareKeys`); `combine_cached`: the gRPC `Combine`
+//! path, keys sent with every call and checked once per set (`ShareKeysCache`). Run with
 //! `cargo bench -p keystake-core --bench threshold`.
 #![forbid(unsafe_code)]
 
@@ -93,6 +94,34 @@ fn combine(c: &mut Criterion) {
                         &mut rng,
                     )
                     .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+
+    // The gRPC `Combine` path: the keys arrive as bytes with every call, as in `combine`, and
+    // `ShareKeysCache` checks each key set once (the first call, outside the measurement).
+    let mut group = c.benchmark_group("combine_cached");
+    group.throughput(Throughput::Elements(1));
+    for t in [3u32, 7, 16] {
+        let case = case(t, &message);
+        let cache = threshold::ShareKeysCache::default();
+        for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
+            group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
+                let mut rng = StdRng::seed_from_u64(1);
+                b.iter(|| {
+                    cache
+                        .combine(
+                            case.t,
+                            &case.share_public_keys,
+                            &case.group_public_key,
+                            &message,
+                            &case.partials,
+                            verify_partials,
+                            &mut rng,
+                        )
+                        .unwrap()
                 })
             });
         }

@@ -27,7 +27,9 @@ use crate::bls::{self, BlsError, Scalar, SecretKey};
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
 mod bounds;
+pub mod share_keys_cache;
 pub use bounds::SafetyBounds;
+pub use share_keys_cache::ShareKeysCache;
 
 /// Largest number of shares a split may produce (and of commitments accepted).
 pub const MAX_SHARES: u32 = u16::MAX as u32;

@@ -33,6 +33,7 @@ use keystake_core::bls::message_cache::{CacheStats, HashedMessage, Lookup, Messa
 use keystake_core::consensus::Network;
 use keystake_core::policy::{Denial, KeyRef};
 use keystake_core::request::{self, RequestError, SignKind, SigningIntent};
+use keystake_core::threshold::ShareKeysCache;
 use keystake_core::types::{BlsPublicKey, BlsSignature, Root};
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,9 @@ pub struct SigningService {
     /// `keystake_core::bls::message_cache`): a root many keys sign in one slot is hashed once,
     /// and from its 16th signature on it is signed through its fixed-base table.
     messages: Arc<MessageCache>,
+    /// Share-key sets of recent verified combines (gRPC `Combine` sends them with every
+    /// request), checked once per set (public data; `keystake_core::threshold::share_keys_cache`).
+    combine_keys: Arc<ShareKeysCache>,
     /// The generation of the key index in force, and the lock that serializes every rebuild
     /// of it with the store change that caused it: a reload reads the store and installs its
     /// index under this lock, and `deactivate` disables the key and rebuilds under it too, so
@@ -180,6 +184,7 @@ impl SigningService {
             observer: Arc::new(Unobserved),
             reload_state: Mutex::new(ReloadState::Idle),
             messages: Arc::new(MessageCache::default()),
+            combine_keys: Arc::new(ShareKeysCache::default()),
             index_generation: Mutex::new(0),
             future_margin_epochs: keystake_core::clock::DEFAULT_FUTURE_MARGIN_EPOCHS,
             unsealed: None,
@@ -462,6 +467,11 @@ impl SigningService {
             signed
         })
         .await?
+    }
+
+    /// The share-key sets of verified combines, checked once per set.
+    pub fn combine_keys(&self) -> Arc<ShareKeysCache> {
+        Arc::clone(&self.combine_keys)
     }
 
     /// Hits, misses and hashes of the shared message cache since start.

@@ -297,8 +297,11 @@ impl Signer for GrpcSigner {
         }
         // Milliseconds of pairings and multi-scalar multiplications: on the blocking pool, so
         // concurrent combines never stall the runtime's workers (health, signing).
+        // Share keys are checked once per key set: a DVT middleware sends the same set with
+        // every signature of a validator.
+        let cache = self.service.combine_keys();
         let combined = tokio::task::spawn_blocking(move || {
-            threshold::combine(
+            cache.combine(
                 t,
                 &share_public_keys,
                 &group,
