@@ -487,7 +487,6 @@ async fn threshold_forwarder_combines_any_three_of_four_names_culprits_and_repor
     assert_eq!(reports_of(&body, 1)["outcome"], "signed", "{body}");
     assert_eq!(reports_of(&body, 2)["outcome"], "invalid_partial", "{body}");
     assert_eq!(headers["x-keystake-culprits"], "2", "{body}");
-    drop(tampered);
 
     // One appliance refuses (it signed another vote for that target), three sign: the answer is
     // still the group signature, and the divergence is logged.
@@ -531,6 +530,22 @@ async fn threshold_forwarder_combines_any_three_of_four_names_culprits_and_repor
         body["error"].as_str().unwrap().contains("appliance 1"),
         "{body}"
     );
+
+    // Through the tampered cluster, with appliance 4 silent: 1 signs, "2" sends its invalid
+    // partial, 3 refuses (it signed the conflicting vote above). Only if the invalid partial is
+    // valid could 4 still complete t, so it is checked at once: the answer is immediate, 502,
+    // naming "2", and 4 is not awaited (not left to time out as unreachable).
+    signal(&servers[3].child, "-STOP");
+    let (status, headers, body) =
+        sign_through(tampered.address, &group_key, &attestation(1003, 1004, 7)).await;
+    signal(&servers[3].child, "-CONT");
+    assert_eq!(status, 502, "{body}\n{}", tampered.log_text());
+    assert_eq!(reports_of(&body, 1)["outcome"], "signed", "{body}");
+    assert_eq!(reports_of(&body, 2)["outcome"], "invalid_partial", "{body}");
+    assert_eq!(reports_of(&body, 3)["outcome"], "refused", "{body}");
+    assert_eq!(reports_of(&body, 4)["outcome"], "not_awaited", "{body}");
+    assert_eq!(headers["x-keystake-culprits"], "2", "{body}");
+    drop(tampered);
 
     // Two appliances down: fewer than t can answer → 503 naming them (after the deadline's
     // retries), and the health endpoints say so.

@@ -47,86 +47,83 @@ fn case(t: u32, message: &[u8]) -> Case {
     }
 }
 
-fn combine(c: &mut Criterion) {
+/// One benchmark group: for t = 3, 7, 16, `run` in both modes (verify every partial, and
+/// optimistic) on what `prepare` made of that case once, outside the measurement.
+fn combine_group<P>(
+    c: &mut Criterion,
+    name: &str,
+    prepare: impl Fn(&Case) -> P,
+    run: impl Fn(&P, &Case, &[u8], bool, &mut StdRng) -> threshold::Combined,
+) {
     let message = [0x5au8; 32];
-    let mut group = c.benchmark_group("combine");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     for t in [3u32, 7, 16] {
         let case = case(t, &message);
+        let prepared = prepare(&case);
         for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
             group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
                 let mut rng = StdRng::seed_from_u64(1);
-                b.iter(|| {
-                    threshold::combine(
-                        case.t,
-                        &case.share_public_keys,
-                        &case.group_public_key,
-                        &message,
-                        &case.partials,
-                        verify_partials,
-                        &mut rng,
-                    )
-                    .unwrap()
-                })
+                b.iter(|| run(&prepared, case, &message, verify_partials, &mut rng))
             });
         }
     }
     group.finish();
+}
 
-    // The same with the share keys checked once per validator (a verified lock or manifest:
-    // `ShareKeys::verify` outside the loop), as a long-running combiner holds them.
-    let mut group = c.benchmark_group("combine_with_keys");
-    group.throughput(Throughput::Elements(1));
-    for t in [3u32, 7, 16] {
-        let case = case(t, &message);
-        let keys =
+fn combine(c: &mut Criterion) {
+    // Stateless: the share keys are decoded with every combine (the CLI).
+    combine_group(
+        c,
+        "combine",
+        |_| (),
+        |_, case, message, verify_partials, rng| {
+            threshold::combine(
+                case.t,
+                &case.share_public_keys,
+                &case.group_public_key,
+                message,
+                &case.partials,
+                verify_partials,
+                rng,
+            )
+            .unwrap()
+        },
+    );
+    // The share keys checked once per validator (a verified lock or manifest: `ShareKeys::verify`
+    // outside the loop), as a long-running combiner (the forwarder) holds them.
+    combine_group(
+        c,
+        "combine_with_keys",
+        |case| {
             threshold::ShareKeys::verify(case.t, &case.share_public_keys, &case.group_public_key)
-                .unwrap();
-        for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
-            group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
-                let mut rng = StdRng::seed_from_u64(1);
-                b.iter(|| {
-                    threshold::combine_with_keys(
-                        &keys,
-                        &message,
-                        &case.partials,
-                        verify_partials,
-                        &mut rng,
-                    )
-                    .unwrap()
-                })
-            });
-        }
-    }
-    group.finish();
-
+                .unwrap()
+        },
+        |keys, case, message, verify_partials, rng| {
+            threshold::combine_with_keys(keys, message, &case.partials, verify_partials, rng)
+                .unwrap()
+        },
+    );
     // The gRPC `Combine` path: the keys arrive as bytes with every call, as in `combine`, and
-    // `ShareKeysCache` checks each key set once (the first call, outside the measurement).
-    let mut group = c.benchmark_group("combine_cached");
-    group.throughput(Throughput::Elements(1));
-    for t in [3u32, 7, 16] {
-        let case = case(t, &message);
-        let cache = threshold::ShareKeysCache::default();
-        for (label, verify_partials) in [("verify-partials", true), ("optimistic", false)] {
-            group.bench_with_input(BenchmarkId::new(label, t), &case, |b, case| {
-                let mut rng = StdRng::seed_from_u64(1);
-                b.iter(|| {
-                    cache
-                        .combine(
-                            case.t,
-                            &case.share_public_keys,
-                            &case.group_public_key,
-                            &message,
-                            &case.partials,
-                            verify_partials,
-                            &mut rng,
-                        )
-                        .unwrap()
-                })
-            });
-        }
-    }
-    group.finish();
+    // `ShareKeysCache` checks each key set once (at the first call, in the warm-up).
+    combine_group(
+        c,
+        "combine_cached",
+        |_| threshold::ShareKeysCache::default(),
+        |cache, case, message, verify_partials, rng| {
+            cache
+                .combine(
+                    case.t,
+                    &case.share_public_keys,
+                    &case.group_public_key,
+                    message,
+                    &case.partials,
+                    verify_partials,
+                    rng,
+                )
+                .unwrap()
+        },
+    );
 }
 
 fn verify_partials(c: &mut Criterion) {

@@ -544,7 +544,9 @@ fn interpolate_candidates(chosen: &[&Candidate]) -> Result<bls::ValidSignature, 
 /// (otherwise [`ThresholdError::NotEnoughValidPartials`] names them). Without it, the first `t`
 /// partials by index are combined optimistically, and only if that result fails to verify are
 /// the partials checked one by one as above — so a bad partial never yields a bad signature
-/// either way. The result always verifies under `group_public_key`.
+/// either way. The result verifies under `group_public_key`: on its own check, or in the batch
+/// check, which a wrong result passes with probability below 2^-64 (fresh 64-bit weights drawn
+/// after the partials are fixed).
 ///
 /// Callers that combine many signatures of one validator should check its share keys once
 /// ([`ShareKeys::verify`]) and use [`combine_with_keys`].
@@ -577,13 +579,16 @@ pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
 pub struct ShareKeys {
     t: Threshold,
     group: bls::ValidPublicKey,
-    keys: BTreeMap<ShareIndex, bls::ValidPublicKey>,
+    /// By index, ascending (the order of the map they were checked from).
+    keys: Vec<(ShareIndex, bls::ValidPublicKey)>,
 }
 
 impl ShareKeys {
     /// Check `share_public_keys` against `group_public_key` (see the type). Refuses undecodable
     /// keys, too few or too many keys, keys off the polynomial, and a polynomial whose value at
-    /// zero is another key.
+    /// zero is another key. Every key is decoded once; the keys beyond the first `t` and the
+    /// group key are compared with the interpolation of the first `t` (O(n·t) point work, plus
+    /// O(n·t²) field operations for the coefficients).
     pub fn verify(
         t: Threshold,
         share_public_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
@@ -595,8 +600,25 @@ impl ShareKeys {
         let keys = share_public_keys
             .iter()
             .map(|(index, key)| Ok((*index, bls::ValidPublicKey::decode(key)?)))
-            .collect::<Result<BTreeMap<_, _>, BlsError>>()?;
-        let interpolated = interpolate_group_public_key(share_public_keys, t)?;
+            .collect::<Result<Vec<_>, BlsError>>()?;
+        let needed = t.get() as usize;
+        let (base_indices, base_keys): (Vec<ShareIndex>, Vec<bls::ValidPublicKey>) =
+            keys.iter().take(needed).copied().unzip();
+        let interpolate_at = |x: &Scalar| -> Result<BlsPublicKey, ThresholdError> {
+            let coefficients = lagrange_coefficients_at(x, &base_indices)?;
+            Ok(bls::ValidPublicKey::linear_combination(&base_keys, &coefficients)?.to_bytes())
+        };
+        let interpolated = interpolate_at(&Scalar::zero())?;
+        let mut mismatched = Vec::new();
+        for (index, key) in keys.iter().skip(needed) {
+            // An interpolated point at infinity cannot equal a valid key: also a mismatch.
+            if interpolate_at(&index_scalar(*index)).ok() != Some(key.to_bytes()) {
+                mismatched.push(*index);
+            }
+        }
+        if !mismatched.is_empty() {
+            return Err(ThresholdError::InconsistentSharePublicKeys { mismatched });
+        }
         if interpolated != *group_public_key {
             return Err(ThresholdError::GroupKeyMismatch {
                 interpolated,
@@ -608,6 +630,22 @@ impl ShareKeys {
 
     pub fn threshold(&self) -> Threshold {
         self.t
+    }
+
+    /// Number of share keys held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn key_of(&self, index: &ShareIndex) -> Option<bls::ValidPublicKey> {
+        self.keys
+            .binary_search_by_key(index, |(i, _)| *i)
+            .ok()
+            .map(|position| self.keys[position].1)
     }
 }
 
@@ -627,7 +665,7 @@ pub fn combine_with_keys<R: rand_core::RngCore + rand_core::CryptoRng>(
     rng: &mut R,
 ) -> Result<Combined, ThresholdError> {
     check_combine_bounds(keys.t, keys.keys.len(), partials.len())?;
-    let key_of = |index: &ShareIndex| keys.keys.get(index).copied();
+    let key_of = |index: &ShareIndex| keys.key_of(index);
     combine_decoded(
         keys.t,
         &key_of,

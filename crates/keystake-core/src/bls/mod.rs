@@ -301,6 +301,18 @@ impl ValidPublicKey {
     pub fn to_bytes(&self) -> BlsPublicKey {
         BlsPublicKey(self.0.compress())
     }
+
+    /// `Σ scalars[i]·points[i]` over validated keys; refuses a result at infinity. Same rules as
+    /// [`g1_linear_combination`], without decoding the points again.
+    pub fn linear_combination(
+        points: &[ValidPublicKey],
+        scalars: &[Scalar],
+    ) -> Result<Self, BlsError> {
+        check_lengths(points.len(), scalars.len())?;
+        let affine: Vec<blst::blst_p1_affine> = points.iter().map(|p| p.0.into()).collect();
+        // A combination of subgroup points is in the subgroup: `from_point` refuses infinity.
+        Self::from_point(&ffi::g1_msm(&affine, &scalar_bytes(scalars), SCALAR_BITS))
+    }
 }
 
 /// `Σ weights[i]·points[i]` with 64-bit public weights (random batch weights): one conversion

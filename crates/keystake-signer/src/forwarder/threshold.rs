@@ -8,12 +8,15 @@
 //! group key. As soon as `t` partials have arrived they are combined (Lagrange at zero,
 //! [`threshold::combine_with_keys`]) and checked in one random-linear-combination check that
 //! covers every partial under its appliance's share public key and the result under the group
-//! key (two pairings, whatever `t`); the answer goes out in Web3Signer's format. The share keys
+//! key (two pairings, whatever `t`; a wrong partial or result passes it with probability below
+//! 2^-64); the answer goes out in Web3Signer's format. The share keys
 //! of a validator are decoded and checked against its group key once, on its first signature,
 //! not on every one. Later partials are discarded (their requests finish in the background).
 //! Only when the batch check fails is each partial checked alone: an invalid partial names its
 //! appliance (warning, `keystake_forwarder_partial_failures_total`, `X-KeyStake-Culprits`) and
-//! does not stop a combination that still reaches `t` with the partials that arrive later.
+//! does not stop a combination that still reaches `t` with the partials that arrive later. When
+//! fewer than `t` are in and `t` is only reachable if every partial not yet checked is valid,
+//! those are checked at once, so an invalid one ends a hopeless request without waiting.
 //!
 //! Without `t` valid partials the answer says exactly why (see [`verdict`]): 412 when so many
 //! appliances refused for slashing protection that no `t` can sign, 503 when fewer than `t`
@@ -30,7 +33,7 @@
 //! share), `GET /metrics`. Everything else is 404. Host/Origin checks as in [`super`].
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -213,6 +216,8 @@ impl std::fmt::Debug for ThresholdForwarder {
 struct Tally {
     /// Partials not (yet) found invalid: checked together once `t` have arrived.
     valid: Vec<(ShareIndex, BlsSignature)>,
+    /// Indices among `valid` already found valid by a check of their own.
+    checked: BTreeSet<ShareIndex>,
     reports: BTreeMap<ShareIndex, (String, &'static str, String)>,
     culprits: Vec<ShareIndex>,
     refused: usize,
@@ -434,9 +439,6 @@ impl ThresholdForwarder {
         let keys = self.share_keys_of(&validator)?;
 
         let (sender, mut receiver) = tokio::sync::mpsc::channel(self.appliances.len().max(1));
-        // Set once the group signature is answered, so a refusal arriving later is still
-        // reported as a divergence.
-        let combined_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let path = format!("/api/v1/eth2/sign/{}", group_key.to_hex());
         for link in &self.appliances {
             let sender = sender.clone();
@@ -444,7 +446,6 @@ impl ThresholdForwarder {
             let path = path.clone();
             let body = body.clone();
             let this = Arc::clone(self);
-            let combined_flag = Arc::clone(&combined_flag);
             tokio::spawn(async move {
                 let started = Instant::now();
                 let outcome = ask(&link, &path, body, deadline).await;
@@ -461,40 +462,27 @@ impl ThresholdForwarder {
                         .inc();
                 };
                 let url = link.url.as_str();
-                let late_refusal = match &outcome {
-                    Outcome::Refused(reason) => {
+                match &outcome {
+                    Outcome::Refused(_) => {
                         this.metrics
                             .refusals
                             .with_label_values(&[label.as_str()])
                             .inc();
-                        Some(reason.clone())
                     }
                     Outcome::Unreachable(reason) => {
                         fail("unreachable");
                         tracing::warn!(appliance = link.index.get(), %url, %reason, "appliance unreachable");
-                        None
                     }
                     Outcome::Failed(reason) => {
                         fail("error");
                         tracing::warn!(appliance = link.index.get(), %url, %reason, "appliance failed");
-                        None
                     }
-                    Outcome::Partial(_) => None,
-                };
-                // The receiver is gone once the request was decided: a late partial is
-                // discarded here.
-                if sender.send((link.index, outcome)).await.is_err() {
-                    if let Some(reason) = late_refusal {
-                        if combined_flag.load(std::sync::atomic::Ordering::SeqCst) {
-                            tracing::warn!(
-                                group_key = %group_key,
-                                refused = %format!("appliance {}: {reason}", link.index.get()),
-                                "an appliance refused for slashing protection while others signed: \
-                                 their slashing histories now differ"
-                            );
-                        }
-                    }
+                    Outcome::Partial(_) => {}
                 }
+                // The receiver is gone when the request failed: nothing is left to report.
+                // After a combination it is held by `report_late_refusals` until every
+                // appliance has answered.
+                let _ = sender.send((link.index, outcome)).await;
             });
         }
         drop(sender);
@@ -513,6 +501,23 @@ impl ThresholdForwarder {
                 self.record(&mut tally, index, outcome);
             }
             if tally.valid.len() < t {
+                // When the combination is only still possible if every partial not yet checked
+                // is valid, check those now: an invalid one ends the request at once (as it did
+                // when each partial was checked on arrival) instead of waiting for appliances
+                // that can no longer make up t.
+                if tally.valid.len() + pending == t && tally.checked.len() < tally.valid.len() {
+                    let unchecked: Vec<(ShareIndex, BlsSignature)> = tally
+                        .valid
+                        .iter()
+                        .filter(|(index, _)| !tally.checked.contains(index))
+                        .copied()
+                        .collect();
+                    let invalid = invalid_partials(&validator, &unchecked, message.as_bytes());
+                    tally
+                        .checked
+                        .extend(unchecked.iter().map(|(index, _)| *index));
+                    self.set_aside(&mut tally, &invalid);
+                }
                 if tally.valid.len() + pending < t {
                     break;
                 }
@@ -529,6 +534,10 @@ impl ThresholdForwarder {
             ) {
                 Ok(combined) => combined,
                 Err(threshold::ThresholdError::NotEnoughValidPartials { culprits, .. }) => {
+                    // Each partial was checked alone: what is left is valid.
+                    tally
+                        .checked
+                        .extend(tally.valid.iter().map(|(index, _)| *index));
                     self.set_aside(&mut tally, &culprits);
                     if tally.valid.len() + pending < t {
                         break;
@@ -543,14 +552,9 @@ impl ThresholdForwarder {
                 }
             };
             self.set_aside(&mut tally, &combined.culprits);
-            // From here on an appliance's answer cannot be delivered (its task sees the flag and
-            // warns about a refusal itself); answers already queued are filed, so that a
-            // refusal among them is reported below.
-            combined_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            receiver.close();
-            while let Ok((index, outcome)) = receiver.try_recv() {
-                self.record(&mut tally, index, outcome);
-            }
+            // The answers still to come are only reported (a refusal among them means the
+            // group signature went out without that appliance); they no longer matter here.
+            tokio::spawn(report_late_refusals(group_key, receiver));
             self.metrics
                 .combinations
                 .with_label_values(&["combined"])
@@ -582,8 +586,14 @@ impl ThresholdForwarder {
 
         // No combination. Partials never checked (fewer than t arrived) are checked now, so
         // that an invalid one is still named; everything still pending was not awaited.
-        let unchecked = invalid_partials(&validator, &tally.valid, message.as_bytes());
-        self.set_aside(&mut tally, &unchecked);
+        let unchecked: Vec<(ShareIndex, BlsSignature)> = tally
+            .valid
+            .iter()
+            .filter(|(index, _)| !tally.checked.contains(index))
+            .copied()
+            .collect();
+        let invalid = invalid_partials(&validator, &unchecked, message.as_bytes());
+        self.set_aside(&mut tally, &invalid);
         for link in &self.appliances {
             tally.reports.entry(link.index).or_insert_with(|| {
                 (
@@ -740,6 +750,25 @@ fn invalid_partials(
         invalid.extend(bad.into_iter().map(|position| indices[position]));
     }
     invalid
+}
+
+/// After a combination: wait for the appliances still answering and warn about each refusal
+/// among them — the group signature went out, and that appliance's slashing history now differs
+/// from the others'. Ends when every appliance's request has finished (by the deadline).
+async fn report_late_refusals(
+    group_key: BlsPublicKey,
+    mut receiver: tokio::sync::mpsc::Receiver<(ShareIndex, Outcome)>,
+) {
+    while let Some((index, outcome)) = receiver.recv().await {
+        if let Outcome::Refused(reason) = outcome {
+            tracing::warn!(
+                group_key = %group_key,
+                refused = %format!("appliance {}: {reason}", index.get()),
+                "an appliance refused for slashing protection while others signed: their \
+                 slashing histories now differ"
+            );
+        }
+    }
 }
 
 fn refusers(tally: &Tally) -> String {
