@@ -1,102 +1,93 @@
-//! A bounded cache of checked share-key sets ([`ShareKeys`]) for combiners whose callers send
-//! the share public keys with every request (gRPC `Combine`).
+//! A bounded cache of decoded share-key sets for combiners whose callers send the share public
+//! keys with every request (gRPC `Combine`).
 //!
 //! A DVT middleware combines every signature of a validator with the same `t`, group key and
 //! share keys. Decoding and subgroup-checking those keys is the part of a verified combine the
-//! optimistic one never does (about 0.6 M instructions per key, a fifth of a 16-partial combine):
-//! here a key set is checked once ([`ShareKeys::verify`], which also requires every key on one
-//! polynomial through the group key) and later combines of it go through
-//! [`combine_with_keys`].
+//! optimistic one never does (about 0.6 M instructions per key, a fifth of a 16-partial combine).
+//! The cache remembers, per set, each key as [`combine`] decodes it — on its first use, and
+//! only the keys a combine actually uses — and combines through [`combine`]'s own body with
+//! those keys. So its answers are [`combine`]'s by construction (a key that does not decode is
+//! missing, exactly as there; no other check is added), and a call costs at most what the
+//! stateless combine costs plus a SHA-256 over the set: sending ever new sets gains a client
+//! nothing.
 //!
 //! Keyed by a SHA-256 digest of (t, group key, share keys in index order), so two different sets
-//! never share an entry. Only sets of at most [`MAX_CACHED_SET_KEYS`] keys are cached (far above
-//! any real cluster): a larger set is combined the stateless way ([`combine`]) without being
-//! checked first, so a client cannot make a call cost more than the stateless combine by more
-//! than the check of a small set. A set that fails the check (a key that does not decode, keys
-//! off one polynomial, fewer than `t`) is combined statelessly too, with exactly [`combine`]'s
-//! answers, and its digest is remembered (at most [`MAX_REFUSED_SETS`]) so that sending it again
-//! does not repeat the check.
+//! never share an entry. Bounded by the memory held: each set counts its keys plus
+//! [`SET_OVERHEAD_KEYS`] for its entry, against [`ShareKeysCache::max_keys`] ([`BYTES_PER_KEY`]
+//! bytes per unit, about); the least recently used sets are dropped first (O(log n) per
+//! insertion), and a set larger than the whole bound is never kept.
 //!
-//! Bounded by the memory held: each set counts its keys plus [`SET_OVERHEAD_KEYS`] for its
-//! entry, against [`ShareKeysCache::max_keys`] ([`BYTES_PER_KEY`] bytes per unit, about); the
-//! least recently used sets are dropped first (O(log n) per insertion).
-//!
-//! Refuses: nothing of its own — the bounds and errors are [`combine`]'s and
-//! [`combine_with_keys`]'s. Pure: `std::sync` only, no I/O; everything cached is public.
+//! Refuses: nothing of its own — the bounds and errors are [`combine`]'s (checked before the
+//! cache is consulted). Pure: `std::sync` only, no I/O; everything cached is public.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use super::{combine, combine_with_keys, Combined, ShareKeys, ThresholdError};
+use super::{check_combine_bounds, combine, combine_decoded, Combined, ThresholdError};
+use crate::bls;
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
-/// Default bound on what is held, in keys (see [`SET_OVERHEAD_KEYS`]): 65,536, about 7 MiB —
+/// Default bound on what is held, in keys (see [`SET_OVERHEAD_KEYS`]): 65,536, about 10 MiB —
 /// 5,900 validators with four shares each, or 2,800 with sixteen.
 pub const DEFAULT_MAX_KEYS: usize = 65_536;
 
-/// Memory one counted key takes, about: the decoded affine point (96 bytes) and its index.
-pub const BYTES_PER_KEY: usize = 104;
+/// Memory one counted key takes, about: its bytes (48), its decoded affine point (96, once
+/// used) and its index.
+pub const BYTES_PER_KEY: usize = 160;
 
-/// What a set's own entry costs, counted as this many keys: the shared `ShareKeys` (threshold,
-/// group key, vector header, reference counts), its map entry and its place in the age order —
-/// about 700 bytes measured (resident memory of a full cache of one-key sets).
-pub const SET_OVERHEAD_KEYS: usize = 7;
-
-/// Largest set that is checked and cached (more operators than any real cluster has); larger
-/// sets get the stateless combine directly. The first combine of a set pays its check: at this
-/// size (11-of-16, release build) a consistent set's check took 4.4 ms against 5.3 ms for a
-/// stateless combine, and a first call with an inconsistent set 9–12 ms against 4.6–4.8 ms, so a
-/// client that sends ever new sets costs the appliance at most two to three times what a
-/// stateless combine costs.
-pub const MAX_CACHED_SET_KEYS: usize = 16;
-
-/// Digests of sets that failed the check, remembered at most (32 bytes each, plus the map).
-pub const MAX_REFUSED_SETS: usize = 4_096;
+/// What a set's own entry costs, counted as this many keys: the shared set (threshold, group
+/// key, vector header, reference counts), its map entry and its place in the age order — about
+/// 700 bytes measured (resident memory of a full cache of one-key sets).
+pub const SET_OVERHEAD_KEYS: usize = 5;
 
 /// See the module documentation.
 pub struct ShareKeysCache {
-    inner: Mutex<Inner>,
+    inner: Mutex<Lru>,
 }
 
-struct Inner {
-    checked: Lru<Arc<ShareKeys>>,
-    refused: Lru<()>,
+/// One set: the group key decoded, and each share key decoded on its first use (`None` when it
+/// does not decode, as in [`combine`]).
+struct KeySet {
+    group: bls::ValidPublicKey,
+    keys: Vec<(
+        ShareIndex,
+        BlsPublicKey,
+        OnceLock<Option<bls::ValidPublicKey>>,
+    )>,
 }
 
-/// Entries by digest, each with a size; the least recently used dropped beyond `capacity`.
-struct Lru<V> {
+impl KeySet {
+    fn key_of(&self, index: &ShareIndex) -> Option<bls::ValidPublicKey> {
+        let position = self.keys.binary_search_by_key(index, |(i, _, _)| *i).ok()?;
+        let (_, bytes, decoded) = &self.keys[position];
+        *decoded.get_or_init(|| bls::ValidPublicKey::decode(bytes).ok())
+    }
+}
+
+/// Sets by digest, each with a size; the least recently used dropped beyond `capacity`.
+struct Lru {
     capacity: usize,
     held: usize,
     tick: u64,
-    entries: HashMap<[u8; 32], (V, usize, u64)>,
+    entries: HashMap<[u8; 32], (Arc<KeySet>, usize, u64)>,
     by_age: BTreeMap<u64, [u8; 32]>,
 }
 
-impl<V: Clone> Lru<V> {
-    fn new(capacity: usize) -> Self {
-        Lru {
-            capacity,
-            held: 0,
-            tick: 0,
-            entries: HashMap::new(),
-            by_age: BTreeMap::new(),
-        }
-    }
-
-    fn get(&mut self, digest: &[u8; 32]) -> Option<V> {
+impl Lru {
+    fn get(&mut self, digest: &[u8; 32]) -> Option<Arc<KeySet>> {
         self.tick += 1;
-        let (value, _, last_used) = self.entries.get_mut(digest)?;
+        let (set, _, last_used) = self.entries.get_mut(digest)?;
         self.by_age.remove(last_used);
         *last_used = self.tick;
         self.by_age.insert(self.tick, *digest);
-        Some(value.clone())
+        Some(Arc::clone(set))
     }
 
-    /// Keep `value` (if it fits at all), dropping the least recently used entries as needed.
-    fn insert(&mut self, digest: [u8; 32], value: V, size: usize) {
+    /// Keep `set` (if it fits at all), dropping the least recently used sets as needed.
+    fn insert(&mut self, digest: [u8; 32], set: Arc<KeySet>, size: usize) {
         if size > self.capacity || self.entries.contains_key(&digest) {
             return;
         }
@@ -111,11 +102,7 @@ impl<V: Clone> Lru<V> {
         self.tick += 1;
         self.held += size;
         self.by_age.insert(self.tick, digest);
-        self.entries.insert(digest, (value, size, self.tick));
-    }
-
-    fn contains(&self, digest: &[u8; 32]) -> bool {
-        self.entries.contains_key(digest)
+        self.entries.insert(digest, (set, size, self.tick));
     }
 }
 
@@ -129,29 +116,31 @@ impl ShareKeysCache {
     /// A cache holding at most `max_keys` (counted as in [`SET_OVERHEAD_KEYS`]).
     pub fn new(max_keys: usize) -> Self {
         ShareKeysCache {
-            inner: Mutex::new(Inner {
-                checked: Lru::new(max_keys),
-                refused: Lru::new(MAX_REFUSED_SETS),
+            inner: Mutex::new(Lru {
+                capacity: max_keys,
+                held: 0,
+                tick: 0,
+                entries: HashMap::new(),
+                by_age: BTreeMap::new(),
             }),
         }
     }
 
     pub fn max_keys(&self) -> usize {
-        self.lock().checked.capacity
+        self.lock().capacity
     }
 
-    /// Number of checked key sets held now.
+    /// Number of key sets held now.
     pub fn len(&self) -> usize {
-        self.lock().checked.entries.len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// [`combine`] with the same arguments and answers; with `verify_partials`, a key set of at
-    /// most [`MAX_CACHED_SET_KEYS`] keys that passes [`ShareKeys::verify`] is checked once and
-    /// then combined through [`combine_with_keys`].
+    /// [`combine`] with the same arguments and answers; with `verify_partials`, the set's keys
+    /// are decoded once across calls (see the module documentation).
     #[allow(clippy::too_many_arguments)]
     pub fn combine<R: rand_core::RngCore + rand_core::CryptoRng>(
         &self,
@@ -163,59 +152,65 @@ impl ShareKeysCache {
         verify_partials: bool,
         rng: &mut R,
     ) -> Result<Combined, ThresholdError> {
-        if verify_partials && share_public_keys.len() <= MAX_CACHED_SET_KEYS {
-            if let Some(keys) = self.checked(t, share_public_keys, group_public_key) {
-                return combine_with_keys(&keys, message, partials, true, rng);
-            }
+        let stateless = |rng: &mut R| {
+            combine(
+                t,
+                share_public_keys,
+                group_public_key,
+                message,
+                partials,
+                verify_partials,
+                rng,
+            )
+        };
+        // Without verification the keys are used only when the optimistic result fails; the
+        // bounds come first, as in `combine`, so nothing is hashed or kept for refused input.
+        if !verify_partials
+            || check_combine_bounds(t, share_public_keys.len(), partials.len()).is_err()
+        {
+            return stateless(rng);
         }
-        combine(
+        let Some(set) = self.set(t, share_public_keys, group_public_key) else {
+            // The group key does not decode: `combine`'s error.
+            return stateless(rng);
+        };
+        combine_decoded(
             t,
-            share_public_keys,
-            group_public_key,
+            &|index| set.key_of(index),
+            &set.group,
             message,
             partials,
-            verify_partials,
+            true,
             rng,
         )
     }
 
-    /// The checked set, from the cache or checked now (and kept); `None` when it fails the check
-    /// (now or before).
-    fn checked(
+    /// The set, from the cache or made now (and kept); `None` when the group key does not decode.
+    fn set(
         &self,
         t: Threshold,
         share_public_keys: &BTreeMap<ShareIndex, BlsPublicKey>,
         group_public_key: &BlsPublicKey,
-    ) -> Option<Arc<ShareKeys>> {
+    ) -> Option<Arc<KeySet>> {
         let digest = set_digest(t, share_public_keys, group_public_key);
-        {
-            let mut inner = self.lock();
-            if let Some(keys) = inner.checked.get(&digest) {
-                return Some(keys);
-            }
-            if inner.refused.contains(&digest) {
-                return None;
-            }
+        if let Some(set) = self.lock().get(&digest) {
+            return Some(set);
         }
-        // Checked without the lock; two first combines of one set may both check it, and
-        // either result is the same.
-        match ShareKeys::verify(t, share_public_keys, group_public_key) {
-            Ok(keys) => {
-                let keys = Arc::new(keys);
-                let size = keys.len() + SET_OVERHEAD_KEYS;
-                self.lock().checked.insert(digest, Arc::clone(&keys), size);
-                Some(keys)
-            }
-            Err(_) => {
-                self.lock().refused.insert(digest, (), 1);
-                None
-            }
-        }
+        let set = Arc::new(KeySet {
+            group: bls::ValidPublicKey::decode(group_public_key).ok()?,
+            keys: share_public_keys
+                .iter()
+                .map(|(index, key)| (*index, *key, OnceLock::new()))
+                .collect(),
+        });
+        let size = share_public_keys.len() + SET_OVERHEAD_KEYS;
+        self.lock().insert(digest, Arc::clone(&set), size);
+        Some(set)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Every critical section leaves the maps and the counts consistent at each step that
-        // can panic (only allocation can), so a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        // Every critical section leaves the maps and the count consistent at each step that can
+        // panic (only allocation can), so a poisoned lock is still usable.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -274,8 +269,19 @@ mod tests {
             .collect()
     }
 
+    fn decoded(cache: &ShareKeysCache, digest: &[u8; 32]) -> Option<usize> {
+        let inner = cache.lock();
+        let (set, _, _) = inner.entries.get(digest)?;
+        Some(
+            set.keys
+                .iter()
+                .filter(|(_, _, d)| d.get().is_some())
+                .count(),
+        )
+    }
+
     #[test]
-    fn answers_as_combine_does_and_checks_a_set_once() {
+    fn answers_as_combine_does_and_decodes_a_set_once() {
         let (secret, shares, keys) = setup(3, 5, 1);
         let group = secret.public_key();
         let t = Threshold::new(3).unwrap();
@@ -283,7 +289,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         for round in 0u8..3 {
             let message = [round; 32];
-            let mut sent = partials(&shares, &message);
+            let mut sent = partials(&shares[..4], &message);
             // Share 2 signs another message: named as the culprit, the rest still combine.
             sent[1].1 = shares[1].sign(b"other");
             let cached = cache
@@ -294,41 +300,46 @@ mod tests {
             assert_eq!(cached.signature, secret.sign(&message));
             assert_eq!(cached.culprits, vec![ShareIndex::new(2).unwrap()]);
             assert_eq!(cache.len(), 1);
+            // Only the keys of the partials sent were decoded (share 5 never signed).
+            assert_eq!(decoded(&cache, &set_digest(t, &keys, &group)), Some(4));
         }
     }
 
     #[test]
-    fn a_set_that_fails_the_check_is_combined_statelessly_and_not_kept() {
-        let (secret, shares, mut keys) = setup(2, 3, 3);
+    fn inconsistent_or_undecodable_keys_get_combines_answers() {
+        let (secret, shares, keys) = setup(2, 3, 3);
         let group = secret.public_key();
         let t = Threshold::new(2).unwrap();
-        // Share 3's key replaced by another key: off the polynomial, so ShareKeys refuses the
-        // set; the stateless combine still uses the two good keys and names share 3.
-        keys.insert(
-            ShareIndex::new(3).unwrap(),
-            SecretKey::random(&mut StdRng::seed_from_u64(9)).public_key(),
-        );
-        let cache = ShareKeysCache::default();
         let message = [7u8; 32];
         let sent = partials(&shares, &message);
         let mut rng = StdRng::seed_from_u64(4);
-        let cached = cache.combine(t, &keys, &group, &message, &sent, true, &mut rng);
-        let stateless = combine(t, &keys, &group, &message, &sent, true, &mut rng);
-        assert_eq!(cached, stateless);
-        assert!(cache.is_empty());
-        // Remembered as refused: sent again, it is not checked again, with the same answer.
-        let digest = set_digest(t, &keys, &group);
-        assert!(cache.lock().refused.contains(&digest));
-        let again = cache.combine(t, &keys, &group, &message, &sent, true, &mut rng);
-        assert_eq!(again, stateless);
-        assert!(cache.is_empty());
-        // And a set with fewer keys than the threshold.
-        let few: BTreeMap<_, _> = keys.iter().take(1).map(|(i, k)| (*i, *k)).collect();
-        assert_eq!(
-            cache.combine(t, &few, &group, &message, &sent, true, &mut rng),
-            combine(t, &few, &group, &message, &sent, true, &mut rng)
+        let mut off_polynomial = keys.clone();
+        off_polynomial.insert(
+            ShareIndex::new(3).unwrap(),
+            SecretKey::random(&mut StdRng::seed_from_u64(9)).public_key(),
         );
-        assert!(cache.is_empty());
+        let mut undecodable = keys.clone();
+        undecodable.insert(ShareIndex::new(1).unwrap(), BlsPublicKey([0x11; 48]));
+        let few: BTreeMap<_, _> = keys.iter().take(1).map(|(i, k)| (*i, *k)).collect();
+        let cases = [
+            (off_polynomial, group),
+            (undecodable, group),
+            (few, group),
+            (keys.clone(), BlsPublicKey([0x22; 48])),
+            (
+                keys,
+                SecretKey::random(&mut StdRng::seed_from_u64(8)).public_key(),
+            ),
+        ];
+        for (keys, group) in &cases {
+            let cache = ShareKeysCache::default();
+            for _ in 0..2 {
+                assert_eq!(
+                    cache.combine(t, keys, group, &message, &sent, true, &mut rng),
+                    combine(t, keys, group, &message, &sent, true, &mut rng),
+                );
+            }
+        }
     }
 
     #[test]
@@ -361,15 +372,15 @@ mod tests {
         let held = |i: usize| {
             let (secret, _, keys) = &sets[i];
             let digest = set_digest(t, keys, &secret.public_key());
-            cache.lock().checked.contains(&digest)
+            cache.lock().entries.contains_key(&digest)
         };
         assert!(held(0) && !held(1) && held(2));
         {
             let inner = cache.lock();
-            assert_eq!(inner.checked.held, 2 * (3 + SET_OVERHEAD_KEYS));
-            assert_eq!(inner.checked.by_age.len(), inner.checked.entries.len());
+            assert_eq!(inner.held, 2 * (3 + SET_OVERHEAD_KEYS));
+            assert_eq!(inner.by_age.len(), inner.entries.len());
         }
-        // A set larger than the whole bound is checked and used, never kept.
+        // A set larger than the whole bound is used, never kept.
         let (secret, shares, keys) = setup(3, (2 * 3 + SET_OVERHEAD_KEYS + 1) as u32, 20);
         let combined = cache
             .combine(
@@ -387,26 +398,55 @@ mod tests {
     }
 
     #[test]
-    fn a_set_above_the_size_limit_is_combined_statelessly_unchecked() {
-        let n = MAX_CACHED_SET_KEYS as u32 + 1;
-        let (secret, shares, keys) = setup(3, n, 40);
-        let cache = ShareKeysCache::default();
+    fn refused_input_and_optimistic_combines_keep_nothing() {
+        let (secret, shares, keys) = setup(2, 3, 40);
+        let t = Threshold::new(2).unwrap();
         let message = [2u8; 32];
+        let sent = partials(&shares, &message);
+        let cache = ShareKeysCache::default();
         let mut rng = StdRng::seed_from_u64(6);
+        // Optimistic: the keys are not needed when the result verifies.
         let combined = cache
             .combine(
-                Threshold::new(3).unwrap(),
+                t,
                 &keys,
                 &secret.public_key(),
                 &message,
-                &partials(&shares[..3], &message),
-                true,
+                &sent,
+                false,
                 &mut rng,
             )
             .unwrap();
         assert_eq!(combined.signature, secret.sign(&message));
-        let inner = cache.lock();
-        assert!(inner.checked.entries.is_empty() && inner.refused.entries.is_empty());
+        // More partials than keys: refused by the bounds before anything is kept.
+        let mut too_many = sent.clone();
+        too_many.push((ShareIndex::new(4).unwrap(), sent[0].1));
+        assert!(matches!(
+            cache.combine(
+                t,
+                &keys,
+                &secret.public_key(),
+                &message,
+                &too_many,
+                true,
+                &mut rng
+            ),
+            Err(ThresholdError::TooManyPartials { .. })
+        ));
+        // An undecodable group key: combine's error, nothing kept.
+        assert!(matches!(
+            cache.combine(
+                t,
+                &keys,
+                &BlsPublicKey([0x33; 48]),
+                &message,
+                &sent,
+                true,
+                &mut rng
+            ),
+            Err(ThresholdError::InvalidGroupPublicKey(_))
+        ));
+        assert!(cache.is_empty());
     }
 
     #[test]
