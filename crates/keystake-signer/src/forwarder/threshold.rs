@@ -224,6 +224,17 @@ struct Tally {
     unreachable: usize,
 }
 
+impl Tally {
+    /// The partials among `valid` that no check of their own has found valid yet.
+    fn unchecked(&self) -> Vec<(ShareIndex, BlsSignature)> {
+        self.valid
+            .iter()
+            .filter(|(index, _)| !self.checked.contains(index))
+            .copied()
+            .collect()
+    }
+}
+
 impl ThresholdForwarder {
     pub fn new(
         options: &ClusterOptions,
@@ -501,17 +512,17 @@ impl ThresholdForwarder {
                 self.record(&mut tally, index, outcome);
             }
             if tally.valid.len() < t {
-                // When the combination is only still possible if every partial not yet checked
-                // is valid, check those now: an invalid one ends the request at once (as it did
-                // when each partial was checked on arrival) instead of waiting for appliances
-                // that can no longer make up t.
-                if tally.valid.len() + pending == t && tally.checked.len() < tally.valid.len() {
-                    let unchecked: Vec<(ShareIndex, BlsSignature)> = tally
-                        .valid
-                        .iter()
-                        .filter(|(index, _)| !tally.checked.contains(index))
-                        .copied()
-                        .collect();
+                // When some appliance has already failed to give a partial and the combination is
+                // only still possible if every partial not yet checked is valid, check those now:
+                // an invalid one ends the request at once (as it did when each partial was checked
+                // on arrival) instead of waiting for appliances that can no longer make up t. (In a
+                // healthy t-of-t cluster every arrival is that tight; it waits for the batch.)
+                let answered = self.appliances.len() - pending;
+                if tally.valid.len() + pending == t
+                    && answered > tally.valid.len()
+                    && tally.checked.len() < tally.valid.len()
+                {
+                    let unchecked = tally.unchecked();
                     let invalid = invalid_partials(&validator, &unchecked, message.as_bytes());
                     tally
                         .checked
@@ -586,13 +597,7 @@ impl ThresholdForwarder {
 
         // No combination. Partials never checked (fewer than t arrived) are checked now, so
         // that an invalid one is still named; everything still pending was not awaited.
-        let unchecked: Vec<(ShareIndex, BlsSignature)> = tally
-            .valid
-            .iter()
-            .filter(|(index, _)| !tally.checked.contains(index))
-            .copied()
-            .collect();
-        let invalid = invalid_partials(&validator, &unchecked, message.as_bytes());
+        let invalid = invalid_partials(&validator, &tally.unchecked(), message.as_bytes());
         self.set_aside(&mut tally, &invalid);
         for link in &self.appliances {
             tally.reports.entry(link.index).or_insert_with(|| {
