@@ -632,15 +632,6 @@ impl ShareKeys {
         self.t
     }
 
-    /// Number of share keys held.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     fn key_of(&self, index: &ShareIndex) -> Option<bls::ValidPublicKey> {
         self.keys
             .binary_search_by_key(index, |(i, _)| *i)

@@ -31,7 +31,7 @@ use crate::bls;
 use crate::types::{BlsPublicKey, BlsSignature, ShareIndex, Threshold};
 
 /// Default bound on what is held, in keys (see [`SET_OVERHEAD_KEYS`]): 65,536, about 10 MiB —
-/// 5,900 validators with four shares each, or 2,800 with sixteen.
+/// 7,200 validators with four shares each, or 3,100 with sixteen.
 pub const DEFAULT_MAX_KEYS: usize = 65_536;
 
 /// Memory one counted key takes, about: its bytes (48), its decoded affine point (96, once
