@@ -67,7 +67,7 @@ echo "mainnet 10k keys ratio (goal >= 1.6): cache off $(field mainnet ratio) (cp
 echo "distinct 16 conn cpu_efficiency (goal >= 0.85): $(field distinct16 cpu_efficiency) (ratio $(field distinct16 ratio))"
 echo "distinct 64 conn ratio (goal >= 0.8): $(field distinct64 ratio) (cpu_efficiency $(field distinct64 cpu_efficiency))"
 echo "1000 req/s p50 / p99 ms (goal <= 1 / <= 5): $(field rate1000 p50_ms) / $(field rate1000 p99_ms)"
-echo "10k-key slot burst vs naive raw (goal <= 0.6): cache off $(field burst burst_vs_raw), cache on (cold, as on mainnet) $(field burst-cache burst_vs_raw), shares cached $(field burst-warm burst_vs_raw)"
+echo "10k-key slot burst vs naive raw (goal <= 0.6): cache off $(field burst burst_vs_raw), cache on (cold, as on mainnet) $(field burst-cache burst_vs_raw), shares cached $(field burst-warm burst_vs_raw); cores busy $(field burst cores_busy) / $(field burst-cache cores_busy) / $(field burst-warm cores_busy), load tool CPU-µs per request $(field burst load_cpu_per_req_us) / $(field burst-cache load_cpu_per_req_us) / $(field burst-warm load_cpu_per_req_us)"
 if [ -s "$WORK/combine.txt" ]; then
   for t in 3 7 16; do
     echo "combine t=$t verified/optimistic rate (goal >= 0.9): stateless $(ratio "$(crit combine/verify-partials/$t)" "$(crit combine/optimistic/$t)"), checked keys $(ratio "$(crit combine_with_keys/verify-partials/$t)" "$(crit combine_with_keys/optimistic/$t)"), gRPC Combine (key sets cached) $(ratio "$(crit combine_cached/verify-partials/$t)" "$(crit combine_cached/optimistic/$t)")"

@@ -28,9 +28,10 @@
 //! queueing delay (no coordinated omission) — but not the timer's own millisecond slack).
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -228,9 +229,19 @@ pub fn raw_blst_rate(threads: usize, duration: Duration) -> (f64, f64) {
     (rate, cpu.as_secs_f64() * 1e6 / signatures as f64)
 }
 
+/// Most requests one burst may hold: they are all made, and held in memory, before it starts.
+const MAX_BURST_REQUESTS: u64 = 1_000_000;
+
 /// CPU time of the calling thread.
 fn thread_cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU time of this whole process (every thread), at nanosecond resolution: the load tool's
+/// own share of the cores it shares with the appliance.
+fn own_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
@@ -338,12 +349,12 @@ struct Sample {
 /// start), and its latency counts from `counted_from` until the answer.
 async fn send_and_record(
     client: &Target,
-    source: &Source,
+    request: (String, Vec<u8>, &'static str),
     send_offset: Duration,
     counted_from: Instant,
     tx: &tokio::sync::mpsc::UnboundedSender<Sample>,
 ) {
-    let (status, kind) = send(client, source).await;
+    let (status, kind) = send(client, request).await;
     let _ = tx.send(Sample {
         send_offset,
         latency: counted_from.elapsed(),
@@ -352,8 +363,8 @@ async fn send_and_record(
     });
 }
 
-async fn send(client: &Target, source: &Source) -> (u16, &'static str) {
-    let (path, body, kind) = source.next();
+async fn send(client: &Target, request: (String, Vec<u8>, &'static str)) -> (u16, &'static str) {
+    let (path, body, kind) = request;
     let status = match client
         .request(
             http::Method::POST,
@@ -496,10 +507,21 @@ pub async fn run(
         // N slots' bursts at once: every request of the run's first N slots.
         (Mix::Mainnet, Some(slots)) => {
             let mix = super::mainnet_mix::SlotMix::new(&keys, &gvr);
-            Some((0..slots).map(|i| mix.slot_requests(i).len() as u64).sum())
+            // Counted slot by slot, stopping past the bound below (a slot holds at least one).
+            let mut requests = 0u64;
+            for i in 0..slots {
+                requests += mix.slot_requests(i).len() as u64;
+                if requests > MAX_BURST_REQUESTS {
+                    break;
+                }
+            }
+            Some(requests)
         }
         (_, burst) => burst,
     };
+    if let Some(n) = burst.filter(|n| *n > MAX_BURST_REQUESTS) {
+        bail!("a burst of at least {n} requests: every request of a burst is made before it is sent, so at most {MAX_BURST_REQUESTS}");
+    }
     let source = Arc::new(match options.mix {
         Mix::Distinct => Source::Distinct {
             duties: Duties::new(keys, gvr),
@@ -518,27 +540,34 @@ pub async fn run(
             .await?;
     }
 
+    // A burst's requests are made before the clock starts, as validator clients on other
+    // machines have them ready at the slot's start: making them here is this tool's work on the
+    // appliance's cores, not the appliance's.
+    let prepared: Arc<Mutex<VecDeque<(String, Vec<u8>, &'static str)>>> = Arc::new(Mutex::new(
+        (0..burst.unwrap_or(0)).map(|_| source.next()).collect(),
+    ));
     let cpu_before = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
+    let own_cpu_before = own_cpu_time();
     let start = Instant::now();
     let deadline = start + options.duration;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
     let mut tasks = Vec::new();
-    let remaining = Arc::new(AtomicU64::new(burst.unwrap_or(u64::MAX)));
     match options.rate {
         _ if burst.is_some() => {
             for client in clients {
-                let source = source.clone();
                 let tx = tx.clone();
-                let remaining = remaining.clone();
+                let prepared = prepared.clone();
                 tasks.push(tokio::spawn(async move {
-                    // Take one request at a time from the shared budget until it is spent.
-                    while remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
+                    // Take one request at a time from the prepared burst until it is spent.
+                    loop {
+                        let next = prepared
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pop_front();
+                        let Some(request) = next else { break };
                         let sent = Instant::now();
                         // Latency from the burst's start: "answered within" is what counts.
-                        send_and_record(&client, &source, sent - start, start, &tx).await;
+                        send_and_record(&client, request, sent - start, start, &tx).await;
                     }
                 }));
             }
@@ -550,7 +579,7 @@ pub async fn run(
                 tasks.push(tokio::spawn(async move {
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        send_and_record(&client, &source, sent - start, sent, &tx).await;
+                        send_and_record(&client, source.next(), sent - start, sent, &tx).await;
                     }
                 }));
             }
@@ -581,7 +610,7 @@ pub async fn run(
                 let clients = clients.clone();
                 tasks.push(tokio::spawn(async move {
                     let offset = scheduled - start;
-                    send_and_record(&client, &source, offset, ready, &tx).await;
+                    send_and_record(&client, source.next(), offset, ready, &tx).await;
                     clients.lock().await.push(client);
                     drop(permit);
                 }));
@@ -626,6 +655,8 @@ pub async fn run(
     }
     let elapsed = start.elapsed();
     let cpu_after = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
+    // Before raw blst runs below: only what sending and receiving cost this process.
+    let own_cpu = own_cpu_time().saturating_sub(own_cpu_before);
     if let Some(mut file) = csv {
         file.flush()?;
     }
@@ -637,10 +668,12 @@ pub async fn run(
     writeln!(out, "measuring raw blst signing on {threads} threads ...")?;
     let (raw_blst, raw_cpu_per_sig_us) =
         tokio::task::spawn_blocking(move || raw_blst_rate(threads, Duration::from_secs(3))).await?;
-    let cpu_per_sig_us = match (cpu_before, cpu_after) {
-        (Some(before), Some(after)) if ok > 0 => {
-            (after.saturating_sub(before)).as_secs_f64() * 1e6 / ok as f64
-        }
+    let appliance_cpu = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
+    let cpu_per_sig_us = match appliance_cpu {
+        Some(cpu) if ok > 0 => cpu.as_secs_f64() * 1e6 / ok as f64,
         _ => {
             writeln!(
                 out,
@@ -675,20 +708,26 @@ pub async fn run(
     )?;
     writeln!(
         out,
-        "raw_cpu_per_sig_us={:.1} appliance_pid={}",
+        "raw_cpu_per_sig_us={:.1} appliance_pid={} load_cpu_per_req_us={:.1}",
         report.raw_cpu_per_sig_us,
-        pid.map_or("unknown".to_owned(), |p| p.to_string())
+        pid.map_or("unknown".to_owned(), |p| p.to_string()),
+        own_cpu.as_secs_f64() * 1e6 / requests.max(1) as f64
     )?;
     if burst.is_some() {
         // How long naive blst on these cores needs for as many signatures.
         let raw_s = ok as f64 / report.raw_blst.max(f64::MIN_POSITIVE);
         writeln!(
             out,
-            "burst: requests={} answered_s={:.4} raw_blst_s={:.4} burst_vs_raw={:.3}",
+            "burst: requests={} answered_s={:.4} raw_blst_s={:.4} burst_vs_raw={:.3} cores_busy={:.2}",
             ok,
             elapsed.as_secs_f64(),
             raw_s,
-            elapsed.as_secs_f64() / raw_s
+            elapsed.as_secs_f64() / raw_s,
+            // How many cores the appliance and this tool kept busy on average while the burst
+            // was answered: near the core count, the burst is CPU-bound; below it, it waited.
+            appliance_cpu.map_or(f64::NAN, |cpu| {
+                (cpu + own_cpu).as_secs_f64() / elapsed.as_secs_f64()
+            })
         )?;
     }
     writeln!(out, "{}", report.summary_line())?;
