@@ -60,12 +60,10 @@ fn refused_reason(refusal: &Refusal) -> String {
 }
 
 fn read_head(conn: &Connection) -> Result<Head, rusqlite::Error> {
+    // Read once per write batch by the writer: cached, not parsed again each time.
     let row = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
         .optional()?;
     Ok(match row {
         None => Head::EMPTY,
