@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 
+use super::mainnet_mix::Request;
 use crate::config::Config;
 use crate::net::client::{MtlsClient, Response};
 use crate::net::tls;
@@ -327,7 +328,7 @@ enum Source {
 }
 
 impl Source {
-    fn next(&self) -> (String, Vec<u8>, &'static str) {
+    fn next(&self) -> Request {
         match self {
             Source::Distinct {
                 duties,
@@ -349,7 +350,7 @@ struct Sample {
 /// start), and its latency counts from `counted_from` until the answer.
 async fn send_and_record(
     client: &Target,
-    request: (String, Vec<u8>, &'static str),
+    request: Request,
     send_offset: Duration,
     counted_from: Instant,
     tx: &tokio::sync::mpsc::UnboundedSender<Sample>,
@@ -363,7 +364,7 @@ async fn send_and_record(
     });
 }
 
-async fn send(client: &Target, request: (String, Vec<u8>, &'static str)) -> (u16, &'static str) {
+async fn send(client: &Target, request: Request) -> (u16, &'static str) {
     let (path, body, kind) = request;
     let status = match client
         .request(
@@ -543,7 +544,7 @@ pub async fn run(
     // A burst's requests are made before the clock starts, as validator clients on other
     // machines have them ready at the slot's start: making them here is this tool's work on the
     // appliance's cores, not the appliance's.
-    let prepared: Arc<Mutex<VecDeque<(String, Vec<u8>, &'static str)>>> = Arc::new(Mutex::new(
+    let prepared: Arc<Mutex<VecDeque<Request>>> = Arc::new(Mutex::new(
         (0..burst.unwrap_or(0)).map(|_| source.next()).collect(),
     ));
     let cpu_before = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
