@@ -1,8 +1,9 @@
-//! Property test: random streams of blocks, attestations and interchange imports over several
-//! keys, sent to the real SQLite store in bursts (so group commit puts several into one
-//! transaction), compared with a small reference model written from the rules of design.md §5.
-//! The store must give the model's answer every time — never accept a slashable pair, never
-//! refuse what the rules allow — and no two messages it released may be slashable together.
+//! Property test: random streams of blocks, attestations, interchange imports and prunes of old
+//! attestations over several keys, sent to the real SQLite store in bursts (so group commit puts
+//! several into one transaction), compared with a small reference model written from the rules
+//! of design.md §5. The store must give the model's answer every time — never accept a
+//! slashable pair, never refuse what the rules allow — and no two messages it released may be
+//! slashable together, pruned or not.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +38,9 @@ enum Op {
     Burst(Vec<(u8, Msg)>),
     /// An interchange import for one key.
     Import(u8, Vec<Msg>),
+    /// `slashing prune --keep-epochs N`: every key's attestations older than its newest N
+    /// epochs go, the watermark raised over them.
+    Prune(u64),
 }
 
 /// Is the pair slashable (EIP-3076 / consensus rules), treating an unknown root as different?
@@ -127,6 +131,30 @@ impl Model {
         }
     }
 
+    /// The prune as docs/slashing.md states it: below the key's newest target minus `keep`,
+    /// attestations go and the watermark rises to the greatest source and target removed.
+    fn prune(&mut self, keep: u64) {
+        let target_of = |m: &Msg| match *m {
+            Msg::Att { target, .. } => Some(target),
+            Msg::Block { .. } => None,
+        };
+        let Some(newest) = self.records.iter().filter_map(target_of).max() else {
+            return;
+        };
+        let cut = newest.saturating_sub(keep);
+        let (removed, kept): (Vec<Msg>, Vec<Msg>) = self
+            .records
+            .iter()
+            .partition(|m| target_of(m).is_some_and(|t| t < cut));
+        for msg in removed {
+            if let Msg::Att { source, target, .. } = msg {
+                self.min_source = self.min_source.max(Some(source));
+                self.min_target = self.min_target.max(Some(target));
+            }
+        }
+        self.records = kept;
+    }
+
     fn import(&mut self, msgs: &[Msg]) {
         for msg in msgs {
             if !self.records.contains(msg) {
@@ -215,6 +243,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => proptest::collection::vec((0..KEYS, signing_msg()), 1..8).prop_map(Op::Burst),
         2 => (0..KEYS, proptest::collection::vec(imported_msg(), 0..4))
             .prop_map(|(k, msgs)| Op::Import(k, msgs)),
+        1 => (0u64..4).prop_map(Op::Prune),
     ]
 }
 
@@ -299,6 +328,12 @@ fn run_stream(ops: &[Op]) -> Result<(), TestCaseError> {
                     .import_interchange(&interchange_for(*k, msgs), None)
                     .unwrap();
                 models[*k as usize].import(msgs);
+            }
+            Op::Prune(keep) => {
+                store.prune_attestations(*keep, false).unwrap();
+                for model in &mut models {
+                    model.prune(*keep);
+                }
             }
             Op::Burst(burst) => {
                 let outcomes = send_burst(&store, burst);

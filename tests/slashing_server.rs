@@ -1,6 +1,6 @@
 //! The real binary over real mutual TLS: 64 parallel conflicting requests per key give exactly
 //! one signature, the 412 body names the rule and the earlier record, the dry-run endpoint
-//! answers without recording, and `slashing import/export` work (also while serving).
+//! answers without recording, and `slashing import/export/prune` work (also while serving).
 
 use serde_json::{json, Value};
 
@@ -193,4 +193,61 @@ async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_network
     let slots: Vec<u64> = record.signed_blocks.iter().map(|b| b.slot.0).collect();
     assert_eq!(slots, vec![12_000_100, 12_000_101]);
     assert_eq!(record.signed_attestations.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_prune_while_serving_still_refuses_what_the_removed_history_refused() {
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(2);
+    let (_server, client) = appliance.serve();
+    let sign = sign_path(&key);
+    for target in 1..=12u64 {
+        let (status, body) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let out = appliance.cli_ok(&["slashing", "prune"], &["--keep-epochs", "4", "--dry-run"]);
+    assert!(
+        out.contains("would remove 7 attestations of 1 validators"),
+        "{out}"
+    );
+    assert_eq!(
+        appliance.export_slashing(&[]).data[0]
+            .signed_attestations
+            .len(),
+        12
+    );
+    let out = appliance.cli_ok(&["slashing", "prune"], &["--keep-epochs", "4"]);
+    assert!(
+        out.contains("removed 7 attestations of 1 validators"),
+        "{out}"
+    );
+    let kept: Vec<u64> = appliance.export_slashing(&[]).data[0]
+        .signed_attestations
+        .iter()
+        .map(|a| a.target_epoch.0)
+        .collect();
+    assert_eq!(kept, (8..=12).collect::<Vec<_>>());
+
+    // The running server: double votes on removed targets are refused by the watermark that now
+    // covers them (source 6, target 7: the greatest removed).
+    for (source, target, rule, watermark) in [
+        (2, 3, "source_below_watermark", "6"),
+        (6, 7, "target_at_or_below_watermark", "7"),
+    ] {
+        let (status, body) = post(&client, &sign, &attestation(source, target, 2)).await;
+        assert_eq!(status, 412, "{body}");
+        assert_eq!(body["rule"], json!(rule), "{body}");
+        assert_eq!(body["conflict"]["watermark"], json!(watermark), "{body}");
+    }
+    // A kept one is answered again; the next duty signs.
+    let (status, _) = post(&client, &sign, &attestation(11, 12, 1)).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&client, &sign, &attestation(12, 13, 1)).await;
+    assert_eq!(status, 200);
+
+    // A negative bound is refused by the argument parser, with the flag named.
+    let (ok, _, stderr) = appliance.cli(&["slashing", "prune"], &["--keep-epochs", "-1"]);
+    assert!(!ok);
+    assert!(stderr.contains("--keep-epochs"), "{stderr}");
 }

@@ -7,8 +7,12 @@
 //! - no double vote (same target epoch, different or unknown signing root);
 //! - no surround vote in either direction;
 //! - no attestation whose source epoch exceeds its target epoch;
-//! - nothing at or below the key's low watermark (raised only by interchange import or a
-//!   configured minimum; never by our own signing history).
+//! - nothing at or below the key's low watermark (raised only by interchange import, a
+//!   configured minimum, or pruning old history; never by our own signing history).
+//!
+//! Pruning ([`prune_cut`], [`Watermark::covering`]) removes a key's old attestations and raises
+//! its watermark over what it removed, so that the key refuses at least everything it refused
+//! before (see [`Watermark::covering`] for why) and history stops growing without bound.
 //!
 //! A request to check is a [`SlashingRequest`] (built from a decoded signing request's
 //! `SlashingCheck` and signing root); [`check`] answers it, and a refused one is a [`Refusal`]:
@@ -55,6 +59,25 @@ pub struct Watermark {
 }
 
 impl Watermark {
+    /// The attestation watermark that stands in for removed attestations whose greatest source
+    /// epoch is `max_source` and greatest target epoch `max_target` (pruning): raised to it, a
+    /// key refuses every attestation the removed ones made it refuse, whatever subset was
+    /// removed. A request the removed record `(s0, t0)` refused was
+    /// - a double vote: its target is `t0 ≤ max_target`, at or below the new target watermark;
+    /// - surrounded by it (`s0 < s`, `t < t0`): `t < max_target`, below the target watermark;
+    /// - surrounding it (`s < s0`, `t0 < t`): `s < max_source`, below the source watermark.
+    ///
+    /// The price: an identical re-request of a removed attestation, which the history alone
+    /// would answer again, is refused too. The block watermark is untouched: blocks are not
+    /// pruned (a key proposes a few a year).
+    pub fn covering(max_source: Epoch, max_target: Epoch) -> Watermark {
+        Watermark {
+            block_slot: None,
+            attestation_source: Some(max_source),
+            attestation_target: Some(max_target),
+        }
+    }
+
     /// The higher of two watermarks, component by component (an import never lowers one).
     pub fn max(self, other: Watermark) -> Watermark {
         Watermark {
@@ -309,12 +332,43 @@ pub fn check_attestation<H: History>(
     Ok(Ok(Safe::Valid))
 }
 
+/// The oldest attestation target a prune keeping `keep_epochs` epochs keeps, for a key whose
+/// newest attestation targets `newest_target`: attestations with a lower target may be removed
+/// (with [`Watermark::covering`]), `newest_target` and the `keep_epochs` epochs below it stay.
+/// Relative to each key's own newest record, not the wall clock: a key that stopped attesting
+/// keeps its last records, and a wrong clock cannot prune what was just signed.
+pub fn prune_cut(newest_target: Epoch, keep_epochs: u64) -> Epoch {
+    Epoch(newest_target.0.saturating_sub(keep_epochs))
+}
+
 /// An in-memory [`History`], the reference model for tests and for checking an interchange file.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryHistory {
     pub blocks: Vec<SignedBlock>,
     pub attestations: Vec<SignedAttestation>,
     pub watermark: Watermark,
+}
+
+impl MemoryHistory {
+    /// Remove the attestations older than [`prune_cut`] and raise the watermark over them
+    /// ([`Watermark::covering`]): the reference model of the store's prune. Returns how many
+    /// were removed.
+    pub fn prune_attestations(&mut self, keep_epochs: u64) -> usize {
+        let Some(newest) = self.attestations.iter().map(|a| a.target).max() else {
+            return 0;
+        };
+        let cut = prune_cut(newest, keep_epochs);
+        let (removed, kept): (Vec<SignedAttestation>, Vec<SignedAttestation>) =
+            self.attestations.iter().partition(|a| a.target < cut);
+        if let (Some(source), Some(target)) = (
+            removed.iter().map(|a| a.source).max(),
+            removed.iter().map(|a| a.target).max(),
+        ) {
+            self.watermark = self.watermark.max(Watermark::covering(source, target));
+        }
+        self.attestations = kept;
+        removed.len()
+    }
 }
 
 impl History for MemoryHistory {
@@ -476,5 +530,90 @@ mod tests {
         assert_eq!(check_att(&h, 4, 7, 1), "source_below_watermark");
         assert_eq!(check_att(&h, 5, 6, 1), "target_at_or_below_watermark");
         assert_eq!(check_att(&h, 5, 7, 1), "valid");
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_epochs_and_covers_the_rest() {
+        assert_eq!(prune_cut(Epoch(100), 10), Epoch(90));
+        assert_eq!(prune_cut(Epoch(5), 10), Epoch(0));
+        let mut h = MemoryHistory {
+            attestations: vec![att(1, 2, 1), att(2, 3, 1), att(3, 9, 1), att(9, 10, 1)],
+            ..Default::default()
+        };
+        assert_eq!(h.clone().prune_attestations(100), 0);
+        // Keeping one epoch below the newest target (10) keeps targets 9 and 10.
+        assert_eq!(h.clone().prune_attestations(1), 2);
+        assert_eq!(h.prune_attestations(0), 3);
+        assert_eq!(h.attestations, vec![att(9, 10, 1)]);
+        assert_eq!(h.watermark, Watermark::covering(Epoch(3), Epoch(9)));
+        // What the removed records refused stays refused; what comes next still signs.
+        assert_eq!(check_att(&h, 3, 3, 2), "target_at_or_below_watermark");
+        assert_eq!(check_att(&h, 4, 8, 2), "target_at_or_below_watermark");
+        assert_eq!(check_att(&h, 1, 8, 2), "source_below_watermark");
+        // The price: the identical re-request of a removed record is refused too.
+        assert_eq!(check_att(&h, 3, 9, 1), "target_at_or_below_watermark");
+        assert_eq!(check_att(&h, 9, 10, 1), "same_data");
+        assert_eq!(check_att(&h, 10, 11, 2), "valid");
+        // Pruning never lowers a watermark, and an empty history has nothing to prune.
+        let mut high = MemoryHistory {
+            attestations: vec![att(1, 2, 1), att(5, 6, 1)],
+            watermark: Watermark::covering(Epoch(4), Epoch(5)),
+            ..Default::default()
+        };
+        assert_eq!(high.prune_attestations(0), 1);
+        assert_eq!(high.watermark, Watermark::covering(Epoch(4), Epoch(5)));
+        assert_eq!(MemoryHistory::default().prune_attestations(0), 0);
+    }
+
+    fn any_attestation() -> impl proptest::strategy::Strategy<Value = SignedAttestation> {
+        use proptest::prelude::*;
+        (0u64..12, 0u64..12, proptest::option::of(0u8..3)).prop_map(|(source, target, byte)| {
+            SignedAttestation {
+                source: Epoch(source),
+                target: Epoch(target),
+                signing_root: byte.map(root),
+            }
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Pruning only ever adds refusals: whatever the history (slashable within itself or
+        /// not, with or without roots) and whatever is kept, every request refused before the
+        /// prune is refused after it.
+        #[test]
+        fn pruning_never_turns_a_refusal_into_a_signature(
+            attestations in proptest::collection::vec(any_attestation(), 0..12),
+            keep in 0u64..12,
+            requests in proptest::collection::vec((0u64..14, 0u64..14, 0u8..3), 1..24),
+        ) {
+            // Besides the random requests, the ones each record refuses: a double vote and
+            // both surrounds of it, where a lax prune would let one through.
+            let near = attestations.iter().flat_map(|a| {
+                let (s, t) = (a.source.0, a.target.0);
+                [(s, t, 2), (s.saturating_sub(1), t + 1, 2), (s + 1, t.saturating_sub(1), 2)]
+            });
+            let requests: Vec<(u64, u64, u8)> = requests.iter().copied().chain(near).collect();
+            let before = MemoryHistory { attestations, ..Default::default() };
+            let mut after = before.clone();
+            after.prune_attestations(keep);
+            for (source, target, byte) in requests {
+                let request = SlashingRequest::Attestation {
+                    source: Epoch(source),
+                    target: Epoch(target),
+                    signing_root: root(byte),
+                };
+                let Ok(was) = check(&before, request);
+                let Ok(now) = check(&after, request);
+                proptest::prop_assert!(
+                    was.is_ok() || now.is_err(),
+                    "{:?}: refused before ({:?}), allowed after ({:?})", request, was, now
+                );
+            }
+        }
     }
 }

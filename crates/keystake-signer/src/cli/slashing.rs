@@ -1,5 +1,6 @@
-//! `keystake-signer slashing import|export|verify`: move EIP-3076 slashing-protection history in
-//! and out of the appliance (docs/slashing.md), and check the database after a storage fault.
+//! `keystake-signer slashing import|export|verify|prune`: move EIP-3076 slashing-protection
+//! history in and out of the appliance (docs/slashing.md), check the database after a storage
+//! fault, and remove old attestations so the history stops growing.
 //!
 //! `verify` opens the database the way `serve` does — `PRAGMA integrity_check` (every index
 //! against its table), schema version — and prints what it holds; it exits non-zero, naming the
@@ -10,6 +11,10 @@
 //! signer's writer; the new watermarks apply to the next request). Export writes the complete
 //! form by default (`--minimal` for one entry per key and kind) to a temporary file that is
 //! synced and then renamed, so a crash never leaves half a file under the requested name.
+//! `prune` keeps each key's newest `--keep-epochs` epochs of attestations and removes the rest,
+//! raising the key's watermark over them in the same transaction (`store::prune`): nothing
+//! refused before is signed after. It may run while `serve` is running, in transactions short
+//! enough that the signer's writer hardly waits; `--dry-run` only counts.
 //! Refuses: files for another network, other format versions, malformed JSON, and public keys
 //! on the command line that are not 0x-prefixed 48-byte hex.
 #![forbid(unsafe_code)]
@@ -57,6 +62,20 @@ pub enum SlashingCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Remove each key's attestations older than its newest --keep-epochs epochs, raising its
+    /// watermark over them: nothing refused before is signed after; an identical re-request of
+    /// a removed attestation is refused instead of answered again. Safe while `serve` runs.
+    Prune {
+        #[arg(long)]
+        config: PathBuf,
+        /// Epochs kept below each key's newest attestation target (225 a day; 0 keeps only the
+        /// newest target).
+        #[arg(long)]
+        keep_epochs: u64,
+        /// Count what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Neither needs the HSM: the configuration is loaded without preparing it.
@@ -86,6 +105,27 @@ pub fn run(command: SlashingCommand) -> Result<()> {
             let count = export(&Config::load(&config)?, &pubkeys, &out, minimal)?;
             if out != Path::new("-") {
                 println!("exported {count} validators to {}", out.display());
+            }
+        }
+        SlashingCommand::Prune {
+            config,
+            keep_epochs,
+            dry_run,
+        } => {
+            let store = crate::app::open_store(&Config::load(&config)?)?;
+            let summary = store
+                .prune_attestations(keep_epochs, dry_run)
+                .context("pruning the slashing history")?;
+            if dry_run {
+                println!(
+                    "dry run: would remove {} attestations of {} validators (keeping each key's newest {keep_epochs} epochs); nothing changed",
+                    summary.attestations, summary.validators
+                );
+            } else {
+                println!(
+                    "removed {} attestations of {} validators (kept each key's newest {keep_epochs} epochs; their watermarks now cover what was removed; {} transactions)",
+                    summary.attestations, summary.validators, summary.transactions
+                );
             }
         }
         SlashingCommand::Verify { config } => {

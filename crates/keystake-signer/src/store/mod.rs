@@ -24,7 +24,8 @@
 //! vanish at restart. Group commit can be switched off ([`StoreOptions::group_commit`]) to measure
 //! what it buys.
 //!
-//! EIP-3076 interchange import and export live in [`interchange`].
+//! EIP-3076 interchange import and export live in [`interchange`]; removing old attestations
+//! (with the watermark raised over them) in [`prune`].
 //!
 //! Refuses: opening a file that fails `PRAGMA integrity_check` (which, unlike `quick_check`,
 //! compares every index with its table: the surround queries are forced through an index, so a
@@ -35,10 +36,12 @@
 
 pub mod dkg;
 pub mod interchange;
+pub mod prune;
 // Audit log storage (issue 6): entries ride in the writer's batch transaction.
 pub mod audit;
 
 pub use interchange::ImportSummary;
+pub use prune::PruneSummary;
 // The request, refusal and outcome types are the core's (pure data); re-exported where the
 // store's callers have always found them.
 pub use keystake_core::slashing::{CheckOutcome, Refusal, SlashingRequest};

@@ -1,0 +1,356 @@
+//! Pruning old attestations from the slashing history (`slashing prune`).
+//!
+//! Without it the history only grows: about 225 attestations per key per day, some 100 bytes
+//! each with their two indexes, so 10,000 keys add about 250 MB a day, and every check and
+//! record walks deeper indexes. A prune keeps each key's newest attestations — its newest
+//! target epoch and the `keep_epochs` epochs below it ([`slashing::prune_cut`], relative to the
+//! key's own history, never the wall clock) — and removes the older ones, raising the key's
+//! watermark over what it removed in the same transaction ([`Watermark::covering`]). After each
+//! commit the key refuses everything it refused before; the only answer that changes is an
+//! identical re-request of a removed attestation, refused instead of answered again.
+//!
+//! Safe while `serve` runs: each transaction removes at most [`PRUNE_ROWS_PER_TRANSACTION`]
+//! attestations (tens of milliseconds), and after each commit the prune pauses at least as long
+//! as the transaction took, so the signer's writer — whose busy handler polls for the lock with
+//! growing sleeps — gets the lock between two prune transactions instead of being starved by
+//! them. A prune stopped half-way (crash, Ctrl-C) leaves every key consistent: whatever was
+//! removed is covered. Blocks are not pruned: a key proposes a few a year.
+//!
+//! Refuses nothing by itself; a database that cannot be written fails the transaction and the
+//! prune stops with that error, having committed only whole, covered transactions.
+#![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use super::{raise_watermark, sql_to_u64, u64_to_sql, Store, StoreError};
+use keystake_core::slashing::{self, Watermark};
+use keystake_core::types::Epoch;
+
+/// Most attestations one prune transaction removes. Each removal touches the table and its two
+/// indexes; 1,000 of them take about 40 ms here, the longest the writer of a running `serve`
+/// then waits for the lock (measured in docs/performance.md, "Pruning").
+pub const PRUNE_ROWS_PER_TRANSACTION: usize = 1_000;
+
+/// The shortest pause between two prune transactions (see the module docs): longer than the
+/// first few sleeps of SQLite's busy handler, so a writer that found the lock taken retries
+/// within it.
+const PRUNE_MIN_PAUSE: Duration = Duration::from_millis(25);
+
+/// What a prune removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneSummary {
+    /// Keys that had attestations older than what is kept.
+    pub validators: usize,
+    /// Attestations removed.
+    pub attestations: usize,
+    /// Transactions committed (none in a dry run).
+    pub transactions: usize,
+}
+
+impl Store {
+    /// Remove, for every key, the attestations older than its newest `keep_epochs` epochs,
+    /// raising its watermark over them (module docs). With `dry_run`, count them and change
+    /// nothing.
+    pub fn prune_attestations(
+        &self,
+        keep_epochs: u64,
+        dry_run: bool,
+    ) -> Result<PruneSummary, StoreError> {
+        let mut conn = self.admin();
+        if dry_run {
+            return Ok(count_prunable(&conn, keep_epochs)?);
+        }
+        Ok(prune_in_transactions(
+            &mut conn,
+            keep_epochs,
+            PRUNE_ROWS_PER_TRANSACTION,
+            PRUNE_MIN_PAUSE,
+        )?)
+    }
+}
+
+fn validator_ids(conn: &Connection) -> Result<Vec<i64>, rusqlite::Error> {
+    conn.prepare("SELECT id FROM validators ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+/// The target below which a key's attestations go, or `None` for a key without any.
+fn cut_of(conn: &Connection, id: i64, keep_epochs: u64) -> Result<Option<Epoch>, rusqlite::Error> {
+    let newest: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(target_epoch) FROM signed_attestations WHERE validator_id = ?1",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    Ok(newest.map(|newest| slashing::prune_cut(Epoch(sql_to_u64(newest)), keep_epochs)))
+}
+
+fn count_prunable(conn: &Connection, keep_epochs: u64) -> Result<PruneSummary, rusqlite::Error> {
+    let mut summary = PruneSummary::default();
+    for id in validator_ids(conn)? {
+        let Some(cut) = cut_of(conn, id, keep_epochs)? else {
+            continue;
+        };
+        let count: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM signed_attestations WHERE validator_id = ?1 AND target_epoch < ?2",
+            )?
+            .query_row(params![id, u64_to_sql(cut.0)], |r| r.get(0))?;
+        if count > 0 {
+            summary.validators += 1;
+            summary.attestations += usize::try_from(count).unwrap_or(usize::MAX);
+        }
+    }
+    Ok(summary)
+}
+
+/// The prune itself, at most `budget` removals per transaction and a pause of at least
+/// `min_pause` (and at least the transaction's own time) after each but the last. Each
+/// transaction reads a key's newest target, takes its oldest attestations below the cut (up to
+/// what the budget has left), raises its watermark over exactly those and deletes them; a key
+/// with more than the budget left continues in the next transaction.
+fn prune_in_transactions(
+    conn: &mut Connection,
+    keep_epochs: u64,
+    budget: usize,
+    min_pause: Duration,
+) -> Result<PruneSummary, rusqlite::Error> {
+    let budget = budget.max(1);
+    let ids = validator_ids(conn)?;
+    let mut summary = PruneSummary::default();
+    let mut next = 0;
+    let mut last_counted = None;
+    let mut pause = Duration::ZERO;
+    while next < ids.len() {
+        if summary.transactions > 0 {
+            std::thread::sleep(pause);
+        }
+        let started = Instant::now();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut removed = 0;
+        while next < ids.len() && removed < budget {
+            let id = ids[next];
+            let Some(cut) = cut_of(&tx, id, keep_epochs)? else {
+                next += 1;
+                continue;
+            };
+            let room = budget - removed;
+            let doomed: Vec<(i64, u64, u64)> = tx
+                .prepare_cached(
+                    "SELECT rowid, source_epoch, target_epoch FROM signed_attestations
+                     WHERE validator_id = ?1 AND target_epoch < ?2 ORDER BY target_epoch LIMIT ?3",
+                )?
+                .query_map(
+                    params![
+                        id,
+                        u64_to_sql(cut.0),
+                        i64::try_from(room).unwrap_or(i64::MAX)
+                    ],
+                    |r| Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?))),
+                )?
+                .collect::<Result<_, _>>()?;
+            if let (Some(source), Some(target)) = (
+                doomed.iter().map(|d| d.1).max(),
+                doomed.iter().map(|d| d.2).max(),
+            ) {
+                // The watermark first: within this transaction nothing is removed uncovered.
+                raise_watermark(&tx, id, Watermark::covering(Epoch(source), Epoch(target)))?;
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM signed_attestations WHERE rowid = ?1")?;
+                for (rowid, _, _) in &doomed {
+                    delete.execute([rowid])?;
+                }
+                if last_counted != Some(id) {
+                    summary.validators += 1;
+                    last_counted = Some(id);
+                }
+            }
+            removed += doomed.len();
+            summary.attestations += doomed.len();
+            // A key with more to remove than the budget had room for continues next time.
+            if doomed.len() < room {
+                next += 1;
+            }
+        }
+        tx.commit()?;
+        summary.transactions += 1;
+        pause = started.elapsed().max(min_pause);
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystake_core::slashing::{MemoryHistory, Safe, SignedAttestation, SlashingRequest};
+    use keystake_core::types::{BlsPublicKey, Root};
+    use rand::{Rng, SeedableRng};
+
+    fn key(byte: u8) -> BlsPublicKey {
+        BlsPublicKey([byte; 48])
+    }
+
+    fn root(source: u64, target: u64, byte: u8) -> Root {
+        let mut bytes = [byte; 32];
+        bytes[..8].copy_from_slice(&source.to_le_bytes());
+        bytes[8..16].copy_from_slice(&target.to_le_bytes());
+        Root(bytes)
+    }
+
+    fn attestation(source: u64, target: u64, byte: u8) -> SlashingRequest {
+        SlashingRequest::Attestation {
+            source: Epoch(source),
+            target: Epoch(target),
+            signing_root: root(source, target, byte),
+        }
+    }
+
+    fn new_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    /// Attestations `target − 1 → target` for key `k` (never slashable together), recorded
+    /// through the writer as `serve` records them.
+    fn sign_run(store: &Store, k: u8, targets: impl IntoIterator<Item = u64>) {
+        for target in targets {
+            let outcome = store
+                .check_and_record_blocking(key(k), None, attestation(target - 1, target, 1))
+                .unwrap();
+            assert_eq!(outcome, Ok(Safe::Valid), "target {target}");
+        }
+    }
+
+    #[test]
+    fn prune_removes_the_old_covers_them_and_keeps_signing() {
+        let (_dir, store) = new_store();
+        sign_run(&store, 1, 1..=40);
+        sign_run(&store, 2, [5, 6]);
+
+        let dry = store.prune_attestations(10, true).unwrap();
+        assert_eq!(
+            dry,
+            PruneSummary {
+                validators: 1,
+                attestations: 29,
+                transactions: 0
+            }
+        );
+        assert_eq!(
+            store.history(&key(1)).unwrap().unwrap().attestations.len(),
+            40
+        );
+
+        let done = store.prune_attestations(10, false).unwrap();
+        assert_eq!((done.validators, done.attestations), (1, 29));
+        let history = store.history(&key(1)).unwrap().unwrap();
+        let targets: Vec<u64> = history.attestations.iter().map(|a| a.target.0).collect();
+        assert_eq!(targets, (30..=40).collect::<Vec<_>>());
+        assert_eq!(history.watermark, Watermark::covering(Epoch(28), Epoch(29)));
+        // Key 2's two attestations are within its newest 10 epochs: untouched, no watermark.
+        let other = store.history(&key(2)).unwrap().unwrap();
+        assert_eq!(
+            (other.attestations.len(), other.watermark),
+            (2, Watermark::default())
+        );
+
+        // The attacks the removed records refused are still refused: a double vote on a removed
+        // target, an attestation surrounded by a removed one, one surrounding a removed one.
+        let refused = |request| {
+            store
+                .check_and_record_blocking(key(1), None, request)
+                .unwrap()
+        };
+        assert!(refused(attestation(9, 10, 2)).is_err());
+        assert!(refused(attestation(3, 4, 2)).is_err());
+        assert!(refused(attestation(0, 35, 2)).is_err());
+        // The identical re-request of a removed one is refused too (documented); of a kept one
+        // answered again; the next duty signs.
+        assert!(refused(attestation(9, 10, 1)).is_err());
+        assert_eq!(refused(attestation(39, 40, 1)), Ok(Safe::SameData));
+        assert_eq!(refused(attestation(40, 41, 1)), Ok(Safe::Valid));
+        // Pruning again with the same bound removes only what became old since.
+        let again = store.prune_attestations(10, false).unwrap();
+        assert_eq!((again.validators, again.attestations), (1, 1));
+    }
+
+    #[test]
+    fn a_prune_split_over_many_transactions_ends_where_one_would() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (_dir, one) = new_store();
+        let (_dir2, many) = new_store();
+        let mut models = Vec::new();
+        for k in 1..=5u8 {
+            // Out-of-order but allowed histories, as imports and late duties leave them.
+            let mut targets: Vec<u64> = (1..=60).filter(|_| rng.gen_bool(0.6)).collect();
+            targets.reverse();
+            let mut model = MemoryHistory::default();
+            for target in targets {
+                for store in [&one, &many] {
+                    store
+                        .check_and_record_blocking(key(k), None, attestation(target - 1, target, 1))
+                        .unwrap()
+                        .unwrap();
+                }
+                model.attestations.push(SignedAttestation {
+                    source: Epoch(target - 1),
+                    target: Epoch(target),
+                    signing_root: Some(root(target - 1, target, 1)),
+                });
+            }
+            models.push(model);
+        }
+        let keep = 17;
+        let whole = one.prune_attestations(keep, false).unwrap();
+        let split = prune_in_transactions(&mut many.admin(), keep, 3, Duration::ZERO).unwrap();
+        assert_eq!(whole.transactions, 1);
+        assert!(split.transactions > 10, "{split:?}");
+        assert_eq!(
+            (whole.validators, whole.attestations),
+            (split.validators, split.attestations)
+        );
+        for (k, model) in (1..=5u8).zip(&mut models) {
+            let removed = model.prune_attestations(keep);
+            let mut expected = model.attestations.clone();
+            expected.sort_by_key(|a| (a.target, a.source, a.signing_root));
+            for store in [&one, &many] {
+                let history = store.history(&key(k)).unwrap().unwrap();
+                assert_eq!(history.attestations, expected, "key {k}");
+                assert_eq!(history.watermark, model.watermark, "key {k}");
+            }
+            assert!(removed > 0, "key {k}");
+        }
+    }
+
+    #[test]
+    fn an_export_of_a_pruned_history_protects_the_importer_as_much() {
+        let (_dir, store) = new_store();
+        store
+            .bind_genesis_validators_root(Root([0x77; 32]))
+            .unwrap();
+        sign_run(&store, 1, 1..=20);
+        store.prune_attestations(3, false).unwrap();
+        let exported = store.export_interchange(None).unwrap();
+        let (_dir2, importer) = new_store();
+        importer.import_interchange(&exported, None).unwrap();
+        for request in [
+            attestation(9, 10, 2),
+            attestation(3, 4, 2),
+            attestation(0, 18, 2),
+        ] {
+            assert!(importer
+                .check_and_record_blocking(key(1), None, request)
+                .unwrap()
+                .is_err());
+        }
+        assert_eq!(
+            importer
+                .check_and_record_blocking(key(1), None, attestation(20, 21, 1))
+                .unwrap(),
+            Ok(Safe::Valid)
+        );
+    }
+}
