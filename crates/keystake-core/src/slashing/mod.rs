@@ -61,11 +61,18 @@ pub struct Watermark {
 impl Watermark {
     /// The attestation watermark that stands in for removed attestations whose greatest source
     /// epoch is `max_source` and greatest target epoch `max_target` (pruning): raised to it, a
-    /// key refuses every attestation the removed ones made it refuse, whatever subset was
-    /// removed. A request the removed record `(s0, t0)` refused was
-    /// - a double vote: its target is `t0 ≤ max_target`, at or below the new target watermark;
+    /// key refuses every attestation the removed ones made it refuse, provided the removal takes
+    /// every record of each target it touches. A request the removed record `(s0, t0)` refused
+    /// was
+    /// - a double vote: its target is `t0 ≤ max_target`, and no record is left at `t0` that could
+    ///   answer it as an identical re-request (which [`check_attestation`] decides *before* the
+    ///   watermark) — so the target watermark refuses it;
     /// - surrounded by it (`s0 < s`, `t < t0`): `t < max_target`, below the target watermark;
     /// - surrounding it (`s < s0`, `t0 < t`): `s < max_source`, below the source watermark.
+    ///
+    /// Removing only some records of one target would break the first case: a rootless import
+    /// next to a signed record at the same target refuses that record's re-request as a double
+    /// vote; without the rootless one it would be answered again.
     ///
     /// The price: an identical re-request of a removed attestation, which the history alone
     /// would answer again, is refused too. The block watermark is untouched: blocks are not

@@ -9,12 +9,14 @@
 //! commit the key refuses everything it refused before; the only answer that changes is an
 //! identical re-request of a removed attestation, refused instead of answered again.
 //!
-//! Safe while `serve` runs: each transaction removes at most [`PRUNE_ROWS_PER_TRANSACTION`]
-//! attestations (tens of milliseconds), and after each commit the prune pauses at least as long
-//! as the transaction took, so the signer's writer — whose busy handler polls for the lock with
-//! growing sleeps — gets the lock between two prune transactions instead of being starved by
-//! them. A prune stopped half-way (crash, Ctrl-C) leaves every key consistent: whatever was
-//! removed is covered. Blocks are not pruned: a key proposes a few a year.
+//! Safe while `serve` runs: each transaction spends at most [`PRUNE_ROWS_PER_TRANSACTION`] — one
+//! per key visited, one per attestation removed — so it lasts tens of milliseconds, and after
+//! each commit the prune pauses at least as long as the transaction took, so the signer's
+//! writer — whose busy handler polls for the lock with growing sleeps — gets the lock between
+//! two prune transactions instead of being starved by them. The attestations of one target go
+//! together or stay together ([`prune_one_transaction`] says why), so after every commit the
+//! key refuses everything it refused before, and a prune stopped half-way (crash, Ctrl-C)
+//! leaves every key consistent. Blocks are not pruned: a key proposes a few a year.
 //!
 //! Refuses nothing by itself; a database that cannot be written fails the transaction and the
 //! prune stops with that error, having committed only whole, covered transactions.
@@ -28,9 +30,10 @@ use super::{raise_watermark, sql_to_u64, u64_to_sql, Store, StoreError};
 use keystake_core::slashing::{self, Watermark};
 use keystake_core::types::Epoch;
 
-/// Most attestations one prune transaction removes. Each removal touches the table and its two
-/// indexes; 1,000 of them take about 40 ms here, the longest the writer of a running `serve`
-/// then waits for the lock (measured in docs/performance.md, "Pruning").
+/// What one prune transaction may spend: one per key visited, one per attestation removed. A
+/// removal touches the table and its two indexes; offline here they took about 35 µs each
+/// (docs/performance.md, "Pruning"), so a transaction holds the lock for tens of milliseconds,
+/// longer under load — the longest the writer of a running `serve` waits for it.
 pub const PRUNE_ROWS_PER_TRANSACTION: usize = 1_000;
 
 /// The shortest pause between two prune transactions (see the module docs): longer than the
@@ -60,7 +63,9 @@ impl Store {
     ) -> Result<PruneSummary, StoreError> {
         let mut conn = self.admin();
         if dry_run {
-            return Ok(count_prunable(&conn, keep_epochs)?);
+            // One read transaction: the counts come from one snapshot.
+            let snapshot = conn.transaction()?;
+            return Ok(count_prunable(&snapshot, keep_epochs)?);
         }
         Ok(prune_in_transactions(
             &mut conn,
@@ -106,79 +111,155 @@ fn count_prunable(conn: &Connection, keep_epochs: u64) -> Result<PruneSummary, r
     Ok(summary)
 }
 
-/// The prune itself, at most `budget` removals per transaction and a pause of at least
-/// `min_pause` (and at least the transaction's own time) after each but the last. Each
-/// transaction reads a key's newest target, takes its oldest attestations below the cut (up to
-/// what the budget has left), raises its watermark over exactly those and deletes them; a key
-/// with more than the budget left continues in the next transaction.
+/// Where a prune is: the keys to visit, the next one, and what it has done so far.
+struct PruneProgress {
+    ids: Vec<i64>,
+    next: usize,
+    last_counted: Option<i64>,
+    summary: PruneSummary,
+}
+
+impl PruneProgress {
+    fn start(conn: &Connection) -> Result<Self, rusqlite::Error> {
+        Ok(Self {
+            ids: validator_ids(conn)?,
+            next: 0,
+            last_counted: None,
+            summary: PruneSummary::default(),
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.next >= self.ids.len()
+    }
+}
+
+/// The prune itself: one transaction after another ([`prune_one_transaction`]), with a pause of
+/// at least `min_pause`, and at least the last transaction's own time, between two.
 fn prune_in_transactions(
     conn: &mut Connection,
     keep_epochs: u64,
     budget: usize,
     min_pause: Duration,
 ) -> Result<PruneSummary, rusqlite::Error> {
-    let budget = budget.max(1);
-    let ids = validator_ids(conn)?;
-    let mut summary = PruneSummary::default();
-    let mut next = 0;
-    let mut last_counted = None;
+    let mut progress = PruneProgress::start(conn)?;
     let mut pause = Duration::ZERO;
-    while next < ids.len() {
-        if summary.transactions > 0 {
+    while !progress.done() {
+        if progress.summary.transactions > 0 {
             std::thread::sleep(pause);
         }
         let started = Instant::now();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut removed = 0;
-        while next < ids.len() && removed < budget {
-            let id = ids[next];
-            let Some(cut) = cut_of(&tx, id, keep_epochs)? else {
-                next += 1;
-                continue;
-            };
-            let room = budget - removed;
-            let doomed: Vec<(i64, u64, u64)> = tx
-                .prepare_cached(
-                    "SELECT rowid, source_epoch, target_epoch FROM signed_attestations
-                     WHERE validator_id = ?1 AND target_epoch < ?2 ORDER BY target_epoch LIMIT ?3",
-                )?
-                .query_map(
-                    params![
-                        id,
-                        u64_to_sql(cut.0),
-                        i64::try_from(room).unwrap_or(i64::MAX)
-                    ],
-                    |r| Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?))),
-                )?
-                .collect::<Result<_, _>>()?;
-            if let (Some(source), Some(target)) = (
-                doomed.iter().map(|d| d.1).max(),
-                doomed.iter().map(|d| d.2).max(),
-            ) {
-                // The watermark first: within this transaction nothing is removed uncovered.
-                raise_watermark(&tx, id, Watermark::covering(Epoch(source), Epoch(target)))?;
-                let mut delete =
-                    tx.prepare_cached("DELETE FROM signed_attestations WHERE rowid = ?1")?;
-                for (rowid, _, _) in &doomed {
-                    delete.execute([rowid])?;
-                }
-                if last_counted != Some(id) {
-                    summary.validators += 1;
-                    last_counted = Some(id);
-                }
-            }
-            removed += doomed.len();
-            summary.attestations += doomed.len();
-            // A key with more to remove than the budget had room for continues next time.
-            if doomed.len() < room {
-                next += 1;
-            }
+        if let Err(error) = prune_one_transaction(conn, keep_epochs, budget, &mut progress) {
+            tracing::error!(
+                removed = progress.summary.attestations,
+                validators = progress.summary.validators,
+                transactions = progress.summary.transactions,
+                %error,
+                "prune stopped; what the committed transactions removed is covered by watermarks"
+            );
+            return Err(error);
         }
-        tx.commit()?;
-        summary.transactions += 1;
         pause = started.elapsed().max(min_pause);
     }
-    Ok(summary)
+    Ok(progress.summary)
+}
+
+/// One prune transaction, spending at most `budget`: one per key visited (so a transaction over
+/// keys with nothing to remove stays short too) and one per attestation removed. For each key it
+/// reads the newest target, takes its oldest attestations below the cut, raises its watermark
+/// over exactly those and deletes them.
+///
+/// A target's attestations are removed all together or not at all: the identical re-request of
+/// a record is answered again *before* the watermark is looked at, so removing only some of the
+/// records at one target (a rootless import next to a signed one) would turn a double vote into
+/// an identical re-request until the rest went. When the budget ends inside a target, that
+/// target waits for the next transaction; a single target larger than a whole budget (only an
+/// import can make one) is removed whole, in a transaction of its own.
+fn prune_one_transaction(
+    conn: &mut Connection,
+    keep_epochs: u64,
+    budget: usize,
+    progress: &mut PruneProgress,
+) -> Result<(), rusqlite::Error> {
+    let budget = budget.max(1);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut spent = 0;
+    let mut removed_here = 0;
+    while !progress.done() && spent < budget {
+        let id = progress.ids[progress.next];
+        spent += 1;
+        let Some(cut) = cut_of(&tx, id, keep_epochs)? else {
+            progress.next += 1;
+            continue;
+        };
+        let room = budget - spent;
+        // One row more than there is room for tells whether the key has more below the cut.
+        let rows: Vec<(i64, u64, u64)> = tx
+            .prepare_cached(
+                "SELECT rowid, source_epoch, target_epoch FROM signed_attestations
+                 WHERE validator_id = ?1 AND target_epoch < ?2 ORDER BY target_epoch LIMIT ?3",
+            )?
+            .query_map(
+                params![
+                    id,
+                    u64_to_sql(cut.0),
+                    i64::try_from(room.saturating_add(1)).unwrap_or(i64::MAX)
+                ],
+                |r| Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?))),
+            )?
+            .collect::<Result<_, _>>()?;
+        let complete = rows.len() <= room;
+        let doomed: Vec<(i64, u64, u64)> = if complete {
+            rows
+        } else {
+            // Every row below the first target left out was selected: whole targets only.
+            let first_left_out = rows[room].2;
+            let whole: Vec<_> = rows
+                .into_iter()
+                .filter(|row| row.2 < first_left_out)
+                .collect();
+            if !whole.is_empty() {
+                whole
+            } else if removed_here == 0 {
+                tx.prepare_cached(
+                    "SELECT rowid, source_epoch, target_epoch FROM signed_attestations
+                     WHERE validator_id = ?1 AND target_epoch = ?2",
+                )?
+                .query_map(params![id, u64_to_sql(first_left_out)], |r| {
+                    Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?)))
+                })?
+                .collect::<Result<_, _>>()?
+            } else {
+                // This key's next target does not fit: it starts the next transaction.
+                break;
+            }
+        };
+        if let (Some(source), Some(target)) = (
+            doomed.iter().map(|d| d.1).max(),
+            doomed.iter().map(|d| d.2).max(),
+        ) {
+            // The watermark first: within this transaction nothing is removed uncovered.
+            raise_watermark(&tx, id, Watermark::covering(Epoch(source), Epoch(target)))?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM signed_attestations WHERE rowid = ?1")?;
+            for (rowid, _, _) in &doomed {
+                delete.execute([rowid])?;
+            }
+            if progress.last_counted != Some(id) {
+                progress.summary.validators += 1;
+                progress.last_counted = Some(id);
+            }
+        }
+        spent += doomed.len();
+        removed_here += doomed.len();
+        progress.summary.attestations += doomed.len();
+        if complete {
+            progress.next += 1;
+        }
+    }
+    tx.commit()?;
+    progress.summary.transactions += 1;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -325,32 +406,139 @@ mod tests {
         }
     }
 
+    /// Every request of a small grid, with a root the history used and one it did not.
+    fn grid() -> Vec<SlashingRequest> {
+        let mut out = Vec::new();
+        for source in 0..24 {
+            for target in source..24 {
+                out.push(attestation(source, target, 1));
+                out.push(attestation(source, target, 2));
+            }
+        }
+        out
+    }
+
+    /// Whether `store` refuses `request` for key `k`, asked as a dry run (nothing recorded).
+    fn refuses(store: &Store, k: u8, request: SlashingRequest) -> bool {
+        store
+            .submit_check(key(k), None, request, crate::store::Recording::No)
+            .unwrap()
+            .durable
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+            .is_err()
+    }
+
     #[test]
     fn an_export_of_a_pruned_history_protects_the_importer_as_much() {
         let (_dir, store) = new_store();
         store
             .bind_genesis_validators_root(Root([0x77; 32]))
             .unwrap();
-        sign_run(&store, 1, 1..=20);
-        store.prune_attestations(3, false).unwrap();
+        // Gaps and an out-of-order tail, so the kept entries do not imply the watermark alone.
+        sign_run(&store, 1, (1..=20).filter(|t| t % 3 != 0));
+        sign_run(&store, 1, [21, 18]);
+        store.prune_attestations(4, false).unwrap();
         let exported = store.export_interchange(None).unwrap();
         let (_dir2, importer) = new_store();
         importer.import_interchange(&exported, None).unwrap();
-        for request in [
-            attestation(9, 10, 2),
-            attestation(3, 4, 2),
-            attestation(0, 18, 2),
-        ] {
-            assert!(importer
-                .check_and_record_blocking(key(1), None, request)
-                .unwrap()
-                .is_err());
+        for request in grid() {
+            if refuses(&store, 1, request) {
+                assert!(refuses(&importer, 1, request), "{request:?}");
+            }
         }
         assert_eq!(
             importer
-                .check_and_record_blocking(key(1), None, attestation(20, 21, 1))
+                .check_and_record_blocking(key(1), None, attestation(21, 22, 1))
                 .unwrap(),
             Ok(Safe::Valid)
+        );
+    }
+
+    #[test]
+    fn every_transaction_of_a_prune_refuses_all_the_unpruned_history_refused() {
+        let (_dir, store) = new_store();
+        store
+            .bind_genesis_validators_root(Root([0x77; 32]))
+            .unwrap();
+        // An import can leave several records at one target: a rootless one next to a signed
+        // one. A prune that removed the rootless one alone would turn a double vote with it into
+        // an identical re-request of the other.
+        let mut record = keystake_core::slashing::interchange::InterchangeRecord {
+            pubkey: key(1),
+            signed_blocks: Vec::new(),
+            signed_attestations: Vec::new(),
+        };
+        let entry = |source: u64, target: u64, root: Option<Root>| {
+            keystake_core::slashing::interchange::InterchangeAttestation {
+                source_epoch: Epoch(source),
+                target_epoch: Epoch(target),
+                signing_root: root,
+            }
+        };
+        record.signed_attestations.push(entry(4, 5, None));
+        record
+            .signed_attestations
+            .push(entry(4, 5, Some(root(4, 5, 1))));
+        for target in 6..=12 {
+            record.signed_attestations.push(entry(
+                target - 1,
+                target,
+                Some(root(target - 1, target, 1)),
+            ));
+            record
+                .signed_attestations
+                .push(entry(target - 1, target, None));
+        }
+        let mut interchange =
+            keystake_core::slashing::interchange::Interchange::new(Root([0x77; 32]));
+        interchange.data.push(record);
+        store.import_interchange(&interchange, None).unwrap();
+        sign_run(&store, 1, 13..=16);
+        let before: Vec<SlashingRequest> = grid()
+            .into_iter()
+            .filter(|request| refuses(&store, 1, *request))
+            .collect();
+        assert!(before.contains(&attestation(4, 5, 1)));
+
+        for budget in [1, 2, 3] {
+            let (_dir, copy) = new_store();
+            copy.import_interchange(&interchange, None).unwrap();
+            sign_run(&copy, 1, 13..=16);
+            let mut progress = PruneProgress::start(&copy.admin()).unwrap();
+            let mut transactions = 0;
+            while !progress.done() {
+                prune_one_transaction(&mut copy.admin(), 0, budget, &mut progress).unwrap();
+                transactions += 1;
+                for request in &before {
+                    assert!(
+                        refuses(&copy, 1, *request),
+                        "budget {budget}, after transaction {transactions}: {request:?} allowed"
+                    );
+                }
+            }
+            assert!(transactions > 3, "budget {budget}: {transactions}");
+            let history = copy.history(&key(1)).unwrap().unwrap();
+            let targets: Vec<u64> = history.attestations.iter().map(|a| a.target.0).collect();
+            assert_eq!(targets, vec![16], "budget {budget}");
+        }
+    }
+
+    #[test]
+    fn keys_with_nothing_to_prune_count_against_a_transaction_too() {
+        let (_dir, store) = new_store();
+        for k in 1..=10 {
+            sign_run(&store, k, [7]);
+        }
+        let summary = prune_in_transactions(&mut store.admin(), 5, 3, Duration::ZERO).unwrap();
+        assert_eq!(
+            summary,
+            PruneSummary {
+                validators: 0,
+                attestations: 0,
+                transactions: 4
+            }
         );
     }
 }
