@@ -111,6 +111,11 @@ fn count_prunable(conn: &Connection, keep_epochs: u64) -> Result<PruneSummary, r
     Ok(summary)
 }
 
+/// `(rowid, source, target)` of an attestation row selected for removal.
+fn prunable_row(r: &rusqlite::Row<'_>) -> Result<(i64, u64, u64), rusqlite::Error> {
+    Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?)))
+}
+
 /// Where a prune is: the keys to visit, the next one, and what it has done so far.
 struct PruneProgress {
     ids: Vec<i64>,
@@ -205,7 +210,7 @@ fn prune_one_transaction(
                     u64_to_sql(cut.0),
                     i64::try_from(room.saturating_add(1)).unwrap_or(i64::MAX)
                 ],
-                |r| Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?))),
+                prunable_row,
             )?
             .collect::<Result<_, _>>()?;
         let complete = rows.len() <= room;
@@ -225,9 +230,7 @@ fn prune_one_transaction(
                     "SELECT rowid, source_epoch, target_epoch FROM signed_attestations
                      WHERE validator_id = ?1 AND target_epoch = ?2",
                 )?
-                .query_map(params![id, u64_to_sql(first_left_out)], |r| {
-                    Ok((r.get(0)?, sql_to_u64(r.get(1)?), sql_to_u64(r.get(2)?)))
-                })?
+                .query_map(params![id, u64_to_sql(first_left_out)], prunable_row)?
                 .collect::<Result<_, _>>()?
             } else {
                 // This key's next target does not fit: it starts the next transaction.
