@@ -251,3 +251,93 @@ async fn cli_prune_while_serving_still_refuses_what_the_removed_history_refused(
     assert!(!ok);
     assert!(stderr.contains("unexpected argument '-1'"), "{stderr}");
 }
+
+/// `[slashing] prune` in `serve`: the appliance prunes at start and then on its interval while it
+/// signs, the running server refuses what the removed history refused, `/metrics` counts what
+/// was removed, and SIGTERM stops it promptly with the kept history intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_refused() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(1);
+    // Appending keeps the file's 0600 mode; the example has no uncommented [slashing] table.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&appliance.config)
+        .unwrap()
+        .write_all(b"\n[slashing]\nprune = { keep_epochs = 4, interval_secs = 1 }\n")
+        .unwrap();
+    let (mut server, metrics) = crate::metrics::start(&appliance);
+    let client = server.client(appliance.client_config("client"));
+    let sign = sign_path(&key);
+    for target in 1..=12u64 {
+        let (status, body) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Newest target 12, four epochs kept below it: targets 1..=7 go, by one prune or several.
+    let pruned = |samples: &std::collections::HashMap<String, f64>| {
+        samples
+            .get("keystake_slashing_pruned_attestations_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || pruned(&crate::metrics::scrape(
+            &metrics
+        )) >= 7.0),
+        "no scheduled prune removed the old attestations: {}",
+        server.report(30)
+    );
+    let samples = crate::metrics::scrape(&metrics);
+    assert_eq!(pruned(&samples), 7.0);
+    assert!(
+        samples["keystake_slashing_prunes_total{outcome=\"completed\"}"] >= 2.0,
+        "the prune at start and at least one on the interval: {samples:?}"
+    );
+    assert!(!samples.contains_key("keystake_slashing_prunes_total{outcome=\"failed\"}"));
+
+    // Double votes on removed targets are refused by the watermark that now covers them.
+    for (source, target, rule, watermark) in [
+        (2, 3, "source_below_watermark", "6"),
+        (6, 7, "target_at_or_below_watermark", "7"),
+    ] {
+        let (status, body) = post(&client, &sign, &attestation(source, target, 2)).await;
+        assert_eq!(status, 412, "{body}");
+        assert_eq!(body["rule"], json!(rule), "{body}");
+        assert_eq!(body["conflict"]["watermark"], json!(watermark), "{body}");
+    }
+    let (status, _) = post(&client, &sign, &attestation(12, 13, 1)).await;
+    assert_eq!(status, 200);
+
+    // SIGTERM: it stops well inside the shutdown wait, and the kept history is there.
+    signal(&server.child, "-TERM");
+    let asked = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(8), || server
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "serve did not stop on SIGTERM: {}",
+        server.report(20)
+    );
+    assert!(asked.elapsed() < Duration::from_secs(8));
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.contains("scheduled pruning of the slashing history on"),
+        "{log}"
+    );
+    server.kill();
+    let kept: Vec<u64> = appliance.export_slashing(&[]).data[0]
+        .signed_attestations
+        .iter()
+        .map(|a| a.target_epoch.0)
+        .collect();
+    // Target 13 made 9 the cut for the prunes after it, if one ran before SIGTERM.
+    assert!(
+        kept == (8..=13).collect::<Vec<_>>() || kept == (9..=13).collect::<Vec<_>>(),
+        "{kept:?}"
+    );
+}

@@ -205,6 +205,16 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
     if let Some(cache) = service.unseal_cache() {
         tokio::spawn(sweep_unseal_cache(cache));
     }
+    // Stops a scheduled prune between two of its transactions at shutdown.
+    let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
+    let pruning = config.slashing.prune.map(|setting| {
+        tokio::spawn(prune_on_schedule(
+            service.clone(),
+            appliance.metrics.clone(),
+            setting,
+            pruning_stopped,
+        ))
+    });
     if let Some(metrics_address) = listen.metrics.or(config.metrics_listen) {
         let metrics_listener = crate::net::metrics::bind(metrics_address)
             .await
@@ -233,6 +243,18 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
         tracing::warn!("[sandbox] seccomp = false: the serving process is not confined");
     }
     api::serve_mtls(appliance.listener, appliance.tls, app, shutdown_signal()).await;
+    if let Some(pruning) = pruning {
+        // A prune in progress ends after its current transaction (each commit is covered).
+        let _ = stop_pruning.send(true);
+        if tokio::time::timeout(PRUNE_STOP_WAIT, pruning)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the scheduled prune did not stop in time; its committed transactions are covered"
+            );
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -258,7 +280,66 @@ pub fn check_private_files(config_path: &Path, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-read the policy and the CRL; a failed reload keeps the previous ones.
+/// How long shutdown waits for a scheduled prune to end its current transaction.
+const PRUNE_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `[slashing] prune`: prune the slashing history at start and then `interval_secs` after each
+/// prune ends, on a blocking thread, until `stopped` turns true (shutdown), which also ends a
+/// prune in progress between two transactions. A failed prune is logged and counted and tried
+/// again at the next interval; it never stops serving (the writer fails closed on its own when
+/// storage misbehaves).
+async fn prune_on_schedule(
+    service: Arc<SigningService>,
+    metrics: Arc<Metrics>,
+    setting: config::PruneSetting,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    // Validated when the configuration was loaded.
+    let interval = setting.interval().unwrap_or(std::time::Duration::from_secs(
+        config::DEFAULT_PRUNE_INTERVAL_SECS,
+    ));
+    tracing::info!(
+        keep_epochs = setting.keep_epochs,
+        interval_secs = interval.as_secs(),
+        "scheduled pruning of the slashing history on ([slashing] prune)"
+    );
+    loop {
+        let store = service.store().clone();
+        let watch = stopped.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            store.prune_attestations_while(setting.keep_epochs, &|| !*watch.borrow())
+        })
+        .await;
+        match result {
+            Ok(Ok(summary)) => {
+                metrics.pruned(summary.attestations, true);
+                tracing::info!(
+                    removed = summary.attestations,
+                    validators = summary.validators,
+                    transactions = summary.transactions,
+                    stopped_early = summary.stopped_early,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    keep_epochs = setting.keep_epochs,
+                    "pruned the slashing history; watermarks cover what was removed"
+                );
+            }
+            Ok(Err(error)) => {
+                metrics.pruned(0, false);
+                tracing::error!(%error, "scheduled prune failed; it runs again at the next interval");
+            }
+            Err(error) => {
+                metrics.pruned(0, false);
+                tracing::error!(%error, "scheduled prune task failed; it runs again at the next interval");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// Expired unsealed shares leave memory on a timer, not only when the next request looks.
 async fn sweep_unseal_cache(cache: Arc<crate::service::unseal_cache::UnsealCache>) {
     let mut ticks = tokio::time::interval(crate::service::unseal_cache::SWEEP_INTERVAL);
@@ -269,6 +350,7 @@ async fn sweep_unseal_cache(cache: Arc<crate::service::unseal_cache::UnsealCache
     }
 }
 
+/// SIGHUP: re-read the policy and the CRL; a failed reload keeps the previous ones.
 async fn reload_on_sighup(service: Arc<SigningService>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {

@@ -126,6 +126,47 @@ pub struct SlashingSection {
     /// or attestation epoch may be; anything later is refused before it is recorded. Default 1.
     #[serde(default)]
     pub future_margin_epochs: Option<u64>,
+    /// Automatic pruning of old attestations while `serve` runs (off when absent): see
+    /// [`PruneSetting`].
+    #[serde(default)]
+    pub prune: Option<PruneSetting>,
+}
+
+/// `[slashing] prune = { keep_epochs = 1000, interval_secs = 43200 }`: while `serve` runs, remove
+/// each key's attestations older than its newest `keep_epochs` epochs under a watermark that
+/// covers them (`slashing prune`, docs/slashing.md "Pruning old attestations") once at start and
+/// then every `interval_secs` after the previous prune ended (default 43,200: 12 hours). Absent:
+/// never automatically (the default: an upgrade does not start removing history by itself).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSetting {
+    pub keep_epochs: u64,
+    #[serde(default = "default_prune_interval_secs")]
+    pub interval_secs: u64,
+}
+
+/// The default of [`PruneSetting::interval_secs`]: twice a day, as Web3Signer prunes.
+pub const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 43_200;
+
+/// The longest [`PruneSetting::interval_secs`]: a year (a longer one is a typo).
+pub const MAX_PRUNE_INTERVAL_SECS: u64 = 366 * 86_400;
+
+fn default_prune_interval_secs() -> u64 {
+    DEFAULT_PRUNE_INTERVAL_SECS
+}
+
+impl PruneSetting {
+    /// The time between the end of one prune and the start of the next; refuses 0 and anything
+    /// above [`MAX_PRUNE_INTERVAL_SECS`].
+    pub fn interval(&self) -> Result<std::time::Duration, String> {
+        if self.interval_secs == 0 || self.interval_secs > MAX_PRUNE_INTERVAL_SECS {
+            return Err(format!(
+                "slashing.prune.interval_secs = {}: expected 1 to {MAX_PRUNE_INTERVAL_SECS} seconds (default {DEFAULT_PRUNE_INTERVAL_SECS}, 12 hours)",
+                self.interval_secs
+            ));
+        }
+        Ok(std::time::Duration::from_secs(self.interval_secs))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -517,6 +558,12 @@ impl Config {
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."));
         config.resolve_paths(&base);
+        if let Some(prune) = &config.slashing.prune {
+            prune.interval().map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
         Ok(config)
     }
 
@@ -667,6 +714,9 @@ softhsm2_conf = "hsm/softhsm2.conf"  # SoftHSM2 only; remove for a hardware HSM
 # new_key_min_slot = 13600000
 # new_key_min_epoch = 425000
 # future_margin_epochs = 1         # duties further ahead of the wall clock are refused
+# Remove attestations older than each key's newest 1000 epochs (about 4.4 days) at start and
+# every 12 hours, under a watermark that covers them (docs/slashing.md); off when absent.
+# prune = {{ keep_epochs = 1000, interval_secs = 43200 }}
 # Ethereum keymanager API (/eth/v1/keystores): bearer token written by `init` (mode 0600).
 [keymanager]
 token_file = "data/keymanager.token"
@@ -716,6 +766,48 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let error = Config::load(&path).unwrap_err().to_string();
         assert!(error.contains("netwrok"), "{error}");
+    }
+
+    /// The example's commented prune line, uncommented, parses to its default interval; a zero
+    /// or absurd interval and an unknown key are refused with the setting named.
+    #[test]
+    fn the_prune_setting_parses_and_refuses_bad_intervals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signer.toml");
+        let with = |line: &str| {
+            let text = example(dir.path(), default_listen())
+                .replace("# [slashing]\n", "[slashing]\n")
+                .replace(
+                    "# prune = { keep_epochs = 1000, interval_secs = 43200 }",
+                    line,
+                );
+            std::fs::write(&path, text).unwrap();
+            Config::load(&path)
+        };
+        let config = with("prune = { keep_epochs = 1000, interval_secs = 43200 }").unwrap();
+        assert_eq!(
+            config.slashing.prune,
+            Some(PruneSetting {
+                keep_epochs: 1000,
+                interval_secs: DEFAULT_PRUNE_INTERVAL_SECS
+            })
+        );
+        let defaulted = with("prune = { keep_epochs = 250 }").unwrap();
+        assert_eq!(
+            defaulted.slashing.prune.unwrap().interval().unwrap(),
+            std::time::Duration::from_secs(43_200)
+        );
+        assert_eq!(with("").unwrap().slashing.prune, None, "off when absent");
+        for bad in ["0", "31708800000"] {
+            let error = with(&format!(
+                "prune = {{ keep_epochs = 5, interval_secs = {bad} }}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("slashing.prune.interval_secs"), "{error}");
+        }
+        let error = with("prune = { keep_epoch = 5 }").unwrap_err().to_string();
+        assert!(error.contains("keep_epoch"), "{error}");
     }
 
     /// The example configuration with its `[hsm]` table replaced by `hsm`.

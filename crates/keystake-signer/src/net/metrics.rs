@@ -28,8 +28,8 @@ use axum::routing::get;
 use axum::Router;
 use keystake_core::bls::message_cache::CacheStats;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::net::error::status_of;
@@ -65,6 +65,8 @@ pub struct Metrics {
     db_up: IntGauge,
     refusals: IntCounterVec,
     message_cache: IntGaugeVec,
+    pruned_attestations: IntCounter,
+    prunes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +130,19 @@ impl Metrics {
             &["event"],
         )
         .expect("valid metric");
+        let pruned_attestations = IntCounter::new(
+            "slashing_pruned_attestations_total",
+            "Attestations removed from the slashing history by scheduled prunes ([slashing] prune), their watermarks raised over them",
+        )
+        .expect("valid metric");
+        let prunes = IntCounterVec::new(
+            Opts::new(
+                "slashing_prunes_total",
+                "Scheduled prunes of the slashing history by outcome (completed, failed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Build of the running signer (value 1)"),
             &["version"],
@@ -142,6 +157,8 @@ impl Metrics {
             Box::new(db_up.clone()),
             Box::new(refusals.clone()),
             Box::new(message_cache.clone()),
+            Box::new(pruned_attestations.clone()),
+            Box::new(prunes.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("names are unique");
@@ -155,7 +172,18 @@ impl Metrics {
             db_up,
             refusals,
             message_cache,
+            pruned_attestations,
+            prunes,
         }
+    }
+
+    /// A scheduled prune ended: `removed` attestations, `completed` or failed.
+    pub fn pruned(&self, removed: usize, completed: bool) {
+        self.pruned_attestations
+            .inc_by(u64::try_from(removed).unwrap_or(u64::MAX));
+        self.prunes
+            .with_label_values(&[if completed { "completed" } else { "failed" }])
+            .inc();
     }
 
     pub fn request(&self, api: &str, kind: &str, status: u16) {

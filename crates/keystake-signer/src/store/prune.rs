@@ -18,10 +18,18 @@
 //! key refuses everything it refused before, and a prune stopped half-way (crash, Ctrl-C)
 //! leaves every key consistent. Blocks are not pruned: a key proposes a few a year.
 //!
+//! `serve` runs the same prune on a schedule (`[slashing] prune`, `crate::app`) through
+//! [`Store::prune_attestations_while`]: the connection it shares with the health probe and the
+//! keymanager is held for one transaction at a time, never across a pause, and the prune stops
+//! between two transactions when asked to (shutdown).
+//!
 //! Refuses nothing by itself; a database that cannot be written fails the transaction and the
-//! prune stops with that error, having committed only whole, covered transactions.
+//! prune stops with that error, having committed only whole, covered transactions. A store whose
+//! writer has latched a storage fault (fail-closed) is not pruned: the latched error is returned
+//! before the next transaction.
 #![forbid(unsafe_code)]
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -50,6 +58,9 @@ pub struct PruneSummary {
     pub attestations: usize,
     /// Transactions committed (none in a dry run).
     pub transactions: usize,
+    /// Whether it stopped before visiting every key because it was asked to
+    /// ([`Store::prune_attestations_while`]); what it committed is covered all the same.
+    pub stopped_early: bool,
 }
 
 impl Store {
@@ -61,18 +72,35 @@ impl Store {
         keep_epochs: u64,
         dry_run: bool,
     ) -> Result<PruneSummary, StoreError> {
-        let mut conn = self.admin();
         if dry_run {
+            let mut conn = self.admin();
             // One read transaction: the counts come from one snapshot.
             let snapshot = conn.transaction()?;
             return Ok(count_prunable(&snapshot, keep_epochs)?);
         }
-        Ok(prune_in_transactions(
-            &mut conn,
+        self.prune_attestations_while(keep_epochs, &|| true)
+    }
+
+    /// [`Store::prune_attestations`] (not a dry run) that asks `keep_going` before each
+    /// transaction and stops, with [`PruneSummary::stopped_early`], when it answers `false`.
+    /// The administrative connection is locked for one transaction at a time, so the health
+    /// probe and the keymanager, which share it, wait at most one transaction, never a whole
+    /// prune. A latched storage fault stops it before the next transaction, with that error.
+    pub fn prune_attestations_while(
+        &self,
+        keep_epochs: u64,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<PruneSummary, StoreError> {
+        prune_in_transactions(
+            &self.admin,
             keep_epochs,
             PRUNE_ROWS_PER_TRANSACTION,
             PRUNE_MIN_PAUSE,
-        )?)
+            &|| {
+                self.refuse_if_latched()?;
+                Ok(keep_going())
+            },
+        )
     }
 }
 
@@ -140,21 +168,25 @@ impl PruneProgress {
 }
 
 /// The prune itself: one transaction after another ([`prune_one_transaction`]), with a pause of
-/// at least `min_pause`, and at least the last transaction's own time, between two.
+/// at least `min_pause`, and at least the last transaction's own time, between two; `admin`
+/// locked for each transaction only. `before_each` is asked before every transaction: `Ok(false)`
+/// stops the prune there, an error ends it with that error.
 fn prune_in_transactions(
-    conn: &mut Connection,
+    admin: &Mutex<Connection>,
     keep_epochs: u64,
     budget: usize,
     min_pause: Duration,
-) -> Result<PruneSummary, rusqlite::Error> {
-    let mut progress = PruneProgress::start(conn)?;
+    before_each: &dyn Fn() -> Result<bool, StoreError>,
+) -> Result<PruneSummary, StoreError> {
+    // A panic while holding the lock leaves a usable connection (see `Store::admin`).
+    let lock = || admin.lock().unwrap_or_else(|p| p.into_inner());
+    let mut progress = PruneProgress::start(&lock())?;
     let mut pause = Duration::ZERO;
     while !progress.done() {
         if progress.summary.transactions > 0 {
             std::thread::sleep(pause);
         }
-        let started = Instant::now();
-        if let Err(error) = prune_one_transaction(conn, keep_epochs, budget, &mut progress) {
+        let failed = |error: &dyn std::fmt::Display, progress: &PruneProgress| {
             tracing::error!(
                 removed = progress.summary.attestations,
                 validators = progress.summary.validators,
@@ -162,7 +194,23 @@ fn prune_in_transactions(
                 %error,
                 "prune stopped; what the committed transactions removed is covered by watermarks"
             );
-            return Err(error);
+        };
+        match before_each() {
+            Ok(true) => {}
+            Ok(false) => {
+                progress.summary.stopped_early = true;
+                break;
+            }
+            Err(error) => {
+                failed(&error, &progress);
+                return Err(error);
+            }
+        }
+        let started = Instant::now();
+        let result = prune_one_transaction(&mut lock(), keep_epochs, budget, &mut progress);
+        if let Err(error) = result {
+            failed(&error, &progress);
+            return Err(error.into());
         }
         pause = started.elapsed().max(min_pause);
     }
@@ -268,6 +316,7 @@ fn prune_one_transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreFault;
     use keystake_core::slashing::{MemoryHistory, Safe, SignedAttestation, SlashingRequest};
     use keystake_core::types::{BlsPublicKey, Root};
     use rand::{Rng, SeedableRng};
@@ -320,7 +369,8 @@ mod tests {
             PruneSummary {
                 validators: 1,
                 attestations: 29,
-                transactions: 0
+                transactions: 0,
+                stopped_early: false,
             }
         );
         assert_eq!(
@@ -389,7 +439,8 @@ mod tests {
         }
         let keep = 17;
         let whole = one.prune_attestations(keep, false).unwrap();
-        let split = prune_in_transactions(&mut many.admin(), keep, 3, Duration::ZERO).unwrap();
+        let split =
+            prune_in_transactions(&many.admin, keep, 3, Duration::ZERO, &|| Ok(true)).unwrap();
         assert_eq!(whole.transactions, 1);
         assert!(split.transactions > 10, "{split:?}");
         assert_eq!(
@@ -534,14 +585,88 @@ mod tests {
         for k in 1..=10 {
             sign_run(&store, k, [7]);
         }
-        let summary = prune_in_transactions(&mut store.admin(), 5, 3, Duration::ZERO).unwrap();
+        let summary =
+            prune_in_transactions(&store.admin, 5, 3, Duration::ZERO, &|| Ok(true)).unwrap();
         assert_eq!(
             summary,
             PruneSummary {
                 validators: 0,
                 attestations: 0,
-                transactions: 4
+                transactions: 4,
+                stopped_early: false,
             }
         );
+    }
+
+    /// `serve`'s prune stops between two transactions when asked (shutdown): what it committed
+    /// is covered, the next prune finishes the rest, and the shared connection is free whenever
+    /// it is asked — never held across the pause, which the health probe would wait out.
+    #[test]
+    fn a_prune_asked_to_stop_stops_between_transactions_without_holding_the_connection() {
+        let (_dir, store) = new_store();
+        for k in 1..=6 {
+            sign_run(&store, k, 1..=8);
+        }
+        let before: Vec<(u8, SlashingRequest)> = (1..=6)
+            .flat_map(|k| grid().into_iter().map(move |request| (k, request)))
+            .filter(|(k, request)| refuses(&store, *k, *request))
+            .collect();
+        let asked = std::cell::Cell::new(0);
+        let partial = prune_in_transactions(&store.admin, 2, 4, Duration::ZERO, &|| {
+            assert!(
+                store.admin.try_lock().is_ok(),
+                "connection held between transactions"
+            );
+            asked.set(asked.get() + 1);
+            Ok(asked.get() <= 2)
+        })
+        .unwrap();
+        assert_eq!(asked.get(), 3);
+        assert_eq!(partial.transactions, 2);
+        assert!(partial.stopped_early);
+        assert!(partial.attestations > 0);
+        for (k, request) in &before {
+            assert!(
+                refuses(&store, *k, *request),
+                "key {k}: {request:?} allowed"
+            );
+        }
+        let rest = store.prune_attestations(2, false).unwrap();
+        assert!(!rest.stopped_early);
+        assert_eq!(partial.attestations + rest.attestations, 6 * 5);
+        for k in 1..=6 {
+            let targets: Vec<u64> = store
+                .history(&key(k))
+                .unwrap()
+                .unwrap()
+                .attestations
+                .iter()
+                .map(|a| a.target.0)
+                .collect();
+            assert_eq!(targets, vec![6, 7, 8], "key {k}");
+        }
+    }
+
+    /// A store whose writer latched a storage fault (fail-closed) is not written by a prune.
+    #[test]
+    fn a_latched_store_is_not_pruned() {
+        let (dir, store) = new_store();
+        sign_run(&store, 1, 1..=8);
+        store
+            .latch
+            .set(StoreFault::Replaced {
+                path: dir.path().join("db"),
+            })
+            .unwrap();
+        let error = store.prune_attestations(0, false).unwrap_err();
+        assert!(
+            matches!(error, StoreError::Unavailable(StoreFault::Latched(_))),
+            "{error:?}"
+        );
+        let count: i64 = store
+            .admin()
+            .query_row("SELECT count(*) FROM signed_attestations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 8);
     }
 }
