@@ -27,12 +27,11 @@ fn verify(config: &Path) -> (bool, String, String) {
 }
 
 /// A copy of the appliance's database (consistent, WAL included) with a config pointing at it.
-fn tampered_copy(setup: &PolicyAppliance, name: &str, sql: &str) -> PathBuf {
-    let root = setup.appliance.path().join(format!("tamper-{name}"));
+fn tampered_copy(appliance: &Appliance, name: &str, sql: &str) -> PathBuf {
+    let root = appliance.path().join(format!("tamper-{name}"));
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let source =
-        rusqlite::Connection::open(setup.appliance.path().join("data/signer.sqlite")).unwrap();
+    let source = rusqlite::Connection::open(appliance.path().join("data/signer.sqlite")).unwrap();
     source
         .execute(
             "VACUUM INTO ?1",
@@ -42,7 +41,7 @@ fn tampered_copy(setup: &PolicyAppliance, name: &str, sql: &str) -> PathBuf {
     let copy = rusqlite::Connection::open(data.join("signer.sqlite")).unwrap();
     copy.execute_batch(sql).unwrap();
     drop(copy);
-    let config = std::fs::read_to_string(&setup.appliance.config)
+    let config = std::fs::read_to_string(&appliance.config)
         .unwrap()
         .replace(
             "data_dir = \"data\"",
@@ -50,7 +49,7 @@ fn tampered_copy(setup: &PolicyAppliance, name: &str, sql: &str) -> PathBuf {
         )
         .replace("policy_file = \"policy.toml\"\n", "");
     // Relative paths (certs, HSM) still resolve against the original directory.
-    let config_path = setup.appliance.path().join(format!("tamper-{name}.toml"));
+    let config_path = appliance.path().join(format!("tamper-{name}.toml"));
     std::fs::write(&config_path, config).unwrap();
     config_path
 }
@@ -239,7 +238,7 @@ async fn every_decision_is_chained_and_tampering_is_found() {
         ),
     ];
     for (name, sql, place) in cases {
-        let tampered = tampered_copy(&setup, name, sql);
+        let tampered = tampered_copy(&setup.appliance, name, sql);
         let (ok, stdout, stderr) = verify(&tampered);
         assert!(!ok, "{name}: verify passed:\n{stdout}");
         assert!(stderr.contains("NOT intact"), "{name}: {stderr}");
@@ -252,7 +251,7 @@ async fn every_decision_is_chained_and_tampering_is_found() {
     let (_, stdout, _) = verify(&config);
     let head = stdout.split("head ").nth(1).unwrap().trim().to_owned();
     let tampered = tampered_copy(
-        &setup,
+        &setup.appliance,
         "truncated",
         &format!("DELETE FROM audit_log WHERE seq = {total};"),
     );
@@ -337,4 +336,146 @@ async fn a_rewritten_chain_is_caught_by_an_earlier_signed_head() {
         &["--signed-head", forged_file.to_str().unwrap()],
     );
     assert!(!ok && stderr.contains("does not verify"), "{stderr}");
+}
+
+/// `audit prune` while `serve` signs: the old entries go to an archive, the log continues after an
+/// anchor signed by the identity key, `verify` checks the anchor and, with the archives, the whole
+/// chain from its first entry; a signed head older than the anchor needs its archive; removing
+/// entries or moving the anchor without the HSM is found; an archive is never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_found() {
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(2);
+    let (server, client) = appliance.serve();
+    let sign = sign_path(&key);
+    for target in 1..=4u64 {
+        let (status, body) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let path = |name: &str| appliance.path().join(name);
+    let arg = |name: &str| path(name).to_str().unwrap().to_owned();
+    let early = arg("early-head.json");
+    appliance.cli_ok(
+        &["audit", "export"],
+        &["--out", &arg("before.jsonl"), "--signed-head", &early],
+    );
+    let before = export(&appliance.config);
+    let early_seq = before.last().unwrap()["seq"].as_u64().unwrap();
+    assert!(early_seq >= 4, "{before:?}");
+
+    // First prune, while serving: everything before the early head's entry.
+    let out = appliance.cli_ok(
+        &["audit", "prune"],
+        &[
+            "--archive",
+            &arg("a1.jsonl"),
+            "--before-seq",
+            &early_seq.to_string(),
+        ],
+    );
+    assert!(
+        out.contains(&format!(
+            "pruned {} audit entries (1..={})",
+            early_seq - 1,
+            early_seq - 1
+        )),
+        "{out}"
+    );
+    let archived: Vec<Value> = std::fs::read_to_string(path("a1.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(archived, before[..before.len() - 1]);
+    // The appliance goes on signing and chaining after the prune.
+    for target in 5..=7u64 {
+        let (status, _) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
+        assert_eq!(status, 200);
+    }
+    let (ok, stdout, stderr) = verify(&appliance.config);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("after the signed anchor"), "{stdout}");
+    let (ok, stdout, stderr) = verify_with(&appliance.config, &["--signed-head", &early]);
+    assert!(ok && stdout.contains("verified"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = verify_with(&appliance.config, &["--archive", &arg("a1.jsonl")]);
+    assert!(ok && stdout.contains("in archives"), "{stdout}{stderr}");
+    assert_eq!(
+        export(&appliance.config)[0]["seq"].as_u64(),
+        Some(early_seq)
+    );
+
+    // An archive is never overwritten; nothing is removed then.
+    let (ok, _, stderr) = appliance.cli(
+        &["audit", "prune"],
+        &["--archive", &arg("a1.jsonl"), "--keep-days", "0"],
+    );
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    assert_eq!(
+        export(&appliance.config)[0]["seq"].as_u64(),
+        Some(early_seq)
+    );
+
+    // Second prune: all but the newest entry.
+    let out = appliance.cli_ok(
+        &["audit", "prune"],
+        &["--archive", &arg("a2.jsonl"), "--keep-days", "0"],
+    );
+    assert!(out.contains("pruned"), "{out}");
+    let left = export(&appliance.config);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let out = appliance.cli_ok(
+        &["audit", "prune"],
+        &["--archive", &arg("a3.jsonl"), "--keep-days", "0"],
+    );
+    assert!(out.contains("nothing to prune"), "{out}");
+    assert!(!path("a3.jsonl").exists());
+    let (ok, _, stderr) = verify_with(&appliance.config, &["--signed-head", &early]);
+    assert!(!ok && stderr.contains("pass the archive"), "{stderr}");
+    let (ok, stdout, stderr) = verify_with(
+        &appliance.config,
+        &[
+            "--signed-head",
+            &early,
+            "--archive",
+            &arg("a1.jsonl"),
+            "--archive",
+            &arg("a2.jsonl"),
+        ],
+    );
+    assert!(ok && stdout.contains("verified"), "{stdout}{stderr}");
+    let (ok, _, stderr) = verify_with(&appliance.config, &["--archive", &arg("a2.jsonl")]);
+    assert!(
+        !ok && stderr.contains("missing"),
+        "an archive alone is not the chain's start: {stderr}"
+    );
+    let (ok, _, stderr) = verify_with(
+        &appliance.config,
+        &["--archive", &arg("a2.jsonl"), "--archive", &arg("a1.jsonl")],
+    );
+    assert!(!ok, "archives out of order: {stderr}");
+    drop(client);
+    drop(server);
+
+    // Without the HSM: moving the anchor, deleting it, or editing an entry after it is found.
+    for (name, sql, wanted) in [
+        (
+            "anchor-moved",
+            "UPDATE meta SET value = replace(CAST(value AS TEXT), '\"head\":\"', '\"head\":\"1') WHERE key = 'audit_anchor'",
+            "does not verify",
+        ),
+        (
+            "anchor-deleted",
+            "DELETE FROM meta WHERE key = 'audit_anchor'",
+            "missing",
+        ),
+        (
+            "entry-edited",
+            "UPDATE audit_log SET reason = 'edited'",
+            "does not match its contents",
+        ),
+    ] {
+        let config = tampered_copy(&appliance, name, sql);
+        let (ok, _, stderr) = verify(&config);
+        assert!(!ok && stderr.contains(wanted), "{name}: {stderr}");
+    }
 }

@@ -208,12 +208,45 @@ impl Broken {
 
 /// Verify entries given in storage order; returns the head of the intact chain.
 pub fn verify<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<Head, Broken> {
-    let mut head = Head::EMPTY;
+    verify_from(Head::EMPTY, entries)
+}
+
+/// [`verify`] of a chain whose older entries were pruned: the first entry must follow `anchor`
+/// (the head of the last entry removed; [`Head::EMPTY`] when none was).
+pub fn verify_from<'a>(
+    anchor: Head,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> Result<Head, Broken> {
+    let mut chain = ChainVerifier::new(anchor);
     for entry in entries {
-        let expected = head.seq + 1;
+        chain.push(entry)?;
+    }
+    Ok(chain.head())
+}
+
+/// [`verify_from`] one entry at a time, for chains read as a stream (archives, large logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainVerifier {
+    head: Head,
+}
+
+impl ChainVerifier {
+    /// A verifier whose next entry must follow `anchor`.
+    pub fn new(anchor: Head) -> Self {
+        Self { head: anchor }
+    }
+
+    /// The head of what was verified so far (the anchor before any entry).
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Check that `entry` follows the entries before it; the first fault is named.
+    pub fn push(&mut self, entry: &Entry) -> Result<(), Broken> {
+        let expected = self.head.seq + 1;
         if entry.seq > expected {
             return Err(Broken::Gap {
-                previous: head.seq,
+                previous: self.head.seq,
                 found: entry.seq,
                 missing_from: expected,
             });
@@ -227,18 +260,18 @@ pub fn verify<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<Head, 
         if entry_hash(entry.seq, &entry.prev_hash, &entry.record) != entry.hash {
             return Err(Broken::HashMismatch { seq: entry.seq });
         }
-        if entry.prev_hash != head.hash {
+        if entry.prev_hash != self.head.hash {
             return Err(Broken::PrevMismatch {
                 seq: entry.seq,
-                previous: head.seq,
+                previous: self.head.seq,
             });
         }
-        head = Head {
+        self.head = Head {
             seq: entry.seq,
             hash: entry.hash,
         };
+        Ok(())
     }
-    Ok(head)
 }
 
 /// Check a verified chain against a head recorded earlier: that entry must still be there,
@@ -270,6 +303,21 @@ pub fn head_statement(head: &Head) -> Vec<u8> {
     statement.extend_from_slice(&head.seq.to_be_bytes());
     statement.extend_from_slice(&head.hash);
     statement
+}
+
+/// A head signed by an appliance's identity key, as JSON: what `audit export --signed-head`
+/// writes, and what `audit prune` stores as the anchor of a pruned log. The signature is checked
+/// by the caller, against the identity key it trusts (the HSM's), never against the key the file
+/// names alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedHead {
+    /// `SEQ:SHA256HEX`, as `verify` prints it.
+    pub head: String,
+    /// The identity public key, uncompressed SEC1, hex.
+    pub identity_key: String,
+    /// ECDSA P-256 `r || s` over SHA-256 of [`head_statement`] of the head, hex.
+    pub signature: String,
 }
 
 /// Parse a head written as `SEQ:HEX` (what `audit verify` prints).
@@ -455,6 +503,51 @@ mod tests {
                 previous: 2
             })
         );
+    }
+
+    /// A pruned chain verifies from the head of the last entry removed, and from nothing else:
+    /// another anchor, or a gap after it, is named.
+    #[test]
+    fn a_pruned_chain_verifies_from_its_anchor_only() {
+        let entries = chain(10);
+        let anchor = Head {
+            seq: 4,
+            hash: entries[3].hash,
+        };
+        let kept = &entries[4..];
+        assert_eq!(
+            verify_from(anchor, kept).unwrap(),
+            verify(&entries).unwrap()
+        );
+        assert_eq!(verify_from(anchor, &[]).unwrap(), anchor);
+        assert_eq!(
+            verify(kept),
+            Err(Broken::Gap {
+                previous: 0,
+                found: 5,
+                missing_from: 1
+            })
+        );
+        let wrong = Head {
+            seq: 4,
+            hash: entries[2].hash,
+        };
+        assert_eq!(
+            verify_from(wrong, kept),
+            Err(Broken::PrevMismatch {
+                seq: 5,
+                previous: 4
+            })
+        );
+        assert!(matches!(
+            verify_from(anchor, &entries[5..]),
+            Err(Broken::Gap { found: 6, .. })
+        ));
+        let mut streamed = ChainVerifier::new(Head::EMPTY);
+        for entry in &entries {
+            streamed.push(entry).unwrap();
+        }
+        assert_eq!(streamed.head(), verify(&entries).unwrap());
     }
 
     #[test]

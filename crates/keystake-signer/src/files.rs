@@ -50,6 +50,19 @@ pub fn write_file(
     mode: u32,
     overwrite: Overwrite,
 ) -> Result<(), FileError> {
+    write_file_streamed(path, mode, overwrite, &mut |out| out.write_all(contents))
+}
+
+/// [`write_file`] of contents too large to hold in memory: `fill` writes them (buffered) and
+/// may be called a second time, from the start, on a file system without hard links under
+/// [`Overwrite::Refuse`], so it must write the same bytes each time. An error from `fill`
+/// leaves nothing behind.
+pub fn write_file_streamed(
+    path: &Path,
+    mode: u32,
+    overwrite: Overwrite,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), FileError> {
     let write_error = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
@@ -64,10 +77,7 @@ pub fn write_file(
         file_name.to_string_lossy(),
         hex::encode(suffix)
     ));
-    let written = create_exclusive(&temporary, mode).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.sync_all()
-    });
+    let written = create_exclusive(&temporary, mode).and_then(|file| fill_and_sync(file, fill));
     let placed = written.and_then(|()| match overwrite {
         Overwrite::Replace => fs::rename(&temporary, path),
         // link(2) never replaces an existing target: the check and the write are one step.
@@ -81,7 +91,7 @@ pub fn write_file(
             }
             Err(error) if links_unsupported(&error) => {
                 let _ = fs::remove_file(&temporary);
-                write_exclusive(path, contents, mode)
+                write_exclusive(path, mode, fill)
             }
             Err(error) => Err(error),
         },
@@ -125,13 +135,27 @@ fn links_unsupported(error: &io::Error) -> bool {
 
 /// Without hard links: create the target itself exclusively (still never clobbering, mode set
 /// at creation), at the cost of a partial file if the write fails half-way — removed then.
-fn write_exclusive(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let mut file = create_exclusive(path, mode)?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
+fn write_exclusive(
+    path: &Path,
+    mode: u32,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let written = create_exclusive(path, mode).and_then(|file| fill_and_sync(file, fill));
     if written.is_err() {
         let _ = fs::remove_file(path);
     }
     written
+}
+
+/// Write through a buffer, flush, and `fsync`.
+fn fill_and_sync(
+    file: fs::File,
+    fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buffered = io::BufWriter::new(file);
+    fill(&mut buffered)?;
+    let file = buffered.into_inner().map_err(|error| error.into_error())?;
+    file.sync_all()
 }
 
 fn create_exclusive(path: &Path, mode: u32) -> io::Result<fs::File> {

@@ -1,4 +1,4 @@
-//! `keystake-signer audit verify|export`: the tamper-evident audit log (docs/audit.md).
+//! `keystake-signer audit verify|export|prune`: the tamper-evident audit log (docs/audit.md).
 //! `verify` walks the whole hash chain and prints the head (`SEQ:HASH`) to keep elsewhere;
 //! `export` writes every entry as one JSON line, to standard output or `--out FILE`.
 //!
@@ -8,21 +8,34 @@
 //! rewrite of the whole chain (every hash recomputed) passes a plain `verify` but not this one,
 //! and without the HSM nobody can sign a head for the rewritten chain.
 //!
+//! `prune` bounds the log: it writes the entries older than a cut to an archive file (JSON lines,
+//! as `export` writes them; fsynced before anything is removed), stores the head of the last one
+//! as the log's **anchor**, signed by the identity key, and then deletes them in short paced
+//! transactions (safe while `serve` runs). From then on `verify` checks the anchor's signature
+//! against the identity key and the chain from the anchor; `verify --archive FILE…` checks the
+//! archives from the first entry ever written up to the anchor, and the database after it, as
+//! one chain. Removing old entries without the HSM cannot be hidden: the anchor would not verify.
+//!
 //! Refuses (as a failed command naming the first entry at fault): an audit log whose chain is
-//! broken, or that no longer holds the `--expect-head` / `--signed-head` entry unchanged; a
-//! `--expect-head` that is not `SEQ:SHA256HEX`; a signed head whose signature does not verify or
-//! that another key signed; signing the head of a broken chain. Export itself does not verify: an
-//! export of a broken chain is still useful evidence.
+//! broken, or that no longer holds the `--expect-head` / `--signed-head` entry unchanged (or, for
+//! a pruned entry, whose archive is not given); a `--expect-head` that is not `SEQ:SHA256HEX`; a
+//! signed head or stored anchor whose signature does not verify or that another key signed;
+//! signing the head of a broken chain; pruning a broken chain (it is evidence), pruning the
+//! newest entry (the chain continues from it), and an archive path that exists. Export itself
+//! does not verify: an export of a broken chain is still useful evidence.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use super::load_config;
 use crate::config::Config;
-use keystake_core::audit;
+use crate::hsm::signing_key::{EcdsaSignature, KeyRole, P256PublicKey, SIGNATURE_LEN};
+use crate::store::audit::AuditSnapshot;
+use crate::store::Store;
+use keystake_core::audit::{self, ChainVerifier, Entry, Head, SignedHead};
 
 /// `keystake-signer audit …`.
 #[derive(Debug, clap::Subcommand)]
@@ -38,6 +51,10 @@ pub enum AuditCommand {
         /// appliance's identity key, and that entry must still be there unchanged.
         #[arg(long)]
         signed_head: Option<PathBuf>,
+        /// Archives written by `audit prune`, oldest first: checked with the database as one
+        /// chain from the first entry ever written.
+        #[arg(long)]
+        archive: Vec<PathBuf>,
     },
     /// Write every audit entry as JSON lines (to stdout, or --out FILE).
     Export {
@@ -49,18 +66,25 @@ pub enum AuditCommand {
         #[arg(long)]
         signed_head: Option<PathBuf>,
     },
-}
-
-/// A chain head signed by the appliance's identity key (`export --signed-head`), as JSON.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedHeadFile {
-    /// `SEQ:SHA256HEX`, as `verify` prints it.
-    pub head: String,
-    /// The identity public key, uncompressed SEC1, hex.
-    pub identity_key: String,
-    /// ECDSA P-256 `r || s` over SHA-256 of `audit::head_statement(head)`, hex.
-    pub signature: String,
+    /// Move the entries older than a cut to an archive file and remove them from the database,
+    /// under an anchor signed by the identity key (safe while `serve` runs).
+    Prune {
+        #[arg(long)]
+        config: PathBuf,
+        /// The archive to write (JSON lines, as `export`); must not exist.
+        #[arg(long)]
+        archive: PathBuf,
+        /// Keep the entries of the last D days (by their time); the newest entry always stays.
+        #[arg(
+            long,
+            conflicts_with = "before_seq",
+            required_unless_present = "before_seq"
+        )]
+        keep_days: Option<u64>,
+        /// Remove the entries before this sequence number; the newest entry always stays.
+        #[arg(long)]
+        before_seq: Option<u64>,
+    },
 }
 
 pub fn run(command: AuditCommand) -> Result<()> {
@@ -69,16 +93,27 @@ pub fn run(command: AuditCommand) -> Result<()> {
             config,
             expect_head,
             signed_head,
+            archive,
         } => {
             let config = load_config(&config)?;
-            verify_audit(
-                &config,
-                expect_head.as_deref(),
-                &mut std::io::stdout().lock(),
-            )?;
-            if let Some(path) = signed_head {
-                let head = verify_signed_head(&config, &path)?;
-                println!("signed head {head} verified: signed by this appliance's identity key, entry unchanged");
+            let mut expected = Vec::new();
+            if let Some(text) = &expect_head {
+                expected.push(
+                    audit::parse_head(text).with_context(|| {
+                        format!("--expect-head {text:?}: expected SEQ:SHA256HEX")
+                    })?,
+                );
+            }
+            let signed = match &signed_head {
+                Some(path) => Some(read_signed_head(&config, path)?),
+                None => None,
+            };
+            expected.extend(signed);
+            verify_audit(&config, &archive, &expected, &mut std::io::stdout().lock())?;
+            if let Some(head) = signed {
+                println!(
+                    "signed head {head} verified: signed by this appliance's identity key, entry unchanged"
+                );
             }
         }
         AuditCommand::Export {
@@ -105,99 +140,54 @@ pub fn run(command: AuditCommand) -> Result<()> {
                 }
             }
         }
+        AuditCommand::Prune {
+            config,
+            archive,
+            keep_days,
+            before_seq,
+        } => {
+            let config = load_config(&config)?;
+            let cut = match (keep_days, before_seq) {
+                (_, Some(seq)) => Cut::BeforeSeq(seq),
+                (Some(days), None) => {
+                    Cut::OlderThanMs(now_ms().saturating_sub(days.saturating_mul(86_400_000)))
+                }
+                (None, None) => anyhow::bail!("give --keep-days or --before-seq"),
+            };
+            let summary = prune_audit(&config, &archive, cut)?;
+            match summary {
+                None => println!("nothing to prune: no entry before the cut except the newest"),
+                Some(summary) => println!(
+                    "pruned {} audit entries ({}..={}) into {}; the log now starts after the signed anchor {}",
+                    summary.removed,
+                    summary.first,
+                    summary.anchor.seq,
+                    archive.display(),
+                    summary.anchor
+                ),
+            }
+        }
     }
     Ok(())
 }
 
-/// `audit verify`: walk the whole chain; succeed only if it is intact (and, with
-/// `expect_head`, still contains that entry unchanged). Prints the head to keep elsewhere.
-pub fn verify_audit(
-    config: &Config,
-    expect_head: Option<&str>,
-    out: &mut dyn Write,
-) -> Result<audit::Head> {
-    let store = crate::app::open_store(config)?;
-    let entries = store.audit_entries()?;
-    let head = audit::verify(&entries).map_err(|broken| {
-        anyhow::anyhow!(
-            "audit log {} is NOT intact at entry {}: {broken}",
-            store.path().display(),
-            broken.seq()
-        )
-    })?;
-    if let Some(text) = expect_head {
-        let expected = audit::parse_head(text)
-            .with_context(|| format!("--expect-head {text:?}: expected SEQ:SHA256HEX"))?;
-        audit::verify_head(&entries, expected).map_err(|broken| {
-            anyhow::anyhow!(
-                "audit log {} is NOT intact: {broken}",
-                store.path().display()
-            )
-        })?;
-    }
-    writeln!(
-        out,
-        "audit log intact: {} entries, head {head}",
-        entries.len()
-    )?;
-    Ok(head)
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
-/// `audit export`: every entry as one JSON object per line, in sequence order (verification is
-/// separate: an export of a broken chain is still useful evidence).
-pub fn export_audit(config: &Config, out: &mut dyn Write) -> Result<usize> {
-    let store = crate::app::open_store(config)?;
-    let entries = store.audit_entries()?;
-    for entry in &entries {
-        serde_json::to_writer(&mut *out, entry)?;
-        writeln!(out)?;
-    }
-    out.flush()?;
-    Ok(entries.len())
-}
-
-/// `export --signed-head`: sign the head of the (intact) chain with the identity key in the HSM
-/// and write it to `path`. Refuses a broken chain: a signature would vouch for a rewrite.
-pub fn sign_head(config: &Config, path: &std::path::Path) -> Result<audit::Head> {
-    let store = crate::app::open_store(config)?;
-    let entries = store.audit_entries()?;
-    let head = audit::verify(&entries).map_err(|broken| {
-        anyhow::anyhow!(
-            "audit log {} is NOT intact at entry {}: {broken}; refusing to sign its head",
-            store.path().display(),
-            broken.seq()
-        )
-    })?;
-    let key = crate::app::open_signing_key(config, crate::hsm::signing_key::KeyRole::Identity)?;
-    let signature = key.sign_sha256(&audit::head_statement(&head))?;
-    let file = SignedHeadFile {
-        head: head.to_string(),
-        identity_key: hex::encode(key.public_key().as_sec1()),
-        signature: hex::encode(signature.as_bytes()),
-    };
-    let mut text = serde_json::to_string_pretty(&file)?;
-    text.push('\n');
-    crate::files::write_file(
-        path,
-        text.as_bytes(),
-        crate::files::PUBLIC_FILE_MODE,
-        crate::files::Overwrite::Replace,
-    )?;
-    Ok(head)
-}
-
-/// `verify --signed-head`: the signature verifies under the key named in the file, that key is
-/// this appliance's identity key, and the chain still holds the signed entry unchanged.
-pub fn verify_signed_head(config: &Config, path: &std::path::Path) -> Result<audit::Head> {
-    use crate::hsm::signing_key::{EcdsaSignature, KeyRole, P256PublicKey, SIGNATURE_LEN};
-    let file: SignedHeadFile = super::read_json(path, "signed audit head")?;
-    let bad = |what: &str| anyhow::anyhow!("signed head {}: {what}", path.display());
-    let head = audit::parse_head(&file.head).ok_or_else(|| bad("head is not SEQ:SHA256HEX"))?;
-    let key = hex::decode(&file.identity_key)
+/// The head a stored or given signed head vouches for, if its signature verifies under
+/// `identity` (the key this appliance holds in its HSM, never the key the file names alone).
+fn check_signed_head(signed: &SignedHead, identity: &P256PublicKey, what: &str) -> Result<Head> {
+    let bad = |why: &str| anyhow::anyhow!("{what}: {why}");
+    let head = audit::parse_head(&signed.head).ok_or_else(|| bad("head is not SEQ:SHA256HEX"))?;
+    let key = hex::decode(&signed.identity_key)
         .ok()
         .and_then(|bytes| P256PublicKey::from_sec1(&bytes))
         .ok_or_else(|| bad("identity_key is not an uncompressed P-256 point in hex"))?;
-    let signature: [u8; SIGNATURE_LEN] = hex::decode(&file.signature)
+    let signature: [u8; SIGNATURE_LEN] = hex::decode(&signed.signature)
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| bad("signature is not 64 bytes of hex"))?;
@@ -207,19 +197,343 @@ pub fn verify_signed_head(config: &Config, path: &std::path::Path) -> Result<aud
     ) {
         return Err(bad("the signature does not verify (forged or edited head)"));
     }
-    let identity = crate::app::open_signing_key(config, KeyRole::Identity)?;
-    if identity.public_key() != &key {
+    if &key != identity {
         return Err(bad(
             "signed by another key than this appliance's identity key",
         ));
     }
+    Ok(head)
+}
+
+fn identity_key(config: &Config) -> Result<P256PublicKey> {
+    Ok(*crate::app::open_signing_key(config, KeyRole::Identity)?.public_key())
+}
+
+/// `verify --signed-head FILE`: the head it vouches for, its signature checked against this
+/// appliance's identity key.
+fn read_signed_head(config: &Config, path: &Path) -> Result<Head> {
+    let signed: SignedHead = super::read_json(path, "signed audit head")?;
+    check_signed_head(
+        &signed,
+        &identity_key(config)?,
+        &format!("signed head {}", path.display()),
+    )
+}
+
+/// The stored anchor's head, its signature checked against the identity key; [`Head::EMPTY`]
+/// for a log never pruned (no HSM needed then).
+fn checked_anchor(config: &Config, stored: Option<&SignedHead>) -> Result<Head> {
+    match stored {
+        None => Ok(Head::EMPTY),
+        Some(signed) => check_signed_head(
+            signed,
+            &identity_key(config)?,
+            "the stored audit anchor (older entries removed without the identity key?)",
+        ),
+    }
+}
+
+/// What [`verify_audit`] found intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub head: Head,
+    /// Entries checked in the database (after the anchor).
+    pub entries: u64,
+    /// Entries checked in the archives.
+    pub archived: u64,
+    /// The stored anchor, when the log was pruned.
+    pub anchor: Option<Head>,
+}
+
+/// Where a chain breaks, as the command's error.
+fn broken(store: &Store, broken: audit::Broken) -> anyhow::Error {
+    anyhow::anyhow!(
+        "audit log {} is NOT intact at entry {}: {broken}",
+        store.path().display(),
+        broken.seq()
+    )
+}
+
+/// `audit verify`: the archives (oldest first, from the first entry ever written) up to the
+/// stored anchor, then the database after it, as one chain; the anchor's signature against the
+/// identity key; every `expected` head still there unchanged. Prints the head to keep elsewhere.
+pub fn verify_audit(
+    config: &Config,
+    archives: &[PathBuf],
+    expected: &[Head],
+    out: &mut dyn Write,
+) -> Result<Verified> {
     let store = crate::app::open_store(config)?;
-    let entries = store.audit_entries()?;
-    audit::verify_head(&entries, head).map_err(|broken| {
-        anyhow::anyhow!(
-            "audit log {} is NOT intact: {broken} (the signed head {head} is no longer in the chain: rewritten)",
+    let mut found = vec![false; expected.len()];
+    let mut mark = |entry: &Entry| {
+        for (i, head) in expected.iter().enumerate() {
+            if head.seq == entry.seq && head.hash == entry.hash {
+                found[i] = true;
+            }
+        }
+    };
+    let mut chain = ChainVerifier::new(Head::EMPTY);
+    let mut archived = 0u64;
+    for path in archives {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening the audit archive {}", path.display()))?;
+        for (line_number, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            let entry: Entry = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{} line {}: not an audit entry",
+                    path.display(),
+                    line_number + 1
+                )
+            })?;
+            chain.push(&entry).map_err(|fault| {
+                anyhow::anyhow!(
+                    "audit archive {} is NOT intact at entry {}: {fault}",
+                    path.display(),
+                    fault.seq()
+                )
+            })?;
+            mark(&entry);
+            archived += 1;
+        }
+    }
+    let (entries, anchor) = store.read_audit(|snapshot| -> Result<_> {
+        let stored = snapshot.anchor()?;
+        let anchor = checked_anchor(config, stored.as_ref())?;
+        if archives.is_empty() {
+            chain = ChainVerifier::new(anchor);
+        } else if chain.head() != anchor {
+            anyhow::bail!(
+                "the archives end at {} but the database continues after the anchor {anchor}: an archive is missing or out of order",
+                chain.head()
+            );
+        }
+        let mut entries = 0u64;
+        snapshot.for_each(anchor.seq, &mut |entry| -> Result<()> {
+            chain.push(&entry).map_err(|fault| broken(&store, fault))?;
+            mark(&entry);
+            entries += 1;
+            Ok(())
+        })?;
+        Ok((entries, stored.map(|_| anchor)))
+    })?;
+    let head = chain.head();
+    for (head_expected, found) in expected.iter().zip(&found) {
+        if *found || anchor == Some(*head_expected) {
+            continue;
+        }
+        if let Some(anchor) = anchor.filter(|a| head_expected.seq < a.seq && archives.is_empty()) {
+            anyhow::bail!(
+                "audit log {}: entry {} was pruned (the log starts after the signed anchor {anchor}); pass the archive that holds it with --archive",
+                store.path().display(),
+                head_expected.seq
+            );
+        }
+        let mismatch = audit::Broken::HeadMismatch {
+            expected: *head_expected,
+            actual: head,
+        };
+        anyhow::bail!(
+            "audit log {} is NOT intact: {mismatch} (that entry is no longer in the chain: rewritten)",
             store.path().display()
+        );
+    }
+    let verified = Verified {
+        head,
+        entries,
+        archived,
+        anchor,
+    };
+    match (anchor, archived) {
+        (None, 0) => writeln!(out, "audit log intact: {entries} entries, head {head}")?,
+        (Some(anchor), 0) => writeln!(
+            out,
+            "audit log intact: {entries} entries after the signed anchor {anchor} (older entries pruned), head {head}"
+        )?,
+        _ => writeln!(
+            out,
+            "audit log intact: {} entries ({archived} in archives), head {head}",
+            archived + entries
+        )?,
+    }
+    Ok(verified)
+}
+
+/// `audit export`: every entry the database holds (after the anchor of a pruned log) as one JSON
+/// object per line, in sequence order, streamed from one snapshot (verification is separate: an
+/// export of a broken chain is still useful evidence).
+pub fn export_audit(config: &Config, out: &mut dyn Write) -> Result<u64> {
+    let store = crate::app::open_store(config)?;
+    let count = store.read_audit(|snapshot| -> Result<u64> {
+        let after = audit_anchor_seq(snapshot)?;
+        write_entries(snapshot, after, u64::MAX, out)
+    })?;
+    out.flush()?;
+    Ok(count)
+}
+
+/// Where the entries of a snapshot start: after the stored anchor (unchecked; `verify` checks
+/// it), so the leftovers of an interrupted prune are not exported again.
+fn audit_anchor_seq(snapshot: &AuditSnapshot<'_>) -> Result<u64> {
+    Ok(match snapshot.anchor()? {
+        Some(signed) => audit::parse_head(&signed.head).map_or(0, |head| head.seq),
+        None => 0,
+    })
+}
+
+/// The entries with `after < seq <= through` as JSON lines; how many.
+fn write_entries(
+    snapshot: &AuditSnapshot<'_>,
+    after: u64,
+    through: u64,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let mut count = 0u64;
+    snapshot.for_each(after, &mut |entry| -> Result<()> {
+        if entry.seq <= through {
+            serde_json::to_writer(&mut *out, &entry)?;
+            writeln!(out)?;
+            count += 1;
+        }
+        Ok(())
+    })?;
+    Ok(count)
+}
+
+/// `export --signed-head`: sign the head of the (intact) chain with the identity key in the HSM
+/// and write it to `path`. Refuses a broken chain: a signature would vouch for a rewrite.
+pub fn sign_head(config: &Config, path: &Path) -> Result<Head> {
+    let verified = verify_audit(config, &[], &[], &mut std::io::sink())
+        .context("refusing to sign the head of the audit log")?;
+    let file = signed(config, verified.head)?;
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    crate::files::write_file(
+        path,
+        text.as_bytes(),
+        crate::files::PUBLIC_FILE_MODE,
+        crate::files::Overwrite::Replace,
+    )?;
+    Ok(verified.head)
+}
+
+/// `head` signed by the identity key in the HSM.
+fn signed(config: &Config, head: Head) -> Result<SignedHead> {
+    let key = crate::app::open_signing_key(config, KeyRole::Identity)?;
+    let signature = key.sign_sha256(&audit::head_statement(&head))?;
+    Ok(SignedHead {
+        head: head.to_string(),
+        identity_key: hex::encode(key.public_key().as_sec1()),
+        signature: hex::encode(signature.as_bytes()),
+    })
+}
+
+/// Which entries `audit prune` removes: those before a sequence number, or those older than a
+/// time (and every entry before the first younger one). The newest entry always stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    BeforeSeq(u64),
+    OlderThanMs(u64),
+}
+
+/// What `audit prune` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditPruneSummary {
+    /// The first entry archived and removed.
+    pub first: u64,
+    /// The new anchor: the head of the last entry removed.
+    pub anchor: Head,
+    /// Entries deleted from the database (those archived, plus any an interrupted prune left).
+    pub removed: u64,
+}
+
+/// `audit prune`: verify the chain from the stored anchor (refusing a broken one), write the
+/// entries before the cut to `archive` (fsynced; never over an existing file), store the head of
+/// the last of them, signed by the identity key, as the new anchor, then delete them. `None`
+/// when there is nothing before the cut but the newest entry (an interrupted prune's leftovers
+/// are still deleted).
+pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<Option<AuditPruneSummary>> {
+    let store = crate::app::open_store(config)?;
+    let (stored, anchor, new_anchor) = store
+        .read_audit(|snapshot| -> Result<_> {
+            let stored = snapshot.anchor()?;
+            let anchor = checked_anchor(config, stored.as_ref())?;
+            // One pass: the chain must be intact, and the last entry before the cut is found.
+            let mut chain = ChainVerifier::new(anchor);
+            let mut before_cut: Option<Head> = None;
+            let mut previous = anchor;
+            let mut past_cut = false;
+            snapshot.for_each(anchor.seq, &mut |entry| -> Result<()> {
+                chain.push(&entry).map_err(|fault| {
+                    anyhow::anyhow!(
+                        "{}; refusing to prune a broken chain (it is evidence)",
+                        broken(&store, fault)
+                    )
+                })?;
+                let removable = !past_cut
+                    && match cut {
+                        Cut::BeforeSeq(seq) => entry.seq < seq,
+                        Cut::OlderThanMs(ms) => entry.record.time_ms < ms,
+                    };
+                if removable {
+                    previous = before_cut.unwrap_or(anchor);
+                    before_cut = Some(chain.head());
+                } else {
+                    past_cut = true;
+                }
+                Ok(())
+            })?;
+            // The newest entry stays: the writer continues the chain from it.
+            let new_anchor = match before_cut {
+                Some(head) if head == chain.head() => Some(previous).filter(|p| p.seq > anchor.seq),
+                other => other,
+            };
+            let Some(new_anchor) = new_anchor else {
+                return Ok((stored, anchor, None));
+            };
+            let expected = new_anchor.seq - anchor.seq;
+            crate::files::write_file_streamed(
+                archive,
+                crate::files::PRIVATE_FILE_MODE,
+                crate::files::Overwrite::Refuse,
+                &mut |out| {
+                    let count = write_entries(snapshot, anchor.seq, new_anchor.seq, out)
+                        .map_err(|error| std::io::Error::other(format!("{error:#}")))?;
+                    if count != expected {
+                        return Err(std::io::Error::other(format!(
+                            "wrote {count} entries, expected {expected}"
+                        )));
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok((stored, anchor, Some(new_anchor)))
+        })
+        .with_context(|| format!("pruning the audit log {}", store.path().display()))?;
+    let Some(new_anchor) = new_anchor else {
+        // An interrupted prune may have left entries its anchor covers.
+        if anchor.seq > 0 {
+            store.delete_audit_through(anchor.seq)?;
+        }
+        return Ok(None);
+    };
+    let signed_anchor = signed(config, new_anchor)?;
+    store
+        .replace_audit_anchor(stored.as_ref(), &signed_anchor)
+        .with_context(|| {
+            format!(
+                "storing the new audit anchor (the archive {} is written; nothing was removed)",
+                archive.display()
+            )
+        })?;
+    let removed = store.delete_audit_through(new_anchor.seq).with_context(|| {
+        format!(
+            "deleting the archived entries (the anchor {new_anchor} is stored: run the prune again to finish)"
         )
     })?;
-    Ok(head)
+    Ok(Some(AuditPruneSummary {
+        first: anchor.seq + 1,
+        anchor: new_anchor,
+        removed,
+    }))
 }

@@ -13,7 +13,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{CheckOutcome, PendingCheck, Refusal, Store, StoreError};
-use keystake_core::audit::{Entry, Head, Outcome, Record};
+use keystake_core::audit::{parse_head, Entry, Head, Outcome, Record, SignedHead};
 use keystake_core::slashing::Safe;
 use keystake_core::types::BlsPublicKey;
 
@@ -59,6 +59,9 @@ fn refused_reason(refusal: &Refusal) -> String {
     format!("refused by slashing protection: {refusal}")
 }
 
+/// The head the next entry follows: the newest entry, or — in a log whose every entry was
+/// pruned (which `audit prune` never does, but a log must not restart at 1 if it happens) — the
+/// stored anchor.
 fn read_head(conn: &Connection) -> Result<Head, rusqlite::Error> {
     // Read once per write batch by the writer: cached, not parsed again each time.
     let row = conn
@@ -66,13 +69,57 @@ fn read_head(conn: &Connection) -> Result<Head, rusqlite::Error> {
         .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
         .optional()?;
     Ok(match row {
-        None => Head::EMPTY,
+        None => anchor_head(conn).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })?,
         Some((seq, hash)) => Head {
             seq: u64::try_from(seq).unwrap_or(0),
             // A damaged head hash chains the next entry to garbage; `audit verify` reports it.
             hash: hash.try_into().unwrap_or([0xff; 32]),
         },
     })
+}
+
+/// The `meta` key of the signed anchor of a pruned audit log (`audit prune`, docs/audit.md
+/// "Retention"): the identity-key-signed head of the last entry removed.
+const ANCHOR_KEY: &str = "audit_anchor";
+
+/// The stored anchor, if the log was ever pruned; its signature is the reader's to check.
+fn read_anchor(conn: &Connection) -> Result<Option<SignedHead>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT CAST(value AS TEXT) FROM meta WHERE key = ?1",
+            [ANCHOR_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|error| {
+            StoreError::InvalidData(format!(
+                "the stored audit anchor is not a signed head: {error}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// The head of the stored anchor ([`Head::EMPTY`] when the log was never pruned). Its
+/// signature is not checked here: the writer continues whatever chain it finds, and `audit
+/// verify` checks the anchor against the identity key.
+pub(super) fn anchor_head(conn: &Connection) -> Result<Head, StoreError> {
+    match read_anchor(conn)? {
+        None => Ok(Head::EMPTY),
+        Some(signed) => parse_head(&signed.head).ok_or_else(|| {
+            StoreError::InvalidData(format!(
+                "the stored audit anchor's head {:?} is not SEQ:SHA256HEX",
+                signed.head
+            ))
+        }),
+    }
 }
 
 /// The chain inside one write transaction; the head is read on first use.
@@ -123,37 +170,55 @@ fn insert(conn: &Connection, entry: &Entry) -> Result<(), rusqlite::Error> {
 /// Read every stored entry in sequence order. A row that cannot even be decoded is an error
 /// naming its sequence number.
 pub fn read_entries(conn: &Connection) -> Result<Vec<Entry>, StoreError> {
-    let mut statement = conn.prepare(
+    let mut entries = Vec::new();
+    for_each_entry::<StoreError>(conn, 0, &mut |entry| {
+        entries.push(entry);
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// Every entry with `seq > after`, in order, to `f` (one row decoded at a time); the first error
+/// (of the database, of a row that does not decode, or of `f`) ends it.
+fn for_each_entry<E: From<StoreError>>(
+    conn: &Connection,
+    after: u64,
+    f: &mut dyn FnMut(Entry) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut statement = conn
+        .prepare(
         "SELECT seq, time_ms, api, client, fingerprint, key, kind, signing_root, outcome, reason,
                 prev_hash, hash
-         FROM audit_log ORDER BY seq",
-    )?;
-    let rows = statement.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            (
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-                r.get::<_, String>(9)?,
-            ),
-            r.get::<_, Vec<u8>>(10)?,
-            r.get::<_, Vec<u8>>(11)?,
-        ))
-    })?;
-    let mut entries = Vec::new();
+         FROM audit_log WHERE seq > ?1 ORDER BY seq",
+        )
+        .map_err(StoreError::from)?;
+    let rows = statement
+        .query_map([i64::try_from(after).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                (
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ),
+                r.get::<_, Vec<u8>>(10)?,
+                r.get::<_, Vec<u8>>(11)?,
+            ))
+        })
+        .map_err(StoreError::from)?;
     for row in rows {
-        let (seq, time_ms, text, prev_hash, hash) = row?;
+        let (seq, time_ms, text, prev_hash, hash) = row.map_err(StoreError::from)?;
         let (api, client, fingerprint, key, kind, signing_root, outcome, reason) = text;
         let invalid = |what: &str| {
             StoreError::InvalidData(format!("audit entry {seq}: {what} cannot be decoded"))
         };
-        entries.push(Entry {
+        f(Entry {
             seq: u64::try_from(seq).map_err(|_| invalid("sequence number"))?,
             record: Record {
                 time_ms: u64::try_from(time_ms).map_err(|_| invalid("time"))?,
@@ -168,9 +233,9 @@ pub fn read_entries(conn: &Connection) -> Result<Vec<Entry>, StoreError> {
             },
             prev_hash: prev_hash.try_into().map_err(|_| invalid("prev_hash"))?,
             hash: hash.try_into().map_err(|_| invalid("hash"))?,
-        });
+        })?;
     }
-    Ok(entries)
+    Ok(())
 }
 
 impl Store {
@@ -214,6 +279,78 @@ impl Store {
     pub fn audit_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let conn = self.admin();
         read_entries(&conn)
+    }
+
+    /// Read the audit log from one consistent snapshot (a read transaction: the writer goes on
+    /// meanwhile, its new entries unseen): `f` gets the stored anchor and a reader of the
+    /// entries. Holds the administrative connection while `f` runs: for commands, not `serve`.
+    pub fn read_audit<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&AuditSnapshot<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.admin();
+        let snapshot = conn.transaction().map_err(StoreError::from)?;
+        f(&AuditSnapshot { conn: &snapshot })
+    }
+
+    /// Store `anchor` as the audit log's anchor if the stored one is still `expected` (`None`:
+    /// never pruned); refuses with [`StoreError::InvalidData`] otherwise (another prune ran
+    /// meanwhile), and refuses an anchor at or beyond the newest entry (the writer continues
+    /// the chain from the newest entry, which must stay).
+    pub fn replace_audit_anchor(
+        &self,
+        expected: Option<&SignedHead>,
+        anchor: &SignedHead,
+    ) -> Result<(), StoreError> {
+        let head = parse_head(&anchor.head).ok_or_else(|| {
+            StoreError::InvalidData(format!(
+                "audit anchor head {:?} is not SEQ:SHA256HEX",
+                anchor.head
+            ))
+        })?;
+        let mut conn = self.admin();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if read_anchor(&tx)?.as_ref() != expected {
+            return Err(StoreError::InvalidData(
+                "the audit anchor changed meanwhile (another prune?); nothing changed".into(),
+            ));
+        }
+        if read_head(&tx)?.seq <= head.seq {
+            return Err(StoreError::InvalidData(format!(
+                "refusing an audit anchor at {}: the newest entry must stay after it",
+                head.seq
+            )));
+        }
+        let text = serde_json::to_string(anchor)
+            .map_err(|error| StoreError::InvalidData(error.to_string()))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![ANCHOR_KEY, text],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// A consistent view of the audit log ([`Store::read_audit`]).
+pub struct AuditSnapshot<'a> {
+    conn: &'a Connection,
+}
+
+impl AuditSnapshot<'_> {
+    /// The stored anchor (its signature unchecked), if the log was pruned.
+    pub fn anchor(&self) -> Result<Option<SignedHead>, StoreError> {
+        read_anchor(self.conn)
+    }
+
+    /// Every entry with `seq > after`, in order, one at a time.
+    pub fn for_each<E: From<StoreError>>(
+        &self,
+        after: u64,
+        f: &mut dyn FnMut(Entry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for_each_entry(self.conn, after, f)
     }
 }
 
@@ -313,5 +450,82 @@ mod tests {
         let reopened = Store::open(&path).unwrap();
         assert!(reopened.history(&key).unwrap().is_none());
         assert!(reopened.audit_entries().unwrap().is_empty());
+    }
+
+    /// An anchor with a placeholder signature: the store stores and reads anchors, the CLI
+    /// checks their signatures against the identity key.
+    fn anchor_at(entries: &[Entry], seq: u64) -> SignedHead {
+        let entry = &entries[usize::try_from(seq).unwrap() - 1];
+        SignedHead {
+            head: Head {
+                seq,
+                hash: entry.hash,
+            }
+            .to_string(),
+            identity_key: "04".into(),
+            signature: "00".into(),
+        }
+    }
+
+    /// Deletion goes only as far as the stored anchor, never takes the newest entry, and the
+    /// writer goes on after the anchor — even if every entry were gone.
+    #[tokio::test]
+    async fn audit_entries_go_only_under_an_anchor_and_the_chain_continues_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("signer.sqlite")).unwrap();
+        for n in 0..6 {
+            store
+                .record_audit(record(&format!("entry {n}")))
+                .await
+                .unwrap();
+        }
+        let entries = store.audit_entries().unwrap();
+        assert!(store.delete_audit_through(1).is_err(), "no anchor yet");
+        assert!(
+            store
+                .replace_audit_anchor(None, &anchor_at(&entries, 6))
+                .is_err(),
+            "the newest entry must stay after the anchor"
+        );
+        store
+            .replace_audit_anchor(None, &anchor_at(&entries, 4))
+            .unwrap();
+        assert!(
+            store
+                .replace_audit_anchor(None, &anchor_at(&entries, 5))
+                .is_err(),
+            "a prune that read no anchor must not replace one stored meanwhile"
+        );
+        assert!(store.delete_audit_through(5).is_err(), "beyond the anchor");
+        assert_eq!(store.delete_audit_through(4).unwrap(), 4);
+        assert_eq!(store.delete_audit_through(4).unwrap(), 0);
+        let kept = store.audit_entries().unwrap();
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 6]);
+        let anchor = Head {
+            seq: 4,
+            hash: entries[3].hash,
+        };
+        store.record_audit(record("after the prune")).await.unwrap();
+        let kept = store.audit_entries().unwrap();
+        assert_eq!(
+            keystake_core::audit::verify_from(anchor, &kept)
+                .unwrap()
+                .seq,
+            7
+        );
+
+        // Every entry gone (only tampering does that): the next one follows the anchor, seq 5,
+        // not a new chain at 1.
+        store.admin().execute("DELETE FROM audit_log", []).unwrap();
+        drop(store);
+        let store = Store::open(&dir.path().join("signer.sqlite")).unwrap();
+        store
+            .record_audit(record("after every entry went"))
+            .await
+            .unwrap();
+        let restarted = store.audit_entries().unwrap();
+        assert_eq!(restarted.len(), 1);
+        assert_eq!(restarted[0].seq, 5);
+        assert_eq!(restarted[0].prev_hash, anchor.hash);
     }
 }

@@ -178,15 +178,18 @@ fn prune_in_transactions(
     min_pause: Duration,
     before_each: &dyn Fn() -> Result<bool, StoreError>,
 ) -> Result<PruneSummary, StoreError> {
-    // A panic while holding the lock leaves a usable connection (see `Store::admin`).
-    let lock = || admin.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || lock_admin(admin);
     let mut progress = PruneProgress::start(&lock())?;
-    let mut pause = Duration::ZERO;
-    while !progress.done() {
-        if progress.summary.transactions > 0 {
-            std::thread::sleep(pause);
+    let result = paced(min_pause, before_each, &mut || {
+        prune_one_transaction(&mut lock(), keep_epochs, budget, &mut progress)?;
+        Ok(!progress.done())
+    });
+    match result {
+        Ok(stopped_early) => {
+            progress.summary.stopped_early = stopped_early;
+            Ok(progress.summary)
         }
-        let failed = |error: &dyn std::fmt::Display, progress: &PruneProgress| {
+        Err(error) => {
             tracing::error!(
                 removed = progress.summary.attestations,
                 validators = progress.summary.validators,
@@ -194,27 +197,103 @@ fn prune_in_transactions(
                 %error,
                 "prune stopped; what the committed transactions removed is covered by watermarks"
             );
-        };
-        match before_each() {
-            Ok(true) => {}
-            Ok(false) => {
-                progress.summary.stopped_early = true;
-                break;
-            }
-            Err(error) => {
-                failed(&error, &progress);
-                return Err(error);
-            }
+            Err(error)
+        }
+    }
+}
+
+/// The administrative connection; a panic while holding the lock leaves a usable connection
+/// (see `Store::admin`).
+fn lock_admin(admin: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    admin.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run `step`, one short transaction at a time, until it answers `false` (nothing left),
+/// pausing between two at least `min_pause` and at least as long as the previous one took, so a
+/// writer waiting on the lock gets it in between. `before_each` is asked before every step:
+/// `Ok(false)` stops there (the answer is then `Ok(true)`: stopped early), an error ends it.
+fn paced(
+    min_pause: Duration,
+    before_each: &dyn Fn() -> Result<bool, StoreError>,
+    step: &mut dyn FnMut() -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
+    let mut pause = None;
+    loop {
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
+        if !before_each()? {
+            return Ok(true);
         }
         let started = Instant::now();
-        let result = prune_one_transaction(&mut lock(), keep_epochs, budget, &mut progress);
-        if let Err(error) = result {
-            failed(&error, &progress);
-            return Err(error.into());
+        if !step()? {
+            return Ok(false);
         }
-        pause = started.elapsed().max(min_pause);
+        pause = Some(started.elapsed().max(min_pause));
     }
-    Ok(progress.summary)
+}
+
+/// An audit `seq` as SQLite stores it (a plain integer, unlike the epochs' order-keeping
+/// [`u64_to_sql`]), and back.
+fn sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn audit_seq(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Audit entries deleted per transaction by [`Store::delete_audit_through`]: a range delete on
+/// the primary key, a few milliseconds per thousand rows.
+pub const AUDIT_DELETE_ROWS_PER_TRANSACTION: u64 = 10_000;
+
+impl Store {
+    /// Delete the audit entries at or below `through`, oldest first, in paced transactions of at
+    /// most [`AUDIT_DELETE_ROWS_PER_TRANSACTION`] (safe while `serve` runs, as above); returns
+    /// how many went. Only what the stored anchor covers may go, and never the newest entry,
+    /// which the writer continues the chain from: refused with [`StoreError::InvalidData`]
+    /// otherwise, before anything is deleted.
+    pub fn delete_audit_through(&self, through: u64) -> Result<u64, StoreError> {
+        {
+            let conn = self.admin();
+            let anchor = super::audit::anchor_head(&conn)?;
+            if through > anchor.seq {
+                return Err(StoreError::InvalidData(format!(
+                    "refusing to delete audit entries up to {through}: the stored anchor covers only up to {}",
+                    anchor.seq
+                )));
+            }
+            let newest: Option<i64> =
+                conn.query_row("SELECT max(seq) FROM audit_log", [], |r| r.get(0))?;
+            if newest.is_some_and(|newest| audit_seq(newest) <= through) {
+                return Err(StoreError::InvalidData(format!(
+                    "refusing to delete audit entries up to {through}: the newest entry must stay"
+                )));
+            }
+        }
+        let mut deleted = 0u64;
+        paced(
+            PRUNE_MIN_PAUSE,
+            &|| Ok(self.refuse_if_latched().is_ok()),
+            &mut || {
+                let conn = self.admin();
+                let oldest: Option<i64> =
+                    conn.query_row("SELECT min(seq) FROM audit_log", [], |r| r.get(0))?;
+                let Some(oldest) = oldest.map(audit_seq).filter(|oldest| *oldest <= through) else {
+                    return Ok(false);
+                };
+                let last =
+                    through.min(oldest.saturating_add(AUDIT_DELETE_ROWS_PER_TRANSACTION - 1));
+                deleted += conn.execute(
+                    "DELETE FROM audit_log WHERE seq BETWEEN ?1 AND ?2",
+                    params![sql_seq(oldest), sql_seq(last)],
+                )? as u64;
+                Ok(last < through)
+            },
+        )?;
+        self.refuse_if_latched()?;
+        Ok(deleted)
+    }
 }
 
 /// One prune transaction, spending at most `budget`: one per key visited (so a transaction over
