@@ -363,19 +363,33 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
     let early_seq = before.last().unwrap()["seq"].as_u64().unwrap();
     assert!(early_seq >= 4, "{before:?}");
 
-    // First prune, while serving: everything before the early head's entry.
-    let out = appliance.cli_ok(
-        &["audit", "prune"],
-        &[
-            "--archive",
-            &arg("a1.jsonl"),
-            "--before-seq",
-            &early_seq.to_string(),
-        ],
-    );
+    // First prune, while serving and signing: everything before the early head's entry.
+    let signing = {
+        let (client, sign) = (client.clone(), sign.clone());
+        tokio::spawn(async move {
+            for target in 5..=24u64 {
+                let (status, _) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
+                assert_eq!(status, 200);
+            }
+        })
+    };
+    let prune_args = [
+        "--archive".to_owned(),
+        arg("a1.jsonl"),
+        "--before-seq".to_owned(),
+        early_seq.to_string(),
+    ];
+    let config = appliance.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = prune_args.iter().map(String::as_str).collect();
+        run_ok_with_config(&config, &["audit", "prune"], &args)
+    })
+    .await
+    .unwrap();
+    signing.await.unwrap();
     assert!(
         out.contains(&format!(
-            "pruned {} audit entries (1..={})",
+            "archived {} audit entries (1..={}) into",
             early_seq - 1,
             early_seq - 1
         )),
@@ -388,7 +402,7 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
         .collect();
     assert_eq!(archived, before[..before.len() - 1]);
     // The appliance goes on signing and chaining after the prune.
-    for target in 5..=7u64 {
+    for target in 25..=27u64 {
         let (status, _) = post(&client, &sign, &attestation(target - 1, target, 1)).await;
         assert_eq!(status, 200);
     }
@@ -420,7 +434,7 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
         &["audit", "prune"],
         &["--archive", &arg("a2.jsonl"), "--keep-days", "0"],
     );
-    assert!(out.contains("pruned"), "{out}");
+    assert!(out.contains("archived"), "{out}");
     let left = export(&appliance.config);
     assert_eq!(left.len(), 1, "{left:?}");
     let out = appliance.cli_ok(
@@ -443,6 +457,9 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
         ],
     );
     assert!(ok && stdout.contains("verified"), "{stdout}{stderr}");
+    std::fs::write(path("huge.jsonl"), "x".repeat(70 * 1024)).unwrap();
+    let (ok, _, stderr) = verify_with(&appliance.config, &["--archive", &arg("huge.jsonl")]);
+    assert!(!ok && stderr.contains("longer than 65536 bytes"), "{stderr}");
     let (ok, _, stderr) = verify_with(&appliance.config, &["--archive", &arg("a2.jsonl")]);
     assert!(
         !ok && stderr.contains("missing"),
@@ -456,8 +473,17 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
     drop(client);
     drop(server);
 
-    // Without the HSM: moving the anchor, deleting it, or editing an entry after it is found.
+    // Without the HSM: moving the anchor, replaying a signed head (they are handed out) as the
+    // anchor, deleting the anchor, or editing an entry after it is found.
+    let newest = left[0]["seq"].as_u64().unwrap();
+    assert!(newest > early_seq);
+    let early_head: Value =
+        serde_json::from_str(&std::fs::read_to_string(path("early-head.json")).unwrap()).unwrap();
+    let replay = format!(
+        "DELETE FROM audit_log; UPDATE meta SET value = '{early_head}' WHERE key = 'audit_anchor'"
+    );
     for (name, sql, wanted) in [
+        ("signed-head-replayed", replay.as_str(), "does not verify"),
         (
             "anchor-moved",
             "UPDATE meta SET value = replace(CAST(value AS TEXT), '\"head\":\"', '\"head\":\"1') WHERE key = 'audit_anchor'",

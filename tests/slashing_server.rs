@@ -341,3 +341,48 @@ async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_re
         "{kept:?}"
     );
 }
+
+/// A start that fails after the database is open (here: the metrics address is taken) must not
+/// leave a scheduled prune running: the history is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_does_not_prune() {
+    use std::io::Write;
+
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(2);
+    {
+        let (_server, client) = appliance.serve();
+        for target in 1..=12u64 {
+            let (status, body) = post(
+                &client,
+                &sign_path(&key),
+                &attestation(target - 1, target, 1),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&appliance.config)
+        .unwrap()
+        .write_all(b"\n[slashing]\nprune = { keep_epochs = 4, interval_secs = 1 }\n")
+        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = serve_command(&appliance, "127.0.0.1:0")
+        .args(["--metrics-listen", &address])
+        .env("KEYSTAKE_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("binding the metrics listener"), "{stderr}");
+    assert!(!stderr.contains("pruned the slashing history"), "{stderr}");
+    assert_eq!(
+        appliance.export_slashing(&[]).data[0]
+            .signed_attestations
+            .len(),
+        12
+    );
+}

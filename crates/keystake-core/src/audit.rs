@@ -306,9 +306,10 @@ pub fn head_statement(head: &Head) -> Vec<u8> {
 }
 
 /// A head signed by an appliance's identity key, as JSON: what `audit export --signed-head`
-/// writes, and what `audit prune` stores as the anchor of a pruned log. The signature is checked
-/// by the caller, against the identity key it trusts (the HSM's), never against the key the file
-/// names alone.
+/// writes (signed over [`head_statement`]), and what `audit prune` stores as the anchor of a
+/// pruned log (signed over [`anchor_statement`]: the two cannot stand in for each other). The
+/// signature is checked by the caller, against the identity key it trusts (the HSM's), never
+/// against the key the file names alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedHead {
@@ -316,8 +317,25 @@ pub struct SignedHead {
     pub head: String,
     /// The identity public key, uncompressed SEC1, hex.
     pub identity_key: String,
-    /// ECDSA P-256 `r || s` over SHA-256 of [`head_statement`] of the head, hex.
+    /// ECDSA P-256 `r || s` over SHA-256 of the statement of the head, hex.
     pub signature: String,
+}
+
+/// Domain separation of the anchor of a pruned log (`audit prune`): a signed head (anyone may
+/// hold one, they are meant to be handed out) must not be usable as an anchor, or whoever can
+/// write the database could delete every entry up to a signed head and store that head as the
+/// anchor without the HSM.
+pub const ANCHOR_STATEMENT_TAG: &[u8] = b"keystake-audit-anchor-v1";
+
+/// The statement an appliance's identity key signs for the anchor `head` of a pruned log: tag ‖
+/// seq (8 bytes, big-endian) ‖ hash — "every entry up to `seq` was archived, and entry `seq` had
+/// this hash".
+pub fn anchor_statement(head: &Head) -> Vec<u8> {
+    let mut statement = Vec::with_capacity(ANCHOR_STATEMENT_TAG.len() + 8 + 32);
+    statement.extend_from_slice(ANCHOR_STATEMENT_TAG);
+    statement.extend_from_slice(&head.seq.to_be_bytes());
+    statement.extend_from_slice(&head.hash);
+    statement
 }
 
 /// Parse a head written as `SEQ:HEX` (what `audit verify` prints).
@@ -548,6 +566,16 @@ mod tests {
             streamed.push(entry).unwrap();
         }
         assert_eq!(streamed.head(), verify(&entries).unwrap());
+    }
+
+    #[test]
+    fn a_signed_head_and_an_anchor_sign_different_statements() {
+        let head = verify(&chain(3)).unwrap();
+        assert_ne!(head_statement(&head), anchor_statement(&head));
+        assert_eq!(
+            anchor_statement(&head).len(),
+            head_statement(&head).len() + 2
+        );
     }
 
     #[test]

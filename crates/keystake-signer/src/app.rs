@@ -35,7 +35,7 @@ use crate::hsm::yubihsm::{YubiHsmConfig, YubiHsmSealer};
 use crate::hsm::yubihsm_enrolment::YubiHsmEnrolmentKey;
 use crate::hsm::Sealer;
 use crate::net::listen::{self as api, TlsReloader};
-use crate::net::metrics::Metrics;
+use crate::net::metrics::{Metrics, PruneOutcome};
 use crate::net::tls::{HsmTlsKey, ServerKey, TlsFiles};
 use crate::service::authz::Authorizer;
 use crate::service::SigningService;
@@ -205,16 +205,6 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
     if let Some(cache) = service.unseal_cache() {
         tokio::spawn(sweep_unseal_cache(cache));
     }
-    // Stops a scheduled prune between two of its transactions at shutdown.
-    let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
-    let pruning = config.slashing.prune.map(|setting| {
-        tokio::spawn(prune_on_schedule(
-            service.clone(),
-            appliance.metrics.clone(),
-            setting,
-            pruning_stopped,
-        ))
-    });
     if let Some(metrics_address) = listen.metrics.or(config.metrics_listen) {
         let metrics_listener = crate::net::metrics::bind(metrics_address)
             .await
@@ -242,6 +232,18 @@ pub async fn serve(config: &Config, listen: Listen) -> Result<()> {
     } else {
         tracing::warn!("[sandbox] seccomp = false: the serving process is not confined");
     }
+    // Only now, with every fallible start-up step behind it: a start that fails must not leave
+    // a prune writing to the database. The sender stops it between two of its transactions at
+    // shutdown, and so does dropping it.
+    let (stop_pruning, pruning_stopped) = tokio::sync::watch::channel(false);
+    let pruning = config.slashing.prune.map(|setting| {
+        tokio::spawn(prune_on_schedule(
+            appliance.service.clone(),
+            appliance.metrics.clone(),
+            setting,
+            pruning_stopped,
+        ))
+    });
     api::serve_mtls(appliance.listener, appliance.tls, app, shutdown_signal()).await;
     if let Some(pruning) = pruning {
         // A prune in progress ends after its current transaction (each commit is covered).
@@ -308,12 +310,22 @@ async fn prune_on_schedule(
         let watch = stopped.clone();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            store.prune_attestations_while(setting.keep_epochs, &|| !*watch.borrow())
+            // Stopped, or the sender gone (serve is returning): stop.
+            store.prune_attestations_while(setting.keep_epochs, &|| {
+                !*watch.borrow() && watch.has_changed().is_ok()
+            })
         })
         .await;
         match result {
             Ok(Ok(summary)) => {
-                metrics.pruned(summary.attestations, true);
+                metrics.pruned(
+                    summary.attestations,
+                    if summary.stopped_early {
+                        PruneOutcome::Stopped
+                    } else {
+                        PruneOutcome::Completed
+                    },
+                );
                 tracing::info!(
                     removed = summary.attestations,
                     validators = summary.validators,
@@ -325,11 +337,11 @@ async fn prune_on_schedule(
                 );
             }
             Ok(Err(error)) => {
-                metrics.pruned(0, false);
+                metrics.pruned(0, PruneOutcome::Failed);
                 tracing::error!(%error, "scheduled prune failed; it runs again at the next interval");
             }
             Err(error) => {
-                metrics.pruned(0, false);
+                metrics.pruned(0, PruneOutcome::Failed);
                 tracing::error!(%error, "scheduled prune task failed; it runs again at the next interval");
             }
         }

@@ -25,7 +25,7 @@
 //! does not verify: an export of a broken chain is still useful evidence.
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -109,11 +109,18 @@ pub fn run(command: AuditCommand) -> Result<()> {
                 None => None,
             };
             expected.extend(signed);
-            verify_audit(&config, &archive, &expected, &mut std::io::stdout().lock())?;
+            let verified =
+                verify_audit(&config, &archive, &expected, &mut std::io::stdout().lock())?;
             if let Some(head) = signed {
-                println!(
-                    "signed head {head} verified: signed by this appliance's identity key, entry unchanged"
-                );
+                if archive.is_empty() && verified.anchor == Some(head) {
+                    println!(
+                        "signed head {head} verified: signed by this appliance's identity key; it is the log's signed anchor (the entries up to it are archived)"
+                    );
+                } else {
+                    println!(
+                        "signed head {head} verified: signed by this appliance's identity key, entry unchanged"
+                    );
+                }
             }
         }
         AuditCommand::Export {
@@ -155,16 +162,25 @@ pub fn run(command: AuditCommand) -> Result<()> {
                 (None, None) => anyhow::bail!("give --keep-days or --before-seq"),
             };
             let summary = prune_audit(&config, &archive, cut)?;
-            match summary {
-                None => println!("nothing to prune: no entry before the cut except the newest"),
-                Some(summary) => println!(
-                    "pruned {} audit entries ({}..={}) into {}; the log now starts after the signed anchor {}",
-                    summary.removed,
+            if summary.archived == 0 {
+                print!("nothing to prune: no entry older than the cut but the newest, which always stays; no archive written");
+                if summary.removed > 0 {
+                    print!(
+                        " (deleted {} entries an interrupted prune had archived)",
+                        summary.removed
+                    );
+                }
+                println!();
+            } else {
+                println!(
+                    "archived {} audit entries ({}..={}) into {} and deleted {} from the database; the log now starts after the signed anchor {}",
+                    summary.archived,
                     summary.first,
                     summary.anchor.seq,
                     archive.display(),
+                    summary.removed,
                     summary.anchor
-                ),
+                );
             }
         }
     }
@@ -180,7 +196,12 @@ fn now_ms() -> u64 {
 
 /// The head a stored or given signed head vouches for, if its signature verifies under
 /// `identity` (the key this appliance holds in its HSM, never the key the file names alone).
-fn check_signed_head(signed: &SignedHead, identity: &P256PublicKey, what: &str) -> Result<Head> {
+fn check_signed_head(
+    signed: &SignedHead,
+    statement: fn(&Head) -> Vec<u8>,
+    identity: &P256PublicKey,
+    what: &str,
+) -> Result<Head> {
     let bad = |why: &str| anyhow::anyhow!("{what}: {why}");
     let head = audit::parse_head(&signed.head).ok_or_else(|| bad("head is not SEQ:SHA256HEX"))?;
     let key = hex::decode(&signed.identity_key)
@@ -191,10 +212,7 @@ fn check_signed_head(signed: &SignedHead, identity: &P256PublicKey, what: &str) 
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
         .ok_or_else(|| bad("signature is not 64 bytes of hex"))?;
-    if !key.verify_sha256(
-        &audit::head_statement(&head),
-        &EcdsaSignature::from_bytes(signature),
-    ) {
+    if !key.verify_sha256(&statement(&head), &EcdsaSignature::from_bytes(signature)) {
         return Err(bad("the signature does not verify (forged or edited head)"));
     }
     if &key != identity {
@@ -215,6 +233,7 @@ fn read_signed_head(config: &Config, path: &Path) -> Result<Head> {
     let signed: SignedHead = super::read_json(path, "signed audit head")?;
     check_signed_head(
         &signed,
+        audit::head_statement,
         &identity_key(config)?,
         &format!("signed head {}", path.display()),
     )
@@ -227,11 +246,16 @@ fn checked_anchor(config: &Config, stored: Option<&SignedHead>) -> Result<Head> 
         None => Ok(Head::EMPTY),
         Some(signed) => check_signed_head(
             signed,
+            audit::anchor_statement,
             &identity_key(config)?,
             "the stored audit anchor (older entries removed without the identity key?)",
         ),
     }
 }
+
+/// The longest line an archive may have: an entry is under 4 KB (its strings are bounded when
+/// recorded, docs/security.md), so anything longer is not one, and is not read into memory.
+const MAX_ARCHIVE_LINE_BYTES: u64 = 64 * 1024;
 
 /// What [`verify_audit`] found intact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,14 +301,25 @@ pub fn verify_audit(
     for path in archives {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening the audit archive {}", path.display()))?;
-        for (line_number, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut line = String::new();
+        for line_number in 1.. {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_ARCHIVE_LINE_BYTES + 1)
+                .read_line(&mut line)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if read == 0 {
+                break;
+            }
+            if read as u64 > MAX_ARCHIVE_LINE_BYTES {
+                anyhow::bail!(
+                    "{} line {line_number}: longer than {MAX_ARCHIVE_LINE_BYTES} bytes, not an audit entry",
+                    path.display()
+                );
+            }
             let entry: Entry = serde_json::from_str(&line).with_context(|| {
-                format!(
-                    "{} line {}: not an audit entry",
-                    path.display(),
-                    line_number + 1
-                )
+                format!("{} line {line_number}: not an audit entry", path.display())
             })?;
             chain.push(&entry).map_err(|fault| {
                 anyhow::anyhow!(
@@ -302,6 +337,11 @@ pub fn verify_audit(
         let anchor = checked_anchor(config, stored.as_ref())?;
         if archives.is_empty() {
             chain = ChainVerifier::new(anchor);
+        } else if stored.is_none() {
+            anyhow::bail!(
+                "the archives end at {} but this log was never pruned (it starts at entry 1): they belong to another log",
+                chain.head()
+            );
         } else if chain.head() != anchor {
             anyhow::bail!(
                 "the archives end at {} but the database continues after the anchor {anchor}: an archive is missing or out of order",
@@ -405,7 +445,7 @@ fn write_entries(
 pub fn sign_head(config: &Config, path: &Path) -> Result<Head> {
     let verified = verify_audit(config, &[], &[], &mut std::io::sink())
         .context("refusing to sign the head of the audit log")?;
-    let file = signed(config, verified.head)?;
+    let file = signed(config, verified.head, audit::head_statement)?;
     let mut text = serde_json::to_string_pretty(&file)?;
     text.push('\n');
     crate::files::write_file(
@@ -417,10 +457,10 @@ pub fn sign_head(config: &Config, path: &Path) -> Result<Head> {
     Ok(verified.head)
 }
 
-/// `head` signed by the identity key in the HSM.
-fn signed(config: &Config, head: Head) -> Result<SignedHead> {
+/// `statement` of `head` signed by the identity key in the HSM.
+fn signed(config: &Config, head: Head, statement: fn(&Head) -> Vec<u8>) -> Result<SignedHead> {
     let key = crate::app::open_signing_key(config, KeyRole::Identity)?;
-    let signature = key.sign_sha256(&audit::head_statement(&head))?;
+    let signature = key.sign_sha256(&statement(&head))?;
     Ok(SignedHead {
         head: head.to_string(),
         identity_key: hex::encode(key.public_key().as_sec1()),
@@ -439,20 +479,28 @@ pub enum Cut {
 /// What `audit prune` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditPruneSummary {
-    /// The first entry archived and removed.
+    /// Entries written to the archive (0: nothing was older than the cut but the newest entry,
+    /// and no archive was written).
+    pub archived: u64,
+    /// The first entry archived.
     pub first: u64,
-    /// The new anchor: the head of the last entry removed.
+    /// The anchor now stored: the head of the last entry archived ([`Head::EMPTY`] for a log
+    /// never pruned).
     pub anchor: Head,
-    /// Entries deleted from the database (those archived, plus any an interrupted prune left).
+    /// Entries deleted from the database: those archived, plus any an interrupted prune left.
     pub removed: u64,
 }
 
-/// `audit prune`: verify the chain from the stored anchor (refusing a broken one), write the
-/// entries before the cut to `archive` (fsynced; never over an existing file), store the head of
-/// the last of them, signed by the identity key, as the new anchor, then delete them. `None`
-/// when there is nothing before the cut but the newest entry (an interrupted prune's leftovers
-/// are still deleted).
-pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<Option<AuditPruneSummary>> {
+/// `audit prune`: verify the chain from the stored anchor (refusing a broken one), sign the head
+/// of the last entry before the cut as the new anchor, write the entries up to it to `archive`
+/// (fsynced; never over an existing file), store the anchor, then delete them. An archive left
+/// by a prune interrupted before the anchor was stored ends beyond the stored anchor: `verify
+/// --archive` refuses it, and the next prune archives the same entries again.
+pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<AuditPruneSummary> {
+    // Before reading millions of entries: an existing archive is never overwritten.
+    if archive.symlink_metadata().is_ok() {
+        return Err(crate::files::FileError::WouldOverwrite(archive.to_owned()).into());
+    }
     let store = crate::app::open_store(config)?;
     let (stored, anchor, new_anchor) = store
         .read_audit(|snapshot| -> Result<_> {
@@ -491,6 +539,8 @@ pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<Option<A
             let Some(new_anchor) = new_anchor else {
                 return Ok((stored, anchor, None));
             };
+            // Signed before the archive is written: an HSM that cannot sign leaves no archive.
+            let signed_anchor = signed(config, new_anchor, audit::anchor_statement)?;
             let expected = new_anchor.seq - anchor.seq;
             crate::files::write_file_streamed(
                 archive,
@@ -507,22 +557,28 @@ pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<Option<A
                     Ok(())
                 },
             )?;
-            Ok((stored, anchor, Some(new_anchor)))
+            Ok((stored, anchor, Some((new_anchor, signed_anchor))))
         })
         .with_context(|| format!("pruning the audit log {}", store.path().display()))?;
-    let Some(new_anchor) = new_anchor else {
+    let Some((new_anchor, signed_anchor)) = new_anchor else {
         // An interrupted prune may have left entries its anchor covers.
-        if anchor.seq > 0 {
-            store.delete_audit_through(anchor.seq)?;
-        }
-        return Ok(None);
+        let removed = if anchor.seq > 0 {
+            store.delete_audit_through(anchor.seq)?
+        } else {
+            0
+        };
+        return Ok(AuditPruneSummary {
+            archived: 0,
+            first: anchor.seq + 1,
+            anchor,
+            removed,
+        });
     };
-    let signed_anchor = signed(config, new_anchor)?;
     store
         .replace_audit_anchor(stored.as_ref(), &signed_anchor)
         .with_context(|| {
             format!(
-                "storing the new audit anchor (the archive {} is written; nothing was removed)",
+                "storing the new audit anchor (the archive {} is written but nothing was removed: discard it)",
                 archive.display()
             )
         })?;
@@ -531,9 +587,10 @@ pub fn prune_audit(config: &Config, archive: &Path, cut: Cut) -> Result<Option<A
             "deleting the archived entries (the anchor {new_anchor} is stored: run the prune again to finish)"
         )
     })?;
-    Ok(Some(AuditPruneSummary {
+    Ok(AuditPruneSummary {
+        archived: new_anchor.seq - anchor.seq,
         first: anchor.seq + 1,
         anchor: new_anchor,
         removed,
-    }))
+    })
 }

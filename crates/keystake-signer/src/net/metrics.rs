@@ -56,6 +56,27 @@ pub fn outcome_label(status: u16) -> &'static str {
     }
 }
 
+/// How a scheduled prune of the slashing history ended (`keystake_slashing_prunes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneOutcome {
+    /// Every key visited.
+    Completed,
+    /// Stopped between two transactions at shutdown (what it committed is covered).
+    Stopped,
+    /// Ended by an error (logged).
+    Failed,
+}
+
+impl PruneOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneOutcome::Completed => "completed",
+            PruneOutcome::Stopped => "stopped",
+            PruneOutcome::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -138,7 +159,7 @@ impl Metrics {
         let prunes = IntCounterVec::new(
             Opts::new(
                 "slashing_prunes_total",
-                "Scheduled prunes of the slashing history by outcome (completed, failed)",
+                "Scheduled prunes of the slashing history by outcome (completed, stopped at shutdown, failed)",
             ),
             &["outcome"],
         )
@@ -177,13 +198,11 @@ impl Metrics {
         }
     }
 
-    /// A scheduled prune ended: `removed` attestations, `completed` or failed.
-    pub fn pruned(&self, removed: usize, completed: bool) {
+    /// A scheduled prune ended, having removed `removed` attestations.
+    pub fn pruned(&self, removed: usize, outcome: PruneOutcome) {
         self.pruned_attestations
             .inc_by(u64::try_from(removed).unwrap_or(u64::MAX));
-        self.prunes
-            .with_label_values(&[if completed { "completed" } else { "failed" }])
-            .inc();
+        self.prunes.with_label_values(&[outcome.as_str()]).inc();
     }
 
     pub fn request(&self, api: &str, kind: &str, status: u16) {
