@@ -459,7 +459,10 @@ async fn pruning_archives_old_entries_under_a_signed_anchor_and_tampering_is_fou
     assert!(ok && stdout.contains("verified"), "{stdout}{stderr}");
     std::fs::write(path("huge.jsonl"), "x".repeat(70 * 1024)).unwrap();
     let (ok, _, stderr) = verify_with(&appliance.config, &["--archive", &arg("huge.jsonl")]);
-    assert!(!ok && stderr.contains("longer than 65536 bytes"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("longer than 65536 bytes"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = verify_with(&appliance.config, &["--archive", &arg("a2.jsonl")]);
     assert!(
         !ok && stderr.contains("missing"),

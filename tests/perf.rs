@@ -1,7 +1,8 @@
 //! Issue 16's request-path changes and issue 17 item 8, through the real binary: signatures of
 //! one root shared by many keys (the hash-to-G2 cache, and from the 16th signature of a root its
 //! fixed-base table) stay byte-identical to blst's `sign` on REST, gRPC `Sign` and `SignBatch`; `Combine` refuses oversized input at once and, running on
-//! the blocking pool, does not stop the server answering `/upcheck` while large combines run.
+//! the blocking pool, does not stop the server answering `/upcheck` while large combines run;
+//! a burst does not spawn a thread per request (session 9).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -247,4 +248,46 @@ async fn combine_is_bounded_and_never_freezes_the_server() {
         slowest < Duration::from_secs(2),
         "/upcheck took {slowest:?} while combines ran"
     );
+}
+
+/// Issue 16, session 9: a slot burst must not make `serve` spawn a thread per request. 240
+/// requests at once (under the 256 handshakes one address may have in progress) (the unseal cache off: every one unseals on the blocking pool) leave the
+/// process with at most its bounded blocking pool, the runtime's workers and a few of its own
+/// threads; tokio's default pool spawned a thread for most of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_does_not_spawn_a_thread_per_request() {
+    let appliance = Appliance::with_vector_keys();
+    let server = Server::start(&appliance);
+    let client = server.client(appliance.client_config("client"));
+    let keys = public_keys(&client).await;
+    let requests: Vec<_> = (0..240u64)
+        .map(|i| {
+            let client = client.clone();
+            let key = keys[(i % keys.len() as u64) as usize].clone();
+            // Per key, targets 1, 2, 3, … with source one below: never slashable together,
+            // in whatever order they arrive.
+            let target = i / keys.len() as u64 + 1;
+            tokio::spawn(async move {
+                sign(&client, &key, &attestation(target - 1, target, 1))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    // The blocking pool (one per session or core, the demo's sessions being one per core, plus
+    // the spare), the runtime's workers, and main, the store's writer and a few more.
+    let bound = cores + keystake_signer::cli::SERVE_SPARE_BLOCKING_THREADS + cores + 8;
+    assert!(threads <= bound, "{threads} threads (bound {bound})");
 }

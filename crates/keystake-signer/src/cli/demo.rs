@@ -41,7 +41,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let config = Config::load(&demo.config_path)?;
     print!("{}", demo_instructions(&demo, &config, args.listen));
     if !args.no_serve {
-        super::runtime()?.block_on(super::serve::serve(&config, Some(args.listen)))?;
+        super::serving_runtime(&config)?
+            .block_on(super::serve::serve(&config, Some(args.listen)))?;
     }
     Ok(())
 }

@@ -184,6 +184,33 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Blocking-pool threads beyond one per HSM session (or per core, whichever is more) for the
+/// rest of what runs there: table builds (at most two at once), the health probe, a scheduled
+/// prune, keymanager imports, gRPC combines.
+pub const SERVE_SPARE_BLOCKING_THREADS: usize = 8;
+
+/// The runtime of `serve`: [`runtime`] with its blocking pool bounded by what can run at once.
+/// Unsealing and signing run there, and beyond one thread per HSM session or core a thread
+/// only waits: tokio's default bound (512) made one 631-request slot burst spawn about 350
+/// threads — each a clone, a 2 MiB stack and its wake-ups — which expired again before the next
+/// slot. Excess work queues instead (measured in docs/performance.md, "Issue 16, session 9":
+/// faster bursts and mainnet throughput, a higher p99 at 16 connections). A bound at one per
+/// core with two spare was faster still here, and was not taken: a prune, a health probe and
+/// a combine at once would leave signing nothing.
+pub fn serving_runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sessions = match &config.hsm {
+        crate::config::HsmSection::Pkcs11(section) => section
+            .sessions
+            .unwrap_or_else(crate::hsm::pkcs11::default_session_count),
+        crate::config::HsmSection::YubiHsm(_) => 1,
+    };
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(cores.max(sessions) + SERVE_SPARE_BLOCKING_THREADS)
+        .build()?)
+}
+
 /// A keystore password file: only a final line break is removed (EIP-2335 passwords may contain
 /// spaces; normalisation is the keystore module's job).
 pub fn read_password_file(path: &Path) -> Result<SecretString> {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{load_config, runtime};
+use super::{load_config, serving_runtime};
 use crate::config::Config;
 
 /// `keystake-signer serve`.
@@ -33,7 +33,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = load_config(&args.config)?;
     crate::app::check_private_files(&args.config, &config)?;
-    runtime()?.block_on(crate::app::serve(
+    serving_runtime(&config)?.block_on(crate::app::serve(
         &config,
         crate::app::Listen {
             api: args.listen,
