@@ -2,6 +2,7 @@
 //! one signature, the 412 body names the rule and the earlier record, the dry-run endpoint
 //! answers without recording, and `slashing import/export/prune` work (also while serving).
 
+use keystake_signer::net::client::MtlsClient;
 use serde_json::{json, Value};
 
 use super::block;
@@ -195,6 +196,21 @@ async fn cli_import_while_serving_raises_the_watermark_and_refuses_other_network
     assert_eq!(record.signed_attestations.len(), 4);
 }
 
+/// After attestations `t − 1 → t` for t = 1..=12 with targets 1..=7 pruned: double votes on the
+/// removed targets are refused by the watermark that covers them (source 6, target 7: the
+/// greatest removed), each naming its rule.
+async fn assert_targets_1_to_7_covered(client: &MtlsClient, sign: &str) {
+    for (source, target, rule, watermark) in [
+        (2, 3, "source_below_watermark", "6"),
+        (6, 7, "target_at_or_below_watermark", "7"),
+    ] {
+        let (status, body) = post(client, sign, &attestation(source, target, 2)).await;
+        assert_eq!(status, 412, "{body}");
+        assert_eq!(body["rule"], json!(rule), "{body}");
+        assert_eq!(body["conflict"]["watermark"], json!(watermark), "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_prune_while_serving_still_refuses_what_the_removed_history_refused() {
     let appliance = Appliance::create();
@@ -230,16 +246,8 @@ async fn cli_prune_while_serving_still_refuses_what_the_removed_history_refused(
     assert_eq!(kept, (8..=12).collect::<Vec<_>>());
 
     // The running server: double votes on removed targets are refused by the watermark that now
-    // covers them (source 6, target 7: the greatest removed).
-    for (source, target, rule, watermark) in [
-        (2, 3, "source_below_watermark", "6"),
-        (6, 7, "target_at_or_below_watermark", "7"),
-    ] {
-        let (status, body) = post(&client, &sign, &attestation(source, target, 2)).await;
-        assert_eq!(status, 412, "{body}");
-        assert_eq!(body["rule"], json!(rule), "{body}");
-        assert_eq!(body["conflict"]["watermark"], json!(watermark), "{body}");
-    }
+    // covers them.
+    assert_targets_1_to_7_covered(&client, &sign).await;
     // A kept one is answered again; the next duty signs.
     let (status, _) = post(&client, &sign, &attestation(11, 12, 1)).await;
     assert_eq!(status, 200);
@@ -299,15 +307,7 @@ async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_re
     assert!(!samples.contains_key("keystake_slashing_prunes_total{outcome=\"failed\"}"));
 
     // Double votes on removed targets are refused by the watermark that now covers them.
-    for (source, target, rule, watermark) in [
-        (2, 3, "source_below_watermark", "6"),
-        (6, 7, "target_at_or_below_watermark", "7"),
-    ] {
-        let (status, body) = post(&client, &sign, &attestation(source, target, 2)).await;
-        assert_eq!(status, 412, "{body}");
-        assert_eq!(body["rule"], json!(rule), "{body}");
-        assert_eq!(body["conflict"]["watermark"], json!(watermark), "{body}");
-    }
+    assert_targets_1_to_7_covered(&client, &sign).await;
     let (status, _) = post(&client, &sign, &attestation(12, 13, 1)).await;
     assert_eq!(status, 200);
 

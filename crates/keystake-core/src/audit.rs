@@ -298,8 +298,13 @@ pub const HEAD_STATEMENT_TAG: &[u8] = b"keystake-audit-head-v1";
 /// hash. Whoever keeps a signed head can later prove that entry `seq` had exactly this hash, so
 /// a chain rewritten from any point before it (every hash recomputed) no longer matches.
 pub fn head_statement(head: &Head) -> Vec<u8> {
-    let mut statement = Vec::with_capacity(HEAD_STATEMENT_TAG.len() + 8 + 32);
-    statement.extend_from_slice(HEAD_STATEMENT_TAG);
+    tagged_head(HEAD_STATEMENT_TAG, head)
+}
+
+/// `tag ‖ seq (8 bytes, big-endian) ‖ hash`.
+fn tagged_head(tag: &[u8], head: &Head) -> Vec<u8> {
+    let mut statement = Vec::with_capacity(tag.len() + 8 + 32);
+    statement.extend_from_slice(tag);
     statement.extend_from_slice(&head.seq.to_be_bytes());
     statement.extend_from_slice(&head.hash);
     statement
@@ -331,11 +336,7 @@ pub const ANCHOR_STATEMENT_TAG: &[u8] = b"keystake-audit-anchor-v1";
 /// seq (8 bytes, big-endian) ‖ hash — "every entry up to `seq` was archived, and entry `seq` had
 /// this hash".
 pub fn anchor_statement(head: &Head) -> Vec<u8> {
-    let mut statement = Vec::with_capacity(ANCHOR_STATEMENT_TAG.len() + 8 + 32);
-    statement.extend_from_slice(ANCHOR_STATEMENT_TAG);
-    statement.extend_from_slice(&head.seq.to_be_bytes());
-    statement.extend_from_slice(&head.hash);
-    statement
+    tagged_head(ANCHOR_STATEMENT_TAG, head)
 }
 
 /// Parse a head written as `SEQ:HEX` (what `audit verify` prints).
