@@ -260,23 +260,28 @@ async fn cli_prune_while_serving_still_refuses_what_the_removed_history_refused(
     assert!(stderr.contains("unexpected argument '-1'"), "{stderr}");
 }
 
-/// `[slashing] prune` in `serve`: the appliance prunes at start and then on its interval while it
-/// signs, the running server refuses what the removed history refused, `/metrics` counts what
-/// was removed, and SIGTERM stops it promptly with the kept history intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_refused() {
+/// `[slashing] prune = { keep_epochs = 4, interval_secs = 1 }` appended to the configuration
+/// (appending keeps its 0600 mode; the example has no uncommented `[slashing]` table).
+fn schedule_prune(appliance: &Appliance) {
     use std::io::Write;
-    use std::time::{Duration, Instant};
-
-    let appliance = Appliance::create();
-    let key = appliance.import_vector_key(1);
-    // Appending keeps the file's 0600 mode; the example has no uncommented [slashing] table.
     std::fs::OpenOptions::new()
         .append(true)
         .open(&appliance.config)
         .unwrap()
         .write_all(b"\n[slashing]\nprune = { keep_epochs = 4, interval_secs = 1 }\n")
         .unwrap();
+}
+
+/// `[slashing] prune` in `serve`: the appliance prunes at start and then on its interval while it
+/// signs, the running server refuses what the removed history refused, `/metrics` counts what
+/// was removed, and SIGTERM stops it promptly with the kept history intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_refused() {
+    use std::time::{Duration, Instant};
+
+    let appliance = Appliance::create();
+    let key = appliance.import_vector_key(1);
+    schedule_prune(&appliance);
     let (mut server, metrics) = crate::metrics::start(&appliance);
     let client = server.client(appliance.client_config("client"));
     let sign = sign_path(&key);
@@ -346,8 +351,6 @@ async fn scheduled_prune_while_serving_still_refuses_what_the_removed_history_re
 /// leave a scheduled prune running: the history is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_does_not_prune() {
-    use std::io::Write;
-
     let appliance = Appliance::create();
     let key = appliance.import_vector_key(2);
     {
@@ -362,12 +365,7 @@ async fn a_failed_start_does_not_prune() {
             assert_eq!(status, 200, "{body}");
         }
     }
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&appliance.config)
-        .unwrap()
-        .write_all(b"\n[slashing]\nprune = { keep_epochs = 4, interval_secs = 1 }\n")
-        .unwrap();
+    schedule_prune(&appliance);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let output = serve_command(&appliance, "127.0.0.1:0")
