@@ -52,6 +52,38 @@ async fn all_84_vectors_are_signed_byte_identically_through_the_server() {
         );
     }
 
+    // A JSON answer says so, and is exactly Web3Signer's one-member object.
+    let (name, case) = cases
+        .iter()
+        .find(|(n, _)| n.starts_with("block_v2_"))
+        .unwrap();
+    let response = client
+        .request(
+            http::Method::POST,
+            &sign_path(case["pubkey"].as_str().unwrap()),
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            Some(serde_json::to_vec(&case["request"]).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{name}");
+    assert_eq!(
+        response.headers.get("content-type").unwrap(),
+        "application/json",
+        "{name}"
+    );
+    assert_eq!(
+        std::str::from_utf8(&response.body).unwrap(),
+        format!(
+            r#"{{"signature":"{}"}}"#,
+            case["signature"].as_str().unwrap()
+        ),
+        "{name}"
+    );
+
     // The refused case on a fresh appliance (its own slashing database): byte-identical too.
     drop(server);
     let fresh = Appliance::with_vector_keys();

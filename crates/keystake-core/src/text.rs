@@ -13,6 +13,11 @@ pub const MAX_ECHOED_BYTES: usize = 256;
 /// at most `max` bytes plus a marker saying how much was left out. Pure and allocation-bounded
 /// (the output never exceeds `max` + 32 bytes, whatever the input).
 pub fn bounded(text: &str, max: usize) -> String {
+    // The usual case (a key, a type name, an empty reason): nothing to escape or cut, so one
+    // copy of the exact size, and none for an empty text.
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(max.min(text.len()) + 32);
     let mut consumed = 0;
     for c in text.chars() {
@@ -42,6 +47,36 @@ pub fn echo(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`bounded`] without its fast path: escape and cut character by character.
+    fn bounded_reference(text: &str, max: usize) -> String {
+        let mut out = String::new();
+        let mut consumed = 0;
+        for c in text.chars() {
+            let before = out.len();
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+            if out.len() > max {
+                out.truncate(before);
+                break;
+            }
+            consumed += c.len_utf8();
+        }
+        if consumed < text.len() {
+            out.push_str(&format!("…(+{} bytes)", text.len() - consumed));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_answers_as_the_escaping_loop(text in "[a-zé\\n\\u{1b}\\t ]{0,40}", max in 0usize..48) {
+            proptest::prop_assert_eq!(bounded(&text, max), bounded_reference(&text, max));
+        }
+    }
 
     #[test]
     fn short_text_is_kept_and_controls_are_escaped() {

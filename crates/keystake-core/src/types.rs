@@ -30,19 +30,32 @@ pub enum ParseError {
     Zero,
 }
 
+/// The digits after the `0x` (or `0X`) prefix.
+fn hex_digits(text: &str) -> Result<&str, ParseError> {
+    text.strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .ok_or(ParseError::MissingHexPrefix)
+}
+
 /// Decode `0x`-prefixed hex of any length.
 pub fn decode_hex_prefixed(text: &str) -> Result<Vec<u8>, ParseError> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .ok_or(ParseError::MissingHexPrefix)?;
-    hex::decode(digits).map_err(|e| ParseError::InvalidHex(e.to_string()))
+    hex::decode(hex_digits(text)?).map_err(|e| ParseError::InvalidHex(e.to_string()))
 }
 
 /// Decode `0x`-prefixed hex of exactly `N` bytes.
 pub fn decode_hex_array<const N: usize>(text: &str) -> Result<[u8; N], ParseError> {
-    let bytes = decode_hex_prefixed(text)?;
-    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| ParseError::WrongLength {
+    let digits = hex_digits(text)?;
+    if digits.len() == 2 * N {
+        // The common case, straight into the array: no intermediate vector per field.
+        let mut bytes = [0u8; N];
+        hex::decode_to_slice(digits, &mut bytes)
+            .map_err(|e| ParseError::InvalidHex(e.to_string()))?;
+        return Ok(bytes);
+    }
+    // Any other length is an error; decoding first reports bad digits before the length, as
+    // for any length.
+    let bytes = hex::decode(digits).map_err(|e| ParseError::InvalidHex(e.to_string()))?;
+    Err(ParseError::WrongLength {
         expected: N,
         actual: bytes.len(),
     })
@@ -50,7 +63,12 @@ pub fn decode_hex_array<const N: usize>(text: &str) -> Result<[u8; N], ParseErro
 
 /// `0x`-prefixed lowercase hex.
 pub fn encode_hex_prefixed(bytes: &[u8]) -> String {
-    format!("0x{}", hex::encode(bytes))
+    // One allocation of the final size (`hex::encode` grows a string digit by digit, and a
+    // `format!` around it copies it again): every signature and root answered goes through here.
+    let mut text = vec![0u8; 2 + 2 * bytes.len()];
+    text[..2].copy_from_slice(b"0x");
+    hex::encode_to_slice(bytes, &mut text[2..]).expect("the buffer holds two digits per byte");
+    String::from_utf8(text).expect("hex digits are ASCII")
 }
 
 /// Parse a uint64 sent as a decimal string (Web3Signer and the beacon API quote uint64s).
@@ -289,6 +307,30 @@ mod tests {
         assert!(format!("0x{}0", "00".repeat(31)).parse::<Root>().is_err());
         let root: Root = format!("0x{}", "AB".repeat(32)).parse().unwrap();
         assert_eq!(root.to_hex(), format!("0x{}", "ab".repeat(32)));
+    }
+
+    /// The decoding before the fixed-size fast path: any text, any length.
+    fn decode_array_reference<const N: usize>(text: &str) -> Result<[u8; N], ParseError> {
+        let bytes = decode_hex_prefixed(text)?;
+        <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| ParseError::WrongLength {
+            expected: N,
+            actual: bytes.len(),
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hex_encoding_is_prefixed_lowercase_and_decodes_back(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let text = encode_hex_prefixed(&bytes);
+            proptest::prop_assert_eq!(&text, &format!("0x{}", hex::encode(&bytes)));
+            proptest::prop_assert_eq!(decode_hex_prefixed(&text).unwrap(), bytes);
+        }
+
+        #[test]
+        fn fixed_size_decoding_answers_as_before(text in "(0[xX])?[0-9a-fA-Fg ]{0,12}") {
+            proptest::prop_assert_eq!(decode_hex_array::<4>(&text), decode_array_reference::<4>(&text));
+            proptest::prop_assert_eq!(decode_hex_array::<5>(&text), decode_array_reference::<5>(&text));
+        }
     }
 
     #[test]

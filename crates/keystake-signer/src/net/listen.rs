@@ -84,7 +84,7 @@ pub fn app(service: Arc<SigningService>, more: Router) -> Router {
             let dkg = dkg.clone();
             async move {
                 let grpc_request = is_grpc(request.headers());
-                let identity = request.extensions().get::<ClientIdentity>().cloned();
+                let identity = request.extensions().get::<Arc<ClientIdentity>>().cloned();
                 // DKG peers need both: the policy's `dkg` grant for their certificate (here,
                 // the one authorization path) and a pin by a ceremony of this appliance
                 // (net::grpc::dkg). A peer let in by its pin may call nothing else.
@@ -486,6 +486,8 @@ async fn serve_connection<H: Handshake>(
         last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
     });
     let tracked = activity.clone();
+    // One identity per connection, shared by its requests (a clone per request copied its names).
+    let identity = identity.map(Arc::new);
     let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());
@@ -544,6 +546,3 @@ async fn serve_connection<H: Handshake>(
         }
     }
 }
-
-/// The identity of the client that sent a request (set by the accept loop).
-pub type Identity = axum::Extension<ClientIdentity>;

@@ -71,12 +71,13 @@ impl Api {
 /// socket-less router tests) and the API used.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub identity: Option<ClientIdentity>,
+    /// Shared with the connection it came on: one certificate, parsed once per connection.
+    pub identity: Option<Arc<ClientIdentity>>,
     pub api: Api,
 }
 
 impl Caller {
-    pub fn new(identity: Option<ClientIdentity>, api: Api) -> Self {
+    pub fn new(identity: Option<Arc<ClientIdentity>>, api: Api) -> Self {
         Caller { identity, api }
     }
 
@@ -384,8 +385,8 @@ mod tests {
         )
         .unwrap();
         let authorizer = Authorizer::from_file(&path).unwrap();
-        let a = Caller::new(Some(identity("a")), Api::Grpc);
-        let b = Caller::new(Some(identity("b")), Api::Grpc);
+        let a = Caller::new(Some(Arc::new(identity("a"))), Api::Grpc);
+        let b = Caller::new(Some(Arc::new(identity("b"))), Api::Grpc);
         assert!(authorizer
             .check(&a, &Target::AllKeys, Operation::Block)
             .is_ok());

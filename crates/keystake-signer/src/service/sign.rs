@@ -161,7 +161,7 @@ impl SigningService {
         draft.record.key = key.public_key.to_hex();
         let intent = self.decode(body)?;
         draft.record.kind = intent.kind.as_str().to_owned();
-        draft.record.signing_root = intent.signing_root.to_string();
+        draft.record.signing_root = intent.signing_root.to_hex();
         self.authorizer.check(
             caller,
             &Target::Key(key.key_ref()),

@@ -38,8 +38,7 @@ pub(super) fn create_table(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The outcome the writer decided, folded into the record the service drafted.
-pub(super) fn settle(record: &Record, outcome: &CheckOutcome) -> Record {
-    let mut record = record.clone();
+pub(super) fn settle(mut record: Record, outcome: &CheckOutcome) -> Record {
     match outcome {
         Ok(Safe::Valid) => {}
         Ok(Safe::SameData) => {

@@ -1383,7 +1383,9 @@ fn run_batch(
     let mut bound = read_gvr(&tx)?;
     for job in batch.iter_mut() {
         let outcome = process(&tx, job, &mut bound)?;
-        if let Some(record) = &job.audit {
+        // Taken, not copied: a failed batch answers its jobs with the error and never runs them
+        // again, so nothing reads the drafted record after this.
+        if let Some(record) = job.audit.take() {
             audit_chain.append(&tx, audit::settle(record, &outcome))?;
         }
         // Lets the requester compute its signature while the rest of the batch is checked and

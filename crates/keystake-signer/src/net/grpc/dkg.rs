@@ -76,7 +76,7 @@ impl Dkg for GrpcDkg {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let caller = request
             .extensions()
-            .get::<ClientIdentity>()
+            .get::<Arc<ClientIdentity>>()
             .cloned()
             .ok_or_else(|| Status::permission_denied("no client certificate"))?;
         let item = request.into_inner();

@@ -58,7 +58,7 @@ pub fn router(service: Arc<SigningService>) -> axum::Router {
 
 fn caller<T>(request: &Request<T>) -> Caller {
     Caller::new(
-        request.extensions().get::<ClientIdentity>().cloned(),
+        request.extensions().get::<Arc<ClientIdentity>>().cloned(),
         Api::Grpc,
     )
 }

@@ -170,7 +170,10 @@ impl BodyRules for KeymanagerApi {
 pub struct RestCaller(pub Caller);
 
 fn caller_of(parts: &Parts) -> Caller {
-    Caller::new(parts.extensions.get::<ClientIdentity>().cloned(), Api::Rest)
+    Caller::new(
+        parts.extensions.get::<Arc<ClientIdentity>>().cloned(),
+        Api::Rest,
+    )
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RestCaller {

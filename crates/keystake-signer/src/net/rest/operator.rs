@@ -109,7 +109,7 @@ pub async fn keymanager_guard(
 ) -> Response {
     if request.uri().path().starts_with(KEYMANAGER_PREFIX) {
         let caller = Caller::new(
-            request.extensions().get::<ClientIdentity>().cloned(),
+            request.extensions().get::<Arc<ClientIdentity>>().cloned(),
             Api::Rest,
         );
         if let Err(error) = service

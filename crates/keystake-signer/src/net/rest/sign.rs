@@ -13,12 +13,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
 
 use super::body::{ClientBody, DryRun, RestCaller, Signing};
 use crate::net::error::ApiError;
@@ -85,7 +85,7 @@ pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
 async fn sign(
     State(service): State<Arc<SigningService>>,
     Path(identifier): Path<String>,
-    headers: HeaderMap,
+    AcceptsJson(json): AcceptsJson,
     body: ClientBody<Signing>,
 ) -> Result<Response, ApiError> {
     let signed = service
@@ -93,8 +93,14 @@ async fn sign(
         .await?;
     tracing::debug!(key = %signed.public_key, kind = signed.kind.as_str(), root = %signed.signing_root, "signed");
     let signature = signed.signature.to_hex();
-    Ok(if wants_json(&headers) {
-        Json(json!({ "signature": signature })).into_response()
+    Ok(if json {
+        // The body written directly: hex digits need no escaping, and a `json!` value would
+        // allocate a map, a key and a growing buffer on every signature.
+        let mut body = String::with_capacity(signature.len() + 16);
+        body.push_str(r#"{"signature":""#);
+        body.push_str(&signature);
+        body.push_str(r#""}"#);
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     } else {
         (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -102,6 +108,18 @@ async fn sign(
         )
             .into_response()
     })
+}
+
+/// [`wants_json`] of the request, read from its headers in place (the `HeaderMap` extractor
+/// copies every header).
+struct AcceptsJson(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for AcceptsJson {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(AcceptsJson(wants_json(&parts.headers)))
+    }
 }
 
 /// The slashing dry run: 200 with [`crate::service::SlashableAnswer`] whether or not the
