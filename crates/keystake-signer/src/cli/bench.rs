@@ -84,6 +84,12 @@ pub struct LoadArgs {
     /// appliance, to measure what the forwarder adds.
     #[arg(long)]
     pub forwarder: Option<String>,
+    /// Profile only the measured window: the control and acknowledgement FIFOs of
+    /// `perf record -D -1 --control fifo:CTL,ACK -p <appliance pid>`, given as `CTL,ACK`. The
+    /// tool enables perf's events when the clock starts (after the warm-up handshakes and, for a
+    /// burst, after its requests are made) and disables them when the last answer is in.
+    #[arg(long, value_name = "CTL,ACK")]
+    pub perf_control: Option<String>,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -122,6 +128,11 @@ fn load(args: LoadArgs) -> Result<()> {
         mix: args.mix,
         appliance_pid: args.appliance_pid,
         forwarder: args.forwarder,
+        perf_control: args
+            .perf_control
+            .as_deref()
+            .map(crate::tools::loadgen::PerfControl::parse)
+            .transpose()?,
     };
     // One thread drives every connection: a load generator on the appliance's own cores should
     // take as little of them as it can, and a single-threaded runtime wakes no other thread per

@@ -73,6 +73,51 @@ pub struct LoadOptions {
     pub appliance_pid: Option<u32>,
     /// `http://127.0.0.1:PORT` of a `connect` forwarder to send the requests to instead.
     pub forwarder: Option<String>,
+    /// A `perf record --control` to switch on for the measured window only.
+    pub perf_control: Option<PerfControl>,
+}
+
+/// The FIFOs of `perf record -D -1 --control fifo:CTL,ACK`: `perf` starts with its events off
+/// and switches them on and off on command, so a profile holds the measured window only (not
+/// the warm-up's TLS handshakes, nor the raw blst measurement after it).
+#[derive(Debug, Clone)]
+pub struct PerfControl {
+    control: std::path::PathBuf,
+    ack: std::path::PathBuf,
+}
+
+impl PerfControl {
+    /// `CTL,ACK`: two paths.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.split_once(',') {
+            Some((control, ack)) if !control.is_empty() && !ack.is_empty() => Ok(PerfControl {
+                control: control.into(),
+                ack: ack.into(),
+            }),
+            _ => bail!("--perf-control takes CTL,ACK: the two FIFOs given to `perf record --control fifo:CTL,ACK`"),
+        }
+    }
+
+    /// Send `enable` or `disable` and wait for perf's `ack`. Blocking: called only outside the
+    /// measured window's clock (before it starts, after it stops).
+    fn command(&self, command: &str) -> Result<()> {
+        use std::io::BufRead;
+        let mut control = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.control)
+            .with_context(|| format!("opening perf's control FIFO {}", self.control.display()))?;
+        writeln!(control, "{command}")?;
+        let mut answer = String::new();
+        std::io::BufReader::new(
+            std::fs::File::open(&self.ack)
+                .with_context(|| format!("opening perf's ack FIFO {}", self.ack.display()))?,
+        )
+        .read_line(&mut answer)?;
+        if answer.trim() != "ack" {
+            bail!("perf answered {answer:?} to {command:?}, expected \"ack\"");
+        }
+        Ok(())
+    }
 }
 
 /// What the load consists of.
@@ -547,6 +592,9 @@ pub async fn run(
     let prepared: Arc<Mutex<VecDeque<Request>>> = Arc::new(Mutex::new(
         (0..burst.unwrap_or(0)).map(|_| source.next()).collect(),
     ));
+    if let Some(perf) = &options.perf_control {
+        perf.command("enable")?;
+    }
     let cpu_before = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     let own_cpu_before = own_cpu_time();
     let start = Instant::now();
@@ -655,6 +703,9 @@ pub async fn run(
         task.await?;
     }
     let elapsed = start.elapsed();
+    if let Some(perf) = &options.perf_control {
+        perf.command("disable")?;
+    }
     let cpu_after = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     // Before raw blst runs below: only what sending and receiving cost this process.
     let own_cpu = own_cpu_time().saturating_sub(own_cpu_before);
@@ -750,6 +801,58 @@ mod tests {
     use super::*;
     use keystake_core::consensus::Network;
     use keystake_core::request::{parse_sign_request, SlashingCheck};
+
+    /// Two FIFOs and a thread playing `perf record --control`: it reads one command and
+    /// answers `answer`; returns the command it read.
+    fn fake_perf(
+        answer: &'static str,
+    ) -> (
+        tempfile::TempDir,
+        PerfControl,
+        std::thread::JoinHandle<String>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (control, ack) = (dir.path().join("ctl"), dir.path().join("ack"));
+        for fifo in [&control, &ack] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(fifo)
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        let perf = PerfControl::parse(&format!("{},{}", control.display(), ack.display())).unwrap();
+        let perf_side = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut command = String::new();
+            std::io::BufReader::new(std::fs::File::open(&control).unwrap())
+                .read_line(&mut command)
+                .unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&ack)
+                .unwrap()
+                .write_all(answer.as_bytes())
+                .unwrap();
+            command
+        });
+        (dir, perf, perf_side)
+    }
+
+    #[test]
+    fn perf_control_sends_the_command_and_waits_for_the_ack() {
+        let (_dir, perf, perf_side) = fake_perf("ack\n");
+        perf.command("enable").unwrap();
+        assert_eq!(perf_side.join().unwrap(), "enable\n");
+
+        let (_dir, perf, perf_side) = fake_perf("nope\n");
+        let refused = perf.command("disable").unwrap_err().to_string();
+        assert!(refused.contains("expected \"ack\""), "{refused}");
+        assert_eq!(perf_side.join().unwrap(), "disable\n");
+
+        for bad in ["", "ctl", ",ack", "ctl,"] {
+            assert!(PerfControl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn generated_requests_are_valid_and_never_slashable() {
