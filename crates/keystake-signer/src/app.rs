@@ -336,9 +336,10 @@ async fn prune_on_schedule(
                     "pruned the slashing history; watermarks cover what was removed"
                 );
             }
-            Ok(Err(error)) => {
-                metrics.pruned(0, PruneOutcome::Failed);
-                tracing::error!(%error, "scheduled prune failed; it runs again at the next interval");
+            Ok(Err(failed)) => {
+                // What the committed transactions removed stays removed: counted as such.
+                metrics.pruned(failed.committed.attestations, PruneOutcome::Failed);
+                tracing::error!(error = %failed.error, removed = failed.committed.attestations, transactions = failed.committed.transactions, "scheduled prune failed; it runs again at the next interval");
             }
             Err(error) => {
                 metrics.pruned(0, PruneOutcome::Failed);

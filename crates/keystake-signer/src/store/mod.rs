@@ -41,7 +41,7 @@ pub mod prune;
 pub mod audit;
 
 pub use interchange::ImportSummary;
-pub use prune::PruneSummary;
+pub use prune::{PruneFailed, PruneSummary};
 // The request, refusal and outcome types are the core's (pure data); re-exported where the
 // store's callers have always found them.
 pub use keystake_core::slashing::{CheckOutcome, Refusal, SlashingRequest};

@@ -63,6 +63,31 @@ pub struct PruneSummary {
     pub stopped_early: bool,
 }
 
+/// A prune that ended on an error, after committing `committed`: what those transactions removed
+/// stays removed and is covered by watermarks, so a report of the prune must still count it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "prune stopped after removing {} attestations of {} validators in {} transactions (covered by watermarks)",
+    committed.attestations,
+    committed.validators,
+    committed.transactions
+)]
+pub struct PruneFailed {
+    pub committed: PruneSummary,
+    #[source]
+    pub error: StoreError,
+}
+
+impl From<StoreError> for PruneFailed {
+    /// An error before anything was committed.
+    fn from(error: StoreError) -> Self {
+        PruneFailed {
+            committed: PruneSummary::default(),
+            error,
+        }
+    }
+}
+
 impl Store {
     /// Remove, for every key, the attestations older than its newest `keep_epochs` epochs,
     /// raising its watermark over them (module docs). With `dry_run`, count them and change
@@ -71,12 +96,12 @@ impl Store {
         &self,
         keep_epochs: u64,
         dry_run: bool,
-    ) -> Result<PruneSummary, StoreError> {
+    ) -> Result<PruneSummary, PruneFailed> {
         if dry_run {
             let mut conn = self.admin();
             // One read transaction: the counts come from one snapshot.
-            let snapshot = conn.transaction()?;
-            return Ok(count_prunable(&snapshot, keep_epochs)?);
+            let snapshot = conn.transaction().map_err(StoreError::from)?;
+            return Ok(count_prunable(&snapshot, keep_epochs).map_err(StoreError::from)?);
         }
         self.prune_attestations_while(keep_epochs, &|| true)
     }
@@ -90,7 +115,7 @@ impl Store {
         &self,
         keep_epochs: u64,
         keep_going: &dyn Fn() -> bool,
-    ) -> Result<PruneSummary, StoreError> {
+    ) -> Result<PruneSummary, PruneFailed> {
         prune_in_transactions(
             &self.admin,
             keep_epochs,
@@ -177,9 +202,9 @@ fn prune_in_transactions(
     budget: usize,
     min_pause: Duration,
     before_each: &dyn Fn() -> Result<bool, StoreError>,
-) -> Result<PruneSummary, StoreError> {
+) -> Result<PruneSummary, PruneFailed> {
     let lock = || lock_admin(admin);
-    let mut progress = PruneProgress::start(&lock())?;
+    let mut progress = PruneProgress::start(&lock()).map_err(StoreError::from)?;
     let result = paced(min_pause, before_each, &mut || {
         prune_one_transaction(&mut lock(), keep_epochs, budget, &mut progress)?;
         Ok(!progress.done())
@@ -197,7 +222,10 @@ fn prune_in_transactions(
                 %error,
                 "prune stopped; what the committed transactions removed is covered by watermarks"
             );
-            Err(error)
+            Err(PruneFailed {
+                committed: progress.summary,
+                error,
+            })
         }
     }
 }
@@ -726,6 +754,56 @@ mod tests {
         }
     }
 
+    /// A prune that fails after committing some transactions says what they removed (the
+    /// scheduled prune counts it in `/metrics`), and those removals stay covered.
+    #[test]
+    fn a_failed_prune_reports_what_its_committed_transactions_removed() {
+        let (dir, store) = new_store();
+        for k in 1..=6 {
+            sign_run(&store, k, 1..=8);
+        }
+        let before: Vec<(u8, SlashingRequest)> = (1..=6)
+            .flat_map(|k| grid().into_iter().map(move |request| (k, request)))
+            .filter(|(k, request)| refuses(&store, *k, *request))
+            .collect();
+        let asked = std::cell::Cell::new(0);
+        let failed = prune_in_transactions(&store.admin, 2, 4, Duration::ZERO, &|| {
+            asked.set(asked.get() + 1);
+            if asked.get() <= 2 {
+                Ok(true)
+            } else {
+                Err(StoreError::Unavailable(StoreFault::Replaced {
+                    path: dir.path().join("db"),
+                }))
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                failed.error,
+                StoreError::Unavailable(StoreFault::Replaced { .. })
+            ),
+            "{failed:?}"
+        );
+        assert_eq!(failed.committed.transactions, 2);
+        let remaining: i64 = store
+            .admin()
+            .query_row("SELECT count(*) FROM signed_attestations", [], |r| r.get(0))
+            .unwrap();
+        assert!(failed.committed.attestations > 0);
+        assert_eq!(failed.committed.attestations as i64, 6 * 8 - remaining);
+        assert!(failed.to_string().contains(&format!(
+            "removing {} attestations",
+            failed.committed.attestations
+        )));
+        for (k, request) in &before {
+            assert!(
+                refuses(&store, *k, *request),
+                "key {k}: {request:?} allowed"
+            );
+        }
+    }
+
     /// A store whose writer latched a storage fault (fail-closed) is not written by a prune.
     #[test]
     fn a_latched_store_is_not_pruned() {
@@ -737,11 +815,15 @@ mod tests {
                 path: dir.path().join("db"),
             })
             .unwrap();
-        let error = store.prune_attestations(0, false).unwrap_err();
+        let failed = store.prune_attestations(0, false).unwrap_err();
         assert!(
-            matches!(error, StoreError::Unavailable(StoreFault::Latched(_))),
-            "{error:?}"
+            matches!(
+                failed.error,
+                StoreError::Unavailable(StoreFault::Latched(_))
+            ),
+            "{failed:?}"
         );
+        assert_eq!(failed.committed, PruneSummary::default());
         let count: i64 = store
             .admin()
             .query_row("SELECT count(*) FROM signed_attestations", [], |r| r.get(0))
