@@ -87,7 +87,8 @@ pub struct LoadArgs {
     /// Profile only the measured window: the control and acknowledgement FIFOs of
     /// `perf record -D -1 --control fifo:CTL,ACK -p <appliance pid>`, given as `CTL,ACK`. The
     /// tool enables perf's events when the clock starts (after the warm-up handshakes and, for a
-    /// burst, after its requests are made) and disables them when the last answer is in.
+    /// burst, after its requests are made) and disables them when the last answer is in; a perf
+    /// that is not running, or does not acknowledge within 5 s, is an error, not a wait.
     #[arg(long, value_name = "CTL,ACK")]
     pub perf_control: Option<String>,
 }

@@ -74,8 +74,9 @@ pub struct PruneSummary {
 )]
 pub struct PruneFailed {
     pub committed: PruneSummary,
+    /// Boxed: a prune's result should not be the size of the largest store error.
     #[source]
-    pub error: StoreError,
+    pub error: Box<StoreError>,
 }
 
 impl From<StoreError> for PruneFailed {
@@ -83,7 +84,7 @@ impl From<StoreError> for PruneFailed {
     fn from(error: StoreError) -> Self {
         PruneFailed {
             committed: PruneSummary::default(),
-            error,
+            error: Box::new(error),
         }
     }
 }
@@ -224,7 +225,7 @@ fn prune_in_transactions(
             );
             Err(PruneFailed {
                 committed: progress.summary,
-                error,
+                error: Box::new(error),
             })
         }
     }
@@ -780,7 +781,7 @@ mod tests {
         .unwrap_err();
         assert!(
             matches!(
-                failed.error,
+                *failed.error,
                 StoreError::Unavailable(StoreFault::Replaced { .. })
             ),
             "{failed:?}"
@@ -818,7 +819,7 @@ mod tests {
         let failed = store.prune_attestations(0, false).unwrap_err();
         assert!(
             matches!(
-                failed.error,
+                *failed.error,
                 StoreError::Unavailable(StoreFault::Latched(_))
             ),
             "{failed:?}"

@@ -79,44 +79,135 @@ pub struct LoadOptions {
 
 /// The FIFOs of `perf record -D -1 --control fifo:CTL,ACK`: `perf` starts with its events off
 /// and switches them on and off on command, so a profile holds the measured window only (not
-/// the warm-up's TLS handshakes, nor the raw blst measurement after it).
+/// the warm-up's TLS handshakes). perf holds both FIFOs open while it runs; every open here is
+/// non-blocking and every wait for perf's answer is bounded, so a perf that is not running (it
+/// failed to start, or exited) is an error naming the FIFO, never a hang.
 #[derive(Debug, Clone)]
 pub struct PerfControl {
     control: std::path::PathBuf,
     ack: std::path::PathBuf,
 }
 
+/// How long perf gets to acknowledge a command.
+const PERF_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PerfControl {
-    /// `CTL,ACK`: two paths.
+    /// `CTL,ACK`: two paths to existing FIFOs.
     pub fn parse(text: &str) -> Result<Self> {
-        match text.split_once(',') {
-            Some((control, ack)) if !control.is_empty() && !ack.is_empty() => Ok(PerfControl {
-                control: control.into(),
-                ack: ack.into(),
-            }),
-            _ => bail!("--perf-control takes CTL,ACK: the two FIFOs given to `perf record --control fifo:CTL,ACK`"),
+        use std::os::unix::fs::FileTypeExt;
+        let Some((control, ack)) = text
+            .split_once(',')
+            .filter(|(control, ack)| !control.is_empty() && !ack.is_empty())
+        else {
+            bail!("--perf-control takes CTL,ACK: the two FIFOs given to `perf record --control fifo:CTL,ACK`");
+        };
+        for path in [control, ack] {
+            let kind = std::fs::metadata(path)
+                .with_context(|| format!("--perf-control: {path}"))?
+                .file_type();
+            if !kind.is_fifo() {
+                bail!("--perf-control: {path} is not a FIFO (make both with mkfifo)");
+            }
         }
+        Ok(PerfControl {
+            control: control.into(),
+            ack: ack.into(),
+        })
     }
 
-    /// Send `enable` or `disable` and wait for perf's `ack`. Blocking: called only outside the
-    /// measured window's clock (before it starts, after it stops).
+    /// Send `enable` or `disable` and wait (at most [`PERF_ACK_TIMEOUT`]) for perf's `ack`.
+    /// Blocking: called only outside the measured window's clock.
     fn command(&self, command: &str) -> Result<()> {
-        use std::io::BufRead;
-        let mut control = std::fs::OpenOptions::new()
+        use std::io::{ErrorKind, Read};
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opened first and emptied: an `ack` left by a run killed before it read it must not
+        // answer this command.
+        let mut ack = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.ack)
+            .with_context(|| format!("opening perf's ack FIFO {}", self.ack.display()))?;
+        let mut buffer = [0u8; 64];
+        while matches!(ack.read(&mut buffer), Ok(n) if n > 0) {}
+        // A FIFO nobody reads refuses a non-blocking writer (ENXIO) instead of blocking.
+        let mut control = match std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&self.control)
-            .with_context(|| format!("opening perf's control FIFO {}", self.control.display()))?;
+        {
+            Err(error) if error.raw_os_error() == Some(libc::ENXIO) => bail!(
+                "nothing reads perf's control FIFO {}: is `perf ... --control fifo:{},{}` running?",
+                self.control.display(),
+                self.control.display(),
+                self.ack.display()
+            ),
+            other => other.with_context(|| {
+                format!("opening perf's control FIFO {}", self.control.display())
+            })?,
+        };
         writeln!(control, "{command}")?;
-        let mut answer = String::new();
-        std::io::BufReader::new(
-            std::fs::File::open(&self.ack)
-                .with_context(|| format!("opening perf's ack FIFO {}", self.ack.display()))?,
-        )
-        .read_line(&mut answer)?;
-        if answer.trim() != "ack" {
+        let deadline = Instant::now() + PERF_ACK_TIMEOUT;
+        let mut answer = Vec::new();
+        while !answer.contains(&b'\n') {
+            match ack.read(&mut buffer) {
+                Ok(0) => bail!(
+                    "perf closed its ack FIFO {} before answering {command:?} (did it exit?)",
+                    self.ack.display()
+                ),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "perf did not acknowledge {command:?} on {} within {} s",
+                            self.ack.display(),
+                            PERF_ACK_TIMEOUT.as_secs()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(error) => return Err(error).context("reading perf's ack FIFO"),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        // perf writes the C string "ack\n" with its terminating NUL.
+        if answer.trim_matches(|c: char| c == '\0' || c.is_whitespace()) != "ack" {
             bail!("perf answered {answer:?} to {command:?}, expected \"ack\"");
         }
         Ok(())
+    }
+}
+
+/// perf's events switched on for the measured window; switched off by [`PerfWindow::close`], or
+/// when dropped on an early error (so perf does not keep sampling the rest).
+struct PerfWindow<'a>(Option<&'a PerfControl>);
+
+impl<'a> PerfWindow<'a> {
+    fn open(perf: Option<&'a PerfControl>) -> Result<Self> {
+        if let Some(perf) = perf {
+            perf.command("enable")?;
+        }
+        Ok(PerfWindow(perf))
+    }
+
+    /// Switch the events off. A failure is reported, never fatal: the run's figures are still
+    /// printed.
+    fn close(mut self, out: &mut dyn Write) -> Result<()> {
+        if let Some(perf) = self.0.take() {
+            if let Err(error) = perf.command("disable") {
+                writeln!(out, "warning: perf's events may still be on: {error:#}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PerfWindow<'_> {
+    fn drop(&mut self) {
+        if let Some(perf) = self.0.take() {
+            if let Err(error) = perf.command("disable") {
+                eprintln!("warning: perf's events may still be on: {error:#}");
+            }
+        }
     }
 }
 
@@ -592,9 +683,13 @@ pub async fn run(
     let prepared: Arc<Mutex<VecDeque<Request>>> = Arc::new(Mutex::new(
         (0..burst.unwrap_or(0)).map(|_| source.next()).collect(),
     ));
-    if let Some(perf) = &options.perf_control {
-        perf.command("enable")?;
+    if options.perf_control.is_some() {
+        writeln!(
+            out,
+            "profiled run (--perf-control): perf's sampling is charged to the appliance's CPU, so its CPU figures are not comparable with unprofiled runs"
+        )?;
     }
+    let perf_window = PerfWindow::open(options.perf_control.as_ref())?;
     let cpu_before = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     let own_cpu_before = own_cpu_time();
     let start = Instant::now();
@@ -703,12 +798,10 @@ pub async fn run(
         task.await?;
     }
     let elapsed = start.elapsed();
-    if let Some(perf) = &options.perf_control {
-        perf.command("disable")?;
-    }
     let cpu_after = pid.and_then(|pid| super::mainnet_mix::process_cpu_time(pid).ok());
     // Before raw blst runs below: only what sending and receiving cost this process.
     let own_cpu = own_cpu_time().saturating_sub(own_cpu_before);
+    perf_window.close(out)?;
     if let Some(mut file) = csv {
         file.flush()?;
     }
@@ -802,15 +895,8 @@ mod tests {
     use keystake_core::consensus::Network;
     use keystake_core::request::{parse_sign_request, SlashingCheck};
 
-    /// Two FIFOs and a thread playing `perf record --control`: it reads one command and
-    /// answers `answer`; returns the command it read.
-    fn fake_perf(
-        answer: &'static str,
-    ) -> (
-        tempfile::TempDir,
-        PerfControl,
-        std::thread::JoinHandle<String>,
-    ) {
+    /// Two FIFOs, made with `mkfifo`.
+    fn fifos() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let (control, ack) = (dir.path().join("ctl"), dir.path().join("ack"));
         for fifo in [&control, &ack] {
@@ -820,37 +906,109 @@ mod tests {
                 .unwrap();
             assert!(made.success());
         }
-        let perf = PerfControl::parse(&format!("{},{}", control.display(), ack.display())).unwrap();
-        let perf_side = std::thread::spawn(move || {
-            use std::io::BufRead;
+        (dir, control, ack)
+    }
+
+    /// A thread playing `perf record --control fifo:CTL,ACK`: like perf it holds both FIFOs
+    /// open read-write; `stale` is written to ACK before any command (an ack a killed run never
+    /// read); then it reads one command and writes `answer`, or closes both (perf exiting) when
+    /// `answer` is `None`. Returns the command it read.
+    fn fake_perf(
+        control: &std::path::Path,
+        ack: &std::path::Path,
+        stale: &str,
+        answer: Option<&'static str>,
+    ) -> std::thread::JoinHandle<String> {
+        use std::io::BufRead;
+        let read_write = |path: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap()
+        };
+        let (control, mut ack) = (read_write(control), read_write(ack));
+        ack.write_all(stale.as_bytes()).unwrap();
+        std::thread::spawn(move || {
             let mut command = String::new();
-            std::io::BufReader::new(std::fs::File::open(&control).unwrap())
+            std::io::BufReader::new(&control)
                 .read_line(&mut command)
                 .unwrap();
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&ack)
-                .unwrap()
-                .write_all(answer.as_bytes())
-                .unwrap();
+            if let Some(answer) = answer {
+                ack.write_all(answer.as_bytes()).unwrap();
+                // perf keeps its FIFOs open after answering.
+                std::thread::sleep(Duration::from_millis(200));
+            }
             command
-        });
-        (dir, perf, perf_side)
+        })
+    }
+
+    fn perf_control(control: &std::path::Path, ack: &std::path::Path) -> PerfControl {
+        PerfControl::parse(&format!("{},{}", control.display(), ack.display())).unwrap()
     }
 
     #[test]
     fn perf_control_sends_the_command_and_waits_for_the_ack() {
-        let (_dir, perf, perf_side) = fake_perf("ack\n");
-        perf.command("enable").unwrap();
-        assert_eq!(perf_side.join().unwrap(), "enable\n");
+        let (_dir, control, ack) = fifos();
+        // As perf writes it: a C string with its NUL.
+        let perf = fake_perf(&control, &ack, "", Some("ack\n\0"));
+        perf_control(&control, &ack).command("enable").unwrap();
+        assert_eq!(perf.join().unwrap(), "enable\n");
 
-        let (_dir, perf, perf_side) = fake_perf("nope\n");
-        let refused = perf.command("disable").unwrap_err().to_string();
-        assert!(refused.contains("expected \"ack\""), "{refused}");
-        assert_eq!(perf_side.join().unwrap(), "disable\n");
+        let perf = fake_perf(&control, &ack, "", Some("nope\n"));
+        let refused = perf_control(&control, &ack).command("disable").unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("expected \"ack\""),
+            "{refused:#}"
+        );
+        assert_eq!(perf.join().unwrap(), "disable\n");
+    }
 
-        for bad in ["", "ctl", ",ack", "ctl,"] {
-            assert!(PerfControl::parse(bad).is_err(), "{bad:?}");
+    /// An `ack` left in the FIFO by an earlier, killed run does not answer the next command.
+    #[test]
+    fn a_stale_ack_does_not_answer_a_new_command() {
+        let (_dir, control, ack) = fifos();
+        let perf = fake_perf(&control, &ack, "ack\n\0", Some("nope\n"));
+        let refused = perf_control(&control, &ack).command("enable").unwrap_err();
+        assert!(format!("{refused:#}").contains("nope"), "{refused:#}");
+        perf.join().unwrap();
+    }
+
+    /// No perf running, or perf exiting before it answers: an error naming the FIFO, not a hang.
+    #[test]
+    fn a_missing_or_exiting_perf_is_an_error_not_a_hang() {
+        let (dir, control, ack) = fifos();
+        let started = Instant::now();
+        let missing = perf_control(&control, &ack).command("enable").unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("nothing reads perf's control FIFO"),
+            "{missing:#}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let perf = fake_perf(&control, &ack, "", None);
+        let exited = perf_control(&control, &ack).command("enable").unwrap_err();
+        assert!(
+            format!("{exited:#}").contains("closed its ack FIFO"),
+            "{exited:#}"
+        );
+        perf.join().unwrap();
+
+        let regular = dir.path().join("regular");
+        std::fs::write(&regular, b"").unwrap();
+        for bad in [
+            String::new(),
+            "ctl".to_owned(),
+            format!(",{}", ack.display()),
+            format!("{},", control.display()),
+            format!("{},{}", regular.display(), ack.display()),
+            format!(
+                "{},{}",
+                control.display(),
+                dir.path().join("absent").display()
+            ),
+        ] {
+            assert!(PerfControl::parse(&bad).is_err(), "{bad:?}");
         }
     }
 
