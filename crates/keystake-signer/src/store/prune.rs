@@ -706,19 +706,24 @@ mod tests {
         );
     }
 
+    /// Keys 1–6 each sign targets 1–8; the requests of the grid each of them then refuses.
+    fn six_keys_and_what_they_refuse(store: &Store) -> Vec<(u8, SlashingRequest)> {
+        for k in 1..=6 {
+            sign_run(store, k, 1..=8);
+        }
+        (1..=6)
+            .flat_map(|k| grid().into_iter().map(move |request| (k, request)))
+            .filter(|(k, request)| refuses(store, *k, *request))
+            .collect()
+    }
+
     /// `serve`'s prune stops between two transactions when asked (shutdown): what it committed
     /// is covered, the next prune finishes the rest, and the shared connection is free whenever
     /// it is asked — never held across the pause, which the health probe would wait out.
     #[test]
     fn a_prune_asked_to_stop_stops_between_transactions_without_holding_the_connection() {
         let (_dir, store) = new_store();
-        for k in 1..=6 {
-            sign_run(&store, k, 1..=8);
-        }
-        let before: Vec<(u8, SlashingRequest)> = (1..=6)
-            .flat_map(|k| grid().into_iter().map(move |request| (k, request)))
-            .filter(|(k, request)| refuses(&store, *k, *request))
-            .collect();
+        let before = six_keys_and_what_they_refuse(&store);
         let asked = std::cell::Cell::new(0);
         let partial = prune_in_transactions(&store.admin, 2, 4, Duration::ZERO, &|| {
             assert!(
@@ -760,13 +765,7 @@ mod tests {
     #[test]
     fn a_failed_prune_reports_what_its_committed_transactions_removed() {
         let (dir, store) = new_store();
-        for k in 1..=6 {
-            sign_run(&store, k, 1..=8);
-        }
-        let before: Vec<(u8, SlashingRequest)> = (1..=6)
-            .flat_map(|k| grid().into_iter().map(move |request| (k, request)))
-            .filter(|(k, request)| refuses(&store, *k, *request))
-            .collect();
+        let before = six_keys_and_what_they_refuse(&store);
         let asked = std::cell::Cell::new(0);
         let failed = prune_in_transactions(&store.admin, 2, 4, Duration::ZERO, &|| {
             asked.set(asked.get() + 1);
