@@ -578,16 +578,8 @@ impl ThresholdForwarder {
                      slashing histories now differ"
                 );
             }
-            let signature = combined.signature.to_hex();
-            let mut response = if wants_json {
-                axum::Json(json!({ "signature": signature })).into_response()
-            } else {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                    signature,
-                )
-                    .into_response()
-            };
+            let mut response =
+                crate::net::rest::sign::signature_answer(&combined.signature, wants_json);
             if let Some(value) = culprits_value(&tally.culprits) {
                 response.headers_mut().insert(CULPRITS_HEADER, value);
             }

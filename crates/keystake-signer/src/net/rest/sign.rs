@@ -23,6 +23,7 @@ use axum::{Json, Router};
 use super::body::{ClientBody, DryRun, RestCaller, Signing};
 use crate::net::error::ApiError;
 use crate::service::SigningService;
+use keystake_core::types::BlsSignature;
 
 /// The REST router over a shared service. A function, so tests can drive it without a socket.
 pub fn router(service: Arc<SigningService>) -> Router {
@@ -92,8 +93,15 @@ async fn sign(
         .sign_as(&body.caller, &identifier, &body.bytes)
         .await?;
     tracing::debug!(key = %signed.public_key, kind = signed.kind.as_str(), root = %signed.signing_root, "signed");
-    let signature = signed.signature.to_hex();
-    Ok(if json {
+    Ok(signature_answer(&signed.signature, json))
+}
+
+/// A signature as Web3Signer answers it: `{"signature":"0x…"}` for a client that accepts JSON
+/// ([`wants_json`]), else the bare hex as text. The one way the appliance and the threshold
+/// forwarder write it.
+pub(crate) fn signature_answer(signature: &BlsSignature, json: bool) -> Response {
+    let signature = signature.to_hex();
+    if json {
         // The body written directly: hex digits need no escaping, and a `json!` value would
         // allocate a map, a key and a growing buffer on every signature.
         let mut body = String::with_capacity(signature.len() + 16);
@@ -107,7 +115,7 @@ async fn sign(
             signature,
         )
             .into_response()
-    })
+    }
 }
 
 /// [`wants_json`] of the request, read from its headers in place (the `HeaderMap` extractor
