@@ -540,7 +540,10 @@ async fn threshold_forwarder_combines_any_three_of_four_names_culprits_and_repor
         sign_through(tampered.address, &group_key, &attestation(1003, 1004, 7)).await;
     signal(&servers[3].child, "-CONT");
     assert_eq!(status, 502, "{body}\n{}", tampered.log_text());
-    assert_eq!(reports_of(&body, 1)["outcome"], "signed", "{body}");
+    // 1's answer races the other two: once "2" is found invalid and 3 has refused, no three can
+    // sign whatever 1 says, so a slower 1 is not awaited either (seen on a loaded CI machine).
+    let first = reports_of(&body, 1)["outcome"].clone();
+    assert!(first == "signed" || first == "not_awaited", "{body}");
     assert_eq!(reports_of(&body, 2)["outcome"], "invalid_partial", "{body}");
     assert_eq!(reports_of(&body, 3)["outcome"], "refused", "{body}");
     assert_eq!(reports_of(&body, 4)["outcome"], "not_awaited", "{body}");
